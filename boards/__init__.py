@@ -1,0 +1,1 @@
+"""Shipped board definitions (*.toml), installed as the package firmware_host_boards."""

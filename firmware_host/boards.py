@@ -1,0 +1,235 @@
+"""Board definitions: what a kind of device speaks, and how to emulate it.
+
+A board file (``boards/*.toml``) names a device type: USB ids for
+auto-detection, baudrate, codec and codec options, and an emulator profile so
+every board runs without hardware. Shipped boards live in the package
+``firmware_host_boards``; users add or override boards with their own
+directories (``load_boards(extra_dirs)`` or ``$FIRMWARE_HOST_BOARDS``).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import (
+    CODEC_OPTION_KEYS,
+    DEFAULT_BAUDRATE,
+    ConfigError,
+    _Checker,
+    _describe,
+    _parse_toml,
+    _read_toml,
+)
+
+__all__ = [
+    "BOARDS_ENV_VAR",
+    "Board",
+    "BoardError",
+    "EmulatorProfile",
+    "PAYLOAD_GENERATORS",
+    "board_from_dict",
+    "load_board_file",
+    "load_boards",
+    "match_board",
+]
+
+#: os.pathsep-separated directories of user boards, loaded after the shipped ones
+BOARDS_ENV_VAR = "FIRMWARE_HOST_BOARDS"
+#: the emulator's payload generators a board may name
+PAYLOAD_GENERATORS: tuple[str, ...] = ("imu", "env", "gnss", "csv", "random")
+#: fh1 max_payload when a board does not set it (the codec's default)
+FH1_DEFAULT_MAX_PAYLOAD = 1024
+#: fh1 types 0xF0-0xFF are reserved for the runtime (commands, acks, heartbeats, logs)
+MAX_APPLICATION_FRAME_TYPE = 0xEF
+
+_PACKAGE = "firmware_host_boards"
+# Before installation (tests in a checkout) the data sits next to the package.
+_REPO_BOARDS_DIR = Path(__file__).resolve().parent.parent / "boards"
+
+_BOARD_KEYS = frozenset({"name", "description", "usb", "baudrate", "codec", "emulator", *CODEC_OPTION_KEYS})
+_USB_KEYS = frozenset({"vid", "pid"})
+_EMULATOR_KEYS = frozenset({"rate", "payload", "payload_size", "frame_type"})
+
+
+class BoardError(ConfigError):
+    """An invalid board file; a ConfigError, so the CLI reports it the same way (exit 2)."""
+
+
+@dataclass(frozen=True)
+class EmulatorProfile:
+    """How the emulator plays this board."""
+
+    rate: float  # frames per second, > 0
+    payload: str  # generator name, one of PAYLOAD_GENERATORS
+    payload_size: int = 0  # bytes per frame, for fh1 generators
+    frame_type: int = 0  # fh1 application frame type, 0x00-0xEF
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    description: str
+    vid: int | None  # USB vendor id, for auto-detection
+    pid: int | None  # USB product id
+    baudrate: int
+    codec: str
+    codec_options: dict[str, int]  # max_payload / max_line
+    emulator: EmulatorProfile
+    source: str = ""  # the file it came from
+
+
+def board_from_dict(data: Mapping[str, Any], *, source: str = "<board>") -> Board:
+    """Validate one parsed board file. Raises :class:`BoardError`."""
+    check = _Checker(source, BoardError)
+    table = check.table(data, None, "a table of board settings")
+    check.keys(table, _BOARD_KEYS, None)
+
+    if "name" not in table:
+        check.fail("name", "required key is missing (the board's name)")
+    name = check.name(table["name"], "name", "board")
+    description = ""
+    if "description" in table:
+        description = table["description"]
+        if not isinstance(description, str) or description != description.strip() or not description.isprintable():
+            check.fail("description", f"expected one line of text, got {_describe(description)}")
+
+    vid = pid = None
+    if "usb" in table:
+        usb = check.table(table["usb"], "usb", "a table like {vid = 0x0483, pid = 0x374B}")
+        check.keys(usb, _USB_KEYS, "usb")
+        # Both ids: matching on a vendor alone would claim every device of that vendor.
+        for key in ("vid", "pid"):
+            if key not in usb:
+                check.fail(f"usb.{key}", "required key is missing (usb needs both vid and pid)")
+        vid = check.usb_id(usb["vid"], "usb.vid")
+        pid = check.usb_id(usb["pid"], "usb.pid")
+
+    baudrate = check.integer(table.get("baudrate", DEFAULT_BAUDRATE), "baudrate", gt=0)
+    if "codec" not in table:
+        check.fail("codec", "required key is missing (fh1, nmea, lines or a plugin's codec)")
+    # Codec existence is checked where it is used (config), since plugin codecs
+    # are only known once plugins are loaded.
+    codec = check.name(table["codec"], "codec", "codec")
+    options = {key: check.integer(table[key], key, gt=0) for key in CODEC_OPTION_KEYS if key in table}
+    check.codec_option_keys(codec, options, "")
+
+    if "emulator" not in table:
+        check.fail("emulator", "required table is missing ([emulator] with rate and payload)")
+    emu = check.table(table["emulator"], "emulator", "a table ([emulator])")
+    check.keys(emu, _EMULATOR_KEYS, "[emulator]")
+    for key in ("rate", "payload"):
+        if key not in emu:
+            check.fail(f"emulator.{key}", "required key is missing")
+    rate = check.number(emu["rate"], "emulator.rate", gt=0)
+    payload = emu["payload"]
+    if payload not in PAYLOAD_GENERATORS:
+        check.fail("emulator.payload", f"expected one of {', '.join(PAYLOAD_GENERATORS)}, got {_describe(payload)}")
+    # A generator bigger than max_payload would make the emulator send frames
+    # its own board definition rejects.
+    size_limit = options.get("max_payload", FH1_DEFAULT_MAX_PAYLOAD) if codec == "fh1" else None
+    payload_size = check.integer(emu.get("payload_size", 0), "emulator.payload_size", ge=0, le=size_limit)
+    frame_type = check.integer(emu.get("frame_type", 0), "emulator.frame_type", ge=0, le=MAX_APPLICATION_FRAME_TYPE)
+
+    return Board(
+        name=name,
+        description=description,
+        vid=vid,
+        pid=pid,
+        baudrate=baudrate,
+        codec=codec,
+        codec_options=options,
+        emulator=EmulatorProfile(rate=rate, payload=payload, payload_size=payload_size, frame_type=frame_type),
+        source=source,
+    )
+
+
+def load_board_file(path: str | os.PathLike[str]) -> Board:
+    """Read and validate one board file. Raises :class:`BoardError`."""
+    source, data = _read_toml(path, BoardError)
+    return board_from_dict(data, source=source)
+
+
+def load_boards(extra_dirs: Iterable[str | os.PathLike[str]] = ()) -> dict[str, Board]:
+    """All known boards by name: shipped, then $FIRMWARE_HOST_BOARDS, then ``extra_dirs``.
+
+    A later board with the same name replaces an earlier one (a user's own
+    definition beats the shipped one) and moves to the end of the mapping, so
+    :func:`match_board` prefers it too. Raises :class:`BoardError`.
+    """
+    if isinstance(extra_dirs, (str, bytes, os.PathLike)):
+        extra_dirs = [extra_dirs]  # one directory given bare; do not iterate its characters
+    boards: dict[str, Board] = {}
+    _merge(boards, _load_shipped())
+    for entry in os.environ.get(BOARDS_ENV_VAR, "").split(os.pathsep):
+        if entry:  # tolerate "a::b" and a trailing separator, as PATH does
+            _merge(boards, _load_dir(Path(entry), f" (from ${BOARDS_ENV_VAR})"))
+    for directory in extra_dirs:
+        _merge(boards, _load_dir(Path(os.fsdecode(directory)), ""))
+    return boards
+
+
+def match_board(vid: int | None, pid: int | None, boards: Mapping[str, Board]) -> Board | None:
+    """The board whose USB ids are ``vid:pid``, or None.
+
+    If several boards share the ids, the last one wins: user boards are loaded
+    after shipped ones, so a user's own definition takes precedence.
+    """
+    if vid is None or pid is None:  # not a USB port (pyserial reports None)
+        return None
+    found: Board | None = None
+    for board in boards.values():
+        if board.vid == vid and board.pid == pid:
+            found = board
+    return found
+
+
+# --------------------------------------------------------------------- loading
+
+
+def _merge(into: dict[str, Board], new: dict[str, Board]) -> None:
+    for name, board in new.items():
+        into.pop(name, None)
+        into[name] = board
+
+
+def _add_unique(boards: dict[str, Board], board: Board) -> None:
+    # Two files in one directory naming the same board is ambiguous; say which.
+    other = boards.get(board.name)
+    if other is not None:
+        raise BoardError(f"board {board.name!r} is also defined in {other.source}", source=board.source, key="name")
+    boards[board.name] = board
+
+
+def _load_dir(directory: Path, origin: str) -> dict[str, Board]:
+    if not directory.is_dir():
+        raise BoardError(f"no such board directory{origin}", source=str(directory))
+    boards: dict[str, Board] = {}
+    for path in sorted(directory.glob("*.toml")):
+        if path.is_file():
+            _add_unique(boards, load_board_file(path))
+    return boards
+
+
+def _load_shipped() -> dict[str, Board]:
+    try:
+        found = importlib.util.find_spec(_PACKAGE) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        return _load_dir(_REPO_BOARDS_DIR, " (shipped boards)")
+    # importlib.resources also works when installed as a zip or wheel-in-place.
+    boards: dict[str, Board] = {}
+    root = importlib.resources.files(_PACKAGE)
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".toml") or not entry.is_file():
+            continue
+        source = str(entry)
+        data = _parse_toml(source, entry.read_bytes(), BoardError)
+        _add_unique(boards, board_from_dict(data, source=source))
+    return boards

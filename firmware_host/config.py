@@ -1,0 +1,530 @@
+"""TOML configuration -> typed, validated, frozen dataclasses.
+
+Every problem is reported as one :class:`ConfigError` whose ``str()`` is a
+single line ``<file>: <key path>: <what is wrong and what is expected>``, so
+the CLI can print it and exit 2 without a traceback. Validation is strict on
+purpose (unknown keys are errors): a typo in a field gateway's config must fail
+at start-up, not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+import stat
+import tempfile
+import tomllib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:  # boards.py imports this module; import it lazily at run time
+    from .boards import Board
+
+__all__ = [
+    "BufferConfig",
+    "Config",
+    "ConfigError",
+    "ControlConfig",
+    "DEFAULT_CODECS",
+    "DEFAULT_SINKS",
+    "DeviceConfig",
+    "MAX_CONFIG_BYTES",
+    "ShutdownConfig",
+    "SinkConfig",
+    "config_from_dict",
+    "default_control_socket",
+    "load_config",
+]
+
+#: codecs and sinks that ship with the runtime; plugins add to these
+DEFAULT_CODECS: frozenset[str] = frozenset({"fh1", "nmea", "lines"})
+DEFAULT_SINKS: frozenset[str] = frozenset({"jsonl"})
+#: a config (or board) file is small; refusing big ones bounds memory and parse time
+MAX_CONFIG_BYTES = 1 << 20
+#: device and board names end up in file names, JSON keys and CLI arguments
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+NAME_EXPECTED = "1 to 64 letters, digits, '.', '_' or '-'"
+#: options the first-party codecs take; plugin codecs' options pass through unchecked
+CODEC_OPTION_KEYS: tuple[str, ...] = ("max_line", "max_payload")
+BUILTIN_CODEC_OPTIONS: Mapping[str, frozenset[str]] = {
+    "fh1": frozenset({"max_payload"}),
+    "lines": frozenset({"max_line"}),
+    "nmea": frozenset(),  # NMEA 0183 fixes the line length; nothing to tune
+}
+DEFAULT_BAUDRATE = 115200
+# Linux sun_path is 108 bytes including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+
+_TOP_KEYS = frozenset({"buffer", "shutdown", "control", "devices", "sinks", "plugins"})
+_BUFFER_KEYS = frozenset({"capacity", "max_bytes", "flush_interval", "batch_size"})
+_SHUTDOWN_KEYS = frozenset({"grace"})
+_CONTROL_KEYS = frozenset({"socket"})
+_DEVICE_KEYS = frozenset(
+    {"name", "port", "match", "board", "codec", "baudrate", "backoff_initial", "backoff_max", *CODEC_OPTION_KEYS}
+)
+_MATCH_KEYS = frozenset({"vid", "pid", "serial"})
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported as one line naming file and key.
+
+    ``ConfigError("text")`` is also valid (then ``str()`` is just the text), so
+    other layers can raise it for config-shaped problems of their own.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, key: str | None = None) -> None:
+        self.message = message
+        self.source = source
+        self.key = key
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        parts = [p for p in (self.source, self.key, self.message) if p]
+        # One line, always: the CLI prints str(err) as the whole diagnosis.
+        return re.sub(r"[\r\n\t\v\f\x85\u2028\u2029]+", " ", ": ".join(parts))
+
+
+# --------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    """The shared buffer: bounded by frames and optionally by bytes."""
+
+    capacity: int = 10000
+    max_bytes: int = 0  # 0: no byte bound
+    flush_interval: float = 1.0  # 0: flush only on demand and at shutdown
+    batch_size: int = 1000
+
+
+@dataclass(frozen=True)
+class ShutdownConfig:
+    grace: float = 5.0  # seconds allowed for the final drain
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: str | None = None  # None: default_control_socket()
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """One serial device, with its board's settings already merged in."""
+
+    name: str
+    port: str | None  # path or pyserial URL; exactly one of port / match
+    match: dict[str, object] | None  # {"vid": int, "pid": int, "serial": str}, any non-empty subset
+    board: str | None
+    codec: str
+    codec_options: dict[str, int] = field(default_factory=dict)
+    baudrate: int = DEFAULT_BAUDRATE
+    backoff_initial: float = 0.1
+    backoff_max: float = 5.0
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    type: str
+    options: dict[str, object] = field(default_factory=dict)  # validated by the sink itself
+
+
+@dataclass(frozen=True)
+class Config:
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    devices: list[DeviceConfig] = field(default_factory=list)
+    sinks: list[SinkConfig] = field(default_factory=list)
+    plugins: dict[str, dict[str, object]] = field(default_factory=dict)
+    source: str = "<config>"
+
+
+# --------------------------------------------------------------------- checking helpers
+# Shared with boards.py, which raises its own subclass of ConfigError.
+
+
+def _describe(value: object) -> str:
+    """Show a bad value briefly, in TOML-ish terms, on one line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = json.dumps(value)  # ASCII-only: escapes newlines and other line breaks
+        return text if len(text) <= 60 else text[:56] + '..."'
+    if isinstance(value, int):
+        text = str(value) if abs(value) < 10**30 else "a very large integer"
+        return text
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return f"a date/time ({value.isoformat()})"
+    return f"a {type(value).__name__}"
+
+
+def _bound_text(ge: float | None, gt: float | None, le: float | None) -> str:
+    if ge is not None and le is not None:
+        return f" from {_num(ge)} to {_num(le)}"
+    if gt is not None:
+        return f" > {_num(gt)}"
+    if ge is not None:
+        return f" >= {_num(ge)}"
+    if le is not None:
+        return f" <= {_num(le)}"
+    return ""
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+class _Checker:
+    """Type and range checks that fail with one line naming ``source`` and the key."""
+
+    def __init__(self, source: str, error: type[ConfigError] = ConfigError) -> None:
+        self.source = source
+        self.error = error
+
+    def fail(self, key: str | None, message: str) -> NoReturn:
+        # from None: the message says everything; a chained OSError/TOMLDecodeError is noise
+        raise self.error(message, source=self.source, key=key) from None
+
+    def table(self, value: object, key: str | None, expected: str = "a table") -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            self.fail(key, f"expected {expected}, got {_describe(value)}")
+        return value
+
+    def keys(self, table: Mapping[str, Any], known: Collection[str], where: str | None) -> None:
+        for key in table:
+            if key not in known:
+                place = f"in {where}" if where else "at the top level"
+                self.fail(None, f"unknown key {key!r} {place} (known: {', '.join(sorted(known))})")
+
+    def integer(
+        self, value: object, key: str, *, ge: int | None = None, gt: int | None = None, le: int | None = None
+    ) -> int:
+        # bool is a subclass of int in Python; `capacity = true` is a mistake, not 1.
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok:
+            assert isinstance(value, int)
+            ok = (ge is None or value >= ge) and (gt is None or value > gt) and (le is None or value <= le)
+        if not ok:
+            self.fail(key, f"expected an integer{_bound_text(ge, gt, le)}, got {_describe(value)}")
+        assert isinstance(value, int)
+        return value
+
+    def number(self, value: object, key: str, *, ge: float | None = None, gt: float | None = None) -> float:
+        # TOML writes `grace = 5` as an int; accept it where a float is expected.
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            assert isinstance(value, (int, float))
+            # inf/nan would turn timers into busy loops or never-firing waits
+            ok = math.isfinite(value) and (ge is None or value >= ge) and (gt is None or value > gt)
+        if not ok:
+            self.fail(key, f"expected a finite number{_bound_text(ge, gt, None)}, got {_describe(value)}")
+        assert isinstance(value, (int, float))
+        return float(value)
+
+    def string(self, value: object, key: str, expected: str = "a non-empty string") -> str:
+        if not isinstance(value, str) or not value or "\x00" in value:
+            self.fail(key, f"expected {expected}, got {_describe(value)}")
+        return value
+
+    def name(self, value: object, key: str, what: str) -> str:
+        if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+            self.fail(key, f"expected a {what} name ({NAME_EXPECTED}), got {_describe(value)}")
+        return value
+
+    def usb_id(self, value: object, key: str) -> int:
+        """A USB vendor/product id: an int 0..0xFFFF or a hex string like "0x0483"."""
+        expected = 'a USB id: an integer from 0 to 0xFFFF or a hex string like "0x0483"'
+        if isinstance(value, str):
+            digits = value[2:] if value[:2].lower() == "0x" else value
+            if re.fullmatch(r"[0-9A-Fa-f]{1,4}", digits):
+                return int(digits, 16)
+            self.fail(key, f"expected {expected}, got {_describe(value)}")
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0xFFFF:
+            return value
+        self.fail(key, f"expected {expected}, got {_describe(value)}")
+
+    def codec_option_keys(self, codec: str, options: Collection[str], prefix: str) -> None:
+        """Reject an option the first-party ``codec`` does not take (plugin codecs pass)."""
+        allowed = BUILTIN_CODEC_OPTIONS.get(codec)
+        if allowed is None:
+            return
+        for option in sorted(options):
+            if option not in allowed:
+                takes = ", ".join(sorted(allowed)) or "no options"
+                self.fail(f"{prefix}{option}", f"codec {codec!r} has no option {option!r} (it takes: {takes})")
+
+
+def _read_toml(path: str | os.PathLike[str], error: type[ConfigError] = ConfigError) -> tuple[str, dict[str, Any]]:
+    """Read and parse a small TOML file; returns (source, data)."""
+    source = os.fsdecode(os.fspath(path))
+    check = _Checker(source, error)
+    try:
+        # O_NONBLOCK: opening a FIFO given by mistake must not hang start-up
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        check.fail(None, "no such file")
+    except IsADirectoryError:
+        check.fail(None, "is a directory, expected a TOML file")
+    except OSError as exc:
+        check.fail(None, f"cannot open: {exc.strerror or exc}")
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            check.fail(None, "is a directory, expected a TOML file")
+        if not stat.S_ISREG(st.st_mode):
+            check.fail(None, "not a regular file, expected a TOML file")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)  # bounded even if the file grows under us
+    except OSError as exc:
+        check.fail(None, f"cannot read: {exc.strerror or exc}")
+    finally:
+        os.close(fd)
+    return source, _parse_toml(source, raw, error)
+
+
+def _parse_toml(source: str, raw: bytes, error: type[ConfigError] = ConfigError) -> dict[str, Any]:
+    """Size-check, decode and parse the bytes of a TOML file."""
+    check = _Checker(source, error)
+    if len(raw) > MAX_CONFIG_BYTES:
+        check.fail(None, f"file is larger than 1 MiB; expected a TOML file of at most {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        check.fail(None, f"not valid UTF-8 (byte {exc.start}); TOML files must be UTF-8")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        check.fail(None, f"TOML syntax error: {exc}")
+
+
+# --------------------------------------------------------------------- public API
+
+
+def default_control_socket() -> str:
+    """Where the control socket lives when the config does not say.
+
+    $XDG_RUNTIME_DIR is per-user, 0700 and cleaned at logout, the right home
+    for a socket. Without it, a per-uid directory in the temp dir (created
+    0700 by the control server) keeps other users out.
+    """
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime_dir and os.path.isdir(runtime_dir):
+        return os.path.join(runtime_dir, "firmware-host.sock")
+    uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
+    return os.path.join(tempfile.gettempdir(), f"firmware-host-{uid}", "firmware-host.sock")
+
+
+def load_config(
+    path: str | os.PathLike[str],
+    *,
+    known_codecs: Collection[str] | None = None,
+    known_sinks: Collection[str] | None = None,
+    boards: Mapping[str, Board] | None = None,
+) -> Config:
+    """Read, parse and validate a TOML config file. Raises :class:`ConfigError`."""
+    source, data = _read_toml(path)
+    return config_from_dict(data, source=source, known_codecs=known_codecs, known_sinks=known_sinks, boards=boards)
+
+
+def config_from_dict(
+    data: Mapping[str, Any],
+    *,
+    source: str = "<config>",
+    known_codecs: Collection[str] | None = None,
+    known_sinks: Collection[str] | None = None,
+    boards: Mapping[str, Board] | None = None,
+) -> Config:
+    """Validate already-parsed TOML data (``tomllib`` output or an equivalent dict).
+
+    ``known_codecs``/``known_sinks`` default to the first-party ones; pass the
+    plugin registry's names to accept plugin codecs and sinks. ``boards``
+    defaults to :func:`firmware_host.boards.load_boards`, loaded only if a
+    device names a board.
+    """
+    check = _Checker(source)
+    top = check.table(data, None, "a table of settings")
+    check.keys(top, _TOP_KEYS, None)
+    codecs = frozenset(known_codecs) if known_codecs is not None else DEFAULT_CODECS
+    sink_types = frozenset(known_sinks) if known_sinks is not None else DEFAULT_SINKS
+
+    buffer = _parse_buffer(check, top.get("buffer", {}))
+    shutdown = _parse_shutdown(check, top.get("shutdown", {}))
+    control = _parse_control(check, top.get("control", {}))
+
+    raw_devices = top.get("devices", [])
+    if not isinstance(raw_devices, list):
+        check.fail("devices", f"expected an array of tables ([[devices]]), got {_describe(raw_devices)}")
+    if boards is None and any(isinstance(d, Mapping) and "board" in d for d in raw_devices):
+        from .boards import load_boards  # lazy: boards.py imports this module
+
+        boards = load_boards()
+    devices: list[DeviceConfig] = []
+    first_index: dict[str, int] = {}
+    for index, raw in enumerate(raw_devices):
+        device = _parse_device(check, raw, f"devices[{index}]", codecs, boards or {})
+        if device.name in first_index:
+            check.fail(f"devices[{index}].name", f"duplicate device name {device.name!r}")
+        first_index[device.name] = index
+        devices.append(device)
+
+    raw_sinks = top.get("sinks", [])
+    if not isinstance(raw_sinks, list):
+        check.fail("sinks", f"expected an array of tables ([[sinks]]), got {_describe(raw_sinks)}")
+    sinks = [_parse_sink(check, raw, f"sinks[{i}]", sink_types) for i, raw in enumerate(raw_sinks)]
+
+    raw_plugins = check.table(top.get("plugins", {}), "plugins", "a table of [plugins.NAME] tables")
+    plugins: dict[str, dict[str, object]] = {}
+    for name, options in raw_plugins.items():
+        # The keys are the plugin's own options; the plugin validates them.
+        plugins[name] = dict(check.table(options, f"plugins.{name}", f"a table ([plugins.{name}]) of options"))
+
+    return Config(
+        buffer=buffer,
+        shutdown=shutdown,
+        control=control,
+        devices=devices,
+        sinks=sinks,
+        plugins=plugins,
+        source=source,
+    )
+
+
+# --------------------------------------------------------------------- sections
+
+
+def _parse_buffer(check: _Checker, value: object) -> BufferConfig:
+    table = check.table(value, "buffer", "a table ([buffer])")
+    check.keys(table, _BUFFER_KEYS, "[buffer]")
+    d = BufferConfig()
+    return BufferConfig(
+        capacity=check.integer(table.get("capacity", d.capacity), "buffer.capacity", gt=0),
+        max_bytes=check.integer(table.get("max_bytes", d.max_bytes), "buffer.max_bytes", ge=0),
+        flush_interval=check.number(table.get("flush_interval", d.flush_interval), "buffer.flush_interval", ge=0),
+        batch_size=check.integer(table.get("batch_size", d.batch_size), "buffer.batch_size", gt=0),
+    )
+
+
+def _parse_shutdown(check: _Checker, value: object) -> ShutdownConfig:
+    table = check.table(value, "shutdown", "a table ([shutdown])")
+    check.keys(table, _SHUTDOWN_KEYS, "[shutdown]")
+    return ShutdownConfig(grace=check.number(table.get("grace", ShutdownConfig.grace), "shutdown.grace", ge=0))
+
+
+def _parse_control(check: _Checker, value: object) -> ControlConfig:
+    table = check.table(value, "control", "a table ([control])")
+    check.keys(table, _CONTROL_KEYS, "[control]")
+    if "socket" not in table:
+        return ControlConfig()
+    socket = check.string(table["socket"], "control.socket", "a path for the control socket")
+    # A longer path fails only at bind() time, long after start-up; say so now.
+    if len(os.fsencode(socket)) > _MAX_SOCKET_PATH:
+        check.fail("control.socket", f"expected a path of at most {_MAX_SOCKET_PATH} bytes (Unix socket limit)")
+    return ControlConfig(socket=socket)
+
+
+def _parse_match(check: _Checker, value: object, where: str) -> dict[str, object]:
+    table = check.table(value, where, "a table like {vid = 0x0483, pid = 0x374B, serial = \"...\"}")
+    check.keys(table, _MATCH_KEYS, where)
+    if not table:
+        check.fail(where, "expected at least one of vid, pid, serial")
+    match: dict[str, object] = {}
+    for key in ("vid", "pid"):
+        if key in table:
+            match[key] = check.usb_id(table[key], f"{where}.{key}")
+    if "serial" in table:
+        match["serial"] = check.string(table["serial"], f"{where}.serial", "a USB serial number string")
+    return match
+
+
+def _parse_device(
+    check: _Checker, value: object, where: str, codecs: frozenset[str], boards: Mapping[str, Board]
+) -> DeviceConfig:
+    table = check.table(value, where, "a table ([[devices]])")
+    check.keys(table, _DEVICE_KEYS, where)
+    if "name" not in table:
+        check.fail(f"{where}.name", f"required key is missing (a unique device name: {NAME_EXPECTED})")
+    name = check.name(table["name"], f"{where}.name", "device")
+
+    has_port, has_match = "port" in table, "match" in table
+    if has_port and has_match:
+        check.fail(where, "give either 'port' or 'match', not both")
+    if not has_port and not has_match:
+        check.fail(where, "missing 'port' (a path or pyserial URL) or 'match' (a table of vid, pid, serial)")
+    port = check.string(table["port"], f"{where}.port", "a port path or pyserial URL") if has_port else None
+    match = _parse_match(check, table["match"], f"{where}.match") if has_match else None
+
+    board: Board | None = None
+    board_name: str | None = None
+    if "board" in table:
+        board_name = check.string(table["board"], f"{where}.board", "a board name")
+        board = boards.get(board_name)
+        if board is None:
+            known = ", ".join(sorted(boards)) or "none"
+            check.fail(f"{where}.board", f"unknown board {board_name!r} (known: {known})")
+
+    # The device's own settings beat the board's.
+    if "codec" in table:
+        codec = check.string(table["codec"], f"{where}.codec", "a codec name")
+        if codec not in codecs:
+            check.fail(f"{where}.codec", f"unknown codec {codec!r} (known: {', '.join(sorted(codecs))})")
+    elif board is not None:
+        codec = board.codec
+        if codec not in codecs:
+            check.fail(
+                f"{where}.board",
+                f"board {board.name!r} uses codec {codec!r}, which is not available (known: {', '.join(sorted(codecs))})",
+            )
+    else:
+        check.fail(f"{where}.codec", f"required when no 'board' is given (known: {', '.join(sorted(codecs))})")
+
+    # A board's codec options describe the board's codec; they mean nothing to
+    # another codec the device switched to, so they are dropped then.
+    options: dict[str, int] = dict(board.codec_options) if board is not None and board.codec == codec else {}
+    own = {key: check.integer(table[key], f"{where}.{key}", gt=0) for key in CODEC_OPTION_KEYS if key in table}
+    check.codec_option_keys(codec, own, f"{where}.")
+    options.update(own)
+
+    if "baudrate" in table:
+        baudrate = check.integer(table["baudrate"], f"{where}.baudrate", gt=0)
+    else:
+        baudrate = board.baudrate if board is not None else DEFAULT_BAUDRATE
+
+    backoff_initial = check.number(table.get("backoff_initial", 0.1), f"{where}.backoff_initial", gt=0)
+    backoff_max = check.number(table.get("backoff_max", 5.0), f"{where}.backoff_max", gt=0)
+    if backoff_max < backoff_initial:
+        check.fail(
+            f"{where}.backoff_max",
+            f"expected a number >= backoff_initial ({_num(backoff_initial)}), got {_describe(table.get('backoff_max', 5.0))}",
+        )
+
+    return DeviceConfig(
+        name=name,
+        port=port,
+        match=match,
+        board=board_name,
+        codec=codec,
+        codec_options=options,
+        baudrate=baudrate,
+        backoff_initial=backoff_initial,
+        backoff_max=backoff_max,
+    )
+
+
+def _parse_sink(check: _Checker, value: object, where: str, sink_types: frozenset[str]) -> SinkConfig:
+    table = check.table(value, where, "a table ([[sinks]])")
+    if "type" not in table:
+        check.fail(f"{where}.type", f"required key is missing (known sink types: {', '.join(sorted(sink_types))})")
+    sink_type = check.string(table["type"], f"{where}.type", "a sink type name")
+    if sink_type not in sink_types:
+        check.fail(f"{where}.type", f"unknown sink type {sink_type!r} (known: {', '.join(sorted(sink_types))})")
+    return SinkConfig(type=sink_type, options={k: v for k, v in table.items() if k != "type"})
