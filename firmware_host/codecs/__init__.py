@@ -1,0 +1,67 @@
+"""Codecs: turn a device's byte stream into frames (and frames into bytes).
+
+Built in: ``fh1`` (binary, COBS + CRC-16), ``nmea`` (NMEA 0183) and
+``lines`` (newline-delimited text). Plugins add codecs through a registry of
+factories; :func:`make_codec` builds any of them with validated options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .base import Codec, CodecFactory, CodecOptionError, check_options
+from .fh1 import Fh1Codec, encode_packet
+from .lines import LinesCodec
+from .nmea import NmeaCodec
+
+__all__ = [
+    "BUILTIN_CODECS",
+    "Codec",
+    "CodecFactory",
+    "CodecOptionError",
+    "Fh1Codec",
+    "LinesCodec",
+    "NmeaCodec",
+    "encode_packet",
+    "make_codec",
+]
+
+#: name -> factory for the first-party codecs
+BUILTIN_CODECS: dict[str, CodecFactory] = {
+    Fh1Codec.name: Fh1Codec,
+    NmeaCodec.name: NmeaCodec,
+    LinesCodec.name: LinesCodec,
+}
+
+
+def make_codec(
+    name: str,
+    device: str,
+    options: Mapping[str, Any] | None = None,
+    registry: Mapping[str, CodecFactory] | None = None,
+) -> Codec:
+    """Build codec ``name`` for ``device`` with validated ``options``.
+
+    ``registry`` (e.g. built-ins plus plugin codecs) is searched first, then
+    :data:`BUILTIN_CODECS`. A factory declares the options it accepts as an
+    ``options`` attribute (``{"max_payload": int}``); a factory that declares
+    none accepts none. Raises ValueError for an unknown name and
+    CodecOptionError (a ValueError) for a bad option, both with a message fit
+    for a config error.
+    """
+    factory: CodecFactory | None = None
+    if registry is not None:
+        factory = registry.get(name)
+    if factory is None:
+        factory = BUILTIN_CODECS.get(name)
+    if factory is None:
+        known = sorted({*BUILTIN_CODECS, *(registry or {})})
+        raise ValueError(f"unknown codec {name!r} (known: {', '.join(known)})")
+    opts = dict(options or {})
+    allowed: dict[str, type] = getattr(factory, "options", None) or {}
+    check_options(name, opts, allowed)
+    codec = factory(device, **opts)
+    if not isinstance(codec, Codec):
+        raise TypeError(f"codec factory {name!r} returned {type(codec).__name__}, not a Codec")
+    return codec

@@ -1,0 +1,184 @@
+"""``fh1``: the default binary framing for firmware.
+
+Wire: ``COBS(packet) + b"\\x00"``. Packet::
+
+    0      version (0x01)
+    1      type (0x00-0xEF application, 0xF0-0xFF runtime)
+    2..5   seq, uint32 little-endian, wraps
+    6..n-3 payload, 0..max_payload bytes
+    n-2..  CRC-16/CCITT-FALSE over bytes 0..n-3, little-endian
+
+Decoding works on whole reads: split on 0x00, decode each complete packet,
+keep the unterminated tail for the next read. The tail is bounded by the
+largest legal encoded packet; past that it is dropped (one ``rejected``) and
+input is skipped up to the next 0x00, so memory never grows with the input.
+"""
+
+from __future__ import annotations
+
+import struct
+from binascii import crc_hqx
+from typing import ClassVar
+
+from ..frames import Frame
+from .base import Codec, CodecOptionError
+from .cobs import CobsDecodeError, decode_unchecked, max_encoded_len
+from .cobs import encode as cobs_encode
+
+__all__ = [
+    "FH1_VERSION",
+    "HEADER_LEN",
+    "CRC_LEN",
+    "DEFAULT_MAX_PAYLOAD",
+    "MAX_PAYLOAD_LIMIT",
+    "TYPE_COMMAND",
+    "TYPE_COMMAND_ACK",
+    "TYPE_HEARTBEAT",
+    "TYPE_LOG",
+    "Fh1Codec",
+    "encode_packet",
+]
+
+FH1_VERSION = 0x01
+HEADER_LEN = 6  # version, type, seq
+CRC_LEN = 2
+DEFAULT_MAX_PAYLOAD = 1024
+# Sanity ceiling for the option: the pending buffer is sized from it.
+MAX_PAYLOAD_LIMIT = 1 << 20
+
+# Reserved types (design: "Reserved types").
+TYPE_COMMAND = 0xF0  # host -> device command
+TYPE_COMMAND_ACK = 0xF1  # device -> host ack, payload starts with the acked seq
+TYPE_HEARTBEAT = 0xF2
+TYPE_LOG = 0xF3  # UTF-8 log text
+
+_HEADER = struct.Struct("<BBI")
+_CRC = struct.Struct("<H")
+_SEQ_MASK = 0xFFFFFFFF
+_ZERO = b"\x00"
+
+
+def encode_packet(frame_type: int, seq: int, payload: bytes | bytearray | memoryview | str = b"") -> bytes:
+    """Wire bytes of one fh1 packet: ``COBS(packet) + b"\\x00"``.
+
+    ``seq`` is taken mod 2**32 so emulators can count without wrapping by hand.
+    A ``str`` payload is UTF-8 encoded (handy for TYPE_LOG). No payload limit
+    is enforced here, so fault injectors can build oversize packets;
+    :meth:`Fh1Codec.encode` enforces its ``max_payload``.
+    """
+    if not 0 <= frame_type <= 0xFF:
+        raise ValueError(f"fh1 type must be 0..255, got {frame_type}")
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    packet = _HEADER.pack(FH1_VERSION, frame_type, seq & _SEQ_MASK) + bytes(payload)
+    return cobs_encode(packet + _CRC.pack(crc_hqx(packet, 0xFFFF))) + _ZERO
+
+
+class Fh1Codec(Codec):
+    """Incremental decoder/encoder for ``fh1``.
+
+    Counters: ``rejected`` (bad COBS, length, version, CRC, oversize run,
+    partial packet dropped by :meth:`reset`) and ``gaps`` (one per seq
+    discontinuity; the very first frame never counts one).
+    """
+
+    name: ClassVar[str] = "fh1"
+    text: ClassVar[bool] = False
+    options: ClassVar[dict[str, type]] = {"max_payload": int}
+
+    def __init__(self, device: str = "", *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        super().__init__(device)
+        if not isinstance(max_payload, int) or isinstance(max_payload, bool) or not 0 < max_payload <= MAX_PAYLOAD_LIMIT:
+            raise CodecOptionError(f"codec 'fh1' option 'max_payload' must be an int in 1..{MAX_PAYLOAD_LIMIT}, got {max_payload!r}")
+        self.max_payload = max_payload
+        self._max_packet = HEADER_LEN + max_payload + CRC_LEN
+        #: largest legal encoded packet (without its 0x00); the pending tail never exceeds it
+        self.pending_limit = max_encoded_len(self._max_packet)
+        self._pending = b""
+        # True while skipping the rest of an oversize run up to the next 0x00.
+        self._skipping = False
+        self._last_seq: int | None = None
+
+    def feed(self, data: bytes, ts: float) -> list[Frame]:
+        frames: list[Frame] = []
+        if not data:
+            return frames
+        start = 0
+        if self._skipping:
+            end = data.find(_ZERO)
+            if end < 0:
+                return frames
+            self._skipping = False
+            start = end + 1
+        end = data.find(_ZERO, start)
+        if end < 0:
+            self._hold(data, start)
+            return frames
+        # The first packet completes whatever the previous read left pending.
+        first = self._pending + data[start:end] if self._pending else data[start:end]
+        self._pending = b""
+        if first:
+            self._packet(first, ts, frames)
+        parts = data[end + 1 :].split(_ZERO)
+        tail = parts.pop()
+        for enc in parts:
+            if enc:  # empty packet: firmware resynchronising, not an error
+                self._packet(enc, ts, frames)
+        if tail:
+            self._hold(tail, 0)
+        return frames
+
+    def _hold(self, data: bytes, start: int) -> None:
+        """Keep ``data[start:]`` as the pending tail, or drop an oversize run."""
+        if len(self._pending) + len(data) - start > self.pending_limit:
+            # Count the run once; the 0x00 that ends it resumes decoding.
+            self.rejected += 1
+            self._pending = b""
+            self._skipping = True
+        elif start:
+            self._pending += data[start:]
+        else:
+            self._pending += data
+
+    def _packet(self, enc: bytes, ts: float, frames: list[Frame]) -> None:
+        # Checked on the encoded length so the verdict is the same whether the
+        # run arrived whole or was cut off by _hold.
+        if len(enc) > self.pending_limit:
+            self.rejected += 1
+            return
+        try:
+            packet = decode_unchecked(enc)
+        except CobsDecodeError:
+            self.rejected += 1
+            return
+        n = len(packet)
+        if n < HEADER_LEN + CRC_LEN or n > self._max_packet or packet[0] != FH1_VERSION:
+            self.rejected += 1
+            return
+        # A slice beats a memoryview here: packets are small, the view costs more.
+        if crc_hqx(packet[:-CRC_LEN], 0xFFFF) != packet[-2] | (packet[-1] << 8):
+            self.rejected += 1
+            return
+        _, frame_type, seq = _HEADER.unpack_from(packet)
+        last = self._last_seq
+        if last is not None and seq != (last + 1) & _SEQ_MASK:
+            self.gaps += 1
+        self._last_seq = seq
+        frames.append(Frame(self.device, seq, frame_type, ts, packet[HEADER_LEN:-CRC_LEN]))
+
+    def reset(self) -> None:
+        if self._pending:
+            self.rejected += 1
+        self._pending = b""
+        # A new connection starts clean; an oversize run was already counted.
+        self._skipping = False
+
+    def encode(self, frame_type: int | None, seq: int, body: bytes | str) -> bytes:
+        """Wire bytes for one packet; ``body`` is the payload (str: UTF-8)."""
+        if frame_type is None:
+            raise ValueError("fh1 frames need an integer type")
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        if len(body) > self.max_payload:
+            raise ValueError(f"fh1 payload of {len(body)} bytes exceeds max_payload {self.max_payload}")
+        return encode_packet(frame_type, seq, body)
