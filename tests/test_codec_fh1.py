@@ -451,7 +451,9 @@ def test_make_codec_registry() -> None:
         make_codec("echo", "d", {"height": 3}, registry)
     with pytest.raises(ValueError, match="echo, fh1"):
         make_codec("nope", "d", {}, registry)
-    with pytest.raises(CodecOptionError):  # a factory that declares no options takes none
+    # A factory that declares no options gets them unchecked; its TypeError is reported clearly.
+    assert make_codec("bare", "d", {"width": 2}, {"bare": lambda device, **kw: Echo(device, **kw)}).width == 2  # type: ignore[attr-defined]
+    with pytest.raises(CodecOptionError, match="rejected options x"):
         make_codec("bare", "d", {"x": 1}, {"bare": lambda device: Echo(device)})
     with pytest.raises(TypeError):
         make_codec("broken", "d", {}, {"broken": lambda device: object()})

@@ -44,11 +44,12 @@ def make_codec(
     """Build codec ``name`` for ``device`` with validated ``options``.
 
     ``registry`` (e.g. built-ins plus plugin codecs) is searched first, then
-    :data:`BUILTIN_CODECS`. A factory declares the options it accepts as an
-    ``options`` attribute (``{"max_payload": int}``); a factory that declares
-    none accepts none. Raises ValueError for an unknown name and
-    CodecOptionError (a ValueError) for a bad option, both with a message fit
-    for a config error.
+    :data:`BUILTIN_CODECS`. A factory that declares the options it accepts as
+    an ``options`` attribute (``{"max_payload": int}``) has them checked here;
+    one that declares nothing gets them unchecked (as the config loader passes
+    them), and a TypeError it raises for them becomes CodecOptionError.
+    Raises ValueError for an unknown name and CodecOptionError (a ValueError)
+    for a bad option, both with a message fit for a config error.
     """
     factory: CodecFactory | None = None
     if registry is not None:
@@ -59,9 +60,15 @@ def make_codec(
         known = sorted({*BUILTIN_CODECS, *(registry or {})})
         raise ValueError(f"unknown codec {name!r} (known: {', '.join(known)})")
     opts = dict(options or {})
-    allowed: dict[str, type] = getattr(factory, "options", None) or {}
-    check_options(name, opts, allowed)
-    codec = factory(device, **opts)
+    allowed: dict[str, type] | None = getattr(factory, "options", None)
+    if allowed is not None:
+        check_options(name, opts, allowed)
+    try:
+        codec = factory(device, **opts)
+    except TypeError as exc:
+        if allowed is None and opts:  # e.g. "unexpected keyword argument"
+            raise CodecOptionError(f"codec {name!r} rejected options {', '.join(sorted(opts))}: {exc}") from exc
+        raise
     if not isinstance(codec, Codec):
         raise TypeError(f"codec factory {name!r} returned {type(codec).__name__}, not a Codec")
     return codec
