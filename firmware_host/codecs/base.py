@@ -1,0 +1,65 @@
+"""The codec interface: pure, incremental, bounded.
+
+A codec instance belongs to one device. ``feed`` takes whatever bytes one read
+returned and gives back the frames completed by them; partial input is kept
+(bounded) for the next call. Nothing here does I/O, so codecs are tested
+without any port.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable, ClassVar
+
+from ..frames import Frame
+
+
+class Codec(ABC):
+    """Base class for every codec (first-party and plugin)."""
+
+    #: registry name, e.g. ``"fh1"``
+    name: ClassVar[str] = ""
+    #: True when frames carry ``text`` rather than ``payload``
+    text: ClassVar[bool] = False
+
+    def __init__(self, device: str = "") -> None:
+        self.device = device
+        #: inputs that failed to decode (bad CRC, bad COBS, oversize, malformed)
+        self.rejected = 0
+        #: sequence discontinuities seen (fh1 only; host-seq codecs never gap)
+        self.gaps = 0
+
+    @abstractmethod
+    def feed(self, data: bytes, ts: float) -> list[Frame]:
+        """Decode ``data``; return the frames it completed, all stamped ``ts``."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget partial input (the port was closed mid-frame).
+
+        A non-empty partial frame counts one ``rejected``: it was input that
+        never decoded. Sequence state survives, so a gap across a reconnect is
+        still counted.
+        """
+
+    @abstractmethod
+    def encode(self, frame_type: int | None, seq: int, body: bytes | str) -> bytes:
+        """Encode one frame for the wire (emulators, downlink, tests)."""
+
+
+#: ``factory(device, **options) -> Codec``
+CodecFactory = Callable[..., Codec]
+
+
+class CodecOptionError(ValueError):
+    """A codec option is unknown or out of range."""
+
+
+def check_options(name: str, options: dict[str, Any], allowed: dict[str, type]) -> None:
+    """Validate codec options from a board or config (bounded, typed)."""
+    for key, value in options.items():
+        if key not in allowed:
+            raise CodecOptionError(f"codec {name!r} has no option {key!r} (known: {', '.join(sorted(allowed)) or 'none'})")
+        expected = allowed[key]
+        if not isinstance(value, expected) or isinstance(value, bool) or value <= 0:
+            raise CodecOptionError(f"codec {name!r} option {key!r} must be a positive {expected.__name__}")
