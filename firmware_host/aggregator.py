@@ -1,0 +1,309 @@
+"""The aggregator actor: one task owns the shared, bounded frame buffer.
+
+Everything else talks to it through ``AggregatorHandle``, which puts messages
+on a bounded inbox; requests that need an answer carry a future (the oneshot
+pattern). Readers send one message per read, never one per frame.
+
+Buffer bookkeeping: frames sit in one deque in arrival order, so the globally
+oldest frame is always at the left. Frames leave only from the left (drop-
+oldest, or a global flush ack), except for a per-device flush, which rebuilds
+the deque. ``_head`` is the global id of the leftmost frame; a global batch is
+therefore just an id range, and an ack after some of its frames were evicted
+counts only the survivors as flushed (the evicted ones already count as
+dropped), which keeps ``frames == flushed + dropped + buffered`` exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .cancel import CancellationToken
+from .frames import Frame
+
+INBOX_SIZE = 1024
+
+
+@dataclass(slots=True)
+class DeviceAccount:
+    """Per-device accounting owned by the actor."""
+
+    frames: int = 0
+    flushed: int = 0
+    dropped: int = 0
+    buffered: int = 0
+
+
+@dataclass(slots=True)
+class Batch:
+    """Frames handed to the flusher; they stay buffered until ``ack``."""
+
+    frames: list[Frame]
+    first_id: int
+    device: str | None = None
+
+
+@dataclass
+class BufferSnapshot:
+    capacity: int
+    max_bytes: int
+    depth: int
+    bytes: int
+    dropped: int
+    accounts: dict[str, DeviceAccount]
+    #: device → receive time of its oldest buffered frame (only when asked for)
+    oldest_ts: dict[str, float] = field(default_factory=dict)
+
+
+def _size(frame: Frame) -> int:
+    payload = frame.payload
+    if payload is not None:
+        return len(payload)
+    text = frame.text
+    return len(text) if text is not None else 0
+
+
+_STOP = object()
+
+
+class Aggregator:
+    """The actor. Create it, start ``run()`` as a task, use ``handle``."""
+
+    def __init__(self, capacity: int, max_bytes: int = 0, batch_size: int = 1000,
+                 inbox_size: int = INBOX_SIZE) -> None:
+        if capacity <= 0 or batch_size <= 0 or max_bytes < 0:
+            raise ValueError("capacity and batch_size must be > 0, max_bytes >= 0")
+        self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.batch_size = batch_size
+        self._buffer: collections.deque[Frame] = collections.deque()
+        self._head = 0  # global id of _buffer[0]
+        self._bytes = 0
+        self._dropped = 0
+        self._accounts: dict[str, DeviceAccount] = {}
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue(inbox_size)
+        #: set while at least one full batch is buffered; the flusher awaits it
+        self.batch_ready = asyncio.Event()
+        self.handle = AggregatorHandle(self._inbox, self.batch_ready)
+
+    # -- the actor loop ----------------------------------------------------
+
+    async def run(self, token: CancellationToken) -> None:
+        """Serve messages until ``token`` is cancelled and the inbox is empty.
+
+        The stop arrives as a message so that everything sent before the
+        cancel is still served in order.
+        """
+        inbox = self._inbox
+        stopper = asyncio.ensure_future(self._stop_when(token))
+        try:
+            while True:
+                msg = await inbox.get()
+                if msg is _STOP:
+                    return
+                kind = msg[0]
+                if kind == "offer":
+                    self._offer(msg[1], msg[2])
+                else:
+                    self._request(msg)
+        finally:
+            stopper.cancel()
+
+    async def _stop_when(self, token: CancellationToken) -> None:
+        await token.cancelled()
+        await self._inbox.put(_STOP)
+
+    def _request(self, msg: tuple[Any, ...]) -> None:
+        kind, fut = msg[0], msg[-1]
+        if fut.done():  # the asker gave up (timeout, cancel); nothing to answer
+            if kind != "ack":
+                return
+        try:
+            if kind == "take":
+                result: Any = self._take(msg[1], msg[2], msg[3])
+            elif kind == "ack":
+                result = self._ack(msg[1])
+            elif kind == "trim":
+                result = self._trim(msg[1])
+            elif kind == "snapshot":
+                result = self._snapshot(msg[1])
+            elif kind == "mark":
+                result = self._head + len(self._buffer) - 1
+            elif kind == "register":
+                self._accounts.setdefault(msg[1], DeviceAccount())
+                result = None
+            else:
+                raise ValueError(f"unknown message {kind!r}")
+        except Exception as exc:  # a bad request must never kill the actor
+            if not fut.done():
+                fut.set_exception(exc)
+            return
+        if not fut.done():
+            fut.set_result(result)
+
+    # -- buffer operations (actor task only) ---------------------------------
+
+    def _offer(self, device: str, frames: Sequence[Frame]) -> None:
+        acct = self._accounts.get(device)
+        if acct is None:
+            acct = self._accounts[device] = DeviceAccount()
+        n = len(frames)
+        acct.frames += n
+        capacity = self.capacity
+        if n > capacity:
+            # the batch alone overflows: its own oldest frames never enter
+            skip = n - capacity
+            acct.dropped += skip
+            self._dropped += skip
+            frames = frames[skip:]
+            n = capacity
+        acct.buffered += n
+        buffer = self._buffer
+        buffer.extend(frames)
+        self._bytes += sum(map(_size, frames))
+        excess = len(buffer) - capacity
+        if excess > 0:
+            self._evict(excess)
+        if self.max_bytes:
+            while self._bytes > self.max_bytes and buffer:
+                self._evict(1)
+        if len(buffer) >= self.batch_size:
+            self.batch_ready.set()
+
+    def _evict(self, count: int) -> None:
+        buffer, accounts = self._buffer, self._accounts
+        popleft = buffer.popleft
+        freed = 0
+        for _ in range(count):
+            frame = popleft()
+            acct = accounts[frame.device]
+            acct.dropped += 1
+            acct.buffered -= 1
+            freed += _size(frame)
+        self._head += count
+        self._dropped += count
+        self._bytes -= freed
+
+    def _take(self, limit: int, device: str | None, upto: int | None) -> Batch:
+        buffer, head = self._buffer, self._head
+        if device is None:
+            n = min(limit, len(buffer))
+            if upto is not None:
+                n = max(0, min(n, upto - head + 1))
+            return Batch(list(itertools.islice(buffer, n)), head)
+        last = len(buffer) if upto is None else max(0, upto - head + 1)
+        picked = [f for f in itertools.islice(buffer, last) if f.device == device]
+        return Batch(picked[:limit], head, device)
+
+    def _trim(self, batch: Batch) -> Batch:
+        """The part of ``batch`` still buffered (for a retry after a sink failed)."""
+        if batch.device is None:
+            gone = self._head - batch.first_id
+            return Batch(batch.frames[gone:], batch.first_id + gone) if gone > 0 else batch
+        live = {id(f) for f in self._buffer if f.device == batch.device}
+        return Batch([f for f in batch.frames if id(f) in live], batch.first_id, batch.device)
+
+    def _ack(self, batch: Batch) -> dict[str, int]:
+        """Every sink accepted ``batch``: remove what is still buffered of it."""
+        counts: dict[str, int] = {}
+        buffer, accounts = self._buffer, self._accounts
+        freed = 0
+        if batch.device is None:
+            end = batch.first_id + len(batch.frames)
+            n = max(0, end - self._head)
+            popleft = buffer.popleft
+            for _ in range(n):
+                frame = popleft()
+                counts[frame.device] = counts.get(frame.device, 0) + 1
+                freed += _size(frame)
+            self._head += n
+        else:
+            acked = {id(f) for f in batch.frames}
+            kept: collections.deque[Frame] = collections.deque()
+            for frame in buffer:
+                if id(frame) in acked:
+                    counts[frame.device] = counts.get(frame.device, 0) + 1
+                    freed += _size(frame)
+                else:
+                    kept.append(frame)
+            self._buffer = kept
+        for name, n in counts.items():
+            acct = accounts[name]
+            acct.flushed += n
+            acct.buffered -= n
+        self._bytes -= freed
+        if len(self._buffer) < self.batch_size:
+            self.batch_ready.clear()
+        return counts
+
+    def _snapshot(self, oldest: bool) -> BufferSnapshot:
+        accounts = {name: DeviceAccount(a.frames, a.flushed, a.dropped, a.buffered)
+                    for name, a in self._accounts.items()}
+        snap = BufferSnapshot(self.capacity, self.max_bytes, len(self._buffer), self._bytes,
+                              self._dropped, accounts)
+        if oldest:
+            missing = {name for name, a in self._accounts.items() if a.buffered}
+            for frame in self._buffer:
+                if not missing:
+                    break
+                if frame.device in missing:
+                    snap.oldest_ts[frame.device] = frame.ts
+                    missing.discard(frame.device)
+        return snap
+
+
+class AggregatorHandle:
+    """How everything outside the actor talks to it."""
+
+    def __init__(self, inbox: asyncio.Queue[Any], batch_ready: asyncio.Event) -> None:
+        self._inbox = inbox
+        self.batch_ready = batch_ready
+
+    async def offer(self, device: str, frames: Sequence[Frame]) -> None:
+        """Hand one read's worth of frames to the buffer (waits if the inbox is full)."""
+        inbox = self._inbox
+        msg = ("offer", device, frames)
+        if inbox.full():
+            await inbox.put(msg)
+        else:
+            inbox.put_nowait(msg)
+
+    async def _ask(self, *msg: Any) -> Any:
+        fut = asyncio.get_running_loop().create_future()
+        await self._inbox.put((*msg, fut))
+        return await fut
+
+    async def take(self, limit: int, device: str | None = None, upto: int | None = None) -> Batch:
+        """The oldest ``limit`` frames (of ``device``; with id ≤ ``upto``), left in place."""
+        return await self._ask("take", limit, device, upto)
+
+    async def trim(self, batch: Batch) -> Batch:
+        return await self._ask("trim", batch)
+
+    async def ack(self, batch: Batch) -> dict[str, int]:
+        """Remove ``batch`` from the buffer as flushed; returns per-device counts.
+
+        Shielded: once the flusher delivered a batch, the ack must land even
+        if the flusher is being cancelled, or the frames would be sent twice.
+        """
+        return await asyncio.shield(self._ask("ack", batch))
+
+    async def mark(self) -> int:
+        """The id of the newest buffered frame (the edge of an on-demand flush)."""
+        return await self._ask("mark")
+
+    async def register(self, device: str) -> None:
+        """Make ``device`` known with zero counters (so status lists it at once)."""
+        await self._ask("register", device)
+
+    async def snapshot(self, oldest: bool = False) -> BufferSnapshot:
+        return await self._ask("snapshot", oldest)
+
+
+def oldest_age(snapshot: BufferSnapshot, now: float | None = None) -> dict[str, float]:
+    now = time.time() if now is None else now
+    return {name: max(0.0, now - ts) for name, ts in snapshot.oldest_ts.items()}
