@@ -1,0 +1,197 @@
+"""The flusher: moves batches from the aggregator to every sink.
+
+Triggers: a full batch, the flush interval, an on-demand request (CLI
+``flush``) and the final drain. One delivery runs at a time (a lock), so a
+CLI flush racing the periodic one can neither lose nor duplicate a frame.
+A failing sink is retried with capped backoff; meanwhile its batch stays in
+the buffer, still subject to drop-oldest, and each retry sends only what
+survived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .aggregator import AggregatorHandle, Batch
+from .cancel import CancellationToken
+from .sinks.base import Sink
+
+log = logging.getLogger("firmware_host.flusher")
+
+
+@dataclass
+class SinkStats:
+    name: str
+    batches: int = 0
+    frames: int = 0
+    failures: int = 0
+    last_error: str | None = None
+
+
+@dataclass
+class FlushResult:
+    flushed: int = 0
+    devices: dict[str, int] = field(default_factory=dict)
+    #: True when the deadline or a cancel stopped the flush before it finished
+    incomplete: bool = False
+
+    def add(self, counts: dict[str, int]) -> None:
+        for name, n in counts.items():
+            self.devices[name] = self.devices.get(name, 0) + n
+            self.flushed += n
+
+
+class Flusher:
+    def __init__(self, aggregator: AggregatorHandle, sinks: Sequence[Sink], *,
+                 interval: float, batch_size: int,
+                 backoff_initial: float = 0.1, backoff_max: float = 5.0) -> None:
+        self._agg = aggregator
+        self.sinks = list(sinks)
+        self.interval = interval
+        self.batch_size = batch_size
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.stats = {id(s): SinkStats(getattr(s, "name", type(s).__name__)) for s in self.sinks}
+        self._lock = asyncio.Lock()
+        self.flushes = 0
+
+    # -- periodic loop --------------------------------------------------------
+
+    async def run(self, token: CancellationToken) -> None:
+        """Flush on batch-full and on the interval until ``token`` is cancelled.
+
+        The final drain is separate (``drain``), so the runtime decides when
+        the readers have stopped before the last frames go out.
+        """
+        ready = self._agg.batch_ready
+        stop = asyncio.ensure_future(token.cancelled())
+        timeout = self.interval if self.interval > 0 else None
+        next_tick = time.monotonic() + self.interval if timeout else None
+        try:
+            while not token.is_cancelled:
+                ready_wait = asyncio.ensure_future(ready.wait())
+                wait_for = None if next_tick is None else max(0.0, next_tick - time.monotonic())
+                await asyncio.wait({ready_wait, stop}, timeout=wait_for,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                ready_wait.cancel()
+                if token.is_cancelled:
+                    break
+                if next_tick is not None and time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + self.interval
+                    await self.flush(token=token)
+                elif ready.is_set():
+                    await self._flush_full_batches(token)
+        finally:
+            stop.cancel()
+
+    async def _flush_full_batches(self, token: CancellationToken) -> None:
+        async with self._lock:
+            while self._agg.batch_ready.is_set() and not token.is_cancelled:
+                batch = await self._agg.take(self.batch_size)
+                if len(batch.frames) < self.batch_size:
+                    break
+                await self._deliver(batch, token=token)
+
+    # -- on demand and at the end -----------------------------------------------
+
+    async def flush(self, device: str | None = None, *, deadline: float | None = None,
+                    token: CancellationToken | None = None) -> FlushResult:
+        """Deliver every frame buffered when called (of ``device``, if given).
+
+        Frames arriving meanwhile wait for the next flush, so a flush under a
+        steady stream still ends.
+        """
+        result = FlushResult()
+        if not await self._acquire(deadline):
+            result.incomplete = True
+            return result
+        try:
+            upto = await self._agg.mark()
+            while True:
+                batch = await self._agg.take(self.batch_size, device, upto)
+                if not batch.frames:
+                    break
+                counts = await self._deliver(batch, deadline=deadline, token=token)
+                if counts is None:
+                    result.incomplete = True
+                    break
+                result.add(counts)
+        finally:
+            self._lock.release()
+        self.flushes += 1
+        return result
+
+    async def _acquire(self, deadline: float | None) -> bool:
+        """Take the delivery lock, giving up at ``deadline`` (a flush stuck
+        retrying a dead sink must not hang a CLI request for ever)."""
+        if deadline is None:
+            await self._lock.acquire()
+            return True
+        try:
+            await asyncio.wait_for(self._lock.acquire(), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def drain(self, deadline: float) -> FlushResult:
+        """The final drain: everything buffered, until empty or ``deadline``."""
+        return await self.flush(deadline=deadline)
+
+    async def _deliver(self, batch: Batch, *, deadline: float | None = None,
+                       token: CancellationToken | None = None) -> dict[str, int] | None:
+        """Send ``batch`` to every sink, retrying failures; ack it.
+
+        Returns the per-device flushed counts, or None when the deadline or
+        token stopped the retries (the frames stay buffered).
+        """
+        pending = list(self.sinks)
+        delay = self.backoff_initial
+        while True:
+            failed: list[Sink] = []
+            for sink in pending:
+                stats = self.stats[id(sink)]
+                try:
+                    if deadline is None:
+                        await sink.write(batch.frames)
+                    else:
+                        left = max(0.0, deadline - time.monotonic())
+                        await asyncio.wait_for(sink.write(batch.frames), left)
+                except Exception as exc:  # any sink bug is a failed delivery, not a crash
+                    stats.failures += 1
+                    stats.last_error = f"{type(exc).__name__}: {exc}"
+                    if stats.failures == 1 or stats.failures % 100 == 0:
+                        log.warning("sink %s failed (%d so far): %s", stats.name, stats.failures,
+                                    stats.last_error)
+                    failed.append(sink)
+                else:
+                    stats.batches += 1
+                    stats.frames += len(batch.frames)
+            if not failed:
+                return await self._agg.ack(batch)
+            pending = failed
+            if not await self._backoff(delay, deadline, token):
+                return None
+            delay = min(delay * 2, self.backoff_max)
+            batch = await self._agg.trim(batch)
+            if not batch.frames:
+                # all of it was evicted meanwhile (counted dropped): nothing to retry
+                return {}
+
+    async def _backoff(self, delay: float, deadline: float | None,
+                       token: CancellationToken | None) -> bool:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            delay = min(delay, left)
+        if token is None:
+            await asyncio.sleep(delay)
+            return True
+        return await token.run_until_cancelled(asyncio.sleep(delay, True)) is True
+
+    def sink_status(self) -> list[dict[str, object]]:
+        return [vars(s).copy() for s in self.stats.values()]

@@ -1,0 +1,61 @@
+"""The sink interface."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Sequence
+
+from ..frames import Frame
+
+
+class Sink(ABC):
+    """Where flushed frames go.
+
+    ``write`` returns once the sink has accepted every frame of the batch, or
+    raises; the flusher then retries the surviving frames with backoff.
+    Delivery is at least once, so a sink must tolerate seeing a frame again
+    (it is identified by ``(device, seq, ts)``). Do blocking work in an
+    executor: a sink runs on the event loop.
+    """
+
+    name: str = "sink"
+
+    async def open(self) -> None:
+        """Acquire resources; called once before the first write."""
+
+    @abstractmethod
+    async def write(self, frames: Sequence[Frame]) -> None:
+        """Accept ``frames`` (in buffer order) or raise."""
+
+    async def close(self) -> None:
+        """Release resources; called once after the final drain."""
+
+
+#: ``factory(**options) -> Sink``
+SinkFactory = Callable[..., Sink]
+
+
+class SinkOptionError(ValueError):
+    """A sink's options are wrong; the message names the option."""
+
+
+def take_options(sink: str, options: dict[str, Any], spec: dict[str, tuple[type, Any]]) -> dict[str, Any]:
+    """Validate ``options`` against ``spec`` (name → (type, default or ...))."""
+    unknown = set(options) - set(spec)
+    if unknown:
+        raise SinkOptionError(f"sink {sink!r}: unknown option {sorted(unknown)[0]!r} (known: {', '.join(sorted(spec))})")
+    out: dict[str, Any] = {}
+    for key, (kind, default) in spec.items():
+        if key not in options:
+            if default is ...:
+                raise SinkOptionError(f"sink {sink!r}: option {key!r} is required")
+            out[key] = default
+            continue
+        value = options[key]
+        ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise SinkOptionError(f"sink {sink!r}: option {key!r} must be {kind.__name__}")
+        out[key] = value
+    return out
