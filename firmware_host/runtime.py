@@ -1,0 +1,344 @@
+"""Runtime: wires config into tasks under one token tree and drains in order.
+
+Shutdown order (why): stop the readers first so no new frames arrive; then
+the plugin tasks; then stop the periodic flusher and run the final drain
+until the buffer is empty or ``grace`` runs out; close the sinks; stop the
+aggregator last so every message sent before it is served; the control
+socket stays up throughout so ``status`` works during a long drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Mapping
+
+from .aggregator import Aggregator, BufferSnapshot, DeviceAccount, oldest_age
+from .cancel import CancellationToken
+from .codecs import BUILTIN_CODECS, CodecFactory, make_codec
+from .config import Config, DeviceConfig
+from .flusher import Flusher, FlushResult
+from .sinks import BUILTIN_SINKS, Sink, SinkFactory
+from .transport import PortOpener, open_serial
+from .uplink import Processor, UplinkReader, UrlResolver, apply_processors, fixed_url
+
+log = logging.getLogger("firmware_host.runtime")
+
+#: how a device with ``match`` (USB ids) becomes a URL; set by the boards module
+MatchResolver = Callable[[Mapping[str, object]], UrlResolver]
+
+
+class RuntimeFailure(Exception):
+    """A runtime failure (exit status 1), e.g. a sink that cannot open."""
+
+
+@dataclass
+class DeviceEntry:
+    config: DeviceConfig
+    reader: UplinkReader
+    token: CancellationToken
+    task: asyncio.Task[None]
+    removed: bool = False
+
+
+@dataclass
+class Summary:
+    """What ``run`` reports at exit (the ``status --json`` shape)."""
+
+    status: dict[str, Any]
+    lost: int = 0
+    drained: bool = True
+    aborted: bool = False
+    flush: FlushResult = field(default_factory=FlushResult)
+
+
+class Runtime:
+    """The runtime. ``await rt.start()``, then ``await rt.shutdown()``;
+    or ``await rt.run(duration)`` for both with stop-request handling."""
+
+    def __init__(self, config: Config, *, opener: PortOpener | None = None,
+                 codecs: Mapping[str, CodecFactory] | None = None,
+                 sink_types: Mapping[str, SinkFactory] | None = None,
+                 sinks: list[Sink] | None = None,
+                 processors: list[Processor] | None = None,
+                 match_resolver: MatchResolver | None = None,
+                 control_path: str | None = None) -> None:
+        self.config = config
+        self.opener: PortOpener = opener or open_serial
+        self.codecs: dict[str, CodecFactory] = {**BUILTIN_CODECS, **(codecs or {})}
+        self.sink_types: dict[str, SinkFactory] = {**BUILTIN_SINKS, **(sink_types or {})}
+        self.sinks: list[Sink] = list(sinks or [])
+        self.processors: list[Processor] = list(processors or [])
+        self.match_resolver = match_resolver
+        self.control_path = control_path
+        self.token = CancellationToken()
+        self.readers_token = self.token.child_token()
+        self.tasks_token = self.token.child_token()
+        self.flusher_token = self.token.child_token()
+        self.control_token = self.token.child_token()
+        self._agg_token = CancellationToken()  # not under root: stops last, explicitly
+        self._abort = CancellationToken()
+        self.aggregator = Aggregator(config.buffer.capacity, config.buffer.max_bytes,
+                                     config.buffer.batch_size)
+        self.flusher: Flusher | None = None
+        self.devices: dict[str, DeviceEntry] = {}
+        self.started_at: float | None = None
+        self.stopped = asyncio.Event()
+        self.stop_reason: str | None = None
+        self.summary: Summary | None = None
+        #: hooks run after start / before the readers stop (plugins, control)
+        self.on_start: list[Callable[[Runtime], Awaitable[None]]] = []
+        self.on_stop: list[Callable[[Runtime], Awaitable[None]]] = []
+        #: extra status sections, e.g. ``{"plugins": fn}``
+        self.status_sections: dict[str, Callable[[], Any]] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._agg_task: asyncio.Task[None] | None = None
+        self._flusher_task: asyncio.Task[None] | None = None
+        self._control: Any = None
+        self._shutdown_lock = asyncio.Lock()
+
+    # -- start ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.started_at = time.monotonic()
+        self._agg_task = asyncio.create_task(self.aggregator.run(self._agg_token), name="aggregator")
+        for sc in cfg.sinks:
+            factory = self.sink_types.get(sc.type)
+            if factory is None:
+                raise RuntimeFailure(f"unknown sink type {sc.type!r}")
+            self.sinks.append(factory(**sc.options))
+        opened: list[Sink] = []
+        for sink in self.sinks:
+            try:
+                await sink.open()
+            except Exception as exc:
+                for s in opened:
+                    await s.close()
+                await self._stop_aggregator()
+                raise RuntimeFailure(f"sink {getattr(sink, 'name', sink)!r} cannot open: {exc}") from exc
+            opened.append(sink)
+        self.flusher = Flusher(self.aggregator.handle, self.sinks, interval=cfg.buffer.flush_interval,
+                               batch_size=cfg.buffer.batch_size)
+        self._flusher_task = asyncio.create_task(self.flusher.run(self.flusher_token), name="flusher")
+        if self.control_path:
+            from .control import ControlServer
+            self._control = ControlServer(self, self.control_path)
+            try:
+                await self._control.start()
+            except Exception:
+                await self._abandon_start()
+                raise
+        for dc in cfg.devices:
+            await self.add_device(dc)
+        for hook in self.on_start:
+            await hook(self)
+
+    async def _abandon_start(self) -> None:
+        self.flusher_token.cancel()
+        if self._flusher_task:
+            await self._flusher_task
+        for s in self.sinks:
+            await s.close()
+        await self._stop_aggregator()
+
+    def _resolver(self, dc: DeviceConfig) -> UrlResolver:
+        if dc.port is not None:
+            return fixed_url(dc.port)
+        if self.match_resolver is None:
+            from .detect import match_resolver
+            return match_resolver(dc.match or {})
+        return self.match_resolver(dc.match or {})
+
+    async def add_device(self, dc: DeviceConfig) -> None:
+        """Start a reader for ``dc`` (also used at runtime by ``devices add``)."""
+        old = self.devices.get(dc.name)
+        if old is not None and not old.removed:
+            raise ValueError(f"device {dc.name!r} already exists")
+        if self.readers_token.is_cancelled:
+            raise ValueError("the runtime is shutting down")
+        codec = make_codec(dc.codec, dc.name, dict(dc.codec_options), self.codecs)
+        if old is not None:
+            # a re-added device keeps counting where it left off
+            codec.rejected, codec.gaps = old.reader.codec.rejected, old.reader.codec.gaps
+        reader = UplinkReader(dc.name, self._resolver(dc), dc.baudrate, codec, self.aggregator.handle,
+                              self.opener, process=apply_processors(self.processors),
+                              backoff_initial=dc.backoff_initial, backoff_max=dc.backoff_max)
+        if old is not None:
+            reader.stats.bytes, reader.stats.reconnects = old.reader.stats.bytes, old.reader.stats.reconnects
+        await self.aggregator.handle.register(dc.name)
+        token = self.readers_token.child_token()
+        task = asyncio.create_task(self._supervise(reader, token), name=f"uplink:{dc.name}")
+        self.devices[dc.name] = DeviceEntry(dc, reader, token, task)
+
+    async def remove_device(self, name: str) -> None:
+        """Stop a device's reader in order; its buffered frames stay and flush."""
+        entry = self.devices.get(name)
+        if entry is None or entry.removed:
+            raise KeyError(name)
+        entry.removed = True
+        entry.token.cancel()
+        await entry.task
+
+    async def _supervise(self, reader: UplinkReader, token: CancellationToken) -> None:
+        # a bug in a reader (or a plugin codec) restarts that reader, never the runtime
+        while not token.is_cancelled:
+            try:
+                await reader.run(token)
+                return
+            except Exception:
+                log.exception("reader %s crashed; restarting", reader.name)
+                reader.codec.reset()
+                await token.run_until_cancelled(asyncio.sleep(1.0))
+
+    # -- running ------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.stopped.set()
+
+    def abort(self) -> None:
+        """Give up the drain now (a second signal): what is buffered is lost."""
+        self._abort.cancel()
+        self.request_stop("aborted")
+
+    async def run(self, duration: float | None = None) -> Summary:
+        await self.start()
+        try:
+            if duration is None:
+                await self.stopped.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self.stopped.wait(), duration)
+                except asyncio.TimeoutError:
+                    self.request_stop("duration elapsed")
+        finally:
+            summary = await self.shutdown()
+        return summary
+
+    def send(self, device: str, frame_type: int | None, body: bytes | str, seq: int = 0) -> bool:
+        """Encode and write a downlink frame; False when the device is not connected."""
+        entry = self.devices.get(device)
+        if entry is None or entry.removed:
+            raise KeyError(device)
+        return entry.reader.send(entry.reader.codec.encode(frame_type, seq, body))
+
+    async def flush(self, device: str | None = None, timeout: float | None = None) -> FlushResult:
+        if self.flusher is None:
+            return FlushResult()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return await self.flusher.flush(device, deadline=deadline, token=self._abort)
+
+    # -- shutdown -------------------------------------------------------------------
+
+    async def shutdown(self, grace: float | None = None) -> Summary:
+        async with self._shutdown_lock:
+            if self.summary is not None:
+                return self.summary
+            grace = self.config.shutdown.grace if grace is None else grace
+            deadline = time.monotonic() + grace
+            self.request_stop()
+            for hook in self.on_stop:
+                try:
+                    await asyncio.wait_for(hook(self), max(0.0, deadline - time.monotonic()))
+                except Exception:
+                    log.exception("stop hook failed")
+            self.readers_token.cancel()
+            readers = [e.task for e in self.devices.values()]
+            if readers:
+                await asyncio.gather(*readers, return_exceptions=True)
+            self.tasks_token.cancel()
+            self.flusher_token.cancel()
+            if self._flusher_task is not None:
+                await self._flusher_task
+            result = FlushResult()
+            drained = True
+            if self.flusher is not None:
+                left = max(0.0, deadline - time.monotonic())
+                got = await self._abort.run_until_cancelled(self.flusher.drain(time.monotonic() + left))
+                if got is None:
+                    drained = False
+                else:
+                    result = got
+                    drained = not got.incomplete
+            for sink in self.sinks:
+                try:
+                    await asyncio.wait_for(sink.close(), 5.0)
+                except Exception as exc:
+                    log.warning("sink %s did not close cleanly: %s", getattr(sink, "name", sink), exc)
+            status = await self.status(final=True)
+            lost = sum(d["lost"] for d in status["devices"].values())
+            if lost:
+                log.error("%d frames could not be delivered before the grace period ended", lost)
+            self.control_token.cancel()
+            if self._control is not None:
+                await self._control.close()
+            await self._stop_aggregator()
+            self.token.cancel()
+            self.summary = Summary(status, lost, drained, self._abort.is_cancelled, result)
+            return self.summary
+
+    async def _stop_aggregator(self) -> None:
+        self._agg_token.cancel()
+        if self._agg_task is not None:
+            await self._agg_task
+
+    # -- views ------------------------------------------------------------------------
+
+    async def snapshot(self, oldest: bool = False) -> BufferSnapshot:
+        return await self.aggregator.handle.snapshot(oldest)
+
+    async def status(self, final: bool = False) -> dict[str, Any]:
+        """The ``status --json`` shape (design.md)."""
+        snap = await self.snapshot()
+        uptime = 0.0 if self.started_at is None else time.monotonic() - self.started_at
+        devices: dict[str, Any] = {}
+        names = list(self.devices) + [n for n in snap.accounts if n not in self.devices]
+        for name in names:
+            acct = snap.accounts.get(name, DeviceAccount())
+            entry = self.devices.get(name)
+            reader = entry.reader if entry else None
+            devices[name] = {
+                "state": reader.stats.state if reader else "closed",
+                "bytes": reader.stats.bytes if reader else 0,
+                "frames": acct.frames,
+                "rejected": reader.rejected if reader else 0,
+                "gaps": reader.gaps if reader else 0,
+                "reconnects": reader.stats.reconnects if reader else 0,
+                "flushed": acct.flushed,
+                "dropped": acct.dropped,
+                "buffered": acct.buffered,
+                "lost": acct.buffered if final else 0,
+                "filtered": reader.stats.filtered if reader else 0,
+                "port": reader.url if reader else None,
+                "removed": bool(entry and entry.removed),
+                "last_error": reader.stats.last_error if reader else None,
+            }
+        out: dict[str, Any] = {
+            "uptime": round(uptime, 3),
+            "buffer": {"capacity": snap.capacity, "max_bytes": snap.max_bytes, "depth": snap.depth,
+                       "bytes": snap.bytes, "dropped": snap.dropped},
+            "devices": devices,
+            "sinks": self.flusher.sink_status() if self.flusher else [],
+        }
+        for key, section in self.status_sections.items():
+            try:
+                out[key] = section()
+            except Exception as exc:  # a plugin's status bug must not break status
+                out[key] = {"error": str(exc)}
+        return out
+
+    async def buffers(self) -> dict[str, Any]:
+        """The ``buffers --json`` shape (design.md)."""
+        snap = await self.snapshot(oldest=True)
+        ages = oldest_age(snap)
+        return {
+            "capacity": snap.capacity, "depth": snap.depth, "bytes": snap.bytes,
+            "max_bytes": snap.max_bytes, "dropped": snap.dropped,
+            "devices": {name: {"depth": a.buffered, "dropped": a.dropped,
+                               "oldest_age": round(ages[name], 3) if name in ages else None}
+                        for name, a in snap.accounts.items()},
+        }

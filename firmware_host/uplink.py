@@ -1,0 +1,195 @@
+"""UplinkReader: one task per device, port → codec → processors → aggregator."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Sequence
+
+from .aggregator import AggregatorHandle
+from .cancel import CancellationToken
+from .codecs.base import Codec
+from .frames import Frame
+from .transport import Port, PortClosed, PortOpener
+
+log = logging.getLogger("firmware_host.uplink")
+
+#: ``resolve() -> url``: a fixed port, or a USB match looked up at each connect
+UrlResolver = Callable[[], Awaitable[str]]
+#: processors run on every decoded batch before it is offered
+Processor = Callable[[list[Frame]], list[Frame]]
+
+
+@dataclass(slots=True)
+class ReaderStats:
+    state: str = "connecting"  # connecting | connected | backoff | closed
+    bytes: int = 0
+    reconnects: int = 0
+    connects: int = 0
+    last_error: str | None = None
+    #: time.monotonic() of the last byte received (watchdogs use it)
+    last_rx: float | None = None
+    #: frames removed by processors (they never enter the buffer)
+    filtered: int = 0
+
+
+class UplinkReader:
+    """Reads one device for as long as its token lives, reconnecting with backoff."""
+
+    def __init__(self, name: str, resolve: UrlResolver, baudrate: int, codec: Codec,
+                 aggregator: AggregatorHandle, opener: PortOpener, *,
+                 process: Processor | None = None,
+                 backoff_initial: float = 0.1, backoff_max: float = 5.0) -> None:
+        self.name = name
+        self.codec = codec
+        self.stats = ReaderStats()
+        self.url: str | None = None
+        self._resolve = resolve
+        self._baudrate = baudrate
+        self._agg = aggregator
+        self._open = opener
+        self._process = process
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._port: Port | None = None
+
+    @property
+    def rejected(self) -> int:
+        return self.codec.rejected
+
+    @property
+    def gaps(self) -> int:
+        return self.codec.gaps
+
+    def send(self, data: bytes) -> bool:
+        """Write downlink bytes if connected; False when the device is not."""
+        port = self._port
+        if port is None or self.stats.state != "connected":
+            return False
+        try:
+            port.write(data)
+        except (OSError, PortClosed):
+            return False
+        return True
+
+    async def run(self, token: CancellationToken) -> None:
+        stats = self.stats
+        delay = self._backoff_initial
+        try:
+            while not token.is_cancelled:
+                stats.state = "connecting"
+                port = await self._connect(token)
+                if port is None:
+                    if token.is_cancelled:
+                        break
+                    stats.state = "backoff"
+                    await token.run_until_cancelled(asyncio.sleep(delay))
+                    delay = min(delay * 2, self._backoff_max)
+                    continue
+                if stats.connects:
+                    stats.reconnects += 1
+                stats.connects += 1
+                stats.state = "connected"
+                delay = self._backoff_initial
+                await self._read_until_closed(port, token)
+                if not token.is_cancelled:
+                    # a device that connects and dies at once must not spin
+                    stats.state = "backoff"
+                    await token.run_until_cancelled(asyncio.sleep(delay))
+                    delay = min(delay * 2, self._backoff_max)
+        finally:
+            stats.state = "closed"
+
+    async def _connect(self, token: CancellationToken) -> Port | None:
+        try:
+            url = await self._resolve()
+            self.url = url
+        except (OSError, PortClosed, LookupError) as exc:
+            self._note_error(exc)
+            return None
+        opening = asyncio.ensure_future(self._open(url, self._baudrate))
+        stop = asyncio.ensure_future(token.cancelled())
+        await asyncio.wait({opening, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not opening.done():
+            # cancelled while an executor thread is opening: close it when it lands
+            opening.add_done_callback(_close_when_opened)
+            return None
+        try:
+            port = opening.result()
+        except (OSError, PortClosed) as exc:
+            self._note_error(exc)
+            return None
+        if token.is_cancelled:
+            await port.close()
+            return None
+        return port
+
+    def _note_error(self, exc: BaseException) -> None:
+        text = str(exc)
+        if text != self.stats.last_error:  # log a change, not every retry
+            log.warning("%s: %s", self.name, text)
+        self.stats.last_error = text
+
+    async def _read_until_closed(self, port: Port, token: CancellationToken) -> None:
+        """Read until the port fails or the token is cancelled (which closes it)."""
+        self._port = port
+        stats, codec, offer, name, process = self.stats, self.codec, self._agg.offer, self.name, self._process
+        closer = asyncio.ensure_future(self._close_on_cancel(port, token))
+        try:
+            while True:
+                try:
+                    data = await port.read()
+                except (PortClosed, OSError) as exc:
+                    if not token.is_cancelled:
+                        self._note_error(exc)
+                    break
+                stats.bytes += len(data)
+                now = time.time()
+                stats.last_rx = time.monotonic()
+                frames = codec.feed(data, now)
+                if frames:
+                    if process is not None:
+                        before = len(frames)
+                        frames = process(frames)
+                        stats.filtered += before - len(frames)
+                    if frames:
+                        await offer(name, frames)  # one message per read
+        finally:
+            self._port = None
+            closer.cancel()
+            codec.reset()
+            await port.close()
+
+    @staticmethod
+    async def _close_on_cancel(port: Port, token: CancellationToken) -> None:
+        await token.cancelled()
+        await port.close()
+
+
+def _close_when_opened(opening: asyncio.Future[Port]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        asyncio.ensure_future(opening.result().close())
+
+
+def fixed_url(url: str) -> UrlResolver:
+    async def resolve() -> str:
+        return url
+    return resolve
+
+
+def apply_processors(processors: Sequence[Processor]) -> Processor | None:
+    if not processors:
+        return None
+    if len(processors) == 1:
+        return processors[0]
+
+    def chain(frames: list[Frame]) -> list[Frame]:
+        for p in processors:
+            frames = p(frames)
+            if not frames:
+                break
+        return frames
+    return chain
