@@ -1,0 +1,137 @@
+"""What ``firmware-host run`` does: config + emulation + runtime + signals.
+
+Kept out of cli.py so the CLI only parses and prints, and so tests can drive
+the same path in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Config, ConfigError, SinkConfig, config_from_dict, default_control_socket, load_config
+
+log = logging.getLogger("firmware_host")
+
+DEFAULT_SINK_PATH = "frames.jsonl"
+
+
+@dataclass
+class RunOptions:
+    config_path: str | None = None
+    emulate: list[str] = field(default_factory=list)
+    duration: float | None = None
+    control_path: str | None = None
+    summary_path: str | None = None
+    boards_dirs: list[str] = field(default_factory=list)
+    quiet: bool = False
+    verbose: int = 0
+
+
+class UsageError(Exception):
+    """A user's mistake: one line, exit status 2."""
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose < 0 else (logging.INFO if verbose < 2 else logging.DEBUG)
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def run_main(opts: RunOptions) -> int:
+    """Exit status: 0 ok, 1 runtime failure or frames lost, 2 usage/config error."""
+    from .runtime import RuntimeFailure
+    setup_logging(opts.verbose)
+    try:
+        code, final_status = _event_loop_run(_run(opts))
+    except (ConfigError, UsageError) as exc:
+        print(f"firmware-host: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeFailure as exc:
+        print(f"firmware-host: {exc}", file=sys.stderr)
+        return 1
+    # written after the event loop ended: no blocking file I/O on the loop
+    if opts.summary_path:
+        _write_summary(opts.summary_path, final_status)
+    if not opts.quiet:
+        from .render import status_table
+        print(status_table(final_status), flush=True)
+    lost = sum(d["lost"] for d in final_status["devices"].values())
+    if lost:
+        print(f"firmware-host: {lost} frames lost (not delivered within the grace period)", file=sys.stderr)
+        return 1
+    return code
+
+
+def _event_loop_run(coro: Any) -> Any:
+    try:
+        import uvloop  # optional extra [fast]
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def build_config(opts: RunOptions, boards: Any, **known: Any) -> Config:
+    if opts.config_path:
+        return load_config(opts.config_path, boards=boards, **known)
+    return config_from_dict({}, source="<no config>", boards=boards, **known)
+
+
+async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
+    from .boards import load_boards
+    from .runtime import Runtime
+
+    boards = load_boards(opts.boards_dirs)
+    cfg = build_config(opts, boards)
+    fleet = None
+    if opts.emulate:
+        from .emulator import Fleet, parse_emulate_spec
+        try:
+            plan = parse_emulate_spec(opts.emulate, boards)
+        except ValueError as exc:
+            raise UsageError(f"--emulate: {exc}") from exc
+        fleet = Fleet(plan)
+        await fleet.start()
+        taken = {d.name for d in cfg.devices}
+        extra = [d for d in fleet.device_configs() if d.name not in taken]
+        cfg = dataclasses.replace(cfg, devices=[*cfg.devices, *extra])
+        if not cfg.sinks:
+            cfg = dataclasses.replace(cfg, sinks=[SinkConfig("jsonl", {"path": DEFAULT_SINK_PATH})])
+    control = (opts.control_path or cfg.control.socket or os.environ.get("FIRMWARE_HOST_CONTROL")
+               or default_control_socket())
+    rt = Runtime(cfg, control_path=control)
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signame: str) -> None:
+        if rt.stopped.is_set():
+            log.warning("%s again: exiting now, without waiting for the drain", signame)
+            rt.abort()
+        else:
+            log.warning("%s: draining (send it again to exit at once)", signame)
+            rt.request_stop(signame)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    try:
+        summary = await rt.run(opts.duration)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if fleet is not None:
+            await fleet.stop()
+    return 0, summary.status
+
+
+def _write_summary(path: str, status: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:  # at exit, after the loop's work is done
+        json.dump(status, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)

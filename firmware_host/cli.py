@@ -1,0 +1,282 @@
+"""The ``firmware-host`` command line: parse, call, print.
+
+Imports of the runtime stay inside the commands so ``--help`` and the
+control-plane commands start fast on a Raspberry Pi.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, NoReturn, Sequence
+
+import click
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NO_RUNTIME = 0, 1, 2, 3
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """One clear line on stderr and the design's exit status; never a traceback."""
+    click.echo(f"firmware-host: {message}", err=True)
+    sys.exit(code)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=None, sort_keys=False))
+
+
+def control_option(fn: Any) -> Any:
+    return click.option("--control", "control_path", metavar="PATH",
+                        help="Control socket (default: $FIRMWARE_HOST_CONTROL, then the per-user default).")(fn)
+
+
+def json_option(fn: Any) -> Any:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(fn)
+
+
+def config_option(fn: Any) -> Any:
+    return click.option("-c", "--config", "config_path", metavar="FILE",
+                        help="Config file (TOML); its [control] socket is used.")(fn)
+
+
+def resolve_control(control_path: str | None, config_path: str | None = None) -> str:
+    """--control, then the config's socket, then $FIRMWARE_HOST_CONTROL, then the default."""
+    if control_path:
+        return control_path
+    if config_path:
+        cfg = load_config_or_exit(config_path)
+        if cfg.control.socket:
+            return cfg.control.socket
+    env = os.environ.get("FIRMWARE_HOST_CONTROL")
+    if env:
+        return env
+    from .config import default_control_socket
+    return default_control_socket()
+
+
+def load_config_or_exit(path: str, **kwargs: Any) -> Any:
+    from .config import ConfigError, load_config
+    try:
+        return load_config(path, **kwargs)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="firmware-host")
+def main() -> None:
+    """Host-side runtime for fleets of serial-attached embedded devices."""
+
+
+# -- run ------------------------------------------------------------------------------
+
+
+@main.command()
+@config_option
+@click.option("--emulate", "emulate", is_flag=False, flag_value="@default", default=None, multiple=True,
+              metavar="[BOARD[:N],…]", help="Run on emulated boards (no hardware). Alone: a default mixed fleet.")
+@click.option("--duration", type=click.FloatRange(min=0), metavar="S", help="Stop after S seconds.")
+@control_option
+@click.option("--summary", "summary_path", metavar="FILE", help="Write the final counters as JSON at exit.")
+@click.option("--boards-dir", "boards_dirs", multiple=True, metavar="DIR", help="Extra board definitions.")
+@click.option("-q", "--quiet", is_flag=True, help="No live view or periodic summary.")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+def run(config_path: str | None, emulate: Sequence[str], duration: float | None, control_path: str | None,
+        summary_path: str | None, boards_dirs: Sequence[str], quiet: bool, verbose: int) -> None:
+    """Run the runtime until stopped (SIGINT/SIGTERM drain in order; a second one exits at once)."""
+    from .app import RunOptions, run_main
+    opts = RunOptions(config_path=config_path, emulate=list(emulate), duration=duration,
+                      control_path=control_path, summary_path=summary_path, boards_dirs=list(boards_dirs),
+                      quiet=quiet, verbose=verbose)
+    sys.exit(run_main(opts))
+
+
+# -- control plane ---------------------------------------------------------------------
+
+
+def ask(control_path: str | None, config_path: str | None, request: dict[str, Any],
+        timeout: float = 30.0) -> dict[str, Any]:
+    """One request to a running runtime; exits 3 when none listens."""
+    from .control import ControlError, NoRuntime, request_sync
+    path = resolve_control(control_path, config_path)
+    try:
+        return request_sync(path, request, timeout=timeout)
+    except NoRuntime as exc:
+        fail(f"{exc} (start one with: firmware-host run --control {path} ...)", EXIT_NO_RUNTIME)
+    except ControlError as exc:
+        fail(str(exc), exc.exit_code)
+
+
+@main.command()
+@control_option
+@config_option
+@json_option
+def buffers(control_path: str | None, config_path: str | None, as_json: bool) -> None:
+    """The buffer of a running runtime: depth, bytes, dropped, per device."""
+    reply = ask(control_path, config_path, {"cmd": "buffers"})
+    if as_json:
+        emit_json(reply)
+    else:
+        from .render import buffers_table
+        click.echo(buffers_table(reply))
+
+
+@main.command()
+@control_option
+@config_option
+@click.option("--device", metavar="NAME", help="Flush only this device's frames.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Give up after this many seconds (a sink may be down).")
+@json_option
+def flush(control_path: str | None, config_path: str | None, device: str | None, timeout: float,
+          as_json: bool) -> None:
+    """Flush now (all, or one device's frames) and say how many went out."""
+    request: dict[str, Any] = {"cmd": "flush", "timeout": timeout}
+    if device:
+        request["device"] = device
+    reply = ask(control_path, config_path, request, timeout=timeout + 5)
+    if as_json:
+        emit_json(reply)
+    else:
+        per = ", ".join(f"{k} {v}" for k, v in sorted(reply["devices"].items()))
+        click.echo(f"flushed {reply['flushed']} frames" + (f" ({per})" if per else ""))
+        if reply.get("incomplete"):
+            click.echo("flush incomplete: a sink did not accept the frames in time; they stay buffered")
+
+
+@main.command()
+@control_option
+@config_option
+@json_option
+def status(control_path: str | None, config_path: str | None, as_json: bool) -> None:
+    """Devices with state and counters, buffer, plugins, uptime."""
+    reply = ask(control_path, config_path, {"cmd": "status"})
+    if as_json:
+        emit_json(reply)
+    else:
+        from .render import status_table
+        click.echo(status_table(reply))
+
+
+@main.command()
+@control_option
+@config_option
+def stop(control_path: str | None, config_path: str | None) -> None:
+    """Orderly shutdown of a running runtime."""
+    ask(control_path, config_path, {"cmd": "stop"})
+    click.echo("stopping: the runtime drains its buffer and exits")
+
+
+# -- devices, boards, plugins -----------------------------------------------------------
+
+
+@main.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def devices(ctx: click.Context, as_json: bool) -> None:
+    """Serial ports on this host with the board each matches; add/remove on a running runtime."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .detect import list_devices
+    found = list_devices()
+    if as_json:
+        emit_json(found)
+        return
+    from .render import table
+    click.echo(table(("port", "description", "vid:pid", "serial", "board"),
+                     [[d["port"], d["description"], d["vid_pid"], d["serial"], d["board"]] for d in found]))
+
+
+@devices.command("add")
+@click.argument("name")
+@click.argument("port")
+@click.option("--codec", help="Codec (fh1, nmea, lines, or a plugin's).")
+@click.option("--board", help="Board definition supplying codec and baudrate.")
+@click.option("--baudrate", type=click.IntRange(min=1))
+@control_option
+@config_option
+def devices_add(name: str, port: str, codec: str | None, board: str | None, baudrate: int | None,
+                control_path: str | None, config_path: str | None) -> None:
+    """Start reading a new device on a running runtime."""
+    request: dict[str, Any] = {"cmd": "devices.add", "name": name, "port": port}
+    for key, value in (("codec", codec), ("board", board), ("baudrate", baudrate)):
+        if value is not None:
+            request[key] = value
+    ask(control_path, config_path, request)
+    click.echo(f"added {name} on {port}")
+
+
+@devices.command("remove")
+@click.argument("name")
+@control_option
+@config_option
+def devices_remove(name: str, control_path: str | None, config_path: str | None) -> None:
+    """Stop a device's reader in order; its buffered frames stay and flush."""
+    ask(control_path, config_path, {"cmd": "devices.remove", "name": name})
+    click.echo(f"removed {name}")
+
+
+@main.command()
+@click.option("--boards-dir", "boards_dirs", multiple=True, metavar="DIR", help="Extra board definitions.")
+@json_option
+def boards(boards_dirs: Sequence[str], as_json: bool) -> None:
+    """Known board definitions."""
+    from .boards import load_boards
+    from .config import ConfigError
+    try:
+        known = load_boards(boards_dirs)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    if as_json:
+        emit_json({name: b.to_dict() for name, b in sorted(known.items())})
+        return
+    from .render import table
+    click.echo(table(("board", "codec", "baudrate", "usb", "emulated rate", "description"),
+                     [[b.name, b.codec, b.baudrate,
+                       f"{b.vid:04x}:{b.pid:04x}" if b.vid is not None and b.pid is not None else None,
+                       f"{b.emulator.rate:g} Hz", b.description] for _, b in sorted(known.items())]))
+
+
+@main.command()
+@config_option
+@json_option
+def plugins(config_path: str | None, as_json: bool) -> None:
+    """Discovered plugins, their periodic tasks and state."""
+    from .plugins import plugins_report
+    report = plugins_report(load_config_or_exit(config_path) if config_path else None)
+    if as_json:
+        emit_json(report)
+        return
+    from .render import table
+    click.echo(table(("plugin", "enabled", "source", "state"),
+                     [[p["name"], "yes" if p["enabled"] else "no", p["source"], p["state"]]
+                      for p in report["plugins"]]))
+
+
+@main.command()
+@click.argument("board")
+@click.option("-n", "count", type=click.IntRange(1, 256), default=1, show_default=True, help="How many boards.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="HZ", help="Frames per second each.")
+@click.option("--dir", "directory", metavar="DIR", help="Where to put the stable port symlinks.")
+@click.option("--noise", type=click.FloatRange(0, 1), default=0.0, help="Probability of line noise per frame.")
+@click.option("--corrupt", type=click.FloatRange(0, 1), default=0.0, help="Probability of a corrupted frame.")
+@click.option("--skip", type=click.FloatRange(0, 1), default=0.0, help="Probability of a skipped seq.")
+@click.option("--burst", type=click.IntRange(min=0), default=0, help="Send frames in bursts of this many.")
+@click.option("--unplug-every", type=click.FloatRange(min=0), default=0.0, metavar="S",
+              help="Unplug and replug every S seconds.")
+@click.option("--duration", type=click.FloatRange(min=0), metavar="S", help="Stop after S seconds.")
+@click.option("--seed", type=int, help="Random seed for reproducible faults.")
+@click.option("--boards-dir", "boards_dirs", multiple=True, metavar="DIR", help="Extra board definitions.")
+def emulate(board: str, count: int, rate: float | None, directory: str | None, noise: float, corrupt: float,
+            skip: float, burst: int, unplug_every: float, duration: float | None, seed: int | None,
+            boards_dirs: Sequence[str]) -> None:
+    """Virtual boards on pty pairs; prints the port paths and runs until stopped."""
+    from .emulator import emulate_main
+    sys.exit(emulate_main(board=board, count=count, rate=rate, directory=directory, noise=noise,
+                          corrupt=corrupt, skip=skip, burst=burst, unplug_every=unplug_every,
+                          duration=duration, seed=seed, boards_dirs=list(boards_dirs)))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
