@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from .cancel import CancellationToken
 from .frames import Frame
+from .watch import Changes
 
 INBOX_SIZE = 1024
 
@@ -74,7 +75,7 @@ class Aggregator:
     """The actor. Create it, start ``run()`` as a task, use ``handle``."""
 
     def __init__(self, capacity: int, max_bytes: int = 0, batch_size: int = 1000,
-                 inbox_size: int = INBOX_SIZE) -> None:
+                 inbox_size: int = INBOX_SIZE, changes: Changes | None = None) -> None:
         if capacity <= 0 or batch_size <= 0 or max_bytes < 0:
             raise ValueError("capacity and batch_size must be > 0, max_bytes >= 0")
         self.capacity = capacity
@@ -89,6 +90,7 @@ class Aggregator:
         #: set while at least one full batch is buffered; the flusher awaits it
         self.batch_ready = asyncio.Event()
         self.handle = AggregatorHandle(self._inbox, self.batch_ready)
+        self.changes = changes or Changes()
 
     # -- the actor loop ----------------------------------------------------
 
@@ -99,6 +101,7 @@ class Aggregator:
         cancel is still served in order.
         """
         inbox = self._inbox
+        notify = self.changes.notify
         stopper = asyncio.ensure_future(self._stop_when(token))
         try:
             while True:
@@ -108,8 +111,11 @@ class Aggregator:
                 kind = msg[0]
                 if kind == "offer":
                     self._offer(msg[1], msg[2])
+                    notify()
                 else:
                     self._request(msg)
+                    if kind == "ack":
+                        notify()
         finally:
             stopper.cancel()
 

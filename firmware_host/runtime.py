@@ -22,6 +22,7 @@ from .config import Config, DeviceConfig
 from .flusher import Flusher, FlushResult
 from .sinks import BUILTIN_SINKS, Sink, SinkFactory
 from .transport import PortOpener, open_serial
+from .watch import Changes
 from .uplink import Processor, UplinkReader, UrlResolver, apply_processors, fixed_url
 
 log = logging.getLogger("firmware_host.runtime")
@@ -80,8 +81,10 @@ class Runtime:
         self.control_token = self.token.child_token()
         self._agg_token = CancellationToken()  # not under root: stops last, explicitly
         self._abort = CancellationToken()
+        #: poked on every buffer change and reader event; ``wait_until`` awaits it
+        self.changes = Changes()
         self.aggregator = Aggregator(config.buffer.capacity, config.buffer.max_bytes,
-                                     config.buffer.batch_size)
+                                     config.buffer.batch_size, changes=self.changes)
         self.flusher: Flusher | None = None
         self.devices: dict[str, DeviceEntry] = {}
         self.started_at: float | None = None
@@ -164,7 +167,7 @@ class Runtime:
             # a re-added device keeps counting where it left off
             codec.rejected, codec.gaps = old.reader.codec.rejected, old.reader.codec.gaps
         reader = UplinkReader(dc.name, self._resolver(dc), dc.baudrate, codec, self.aggregator.handle,
-                              self.opener, process=apply_processors(self.processors),
+                              self.opener, process=apply_processors(self.processors), changes=self.changes,
                               backoff_initial=dc.backoff_initial, backoff_max=dc.backoff_max)
         if old is not None:
             reader.stats.bytes, reader.stats.reconnects = old.reader.stats.bytes, old.reader.stats.reconnects
@@ -285,6 +288,16 @@ class Runtime:
         self._agg_token.cancel()
         if self._agg_task is not None:
             await self._agg_task
+
+    async def wait_until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+        """Await a condition on ``status()`` (no sleeps); TimeoutError after ``timeout``."""
+        async with asyncio.timeout(timeout):
+            while True:
+                changed = self.changes.waiter()
+                status = await self.status()
+                if predicate(status):
+                    return status
+                await changed
 
     # -- views ------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from .cancel import CancellationToken
 from .codecs.base import Codec
 from .frames import Frame
 from .transport import Port, PortClosed, PortOpener
+from .watch import Changes
 
 log = logging.getLogger("firmware_host.uplink")
 
@@ -40,7 +41,7 @@ class UplinkReader:
 
     def __init__(self, name: str, resolve: UrlResolver, baudrate: int, codec: Codec,
                  aggregator: AggregatorHandle, opener: PortOpener, *,
-                 process: Processor | None = None,
+                 process: Processor | None = None, changes: Changes | None = None,
                  backoff_initial: float = 0.1, backoff_max: float = 5.0) -> None:
         self.name = name
         self.codec = codec
@@ -54,6 +55,7 @@ class UplinkReader:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._port: Port | None = None
+        self.changes = changes or Changes()
 
     @property
     def rejected(self) -> int:
@@ -74,33 +76,37 @@ class UplinkReader:
             return False
         return True
 
+    def _set_state(self, state: str) -> None:
+        self.stats.state = state
+        self.changes.notify()
+
     async def run(self, token: CancellationToken) -> None:
         stats = self.stats
         delay = self._backoff_initial
         try:
             while not token.is_cancelled:
-                stats.state = "connecting"
+                self._set_state("connecting")
                 port = await self._connect(token)
                 if port is None:
                     if token.is_cancelled:
                         break
-                    stats.state = "backoff"
+                    self._set_state("backoff")
                     await token.run_until_cancelled(asyncio.sleep(delay))
                     delay = min(delay * 2, self._backoff_max)
                     continue
                 if stats.connects:
                     stats.reconnects += 1
                 stats.connects += 1
-                stats.state = "connected"
+                self._set_state("connected")
                 delay = self._backoff_initial
                 await self._read_until_closed(port, token)
                 if not token.is_cancelled:
                     # a device that connects and dies at once must not spin
-                    stats.state = "backoff"
+                    self._set_state("backoff")
                     await token.run_until_cancelled(asyncio.sleep(delay))
                     delay = min(delay * 2, self._backoff_max)
         finally:
-            stats.state = "closed"
+            self._set_state("closed")
 
     async def _connect(self, token: CancellationToken) -> Port | None:
         try:
@@ -137,6 +143,7 @@ class UplinkReader:
         """Read until the port fails or the token is cancelled (which closes it)."""
         self._port = port
         stats, codec, offer, name, process = self.stats, self.codec, self._agg.offer, self.name, self._process
+        notify = self.changes.notify
         closer = asyncio.ensure_future(self._close_on_cancel(port, token))
         try:
             while True:
@@ -149,7 +156,14 @@ class UplinkReader:
                 stats.bytes += len(data)
                 now = time.time()
                 stats.last_rx = time.monotonic()
-                frames = codec.feed(data, now)
+                try:
+                    frames = codec.feed(data, now)
+                except Exception:  # a plugin codec's bug: the input counts as rejected
+                    log.exception("%s: codec %s failed; input counted as rejected", name, codec.name)
+                    codec.reset()
+                    codec.rejected += 1
+                    frames = []
+                notify()
                 if frames:
                     if process is not None:
                         before = len(frames)

@@ -1,0 +1,39 @@
+"""firmware-host: a host-side asyncio runtime for fleets of serial devices.
+
+This file is the public API; everything else may change between releases.
+"""
+
+from .aggregator import AggregatorHandle as AggregatorHandle
+from .aggregator import Batch as Batch
+from .cancel import CancellationToken as CancellationToken
+from .cancel import DropGuard as DropGuard
+from .codecs import Codec as Codec
+from .codecs import CodecFactory as CodecFactory
+from .codecs import Fh1Codec as Fh1Codec
+from .codecs import LinesCodec as LinesCodec
+from .codecs import NmeaCodec as NmeaCodec
+from .codecs import encode_packet as encode_packet
+from .config import Config as Config
+from .config import ConfigError as ConfigError
+from .config import DeviceConfig as DeviceConfig
+from .config import SinkConfig as SinkConfig
+from .config import config_from_dict as config_from_dict
+from .config import load_config as load_config
+from .frames import Frame as Frame
+from .runtime import Runtime as Runtime
+from .runtime import Summary as Summary
+from .sinks import Sink as Sink
+from .transport import FakeOpener as FakeOpener
+from .transport import FakePort as FakePort
+from .transport import Port as Port
+from .transport import PortClosed as PortClosed
+from .virtualport import VirtualPort as VirtualPort
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AggregatorHandle", "Batch", "CancellationToken", "Codec", "CodecFactory", "Config", "ConfigError",
+    "DeviceConfig", "DropGuard", "FakeOpener", "FakePort", "Fh1Codec", "Frame", "LinesCodec", "NmeaCodec",
+    "Port", "PortClosed", "Runtime", "Sink", "SinkConfig", "Summary", "VirtualPort", "__version__",
+    "config_from_dict", "encode_packet", "load_config",
+]

@@ -1,0 +1,157 @@
+"""A virtual serial device on a pty pair, for the emulator and for tests.
+
+The host opens ``path`` like any serial port. ``path`` is a stable symlink
+to the pty's slave, so ``unplug()`` + ``replug()`` behaves like a USB board
+re-enumerating behind a udev symlink: the old device node dies (the host's
+reads fail with EIO) and a new one appears behind the same path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import tty
+
+
+class VirtualPort:
+    def __init__(self, link: str | None = None) -> None:
+        self.link = link
+        self.master: int | None = None
+        self._slave: int | None = None
+        self.slave_name: str | None = None
+        self.plugged = False
+        self._waiters: set[asyncio.Future[None]] = set()
+        self.plug()
+
+    @property
+    def path(self) -> str:
+        """What the host opens: the stable link, else the pty slave itself."""
+        assert self.slave_name is not None
+        return self.link or self.slave_name
+
+    def plug(self) -> None:
+        master, slave = os.openpty()
+        # raw before the host opens it: a cooked pty would echo everything we
+        # write back to us and translate CR/LF, corrupting binary frames
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        self.master, self._slave = master, slave
+        self.slave_name = os.ttyname(slave)
+        if self.link:
+            tmp = f"{self.link}.{os.getpid()}.tmp"
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            os.symlink(self.slave_name, tmp)
+            os.replace(tmp, self.link)  # atomic: the host never sees the link missing
+        self.plugged = True
+
+    def unplug(self) -> None:
+        """Remove the device: the host's next read fails."""
+        if self.master is not None:
+            # unregister before closing: a closed fd left in the selector
+            # would clash with the next fd that reuses its number
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                loop.remove_writer(self.master)
+                loop.remove_reader(self.master)
+        for waiter in self._waiters:  # wake writers/readers parked on the old fd
+            if not waiter.done():
+                waiter.set_result(None)
+        for fd in (self.master, self._slave):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.master = self._slave = None
+        self.plugged = False
+
+    def replug(self) -> None:
+        if self.plugged:
+            self.unplug()
+        self.plug()
+
+    def close(self) -> None:
+        self.unplug()
+        if self.link:
+            try:
+                os.unlink(self.link)
+            except FileNotFoundError:
+                pass
+
+    def write_nowait(self, data: bytes | memoryview) -> int:
+        """Write what fits now; returns the bytes written (0 when full or unplugged)."""
+        if self.master is None:
+            return 0
+        try:
+            return os.write(self.master, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            if exc.errno in (errno.EIO, errno.EBADF):
+                return 0
+            raise
+
+    async def write(self, data: bytes) -> None:
+        """Write all of ``data``, awaiting room in the pty buffer (never blocks the loop).
+
+        Returns early if the port is unplugged meanwhile: the rest is lost on
+        the wire, as with a real cable pulled mid-frame.
+        """
+        view = memoryview(data)
+        loop = asyncio.get_running_loop()
+        while view:
+            fd = self.master
+            if fd is None:
+                return
+            n = self.write_nowait(view)
+            if n:
+                view = view[n:]
+                continue
+            ready = loop.create_future()
+            loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+            self._waiters.add(ready)
+            try:
+                await ready
+            finally:
+                self._waiters.discard(ready)
+                if self.master == fd:
+                    loop.remove_writer(fd)
+
+    def read_nowait(self, limit: int = 65536) -> bytes:
+        """Bytes the host wrote to the device (downlink), b"" if none."""
+        if self.master is None:
+            return b""
+        try:
+            return os.read(self.master, limit)
+        except (BlockingIOError, OSError):
+            return b""
+
+    async def read(self, limit: int = 65536) -> bytes:
+        """Await downlink bytes from the host."""
+        loop = asyncio.get_running_loop()
+        while True:
+            data = self.read_nowait(limit)
+            if data:
+                return data
+            fd = self.master
+            if fd is None:
+                raise ConnectionError("virtual port unplugged")
+            ready = loop.create_future()
+            loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+            self._waiters.add(ready)
+            try:
+                await ready
+            finally:
+                self._waiters.discard(ready)
+                if self.master == fd:
+                    loop.remove_reader(fd)
+
+    def __repr__(self) -> str:
+        return f"<VirtualPort {self.path} plugged={self.plugged}>"
