@@ -1,0 +1,559 @@
+"""The control socket: a Unix-domain socket speaking JSON lines.
+
+One request object per line, exactly one reply object per line::
+
+    {"cmd": "status"}            -> {"ok": true, "uptime": ..., "buffer": ..., "devices": ...}
+    {"cmd": "flush", "device": "imu0"} -> {"ok": true, "flushed": 3, "devices": {"imu0": 3}, "incomplete": false}
+    {"cmd": "nope"}              -> {"ok": false, "error": "unknown command 'nope' ...", "code": 2}
+
+``code`` in an error reply is the exit status the CLI should use. The server
+is written for hostile input: requests are bounded (``MAX_REQUEST``), the
+number of connections is capped, idle connections are closed, and every
+handler error becomes an error reply, never a crash of the runtime. See
+docs/control.md for the protocol, the security choices and examples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import math
+import os
+import socket
+import stat
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+log = logging.getLogger("firmware_host.control")
+
+__all__ = ["ControlError", "ControlServer", "NoRuntime", "request", "request_sync",
+           "MAX_REQUEST", "MAX_CONNECTIONS", "IDLE_TIMEOUT"]
+
+#: longest request line (bytes, newline included); longer ones are refused
+MAX_REQUEST = 64 * 1024
+#: concurrent connections; one more gets an error reply and is closed
+MAX_CONNECTIONS = 64
+#: seconds a connection may sit without sending a request (or reading a reply)
+IDLE_TIMEOUT = 30.0
+#: longest reply the client accepts (status of a big fleet is a few hundred KiB)
+MAX_REPLY = 16 * 1024 * 1024
+#: default and ceiling for a flush request's own timeout, seconds
+FLUSH_TIMEOUT = 30.0
+MAX_FLUSH_TIMEOUT = 24 * 3600.0
+
+EXIT_FAILURE, EXIT_USAGE, EXIT_NO_RUNTIME = 1, 2, 3
+
+
+class ControlError(Exception):
+    """An error reply (or a broken exchange); ``exit_code`` is what the CLI exits with."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(_one_line(message))
+        self.exit_code = exit_code
+
+
+class NoRuntime(ControlError):
+    """Nothing listens on the control socket (exit status 3)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_NO_RUNTIME)
+
+
+class RequestError(Exception):
+    """Raised by a handler: becomes ``{"ok": false, "error": message, "code": code}``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _one_line(text: str) -> str:
+    # the CLI prints the message as the whole diagnosis: never a multi-line blob
+    return " ".join(str(text).split()) or "error"
+
+
+def _error(message: str, code: int = EXIT_USAGE) -> dict[str, Any]:
+    return {"ok": False, "error": _one_line(message), "code": code}
+
+
+def _encode(reply: dict[str, Any]) -> bytes:
+    return json.dumps(reply, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+# -- argument checks ---------------------------------------------------------------------
+
+
+def _only(req: dict[str, Any], *allowed: str) -> None:
+    # strict on purpose: a typo like "devcie" must not silently flush everything
+    extra = sorted(k for k in req if k != "cmd" and k not in allowed)
+    if extra:
+        cmd = req["cmd"]
+        takes = ", ".join(allowed) or "no arguments"
+        raise RequestError(f"{cmd}: unknown argument {extra[0]!r} (it takes: {takes})")
+
+
+def _str_arg(req: dict[str, Any], key: str, *, required: bool = False) -> str | None:
+    value = req.get(key)
+    if value is None:
+        if required:
+            raise RequestError(f"{req['cmd']}: missing {key!r}")
+        return None
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise RequestError(f"{req['cmd']}: {key!r} must be a non-empty string")
+    return value
+
+
+def _device_name(req: dict[str, Any], key: str = "name", *, required: bool = True) -> str | None:
+    value = _str_arg(req, key, required=required)
+    if value is not None and len(value) > 256:
+        raise RequestError(f"{req['cmd']}: {key!r} is too long")
+    return value
+
+
+# -- the server --------------------------------------------------------------------------
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class ControlServer:
+    """Serves the control protocol for ``runtime`` on the Unix socket ``path``."""
+
+    def __init__(self, runtime: Runtime, path: str, *, max_connections: int = MAX_CONNECTIONS,
+                 idle_timeout: float = IDLE_TIMEOUT, max_request: int = MAX_REQUEST) -> None:
+        self.runtime = runtime
+        self.path = path
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.max_request = max_request
+        self.requests = 0
+        self.errors = 0
+        self.refused = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._inode: tuple[int, int] | None = None
+        self._conns: set[asyncio.Task[Any]] = set()
+        self._handlers: dict[str, Handler] = {
+            "ping": self._ping, "status": self._status, "buffers": self._buffers, "flush": self._flush,
+            "stop": self._stop, "devices.add": self._devices_add, "devices.remove": self._devices_remove,
+        }
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the socket (see docs/control.md, "Security"); RuntimeFailure if we must not."""
+        from .runtime import RuntimeFailure
+        try:
+            await self._prepare_path()
+            sock = self._bind()
+        except ControlError as exc:
+            raise RuntimeFailure(str(exc)) from None
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=self.max_request)
+        except BaseException:
+            sock.close()
+            self._unlink_if_ours()
+            raise
+        log.info("control socket listening on %s", self.path)
+
+    async def _prepare_path(self) -> None:
+        _secure_directory(os.path.dirname(os.path.abspath(self.path)))
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ControlError(f"control socket {self.path}: {exc.strerror or exc}") from None
+        # lstat, never stat: a symlink planted here could point our socket (and
+        # our unlink of a "stale" one) anywhere
+        if stat.S_ISLNK(st.st_mode):
+            raise ControlError(f"refusing the control socket {self.path}: it is a symlink")
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ControlError(f"refusing the control socket {self.path}: a file that is not a socket is there")
+        if await _is_listening(self.path):
+            raise ControlError(f"another runtime is already listening on {self.path}")
+        # a stale socket left by a runtime that died: replace it
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ControlError(f"cannot remove the stale control socket {self.path}: "
+                               f"{exc.strerror or exc}") from None
+        log.info("replaced a stale control socket at %s", self.path)
+
+    def _bind(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # the umask closes the window between bind() and chmod() in which
+            # another user could connect; it is process-wide, so keep it short
+            old = os.umask(0o177)
+            try:
+                sock.bind(self.path)
+            finally:
+                os.umask(old)
+            os.chmod(self.path, 0o600)
+            st = os.lstat(self.path)
+            self._inode = (st.st_dev, st.st_ino)
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            self._unlink_if_ours()
+            if exc.errno == errno.EADDRINUSE:
+                raise ControlError(f"another runtime is already listening on {self.path}") from None
+            raise ControlError(f"cannot create the control socket {self.path}: {exc.strerror or exc}") from None
+        return sock
+
+    async def close(self) -> None:
+        """Stop listening, end open connections, remove the socket if it is still ours."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        self._unlink_if_ours()
+        conns = [t for t in self._conns if t is not asyncio.current_task()]
+        for task in conns:
+            task.cancel()
+        if conns:
+            await asyncio.gather(*conns, return_exceptions=True)
+        if server is not None:
+            await server.wait_closed()
+
+    def _unlink_if_ours(self) -> None:
+        # only ours: a second runtime may have replaced a socket we thought stale
+        if self._inode is None:
+            return
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self._inode:
+                os.unlink(self.path)
+        except OSError:
+            pass
+        self._inode = None
+
+    # -- connections ------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        try:
+            if len(self._conns) >= self.max_connections or task is None:
+                self.refused += 1
+                await self._send(writer, _error(f"too many control connections ({self.max_connections}); "
+                                                "try again", EXIT_FAILURE))
+                return
+            self._conns.add(task)
+            await self._conversation(reader, writer)
+        except asyncio.CancelledError:
+            pass  # close() ends the connection; nothing to answer
+        except Exception:  # a bug here must cost one connection, never the runtime
+            log.exception("control connection failed")
+        finally:
+            if task is not None:
+                self._conns.discard(task)
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            except (Exception, asyncio.CancelledError):
+                pass
+
+    async def _conversation(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                line = await asyncio.wait_for(reader.readline(), self.idle_timeout)
+            except asyncio.TimeoutError:
+                return
+            except ValueError:
+                # the StreamReader limit: it already dropped the buffered part,
+                # so a 10 MB line costs at most ~2 x MAX_REQUEST of memory
+                self.errors += 1
+                await self._send(writer, _error(f"request too long (max {self.max_request} bytes)"))
+                return
+            except (ConnectionError, OSError):
+                return
+            if not line.endswith(b"\n"):
+                # EOF, or half a request then a disconnect: nothing to act on
+                return
+            reply, after = await self.handle_line(line)
+            if not await self._send(writer, reply):
+                return
+            if after is not None:
+                after()
+
+    async def _send(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> bool:
+        try:
+            writer.write(_encode(reply))
+            # bounded: a client that never reads its replies must not pin us
+            await asyncio.wait_for(writer.drain(), self.idle_timeout)
+        except (ConnectionError, OSError, asyncio.TimeoutError):
+            return False
+        return True
+
+    async def handle_line(self, line: bytes) -> tuple[dict[str, Any], Callable[[], None] | None]:
+        """One request line -> (reply, action to run after the reply is sent)."""
+        self.requests += 1
+        try:
+            req = json.loads(line)
+        except (ValueError, RecursionError):  # also bad UTF-8 and absurd nesting
+            self.errors += 1
+            return _error("malformed request: expected one JSON object per line"), None
+        if not isinstance(req, dict):
+            self.errors += 1
+            return _error("malformed request: expected a JSON object like {\"cmd\": \"status\"}"), None
+        cmd = req.get("cmd")
+        handler = self._handlers.get(cmd) if isinstance(cmd, str) else None
+        if handler is None:
+            self.errors += 1
+            shown = json.dumps(cmd)[:60] if cmd is not None else "none"
+            return _error(f"unknown command {shown} (known: {', '.join(sorted(self._handlers))})"), None
+        try:
+            result = await handler(req)
+        except RequestError as exc:
+            self.errors += 1
+            return _error(str(exc), exc.code), None
+        except Exception as exc:  # every handler bug becomes an error reply
+            self.errors += 1
+            log.exception("control command %s failed", cmd)
+            return _error(f"{cmd} failed: {type(exc).__name__}: {exc}", EXIT_FAILURE), None
+        after = result.pop("_after", None)
+        return {"ok": True, **result}, after
+
+    # -- commands ---------------------------------------------------------------------
+
+    async def _ping(self, req: dict[str, Any]) -> dict[str, Any]:
+        _only(req)
+        return {"pong": True, "pid": os.getpid()}
+
+    async def _status(self, req: dict[str, Any]) -> dict[str, Any]:
+        _only(req)
+        return dict(await self.runtime.status())
+
+    async def _buffers(self, req: dict[str, Any]) -> dict[str, Any]:
+        _only(req)
+        return dict(await self.runtime.buffers())
+
+    async def _flush(self, req: dict[str, Any]) -> dict[str, Any]:
+        _only(req, "device", "timeout")
+        device = _device_name(req, "device", required=False)
+        timeout = req.get("timeout", FLUSH_TIMEOUT)
+        if (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout)
+                or timeout < 0):
+            raise RequestError("flush: 'timeout' must be a finite number of seconds >= 0")
+        if device is not None and not await self._known_device(device):
+            raise RequestError(f"unknown device {device!r}{self._known_text()}")
+        result = await self.runtime.flush(device, min(float(timeout), MAX_FLUSH_TIMEOUT))
+        return {"flushed": result.flushed, "devices": dict(result.devices), "incomplete": result.incomplete}
+
+    async def _known_device(self, name: str) -> bool:
+        # a removed device keeps its account (and buffered frames) until they flush
+        if name in self.runtime.devices:
+            return True
+        snap = await self.runtime.snapshot()
+        return name in snap.accounts
+
+    def _known_text(self) -> str:
+        names = sorted(self.runtime.devices)
+        if not names:
+            return " (no devices)"
+        shown = ", ".join(names[:20]) + (", …" if len(names) > 20 else "")
+        return f" (known: {shown})"
+
+    async def _stop(self, req: dict[str, Any]) -> dict[str, Any]:
+        _only(req)
+        runtime = self.runtime
+        # reply first, then stop: the drain may close this socket before a late reply
+        return {"stopping": True, "_after": lambda: runtime.request_stop("control stop")}
+
+    async def _devices_add(self, req: dict[str, Any]) -> dict[str, Any]:
+        _only(req, "name", "port", "codec", "board", "baudrate")
+        from .config import ConfigError, config_from_dict
+        raw: dict[str, Any] = {"name": _device_name(req), "port": _str_arg(req, "port", required=True)}
+        for key in ("codec", "board"):
+            value = _str_arg(req, key)
+            if value is not None:
+                raw[key] = value
+        if "baudrate" in req:
+            raw["baudrate"] = req["baudrate"]  # the config loader checks it like in a file
+        boards = await self._boards() if "board" in raw else {}
+        try:
+            # the config loader's validation and messages, exactly as in a file
+            cfg = config_from_dict({"devices": [raw]}, source="devices add",
+                                   known_codecs=self.runtime.codecs.keys(), boards=boards)
+        except ConfigError as exc:
+            key = (exc.key or "").removeprefix("devices[0]").lstrip(".")
+            raise RequestError(f"devices add: {key + ': ' if key else ''}{exc.message}") from None
+        dc = cfg.devices[0]
+        old = self.runtime.devices.get(dc.name)
+        if old is not None and not old.removed:
+            raise RequestError(f"devices add: device {dc.name!r} already exists")
+        if self.runtime.readers_token.is_cancelled:
+            raise RequestError("devices add: the runtime is shutting down", EXIT_FAILURE)
+        try:
+            await self.runtime.add_device(dc)
+        except ValueError as exc:
+            raise RequestError(f"devices add: {exc}") from None
+        return {"device": {"name": dc.name, "port": dc.port, "codec": dc.codec, "board": dc.board,
+                           "baudrate": dc.baudrate}}
+
+    async def _boards(self) -> Any:
+        known = getattr(self.runtime, "boards", None)
+        if known is not None:
+            return known
+        from .boards import load_boards
+        from .config import ConfigError
+        try:
+            # file reads: off the loop
+            return await asyncio.to_thread(load_boards)
+        except ConfigError as exc:
+            raise RequestError(f"devices add: {exc}") from None
+
+    async def _devices_remove(self, req: dict[str, Any]) -> dict[str, Any]:
+        _only(req, "name")
+        name = _device_name(req)
+        assert name is not None
+        entry = self.runtime.devices.get(name)
+        if entry is None or entry.removed:
+            raise RequestError(f"unknown device {name!r}{self._known_text()}")
+        try:
+            await self.runtime.remove_device(name)
+        except KeyError:  # removed meanwhile by another request
+            raise RequestError(f"unknown device {name!r}") from None
+        return {"removed": name}
+
+
+def _secure_directory(directory: str) -> None:
+    """Create ``directory`` 0700 if missing; refuse one other users could tamper with.
+
+    Fine: a directory we own (or root owns) that is not group/other-writable,
+    or a sticky shared directory like /tmp (others cannot remove or rename
+    our socket there). Anything else lets another user swap the socket.
+    """
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(directory) or ".", exist_ok=True)
+        os.mkdir(directory, 0o700)
+    except OSError as exc:
+        raise ControlError(f"cannot create the directory {directory} for the control socket: "
+                           f"{exc.strerror or exc}") from None
+    try:
+        st = os.stat(directory)
+    except OSError as exc:
+        raise ControlError(f"control socket directory {directory}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ControlError(f"control socket directory {directory} is not a directory")
+    writable_by_others = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if writable_by_others and not st.st_mode & stat.S_ISVTX:
+        raise ControlError(f"refusing the control socket directory {directory}: writable by other users "
+                           f"(mode {stat.S_IMODE(st.st_mode):o}, not sticky); use a private directory")
+    if not writable_by_others and st.st_uid not in (os.getuid(), 0):
+        raise ControlError(f"refusing the control socket directory {directory}: owned by another user "
+                           f"(uid {st.st_uid})")
+
+
+async def _is_listening(path: str) -> bool:
+    """True when something accepts connections on ``path`` (a live runtime)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), 2.0)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except asyncio.TimeoutError:
+        return True  # a full backlog is a live, busy listener
+    except OSError as exc:
+        raise ControlError(f"cannot check the control socket {path}: {exc.strerror or exc}") from None
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return True
+
+
+# -- the client ----------------------------------------------------------------------------
+
+
+def _parse_reply(data: bytes) -> dict[str, Any]:
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        raise ControlError("the runtime sent a malformed reply") from None
+    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+        raise ControlError("the runtime sent a malformed reply")
+    if not reply["ok"]:
+        code = reply.get("code")
+        if isinstance(code, bool) or not isinstance(code, int) or not 1 <= code <= 125:
+            code = EXIT_FAILURE
+        raise ControlError(str(reply.get("error") or "the runtime refused the request"), code)
+    reply.pop("ok")
+    return reply
+
+
+def _connect_error(path: str, exc: OSError) -> ControlError:
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return NoRuntime(f"no runtime is listening on {path} (no socket there)")
+    if exc.errno == errno.ECONNREFUSED:
+        return NoRuntime(f"no runtime is listening on {path}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return ControlError(f"permission denied on the control socket {path} (another user's runtime?)")
+    return ControlError(f"cannot reach the control socket {path}: {exc.strerror or exc}")
+
+
+def request_sync(path: str, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """Send one request and return the reply without ``ok``.
+
+    Raises NoRuntime when nothing listens at ``path`` and ControlError for an
+    error reply (its ``exit_code`` is the reply's ``code``) or a broken exchange.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise _connect_error(path, exc) from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise NoRuntime(f"no runtime is listening on {path} (it is not a socket)")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except socket.timeout:
+            raise ControlError(f"the runtime on {path} did not accept a connection within {timeout:g}s") from None
+        except OSError as exc:
+            if exc.errno == errno.EINVAL or "too long" in str(exc):
+                raise ControlError(f"control socket path too long: {path}", EXIT_USAGE) from None
+            raise _connect_error(path, exc) from None
+        try:
+            sock.sendall(json.dumps(req).encode() + b"\n")
+            data = _read_line(sock)
+        except socket.timeout:
+            raise ControlError(f"no reply from the runtime on {path} within {timeout:g}s") from None
+        except OSError as exc:
+            raise ControlError(f"control connection to {path} failed: {exc.strerror or exc}") from None
+    finally:
+        sock.close()
+    return _parse_reply(data)
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ControlError("the runtime closed the connection without replying")
+        nl = chunk.find(b"\n")
+        if nl >= 0:
+            chunks.append(chunk[:nl])
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_REPLY:
+            raise ControlError("the runtime's reply is too long")
+
+
+async def request(path: str, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """``request_sync`` for asyncio code (plugins, tests): same results and errors."""
+    return await asyncio.to_thread(request_sync, path, req, timeout)
