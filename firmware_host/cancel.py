@@ -58,9 +58,13 @@ class CancellationToken:
         try:
             await fut
         finally:
-            # a waiter cancelled from outside must not accumulate in the list
-            if not fut.done() and fut in self._waiters:
-                self._waiters.remove(fut)
+            # a waiter cancelled from outside (its future cancelled with it)
+            # must not accumulate in the list
+            if not self._cancelled:
+                try:
+                    self._waiters.remove(fut)
+                except ValueError:
+                    pass
 
     async def run_until_cancelled(self, aw: Awaitable[T]) -> T | None:
         """Await ``aw``; if the token is cancelled first, cancel it and return None."""

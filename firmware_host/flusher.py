@@ -67,20 +67,24 @@ class Flusher:
         The final drain is separate (``drain``), so the runtime decides when
         the readers have stopped before the last frames go out.
         """
+        if self.interval <= 0:
+            # flush_interval = 0 means on demand and at shutdown only (design.md),
+            # so not on batch-full either
+            await token.cancelled()
+            return
         ready = self._agg.batch_ready
         stop = asyncio.ensure_future(token.cancelled())
-        timeout = self.interval if self.interval > 0 else None
-        next_tick = time.monotonic() + self.interval if timeout else None
+        next_tick = time.monotonic() + self.interval
         try:
             while not token.is_cancelled:
                 ready_wait = asyncio.ensure_future(ready.wait())
-                wait_for = None if next_tick is None else max(0.0, next_tick - time.monotonic())
+                wait_for = max(0.0, next_tick - time.monotonic())
                 await asyncio.wait({ready_wait, stop}, timeout=wait_for,
                                    return_when=asyncio.FIRST_COMPLETED)
                 ready_wait.cancel()
                 if token.is_cancelled:
                     break
-                if next_tick is not None and time.monotonic() >= next_tick:
+                if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.interval
                     await self.flush(token=token)
                 elif ready.is_set():

@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from .aggregator import Aggregator, BufferSnapshot, DeviceAccount, oldest_age
 from .cancel import CancellationToken
 from .codecs import BUILTIN_CODECS, CodecFactory, make_codec
-from .config import Config, DeviceConfig
+from .config import Config, ConfigError, DeviceConfig
 from .flusher import Flusher, FlushResult
 from .sinks import BUILTIN_SINKS, Sink, SinkFactory
 from .transport import PortOpener, open_serial
@@ -107,12 +107,8 @@ class Runtime:
     async def start(self) -> None:
         cfg = self.config
         self.started_at = time.monotonic()
+        self.sinks.extend(self.build_sinks())  # before any task: a config error leaves nothing running
         self._agg_task = asyncio.create_task(self.aggregator.run(self._agg_token), name="aggregator")
-        for sc in cfg.sinks:
-            factory = self.sink_types.get(sc.type)
-            if factory is None:
-                raise RuntimeFailure(f"unknown sink type {sc.type!r}")
-            self.sinks.append(factory(**sc.options))
         opened: list[Sink] = []
         for sink in self.sinks:
             try:
@@ -138,6 +134,19 @@ class Runtime:
             await self.add_device(dc)
         for hook in self.on_start:
             await hook(self)
+
+    def build_sinks(self) -> list[Sink]:
+        """Sinks from ``[[sinks]]``; a bad option is a config error (exit 2)."""
+        sinks = []
+        for i, sc in enumerate(self.config.sinks):
+            factory = self.sink_types.get(sc.type)
+            try:
+                if factory is None:
+                    raise ValueError(f"unknown sink type {sc.type!r} (known: {', '.join(sorted(self.sink_types))})")
+                sinks.append(factory(**sc.options))
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(str(exc), source=self.config.source, key=f"sinks[{i}]") from None
+        return sinks
 
     async def _abandon_start(self) -> None:
         self.flusher_token.cancel()

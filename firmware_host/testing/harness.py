@@ -1,0 +1,82 @@
+"""An in-process runtime for tests: started from a dict, drained in order,
+the accounting law checked at the end."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, AsyncIterator, Mapping
+
+from ..config import Config, config_from_dict
+from ..runtime import Runtime, Summary
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class AccountingError(AssertionError):
+    """frames != flushed + dropped + buffered for some device."""
+
+
+def assert_accounting(status: Mapping[str, Any]) -> None:
+    """The accounting law, for every device in a ``status`` dict."""
+    bad = []
+    for name, d in status["devices"].items():
+        if d["frames"] != d["flushed"] + d["dropped"] + d["buffered"]:
+            bad.append(f"{name}: frames {d['frames']} != flushed {d['flushed']} + dropped {d['dropped']}"
+                       f" + buffered {d['buffered']}")
+    if bad:
+        raise AccountingError("accounting law broken: " + "; ".join(bad))
+
+
+class RuntimeUnderTest:
+    """A started Runtime plus helpers that await conditions (never sleep)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.summary: Summary | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.runtime, name)
+
+    async def wait_frames(self, device: str, count: int, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        """Until ``device`` has decoded at least ``count`` frames."""
+        return await self.runtime.wait_until(
+            lambda s: device in s["devices"] and s["devices"][device]["frames"] >= count, timeout)
+
+    async def wait_state(self, device: str, state: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        return await self.runtime.wait_until(
+            lambda s: device in s["devices"] and s["devices"][device]["state"] == state, timeout)
+
+    async def wait_counter(self, device: str, key: str, value: int,
+                           timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        """Until ``status.devices[device][key] >= value``."""
+        return await self.runtime.wait_until(
+            lambda s: device in s["devices"] and s["devices"][device][key] >= value, timeout)
+
+    async def shutdown(self, grace: float | None = None, check: bool = True) -> Summary:
+        self.summary = await self.runtime.shutdown(grace)
+        if check:
+            assert_accounting(self.summary.status)
+        return self.summary
+
+
+def make_config(config: Config | Mapping[str, Any]) -> Config:
+    return config if isinstance(config, Config) else config_from_dict(config, source="<test config>")
+
+
+@contextlib.asynccontextmanager
+async def running_runtime(config: Config | Mapping[str, Any], **runtime_kwargs: Any
+                          ) -> AsyncIterator[RuntimeUnderTest]:
+    """``async with running_runtime({...}) as rt:`` — shut down in order on exit
+    (also when the test fails) and check the accounting law."""
+    rt = RuntimeUnderTest(Runtime(make_config(config), **runtime_kwargs))
+    await rt.runtime.start()
+    failed = False
+    try:
+        yield rt
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if rt.summary is None:
+            # on a test failure still drain in order, but report the test's error, not ours
+            await rt.shutdown(check=not failed)

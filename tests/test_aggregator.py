@@ -1,0 +1,128 @@
+"""The aggregator actor on its own: drop-oldest, byte bound, acks after
+evictions, per-device takes — the accounting law after every step."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from firmware_host import CancellationToken, Frame
+from firmware_host.aggregator import Aggregator
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def frames(device: str, seqs: range, size: int = 4) -> list[Frame]:
+    return [Frame(device, s, 0, float(s), payload=bytes(size)) for s in seqs]
+
+
+async def law(agg: Aggregator) -> None:
+    snap = await agg.handle.snapshot()
+    for name, a in snap.accounts.items():
+        assert a.frames == a.flushed + a.dropped + a.buffered, name
+    assert snap.depth == sum(a.buffered for a in snap.accounts.values())
+
+
+async def start(**kw):
+    agg = Aggregator(**kw)
+    token = CancellationToken()
+    task = asyncio.ensure_future(agg.run(token))
+    return agg, token, task
+
+
+async def test_drop_oldest_is_global_and_counted_per_device():
+    agg, token, task = await start(capacity=10, batch_size=100)
+    h = agg.handle
+    await h.offer("a", frames("a", range(0, 8)))
+    await h.offer("b", frames("b", range(0, 8)))
+    snap = await h.snapshot()
+    assert snap.depth == 10 and snap.accounts["a"].dropped == 6 and snap.accounts["b"].dropped == 0
+    await law(agg)
+    token.cancel()
+    await task
+
+
+async def test_ack_after_eviction_counts_only_survivors():
+    agg, token, task = await start(capacity=10, batch_size=100)
+    h = agg.handle
+    await h.offer("a", frames("a", range(10)))
+    batch = await h.take(6)  # in flight: seqs 0..5
+    await h.offer("a", frames("a", range(10, 14)))  # evicts 0..3 while in flight
+    trimmed = await h.trim(batch)
+    assert [f.seq for f in trimmed.frames] == [4, 5]
+    counts = await h.ack(batch)
+    assert counts == {"a": 2}
+    snap = await h.snapshot()
+    a = snap.accounts["a"]
+    assert (a.frames, a.flushed, a.dropped, a.buffered) == (14, 2, 4, 8)
+    await law(agg)
+    token.cancel()
+    await task
+
+
+async def test_per_device_take_and_ack_and_mark():
+    agg, token, task = await start(capacity=100, batch_size=100)
+    h = agg.handle
+    await h.offer("a", frames("a", range(5)))
+    await h.offer("b", frames("b", range(5)))
+    mark = await h.mark()
+    await h.offer("b", frames("b", range(5, 8)))
+    batch = await h.take(100, "b", mark)
+    assert [f.seq for f in batch.frames] == list(range(5))  # not the ones after the mark
+    assert await h.ack(batch) == {"b": 5}
+    snap = await h.snapshot(oldest=True)
+    assert snap.accounts["a"].buffered == 5 and snap.accounts["b"].buffered == 3
+    assert snap.oldest_ts == {"a": 0.0, "b": 5.0}
+    await law(agg)
+    token.cancel()
+    await task
+
+
+async def test_byte_bound():
+    agg, token, task = await start(capacity=1000, max_bytes=100, batch_size=1000)
+    h = agg.handle
+    await h.offer("a", frames("a", range(30), size=10))
+    snap = await h.snapshot()
+    assert snap.depth == 10 and snap.bytes == 100 and snap.dropped == 20
+    await law(agg)
+    token.cancel()
+    await task
+
+
+async def test_batch_ready_event():
+    agg, token, task = await start(capacity=1000, batch_size=10)
+    h = agg.handle
+    await h.offer("a", frames("a", range(9)))
+    await h.snapshot()
+    assert not agg.batch_ready.is_set()
+    await h.offer("a", frames("a", range(9, 10)))
+    await h.snapshot()
+    assert agg.batch_ready.is_set()
+    await h.ack(await h.take(10))
+    assert not agg.batch_ready.is_set()
+    token.cancel()
+    await task
+
+
+async def test_messages_sent_before_stop_are_served():
+    agg, token, task = await start(capacity=1000, batch_size=1000)
+    h = agg.handle
+    for i in range(50):
+        await h.offer("a", frames("a", range(i * 10, i * 10 + 10)))
+    snap_future = asyncio.ensure_future(h.snapshot())
+    await asyncio.sleep(0)
+    token.cancel()
+    await task
+    assert (await snap_future).accounts["a"].frames == 500
+
+
+async def test_bad_request_does_not_kill_the_actor():
+    agg, token, task = await start(capacity=10, batch_size=10)
+    fut = asyncio.get_running_loop().create_future()
+    await agg._inbox.put(("bogus", fut))
+    with pytest.raises(ValueError):
+        await fut
+    assert (await agg.handle.snapshot()).depth == 0
+    token.cancel()
+    await task

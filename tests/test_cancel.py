@@ -1,0 +1,102 @@
+"""CancellationToken semantics (design.md, modelled on tokio-util)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import pytest
+
+from firmware_host import CancellationToken
+
+pytestmark = pytest.mark.timeout(10)
+
+
+async def test_cancelled_returns_at_once_when_already_cancelled():
+    token = CancellationToken()
+    token.cancel()
+    token.cancel()  # idempotent
+    assert token.is_cancelled
+    await asyncio.wait_for(token.cancelled(), 0.1)
+
+
+async def test_waiters_wake_on_cancel():
+    token = CancellationToken()
+    waiters = [asyncio.ensure_future(token.cancelled()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in waiters)
+    token.cancel()
+    await asyncio.wait_for(asyncio.gather(*waiters), 1)
+
+
+async def test_parent_cancels_child_never_the_reverse():
+    root = CancellationToken()
+    child = root.child_token()
+    grandchild = child.child_token()
+    sibling = root.child_token()
+    child.cancel()
+    assert child.is_cancelled and grandchild.is_cancelled
+    assert not root.is_cancelled and not sibling.is_cancelled
+    root.cancel()
+    assert sibling.is_cancelled
+    assert root.child_token().is_cancelled  # a child of a cancelled token starts cancelled
+
+
+async def test_run_until_cancelled():
+    token = CancellationToken()
+    assert await token.run_until_cancelled(asyncio.sleep(0, "done")) == "done"
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def forever() -> str:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    task = asyncio.ensure_future(token.run_until_cancelled(forever()))
+    await started.wait()
+    token.cancel()
+    assert await task is None
+    assert cancelled.is_set()  # the work was cancelled, not left running
+    assert await token.run_until_cancelled(asyncio.sleep(0, "late")) is None
+
+
+async def test_drop_guard_cancels_unless_disarmed():
+    token = CancellationToken()
+    with token.drop_guard():
+        pass
+    assert token.is_cancelled
+
+    token = CancellationToken()
+    with pytest.raises(ValueError):
+        with token.drop_guard():
+            raise ValueError("boom")
+    assert token.is_cancelled  # also on an exception
+
+    token = CancellationToken()
+    with token.drop_guard() as guard:
+        assert guard.disarm() is token
+    assert not token.is_cancelled
+
+
+async def test_children_do_not_leak():
+    root = CancellationToken()
+    for _ in range(1000):
+        root.child_token()
+    gc.collect()
+    assert len(root._children) == 0
+
+
+async def test_outside_cancel_of_a_waiter_does_not_accumulate():
+    token = CancellationToken()
+    for _ in range(100):
+        waiter = asyncio.ensure_future(token.cancelled())
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    assert token._waiters == []

@@ -1,0 +1,66 @@
+"""The jsonl sink: the record shape, whole lines only, repair of a torn tail."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from firmware_host import Frame
+from firmware_host.sinks.jsonl import JsonlSink, repair_tail
+
+pytestmark = pytest.mark.timeout(10)
+
+
+async def test_record_shape(tmp_path):
+    path = tmp_path / "out.jsonl"
+    sink = JsonlSink(path=str(path))
+    await sink.open()
+    await sink.write([Frame("imu0", 17, 0, 1763800000.123456, payload=b"\x00\x01\xff"),
+                      Frame("gps\"0", 3, None, 1763800000.5, text="$GPGGA,1*00 ünï")])
+    await sink.close()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    binary, text = (json.loads(line) for line in lines)
+    assert binary == {"device": "imu0", "seq": 17, "type": 0, "ts": 1763800000.123456,
+                      "payload": base64.b64encode(b"\x00\x01\xff").decode()}
+    assert text == {"device": "gps\"0", "seq": 3, "type": None, "ts": 1763800000.5, "text": "$GPGGA,1*00 ünï"}
+
+
+def test_repair_tail(tmp_path):
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c": 3')  # a crash mid-line
+    assert repair_tail(str(path)) == len(b'{"c": 3')
+    assert path.read_bytes() == b'{"a": 1}\n{"b": 2}\n'
+    assert repair_tail(str(path)) == 0
+    path.write_bytes(b"x" * 200_000)  # no newline at all
+    assert repair_tail(str(path)) == 200_000 and path.read_bytes() == b""
+    assert repair_tail(str(tmp_path / "missing")) == 0
+
+
+async def test_open_repairs_then_appends(tmp_path):
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"torn')
+    sink = JsonlSink(path=str(path))
+    await sink.open()
+    await sink.write([Frame("d", 0, 1, 1.0, payload=b"")])
+    await sink.close()
+    assert [json.loads(line)["device"] if "device" in line else line for line in path.read_text().splitlines()] \
+        == ['{"a": 1}', "d"]
+
+
+async def test_failed_write_leaves_no_partial_line(tmp_path):
+    sink = JsonlSink(path="/dev/full")
+    await sink.open()
+    with pytest.raises(OSError):
+        await sink.write([Frame("d", 0, 1, 1.0, payload=b"x" * 10_000)] * 100)
+    await sink.close()
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match="path"):
+        JsonlSink()
+    with pytest.raises(ValueError, match="unknown option"):
+        JsonlSink(path="x", colour="red")
+    with pytest.raises(ValueError, match="fsync"):
+        JsonlSink(path="x", fsync="yes")

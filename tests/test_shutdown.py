@@ -1,0 +1,117 @@
+"""Issue 2: SIGTERM to a real `firmware-host run` holding 40k buffered frames
+with flushing disabled: all 40k reach the sink and it exits 0. A second
+signal exits at once and reports what was lost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+
+import pytest
+
+from firmware_host import encode_packet
+from firmware_host.testing import assert_accounting
+from tests.conftest import cli_popen, read_jsonl
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def wait_status(sock: str, predicate, timeout: float = 30.0) -> dict:
+    """Across processes there is no event to await: ask the control socket,
+    with a bounded number of tries."""
+    from firmware_host.control import ControlError, request
+    deadline = time.monotonic() + timeout
+    last: dict | None = None
+    while time.monotonic() < deadline:
+        try:
+            last = await request(sock, {"cmd": "status"}, timeout=5)
+            if predicate(last):
+                return last
+        except ControlError:
+            pass  # not listening yet
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"condition not reached; last status: {last}")
+
+
+def write_config(path, port, sink, *, grace=30.0, sink_type="jsonl"):
+    path.write_text(f"""
+[buffer]
+capacity = 50000
+flush_interval = 0
+batch_size = 1000
+
+[shutdown]
+grace = {grace}
+
+[[devices]]
+name = "imu0"
+port = "{port}"
+codec = "fh1"
+
+[[sinks]]
+type = "{sink_type}"
+path = "{sink}"
+""")
+
+
+async def test_sigterm_drains_40k_buffered_frames(fh_ports, short_tmp, tmp_path):
+    port = fh_ports.new()
+    sock, sink, summary_path = str(short_tmp / "c.sock"), tmp_path / "out.jsonl", tmp_path / "summary.json"
+    cfg = tmp_path / "run.toml"
+    write_config(cfg, port.path, sink)
+    proc = cli_popen("run", "-c", str(cfg), "--control", sock, "--summary", str(summary_path), "-q",
+                     cwd=tmp_path)
+    try:
+        await wait_status(sock, lambda s: s["devices"]["imu0"]["state"] == "connected")
+        payload = bytes(range(64))
+        for start in range(0, 40_000, 2000):
+            await port.write(b"".join(encode_packet(0, s, payload) for s in range(start, start + 2000)))
+        status = await wait_status(sock, lambda s: s["devices"]["imu0"]["frames"] == 40_000)
+        assert status["devices"]["imu0"]["buffered"] == 40_000  # nothing flushed before the signal
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.to_thread(proc.communicate, timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert [r["seq"] for r in read_jsonl(sink)] == list(range(40_000))
+    final = json.loads(summary_path.read_text())
+    assert_accounting(final)
+    d = final["devices"]["imu0"]
+    assert (d["frames"], d["flushed"], d["buffered"], d["lost"]) == (40_000, 40_000, 0, 0)
+
+
+async def test_second_signal_exits_at_once_reporting_lost(fh_ports, short_tmp, tmp_path):
+    """A sink that never accepts (/dev/full: every write fails with ENOSPC) and
+    a long grace: the first SIGTERM starts a drain that cannot finish, the
+    second ends it at once and the buffered frames are reported lost."""
+    port = fh_ports.new()
+    sock, summary_path = str(short_tmp / "c.sock"), tmp_path / "summary.json"
+    cfg = tmp_path / "run.toml"
+    write_config(cfg, port.path, "/dev/full", grace=60.0)
+    proc = cli_popen("run", "-c", str(cfg), "--control", sock, "--summary", str(summary_path), "-q",
+                     cwd=tmp_path)
+    try:
+        await wait_status(sock, lambda s: s["devices"]["imu0"]["state"] == "connected")
+        await port.write(b"".join(encode_packet(0, s, b"x") for s in range(500)))
+        await wait_status(sock, lambda s: s["devices"]["imu0"]["frames"] == 500)
+        proc.send_signal(signal.SIGTERM)
+        # the readers have stopped and the drain is retrying the dead sink
+        await wait_status(sock, lambda s: s["devices"]["imu0"]["state"] == "closed"
+                          and s["sinks"][0]["failures"] > 0)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+        assert time.monotonic() - started < 10  # not the 60 s grace
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1
+    assert "500 frames lost" in err and "Traceback" not in err
+    final = json.loads(summary_path.read_text())
+    assert_accounting(final)
+    assert final["devices"]["imu0"]["lost"] == 500

@@ -1,0 +1,112 @@
+"""The serial seam: pty ports and socket:// URLs through pyserial-asyncio,
+open failures as PortClosed, and reads that fail on unplug."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from firmware_host import FakeOpener, FakePort, PortClosed
+from firmware_host.transport import open_serial
+
+pytestmark = pytest.mark.timeout(15)
+
+
+async def test_pty_read_write_and_unplug(fh_ports):
+    vp = fh_ports.new()
+    port = await open_serial(vp.path, 115200)
+    try:
+        await vp.write(b"hello")
+        got = b""
+        while len(got) < 5:
+            got += await port.read()
+        assert got == b"hello"
+        port.write(b"downlink")
+        assert await vp.read() == b"downlink"
+        vp.unplug()
+        with pytest.raises(PortClosed):
+            while True:
+                await port.read()
+    finally:
+        await port.close()
+
+
+async def test_socket_url():
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"from-device")
+        await writer.drain()
+        received.put_nowait(await reader.read(100))
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    host, port_no = server.sockets[0].getsockname()[:2]
+    port = await open_serial(f"socket://{host}:{port_no}", 115200)
+    try:
+        got = b""
+        while len(got) < 11:
+            got += await port.read()
+        assert got == b"from-device"
+        port.write(b"to-device")
+        assert await asyncio.wait_for(received.get(), 5) == b"to-device"
+    finally:
+        await port.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_open_missing_port_is_portclosed(tmp_path):
+    with pytest.raises(PortClosed, match="cannot open"):
+        await open_serial(str(tmp_path / "nope"), 9600)
+
+
+async def test_open_runs_in_an_executor(mocker, fh_ports):
+    """pyserial's open can block on real hardware: it must not run on the loop thread."""
+    import threading
+
+    import serial
+    real = serial.serial_for_url
+    threads = []
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    mocker.patch("firmware_host.transport.serial.serial_for_url", side_effect=spy)
+    vp = fh_ports.new()
+    port = await open_serial(vp.path, 9600)
+    await port.close()
+    assert threads and threads[0] is not threading.main_thread()
+
+
+async def test_serial_exception_on_read_closes_port(mocker, fh_ports):
+    """A device that errors mid-read (pyserial raises) ends the port, never the loop."""
+    import serial
+    vp = fh_ports.new()
+    port = await open_serial(vp.path, 9600)
+    ser = port._transport.serial
+    mocker.patch.object(ser, "read", side_effect=serial.SerialException("device went away"))
+    await vp.write(b"x")  # readiness makes the transport call read()
+    with pytest.raises(PortClosed, match="device went away"):
+        await port.read()
+    await port.close()
+
+
+async def test_fake_port_and_opener():
+    first = FakePort([b"a", PortClosed("unplugged")])
+    opener = FakeOpener({"fake://x": [first, OSError("busy"), FakePort([b"b"])]})
+    port = await opener("fake://x", 9600)
+    assert await port.read() == b"a"
+    with pytest.raises(PortClosed):
+        await port.read()
+    with pytest.raises(OSError):
+        await opener("fake://x", 9600)
+    port = await opener("fake://x", 9600)
+    assert await port.read() == b"b"
+    port.write(b"w")
+    assert port.writes == [b"w"]
+    with pytest.raises(PortClosed):
+        await opener("fake://x", 9600)
+    assert opener.opens["fake://x"] == 4
