@@ -20,9 +20,19 @@ from .config import SinkConfig as SinkConfig
 from .config import config_from_dict as config_from_dict
 from .config import load_config as load_config
 from .frames import Frame as Frame
+from .plugins import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
+from .plugins import FrameProcessor as FrameProcessor
+from .plugins import PluginContext as PluginContext
+from .plugins import PluginHost as PluginHost
+from .plugins import PluginInfo as PluginInfo
+from .plugins import PluginOptionError as PluginOptionError
+from .plugins import discover_plugins as discover_plugins
+from .plugins import plugins_report as plugins_report
 from .runtime import Runtime as Runtime
 from .runtime import Summary as Summary
+from .scheduler import PeriodicTask as PeriodicTask
 from .sinks import Sink as Sink
+from .sinks.jsonl import encode_records as encode_records
 from .transport import FakeOpener as FakeOpener
 from .transport import FakePort as FakePort
 from .transport import Port as Port
@@ -36,4 +46,7 @@ __all__ = [
     "DeviceConfig", "DropGuard", "FakeOpener", "FakePort", "Fh1Codec", "Frame", "LinesCodec", "NmeaCodec",
     "Port", "PortClosed", "Runtime", "Sink", "SinkConfig", "Summary", "VirtualPort", "__version__",
     "config_from_dict", "encode_packet", "load_config",
+    # plugins
+    "ENTRY_POINT_GROUP", "FrameProcessor", "PeriodicTask", "PluginContext", "PluginHost", "PluginInfo",
+    "PluginOptionError", "discover_plugins", "encode_records", "plugins_report",
 ]

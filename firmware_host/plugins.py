@@ -1,0 +1,611 @@
+"""Plugins: discovery through entry points, the PluginContext they register
+with, and the host that supervises them inside a Runtime.
+
+Lifecycle (why in this order): the ``[plugins.NAME]`` tables are read first;
+each enabled plugin is imported and its ``setup(ctx)`` run *before* the rest
+of the config is validated, because a plugin may add the codecs and sink
+types that the config names. Then the host is attached to the Runtime: its
+sinks, sink types, codecs and processors join the runtime's (read at
+``start()``); periodic tasks start in the ``on_start`` hook and stop taking
+new runs in the ``on_stop`` hook. Runs still in progress then get until the
+grace deadline, concurrently with the final drain (a slow plugin never eats
+the drain's time), and are cancelled at the deadline; ``aclose()`` awaits that.
+
+Isolation: a plugin that cannot be imported, whose ``setup`` raises, or whose
+task or processor raises or hangs, is logged under its own name and counted;
+the runtime keeps running without it. Only a name in the config that no
+installed distribution provides is a config error (most likely a typo).
+Configs cannot execute code: plugins come only from installed entry points
+(or from Python code that builds a ``PluginHost`` itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import logging
+import time
+import types
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
+
+from .cancel import CancellationToken
+from .codecs import BUILTIN_CODECS, CodecFactory
+from .config import DEFAULT_CODECS, DEFAULT_SINKS, Config, ConfigError, DeviceConfig
+from .frames import Frame
+from .scheduler import MissedTick, PeriodicTask
+from .sinks import BUILTIN_SINKS, Sink, SinkFactory
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = [
+    "ENTRY_POINT_GROUP", "FrameProcessor", "PluginContext", "PluginHost", "PluginInfo", "PluginOptionError",
+    "discover_plugins", "plugins_report", "read_plugin_table", "start_plugins",
+]
+
+log = logging.getLogger("firmware_host.plugins")
+
+ENTRY_POINT_GROUP = "firmware_host.plugins"
+#: an async ``setup`` that takes longer is treated as failed (start-up must not hang)
+SETUP_TIMEOUT = 10.0
+#: after a cancel at the shutdown deadline, how long to wait for a run to unwind
+CANCEL_WAIT = 1.0
+#: at most one log line per this many seconds for a plugin's processor failures
+PROCESSOR_LOG_EVERY = 10.0
+
+#: ``fn(frame) -> Frame | None``: None drops the frame, a Frame replaces it
+FrameProcessor = Callable[[Frame], "Frame | None"]
+
+
+class PluginOptionError(ConfigError):
+    """A plugin option is wrong: a config error (exit 2), naming ``plugins.NAME.key``."""
+
+
+# ----------------------------------------------------------------------- discovery
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """An installed (or programmatically given) plugin, not yet imported."""
+
+    name: str
+    value: str  # "module" or "module:attr"
+    source: str | None  # "distribution version"
+    load: Callable[[], Any] = field(compare=False, repr=False)
+
+    @classmethod
+    def from_entry_point(cls, ep: metadata.EntryPoint) -> PluginInfo:
+        dist = getattr(ep, "dist", None)
+        source = f"{dist.name} {dist.version}" if dist is not None else None
+        return cls(ep.name, ep.value, source, ep.load)
+
+    @classmethod
+    def from_object(cls, name: str, obj: Any, source: str = "<in-process>") -> PluginInfo:
+        """A plugin given as a module or object with ``setup`` (tests, embedding)."""
+        return cls(name, getattr(obj, "__name__", repr(obj)), source, lambda: obj)
+
+
+def discover_plugins(group: str = ENTRY_POINT_GROUP) -> dict[str, PluginInfo]:
+    """Installed plugins by name. On a name clash the first distribution wins."""
+    found: dict[str, PluginInfo] = {}
+    for ep in metadata.entry_points(group=group):
+        info = PluginInfo.from_entry_point(ep)
+        if info.name in found:
+            if found[info.name].value != info.value:
+                log.warning("plugin %s is provided twice (%s and %s); using %s", info.name,
+                            found[info.name].source, info.source, found[info.name].source)
+            continue
+        found[info.name] = info
+    return found
+
+
+def read_plugin_table(path: str) -> tuple[dict[str, dict[str, object]], str]:
+    """The ``[plugins.NAME]`` tables of a config file, validated as the config
+    loader does, without checking the rest (which may name plugin codecs)."""
+    from .config import _read_toml, config_from_dict  # one reader, one set of error messages
+
+    source, data = _read_toml(path)
+    part = config_from_dict({"plugins": data.get("plugins", {})}, source=source)
+    return part.plugins, source
+
+
+# ----------------------------------------------------------------------- the context
+
+
+class PluginContext:
+    """What ``setup(ctx)`` gets: register tasks, processors, sinks and codecs;
+    send downlink frames; read status. One per plugin."""
+
+    def __init__(self, host: PluginHost, name: str, options: Mapping[str, object]) -> None:
+        self._host = host
+        #: the plugin's name (its entry point name and ``[plugins.NAME]`` key)
+        self.name: str = name
+        #: the ``[plugins.NAME]`` table, read-only
+        self.options: Mapping[str, object] = types.MappingProxyType(copy.deepcopy(dict(options)))
+        #: logger ``firmware_host.plugins.NAME``
+        self.log: logging.Logger = logging.getLogger(f"firmware_host.plugins.{name}")
+        #: cancelled when the runtime starts shutting down (child of ``rt.tasks_token``)
+        self.token: CancellationToken = host._token.child_token()
+        #: anything JSON-able the plugin wants to show under its entry in ``status``
+        self.info: dict[str, Any] = {}
+        self._tasks: list[PeriodicTask] = []
+        self._frame_fns: list[FrameProcessor] = []
+        self._sinks: list[Sink] = []
+        self._sink_types: dict[str, SinkFactory] = {}
+        self._codecs: dict[str, CodecFactory] = {}
+        self._sealed = False
+
+    # -- registration (in setup) ------------------------------------------------
+
+    def every(self, interval: float, fn: Callable[[], Awaitable[Any]], *, missed: MissedTick = "skip",
+              timeout: float | None = None, name: str | None = None) -> PeriodicTask:
+        """Run ``await fn()`` every ``interval`` seconds (see docs/plugins.md for
+        ``missed`` and the supervision rules). Returns the task (its ``stats``)."""
+        if inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"plugin {self.name}: every() needs an async function, got {fn.__name__}()")
+        base = name or getattr(fn, "__name__", None) or "task"
+        taken = {t.name for t in self._tasks}
+        task_name, n = base, 1
+        while task_name in taken:
+            n += 1
+            task_name = f"{base}#{n}"
+        task = PeriodicTask(self.name, task_name, interval, fn, missed=missed, timeout=timeout, log=self.log)
+        self._tasks.append(task)
+        self._host._task_added(self, task)
+        return task
+
+    def on_frame(self, fn: FrameProcessor) -> FrameProcessor:
+        """Register a synchronous frame processor (usable as a decorator).
+
+        ``fn(frame)`` returns None to drop the frame or a Frame (the same or a
+        new one, for the same device) to keep it. It runs in the device's
+        reader for every decoded frame, so keep it fast. An exception is
+        counted against the plugin and the frame is kept unchanged.
+        """
+        self._check_open("on_frame")
+        if not callable(fn):
+            raise TypeError(f"plugin {self.name}: on_frame() needs a callable")
+        self._frame_fns.append(fn)
+        return fn
+
+    def add_sink(self, sink: Sink) -> None:
+        """Add a sink instance: it sees every flushed frame, like a ``[[sinks]]`` one."""
+        self._check_open("add_sink")
+        if not isinstance(sink, Sink):
+            raise TypeError(f"plugin {self.name}: add_sink() needs a firmware_host.Sink, got {type(sink).__name__}")
+        self._sinks.append(sink)
+
+    def add_sink_type(self, name: str, factory: SinkFactory) -> None:
+        """Make ``[[sinks]] type = NAME`` available (``factory(**options) -> Sink``)."""
+        self._check_open("add_sink_type")
+        if name in BUILTIN_SINKS or name in self._sink_types:
+            raise ValueError(f"plugin {self.name}: sink type {name!r} already exists")
+        self._sink_types[name] = factory
+
+    def add_codec(self, name: str, factory: CodecFactory) -> None:
+        """Make codec NAME available to devices (``factory(device, **options) -> Codec``)."""
+        self._check_open("add_codec")
+        if name in BUILTIN_CODECS or name in self._codecs:
+            raise ValueError(f"plugin {self.name}: codec {name!r} already exists")
+        self._codecs[name] = factory
+
+    def _check_open(self, what: str) -> None:
+        if self._sealed:
+            raise RuntimeError(f"plugin {self.name}: {what}() only works inside setup()")
+
+    # -- options ------------------------------------------------------------------
+
+    def option_error(self, key: str, message: str) -> PluginOptionError:
+        """A config error naming ``plugins.NAME.key`` (raise it from setup)."""
+        return PluginOptionError(message, source=self._host.source, key=f"plugins.{self.name}.{key}")
+
+    def take_options(self, spec: Mapping[str, tuple[type, Any]]) -> dict[str, Any]:
+        """Check ``ctx.options`` against ``{key: (type, default or ...)}``
+        (``...`` = required); unknown keys and wrong types raise PluginOptionError.
+        An int is accepted where a float is expected."""
+        unknown = sorted(set(self.options) - set(spec))
+        if unknown:
+            raise self.option_error(unknown[0], f"unknown option (known: {', '.join(sorted(spec)) or 'none'})")
+        out: dict[str, Any] = {}
+        for key, (kind, default) in spec.items():
+            if key not in self.options:
+                if default is ...:
+                    raise self.option_error(key, "required option is missing")
+                out[key] = default
+                continue
+            value = self.options[key]
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
+                raise self.option_error(key, f"expected {kind.__name__}, got {value!r}")
+            out[key] = value
+        return out
+
+    # -- while running ------------------------------------------------------------
+
+    def send(self, device: str, frame_type: int | None, payload: bytes | str, *, seq: int | None = None) -> bool:
+        """Encode with the device's codec and write a downlink frame.
+
+        ``seq`` defaults to a per-device downlink counter (shared by all
+        plugins, wrapping at 2**32). Returns False when the device is not
+        connected; raises KeyError for an unknown device.
+        """
+        rt = self._host._runtime("send")
+        if seq is None:
+            seq = self._host._next_seq(device)
+        return rt.send(device, frame_type, payload, seq)
+
+    async def status(self) -> dict[str, Any]:
+        """A fresh, deep-copied snapshot of ``status --json`` (safe to modify).
+        After the runtime has stopped it returns the final status."""
+        rt = self._host._runtime("status")
+        if rt.summary is None:
+            got = await rt.token.run_until_cancelled(rt.status())
+            if got is not None:
+                return copy.deepcopy(got)
+        return copy.deepcopy(rt.summary.status) if rt.summary is not None else {}
+
+    def devices(self) -> dict[str, DeviceConfig]:
+        """The runtime's current devices (name → DeviceConfig, codec included)."""
+        rt = self._host._runtime("devices")
+        return {name: e.config for name, e in rt.devices.items() if not e.removed}
+
+
+# ----------------------------------------------------------------------- the host
+
+
+@dataclass
+class _Plugin:
+    info: PluginInfo
+    options: dict[str, object]
+    state: str = "loading"  # loading | ready | running | stopped | failed
+    error: str | None = None
+    ctx: PluginContext | None = None
+    processor_failures: int = 0
+    frames_dropped: int = 0
+    _last_log: float = 0.0
+
+    def processor_failed(self, exc: BaseException) -> None:
+        # a processor runs per frame: a traceback once, then one line per PROCESSOR_LOG_EVERY
+        self.processor_failures += 1
+        now = time.monotonic()
+        plog = logging.getLogger(f"firmware_host.plugins.{self.info.name}")
+        if self.processor_failures == 1:
+            plog.error("plugin %s: frame processor failed; frame kept", self.info.name, exc_info=exc)
+        elif now - self._last_log >= PROCESSOR_LOG_EVERY:
+            plog.error("plugin %s: frame processor failed %d times so far; frames kept (last: %s: %s)",
+                       self.info.name, self.processor_failures, type(exc).__name__, exc)
+        else:
+            return
+        self._last_log = now
+
+
+class PluginHost:
+    """Loads the enabled plugins and supervises them inside one Runtime."""
+
+    def __init__(self, enabled: Mapping[str, Mapping[str, object]] | None = None,
+                 available: Mapping[str, PluginInfo] | None = None, *, source: str = "<config>") -> None:
+        self.available: dict[str, PluginInfo] = discover_plugins() if available is None else dict(available)
+        self.enabled: dict[str, dict[str, object]] = {k: dict(v) for k, v in (enabled or {}).items()}
+        self.source = source
+        self.state = "new"  # new | ready | running | stopping | stopped
+        self._plugins: dict[str, _Plugin] = {
+            name: _Plugin(self.available[name], opts) for name, opts in self.enabled.items() if name in self.available}
+        self._token = CancellationToken()
+        self._rt: Runtime | None = None
+        self._seqs: dict[str, int] = {}
+        self._link: asyncio.Task[None] | None = None
+        self._finisher: asyncio.Task[None] | None = None
+        #: no log lines for load failures (the ``plugins`` report shows them itself)
+        self.quiet = False
+
+    # -- loading --------------------------------------------------------------------
+
+    def missing(self) -> list[str]:
+        return sorted(name for name in self.enabled if name not in self.available)
+
+    def check(self) -> None:
+        """ConfigError (exit 2) for an enabled plugin that is not installed."""
+        for name in self.missing():
+            installed = ", ".join(sorted(self.available)) or "none"
+            raise ConfigError(f"no installed plugin named {name!r} (installed: {installed}; plugins come from "
+                              f"installed packages' {ENTRY_POINT_GROUP!r} entry points)",
+                              source=self.source, key=f"plugins.{name}")
+
+    async def setup(self, *, strict: bool = True) -> None:
+        """Import each enabled plugin and run its ``setup(ctx)``.
+
+        Failures are recorded (state "failed"); a PluginOptionError is a config
+        error and propagates when ``strict`` (as ``run`` wants), else it is
+        recorded too (as the ``plugins`` report wants).
+        """
+        for name, plugin in self._plugins.items():
+            try:
+                await self._setup_one(plugin)
+            except ConfigError as exc:
+                if strict:
+                    raise
+                self._fail(plugin, str(exc), None)
+        self.state = "ready"
+
+    async def _setup_one(self, p: _Plugin) -> None:
+        name = p.info.name
+        try:
+            obj = p.info.load()
+        except (Exception, SystemExit) as exc:
+            self._fail(p, f"import failed: {type(exc).__name__}: {exc}", exc)
+            return
+        setup = getattr(obj, "setup", None)
+        if setup is None and callable(obj) and not isinstance(obj, type):
+            setup = obj  # the entry point names the setup function itself
+        if not callable(setup):
+            self._fail(p, f"{p.info.value} has no setup(ctx)", None)
+            return
+        ctx = PluginContext(self, name, p.options)
+        try:
+            result = setup(ctx)
+            if inspect.isawaitable(result):
+                await asyncio.wait_for(result, SETUP_TIMEOUT)
+        except ConfigError:
+            raise
+        except asyncio.TimeoutError as exc:
+            self._fail(p, f"setup() did not finish within {SETUP_TIMEOUT:g} s", exc)
+            return
+        except (Exception, SystemExit) as exc:
+            self._fail(p, f"setup() failed: {type(exc).__name__}: {exc}", exc)
+            return
+        ctx._sealed = True
+        clash = self._clash(ctx)
+        if clash:
+            self._fail(p, clash, None)
+            return
+        p.ctx, p.state = ctx, "ready"
+        log.info("plugin %s loaded from %s", name, p.info.source or p.info.value)
+
+    def _clash(self, ctx: PluginContext) -> str | None:
+        for other in self._ready():
+            assert other.ctx is not None
+            for kind, mine, theirs in (("codec", ctx._codecs, other.ctx._codecs),
+                                       ("sink type", ctx._sink_types, other.ctx._sink_types)):
+                for key in mine:
+                    if key in theirs:
+                        return f"{kind} {key!r} is already provided by plugin {other.info.name}"
+        return None
+
+    def _fail(self, p: _Plugin, error: str, exc: BaseException | None) -> None:
+        p.state, p.error, p.ctx = "failed", error, None
+        if self.quiet:
+            return
+        log.error("plugin %s: %s; running without it", p.info.name, error,
+                  exc_info=exc if exc is not None and not isinstance(exc, asyncio.TimeoutError) else None)
+
+    def _ready(self) -> list[_Plugin]:
+        return [p for p in self._plugins.values() if p.ctx is not None]
+
+    # -- what plugins registered ------------------------------------------------------
+
+    @property
+    def codecs(self) -> dict[str, CodecFactory]:
+        return {k: v for p in self._ready() for k, v in p.ctx._codecs.items()}  # type: ignore[union-attr]
+
+    @property
+    def sink_types(self) -> dict[str, SinkFactory]:
+        return {k: v for p in self._ready() for k, v in p.ctx._sink_types.items()}  # type: ignore[union-attr]
+
+    @property
+    def sinks(self) -> list[Sink]:
+        return [s for p in self._ready() for s in p.ctx._sinks]  # type: ignore[union-attr]
+
+    def known_codecs(self) -> set[str]:
+        """Codec names for config validation: built-in plus plugins'."""
+        return set(DEFAULT_CODECS) | set(self.codecs)
+
+    def known_sinks(self) -> set[str]:
+        return set(DEFAULT_SINKS) | set(self.sink_types)
+
+    def processors(self) -> list[Callable[[list[Frame]], list[Frame]]]:
+        """One batch processor per plugin with ``on_frame`` functions."""
+        return [self._batch_processor(p) for p in self._ready() if p.ctx and p.ctx._frame_fns]
+
+    @staticmethod
+    def _batch_processor(p: _Plugin) -> Callable[[list[Frame]], list[Frame]]:
+        assert p.ctx is not None
+        fns = tuple(p.ctx._frame_fns)
+
+        def process(frames: list[Frame]) -> list[Frame]:
+            out: list[Frame] = []
+            for frame in frames:
+                current: Frame | None = frame
+                for fn in fns:
+                    assert current is not None
+                    try:
+                        result = fn(current)
+                    except Exception as exc:
+                        p.processor_failed(exc)
+                        continue  # keep the frame as it was
+                    if result is None:
+                        current = None
+                        break
+                    # a processor must not move a frame to another device: that would
+                    # break the per-device accounting
+                    if not isinstance(result, Frame) or result.device != current.device:
+                        p.processor_failed(TypeError(f"processor returned {result!r}, not a Frame of "
+                                                     f"device {current.device!r}"))
+                        continue
+                    current = result
+                if current is None:
+                    p.frames_dropped += 1
+                else:
+                    out.append(current)
+            return out
+        return process
+
+    # -- inside a runtime ----------------------------------------------------------------
+
+    def attach(self, rt: Runtime) -> None:
+        """Hand the plugins' registrations to ``rt`` (before ``rt.start()``)."""
+        if self._rt is not None:
+            raise RuntimeError("this PluginHost is already attached to a runtime")
+        self._rt = rt
+        rt.codecs.update(self.codecs)
+        rt.sink_types.update(self.sink_types)
+        rt.sinks.extend(self.sinks)
+        rt.processors.extend(self.processors())
+        rt.on_start.append(self._on_start)
+        rt.on_stop.append(self._on_stop)
+        rt.status_sections["plugins"] = self.report
+
+    def _runtime(self, what: str) -> Runtime:
+        if self._rt is None:
+            raise RuntimeError(f"ctx.{what}() works once the runtime runs (call it from a task, not setup)")
+        return self._rt
+
+    def _next_seq(self, device: str) -> int:
+        seq = self._seqs.get(device, 0)
+        self._seqs[device] = (seq + 1) % 2**32
+        return seq
+
+    def _tasks(self) -> list[PeriodicTask]:
+        return [t for p in self._ready() for t in p.ctx._tasks]  # type: ignore[union-attr]
+
+    def _task_added(self, ctx: PluginContext, task: PeriodicTask) -> None:
+        if self.state in ("stopping", "stopped"):
+            raise RuntimeError(f"plugin {ctx.name}: the runtime is shutting down; no new tasks")
+        if self.state == "running":
+            task.start()
+
+    async def _on_start(self, rt: Runtime) -> None:
+        self.state = "running"
+        self._link = asyncio.create_task(self._follow(rt.tasks_token), name="plugins:token")
+        for p in self._ready():
+            p.state = "running"
+            for task in p.ctx._tasks:  # type: ignore[union-attr]
+                task.start()
+
+    async def _follow(self, parent: CancellationToken) -> None:
+        # ctx tokens are made before the runtime exists; this makes them children of rt.tasks_token
+        await parent.cancelled()
+        self._token.cancel()
+
+    async def _on_stop(self, rt: Runtime) -> None:
+        """No new runs; runs in progress finish concurrently with the drain."""
+        if self.state != "running":
+            return
+        self.state = "stopping"
+        self._token.cancel()
+        tasks = self._tasks()
+        for task in tasks:
+            task.stop()
+        deadline = asyncio.get_running_loop().time() + rt.config.shutdown.grace
+        self._finisher = asyncio.create_task(self._finish(tasks, deadline), name="plugins:finish")
+
+    async def _finish(self, tasks: list[PeriodicTask], deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        loops = {t.task: t for t in tasks if t.task is not None}
+        if loops:
+            _, pending = await asyncio.wait(loops, timeout=max(0.0, deadline - loop.time()))
+            for fut in pending:
+                t = loops[fut]
+                t.log.warning("plugin %s: task %s still running at the grace deadline; cancelled",
+                              t.plugin, t.name)
+                t.cancel()
+            if pending:
+                _, stuck = await asyncio.wait(pending, timeout=CANCEL_WAIT)
+                for fut in stuck:
+                    t = loops[fut]
+                    t.log.error("plugin %s: task %s ignores cancellation; abandoned", t.plugin, t.name)
+            for fut in loops:
+                if fut.done() and not fut.cancelled() and fut.exception() is not None:
+                    log.error("plugin task %s crashed", fut.get_name(), exc_info=fut.exception())
+        for p in self._ready():
+            p.state = "stopped"
+        if self._link is not None:
+            self._link.cancel()
+        self.state = "stopped"
+
+    async def aclose(self) -> None:
+        """Await the end of the plugins' runs (at the latest the grace deadline).
+
+        Call after ``rt.shutdown()``; also safe when the runtime never started."""
+        if self._finisher is None and self.state == "running":
+            self.state = "stopping"
+            self._token.cancel()
+            tasks = self._tasks()
+            for task in tasks:
+                task.stop()
+            self._finisher = asyncio.create_task(self._finish(tasks, asyncio.get_running_loop().time()))
+        if self._finisher is not None:
+            await self._finisher
+        elif self._link is not None:
+            self._link.cancel()
+
+    # -- reporting ----------------------------------------------------------------------
+
+    def report(self) -> list[dict[str, Any]]:
+        """One entry per discovered or enabled plugin, sorted by name."""
+        out: list[dict[str, Any]] = []
+        for name in sorted(set(self.available) | set(self.enabled)):
+            info = self.available.get(name)
+            entry: dict[str, Any] = {
+                "name": name, "enabled": name in self.enabled,
+                "source": info.source if info else None, "entry_point": info.value if info else None,
+                "state": "disabled", "error": None, "failures": 0, "tasks": [],
+            }
+            p = self._plugins.get(name)
+            if info is None:
+                entry["state"], entry["error"] = "missing", "no installed plugin by this name"
+            elif p is not None:
+                entry["state"], entry["error"] = p.state, p.error
+                if p.ctx is not None:
+                    ctx = p.ctx
+                    tasks = [t.report() for t in ctx._tasks]
+                    entry.update({
+                        "tasks": tasks,
+                        "processors": len(ctx._frame_fns),
+                        "processor_failures": p.processor_failures,
+                        "frames_dropped": p.frames_dropped,
+                        "sinks": [getattr(s, "name", type(s).__name__) for s in ctx._sinks],
+                        "sink_types": sorted(ctx._sink_types),
+                        "codecs": sorted(ctx._codecs),
+                        "info": copy.deepcopy(ctx.info),
+                    })
+                    entry["failures"] = (p.processor_failures
+                                         + sum(t["failures"] + t["overruns"] for t in tasks))
+                else:
+                    entry["failures"] = 1 if p.state == "failed" else 0
+            out.append(entry)
+        return out
+
+
+# ----------------------------------------------------------------------- entry points for app / CLI
+
+
+async def start_plugins(config_path: str | None, available: Mapping[str, PluginInfo] | None = None) -> PluginHost:
+    """What ``run`` does first: read ``[plugins.*]``, check the names, set them up."""
+    if config_path:
+        enabled, source = read_plugin_table(config_path)
+    else:
+        enabled, source = {}, "<no config>"
+    host = PluginHost(enabled, available, source=source)
+    host.check()
+    await host.setup()
+    return host
+
+
+def plugins_report(config: Config | Mapping[str, Mapping[str, object]] | None = None, *,
+                   available: Mapping[str, PluginInfo] | None = None, source: str | None = None) -> dict[str, Any]:
+    """The ``plugins`` command's data: every discovered plugin; enabled ones
+    (from ``config`` or a ``[plugins]`` table) are imported and set up to list
+    their tasks. Synchronous: call it outside an event loop."""
+    if isinstance(config, Config):
+        enabled, source = config.plugins, source or config.source
+    else:
+        enabled, source = dict(config or {}), source or "<config>"
+    host = PluginHost(enabled, available, source=source)
+    host.quiet = True
+    if host._plugins:
+        asyncio.run(host.setup(strict=False))
+    return {"group": ENTRY_POINT_GROUP, "plugins": host.report()}
