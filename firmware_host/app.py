@@ -89,7 +89,10 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
     from .runtime import Runtime
 
     boards = load_boards(opts.boards_dirs)
-    cfg = build_config(opts, boards)
+    # plugins first: the config may name their codecs and sink types
+    from .plugins import start_plugins
+    plugins = await start_plugins(opts.config_path)
+    cfg = build_config(opts, boards, known_codecs=plugins.known_codecs(), known_sinks=plugins.known_sinks())
     fleet = None
     if opts.emulate:
         from .emulator import Fleet, parse_emulate_spec
@@ -107,6 +110,7 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
     control = (opts.control_path or cfg.control.socket or os.environ.get("FIRMWARE_HOST_CONTROL")
                or default_control_socket())
     rt = Runtime(cfg, control_path=control)
+    plugins.attach(rt)
     loop = asyncio.get_running_loop()
 
     def on_signal(signame: str) -> None:
@@ -126,6 +130,7 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
             loop.remove_signal_handler(sig)
         if fleet is not None:
             await fleet.stop()
+        await plugins.aclose()  # runs still going at shutdown end by the grace deadline
     return 0, summary.status
 
 

@@ -243,15 +243,32 @@ def boards(boards_dirs: Sequence[str], as_json: bool) -> None:
 @json_option
 def plugins(config_path: str | None, as_json: bool) -> None:
     """Discovered plugins, their periodic tasks and state."""
-    from .plugins import plugins_report
-    report = plugins_report(load_config_or_exit(config_path) if config_path else None)
+    from .config import ConfigError
+    from .plugins import plugins_report, read_plugin_table
+    table, source = None, None
+    if config_path:
+        # only [plugins.*]: the rest of the config may name codecs the plugins provide
+        try:
+            table, source = read_plugin_table(config_path)
+        except ConfigError as exc:
+            fail(str(exc), EXIT_USAGE)
+    report = plugins_report(table, source=source)
     if as_json:
         emit_json(report)
         return
-    from .render import table
-    click.echo(table(("plugin", "enabled", "source", "state"),
-                     [[p["name"], "yes" if p["enabled"] else "no", p["source"], p["state"]]
-                      for p in report["plugins"]]))
+    from .render import table as render_table
+    click.echo(render_table(("plugin", "enabled", "source", "state"),
+                            [[p["name"], "yes" if p["enabled"] else "no", p["source"], p["state"]]
+                             for p in report["plugins"]]))
+    for p in report["plugins"]:
+        if p.get("error"):
+            click.echo(f"{p['name']}: {p['error']}")
+    tasks = [[p["name"], t["name"], f"{t['interval']:g} s", t["missed_policy"],
+              "-" if t["timeout"] is None else f"{t['timeout']:g} s"]
+             for p in report["plugins"] for t in p["tasks"]]
+    if tasks:
+        click.echo()
+        click.echo(render_table(("plugin", "task", "interval", "missed", "timeout"), tasks))
 
 
 @main.command()
