@@ -19,6 +19,7 @@ from typing import Sequence
 from .aggregator import AggregatorHandle, Batch
 from .cancel import CancellationToken
 from .sinks.base import Sink
+from .watch import Changes
 
 log = logging.getLogger("firmware_host.flusher")
 
@@ -48,8 +49,10 @@ class FlushResult:
 class Flusher:
     def __init__(self, aggregator: AggregatorHandle, sinks: Sequence[Sink], *,
                  interval: float, batch_size: int,
-                 backoff_initial: float = 0.1, backoff_max: float = 5.0) -> None:
+                 backoff_initial: float = 0.1, backoff_max: float = 5.0,
+                 changes: Changes | None = None) -> None:
         self._agg = aggregator
+        self.changes = changes or Changes()
         self.sinks = list(sinks)
         self.interval = interval
         self.batch_size = batch_size
@@ -171,6 +174,7 @@ class Flusher:
                         log.warning("sink %s failed (%d so far): %s", stats.name, stats.failures,
                                     stats.last_error)
                     failed.append(sink)
+                    self.changes.notify()
                 else:
                     stats.batches += 1
                     stats.frames += len(batch.frames)

@@ -120,7 +120,7 @@ class Runtime:
                 raise RuntimeFailure(f"sink {getattr(sink, 'name', sink)!r} cannot open: {exc}") from exc
             opened.append(sink)
         self.flusher = Flusher(self.aggregator.handle, self.sinks, interval=cfg.buffer.flush_interval,
-                               batch_size=cfg.buffer.batch_size)
+                               batch_size=cfg.buffer.batch_size, changes=self.changes)
         self._flusher_task = asyncio.create_task(self.flusher.run(self.flusher_token), name="flusher")
         if self.control_path:
             from .control import ControlServer
