@@ -54,7 +54,9 @@ _REPO_BOARDS_DIR = Path(__file__).resolve().parent.parent / "boards"
 
 _BOARD_KEYS = frozenset({"name", "description", "usb", "baudrate", "codec", "emulator", *CODEC_OPTION_KEYS})
 _USB_KEYS = frozenset({"vid", "pid"})
-_EMULATOR_KEYS = frozenset({"rate", "payload", "payload_size", "frame_type"})
+_EMULATOR_KEYS = frozenset({"rate", "payload", "payload_size", "frame_type", "replay"})
+#: codecs whose captures are lines of text the emulator can replay
+REPLAY_CODECS = frozenset({"nmea", "lines"})
 
 
 class BoardError(ConfigError):
@@ -69,6 +71,11 @@ class EmulatorProfile:
     payload: str  # generator name, one of PAYLOAD_GENERATORS
     payload_size: int = 0  # bytes per frame, for fh1 generators
     frame_type: int = 0  # fh1 application frame type, 0x00-0xEF
+    replay: str | None = None  # a capture file (absolute path) replayed instead of the generator
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rate": self.rate, "payload": self.payload, "payload_size": self.payload_size,
+                "frame_type": self.frame_type, "replay": self.replay}
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,27 @@ class Board:
     codec_options: dict[str, int]  # max_payload / max_line
     emulator: EmulatorProfile
     source: str = ""  # the file it came from
+
+    @property
+    def vid_pid(self) -> str | None:
+        """``"0483:374b"`` (the form ``lsusb`` and ``devices`` print), or None."""
+        if self.vid is None or self.pid is None:
+            return None
+        return f"{self.vid:04x}:{self.pid:04x}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``firmware-host boards --json``)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "usb": None if self.vid is None or self.pid is None else {"vid": self.vid, "pid": self.pid},
+            "vid_pid": self.vid_pid,
+            "baudrate": self.baudrate,
+            "codec": self.codec,
+            "codec_options": dict(self.codec_options),
+            "emulator": self.emulator.to_dict(),
+            "source": self.source,
+        }
 
 
 def board_from_dict(data: Mapping[str, Any], *, source: str = "<board>") -> Board:
@@ -135,6 +163,9 @@ def board_from_dict(data: Mapping[str, Any], *, source: str = "<board>") -> Boar
     size_limit = options.get("max_payload", FH1_DEFAULT_MAX_PAYLOAD) if codec == "fh1" else None
     payload_size = check.integer(emu.get("payload_size", 0), "emulator.payload_size", ge=0, le=size_limit)
     frame_type = check.integer(emu.get("frame_type", 0), "emulator.frame_type", ge=0, le=MAX_APPLICATION_FRAME_TYPE)
+    replay = None
+    if "replay" in emu:
+        replay = _replay_path(check, emu["replay"], codec, source)
 
     return Board(
         name=name,
@@ -144,9 +175,23 @@ def board_from_dict(data: Mapping[str, Any], *, source: str = "<board>") -> Boar
         baudrate=baudrate,
         codec=codec,
         codec_options=options,
-        emulator=EmulatorProfile(rate=rate, payload=payload, payload_size=payload_size, frame_type=frame_type),
+        emulator=EmulatorProfile(rate=rate, payload=payload, payload_size=payload_size, frame_type=frame_type,
+                                 replay=replay),
         source=source,
     )
+
+
+def _replay_path(check: _Checker, value: object, codec: str, source: str) -> str:
+    """A capture file for ``emulator.replay``, relative to the board file's directory."""
+    text = check.string(value, "emulator.replay", "a path to a capture file (lines of text)")
+    if codec not in REPLAY_CODECS:
+        check.fail("emulator.replay", f"replaying a capture needs a text codec (nmea or lines), not {codec!r}")
+    base = Path(source).parent if source and not source.startswith("<") else Path.cwd()
+    path = (base / os.path.expanduser(text)).resolve()
+    # checked now, not when the emulator starts: a typo should fail `boards` too
+    if not path.is_file():
+        check.fail("emulator.replay", f"no such capture file: {path}")
+    return str(path)
 
 
 def load_board_file(path: str | os.PathLike[str]) -> Board:
