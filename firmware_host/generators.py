@@ -1,0 +1,395 @@
+"""Payload generators for the emulator, and the wire encoding of their items.
+
+A generator turns a tick index ``k`` (emulated time ``k / rate``) into the
+items of that tick: ``bytes`` for a binary payload, ``str`` for one line of
+text. NMEA items are whole sentences, ``$`` and ``*HH`` included, so a replay
+can send a capture's lines untouched. Generators are pure functions of their
+seeded ``random.Random`` and ``k``: a seed reproduces the stream exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import struct
+import time
+from abc import ABC, abstractmethod
+from datetime import datetime, timezone
+from typing import ClassVar
+
+from .boards import Board, EmulatorProfile
+from .codecs import make_codec
+from .codecs.cobs import encode as cobs_encode
+from .codecs.crc import crc16
+from .codecs.nmea import nmea_checksum
+
+__all__ = ["WIRE_CODECS", "Generator", "Item", "ReplayGenerator", "Wire", "make_generator", "nmea_sentence"]
+
+#: one frame's content: a binary payload, or one line of text
+Item = bytes | str
+
+#: the codecs the emulator can put on the wire
+WIRE_CODECS = frozenset({"fh1", "nmea", "lines"})
+_SEQ_MASK = 0xFFFFFFFF
+_FH1_HEADER = struct.Struct("<BBI")
+#: a capture is read whole; captures are small, but a wrong path must not eat memory
+MAX_REPLAY_BYTES = 16 << 20
+
+
+class Generator(ABC):
+    #: True when the items are lines of text
+    text: ClassVar[bool] = False
+    #: False when items may be invalid for the codec (replayed captures); the
+    #: emulator then works out what the host will make of each one
+    trusted: ClassVar[bool] = True
+
+    @abstractmethod
+    def tick(self, k: int) -> list[Item]:
+        """The items (frames) of tick ``k``, k = 0, 1, 2, …"""
+
+
+def _fit(data: bytes, size: int) -> bytes:
+    """Pad or cut a natural payload to the board's ``payload_size`` (0: natural size)."""
+    if size <= 0 or size == len(data):
+        return data
+    return data[:size] if size < len(data) else data + bytes(size - len(data))
+
+
+class ImuGenerator(Generator):
+    """6-axis IMU plus magnetometer: ``<I 3f 3f 3f f I`` = ts_ms, accel m/s², gyro rad/s,
+    mag µT, temperature °C, status (48 bytes), the nucleo-imu firmware's struct."""
+
+    _STRUCT = struct.Struct("<I9ffI")
+
+    def __init__(self, rate: float, rng: random.Random, size: int) -> None:
+        self.rate, self.rng, self.size = rate, rng, size
+        self._heading = rng.uniform(0, 2 * math.pi)
+
+    def tick(self, k: int) -> list[Item]:
+        t = k / self.rate
+        g = self.rng.gauss
+        heading = self._heading + 0.05 * t  # the board turns slowly on the bench
+        payload = self._STRUCT.pack(
+            int(t * 1000) & 0xFFFFFFFF,
+            0.03 * math.sin(2 * math.pi * 3 * t) + g(0, 0.01),
+            0.03 * math.cos(2 * math.pi * 3 * t) + g(0, 0.01),
+            9.81 + g(0, 0.02),
+            0.01 * math.sin(2 * math.pi * 0.5 * t) + g(0, 0.002),
+            g(0, 0.002),
+            0.05 + g(0, 0.002),  # yaw rate: the slow turn
+            22.0 * math.cos(heading) + g(0, 0.2),
+            22.0 * math.sin(heading) + g(0, 0.2),
+            -40.0 + g(0, 0.2),
+            31.5 + 0.5 * math.sin(t / 60) + g(0, 0.02),
+            0x0001,  # status: data ready
+        )
+        return [_fit(payload, self.size)]
+
+
+class EnvGenerator(Generator):
+    """Temperature °C, relative humidity %, pressure hPa: ``<3f`` (12 bytes)."""
+
+    _STRUCT = struct.Struct("<3f")
+
+    def __init__(self, rate: float, rng: random.Random, size: int) -> None:
+        self.rate, self.rng, self.size = rate, rng, size
+        self._base = (rng.uniform(18, 24), rng.uniform(35, 55), rng.uniform(1005, 1020))
+
+    def tick(self, k: int) -> list[Item]:
+        t = k / self.rate
+        temp, hum, press = self._base
+        g = self.rng.gauss
+        payload = self._STRUCT.pack(temp + 0.8 * math.sin(t / 300) + g(0, 0.02),
+                                    hum - 2.0 * math.sin(t / 300) + g(0, 0.1),
+                                    press + 0.3 * math.sin(t / 900) + g(0, 0.02))
+        return [_fit(payload, self.size)]
+
+
+class CsvGenerator(Generator):
+    """A Pico printing ``ts_ms,adc0,adc1,temp_c`` rows (a header line first, as on boot)."""
+
+    text = True
+    HEADER = "ts_ms,adc0,adc1,temp_c"
+
+    def __init__(self, rate: float, rng: random.Random) -> None:
+        self.rate, self.rng = rate, rng
+
+    def tick(self, k: int) -> list[Item]:
+        t = k / self.rate
+        adc0 = 2048 + int(900 * math.sin(2 * math.pi * 0.2 * t)) + int(self.rng.gauss(0, 4))
+        adc1 = int(4095 * ((t / 10) % 1.0))  # a slow sawtooth (a potentiometer sweep)
+        row = f"{int(t * 1000)},{min(max(adc0, 0), 4095)},{adc1},{27.0 + self.rng.gauss(0, 0.15):.2f}"
+        return [self.HEADER, row] if k == 0 else [row]
+
+
+class RandomGenerator(Generator):
+    """Random bytes: ``payload_size`` of them, or 1 to 32 when the board says 0."""
+
+    def __init__(self, rng: random.Random, size: int) -> None:
+        self.rng, self.size = rng, size
+
+    def tick(self, k: int) -> list[Item]:
+        return [self.rng.randbytes(self.size or self.rng.randint(1, 32))]
+
+
+def nmea_sentence(body: str) -> str:
+    """``$body*HH`` with the checksum computed."""
+    return f"${body}*{nmea_checksum(body.encode('ascii')):02X}"
+
+
+def _lat(deg: float) -> tuple[str, str]:
+    total = round(abs(deg) * 60, 5)  # round first, so minutes never print as 60.00000
+    d = int(total // 60)
+    return f"{d:02d}{total - d * 60:08.5f}", "N" if deg >= 0 else "S"
+
+
+def _lon(deg: float) -> tuple[str, str]:
+    total = round(abs(deg) * 60, 5)
+    d = int(total // 60)
+    return f"{d:03d}{total - d * 60:08.5f}", "E" if deg >= 0 else "W"
+
+
+class _Sat:
+    __slots__ = ("prn", "elev", "az", "snr")
+
+    def __init__(self, prn: int, rng: random.Random) -> None:
+        self.prn = prn
+        self.elev = rng.uniform(5, 85)
+        self.az = rng.uniform(0, 360)
+        self.snr: float | None = rng.uniform(18, 45) if rng.random() < 0.8 else None
+
+
+class GnssGenerator(Generator):
+    """A u-blox NEO-M8N-shaped NMEA stream, like the gpsd captures of that receiver.
+
+    Every tick is one fix: RMC, VTG, GGA, GSA (GPS), GSA (GLONASS), GLL; the
+    satellites in view (GPGSV, GLGSV) once per emulated second. The position
+    walks at walking pace with a slowly wandering heading.
+    """
+
+    text = True
+    KNOTS_PER_MPS = 1.943844
+
+    def __init__(self, rate: float, rng: random.Random, base_time: float) -> None:
+        self.rate, self.rng, self.base_time = rate, rng, base_time
+        self.lat = 52.5163 + rng.uniform(-0.01, 0.01)
+        self.lon = 13.3777 + rng.uniform(-0.01, 0.01)
+        self.alt = rng.uniform(30, 60)
+        self.heading = rng.uniform(0, 360)
+        self.gps = [_Sat(p, rng) for p in sorted(rng.sample(range(1, 33), 9))]
+        self.glonass = [_Sat(p, rng) for p in sorted(rng.sample(range(65, 89), 6))]
+        self._gsv_every = max(1, round(rate))
+
+    def _move(self) -> float:
+        rng = self.rng
+        self.heading = (self.heading + rng.gauss(0, 2.0)) % 360
+        speed = max(0.0, 1.4 + rng.gauss(0, 0.1))  # m/s
+        dist = speed / self.rate
+        rad = math.radians(self.heading)
+        self.lat += dist * math.cos(rad) / 111_320
+        self.lon += dist * math.sin(rad) / (111_320 * math.cos(math.radians(self.lat)))
+        self.alt += rng.gauss(0, 0.05)
+        for sat in self.gps + self.glonass:  # signal strength flickers
+            if sat.snr is not None:
+                sat.snr = min(50.0, max(12.0, sat.snr + rng.gauss(0, 0.5)))
+        return speed
+
+    def tick(self, k: int) -> list[Item]:
+        speed = self._move()
+        now = datetime.fromtimestamp(self.base_time + k / self.rate, timezone.utc)
+        hms = f"{now:%H%M%S}.{now.microsecond // 10000:02d}"
+        date = f"{now:%d%m%y}"
+        lat, ns = _lat(self.lat)
+        lon, ew = _lon(self.lon)
+        knots = speed * self.KNOTS_PER_MPS
+        cog = f"{self.heading:.2f}"
+        used_gps = [s for s in self.gps if s.snr is not None][:12]
+        used_glo = [s for s in self.glonass if s.snr is not None][:12]
+        hdop = 0.8 + 4.0 / max(1, len(used_gps) + len(used_glo))
+        vdop, pdop = hdop * 1.4, hdop * 1.7
+        out = [
+            nmea_sentence(f"GNRMC,{hms},A,{lat},{ns},{lon},{ew},{knots:.3f},{cog},{date},,,A"),
+            nmea_sentence(f"GNVTG,{cog},T,,M,{knots:.3f},N,{speed * 3.6:.3f},K,A"),
+            nmea_sentence(f"GNGGA,{hms},{lat},{ns},{lon},{ew},1,{len(used_gps) + len(used_glo):02d},"
+                          f"{hdop:.2f},{self.alt:.1f},M,44.8,M,,"),
+            self._gsa(used_gps, pdop, hdop, vdop),
+            self._gsa(used_glo, pdop, hdop, vdop),
+        ]
+        if k % self._gsv_every == 0:
+            out += self._gsv("GP", self.gps) + self._gsv("GL", self.glonass)
+        out.append(nmea_sentence(f"GNGLL,{lat},{ns},{lon},{ew},{hms},A,A"))
+        return out
+
+    @staticmethod
+    def _gsa(used: list[_Sat], pdop: float, hdop: float, vdop: float) -> str:
+        prns = [f"{s.prn:02d}" for s in used] + [""] * (12 - len(used))
+        return nmea_sentence(f"GNGSA,A,3,{','.join(prns)},{pdop:.2f},{hdop:.2f},{vdop:.2f}")
+
+    @staticmethod
+    def _gsv(talker: str, sats: list[_Sat]) -> list[str]:
+        total = (len(sats) + 3) // 4
+        out = []
+        for i in range(total):
+            fields = [f"{talker}GSV", str(total), str(i + 1), f"{len(sats):02d}"]
+            for s in sats[i * 4 : i * 4 + 4]:
+                fields += [f"{s.prn:02d}", f"{s.elev:02.0f}", f"{s.az:03.0f}",
+                           "" if s.snr is None else f"{s.snr:02.0f}"]
+            out.append(nmea_sentence(",".join(fields)))
+        return out
+
+
+class ReplayGenerator(Generator):
+    """Replays a capture's lines (``#`` comments and blank lines skipped), looping.
+
+    For NMEA a tick is one epoch: the lines from one RMC (or GGA, when the
+    capture has no RMC) up to the next, so the replay keeps the receiver's
+    rhythm; other captures play one line per tick.
+    """
+
+    text = True
+    trusted = False
+
+    def __init__(self, path: str, nmea: bool) -> None:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_REPLAY_BYTES + 1)
+        if len(raw) > MAX_REPLAY_BYTES:
+            raise ValueError(f"{path}: capture larger than {MAX_REPLAY_BYTES >> 20} MiB")
+        lines = []
+        for line in raw.split(b"\n"):
+            line = line.rstrip(b"\r")
+            if line and not line.startswith(b"#"):
+                # surrogateescape: the exact bytes go back on the wire, valid UTF-8 or not
+                lines.append(line.decode("utf-8", "surrogateescape"))
+        if not lines:
+            raise ValueError(f"{path}: no lines to replay")
+        self.epochs = self._epochs(lines) if nmea else [[line] for line in lines]
+
+    @staticmethod
+    def _epochs(lines: list[str]) -> list[list[str]]:
+        kinds = {line[3:6] for line in lines if line[:1] in "$!" and len(line) > 6}
+        marker = "RMC" if "RMC" in kinds else "GGA" if "GGA" in kinds else None
+        if marker is None:
+            return [[line] for line in lines]
+        epochs: list[list[str]] = [[]]
+        for line in lines:
+            if line[3:6] == marker and epochs[-1]:
+                epochs.append([])
+            epochs[-1].append(line)
+        return epochs
+
+    def tick(self, k: int) -> list[Item]:
+        return list(self.epochs[k % len(self.epochs)])
+
+
+def make_generator(profile: EmulatorProfile, codec: str, *, rate: float, rng: random.Random,
+                   base_time: float | None = None) -> Generator:
+    """The generator a board's emulator profile names (or its capture replay)."""
+    if profile.replay:
+        return ReplayGenerator(os.fspath(profile.replay), nmea=codec == "nmea")
+    name = profile.payload
+    if name == "imu":
+        return ImuGenerator(rate, rng, profile.payload_size)
+    if name == "env":
+        return EnvGenerator(rate, rng, profile.payload_size)
+    if name == "csv":
+        return CsvGenerator(rate, rng)
+    if name == "gnss":
+        return GnssGenerator(rate, rng, time.time() if base_time is None else base_time)
+    if name == "random":
+        return RandomGenerator(rng, profile.payload_size)
+    raise ValueError(f"unknown payload generator {name!r}")
+
+
+# --------------------------------------------------------------------- the wire
+
+
+class Wire:
+    """Encodes items for one board's codec, healthy or damaged, and works out
+    what the host will make of garbage (by feeding it to a scratch codec)."""
+
+    def __init__(self, board: Board) -> None:
+        if board.codec not in WIRE_CODECS:
+            raise ValueError(f"board {board.name!r}: the emulator speaks {', '.join(sorted(WIRE_CODECS))}, "
+                             f"not {board.codec!r}")
+        self.board = board
+        self.codec = make_codec(board.codec, board.name, dict(board.codec_options))
+        self.name = board.codec
+        self.frame_type = board.emulator.frame_type
+        self.max_payload: int = getattr(self.codec, "max_payload", 0)
+        self.max_line: int = getattr(self.codec, "max_line", 0)
+        self.delimiter = b"\x00" if self.name == "fh1" else b"\n"
+
+    def effect(self, data: bytes) -> tuple[int, int]:
+        """(frames, rejected) a fresh host codec gets from ``data`` (aligned, terminated)."""
+        scratch = make_codec(self.name, "scratch", dict(self.board.codec_options))
+        return len(scratch.feed(data, 0.0)), scratch.rejected
+
+    def _payload(self, item: Item) -> bytes:
+        data = item if isinstance(item, bytes) else item.encode("utf-8", "surrogateescape")
+        return data[: self.max_payload]
+
+    def _line(self, item: Item) -> bytes:
+        if isinstance(item, bytes):
+            item = item.hex()
+        line = item.replace("\n", " ").encode("utf-8", "surrogateescape")
+        return line[: self.max_line]
+
+    def _sentence(self, item: Item) -> bytes:
+        if isinstance(item, str) and item[:1] in ("$", "!"):
+            return item.encode("utf-8", "surrogateescape")
+        # not NMEA already: carry it in a proprietary sentence
+        text = item.hex() if isinstance(item, bytes) else item
+        body = "".join(c if c.isascii() and c.isprintable() and c not in "*$!" else "?" for c in text)
+        return self.codec.encode(None, 0, f"PFHTX,{body}"[: self.max_line - 6]).rstrip(b"\r\n")
+
+    def frame(self, item: Item, seq: int) -> bytes:
+        if self.name == "fh1":
+            return _fh1(self.frame_type, seq, self._payload(item))
+        if self.name == "nmea":
+            return self._sentence(item) + b"\r\n"
+        return self._line(item) + b"\n"
+
+    def corrupt(self, item: Item, seq: int, rng: random.Random) -> bytes:
+        """The frame, damaged so the host rejects exactly it (one ``rejected``)."""
+        if self.name == "fh1":
+            # flip one bit before COBS: framing stays intact, the CRC (which
+            # catches every 1-bit error) fails
+            packet = bytearray(_fh1_packet(self.frame_type, seq, self._payload(item)))
+            packet[rng.randrange(len(packet))] ^= 1 << rng.randrange(8)
+            return cobs_encode(packet) + b"\x00"
+        if self.name == "nmea":
+            line = bytearray(self._sentence(item))
+            star = line.rfind(b"*")
+            if star > 1:  # flip a bit of a body character: the XOR checksum no longer matches
+                i = rng.randrange(1, star)
+                for bit in rng.sample(range(5), 5):
+                    c = line[i] ^ (1 << bit)
+                    if 0x20 <= c < 0x7F and c not in b"*$!":
+                        line[i] = c
+                        return bytes(line) + b"\r\n"
+            return b"$" + bytes(line[1:]).replace(b"*", b"") + b"*ZZ\r\n"  # an unparseable checksum
+        # `lines` has no checksum: the only thing it rejects is a line run past
+        # max_line, as when a terminator is lost and garbage follows
+        line = self._line(item) or b"#"
+        run = (line * (self.max_line // len(line) + 2))[: self.max_line + 2]
+        return run + b"\n"
+
+    def noise(self, rng: random.Random) -> tuple[bytes, int, int] | None:
+        """Random garbage plus a delimiter, and its effect on the host; None if no
+        garbage that leaves frames alone was found (fh1/nmea never decode noise)."""
+        for _ in range(8):
+            data = rng.randbytes(rng.randint(1, 16)) + self.delimiter
+            frames, rejected = self.effect(data)
+            if frames == 0 or self.name == "lines":
+                return data, frames, rejected
+        return None
+
+
+def _fh1_packet(frame_type: int, seq: int, payload: bytes) -> bytes:
+    packet = _FH1_HEADER.pack(1, frame_type, seq & _SEQ_MASK) + payload
+    return packet + struct.pack("<H", crc16(packet))
+
+
+def _fh1(frame_type: int, seq: int, payload: bytes) -> bytes:
+    return cobs_encode(_fh1_packet(frame_type, seq, payload)) + b"\x00"
