@@ -39,6 +39,8 @@ MAX_REQUEST = 64 * 1024
 MAX_CONNECTIONS = 64
 #: seconds a connection may sit without sending a request (or reading a reply)
 IDLE_TIMEOUT = 30.0
+#: seconds a refused connection is drained before it is closed (see ``_linger``)
+LINGER = 1.0
 #: longest reply the client accepts (status of a big fleet is a few hundred KiB)
 MAX_REPLY = 16 * 1024 * 1024
 #: default and ceiling for a flush request's own timeout, seconds
@@ -135,7 +137,9 @@ class ControlServer:
         self.refused = 0
         self._server: asyncio.AbstractServer | None = None
         self._inode: tuple[int, int] | None = None
+        #: admitted connections (what the cap counts) and every handler task (what close() ends)
         self._conns: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._handlers: dict[str, Handler] = {
             "ping": self._ping, "status": self._status, "buffers": self._buffers, "flush": self._flush,
             "stop": self._stop, "devices.add": self._devices_add, "devices.remove": self._devices_remove,
@@ -157,7 +161,13 @@ class ControlServer:
             sock.close()
             self._unlink_if_ours()
             raise
+        self.runtime.status_sections.setdefault("control", self.stats)
         log.info("control socket listening on %s", self.path)
+
+    def stats(self) -> dict[str, Any]:
+        """The ``control`` section of ``status --json``."""
+        return {"socket": self.path, "connections": len(self._conns), "requests": self.requests,
+                "errors": self.errors, "refused": self.refused}
 
     async def _prepare_path(self) -> None:
         _secure_directory(os.path.dirname(os.path.abspath(self.path)))
@@ -214,7 +224,7 @@ class ControlServer:
         if server is not None:
             server.close()
         self._unlink_if_ours()
-        conns = [t for t in self._conns if t is not asyncio.current_task()]
+        conns = [t for t in self._tasks if t is not asyncio.current_task()]
         for task in conns:
             task.cancel()
         if conns:
@@ -238,11 +248,14 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         try:
-            if len(self._conns) >= self.max_connections or task is None:
+            if len(self._conns) >= self.max_connections:
                 self.refused += 1
-                await self._send(writer, _error(f"too many control connections ({self.max_connections}); "
-                                                "try again", EXIT_FAILURE))
+                if await self._send(writer, _error(f"too many control connections ({self.max_connections}); "
+                                                   "try again", EXIT_FAILURE)):
+                    await self._linger(reader, writer)
                 return
             self._conns.add(task)
             await self._conversation(reader, writer)
@@ -251,13 +264,13 @@ class ControlServer:
         except Exception:  # a bug here must cost one connection, never the runtime
             log.exception("control connection failed")
         finally:
-            if task is not None:
-                self._conns.discard(task)
+            self._conns.discard(task)
             writer.close()
             try:
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
             except (Exception, asyncio.CancelledError):
                 pass
+            self._tasks.discard(task)
 
     async def _conversation(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
@@ -269,7 +282,8 @@ class ControlServer:
                 # the StreamReader limit: it already dropped the buffered part,
                 # so a 10 MB line costs at most ~2 x MAX_REQUEST of memory
                 self.errors += 1
-                await self._send(writer, _error(f"request too long (max {self.max_request} bytes)"))
+                if await self._send(writer, _error(f"request too long (max {self.max_request} bytes)")):
+                    await self._linger(reader, writer)
                 return
             except (ConnectionError, OSError):
                 return
@@ -277,10 +291,11 @@ class ControlServer:
                 # EOF, or half a request then a disconnect: nothing to act on
                 return
             reply, after = await self.handle_line(line)
-            if not await self._send(writer, reply):
-                return
+            sent = await self._send(writer, reply)
             if after is not None:
-                after()
+                after()  # a stop asked for is done even if the client left before the reply
+            if not sent:
+                return
 
     async def _send(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> bool:
         try:
@@ -290,6 +305,23 @@ class ControlServer:
         except (ConnectionError, OSError, asyncio.TimeoutError):
             return False
         return True
+
+    @staticmethod
+    async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Half-close, then discard input briefly before closing.
+
+        Closing a socket with unread input resets the connection, and the
+        client may then lose the error reply it was sent; reading to EOF (for
+        at most LINGER seconds, never keeping the bytes) lets it arrive.
+        """
+        try:
+            if writer.can_write_eof():
+                writer.write_eof()
+            async with asyncio.timeout(LINGER):
+                while await reader.read(65536):
+                    pass
+        except (asyncio.TimeoutError, ConnectionError, OSError, ValueError):
+            pass
 
     async def handle_line(self, line: bytes) -> tuple[dict[str, Any], Callable[[], None] | None]:
         """One request line -> (reply, action to run after the reply is sent)."""
@@ -494,7 +526,7 @@ def _parse_reply(data: bytes) -> dict[str, Any]:
 
 def _connect_error(path: str, exc: OSError) -> ControlError:
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-        return NoRuntime(f"no runtime is listening on {path} (no socket there)")
+        return NoRuntime(f"no runtime is listening on {path}")
     if exc.errno == errno.ECONNREFUSED:
         return NoRuntime(f"no runtime is listening on {path}")
     if exc.errno in (errno.EACCES, errno.EPERM):
