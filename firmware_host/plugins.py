@@ -475,6 +475,7 @@ class PluginHost:
         if self.state in ("stopping", "stopped"):
             raise RuntimeError(f"plugin {ctx.name}: the runtime is shutting down; no new tasks")
         if self.state == "running":
+            task.notify = self._rt.changes.notify if self._rt is not None else None
             task.start()
 
     async def _on_start(self, rt: Runtime) -> None:
@@ -483,6 +484,7 @@ class PluginHost:
         for p in self._ready():
             p.state = "running"
             for task in p.ctx._tasks:  # type: ignore[union-attr]
+                task.notify = rt.changes.notify
                 task.start()
 
     async def _follow(self, parent: CancellationToken) -> None:

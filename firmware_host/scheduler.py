@@ -95,6 +95,8 @@ class PeriodicTask:
         self._current: asyncio.Task[Any] | None = None
         self._current_started: float | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        #: called after every run (the runtime's change signal: ``wait_until`` sees task progress)
+        self.notify: Callable[[], None] | None = None
 
     # -- control ------------------------------------------------------------------
 
@@ -216,6 +218,8 @@ class PeriodicTask:
         else:
             stats.streak = 0
         self._current = None
+        if self.notify is not None:
+            self.notify()
 
     async def _call(self) -> Any:
         result = self.fn()
