@@ -102,6 +102,7 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
             raise UsageError(f"--emulate: {exc}") from exc
         fleet = Fleet(plan)
         await fleet.start()
+        log.info("emulating %s (ports in %s)", ", ".join(d.name for d in fleet.devices), fleet.directory)
         taken = {d.name for d in cfg.devices}
         extra = [d for d in fleet.device_configs() if d.name not in taken]
         cfg = dataclasses.replace(cfg, devices=[*cfg.devices, *extra])
@@ -111,6 +112,9 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
                or default_control_socket())
     rt = Runtime(cfg, control_path=control)
     plugins.attach(rt)
+    if not opts.quiet:
+        from .liveview import attach_live_view
+        attach_live_view(rt, sys.stdout)  # a live view on a terminal, else a log line every 10 s
     loop = asyncio.get_running_loop()
 
     def on_signal(signame: str) -> None:
