@@ -178,8 +178,12 @@ def devices(ctx: click.Context, as_json: bool) -> None:
     """Serial ports on this host with the board each matches; add/remove on a running runtime."""
     if ctx.invoked_subcommand is not None:
         return
+    from .config import ConfigError
     from .detect import list_devices
-    found = list_devices()
+    try:
+        found = list_devices()
+    except ConfigError as exc:  # an invalid board file (shipped or $FIRMWARE_HOST_BOARDS)
+        fail(str(exc), EXIT_USAGE)
     if as_json:
         emit_json(found)
         return

@@ -42,8 +42,8 @@ def popen(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "firmware_host", *args], cwd=cwd, env=_env(),
+def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "firmware_host", *args], cwd=cwd, env={**_env(), **(env or {})},
                           capture_output=True, text=True, timeout=30)
 
 
@@ -188,6 +188,14 @@ def test_devices_json() -> None:
     assert isinstance(found, list)
     for d in found:  # whatever this host has
         assert set(d) == {"port", "description", "vid_pid", "serial", "board"}
+
+
+def test_devices_with_an_invalid_board_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text("name = 3\n")
+    result = cli("devices", env={BOARDS_ENV_VAR: str(tmp_path)})
+    assert result.returncode == 2
+    assert result.stderr == f"firmware-host: {tmp_path / 'bad.toml'}: name: expected a board name " \
+        "(1 to 64 letters, digits, '.', '_' or '-'), got 3\n"
 
 
 @pytest.mark.parametrize("args, start", [
