@@ -316,7 +316,9 @@ def test_unplug_replug(tmp_path: Path, boards: dict[str, Board]) -> None:
     plan = [(boards["env-sensor"], 1), (boards["gnss-nmea"], 1)]
 
     def ready(fleet: Fleet, s: dict[str, Any]) -> bool:
-        return all(d["reconnects"] >= 2 and d["state"] == "connected" for d in s["devices"].values())
+        # a replug's gap shows with the first frame after it: wait for that frame too
+        return all(d["reconnects"] >= 2 and d["state"] == "connected" for d in s["devices"].values()) \
+            and fleet.device("env-sensor-0").gaps >= 2
 
     fleet, status = asyncio.run(run_fleet(tmp_path, plan, faults=FaultOptions(unplug_every=0.25, unplug_for=0.1),
                                           rate=100.0, ready=ready))
