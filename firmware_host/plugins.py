@@ -35,7 +35,7 @@ from .cancel import CancellationToken
 from .codecs import BUILTIN_CODECS, CodecFactory
 from .config import DEFAULT_CODECS, DEFAULT_SINKS, Config, ConfigError, DeviceConfig
 from .frames import Frame
-from .scheduler import MissedTick, PeriodicTask
+from .scheduler import MissedTick, PeriodicTask, finish_tasks
 from .sinks import BUILTIN_SINKS, Sink, SinkFactory
 
 if TYPE_CHECKING:
@@ -505,23 +505,7 @@ class PluginHost:
         self._finisher = asyncio.create_task(self._finish(tasks, deadline), name="plugins:finish")
 
     async def _finish(self, tasks: list[PeriodicTask], deadline: float) -> None:
-        loop = asyncio.get_running_loop()
-        loops = {t.task: t for t in tasks if t.task is not None}
-        if loops:
-            _, pending = await asyncio.wait(loops, timeout=max(0.0, deadline - loop.time()))
-            for fut in pending:
-                t = loops[fut]
-                t.log.warning("plugin %s: task %s still running at the grace deadline; cancelled",
-                              t.plugin, t.name)
-                t.cancel()
-            if pending:
-                _, stuck = await asyncio.wait(pending, timeout=CANCEL_WAIT)
-                for fut in stuck:
-                    t = loops[fut]
-                    t.log.error("plugin %s: task %s ignores cancellation; abandoned", t.plugin, t.name)
-            for fut in loops:
-                if fut.done() and not fut.cancelled() and fut.exception() is not None:
-                    log.error("plugin task %s crashed", fut.get_name(), exc_info=fut.exception())
+        await finish_tasks(tasks, deadline, CANCEL_WAIT)
         for p in self._ready():
             p.state = "stopped"
         if self._link is not None:
@@ -572,7 +556,7 @@ class PluginHost:
                         "sinks": [getattr(s, "name", type(s).__name__) for s in ctx._sinks],
                         "sink_types": sorted(ctx._sink_types),
                         "codecs": sorted(ctx._codecs),
-                        "info": copy.deepcopy(ctx.info),
+                        "info": _copy_info(ctx.info),
                     })
                     entry["failures"] = (p.processor_failures
                                          + sum(t["failures"] + t["overruns"] for t in tasks))
@@ -580,6 +564,14 @@ class PluginHost:
                     entry["failures"] = 1 if p.state == "failed" else 0
             out.append(entry)
         return out
+
+
+def _copy_info(info: dict[str, Any]) -> Any:
+    # one plugin's odd value must not take the whole "plugins" status section down
+    try:
+        return copy.deepcopy(info)
+    except Exception as exc:
+        return {"error": f"info cannot be copied: {exc}"}
 
 
 # ----------------------------------------------------------------------- entry points for app / CLI

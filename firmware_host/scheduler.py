@@ -253,6 +253,29 @@ class PeriodicTask:
         return out
 
 
+async def finish_tasks(tasks: list[PeriodicTask], deadline: float, cancel_wait: float = 1.0) -> None:
+    """Wait (until ``deadline``, loop time) for stopped tasks' runs in progress
+    to end; cancel those still running then, and give up on any that ignore
+    the cancel for ``cancel_wait`` s. Call ``stop()`` on the tasks first."""
+    loop = asyncio.get_running_loop()
+    loops = {t.task: t for t in tasks if t.task is not None}
+    if not loops:
+        return
+    _, pending = await asyncio.wait(loops, timeout=max(0.0, deadline - loop.time()))
+    for fut in pending:
+        t = loops[fut]
+        t.log.warning("plugin %s: task %s still running at the grace deadline; cancelled", t.plugin, t.name)
+        t.cancel()
+    if pending:
+        _, stuck = await asyncio.wait(pending, timeout=cancel_wait)
+        for fut in stuck:
+            t = loops[fut]
+            t.log.error("plugin %s: task %s ignores cancellation; abandoned", t.plugin, t.name)
+    for fut, t in loops.items():
+        if fut.done() and not fut.cancelled() and fut.exception() is not None:
+            t.log.error("plugin %s: task %s crashed", t.plugin, t.name, exc_info=fut.exception())
+
+
 def jitter_ms(samples: "deque[float] | list[float]") -> dict[str, float] | None:
     """p50 / p99 / max of start lateness in milliseconds (None without samples)."""
     if not samples:

@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import sys
 import time
 import types
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, AsyncIterator, Callable, Mapping, Sequence
 
 import pytest
 
@@ -515,3 +516,22 @@ def test_start_plugins_reads_only_the_plugin_tables(tmp_path: Any) -> None:
 
     host = asyncio.run(main())
     assert seen == {"k": "v"} and "made-up-by-p" in host.known_codecs()
+
+
+# ----------------------------------------------------------------------- the documented example
+
+
+def test_docs_worked_example_runs_as_documented(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/plugins.md's fh-watch plugin and its in-process test, executed verbatim."""
+    import re
+    from tests.conftest import REPO
+
+    doc = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    module = next(b for b in blocks if b.startswith("# fh_watch/__init__.py"))
+    snippet = next(b for b in blocks if "import fh_watch" in b)
+    (tmp_path / "fh_watch").mkdir()
+    (tmp_path / "fh_watch" / "__init__.py").write_text(module, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "fh_watch", raising=False)
+    exec(compile(snippet, "docs/plugins.md", "exec"), {"__name__": "docs_example"})
