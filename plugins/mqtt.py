@@ -20,8 +20,7 @@ import socket
 import ssl
 from typing import Any, Sequence
 
-from firmware_host import Frame, Sink
-from firmware_host.sinks.jsonl import encode_records
+from firmware_host import Frame, PluginContext, Sink, encode_records
 
 log = logging.getLogger("firmware_host.plugins.mqtt")
 # aiomqtt warns on every publish beyond a few in flight; a batch is hundreds by
@@ -49,8 +48,20 @@ OPTIONS: dict[str, tuple[type, Any]] = {
 
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
-    from firmware_host.sinks.base import take_options
-    opts = take_options("mqtt", options, OPTIONS)
+    """Defaults filled in, then the checks types alone cannot express.
+
+    Types are checked by ``ctx.take_options(OPTIONS)`` in ``setup``; a sink
+    built directly (tests, embedding) gets the same checks here."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"sink 'mqtt': unknown option {unknown[0]!r} (known: {', '.join(sorted(OPTIONS))})")
+    opts = {key: options.get(key, default) for key, (_, default) in OPTIONS.items()}
+    for key, (kind, _) in OPTIONS.items():
+        value = opts[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            opts[key] = value = float(value)
+        if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
+            raise ValueError(f"sink 'mqtt': option {key!r} must be {kind.__name__}")
     if opts["payload"] not in ("json", "raw"):
         raise ValueError("sink 'mqtt': option 'payload' must be \"json\" or \"raw\"")
     if opts["qos"] not in (1, 2):
@@ -142,6 +153,13 @@ class MqttSink(Sink):
         await self._disconnect()
 
 
-def setup(ctx: Any) -> None:
-    """Plugin entry point: ``[plugins.mqtt]`` options become the sink's options."""
-    ctx.add_sink(MqttSink(**dict(ctx.options)))
+def setup(ctx: PluginContext) -> None:
+    """Plugin entry point: ``[plugins.mqtt]`` options become the sink's options;
+    a bad option is a config error (exit 2), not a failed plugin."""
+    opts = ctx.take_options(OPTIONS)
+    try:
+        sink = MqttSink(**opts)
+    except ValueError as exc:
+        key = next((k for k in OPTIONS if repr(k) in str(exc)), "mqtt")
+        raise ctx.option_error(key, str(exc).removeprefix("sink 'mqtt': ")) from None
+    ctx.add_sink(sink)

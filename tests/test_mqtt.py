@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import shutil
 import socket
@@ -41,7 +42,9 @@ class Broker:
     def __init__(self, directory: Path) -> None:
         self.port = free_port()
         self.conf = directory / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        # "user": started as root, mosquitto would switch to the mosquitto user
+        # and could not write its persistence file in our temp dir
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
                              f"persistence true\npersistence_location {directory}/\n"
                              "max_queued_messages 100000\nmax_inflight_messages 0\n")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -77,10 +80,13 @@ class Subscriber:
         self.subscribed = asyncio.Event()
 
     async def run(self) -> None:
+        # one client object across reconnects: messages it already acknowledged
+        # but we have not consumed yet stay in its queue instead of being lost
+        client = aiomqtt.Client("127.0.0.1", self.port, identifier="fh-test-sub", clean_session=False,
+                                protocol=aiomqtt.ProtocolVersion.V311)
         while True:
             try:
-                async with aiomqtt.Client("127.0.0.1", self.port, identifier="fh-test-sub", clean_session=False,
-                                          protocol=aiomqtt.ProtocolVersion.V311) as client:
+                async with client:
                     await client.subscribe("firmware-host/#", qos=1)
                     self.subscribed.set()
                     async for msg in client.messages:
@@ -206,3 +212,30 @@ def test_options_are_validated():
         MqttSink(payload="xml")
     with pytest.raises(ValueError, match="unknown option"):
         MqttSink(hots="x")
+
+
+async def test_cli_run_with_mqtt_plugin(tmp_path):
+    """As a user runs it: `firmware-host run` with [plugins.mqtt] on emulated boards."""
+    from tests.conftest import cli
+    async with broker_and_subscriber(tmp_path) as (broker, sub):
+        cfg = tmp_path / "gw.toml"
+        cfg.write_text(f'[plugins.mqtt]\nport = {broker.port}\nhost = "127.0.0.1"\ngateway = "gw7"\n')
+        result = await asyncio.to_thread(
+            cli, "run", "-c", str(cfg), "--emulate", "env-sensor:1", "--duration", "1.5", "-q",
+            "--control", str(tmp_path / "c.sock"), "--summary", str(tmp_path / "s.json"), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        final = json.loads((tmp_path / "s.json").read_text())
+        assert_accounting(final)
+        flushed = final["devices"]["env-sensor-0"]["flushed"]
+        assert flushed > 0
+        await sub.wait_for({("env-sensor-0", s) for s in range(flushed)})
+        assert all(r["device"] == "env-sensor-0" for r in sub.records)
+
+
+def test_cli_bad_mqtt_option_is_exit_2(tmp_path):
+    from tests.conftest import cli
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text('[plugins.mqtt]\nqos = 0\n')
+    result = cli("run", "-c", str(cfg), "--duration", "0", "--control", str(tmp_path / "c.sock"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "plugins.mqtt.qos" in result.stderr and "Traceback" not in result.stderr
