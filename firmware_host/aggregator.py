@@ -20,13 +20,51 @@ import collections
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Awaitable, Sequence
 
 from .cancel import CancellationToken
 from .frames import Frame
 from .watch import Changes
 
 INBOX_SIZE = 1024
+#: the longest a reader waits at a closed ReadGate before reading anyway
+READ_GATE_MAX_WAIT = 0.05
+
+
+class ReadGate:
+    """Readers pass it before every read; the flusher closes it while it works
+    through a backlog of full batches.
+
+    A runtime that is short of CPU then spends it delivering the frames it
+    already holds instead of reading more only to drop them; the unread bytes
+    wait in the kernel's tty buffer. A reader never waits longer than
+    ``READ_GATE_MAX_WAIT`` per read, so under sustained overload (a slow or
+    failing sink) reading goes on and drop-oldest applies as before.
+    """
+
+    __slots__ = ("_fut",)
+
+    def __init__(self) -> None:
+        self._fut: asyncio.Future[None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._fut is not None
+
+    def close(self) -> None:
+        if self._fut is None:
+            self._fut = asyncio.get_running_loop().create_future()
+
+    def open(self) -> None:
+        fut, self._fut = self._fut, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def wait(self, max_wait: float = READ_GATE_MAX_WAIT) -> None:
+        """Return when the gate opens, or after ``max_wait`` at the latest."""
+        fut = self._fut
+        if fut is not None and not fut.done():
+            await asyncio.wait((fut,), timeout=max_wait)
 
 
 @dataclass(slots=True)
@@ -114,7 +152,7 @@ class Aggregator:
                     notify()
                 else:
                     self._request(msg)
-                    if kind == "ack":
+                    if kind == "ack" or kind == "pop":
                         notify()
         finally:
             stopper.cancel()
@@ -135,6 +173,10 @@ class Aggregator:
                 result = self._ack(msg[1])
             elif kind == "trim":
                 result = self._trim(msg[1])
+            elif kind == "pop":
+                # trim and ack in one message: nothing can be evicted in between
+                result = self._trim(msg[1]).frames
+                self._ack(msg[1])
             elif kind == "snapshot":
                 result = self._snapshot(msg[1])
             elif kind == "mark":
@@ -268,6 +310,8 @@ class AggregatorHandle:
     def __init__(self, inbox: asyncio.Queue[Any], batch_ready: asyncio.Event) -> None:
         self._inbox = inbox
         self.batch_ready = batch_ready
+        #: readers wait here while the flusher catches up (see ReadGate)
+        self.read_gate = ReadGate()
 
     async def offer(self, device: str, frames: Sequence[Frame]) -> None:
         """Hand one read's worth of frames to the buffer (waits if the inbox is full)."""
@@ -278,9 +322,20 @@ class AggregatorHandle:
         else:
             inbox.put_nowait(msg)
 
+    def _send(self, msg: tuple[Any, ...]) -> Awaitable[None] | None:
+        """Queue ``msg`` now if the inbox has room (no suspension, so the
+        request cannot be overtaken by later offers); else an awaitable put."""
+        inbox = self._inbox
+        if inbox.full():
+            return inbox.put(msg)
+        inbox.put_nowait(msg)
+        return None
+
     async def _ask(self, *msg: Any) -> Any:
         fut = asyncio.get_running_loop().create_future()
-        await self._inbox.put((*msg, fut))
+        put = self._send((*msg, fut))
+        if put is not None:
+            await put
         return await fut
 
     async def take(self, limit: int, device: str | None = None, upto: int | None = None) -> Batch:
@@ -296,7 +351,18 @@ class AggregatorHandle:
         Shielded: once the flusher delivered a batch, the ack must land even
         if the flusher is being cancelled, or the frames would be sent twice.
         """
-        return await asyncio.shield(self._ask("ack", batch))
+        fut = asyncio.get_running_loop().create_future()
+        put = self._send(("ack", batch, fut))
+        if put is not None:
+            # the inbox is full: the put itself must survive a cancel
+            await asyncio.shield(put)
+        # queued: the actor serves it even if we are cancelled while waiting
+        return await asyncio.shield(fut)
+
+    async def pop(self, batch: Batch) -> list[Frame]:
+        """Remove what is still buffered of ``batch`` (counted as flushed to
+        the next stage) and return exactly those frames. Shielded like ``ack``."""
+        return await asyncio.shield(self._ask("pop", batch))
 
     async def mark(self) -> int:
         """The id of the newest buffered frame (the edge of an on-demand flush)."""

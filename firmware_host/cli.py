@@ -275,6 +275,49 @@ def plugins(config_path: str | None, as_json: bool) -> None:
         click.echo(render_table(("plugin", "task", "interval", "missed", "timeout"), tasks))
 
 
+@main.group()
+def spool() -> None:
+    """Inspect a disk spool while no runtime uses it."""
+
+
+@spool.command("stats")
+@click.argument("path")
+@json_option
+def spool_stats_cmd(path: str, as_json: bool) -> None:
+    """Frames and bytes per device in the spool at PATH."""
+    from .spool import SpoolBusy, SpoolError, spool_stats
+    try:
+        stats = spool_stats(path)
+    except (SpoolBusy, SpoolError, OSError) as exc:
+        fail(str(exc), EXIT_USAGE)
+    if as_json:
+        emit_json(stats)
+        return
+    from .render import table
+    click.echo(f"{path}: {stats['frames']} frames, {stats['bytes']} bytes (file {stats['file_bytes']} bytes)")
+    click.echo(table(("device", "frames", "bytes"),
+                     [[name, d["frames"], d["bytes"]] for name, d in sorted(stats["devices"].items())]))
+
+
+@spool.command("export")
+@click.argument("path")
+@click.option("-o", "--output", metavar="FILE", help="Write here instead of standard output.")
+@click.option("--device", metavar="NAME", help="Only this device's frames.")
+def spool_export_cmd(path: str, output: str | None, device: str | None) -> None:
+    """The spooled frames as jsonl records, oldest first (the spool is left as it is)."""
+    from .spool import SpoolBusy, SpoolError, spool_export
+    try:
+        if output:
+            with open(output, "wb") as out:
+                count = spool_export(path, out, device)
+        else:
+            count = spool_export(path, sys.stdout.buffer, device)
+            sys.stdout.buffer.flush()
+    except (SpoolBusy, SpoolError, OSError) as exc:
+        fail(str(exc), EXIT_USAGE)
+    click.echo(f"exported {count} frames", err=True)
+
+
 @main.command()
 @click.argument("board")
 @click.option("-n", "count", type=click.IntRange(1, 256), default=1, show_default=True, help="How many boards.")

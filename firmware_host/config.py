@@ -60,7 +60,9 @@ DEFAULT_BAUDRATE = 115200
 _MAX_SOCKET_PATH = 107
 
 _TOP_KEYS = frozenset({"buffer", "shutdown", "control", "devices", "sinks", "plugins"})
-_BUFFER_KEYS = frozenset({"capacity", "max_bytes", "flush_interval", "batch_size"})
+_BUFFER_KEYS = frozenset({"capacity", "max_bytes", "flush_interval", "batch_size",
+                          "spool", "spool_max_bytes", "spool_sync"})
+SPOOL_SYNC_MODES = ("off", "normal", "full")
 _SHUTDOWN_KEYS = frozenset({"grace"})
 _CONTROL_KEYS = frozenset({"socket"})
 _DEVICE_KEYS = frozenset(
@@ -99,6 +101,9 @@ class BufferConfig:
     max_bytes: int = 0  # 0: no byte bound
     flush_interval: float = 1.0  # 0: flush only on demand and at shutdown
     batch_size: int = 1000
+    spool: str | None = None  # path of an SQLite disk spool; None: memory only
+    spool_max_bytes: int = 100 * 1024 * 1024
+    spool_sync: str = "normal"  # off | normal | full (SQLite synchronous)
 
 
 @dataclass(frozen=True)
@@ -411,7 +416,18 @@ def _parse_buffer(check: _Checker, value: object) -> BufferConfig:
         max_bytes=check.integer(table.get("max_bytes", d.max_bytes), "buffer.max_bytes", ge=0),
         flush_interval=check.number(table.get("flush_interval", d.flush_interval), "buffer.flush_interval", ge=0),
         batch_size=check.integer(table.get("batch_size", d.batch_size), "buffer.batch_size", gt=0),
+        spool=(check.string(table["spool"], "buffer.spool", "a path for the disk spool (an SQLite file)")
+               if "spool" in table else None),
+        spool_max_bytes=check.integer(table.get("spool_max_bytes", d.spool_max_bytes), "buffer.spool_max_bytes",
+                                      gt=0),
+        spool_sync=_spool_sync(check, table.get("spool_sync", d.spool_sync)),
     )
+
+
+def _spool_sync(check: _Checker, value: object) -> str:
+    if value not in SPOOL_SYNC_MODES:
+        check.fail("buffer.spool_sync", f"expected one of {', '.join(SPOOL_SYNC_MODES)}, got {value!r}")
+    return str(value)
 
 
 def _parse_shutdown(check: _Checker, value: object) -> ShutdownConfig:

@@ -99,6 +99,10 @@ class Runtime:
         self._tasks: list[asyncio.Task[Any]] = []
         self._agg_task: asyncio.Task[None] | None = None
         self._flusher_task: asyncio.Task[None] | None = None
+        #: with ``[buffer] spool``: memory → Spooler → spool → flusher → sinks
+        self.spool: Any = None
+        self.spooler: Any = None
+        self._spooler_task: asyncio.Task[None] | None = None
         self._control: Any = None
         self._shutdown_lock = asyncio.Lock()
 
@@ -119,7 +123,10 @@ class Runtime:
                 await self._stop_aggregator()
                 raise RuntimeFailure(f"sink {getattr(sink, 'name', sink)!r} cannot open: {exc}") from exc
             opened.append(sink)
-        self.flusher = Flusher(self.aggregator.handle, self.sinks, interval=cfg.buffer.flush_interval,
+        source: Any = self.aggregator.handle
+        if cfg.buffer.spool:
+            source = await self._open_spool(opened)
+        self.flusher = Flusher(source, self.sinks, interval=cfg.buffer.flush_interval,
                                batch_size=cfg.buffer.batch_size, changes=self.changes)
         self._flusher_task = asyncio.create_task(self.flusher.run(self.flusher_token), name="flusher")
         if self.control_path:
@@ -134,6 +141,24 @@ class Runtime:
             await self.add_device(dc)
         for hook in self.on_start:
             await hook(self)
+
+    async def _open_spool(self, opened: list[Sink]) -> Any:
+        from .spool import Spool, SpoolBusy, SpoolError, Spooler
+        cfg = self.config.buffer
+        spool = Spool(cfg.spool, max_bytes=cfg.spool_max_bytes, sync=cfg.spool_sync,
+                      batch_size=cfg.batch_size, changes=self.changes)
+        try:
+            await spool.open()
+        except (SpoolBusy, SpoolError, OSError) as exc:
+            for s in opened:
+                await s.close()
+            await self._stop_aggregator()
+            raise RuntimeFailure(f"spool: {exc}") from None
+        self.spool = spool
+        self.spooler = Spooler(self.aggregator.handle, spool, interval=cfg.flush_interval,
+                               batch_size=cfg.batch_size, changes=self.changes)
+        self._spooler_task = asyncio.create_task(self.spooler.run(self.flusher_token), name="spooler")
+        return spool
 
     def build_sinks(self) -> list[Sink]:
         """Sinks from ``[[sinks]]``; a bad option is a config error (exit 2)."""
@@ -150,10 +175,13 @@ class Runtime:
 
     async def _abandon_start(self) -> None:
         self.flusher_token.cancel()
-        if self._flusher_task:
-            await self._flusher_task
+        for task in (self._flusher_task, self._spooler_task):
+            if task:
+                await task
         for s in self.sinks:
             await s.close()
+        if self.spool is not None:
+            await self.spool.close()
         await self._stop_aggregator()
 
     def _resolver(self, dc: DeviceConfig) -> UrlResolver:
@@ -242,6 +270,8 @@ class Runtime:
         if self.flusher is None:
             return FlushResult()
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self.spooler is not None:  # memory → spool first, then spool → sinks
+            await self.spooler.flush(device, deadline=deadline, token=self._abort)
         return await self.flusher.flush(device, deadline=deadline, token=self._abort)
 
     # -- shutdown -------------------------------------------------------------------
@@ -264,10 +294,14 @@ class Runtime:
                 await asyncio.gather(*readers, return_exceptions=True)
             self.tasks_token.cancel()
             self.flusher_token.cancel()
-            if self._flusher_task is not None:
-                await self._flusher_task
+            for task in (self._flusher_task, self._spooler_task):
+                if task is not None:
+                    await task
             result = FlushResult()
             drained = True
+            if self.spooler is not None:
+                got = await self._abort.run_until_cancelled(self.spooler.drain(deadline))
+                drained = got is not None and not got.incomplete
             if self.flusher is not None:
                 left = max(0.0, deadline - time.monotonic())
                 got = await self._abort.run_until_cancelled(self.flusher.drain(time.monotonic() + left))
@@ -282,6 +316,11 @@ class Runtime:
                 except Exception as exc:
                     log.warning("sink %s did not close cleanly: %s", getattr(sink, "name", sink), exc)
             status = await self.status(final=True)
+            if self.spool is not None:
+                kept = status["spool"]["depth"]
+                if kept:
+                    log.warning("%d frames stay in the spool %s for the next run", kept, self.spool.path)
+                await self.spool.close()
             lost = sum(d["lost"] for d in status["devices"].values())
             if lost:
                 log.error("%d frames could not be delivered before the grace period ended", lost)
@@ -318,22 +357,39 @@ class Runtime:
         snap = await self.snapshot()
         uptime = 0.0 if self.started_at is None else time.monotonic() - self.started_at
         devices: dict[str, Any] = {}
+        spool = self.spool
         names = list(self.devices) + [n for n in snap.accounts if n not in self.devices]
+        if spool is not None:  # devices of an earlier run may exist only in the spool
+            names += [n for n in spool.accounts if n not in names]
         for name in names:
             acct = snap.accounts.get(name, DeviceAccount())
             entry = self.devices.get(name)
             reader = entry.reader if entry else None
+            frames, flushed, dropped, buffered, lost = (
+                acct.frames, acct.flushed, acct.dropped, acct.buffered, acct.buffered)
+            extra: dict[str, int] = {}
+            if spool is not None:
+                # memory's "flushed" only moved frames into the spool; the law
+                # is about the sinks, so compose the two stages
+                sp = spool.account(name)
+                frames += sp.recovered
+                flushed = sp.delivered
+                dropped += sp.dropped
+                buffered += sp.pending + sp.in_transit
+                lost = acct.buffered + sp.in_transit  # what the spool holds is kept, not lost
+                extra = {"spooled": sp.pending, "recovered": sp.recovered}
             devices[name] = {
                 "state": reader.stats.state if reader else "closed",
                 "bytes": reader.stats.bytes if reader else 0,
-                "frames": acct.frames,
+                "frames": frames,
                 "rejected": reader.rejected if reader else 0,
                 "gaps": reader.gaps if reader else 0,
                 "reconnects": reader.stats.reconnects if reader else 0,
-                "flushed": acct.flushed,
-                "dropped": acct.dropped,
-                "buffered": acct.buffered,
-                "lost": acct.buffered if final else 0,
+                "flushed": flushed,
+                "dropped": dropped,
+                "buffered": buffered,
+                "lost": lost if final else 0,
+                **extra,
                 "filtered": reader.stats.filtered if reader else 0,
                 "port": reader.url if reader else None,
                 "removed": bool(entry and entry.removed),
@@ -346,6 +402,8 @@ class Runtime:
             "devices": devices,
             "sinks": self.flusher.sink_status() if self.flusher else [],
         }
+        if spool is not None:
+            out["spool"] = spool.summary()
         for key, section in self.status_sections.items():
             try:
                 out[key] = section()
@@ -357,10 +415,13 @@ class Runtime:
         """The ``buffers --json`` shape (design.md)."""
         snap = await self.snapshot(oldest=True)
         ages = oldest_age(snap)
-        return {
+        out: dict[str, Any] = {
             "capacity": snap.capacity, "depth": snap.depth, "bytes": snap.bytes,
             "max_bytes": snap.max_bytes, "dropped": snap.dropped,
             "devices": {name: {"depth": a.buffered, "dropped": a.dropped,
                                "oldest_age": round(ages[name], 3) if name in ages else None}
                         for name, a in snap.accounts.items()},
         }
+        if self.spool is not None:
+            out["spool"] = self.spool.summary()
+        return out
