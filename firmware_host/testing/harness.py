@@ -43,6 +43,7 @@ class RuntimeUnderTest:
             lambda s: device in s["devices"] and s["devices"][device]["frames"] >= count, timeout)
 
     async def wait_state(self, device: str, state: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        """Until the reader's state is ``state`` (connecting, connected, backoff, closed)."""
         return await self.runtime.wait_until(
             lambda s: device in s["devices"] and s["devices"][device]["state"] == state, timeout)
 
@@ -51,6 +52,10 @@ class RuntimeUnderTest:
         """Until ``status.devices[device][key] >= value``."""
         return await self.runtime.wait_until(
             lambda s: device in s["devices"] and s["devices"][device][key] >= value, timeout)
+
+    async def wait_flushed(self, device: str, count: int, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        """Until ``count`` of ``device``'s frames were accepted by every sink."""
+        return await self.wait_counter(device, "flushed", count, timeout)
 
     async def shutdown(self, grace: float | None = None, check: bool = True) -> Summary:
         self.summary = await self.runtime.shutdown(grace)

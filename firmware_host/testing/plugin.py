@@ -1,5 +1,15 @@
 """pytest plugin (entry point ``pytest11``): fixtures for firmware-host users.
 
+Installing firmware-host gives every pytest run these fixtures, no conftest
+needed (reference: docs/testing.md):
+
+* ``fh_serial_mock`` — pyserial mocked with pytest-mock: scripted devices, no fds
+* ``fh_ports`` — raw pty-backed virtual ports
+* ``fh_board`` — emulated boards on ptys that speak a board's codec
+* ``fh_device`` — the real board given with ``--fh-port``, else an emulated one
+* ``fh_runtime`` — an in-process runtime, shut down in order, accounting checked
+* ``fh_jsonl`` — a path for a jsonl sink
+
 ``async def`` tests run in a fresh event loop each, unless another async
 plugin (pytest-asyncio, anyio) claims them with its own marker.
 """
@@ -7,17 +17,62 @@ plugin (pytest-asyncio, anyio) claims them with its own marker.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import pytest
 
+from ..codecs import CodecFactory
 from ..virtualport import VirtualPort
+from .emulated import BoardSpec, DeviceUnderTest, EmulatedBoard, resolve_board
 from .harness import running_runtime
+from .serialmock import SerialMock
 
 _OTHER_ASYNC_MARKERS = ("asyncio", "anyio", "trio")
+_SPEC = pytest.StashKey[BoardSpec]()
+HARDWARE_SKIP_REASON = "needs real hardware: run pytest with --fh-port PATH (and --fh-board NAME)"
+
+
+# -- options, marker, runner ------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("firmware-host", "firmware-host test kit")
+    group.addoption("--fh-port", metavar="PATH", default=None,
+                    help="run fh_device tests against the real board on PATH (a device or pyserial URL); "
+                         "fh_hardware tests are skipped without it")
+    group.addoption("--fh-board", metavar="NAME", default=None,
+                    help="the board fh_device speaks (a board name, a board .toml file, or a codec name); "
+                         "default: fh1")
+    group.addoption("--fh-baudrate", metavar="N", type=int, default=None,
+                    help="baudrate for --fh-port (default: the board's)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "fh_hardware: needs a real board (--fh-port); skipped without one")
+    name = config.getoption("fh_board", None) or "fh1"
+    try:
+        spec = resolve_board(name)
+    except (LookupError, ValueError) as exc:  # BoardError is a ValueError too
+        raise pytest.UsageError(f"--fh-board: {exc}") from None
+    baudrate = config.getoption("fh_baudrate", None)
+    if baudrate is not None:
+        spec = dataclasses.replace(spec, baudrate=baudrate)
+    config.stash[_SPEC] = spec
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    spec, port = config.stash[_SPEC], config.getoption("fh_port")
+    where = f"hardware at {port}" if port else "emulated (no --fh-port)"
+    return f"firmware-host: fh_device = {spec.name} ({spec.codec}), {where}"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("fh_hardware") and not item.config.getoption("fh_port"):
+        pytest.skip(HARDWARE_SKIP_REASON)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -33,6 +88,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     kwargs = {name: pyfuncitem.funcargs[name] for name in names}
     asyncio.run(pyfuncitem.obj(**kwargs))
     return True
+
+
+# -- pty ports and emulated boards ---------------------------------------------------
 
 
 class VirtualPorts:
@@ -64,10 +122,65 @@ def fh_ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualPorts]
         ports.close()
 
 
+class BoardFactory:
+    """``fh_board("nucleo-imu")`` → an :class:`EmulatedBoard` on a new pty."""
+
+    def __init__(self, ports: VirtualPorts) -> None:
+        self._ports = ports
+        self.boards: list[EmulatedBoard] = []
+
+    def __call__(self, board: str = "fh1", *, name: str | None = None,
+                 codecs: Mapping[str, CodecFactory] | None = None, seed: int = 0,
+                 **codec_options: int) -> EmulatedBoard:
+        spec = resolve_board(board, codecs, codec_options=codec_options)
+        emulated = EmulatedBoard(self._ports.new(name), spec, codecs, seed=seed)
+        self.boards.append(emulated)
+        return emulated
+
+
+@pytest.fixture
+def fh_board(fh_ports: VirtualPorts) -> BoardFactory:
+    """``board = fh_board("nucleo-imu" | "fh1" | "nmea" | ..., name=None, **codec_options)``:
+    an emulated board on a pty; ``await board.send_frames(n)``, ``send_lines``,
+    ``noise``, ``unplug``/``replug``, ``read_downlink``, ``streaming()``."""
+    return BoardFactory(fh_ports)
+
+
+@pytest.fixture
+def fh_device(request: pytest.FixtureRequest, fh_ports: VirtualPorts) -> DeviceUnderTest:
+    """The device under test: the real board at ``--fh-port`` (speaking
+    ``--fh-board``), else that board emulated on a pty. ``fh_device.config(name)``
+    is its ``[[devices]]`` entry; ``async with fh_device.streaming():`` makes an
+    emulated board send frames like firmware (real hardware does by itself)."""
+    config = request.config
+    spec = config.stash[_SPEC]
+    port: str | None = config.getoption("fh_port")
+    if port:
+        if "://" not in port and not os.path.exists(port):
+            pytest.fail(f"--fh-port {port}: no such device (is the board plugged in?)", pytrace=False)
+        return DeviceUnderTest(port, spec)
+    emulator = EmulatedBoard(fh_ports.new("dut"), spec)
+    return DeviceUnderTest(emulator.path, spec, emulator)
+
+
+# -- mocked pyserial -------------------------------------------------------------------
+
+
+@pytest.fixture
+def fh_serial_mock(mocker: Any) -> SerialMock:
+    """pyserial's ``serial_for_url`` patched (pytest-mock) for this test:
+    ``dev = fh_serial_mock.device("/dev/ttyACM0")``; ``dev.feed(b"...")``,
+    ``dev.fail(exc)``, ``dev.writes``, ``dev.open_error``, ``dev.unplug()``."""
+    return SerialMock(mocker)
+
+
+# -- runtime -------------------------------------------------------------------------------
+
+
 @pytest.fixture
 def fh_runtime() -> Callable[..., Any]:
-    """``async with fh_runtime({...config...}) as rt:`` — an in-process runtime,
-    shut down in order on exit with the accounting law asserted."""
+    """``async with fh_runtime({...config...}, **Runtime kwargs) as rt:`` — an
+    in-process runtime, shut down in order on exit with the accounting law asserted."""
     return running_runtime
 
 
