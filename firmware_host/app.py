@@ -110,7 +110,7 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
             cfg = dataclasses.replace(cfg, sinks=[SinkConfig("jsonl", {"path": DEFAULT_SINK_PATH})])
     control = (opts.control_path or cfg.control.socket or os.environ.get("FIRMWARE_HOST_CONTROL")
                or default_control_socket())
-    rt = Runtime(cfg, control_path=control)
+    rt = Runtime(cfg, control_path=control, boards=boards)
     plugins.attach(rt)
     if not opts.quiet:
         from .liveview import attach_live_view

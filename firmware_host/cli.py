@@ -63,7 +63,28 @@ def load_config_or_exit(path: str, **kwargs: Any) -> Any:
         fail(str(exc), EXIT_USAGE)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """click prints usage errors as three lines (Usage/Try/Error); ours are
+    one line like every other error, with the same exit status 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `firmware-host`: the help, as click does
+            click.echo(exc.format_message())
+            sys.exit(EXIT_USAGE)
+        except click.UsageError as exc:
+            hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            fail(f"{exc.format_message()}{hint}", EXIT_USAGE)
+        except click.ClickException as exc:
+            fail(exc.format_message(), exc.exit_code)
+        except click.Abort:
+            fail("aborted", EXIT_FAILURE)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="firmware-host")
 def main() -> None:
     """Host-side runtime for fleets of serial-attached embedded devices."""

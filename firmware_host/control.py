@@ -417,14 +417,12 @@ class ControlServer:
             key = (exc.key or "").removeprefix("devices[0]").lstrip(".")
             raise RequestError(f"devices add: {key + ': ' if key else ''}{exc.message}") from None
         dc = cfg.devices[0]
-        old = self.runtime.devices.get(dc.name)
-        if old is not None and not old.removed:
-            raise RequestError(f"devices add: device {dc.name!r} already exists")
-        if self.runtime.readers_token.is_cancelled:
-            raise RequestError("devices add: the runtime is shutting down", EXIT_FAILURE)
+        from .runtime import DeviceExists, ShuttingDown
         try:
             await self.runtime.add_device(dc)
-        except ValueError as exc:
+        except ShuttingDown as exc:
+            raise RequestError(f"devices add: {exc}", EXIT_FAILURE) from None
+        except (DeviceExists, ValueError) as exc:
             raise RequestError(f"devices add: {exc}") from None
         return {"device": {"name": dc.name, "port": dc.port, "codec": dc.codec, "board": dc.board,
                            "baudrate": dc.baudrate}}

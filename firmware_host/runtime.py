@@ -35,6 +35,14 @@ class RuntimeFailure(Exception):
     """A runtime failure (exit status 1), e.g. a sink that cannot open."""
 
 
+class DeviceExists(ValueError):
+    """``add_device`` with the name of a device that is still running."""
+
+
+class ShuttingDown(RuntimeFailure):
+    """``add_device`` after the shutdown began."""
+
+
 @dataclass
 class DeviceEntry:
     config: DeviceConfig
@@ -65,7 +73,8 @@ class Runtime:
                  sinks: list[Sink] | None = None,
                  processors: list[Processor] | None = None,
                  match_resolver: MatchResolver | None = None,
-                 control_path: str | None = None) -> None:
+                 control_path: str | None = None,
+                 boards: Mapping[str, Any] | None = None) -> None:
         self.config = config
         self.opener: PortOpener = opener or open_serial
         self.codecs: dict[str, CodecFactory] = {**BUILTIN_CODECS, **(codecs or {})}
@@ -74,6 +83,8 @@ class Runtime:
         self.processors: list[Processor] = list(processors or [])
         self.match_resolver = match_resolver
         self.control_path = control_path
+        #: board definitions (with the user's --boards-dir), for `devices add --board`
+        self.boards = boards
         self.token = CancellationToken()
         self.readers_token = self.token.child_token()
         self.tasks_token = self.token.child_token()
@@ -196,9 +207,9 @@ class Runtime:
         """Start a reader for ``dc`` (also used at runtime by ``devices add``)."""
         old = self.devices.get(dc.name)
         if old is not None and not old.removed:
-            raise ValueError(f"device {dc.name!r} already exists")
+            raise DeviceExists(f"device {dc.name!r} already exists")
         if self.readers_token.is_cancelled:
-            raise ValueError("the runtime is shutting down")
+            raise ShuttingDown("the runtime is shutting down")
         codec = make_codec(dc.codec, dc.name, dict(dc.codec_options), self.codecs)
         if old is not None:
             # a re-added device keeps counting where it left off
@@ -220,7 +231,9 @@ class Runtime:
             raise KeyError(name)
         entry.removed = True
         entry.token.cancel()
-        await entry.task
+        # shielded: a caller that gives up (a client disconnect) must not
+        # cancel the reader half way through closing its port
+        await asyncio.shield(entry.task)
 
     async def _supervise(self, reader: UplinkReader, token: CancellationToken) -> None:
         # a bug in a reader (or a plugin codec) restarts that reader, never the runtime

@@ -71,6 +71,13 @@ class VirtualPort:
                     pass
         self.master = self._slave = None
         self.plugged = False
+        if self.link:
+            # as udev does: a link left pointing at the dead /dev/pts/N could
+            # reach another process's pty once the kernel reuses the number
+            try:
+                os.unlink(self.link)
+            except FileNotFoundError:
+                pass
 
     def replug(self) -> None:
         if self.plugged:
@@ -79,11 +86,6 @@ class VirtualPort:
 
     def close(self) -> None:
         self.unplug()
-        if self.link:
-            try:
-                os.unlink(self.link)
-            except FileNotFoundError:
-                pass
 
     def write_nowait(self, data: bytes | memoryview) -> int:
         """Write what fits now; returns the bytes written (0 when full or unplugged)."""
