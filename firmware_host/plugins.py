@@ -35,6 +35,7 @@ from .cancel import CancellationToken
 from .codecs import BUILTIN_CODECS, CodecFactory
 from .config import DEFAULT_CODECS, DEFAULT_SINKS, Config, ConfigError, DeviceConfig
 from .frames import Frame
+from .options import check_options
 from .scheduler import MissedTick, PeriodicTask, finish_tasks
 from .sinks import BUILTIN_SINKS, Sink, SinkFactory
 
@@ -206,23 +207,7 @@ class PluginContext:
         """Check ``ctx.options`` against ``{key: (type, default or ...)}``
         (``...`` = required); unknown keys and wrong types raise PluginOptionError.
         An int is accepted where a float is expected."""
-        unknown = sorted(set(self.options) - set(spec))
-        if unknown:
-            raise self.option_error(unknown[0], f"unknown option (known: {', '.join(sorted(spec)) or 'none'})")
-        out: dict[str, Any] = {}
-        for key, (kind, default) in spec.items():
-            if key not in self.options:
-                if default is ...:
-                    raise self.option_error(key, "required option is missing")
-                out[key] = default
-                continue
-            value = self.options[key]
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
-                raise self.option_error(key, f"expected {kind.__name__}, got {value!r}")
-            out[key] = value
-        return out
+        return check_options(self.options, spec, self.option_error)
 
     # -- while running ------------------------------------------------------------
 

@@ -48,20 +48,12 @@ OPTIONS: dict[str, tuple[type, Any]] = {
 
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Defaults filled in, then the checks types alone cannot express.
-
-    Types are checked by ``ctx.take_options(OPTIONS)`` in ``setup``; a sink
-    built directly (tests, embedding) gets the same checks here."""
+    """Defaults filled in, then the checks types alone cannot express
+    (types are checked by ``ctx.take_options(OPTIONS)`` in ``setup``)."""
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ValueError(f"sink 'mqtt': unknown option {unknown[0]!r} (known: {', '.join(sorted(OPTIONS))})")
     opts = {key: options.get(key, default) for key, (_, default) in OPTIONS.items()}
-    for key, (kind, _) in OPTIONS.items():
-        value = opts[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            opts[key] = value = float(value)
-        if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
-            raise ValueError(f"sink 'mqtt': option {key!r} must be {kind.__name__}")
     if opts["payload"] not in ("json", "raw"):
         raise ValueError("sink 'mqtt': option 'payload' must be \"json\" or \"raw\"")
     if opts["qos"] not in (1, 2):

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from typing import Any, Callable, Sequence
 
 from ..frames import Frame
+from ..options import OptionSpec, check_options
 
 
 class Sink(ABC):
@@ -39,23 +40,7 @@ class SinkOptionError(ValueError):
     """A sink's options are wrong; the message names the option."""
 
 
-def take_options(sink: str, options: dict[str, Any], spec: dict[str, tuple[type, Any]]) -> dict[str, Any]:
-    """Validate ``options`` against ``spec`` (name → (type, default or ...))."""
-    unknown = set(options) - set(spec)
-    if unknown:
-        raise SinkOptionError(f"sink {sink!r}: unknown option {sorted(unknown)[0]!r} (known: {', '.join(sorted(spec))})")
-    out: dict[str, Any] = {}
-    for key, (kind, default) in spec.items():
-        if key not in options:
-            if default is ...:
-                raise SinkOptionError(f"sink {sink!r}: option {key!r} is required")
-            out[key] = default
-            continue
-        value = options[key]
-        ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value, ok = float(value), True
-        if not ok:
-            raise SinkOptionError(f"sink {sink!r}: option {key!r} must be {kind.__name__}")
-        out[key] = value
-    return out
+def take_options(sink: str, options: dict[str, Any], spec: OptionSpec) -> dict[str, Any]:
+    """Validate a sink's ``options`` against ``spec`` (name → (type, default or ...))."""
+    return check_options(options, spec, lambda key, message: SinkOptionError(
+        f"sink {sink!r}: option {key!r}: {message}"))
