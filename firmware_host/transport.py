@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import functools
-from typing import Awaitable, Callable, Iterable, Protocol
+import os
+from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 import serial
 import serial_asyncio
+from serial.serialposix import Serial as _PosixSerial
 
 #: bytes buffered per port before the transport stops reading (backpressure)
 READ_LIMIT = 1 << 20
@@ -23,6 +26,17 @@ READ_LIMIT = 1 << 20
 #: mean one callback per 1 KiB at 921600 baud
 MAX_READ_SIZE = 1 << 16
 CLOSE_TIMEOUT = 1.0
+#: After a read shorter than READ_COALESCE_BYTES, the next read of a tty waits
+#: READ_COALESCE seconds first, like a USB-serial adapter's latency timer: a
+#: busy port then costs one wakeup per 20 ms instead of one per USB packet,
+#: and a silent port costs nothing (it waits for readiness as before). A read
+#: that returned more is followed at once, so fast links are never held back.
+#: The receive timestamp is taken after the read, so this adds at most
+#: READ_COALESCE to wire->host latency and nothing to receive->sink latency.
+READ_COALESCE = 0.02
+READ_COALESCE_BYTES = 2048
+
+_RETRY_ERRNOS = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
 
 class PortClosed(ConnectionError):
@@ -111,12 +125,38 @@ class _SerialTransport(serial_asyncio.SerialTransport):  # type: ignore[misc]
 
     Upstream's ``_call_connection_lost`` calls tcdrain and ``Serial.close``
     on the event loop; on a wedged USB adapter either can block for seconds.
+
+    With ``direct`` set (a tty opened by pyserial's PosixSerial), the transport
+    does not read: ``SerialPort`` reads the file descriptor itself (one
+    ``os.read`` per wakeup instead of pyserial's select + read + select + two
+    copies), and the transport keeps writing and closing.
     """
 
     serial_closed: asyncio.Future[None] | None = None
+    direct = False
+    _direct_fd: int | None = None
+
+    def _ensure_reader(self) -> None:
+        if not self.direct:
+            super()._ensure_reader()
+
+    def add_direct_reader(self, callback: Callable[[], Any]) -> None:
+        if self._direct_fd is None and not self._closing:
+            fd = self._serial.fileno()
+            self._loop.add_reader(fd, callback)
+            self._direct_fd = fd
+
+    def remove_direct_reader(self) -> None:
+        fd = self._direct_fd
+        if fd is not None:
+            self._direct_fd = None
+            self._loop.remove_reader(fd)
 
     def _call_connection_lost(self, exc: Exception | None) -> None:
         ser, protocol, loop = self._serial, self._protocol, self._loop
+        # before the executor closes the fd: a closed fd left in the selector
+        # would clash with the next one that reuses its number
+        self.remove_direct_reader()
         try:
             protocol.connection_lost(exc)
         finally:
@@ -128,15 +168,96 @@ class _SerialTransport(serial_asyncio.SerialTransport):  # type: ignore[misc]
 
 
 class SerialPort:
-    """A real port: pyserial in non-blocking mode under pyserial-asyncio."""
+    """A real port: pyserial in non-blocking mode under pyserial-asyncio.
+
+    A tty (pyserial's PosixSerial) is read straight from its file descriptor,
+    with read coalescing (``READ_COALESCE``); anything else (``socket://`` and
+    the other URL handlers, mocks) is read through the transport.
+    """
 
     def __init__(self, url: str, transport: _SerialTransport, protocol: _ChunkProtocol) -> None:
         self.url = url
         self._transport = transport
         self._protocol = protocol
+        self._ser = transport.serial
+        self._wait_first = False
+        self._fd: int | None = None
+        if transport.direct:
+            self._fd = self._ser.fileno()
 
     async def read(self) -> bytes:
-        return await self._protocol.read()
+        if self._fd is None:
+            return await self._protocol.read()
+        if self._wait_first:
+            self._wait_first = False
+            await asyncio.sleep(READ_COALESCE)
+        else:
+            # a read that finds data never suspends: yield, or one busy port
+            # would keep the loop (and every other reader) for itself
+            await asyncio.sleep(0)
+        protocol = self._protocol
+        woken = False
+        while True:
+            error = protocol._error
+            if error is not None:
+                raise error
+            data = self._read_now(woken)
+            if data:
+                self._wait_first = len(data) < READ_COALESCE_BYTES
+                return data
+            await self._readable()
+            woken = True
+
+    def _read_now(self, woken: bool) -> bytes | None:
+        """What the tty holds now (None: nothing yet); PortClosed when it is gone.
+
+        pyserial sets VMIN=0, so an empty tty reads as b"" rather than EAGAIN;
+        only an empty read right after the selector said "readable" means the
+        device is gone (pyserial's own test).
+        """
+        ser = self._ser
+        try:
+            if "read" in ser.__dict__:
+                # the Serial's read was replaced (instrumentation, tests): honour it
+                return ser.read(MAX_READ_SIZE) or None
+            data = os.read(self._fd, MAX_READ_SIZE)  # type: ignore[arg-type]
+        except BlockingIOError:
+            return None
+        except (OSError, serial.SerialException) as exc:
+            if isinstance(exc, OSError) and exc.errno in _RETRY_ERRNOS:
+                return None
+            self._fail(str(exc) if isinstance(exc, serial.SerialException) else f"read failed: {exc}")
+        if not data:
+            if not woken:
+                return None
+            self._fail("device reports readiness to read but returned no data "
+                       "(device disconnected or multiple access on port?)")
+        return data
+
+    def _fail(self, message: str) -> None:
+        exc = PortClosed(message)
+        transport = self._transport
+        if not transport.is_closing():
+            transport._close(exc)  # as upstream's _read_ready does on a read error
+        raise exc
+
+    async def _readable(self) -> None:
+        """Wait until the tty is readable or the port closes."""
+        protocol, transport = self._protocol, self._transport
+        fut = asyncio.get_running_loop().create_future()
+        protocol._waiter = fut  # connection_lost wakes it
+
+        def ready() -> None:
+            transport.remove_direct_reader()
+            if not fut.done():
+                fut.set_result(None)
+
+        transport.add_direct_reader(ready)
+        try:
+            await fut
+        finally:
+            protocol._waiter = None
+            transport.remove_direct_reader()
 
     def write(self, data: bytes) -> None:
         self._transport.write(data)
@@ -154,18 +275,41 @@ class SerialPort:
             await transport.serial_closed
 
 
+def _open_url(url: str, baudrate: int) -> Any:
+    """``serial.serial_for_url``, except that a ``socket://`` port keeps its input.
+
+    pyserial flushes a port's input as it opens it. On a tty that drops stale
+    line noise; on a socket it drops whatever the device sent as soon as it
+    accepted the connection (a greeting, the first frames), racing the open in
+    the executor against the device.
+    """
+    if not url.startswith("socket://"):
+        return serial.serial_for_url(url, baudrate=baudrate, timeout=0)
+    ser = serial.serial_for_url(url, baudrate=baudrate, timeout=0, do_not_open=True)
+    ser.reset_input_buffer = _keep_input
+    try:
+        ser.open()
+    finally:
+        del ser.reset_input_buffer
+    return ser
+
+
+def _keep_input() -> None:
+    pass
+
+
 async def open_serial(url: str, baudrate: int) -> SerialPort:
     """Open ``url`` (a path or a pyserial URL such as ``socket://host:port``)."""
     loop = asyncio.get_running_loop()
     try:
-        ser = await loop.run_in_executor(
-            None, functools.partial(serial.serial_for_url, url, baudrate=baudrate, timeout=0)
-        )
+        ser = await loop.run_in_executor(None, functools.partial(_open_url, url, baudrate))
     except (serial.SerialException, OSError, ValueError) as exc:
         raise PortClosed(f"cannot open {url}: {exc}") from exc
     protocol = _ChunkProtocol()
     transport = _SerialTransport(loop, protocol, ser)
     transport._max_read_size = MAX_READ_SIZE
+    # a tty's fd is read directly; URL handlers (socket://, ...) keep the transport's reads
+    transport.direct = isinstance(ser, _PosixSerial)
     return SerialPort(url, transport, protocol)
 
 
