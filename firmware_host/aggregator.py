@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import operator
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Sequence
+from typing import Any, Awaitable, Iterable, Sequence
 
 from .cancel import CancellationToken
 from .frames import Frame
@@ -37,34 +38,40 @@ class ReadGate:
 
     A runtime that is short of CPU then spends it delivering the frames it
     already holds instead of reading more only to drop them; the unread bytes
-    wait in the kernel's tty buffer. A reader never waits longer than
-    ``READ_GATE_MAX_WAIT`` per read, so under sustained overload (a slow or
-    failing sink) reading goes on and drop-oldest applies as before.
+    wait in the kernel's tty buffer. The gate reopens by itself
+    ``READ_GATE_MAX_WAIT`` after it closed, so under sustained overload (a slow
+    or failing sink) reading goes on and drop-oldest applies as before.
     """
 
-    __slots__ = ("_fut",)
+    __slots__ = ("_fut", "_timer")
 
     def __init__(self) -> None:
         self._fut: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def closed(self) -> bool:
         return self._fut is not None
 
-    def close(self) -> None:
+    def close(self, max_wait: float = READ_GATE_MAX_WAIT) -> None:
         if self._fut is None:
-            self._fut = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._fut = loop.create_future()
+            self._timer = loop.call_later(max_wait, self.open)
 
     def open(self) -> None:
         fut, self._fut = self._fut, None
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
         if fut is not None and not fut.done():
             fut.set_result(None)
 
-    async def wait(self, max_wait: float = READ_GATE_MAX_WAIT) -> None:
-        """Return when the gate opens, or after ``max_wait`` at the latest."""
+    async def wait(self) -> None:
+        """Return when the gate is open (at once if it is)."""
         fut = self._fut
-        if fut is not None and not fut.done():
-            await asyncio.wait((fut,), timeout=max_wait)
+        if fut is not None:
+            await asyncio.shield(fut)  # a cancelled reader must not cancel the gate for all
 
 
 @dataclass(slots=True)
@@ -104,6 +111,22 @@ def _size(frame: Frame) -> int:
         return len(payload)
     text = frame.text
     return len(text) if text is not None else 0
+
+
+_payload_of = operator.attrgetter("payload")
+_device_of = operator.attrgetter("device")
+
+
+def _sizes(frames: Iterable[Frame]) -> int:
+    """Sum of ``_size`` over ``frames``; in C when every frame has a payload."""
+    try:
+        return sum(map(len, map(_payload_of, frames)))
+    except TypeError:  # a text frame (payload None) among them
+        return sum(map(_size, frames))
+
+
+def _per_device(frames: Iterable[Frame]) -> dict[str, int]:
+    return dict(collections.Counter(map(_device_of, frames)))
 
 
 _STOP = object()
@@ -212,7 +235,7 @@ class Aggregator:
         acct.buffered += n
         buffer = self._buffer
         buffer.extend(frames)
-        self._bytes += sum(map(_size, frames))
+        self._bytes += _sizes(frames)
         excess = len(buffer) - capacity
         if excess > 0:
             self._evict(excess)
@@ -223,18 +246,19 @@ class Aggregator:
             self.batch_ready.set()
 
     def _evict(self, count: int) -> None:
-        buffer, accounts = self._buffer, self._accounts
-        popleft = buffer.popleft
-        freed = 0
-        for _ in range(count):
-            frame = popleft()
-            acct = accounts[frame.device]
-            acct.dropped += 1
-            acct.buffered -= 1
-            freed += _size(frame)
+        popleft = self._buffer.popleft
+        if count == 1:
+            gone = [popleft()]
+        else:
+            gone = [popleft() for _ in itertools.repeat(None, count)]
+        accounts = self._accounts
+        for name, n in _per_device(gone).items():
+            acct = accounts[name]
+            acct.dropped += n
+            acct.buffered -= n
         self._head += count
         self._dropped += count
-        self._bytes -= freed
+        self._bytes -= _sizes(gone)
 
     def _take(self, limit: int, device: str | None, upto: int | None) -> Batch:
         buffer, head = self._buffer, self._head
@@ -263,17 +287,24 @@ class Aggregator:
         if batch.device is None:
             end = batch.first_id + len(batch.frames)
             n = max(0, end - self._head)
-            popleft = buffer.popleft
-            for _ in range(n):
-                frame = popleft()
-                counts[frame.device] = counts.get(frame.device, 0) + 1
-                freed += _size(frame)
-            self._head += n
+            if n:
+                popleft = buffer.popleft
+                # the buffer's leftmost n frames are normally the batch's last n
+                # (the ones not evicted meanwhile): count those, then pop them
+                acked = batch.frames[len(batch.frames) - n:]
+                if buffer[0] is acked[0]:
+                    for _ in itertools.repeat(None, n):
+                        popleft()
+                else:
+                    acked = [popleft() for _ in itertools.repeat(None, n)]
+                counts = _per_device(acked)
+                freed = _sizes(acked)
+                self._head += n
         else:
-            acked = {id(f) for f in batch.frames}
+            ids = {id(f) for f in batch.frames}
             kept: collections.deque[Frame] = collections.deque()
             for frame in buffer:
-                if id(frame) in acked:
+                if id(frame) in ids:
                     counts[frame.device] = counts.get(frame.device, 0) + 1
                     freed += _size(frame)
                 else:

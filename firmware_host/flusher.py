@@ -96,12 +96,22 @@ class Flusher:
             stop.cancel()
 
     async def _flush_full_batches(self, token: CancellationToken) -> None:
+        agg = self._agg
+        gate = getattr(agg, "read_gate", None)
         async with self._lock:
-            while self._agg.batch_ready.is_set() and not token.is_cancelled:
-                batch = await self._agg.take(self.batch_size)
-                if len(batch.frames) < self.batch_size:
-                    break
-                await self._deliver(batch, token=token)
+            try:
+                while agg.batch_ready.is_set() and not token.is_cancelled:
+                    batch = await agg.take(self.batch_size)
+                    if len(batch.frames) < self.batch_size:
+                        break
+                    await self._deliver(batch, token=token)
+                    if gate is not None and agg.batch_ready.is_set():
+                        # still a full batch behind after a delivery: hold the
+                        # readers (briefly) until the backlog is delivered
+                        gate.close()
+            finally:
+                if gate is not None:
+                    gate.open()
 
     # -- on demand and at the end -----------------------------------------------
 

@@ -144,9 +144,12 @@ class UplinkReader:
         self._port = port
         stats, codec, offer, name, process = self.stats, self.codec, self._agg.offer, self.name, self._process
         notify = self.changes.notify
+        gate = getattr(self._agg, "read_gate", None)
         closer = asyncio.ensure_future(self._close_on_cancel(port, token))
         try:
             while True:
+                if gate is not None and gate.closed:
+                    await gate.wait()  # the flusher is catching up (bounded wait)
                 try:
                     data = await port.read()
                 except (PortClosed, OSError) as exc:
