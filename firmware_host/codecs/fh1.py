@@ -22,7 +22,7 @@ from typing import ClassVar
 
 from ..frames import Frame
 from .base import Codec, CodecOptionError
-from .cobs import CobsDecodeError, decode_unchecked, max_encoded_len
+from .cobs import CobsDecodeError, _decode_blocks, max_encoded_len
 from .cobs import encode as cobs_encode
 
 __all__ = [
@@ -53,6 +53,8 @@ TYPE_HEARTBEAT = 0xF2
 TYPE_LOG = 0xF3  # UTF-8 log text
 
 _HEADER = struct.Struct("<BBI")
+_TYPE_SEQ = struct.Struct("<xBI")
+_MIN_PACKET = HEADER_LEN + CRC_LEN
 _CRC = struct.Struct("<H")
 _SEQ_MASK = 0xFFFFFFFF
 _ZERO = b"\x00"
@@ -117,13 +119,12 @@ class Fh1Codec(Codec):
         # The first packet completes whatever the previous read left pending.
         first = self._pending + data[start:end] if self._pending else data[start:end]
         self._pending = b""
-        if first:
-            self._packet(first, ts, frames)
         parts = data[end + 1 :].split(_ZERO)
         tail = parts.pop()
-        for enc in parts:
-            if enc:  # empty packet: firmware resynchronising, not an error
-                self._packet(enc, ts, frames)
+        if first:
+            parts.insert(0, first)
+        if parts:
+            self._packets(parts, ts, frames)
         if tail:
             self._hold(tail, 0)
         return frames
@@ -140,31 +141,72 @@ class Fh1Codec(Codec):
         else:
             self._pending += data
 
-    def _packet(self, enc: bytes, ts: float, frames: list[Frame]) -> None:
-        # Checked on the encoded length so the verdict is the same whether the
-        # run arrived whole or was cut off by _hold.
-        if len(enc) > self.pending_limit:
-            self.rejected += 1
-            return
-        try:
-            packet = decode_unchecked(enc)
-        except CobsDecodeError:
-            self.rejected += 1
-            return
-        n = len(packet)
-        if n < HEADER_LEN + CRC_LEN or n > self._max_packet or packet[0] != FH1_VERSION:
-            self.rejected += 1
-            return
-        # A slice beats a memoryview here: packets are small, the view costs more.
-        if crc_hqx(packet[:-CRC_LEN], 0xFFFF) != packet[-2] | (packet[-1] << 8):
-            self.rejected += 1
-            return
-        _, frame_type, seq = _HEADER.unpack_from(packet)
+    def _packets(self, encs: list[bytes], ts: float, frames: list[Frame]) -> None:
+        """Decode complete encoded packets (split on 0x00; empty ones are skipped).
+
+        One loop with everything in locals: per packet this is the hot path of
+        the whole runtime. COBS is undone by patching a copy at each code byte
+        (cost per zero in the packet, not per byte), CRC is binascii's C code.
+        """
+        append = frames.append
+        limit = self.pending_limit
+        max_packet = self._max_packet
+        device = self.device
+        unpack = _TYPE_SEQ.unpack_from
         last = self._last_seq
-        if last is not None and seq != (last + 1) & _SEQ_MASK:
-            self.gaps += 1
-        self._last_seq = seq
-        frames.append(Frame(self.device, seq, frame_type, ts, packet[HEADER_LEN:-CRC_LEN]))
+        rejected = gaps = 0
+        try:
+            for enc in encs:
+                n = len(enc)
+                if not n:
+                    continue  # empty packet: firmware resynchronising, not an error
+                # Checked on the encoded length so the verdict is the same whether
+                # the run arrived whole or was cut off by _hold.
+                if n > limit:
+                    rejected += 1
+                    continue
+                j = enc[0]
+                if j == n:  # one block: no zero in the packet
+                    packet = enc[1:]
+                else:
+                    # the packet is the input minus its first code byte, with
+                    # every later code byte turned into the 0x00 it stands for
+                    out = bytearray(enc)
+                    while j < n:
+                        code = enc[j]
+                        if code == 0xFF:
+                            break
+                        out[j] = 0
+                        j += code
+                    if j < n:  # a full 254-byte block implies no zero: general decoder
+                        try:
+                            packet = _decode_blocks(enc)
+                        except CobsDecodeError:
+                            rejected += 1
+                            continue
+                    elif j != n:  # the last block runs past the end
+                        rejected += 1
+                        continue
+                    else:
+                        del out[0]
+                        packet = bytes(out)
+                m = len(packet)
+                if m < _MIN_PACKET or m > max_packet or packet[0] != FH1_VERSION:
+                    rejected += 1
+                    continue
+                # A slice beats a memoryview here: packets are small, the view costs more.
+                if crc_hqx(packet[:-2], 0xFFFF) != packet[-2] | (packet[-1] << 8):
+                    rejected += 1
+                    continue
+                frame_type, seq = unpack(packet)
+                if last is not None and seq != (last + 1) & _SEQ_MASK:
+                    gaps += 1
+                last = seq
+                append(Frame(device, seq, frame_type, ts, packet[HEADER_LEN:-CRC_LEN]))
+        finally:
+            self._last_seq = last
+            self.rejected += rejected
+            self.gaps += gaps
 
     def reset(self) -> None:
         if self._pending:
