@@ -27,7 +27,7 @@ import operator
 from typing import Callable
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from firmware_host.codecs import Codec, Fh1Codec, LinesCodec, NmeaCodec, encode_packet
@@ -77,6 +77,9 @@ fh1_items = st.lists(
 
 @PROPERTY
 @given(items=fh1_items, start=st.integers(0, 2**40), cuts=cuts_st)
+# packets with no zero byte at all, longer than one COBS block (0xFF code bytes stand for no zero)
+@example(items=[(1, 1, b"\x01" * MAX_PAYLOAD), (0xF3, 1, b"\xff" * 254), (2, 1, b"\x05" * 247)],
+         start=0x01010100, cuts=[])
 def test_fh1_round_trip(items: list[tuple[int, int, bytes | str]], start: int, cuts: list[int]) -> None:
     enc = Fh1Codec("imu0", max_payload=MAX_PAYLOAD)
     seq, wire, expected = start, b"", []
