@@ -363,5 +363,17 @@ def emulate(board: str, count: int, rate: float | None, directory: str | None, n
                           duration=duration, seed=seed, boards_dirs=list(boards_dirs)))
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+              add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: Sequence[str]) -> None:
+    """Benchmark the runtime against a thread-per-port baseline (--help for options)."""
+    from .bench import bench_main
+    try:
+        sys.exit(bench_main(args))
+    except FileNotFoundError as exc:
+        fail(str(exc), EXIT_FAILURE)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

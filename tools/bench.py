@@ -1,0 +1,884 @@
+"""firmware-host benchmark: the runtime against a thread-per-port baseline, in one run.
+
+    python tools/bench.py [--quick] [--json FILE] [--png FILE] [--only a,b] [--loops asyncio,uvloop]
+    firmware-host bench ...   (the same, from a source checkout)
+
+Every process that is measured runs on its own: a feeder process (tools/bench_feeder.py)
+owns the pty pairs and writes fh1 frames with non-blocking writes; the runtime is
+``python -m firmware_host run -c CFG --control SOCK --summary FILE -q``; the baseline is
+tools/bench_baseline.py. CPU time is the measured process's own utime+stime from
+/proc/PID/stat (all its threads), sampled over a window after a warm-up, or its rusage
+from wait4 at exit; RSS is VmRSS/VmHWM from /proc/PID/status. Wall time is used only
+where the target is a wall time (latency, startup, shutdown).
+
+Scenarios (see docs/benchmarks.md for the numbers and the method):
+
+``startup``   ``firmware-host --help`` (wall and CPU, median of N runs); readiness of 48
+              devices comes from ``paced``
+``flood``     16 ptys written as fast as they are read; frames delivered to the sink per
+              CPU-second of the consumer, runtime vs baseline
+``paced``     48 devices at 921600 baud line rate; CPU % of one core, drops, every frame in
+              the sink, receive→sink latency (the bench tails the jsonl file)
+``idle``      8 connected silent devices; CPU % of one core
+``memory``    100k buffered frames (flush_interval 0): RSS; then SIGTERM and the time to
+              drain them all to jsonl and exit
+``overload``  48 paced devices into a buffer that can deliver a tenth of them (drop-oldest);
+              RSS sampled every second
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import base64
+import json
+import os
+import platform
+import re
+import select
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+TOOLS = Path(__file__).resolve().parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+BAUD = 921600
+
+# what the runtime runs as: the same entry as `python -m firmware_host`, optionally with
+# uvloop made unimportable so app.py falls back to asyncio.run
+_BOOT = {
+    "asyncio": "import sys; sys.modules['uvloop'] = None; from firmware_host.cli import main; "
+               "main(prog_name='firmware-host')",
+    "uvloop": "import uvloop; from firmware_host.cli import main; main(prog_name='firmware-host')",
+}
+
+
+# -- measuring a process --------------------------------------------------------------------
+
+
+def proc_cpu(pid: int) -> float:
+    """utime + stime of every thread of ``pid`` (live ones and ended ones), seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_mem(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM of ``pid`` in MiB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":")
+                out[key] = int(value.split()[0]) / 1024
+    return {"rss_mb": out.get("VmRSS", 0.0), "hwm_mb": out.get("VmHWM", 0.0)}
+
+
+def wait_exit(proc: subprocess.Popen[Any], timeout: float) -> tuple[int, float]:
+    """Reap ``proc`` with wait4; returns (exit code, its total CPU seconds from rusage)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, ru.ru_utime + ru.ru_stime
+        if time.monotonic() > deadline:
+            proc.kill()
+            pid, status, ru = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, ru.ru_utime + ru.ru_stime
+        time.sleep(0.005)
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise TimeoutError(f"no answer from {proc.args!r} within {timeout}s")
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"{proc.args!r} exited (status {proc.poll()})")
+    return json.loads(line)
+
+
+def count_lines(path: Path) -> int:
+    n = 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                n += chunk.count(b"\n")
+    except FileNotFoundError:
+        pass
+    return n
+
+
+def pct(values: list[float] | array.array[float], p: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+# -- the processes --------------------------------------------------------------------------
+
+
+class Feeder:
+    def __init__(self, devices: int, mode: str, *, frames: int = 0, stamp: bool = False,
+                 payload: int = 64, tick: float = 0.005) -> None:
+        cmd = [sys.executable, str(TOOLS / "bench_feeder.py"), "--devices", str(devices), "--mode", mode,
+               "--payload", str(payload), "--baud", str(BAUD), "--tick", str(tick)]
+        if frames:
+            cmd += ["--frames", str(frames)]
+        if stamp:
+            cmd.append("--stamp")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        hello = read_line(self.proc, 30)
+        self.ports: list[str] = hello["ports"]
+        self.frame_len: int = hello["frame_len"]
+        self.fps: float = hello["fps"]
+
+    def send(self, cmd: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+
+    def stats(self) -> dict[str, Any]:
+        self.send("stats")
+        return read_line(self.proc, 10)
+
+    def stop(self) -> dict[str, Any]:
+        self.send("stop")
+        final = read_line(self.proc, 20)
+        self.close()
+        return final
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Consumer:
+    """What both the runtime and the baseline offer the scenarios."""
+
+    kind = ""
+    proc: subprocess.Popen[Any]
+    sink: Path
+    spawned_at: float
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def cpu(self) -> float:
+        return proc_cpu(self.proc.pid)
+
+    def mem(self) -> dict[str, float]:
+        return proc_mem(self.proc.pid)
+
+
+class RuntimeProc(Consumer):
+    kind = "runtime"
+
+    def __init__(self, work: Path, ports: list[str], loop: str, *, capacity: int = 10000,
+                 flush_interval: float = 1.0, batch_size: int = 1000, grace: float = 30.0) -> None:
+        self.work = work
+        self.loop = loop
+        self.names = [f"d{i:02d}" for i in range(len(ports))]
+        self.sink = work / "frames.jsonl"
+        self.control = str(work / "ctl.sock")
+        self.summary_path = work / "summary.json"
+        self.flush_interval = flush_interval
+        devices = "".join(f'\n[[devices]]\nname = "{n}"\nport = "{p}"\ncodec = "fh1"\nbaudrate = {BAUD}\n'
+                          for n, p in zip(self.names, ports))
+        cfg = work / "bench.toml"
+        cfg.write_text(f"[buffer]\ncapacity = {capacity}\nflush_interval = {flush_interval}\n"
+                       f"batch_size = {batch_size}\n\n[shutdown]\ngrace = {grace}\n{devices}\n"
+                       f'[[sinks]]\ntype = "jsonl"\npath = "{self.sink}"\n', encoding="utf-8")
+        self.stderr = open(work / "runtime.stderr", "wb")
+        self.spawned_at = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _BOOT[loop], "run", "-c", str(cfg), "--control", self.control,
+             "--summary", str(self.summary_path), "-q"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr, cwd=work)
+
+    def status(self) -> dict[str, Any]:
+        from firmware_host.control import request_sync
+        return request_sync(self.control, {"cmd": "status"}, timeout=10)
+
+    def wait_ready(self, timeout: float = 30.0) -> float:
+        """Seconds from spawn until every device is connected (polled every 10 ms)."""
+        from firmware_host.control import ControlError
+        deadline = self.spawned_at + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"runtime exited early: {self.stderr_text()}")
+            try:
+                st = self.status()
+            except ControlError:
+                time.sleep(0.01)
+                continue
+            devs = st["devices"]
+            if len(devs) == len(self.names) and all(d["state"] == "connected" for d in devs.values()):
+                return time.monotonic() - self.spawned_at
+            time.sleep(0.01)
+        raise TimeoutError("runtime not ready: " + self.stderr_text())
+
+    def stderr_text(self) -> str:
+        try:
+            return (self.work / "runtime.stderr").read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+    def counters(self) -> dict[str, int]:
+        devs = self.status()["devices"].values()
+        return {k: sum(d[k] for d in devs) for k in ("frames", "flushed", "dropped", "rejected", "gaps", "buffered")}
+
+    def delivered(self) -> int:
+        return self.counters()["flushed"]
+
+    def stop(self, timeout: float = 60.0) -> dict[str, Any]:
+        """SIGTERM (the orderly drain); returns exit code, total CPU, wall time to exit, summary."""
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code, cpu = wait_exit(self.proc, timeout)
+        wall = time.monotonic() - t0
+        self.stderr.close()
+        try:
+            summary = json.loads(self.summary_path.read_text())
+        except (OSError, ValueError):
+            summary = None
+        return {"exit": code, "cpu_total": cpu, "exit_s": wall, "summary": summary}
+
+
+class BaselineProc(Consumer):
+    kind = "baseline"
+
+    def __init__(self, work: Path, ports: list[str], crc: str = "hqx") -> None:
+        self.work = work
+        self.sink = work / "baseline.jsonl"
+        self.spawned_at = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(TOOLS / "bench_baseline.py"), "--out", str(self.sink), "--crc", crc, *ports],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=work)
+
+    def wait_ready(self, timeout: float = 30.0) -> float:
+        read_line(self.proc, timeout)
+        return time.monotonic() - self.spawned_at
+
+    def _ask(self, cmd: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return read_line(self.proc, 30)
+
+    def counters(self) -> dict[str, int]:
+        st = self._ask("stats")
+        return {"frames": st["frames"], "flushed": st["written"], "dropped": 0, "rejected": st["rejected"],
+                "gaps": 0, "buffered": st["queue"]}
+
+    def delivered(self) -> int:
+        return self._ask("stats")["written"]
+
+    def stop(self, timeout: float = 60.0) -> dict[str, Any]:
+        t0 = time.monotonic()
+        final = self._ask("stop")
+        code, cpu = wait_exit(self.proc, timeout)
+        return {"exit": code, "cpu_total": cpu, "exit_s": time.monotonic() - t0, "summary": final}
+
+
+# -- latency: tail the sink -------------------------------------------------------------------
+
+_TS = re.compile(rb'"ts": ?([0-9.]+)')
+_PAYLOAD = re.compile(rb'"payload": ?"([A-Za-z0-9+/]{12})')
+
+
+class Tail(threading.Thread):
+    """Follows a jsonl sink; every line's latency is (when the bench first saw it) − ts.
+
+    ``ts`` is the host's receive time, so this is receive→sink latency, plus at most
+    one poll period (``period``) of observation delay: an upper bound. For the first
+    line of every new chunk it also decodes the feeder's send time from the payload
+    (``--stamp``), giving send→receive and send→sink on a sample.
+    """
+
+    def __init__(self, path: Path, period: float = 0.005) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.period = period
+        self.latency = array.array("d")
+        self.wire: list[float] = []
+        self.e2e: list[float] = []
+        self.lines = 0
+        self._halt = threading.Event()
+        self.cutoff: float | None = None  # only frames received before this (wall) count
+
+    def run(self) -> None:
+        while not self.path.exists():
+            if self._halt.wait(self.period):
+                return
+        rest = b""
+        with open(self.path, "rb") as f:
+            while True:
+                stopping = self._halt.is_set()
+                data = f.read()
+                if data:
+                    now = time.time()
+                    data = rest + data
+                    cut = data.rfind(b"\n") + 1
+                    rest = data[cut:]
+                    self._chunk(data[:cut], now)
+                elif stopping:
+                    return
+                else:
+                    time.sleep(self.period)
+
+    def _chunk(self, chunk: bytes, now: float) -> None:
+        cutoff = self.cutoff
+        self.lines += chunk.count(b"\n")
+        lat = self.latency
+        for m in _TS.finditer(chunk):
+            ts = float(m.group(1))
+            if cutoff is None or ts <= cutoff:
+                lat.append(now - ts)
+        first_ts = _TS.search(chunk)
+        first_payload = _PAYLOAD.search(chunk)
+        if first_ts and first_payload:
+            sent = struct.unpack_from("<d", base64.b64decode(first_payload.group(1)))[0]
+            ts = float(first_ts.group(1))
+            if cutoff is None or ts <= cutoff:
+                self.wire.append(ts - sent)
+                self.e2e.append(now - sent)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
+
+
+# -- scenarios ----------------------------------------------------------------------------------
+
+
+def scratch(tag: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"fhb-{tag}-"))
+
+
+def make_consumer(variant: str, work: Path, ports: list[str], **cfg: Any) -> Consumer:
+    if variant == "baseline":
+        return BaselineProc(work, ports)
+    return RuntimeProc(work, ports, variant, **cfg)
+
+
+def scenario_flood(variants: list[str], p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """Frames delivered to the sink per CPU-second, start of sending to exit.
+
+    CPU is the consumer's utime+stime from the moment the feeder starts until the
+    consumer has written everything it accepted and exited (wait4 rusage minus the
+    CPU it had used at "go"), so a consumer cannot look fast by leaving a backlog
+    in a queue; startup is excluded. Frames are the lines in its sink.
+    """
+    out: dict[str, Any] = {"devices": p["flood_devices"], "payload": 64, "seconds": p["flood_s"], "variants": {}}
+    for variant in variants:
+        work = scratch("flood")
+        feeder = Feeder(p["flood_devices"], "flood")
+        cons = make_consumer(variant, work, feeder.ports)
+        try:
+            cons.wait_ready()
+            c0, t0 = cons.cpu(), time.monotonic()
+            feeder.send("go")
+            time.sleep(p["flood_s"])
+            mid = cons.counters()
+            sent = sum(feeder.stop()["sent"])
+            final = cons.stop()
+            wall = time.monotonic() - t0
+            lines = count_lines(cons.sink)
+        finally:
+            feeder.close()
+            if cons.proc.poll() is None:
+                cons.proc.kill()
+            shutil.rmtree(work, ignore_errors=True)
+        cpu = final["cpu_total"] - c0
+        summary = final["summary"] or {}
+        dropped = sum(d.get("dropped", 0) for d in summary.get("devices", {}).values()) if variant != "baseline" else 0
+        res = {"sent": sent, "delivered": lines, "dropped": dropped, "cpu_s": round(cpu, 3), "wall_s": round(wall, 2),
+               "frames_per_cpu_s": round(lines / cpu) if cpu > 0 else None,
+               "frames_per_s": round(lines / wall), "cpu_pct": round(100 * cpu / wall, 1),
+               "backlog_at_stop": mid["buffered"], "exit": final["exit"]}
+        out["variants"][variant] = res
+        log(f"  flood {variant:9s} {res['frames_per_cpu_s']} frames/CPU-s ({lines} frames, {res['cpu_s']} CPU-s), "
+            f"{res['frames_per_s']} frames/s, cpu {res['cpu_pct']}%, dropped {dropped}")
+    base = out["variants"].get("baseline", {}).get("frames_per_cpu_s")
+    for variant, res in out["variants"].items():
+        if variant != "baseline" and base:
+            res["ratio_vs_baseline"] = round(res["frames_per_cpu_s"] / base, 2)
+    return out
+
+
+def scenario_paced(variants: list[str], p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    out: dict[str, Any] = {"devices": p["paced_devices"], "baud": BAUD, "payload": 64, "variants": {}}
+    for variant in variants:
+        seconds = p["paced_s"] if variant != "baseline" else p["paced_baseline_s"]
+        work = scratch("paced")
+        feeder = Feeder(p["paced_devices"], "paced", stamp=True)
+        out["frames_per_s_offered"] = round(feeder.fps * p["paced_devices"])
+        cons = make_consumer(variant, work, feeder.ports)
+        flush_interval = getattr(cons, "flush_interval", None)
+        tail = Tail(cons.sink)
+        try:
+            ready = cons.wait_ready()
+            tail.start()
+            feeder.send("go")
+            time.sleep(p["warmup_s"])
+            c0, t0 = cons.cpu(), time.monotonic()
+            time.sleep(seconds)
+            c1, t1 = cons.cpu(), time.monotonic()
+            tail.cutoff = time.time()
+            mem = cons.mem()
+            sent = feeder.stop()
+            total = sum(sent["sent"])
+            # every frame sent must reach the sink by the normal flush path, before we stop it
+            deadline = time.monotonic() + (flush_interval or 0) + 5
+            counters = cons.counters()
+            while counters["flushed"] < total and time.monotonic() < deadline:
+                time.sleep(0.05)
+                counters = cons.counters()
+            final = cons.stop()
+            tail.stop()
+            lines = count_lines(cons.sink)
+        finally:
+            feeder.close()
+            if cons.proc.poll() is None:
+                cons.proc.kill()
+            shutil.rmtree(work, ignore_errors=True)
+        cpu, wall = c1 - c0, t1 - t0
+        res: dict[str, Any] = {
+            "seconds": round(wall, 2), "cpu_s": round(cpu, 3), "cpu_pct": round(100 * cpu / wall, 1),
+            "sent": total, "in_sink": lines, "every_frame_in_sink": lines == total,
+            "dropped": counters["dropped"], "rejected": counters["rejected"], "gaps": counters["gaps"],
+            "feeder_backlog_max_bytes": sent["backlog_max"], "rss_mb": round(mem["rss_mb"], 1),
+            "ready_s": round(ready, 3), "exit": final["exit"],
+            "latency_ms": {"p50": _ms(pct(tail.latency, 50)), "p99": _ms(pct(tail.latency, 99)),
+                           "max": _ms(max(tail.latency) if tail.latency else None), "n": len(tail.latency)},
+            "send_to_receive_ms": {"p50": _ms(pct(tail.wire, 50)), "p99": _ms(pct(tail.wire, 99)), "n": len(tail.wire)},
+            "send_to_sink_ms": {"p50": _ms(pct(tail.e2e, 50)), "p99": _ms(pct(tail.e2e, 99)), "n": len(tail.e2e)},
+        }
+        if flush_interval is not None:
+            res["flush_interval"] = flush_interval
+            summary = final["summary"] or {}
+            per = summary.get("devices", {})
+            res["per_device_exact"] = bool(per) and all(
+                per[f"d{i:02d}"]["frames"] == n == per[f"d{i:02d}"]["flushed"] for i, n in enumerate(sent["sent"]))
+        res["latency_hist"] = _hist(tail.latency)
+        out["variants"][variant] = res
+        log(f"  paced {variant:9s} cpu {res['cpu_pct']}% of a core, sent {total}, in sink {lines}, "
+            f"dropped {res['dropped']}, p99 {res['latency_ms']['p99']} ms, ready {res['ready_s']} s")
+    base = out["variants"].get("baseline", {}).get("cpu_pct")
+    for variant, res in out["variants"].items():
+        if variant != "baseline" and base:
+            res["cpu_ratio_baseline_over_runtime"] = round(base / res["cpu_pct"], 2) if res["cpu_pct"] else None
+    return out
+
+
+def _ms(v: float | None) -> float | None:
+    return None if v is None else round(v * 1000, 1)
+
+
+def _hist(values: array.array[float]) -> list[list[float]]:
+    """A small CDF for the plot: (latency ms, fraction ≤ it) at 50 quantiles."""
+    if not values:
+        return []
+    s = sorted(values)
+    n = len(s)
+    return [[round(s[min(n - 1, int(q / 50 * (n - 1)))] * 1000, 2), q / 50] for q in range(51)]
+
+
+def scenario_idle(variants: list[str], p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    out: dict[str, Any] = {"devices": p["idle_devices"], "seconds": p["idle_s"], "variants": {}}
+    for variant in variants:
+        work = scratch("idle")
+        feeder = Feeder(p["idle_devices"], "silent")
+        cons = make_consumer(variant, work, feeder.ports)
+        try:
+            cons.wait_ready()
+            time.sleep(p["warmup_s"])
+            c0, t0 = cons.cpu(), time.monotonic()
+            time.sleep(p["idle_s"])
+            c1, t1 = cons.cpu(), time.monotonic()
+            mem = cons.mem()
+            final = cons.stop()
+        finally:
+            feeder.close()
+            if cons.proc.poll() is None:
+                cons.proc.kill()
+            shutil.rmtree(work, ignore_errors=True)
+        res = {"cpu_s": round(c1 - c0, 3), "cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 2),
+               "rss_mb": round(mem["rss_mb"], 1), "exit": final["exit"]}
+        out["variants"][variant] = res
+        log(f"  idle  {variant:9s} cpu {res['cpu_pct']}% of a core, rss {res['rss_mb']} MB")
+    return out
+
+
+def scenario_memory(variants: list[str], p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """100k frames buffered (nothing flushes until shutdown), then SIGTERM: drain and exit."""
+    devices, per = 16, p["memory_frames"] // 16
+    total = devices * per
+    out: dict[str, Any] = {"frames": total, "payload": 64, "variants": {}}
+    for variant in variants:
+        work = scratch("mem")
+        feeder = Feeder(devices, "flood", frames=per)
+        cons = RuntimeProc(work, feeder.ports, variant, capacity=max(total, 10000), flush_interval=0)
+        try:
+            cons.wait_ready()
+            time.sleep(0.2)
+            empty = cons.mem()
+            feeder.send("go")
+            deadline = time.monotonic() + 60
+            while cons.counters()["buffered"] < total and time.monotonic() < deadline:
+                time.sleep(0.05)
+            buffered = cons.counters()["buffered"]
+            time.sleep(0.2)
+            full = cons.mem()
+            cpu_before = cons.cpu()
+            final = cons.stop()
+            lines = count_lines(cons.sink)
+        finally:
+            feeder.close()
+            if cons.proc.poll() is None:
+                cons.proc.kill()
+            shutil.rmtree(work, ignore_errors=True)
+        summary = final["summary"] or {}
+        flushed = sum(d["flushed"] for d in summary.get("devices", {}).values())
+        res = {"buffered": buffered, "rss_empty_mb": round(empty["rss_mb"], 1), "rss_full_mb": round(full["rss_mb"], 1),
+               "hwm_mb": round(full["hwm_mb"], 1),
+               "bytes_per_frame": round((full["rss_mb"] - empty["rss_mb"]) * 1048576 / total) if total else None,
+               "shutdown_exit_s": round(final["exit_s"], 3), "shutdown_cpu_s": round(final["cpu_total"] - cpu_before, 3),
+               "flushed_at_shutdown": flushed, "in_sink": lines, "exit": final["exit"]}
+        out["variants"][variant] = res
+        log(f"  memory {variant:8s} {buffered} buffered: rss {res['rss_full_mb']} MB (empty {res['rss_empty_mb']}); "
+            f"SIGTERM→exit {res['shutdown_exit_s']} s (cpu {res['shutdown_cpu_s']} s), {lines} lines")
+    return out
+
+
+def scenario_overload(variant: str, p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """48 paced devices; the buffer delivers at most ``capacity`` frames per flush_interval
+    (batch_size > capacity, so only the interval flushes), a tenth of what arrives."""
+    feeder = Feeder(p["paced_devices"], "paced")
+    offered = feeder.fps * p["paced_devices"]
+    capacity = max(100, int(round(offered / 10, -2)))
+    work = scratch("over")
+    cons = RuntimeProc(work, feeder.ports, variant, capacity=capacity, flush_interval=1.0,
+                       batch_size=capacity + 1)
+    samples: list[list[float]] = []
+    try:
+        cons.wait_ready()
+        feeder.send("go")
+        t0 = time.monotonic()
+        c0 = cons.cpu()
+        while (elapsed := time.monotonic() - t0) < p["overload_s"]:
+            samples.append([round(elapsed, 2), round(cons.mem()["rss_mb"], 2)])
+            time.sleep(max(0.0, len(samples) * 1.0 - (time.monotonic() - t0)))
+        samples.append([round(time.monotonic() - t0, 2), round(cons.mem()["rss_mb"], 2)])
+        cpu = cons.cpu() - c0
+        wall = time.monotonic() - t0
+        counters = cons.counters()
+        feeder.stop()
+        final = cons.stop()
+    finally:
+        feeder.close()
+        if cons.proc.poll() is None:
+            cons.proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+    steady = [r for t, r in samples if t >= p["overload_warmup_s"]]
+    med = statistics.median(steady)
+    summary = final["summary"] or {}
+    law = all(d["frames"] == d["flushed"] + d["dropped"] + d["buffered"] for d in summary.get("devices", {}).values())
+    res = {"variant": variant, "seconds": round(wall, 1), "capacity": capacity, "offered_per_s": round(offered),
+           "overload_x": round(offered / capacity, 1), "frames": counters["frames"], "dropped": counters["dropped"],
+           "flushed": counters["flushed"], "cpu_pct": round(100 * cpu / wall, 1),
+           "rss_median_mb": round(med, 1), "rss_min_mb": round(min(steady), 1), "rss_max_mb": round(max(steady), 1),
+           "rss_max_dev_pct": round(100 * max(abs(r - med) for r in steady) / med, 1),
+           "warmup_s": p["overload_warmup_s"], "accounting_law_holds": law, "exit": final["exit"],
+           "samples": samples}
+    log(f"  overload {variant} {res['overload_x']}x for {res['seconds']} s: rss {res['rss_min_mb']}..{res['rss_max_mb']} MB "
+        f"(±{res['rss_max_dev_pct']}% of median), dropped {res['dropped']} of {res['frames']}")
+    return res
+
+
+def scenario_startup(p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    script = Path(sys.executable).with_name("firmware-host")
+    help_cmd = [str(script), "--help"] if script.exists() else [sys.executable, "-m", "firmware_host", "--help"]
+
+    def measure(cmd: list[str]) -> dict[str, float]:
+        walls, cpus = [], []
+        for _ in range(p["startup_runs"]):
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _, cpu = wait_exit(proc, 30)
+            walls.append(time.perf_counter() - t0)
+            cpus.append(cpu)
+        return {"wall_ms_median": round(1000 * statistics.median(walls), 1), "wall_ms_min": round(1000 * min(walls), 1),
+                "cpu_ms_median": round(1000 * statistics.median(cpus), 1)}
+
+    res = {"help_cmd": " ".join(Path(c).name if i == 0 else c for i, c in enumerate(help_cmd)),
+           "help": measure(help_cmd), "python_c_pass": measure([sys.executable, "-c", "pass"]),
+           "runs": p["startup_runs"]}
+    log(f"  startup --help: {res['help']['wall_ms_median']} ms wall (min {res['help']['wall_ms_min']}), "
+        f"{res['help']['cpu_ms_median']} ms CPU; python -c pass {res['python_c_pass']['wall_ms_median']} ms")
+    return res
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+FULL = {"warmup_s": 1.0, "flood_devices": 16, "flood_s": 6.0, "paced_devices": 48, "paced_s": 15.0,
+        "paced_baseline_s": 10.0, "idle_devices": 8, "idle_s": 5.0, "memory_frames": 100_000,
+        "overload_s": 60.0, "overload_warmup_s": 5.0, "startup_runs": 7}
+QUICK = {"warmup_s": 0.2, "flood_devices": 4, "flood_s": 0.7, "paced_devices": 8, "paced_s": 0.7,
+         "paced_baseline_s": 0.7, "idle_devices": 4, "idle_s": 0.3, "memory_frames": 4_000,
+         "overload_s": 1.5, "overload_warmup_s": 0.5, "startup_runs": 1}
+SCENARIOS = ("startup", "flood", "paced", "idle", "memory", "overload")
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import uvloop
+        uv = uvloop.__version__
+    except ImportError:
+        uv = None
+    return {"nproc": len(os.sched_getaffinity(0)), "cpu_model": model, "python": platform.python_version(),
+            "implementation": platform.python_implementation(), "kernel": platform.release(),
+            "uvloop": uv, "loadavg_at_start": os.getloadavg()[0]}
+
+
+def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the figure that decides it (primary loop)."""
+    primary = r["primary_loop"]
+    sc = r["scenarios"]
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, goal: str, value: Any, met: bool | None) -> None:
+        rows.append({"target": name, "goal": goal, "value": value, "met": met})
+
+    if "flood" in sc:
+        v = sc["flood"]["variants"].get(primary, {})
+        ratio = v.get("ratio_vs_baseline")
+        add("flood: frames per CPU-second vs baseline", ">= 3x", ratio, None if ratio is None else ratio >= 3)
+    if "paced" in sc:
+        v = sc["paced"]["variants"].get(primary, {})
+        if v:
+            budget = 1000 * v.get("flush_interval", 1.0) + 50
+            add("paced 48 dev: runtime CPU", "<= 30% of a core", v["cpu_pct"], v["cpu_pct"] <= 30)
+            add("paced 48 dev: drops", "0", v["dropped"], v["dropped"] == 0)
+            add("paced 48 dev: every frame in the sink", "sent == lines", f"{v['in_sink']}/{v['sent']}",
+                v["every_frame_in_sink"])
+            p99 = v["latency_ms"]["p99"]
+            add("paced 48 dev: p99 receive->sink latency", f"<= {budget:g} ms", p99, p99 is not None and p99 <= budget)
+            add("startup: ready with 48 devices", "<= 1 s", v["ready_s"], v["ready_s"] <= 1.0)
+    if "idle" in sc:
+        v = sc["idle"]["variants"].get(primary, {})
+        if v:
+            add("idle: 8 silent devices", "<= 1% of a core", v["cpu_pct"], v["cpu_pct"] <= 1.0)
+    if "memory" in sc:
+        v = sc["memory"]["variants"].get(primary, {})
+        if v:
+            add(f"memory: {sc['memory']['frames']} buffered frames", "<= 60 MB RSS", v["rss_full_mb"],
+                v["rss_full_mb"] <= 60)
+            add(f"shutdown: drain {sc['memory']['frames']} frames to jsonl (SIGTERM->exit)", "<= 1 s",
+                v["shutdown_exit_s"], v["shutdown_exit_s"] <= 1.0 and v["in_sink"] == sc["memory"]["frames"])
+    if "overload" in sc:
+        v = sc["overload"]
+        add(f"overload {v['overload_x']}x for {v['seconds']} s: RSS flat", "within ±10%", v["rss_max_dev_pct"],
+            v["rss_max_dev_pct"] <= 10 and v["accounting_law_holds"])
+    if "startup" in sc:
+        v = sc["startup"]["help"]
+        add("startup: firmware-host --help (median wall)", "<= 150 ms", v["wall_ms_median"], v["wall_ms_median"] <= 150)
+    return rows
+
+
+def table(r: dict[str, Any]) -> str:
+    lines = []
+    sc = r["scenarios"]
+    rows: list[tuple[str, str, str, str, str]] = []
+    if "flood" in sc:
+        base = sc["flood"]["variants"].get("baseline", {})
+        for v, res in sc["flood"]["variants"].items():
+            if v != "baseline":
+                rows.append(("flood 16 dev", f"frames/CPU-s ({v})", f"{res['frames_per_cpu_s']}",
+                             f"{base.get('frames_per_cpu_s')}", f"{res.get('ratio_vs_baseline')}x"))
+    if "paced" in sc:
+        base = sc["paced"]["variants"].get("baseline", {})
+        for v, res in sc["paced"]["variants"].items():
+            if v != "baseline":
+                rows.append((f"paced {sc['paced']['devices']} dev", f"CPU % of a core ({v})", f"{res['cpu_pct']}",
+                             f"{base.get('cpu_pct')}", f"{res.get('cpu_ratio_baseline_over_runtime')}x less"))
+                rows.append(("", f"p99 recv->sink ms ({v})", f"{res['latency_ms']['p99']}",
+                             f"{base.get('latency_ms', {}).get('p99')}", ""))
+                rows.append(("", f"in sink / sent, dropped ({v})", f"{res['in_sink']}/{res['sent']}, {res['dropped']}",
+                             f"{base.get('in_sink')}/{base.get('sent')}" if base else "", ""))
+    if "idle" in sc:
+        base = sc["idle"]["variants"].get("baseline", {})
+        for v, res in sc["idle"]["variants"].items():
+            if v != "baseline":
+                rows.append((f"idle {sc['idle']['devices']} dev", f"CPU % of a core ({v})", f"{res['cpu_pct']}",
+                             f"{base.get('cpu_pct')}", ""))
+    if "memory" in sc:
+        for v, res in sc["memory"]["variants"].items():
+            rows.append((f"memory {sc['memory']['frames']}", f"RSS MB full / empty ({v})",
+                         f"{res['rss_full_mb']} / {res['rss_empty_mb']}", "-", ""))
+            rows.append(("", f"SIGTERM->exit s, drain CPU s ({v})", f"{res['shutdown_exit_s']}, {res['shutdown_cpu_s']}",
+                         "-", ""))
+    if "overload" in sc:
+        o = sc["overload"]
+        rows.append((f"overload {o['overload_x']}x", f"RSS MB min..max ({o['variant']})",
+                     f"{o['rss_min_mb']}..{o['rss_max_mb']} (±{o['rss_max_dev_pct']}%)", "-", ""))
+    if "startup" in sc:
+        s = sc["startup"]
+        rows.append(("startup", "--help wall / CPU ms", f"{s['help']['wall_ms_median']} / {s['help']['cpu_ms_median']}",
+                     f"python -c pass: {s['python_c_pass']['wall_ms_median']}", ""))
+    widths = [max(len(row[i]) for row in rows + [("scenario", "metric", "runtime", "baseline", "ratio")]) for i in range(5)]
+    for row in [("scenario", "metric", "runtime", "baseline", "ratio")] + rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    lines.append("")
+    for t in r["targets"]:
+        mark = "MET " if t["met"] else ("MISS" if t["met"] is False else "n/a ")
+        lines.append(f"[{mark}] {t['target']}: {t['value']} (goal {t['goal']})")
+    return "\n".join(lines)
+
+
+def plot(r: dict[str, Any], path: str) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    sc = r["scenarios"]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    if "flood" in sc:
+        ax = axes[0][0]
+        names = list(sc["flood"]["variants"])
+        ax.bar(names, [sc["flood"]["variants"][n]["frames_per_cpu_s"] or 0 for n in names],
+               color=["tab:gray" if n == "baseline" else "tab:blue" for n in names])
+        ax.set_title("flood, 16 ptys: frames per CPU-second")
+    if "paced" in sc:
+        ax = axes[0][1]
+        names = list(sc["paced"]["variants"])
+        ax.bar(names, [sc["paced"]["variants"][n]["cpu_pct"] for n in names],
+               color=["tab:gray" if n == "baseline" else "tab:blue" for n in names])
+        ax.axhline(30, color="tab:red", linestyle="--", label="target 30%")
+        ax.set_title(f"paced {sc['paced']['devices']} devices @ {BAUD} baud: CPU % of one core")
+        ax.legend()
+        ax = axes[1][0]
+        for n, v in sc["paced"]["variants"].items():
+            if v.get("latency_hist"):
+                xs, ys = zip(*v["latency_hist"])
+                ax.plot(xs, ys, label=n)
+        ax.set_xlabel("receive -> sink latency, ms")
+        ax.set_title("paced: latency CDF")
+        ax.legend()
+    if "overload" in sc:
+        ax = axes[1][1]
+        xs, ys = zip(*sc["overload"]["samples"])
+        ax.plot(xs, ys)
+        ax.set_ylim(0, max(ys) * 1.3)
+        ax.set_xlabel("s")
+        ax.set_ylabel("RSS MB")
+        ax.set_title(f"overload {sc['overload']['overload_x']}x, drop-oldest: RSS")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="firmware-host bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny configuration (a smoke test, seconds)")
+    ap.add_argument("--json", dest="json_path", metavar="FILE", help="write the results as JSON")
+    ap.add_argument("--png", metavar="FILE", help="plot (needs matplotlib; default: next to --json)")
+    ap.add_argument("--only", metavar="A,B", help=f"scenarios to run (default all: {','.join(SCENARIOS)})")
+    ap.add_argument("--loops", metavar="A,B",
+                    help="event loops for the runtime (default: asyncio, and uvloop when installed)")
+    ap.add_argument("--overload-seconds", type=float, help="override the overload duration")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the baseline runs")
+    args = ap.parse_args(argv)
+
+    p = dict(QUICK if args.quick else FULL)
+    if args.overload_seconds:
+        p["overload_s"] = args.overload_seconds
+    info = machine()
+    if args.loops:
+        loops = [x for x in args.loops.split(",") if x]
+    else:
+        loops = ["asyncio"] + (["uvloop"] if info["uvloop"] else [])
+    for loop in loops:
+        if loop not in _BOOT:
+            ap.error(f"unknown loop {loop!r}")
+        if loop == "uvloop" and not info["uvloop"]:
+            ap.error("uvloop is not installed")
+    primary = "uvloop" if "uvloop" in loops else loops[0]
+    if args.quick:
+        loops = [primary]  # smoke test: one loop
+    only = [s for s in (args.only or ",".join(SCENARIOS)).split(",") if s]
+    for s in only:
+        if s not in SCENARIOS:
+            ap.error(f"unknown scenario {s!r}")
+    with_base = [] if args.no_baseline else ["baseline"]
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    started = time.monotonic()
+    result: dict[str, Any] = {"machine": info, "quick": args.quick, "loops": loops, "primary_loop": primary,
+                              "params": p, "scenarios": {}}
+    sc = result["scenarios"]
+    log(f"bench: {info['nproc']} cpu ({info['cpu_model']}), python {info['python']}, loops {','.join(loops)}")
+    if "startup" in only:
+        sc["startup"] = scenario_startup(p, log)
+    if "flood" in only:
+        sc["flood"] = scenario_flood(loops + with_base, p, log)
+    if "paced" in only:
+        sc["paced"] = scenario_paced(loops + ([] if args.quick else with_base), p, log)
+    if "idle" in only:
+        sc["idle"] = scenario_idle(loops + ([] if args.quick else with_base), p, log)
+    if "memory" in only:
+        sc["memory"] = scenario_memory(loops, p, log)
+    if "overload" in only:
+        sc["overload"] = scenario_overload(primary, p, log)
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    result["targets"] = targets(result)
+    print(table(result))
+    print(f"\n{info['nproc']} cpu, {info['cpu_model']}, python {info['python']}, uvloop {info['uvloop'] or 'not installed'}; "
+          f"{result['elapsed_s']} s")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    png = args.png or (str(Path(args.json_path).with_suffix(".png")) if args.json_path else None)
+    if png and plot(result, png):
+        log(f"plot: {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
