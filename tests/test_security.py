@@ -37,7 +37,7 @@ from typing import AsyncIterator, Iterator
 import pytest
 
 from firmware_host import ConfigError, Runtime, config_from_dict
-from firmware_host.control import MAX_REQUEST, ControlError, request, request_sync
+from firmware_host.control import MAX_REQUEST, ControlError, request
 from firmware_host.plugins import start_plugins
 from firmware_host.runtime import RuntimeFailure
 from firmware_host.testing import assert_accounting
