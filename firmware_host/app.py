@@ -88,33 +88,46 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
     from .boards import load_boards
     from .runtime import Runtime
 
-    boards = load_boards(opts.boards_dirs)
+    # files are read off the loop, like every other blocking call
+    boards = await asyncio.to_thread(load_boards, opts.boards_dirs)
     # plugins first: the config may name their codecs and sink types
     from .plugins import start_plugins
     plugins = await start_plugins(opts.config_path)
-    cfg = build_config(opts, boards, known_codecs=plugins.known_codecs(), known_sinks=plugins.known_sinks())
     fleet = None
-    if opts.emulate:
-        from .emulator import Fleet, parse_emulate_spec
-        try:
-            plan = parse_emulate_spec(opts.emulate, boards)
-        except ValueError as exc:
-            raise UsageError(f"--emulate: {exc}") from exc
-        fleet = Fleet(plan)
-        await fleet.start()
-        log.info("emulating %s (ports in %s)", ", ".join(d.name for d in fleet.devices), fleet.directory)
-        taken = {d.name for d in cfg.devices}
-        extra = [d for d in fleet.device_configs() if d.name not in taken]
-        cfg = dataclasses.replace(cfg, devices=[*cfg.devices, *extra])
-        if not cfg.sinks:
-            cfg = dataclasses.replace(cfg, sinks=[SinkConfig("jsonl", {"path": DEFAULT_SINK_PATH})])
-    control = (opts.control_path or cfg.control.socket or os.environ.get("FIRMWARE_HOST_CONTROL")
-               or default_control_socket())
-    rt = Runtime(cfg, control_path=control, boards=boards)
-    plugins.attach(rt)
-    if not opts.quiet:
-        from .liveview import attach_live_view
-        attach_live_view(rt, sys.stdout)  # a live view on a terminal, else a log line every 10 s
+    try:
+        cfg = await asyncio.to_thread(build_config, opts, boards, known_codecs=plugins.known_codecs(),
+                                      known_sinks=plugins.known_sinks())
+        if opts.emulate:
+            from .emulator import Fleet, parse_emulate_spec
+            try:
+                plan = parse_emulate_spec(opts.emulate, boards)
+            except ValueError as exc:
+                raise UsageError(f"--emulate: {exc}") from exc
+            fleet = Fleet(plan)
+            await fleet.start()
+            log.info("emulating %s (ports in %s)", ", ".join(d.name for d in fleet.devices), fleet.directory)
+            taken = {d.name for d in cfg.devices}
+            extra = [d for d in fleet.device_configs() if d.name not in taken]
+            cfg = dataclasses.replace(cfg, devices=[*cfg.devices, *extra])
+            if not cfg.sinks:
+                cfg = dataclasses.replace(cfg, sinks=[SinkConfig("jsonl", {"path": DEFAULT_SINK_PATH})])
+        control = (opts.control_path or cfg.control.socket or os.environ.get("FIRMWARE_HOST_CONTROL")
+                   or default_control_socket())
+        rt = Runtime(cfg, control_path=control, boards=boards)
+        plugins.attach(rt)
+        if not opts.quiet:
+            from .liveview import attach_live_view
+            attach_live_view(rt, sys.stdout)  # a live view on a terminal, else a log line every 10 s
+        summary = await _run_until_stopped(rt, opts.duration)
+    finally:
+        if fleet is not None:
+            await fleet.stop()
+        await plugins.aclose()  # runs still going at shutdown end by the grace deadline
+    return 0, summary.status
+
+
+async def _run_until_stopped(rt: Any, duration: float | None) -> Any:
+    """``rt.run``: the first SIGINT/SIGTERM drains, a second one abandons the drain."""
     loop = asyncio.get_running_loop()
 
     def on_signal(signame: str) -> None:
@@ -128,14 +141,10 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
     try:
-        summary = await rt.run(opts.duration)
+        return await rt.run(duration)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        if fleet is not None:
-            await fleet.stop()
-        await plugins.aclose()  # runs still going at shutdown end by the grace deadline
-    return 0, summary.status
 
 
 def _write_summary(path: str, status: dict[str, Any]) -> None:
