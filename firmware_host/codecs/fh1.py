@@ -172,10 +172,9 @@ class Fh1Codec(Codec):
                     # the packet is the input minus its first code byte, with
                     # every later code byte turned into the 0x00 it stands for
                     out = bytearray(enc)
-                    while j < n:
+                    code = j  # the block that ends at j; a full one (0xFF) implies no zero
+                    while j < n and code != 0xFF:
                         code = enc[j]
-                        if code == 0xFF:
-                            break
                         out[j] = 0
                         j += code
                     if j < n:  # a full 254-byte block implies no zero: general decoder
