@@ -33,7 +33,7 @@ log = logging.getLogger("firmware_host.control")
 __all__ = ["ControlError", "ControlServer", "NoRuntime", "request", "request_sync",
            "MAX_REQUEST", "MAX_CONNECTIONS", "IDLE_TIMEOUT"]
 
-#: longest request line (bytes, newline included); longer ones are refused
+#: longest request line in bytes, not counting its newline; longer ones are refused
 MAX_REQUEST = 64 * 1024
 #: concurrent connections; one more gets an error reply and is closed
 MAX_CONNECTIONS = 64
@@ -370,12 +370,14 @@ class ControlServer:
         _only(req, "device", "timeout")
         device = _device_name(req, "device", required=False)
         timeout = req.get("timeout", FLUSH_TIMEOUT)
-        if (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout)
-                or timeout < 0):
+        # isfinite() of an int beyond the float range raises OverflowError:
+        # compare ints by value instead
+        if (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+                or (isinstance(timeout, float) and not math.isfinite(timeout))):
             raise RequestError("flush: 'timeout' must be a finite number of seconds >= 0")
         if device is not None and not await self._known_device(device):
             raise RequestError(f"unknown device {device!r}{self._known_text()}")
-        result = await self.runtime.flush(device, min(float(timeout), MAX_FLUSH_TIMEOUT))
+        result = await self.runtime.flush(device, float(min(timeout, MAX_FLUSH_TIMEOUT)))
         return {"flushed": result.flushed, "devices": dict(result.devices), "incomplete": result.incomplete}
 
     async def _known_device(self, name: str) -> bool:

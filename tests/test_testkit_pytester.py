@@ -56,7 +56,7 @@ async def test_docs_example_passes_on_a_port_given_with_fh_port(pytester: pytest
 
 def test_hardware_marker_skips_cleanly_and_options_are_checked(pytester: pytest.Pytester, tmp_path):
     # in-process runs (fast): these check options and hooks, not how the kit is loaded
-    pytester.makepyfile(test_bench="""
+    pytester.makepyfile(test_hil_bench="""
         import pytest
 
         @pytest.mark.fh_hardware
