@@ -1,0 +1,56 @@
+"""The public API is what firmware_host/__init__.py exports: every name listed
+in __all__ exists, and every public callable is fully annotated (py.typed is
+shipped, so users' type checkers rely on it)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+
+import firmware_host
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def test_all_names_exist_and_nothing_public_is_unlisted():
+    missing = [name for name in firmware_host.__all__ if not hasattr(firmware_host, name)]
+    assert missing == []
+    exported = {name for name, value in vars(firmware_host).items()
+                if not name.startswith("_") and not inspect.ismodule(value)}
+    assert exported - set(firmware_host.__all__) == set()
+
+
+def _unannotated(fn: object) -> list[str]:
+    try:
+        sig = inspect.signature(fn)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return []
+    bad = [p.name for p in sig.parameters.values()
+           if p.name not in ("self", "cls") and p.annotation is inspect.Parameter.empty
+           and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if sig.return_annotation is inspect.Signature.empty and getattr(fn, "__name__", "") != "__init__":
+        bad.append("return")
+    return bad
+
+
+def test_public_callables_are_annotated():
+    problems = {}
+    for name in firmware_host.__all__:
+        obj = getattr(firmware_host, name)
+        if inspect.isfunction(obj):
+            if bad := _unannotated(obj):
+                problems[name] = bad
+        elif inspect.isclass(obj) and obj.__module__.startswith("firmware_host"):
+            for attr, member in vars(obj).items():
+                if attr.startswith("_") and attr != "__init__":
+                    continue
+                ours = getattr(member, "__module__", "").startswith("firmware_host")
+                if inspect.isfunction(member) and ours and (bad := _unannotated(member)):
+                    problems[f"{name}.{attr}"] = bad
+    assert problems == {}
+
+
+def test_py_typed_is_shipped():
+    assert (Path(firmware_host.__file__).parent / "py.typed").exists()
