@@ -126,6 +126,7 @@ class Flusher:
         if not await self._acquire(deadline):
             result.incomplete = True
             return result
+        gate = getattr(self._agg, "read_gate", None)
         try:
             upto = await self._agg.mark()
             while True:
@@ -137,7 +138,11 @@ class Flusher:
                     result.incomplete = True
                     break
                 result.add(counts)
+                if gate is not None and self._agg.batch_ready.is_set():
+                    gate.close()  # behind by a full batch: readers wait (see ReadGate)
         finally:
+            if gate is not None:
+                gate.open()
             self._lock.release()
         self.flushes += 1
         return result

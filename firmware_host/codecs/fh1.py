@@ -153,6 +153,9 @@ class Fh1Codec(Codec):
         max_packet = self._max_packet
         device = self.device
         unpack = _TYPE_SEQ.unpack_from
+        crc = crc_hqx
+        make = Frame
+        min_packet, version, mask = _MIN_PACKET, FH1_VERSION, _SEQ_MASK
         last = self._last_seq
         rejected = gaps = 0
         try:
@@ -190,18 +193,18 @@ class Fh1Codec(Codec):
                         del out[0]
                         packet = bytes(out)
                 m = len(packet)
-                if m < _MIN_PACKET or m > max_packet or packet[0] != FH1_VERSION:
+                if m < min_packet or m > max_packet or packet[0] != version:
                     rejected += 1
                     continue
                 # A slice beats a memoryview here: packets are small, the view costs more.
-                if crc_hqx(packet[:-2], 0xFFFF) != packet[-2] | (packet[-1] << 8):
+                if crc(packet[:-2], 0xFFFF) != packet[-2] | (packet[-1] << 8):
                     rejected += 1
                     continue
                 frame_type, seq = unpack(packet)
-                if last is not None and seq != (last + 1) & _SEQ_MASK:
+                if last is not None and seq != (last + 1) & mask:
                     gaps += 1
                 last = seq
-                append(Frame(device, seq, frame_type, ts, packet[HEADER_LEN:-CRC_LEN]))
+                append(make(device, seq, frame_type, ts, packet[6:-2]))  # HEADER_LEN, CRC_LEN
         finally:
             self._last_seq = last
             self.rejected += rejected
