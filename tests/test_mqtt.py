@@ -27,7 +27,7 @@ MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sb
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (apt-get install mosquitto)")]
 
-from plugins.mqtt import MqttSink  # noqa: E402
+from firmware_host_plugins.mqtt import MqttSink  # noqa: E402
 
 
 def free_port() -> int:

@@ -28,7 +28,7 @@ from firmware_host.testing import running_runtime  # noqa: E402
 async def main(frames: int, batch: int) -> dict[str, object]:
     import aiomqtt
 
-    from plugins.mqtt import MqttSink
+    from firmware_host_plugins.mqtt import MqttSink
     from tests.test_mqtt import Broker
 
     broker = Broker(Path(tempfile.mkdtemp(prefix="fh-mqtt-")))
