@@ -126,7 +126,11 @@ def _sizes(frames: Iterable[Frame]) -> int:
 
 
 def _per_device(frames: Iterable[Frame]) -> dict[str, int]:
-    return dict(collections.Counter(map(_device_of, frames)))
+    counts: dict[str, int] = {}
+    get = counts.get
+    for name in map(_device_of, frames):
+        counts[name] = get(name, 0) + 1
+    return counts
 
 
 _STOP = object()
@@ -246,19 +250,19 @@ class Aggregator:
             self.batch_ready.set()
 
     def _evict(self, count: int) -> None:
-        popleft = self._buffer.popleft
-        if count == 1:
-            gone = [popleft()]
-        else:
-            gone = [popleft() for _ in itertools.repeat(None, count)]
-        accounts = self._accounts
-        for name, n in _per_device(gone).items():
-            acct = accounts[name]
-            acct.dropped += n
-            acct.buffered -= n
+        buffer, accounts = self._buffer, self._accounts
+        popleft = buffer.popleft
+        freed = 0
+        for _ in itertools.repeat(None, count):
+            frame = popleft()
+            acct = accounts[frame.device]
+            acct.dropped += 1
+            acct.buffered -= 1
+            payload = frame.payload
+            freed += len(payload) if payload is not None else _size(frame)
         self._head += count
         self._dropped += count
-        self._bytes -= _sizes(gone)
+        self._bytes -= freed
 
     def _take(self, limit: int, device: str | None, upto: int | None) -> Batch:
         buffer, head = self._buffer, self._head
