@@ -25,7 +25,7 @@ from firmware_host.runtime import Runtime
 
 pytestmark = pytest.mark.timeout(60)
 
-CAPTURE = Path("/work/shared/captures/gpsd/neo-m8n.log")
+CAPTURE = Path(__file__).resolve().parent / "data" / "gpsd" / "neo-m8n.log"  # a real receiver, vendored
 # One epoch of the gpsd project's neo-m8n.log capture (BSD-2-Clause, the GPSD
 # project), plus one line with a broken checksum, for replay tests that must
 # not depend on the shared folder.
