@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import fcntl
 import logging
 import math
@@ -36,6 +37,7 @@ from .boards import Board, BoardError, load_boards
 from .config import DeviceConfig
 from .generators import Generator, Item, Wire, make_generator
 from .virtualport import VirtualPort
+from .virtualport import wake as wake_once
 
 __all__ = ["DEFAULT_FLEET", "EmulatedDevice", "FaultOptions", "Fleet", "emulate_main", "parse_emulate_spec"]
 
@@ -290,7 +292,7 @@ class _Runner:
         """Sleep ``delay`` s; wake early on stop or when ``readable`` (the master) has input."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        done = lambda: fut.done() or fut.set_result(None)  # noqa: E731
+        done = functools.partial(wake_once, fut)
         self._wake = fut
         timer = loop.call_later(max(0.0, delay), done)
         if readable is not None:
@@ -411,7 +413,7 @@ class _Runner:
                 continue
             # the host is not reading fast enough: wait for room (the pty buffer is small)
             fut: asyncio.Future[None] = loop.create_future()
-            done = lambda: fut.done() or fut.set_result(None)  # noqa: E731
+            done = functools.partial(wake_once, fut)
             loop.add_writer(fd, done)
             timer = loop.call_later(0.1, done)  # re-check: an unplug closes the fd under us
             try:

@@ -208,7 +208,7 @@ class GnssGenerator(Generator):
         used_glo = [s for s in self.glonass if s.snr is not None][:12]
         hdop = 0.8 + 4.0 / max(1, len(used_gps) + len(used_glo))
         vdop, pdop = hdop * 1.4, hdop * 1.7
-        out = [
+        out: list[bytes | str] = [
             nmea_sentence(f"GNRMC,{hms},A,{lat},{ns},{lon},{ew},{knots:.3f},{cog},{date},,,A"),
             nmea_sentence(f"GNVTG,{cog},T,,M,{knots:.3f},N,{speed * 3.6:.3f},K,A"),
             nmea_sentence(f"GNGGA,{hms},{lat},{ns},{lon},{ew},1,{len(used_gps) + len(used_glo):02d},"
@@ -371,9 +371,8 @@ class Wire:
             return b"$" + bytes(line[1:]).replace(b"*", b"") + b"*ZZ\r\n"  # an unparseable checksum
         # `lines` has no checksum: the only thing it rejects is a line run past
         # max_line, as when a terminator is lost and garbage follows
-        line = self._line(item) or b"#"
-        run = (line * (self.max_line // len(line) + 2))[: self.max_line + 2]
-        return run + b"\n"
+        unit = bytes(self._line(item) or b"#")
+        return (unit * (self.max_line // len(unit) + 2))[: self.max_line + 2] + b"\n"
 
     def noise(self, rng: random.Random) -> tuple[bytes, int, int] | None:
         """Random garbage plus a delimiter, and its effect on the host; None if no

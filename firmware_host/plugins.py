@@ -582,7 +582,7 @@ def plugins_report(config: Config | Mapping[str, Mapping[str, object]] | None = 
     if isinstance(config, Config):
         enabled, source = config.plugins, source or config.source
     else:
-        enabled, source = dict(config or {}), source or "<config>"
+        enabled, source = {name: dict(opts) for name, opts in (config or {}).items()}, source or "<config>"
     host = PluginHost(enabled, available, source=source)
     host.quiet = True
     if host._plugins:

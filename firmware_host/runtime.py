@@ -156,6 +156,7 @@ class Runtime:
     async def _open_spool(self, opened: list[Sink]) -> Any:
         from .spool import Spool, SpoolBusy, SpoolError, Spooler
         cfg = self.config.buffer
+        assert cfg.spool is not None
         spool = Spool(cfg.spool, max_bytes=cfg.spool_max_bytes, sync=cfg.spool_sync,
                       batch_size=cfg.batch_size, changes=self.changes)
         try:

@@ -227,7 +227,8 @@ class Spool:
     def _take(self, limit: int, device: str | None, upto: int | None) -> SpoolBatch:
         db = self._db
         assert db is not None
-        where, args = [], []  # type: ignore[var-annotated]
+        where: list[str] = []
+        args: list[object] = []
         if device is not None:
             where.append("device = ?")
             args.append(device)

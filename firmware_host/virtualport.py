@@ -14,6 +14,12 @@ import os
 import tty
 
 
+def wake(fut: asyncio.Future[None]) -> None:
+    """A reader/writer callback: complete ``fut`` once (later calls are no-ops)."""
+    if not fut.done():
+        fut.set_result(None)
+
+
 class VirtualPort:
     def __init__(self, link: str | None = None) -> None:
         self.link = link
@@ -117,7 +123,7 @@ class VirtualPort:
                 view = view[n:]
                 continue
             ready = loop.create_future()
-            loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+            loop.add_writer(fd, wake, ready)
             self._waiters.add(ready)
             try:
                 await ready
@@ -146,7 +152,7 @@ class VirtualPort:
             if fd is None:
                 raise ConnectionError("virtual port unplugged")
             ready = loop.create_future()
-            loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+            loop.add_reader(fd, wake, ready)
             self._waiters.add(ready)
             try:
                 await ready

@@ -61,5 +61,5 @@ def check_options(name: str, options: dict[str, Any], allowed: dict[str, type]) 
         if key not in allowed:
             raise CodecOptionError(f"codec {name!r} has no option {key!r} (known: {', '.join(sorted(allowed)) or 'none'})")
         expected = allowed[key]
-        if not isinstance(value, expected) or isinstance(value, bool) or value <= 0:
+        if not isinstance(value, expected) or isinstance(value, bool) or not value > 0:  # type: ignore[operator]
             raise CodecOptionError(f"codec {name!r} option {key!r} must be a positive {expected.__name__}")
