@@ -142,18 +142,24 @@ class _SerialTransport(serial_asyncio.SerialTransport):  # type: ignore[misc]
 
     def add_direct_reader(self, callback: Callable[[], Any]) -> None:
         if self._direct_fd is None and not self._closing:
-            fd = self._serial.fileno()
-            self._loop.add_reader(fd, callback)
+            ser: Any = self._serial
+            loop: Any = self._loop
+            fd = ser.fileno()
+            loop.add_reader(fd, callback)
             self._direct_fd = fd
 
     def remove_direct_reader(self) -> None:
         fd = self._direct_fd
         if fd is not None:
             self._direct_fd = None
-            self._loop.remove_reader(fd)
+            loop: Any = self._loop
+            loop.remove_reader(fd)
 
     def _call_connection_lost(self, exc: Exception | None) -> None:
-        ser, protocol, loop = self._serial, self._protocol, self._loop
+        # pyserial-asyncio is untyped and resets these to None below
+        ser: Any = self._serial  # type: ignore[has-type]
+        protocol: Any = self._protocol  # type: ignore[has-type]
+        loop: Any = self._loop  # type: ignore[has-type]
         # before the executor closes the fd: a closed fd left in the selector
         # would clash with the next one that reuses its number
         self.remove_direct_reader()

@@ -192,6 +192,18 @@ class Consumer:
     def mem(self) -> dict[str, float]:
         return proc_mem(self.proc.pid)
 
+    def wait_ready(self, timeout: float = 30.0) -> float:
+        raise NotImplementedError
+
+    def counters(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def delivered(self) -> int:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 60.0) -> dict[str, Any]:
+        raise NotImplementedError
+
 
 class RuntimeProc(Consumer):
     kind = "runtime"
