@@ -671,9 +671,9 @@ def scenario_startup(p: dict[str, Any], log: Callable[[str], None]) -> dict[str,
 FULL = {"warmup_s": 1.0, "flood_devices": 16, "flood_s": 5.0, "paced_devices": 48, "paced_s": 15.0,
         "paced_baseline_s": 8.0, "paced_capacity": 100_000, "idle_devices": 8, "idle_s": 4.0,
         "memory_frames": 100_000, "overload_s": 60.0, "overload_warmup_s": 5.0, "startup_runs": 5}
-QUICK = {"warmup_s": 0.2, "flood_devices": 4, "flood_s": 0.7, "paced_devices": 8, "paced_s": 0.7,
-         "paced_baseline_s": 0.7, "paced_capacity": 10_000, "idle_devices": 4, "idle_s": 0.3, "memory_frames": 4_000,
-         "overload_s": 1.5, "overload_warmup_s": 0.5, "startup_runs": 1}
+QUICK = {"warmup_s": 0.2, "flood_devices": 4, "flood_s": 0.5, "paced_devices": 8, "paced_s": 0.5,
+         "paced_baseline_s": 0.5, "paced_capacity": 10_000, "idle_devices": 4, "idle_s": 0.3,
+         "memory_frames": 4_000, "overload_s": 1.0, "overload_warmup_s": 0.3, "startup_runs": 1}
 SCENARIOS = ("startup", "flood", "paced", "idle", "memory", "overload")
 
 
