@@ -26,15 +26,15 @@ READ_LIMIT = 1 << 20
 #: mean one callback per 1 KiB at 921600 baud
 MAX_READ_SIZE = 1 << 16
 CLOSE_TIMEOUT = 1.0
-#: A tty read drains what the kernel holds (up to MAX_READ_SIZE), then the
-#: next read waits READ_COALESCE seconds first, like a USB-serial adapter's
-#: latency timer: a busy port costs one read per READ_COALESCE instead of one
-#: per USB packet, and per frame a big read costs far less than many small
-#: ones. A silent port costs nothing (it waits for readiness as before), and a
-#: read that hit MAX_READ_SIZE is followed at once, so fast links are never
-#: held back. The receive timestamp is taken after the read, so this adds at
-#: most READ_COALESCE to wire->host latency and nothing to receive->sink.
+#: After a read shorter than READ_COALESCE_BYTES, the next read of a tty waits
+#: READ_COALESCE seconds first, like a USB-serial adapter's latency timer: a
+#: busy port then costs one wakeup per 20 ms instead of one per USB packet,
+#: and a silent port costs nothing (it waits for readiness as before). A read
+#: that returned more is followed at once, so fast links are never held back.
+#: The receive timestamp is taken after the read, so this adds at most
+#: READ_COALESCE to wire->host latency and nothing to receive->sink latency.
 READ_COALESCE = 0.02
+READ_COALESCE_BYTES = 2048
 
 _RETRY_ERRNOS = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
@@ -209,26 +209,10 @@ class SerialPort:
                 raise error
             data = self._read_now(woken)
             if data:
-                break
+                self._wait_first = len(data) < READ_COALESCE_BYTES
+                return data
             await self._readable()
             woken = True
-        # drain: a tty hands over at most its line discipline's buffer (4 KiB) per read
-        total = len(data)
-        if total < MAX_READ_SIZE:
-            chunks = [data]
-            while total < MAX_READ_SIZE:
-                try:
-                    more = self._read_now(False)
-                except PortClosed:
-                    break  # hand over what was read; the next read reports the loss
-                if not more:
-                    break
-                chunks.append(more)
-                total += len(more)
-            if len(chunks) > 1:
-                data = b"".join(chunks)
-        self._wait_first = total < MAX_READ_SIZE
-        return data
 
     def _read_now(self, woken: bool) -> bytes | None:
         """What the tty holds now (None: nothing yet); PortClosed when it is gone.
