@@ -35,7 +35,6 @@ from .aggregator import AggregatorHandle, Batch
 from .cancel import CancellationToken
 from .flusher import Flusher
 from .frames import Frame
-from .sinks.base import Sink
 from .watch import Changes
 
 log = logging.getLogger("firmware_host.spool")
