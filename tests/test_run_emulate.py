@@ -239,12 +239,21 @@ def test_render_view_and_summary_line() -> None:
 class FakeRuntime:
     def __init__(self) -> None:
         self.calls = 0
+        self._called = asyncio.Event()
 
     async def status(self) -> dict[str, Any]:
         self.calls += 1
+        self._called.set()
         status = json.loads(json.dumps(STATUS))
         status["devices"]["b"]["frames"] = 50 * self.calls
         return status
+
+    async def wait_calls(self, n: int, timeout: float = 10.0) -> None:
+        """Await the live view's ``n``th status call (an event, not a poll)."""
+        async with asyncio.timeout(timeout):
+            while self.calls < n:
+                self._called.clear()
+                await self._called.wait()
 
 
 def test_live_view_redraws_in_place() -> None:
@@ -254,8 +263,7 @@ def test_live_view_redraws_in_place() -> None:
     async def main() -> None:
         token = CancellationToken()
         task = asyncio.create_task(run_live_view(rt, token, stream, interval=0.01))
-        while rt.calls < 4:
-            await asyncio.sleep(0.01)
+        await rt.wait_calls(4)
         token.cancel()
         await task
 
@@ -275,8 +283,7 @@ def test_no_terminal_logs_a_summary_line(caplog: pytest.LogCaptureFixture) -> No
     async def main() -> None:
         token = CancellationToken()
         task = asyncio.create_task(run_live_view(rt, token, stream, interval=0.01))
-        while rt.calls < 2:
-            await asyncio.sleep(0.01)
+        await rt.wait_calls(2)
         token.cancel()
         await task
 
