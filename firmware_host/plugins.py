@@ -307,7 +307,7 @@ class PluginHost:
         error and propagates when ``strict`` (as ``run`` wants), else it is
         recorded too (as the ``plugins`` report wants).
         """
-        for name, plugin in self._plugins.items():
+        for plugin in self._plugins.values():
             try:
                 await self._setup_one(plugin)
             except ConfigError as exc:
@@ -481,12 +481,15 @@ class PluginHost:
         """No new runs; runs in progress finish concurrently with the drain."""
         if self.state != "running":
             return
+        self._begin_stop(asyncio.get_running_loop().time() + rt.config.shutdown.grace)
+
+    def _begin_stop(self, deadline: float) -> None:
+        """No new runs; a task finishes the runs in progress by ``deadline`` (loop time)."""
         self.state = "stopping"
         self._token.cancel()
         tasks = self._tasks()
         for task in tasks:
             task.stop()
-        deadline = asyncio.get_running_loop().time() + rt.config.shutdown.grace
         self._finisher = asyncio.create_task(self._finish(tasks, deadline), name="plugins:finish")
 
     async def _finish(self, tasks: list[PeriodicTask], deadline: float) -> None:
@@ -502,12 +505,7 @@ class PluginHost:
 
         Call after ``rt.shutdown()``; also safe when the runtime never started."""
         if self._finisher is None and self.state == "running":
-            self.state = "stopping"
-            self._token.cancel()
-            tasks = self._tasks()
-            for task in tasks:
-                task.stop()
-            self._finisher = asyncio.create_task(self._finish(tasks, asyncio.get_running_loop().time()))
+            self._begin_stop(asyncio.get_running_loop().time())
         if self._finisher is not None:
             await self._finisher
         elif self._link is not None:
