@@ -155,10 +155,10 @@ class Feeder:
         return read_line(self.proc, 10)
 
     def stop(self) -> dict[str, Any]:
+        """Stop sending; the ptys stay open (``close`` ends the feeder) so that the
+        consumer can still read the last bytes: a hung-up tty discards its input."""
         self.send("stop")
-        final = read_line(self.proc, 20)
-        self.close()
-        return final
+        return read_line(self.proc, 20)
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -6,7 +6,7 @@ and then obeys commands on stdin (one per line):
 ``go``     start sending (not before: pyserial flushes a port's input when it opens it)
 ``stats``  print ``{"sent": [frames per device], "backlog": bytes not yet written}``
 ``stop``   stop making frames, finish the bytes already started (whole frames only),
-           print ``{"sent": [...], ...}`` and exit
+           print ``{"sent": [...], ...}``; the ptys stay open until stdin closes
 
 Modes:
 
@@ -193,17 +193,23 @@ class Feeder:
         inbuf = b""
         next_tick = 0.0
         stop_deadline = None
+        reported = False
         while True:
             timeout = None
             if self.mode == "paced" and self.sending and not self.stopping:
                 timeout = max(0.0, next_tick - time.monotonic())
-            if self.stopping:
+            if self.stopping and not reported:
                 if stop_deadline is None:
                     stop_deadline = time.monotonic() + 10.0
                 if not any(d.registered for d in self.devices) or time.monotonic() > stop_deadline:
+                    # the ptys stay open until the bench closes our stdin: a device that
+                    # vanished now would take its unread bytes with it (a hung-up tty's
+                    # input is discarded), and the host has not necessarily read them yet
                     self.report(final=True)
-                    return
-                timeout = 0.05
+                    reported = True
+                    timeout = None
+                else:
+                    timeout = 0.05
             for key, _ in self.sel.select(timeout):
                 if key.data is None:
                     try:
