@@ -136,6 +136,10 @@ def _per_device(frames: Iterable[Frame]) -> dict[str, int]:
 _STOP = object()
 
 
+class AggregatorStopped(RuntimeError):
+    """A request reached the aggregator after it stopped (a shutdown-order bug)."""
+
+
 class Aggregator:
     """The actor. Create it, start ``run()`` as a task, use ``handle``."""
 
@@ -172,6 +176,8 @@ class Aggregator:
             while True:
                 msg = await inbox.get()
                 if msg is _STOP:
+                    self.handle.stopped = True
+                    self._refuse_queued()
                     return
                 kind = msg[0]
                 if kind == "offer":
@@ -183,6 +189,13 @@ class Aggregator:
                         notify()
         finally:
             stopper.cancel()
+
+    def _refuse_queued(self) -> None:
+        """Whatever was queued behind the stop gets an answer: an error."""
+        while not self._inbox.empty():
+            msg = self._inbox.get_nowait()
+            if msg is not _STOP and msg[0] != "offer" and not msg[-1].done():
+                msg[-1].set_exception(AggregatorStopped("the aggregator has stopped"))
 
     async def _stop_when(self, token: CancellationToken) -> None:
         await token.cancelled()
@@ -246,8 +259,15 @@ class Aggregator:
         if self.max_bytes:
             while self._bytes > self.max_bytes and buffer:
                 self._evict(1)
-        if len(buffer) >= self.batch_size:
+        self._update_ready()
+
+    def _update_ready(self) -> None:
+        # derived from the depth after every change: a byte-bound eviction can
+        # take the buffer below a batch, and a stale "ready" would spin the flusher
+        if len(self._buffer) >= self.batch_size:
             self.batch_ready.set()
+        else:
+            self.batch_ready.clear()
 
     def _evict(self, count: int) -> None:
         buffer, accounts = self._buffer, self._accounts
@@ -319,8 +339,7 @@ class Aggregator:
             acct.flushed += n
             acct.buffered -= n
         self._bytes -= freed
-        if len(self._buffer) < self.batch_size:
-            self.batch_ready.clear()
+        self._update_ready()
         return counts
 
     def _snapshot(self, oldest: bool) -> BufferSnapshot:
@@ -345,6 +364,8 @@ class AggregatorHandle:
     def __init__(self, inbox: asyncio.Queue[Any], batch_ready: asyncio.Event) -> None:
         self._inbox = inbox
         self.batch_ready = batch_ready
+        #: set by the actor when it stops; later requests fail at once
+        self.stopped = False
         #: readers wait here while the flusher catches up (see ReadGate)
         self.read_gate = ReadGate()
 
@@ -367,6 +388,8 @@ class AggregatorHandle:
         return None
 
     async def _ask(self, *msg: Any) -> Any:
+        if self.stopped:
+            raise AggregatorStopped("the aggregator has stopped")
         fut = asyncio.get_running_loop().create_future()
         put = self._send((*msg, fut))
         if put is not None:

@@ -126,3 +126,27 @@ async def test_bad_request_does_not_kill_the_actor():
     assert (await agg.handle.snapshot()).depth == 0
     token.cancel()
     await task
+
+
+async def test_byte_eviction_below_a_batch_clears_ready():
+    """A stale batch_ready after a byte-bound eviction spun the flusher at 100% CPU."""
+    agg, token, task = await start(capacity=1000, max_bytes=40, batch_size=5)
+    h = agg.handle
+    await h.offer("a", frames("a", range(5), size=4))  # 20 bytes, a full batch
+    await h.snapshot()
+    assert agg.batch_ready.is_set()
+    await h.offer("a", frames("a", range(5, 6), size=30))  # evicts down to 3 frames (38 bytes)
+    snap = await h.snapshot()
+    assert snap.depth < 5 and not agg.batch_ready.is_set()
+    await law(agg)
+    token.cancel()
+    await task
+
+
+async def test_requests_after_stop_fail_instead_of_hanging():
+    from firmware_host.aggregator import AggregatorStopped
+    agg, token, task = await start(capacity=10, batch_size=10)
+    token.cancel()
+    await task
+    with pytest.raises(AggregatorStopped):
+        await asyncio.wait_for(agg.handle.snapshot(), 1)
