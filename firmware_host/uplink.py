@@ -87,24 +87,19 @@ class UplinkReader:
             while not token.is_cancelled:
                 self._set_state("connecting")
                 port = await self._connect(token)
-                if port is None:
-                    if token.is_cancelled:
-                        break
-                    self._set_state("backoff")
-                    await token.run_until_cancelled(asyncio.sleep(delay))
-                    delay = min(delay * 2, self._backoff_max)
-                    continue
-                if stats.connects:
-                    stats.reconnects += 1
-                stats.connects += 1
-                self._set_state("connected")
-                delay = self._backoff_initial
-                await self._read_until_closed(port, token)
-                if not token.is_cancelled:
-                    # a device that connects and dies at once must not spin
-                    self._set_state("backoff")
-                    await token.run_until_cancelled(asyncio.sleep(delay))
-                    delay = min(delay * 2, self._backoff_max)
+                if port is not None:
+                    if stats.connects:
+                        stats.reconnects += 1
+                    stats.connects += 1
+                    self._set_state("connected")
+                    delay = self._backoff_initial
+                    await self._read_until_closed(port, token)
+                if token.is_cancelled:
+                    break
+                # a failed open, or a device that connects and dies at once: wait, never spin
+                self._set_state("backoff")
+                await token.run_until_cancelled(asyncio.sleep(delay))
+                delay = min(delay * 2, self._backoff_max)
         finally:
             self._set_state("closed")
 
@@ -117,8 +112,10 @@ class UplinkReader:
             return None
         opening = asyncio.ensure_future(self._open(url, self._baudrate))
         stop = asyncio.ensure_future(token.cancelled())
-        await asyncio.wait({opening, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
+        try:
+            await asyncio.wait({opening, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()  # also when this task itself is cancelled: no waiter left on the token
         if not opening.done():
             # cancelled while an executor thread is opening: close it when it lands
             opening.add_done_callback(_close_when_opened)
@@ -186,9 +183,16 @@ class UplinkReader:
         await port.close()
 
 
+#: closes of ports that finished opening after their reader gave up; kept so
+#: the tasks are not garbage-collected half way
+_late_closes: set[asyncio.Future[None]] = set()
+
+
 def _close_when_opened(opening: asyncio.Future[Port]) -> None:
     if not opening.cancelled() and opening.exception() is None:
-        asyncio.ensure_future(opening.result().close())
+        closing = asyncio.ensure_future(opening.result().close())
+        _late_closes.add(closing)
+        closing.add_done_callback(_late_closes.discard)
 
 
 def fixed_url(url: str) -> UrlResolver:
