@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import concurrent.futures
 import json
 import os
 from typing import Any, BinaryIO, Sequence
@@ -100,10 +101,13 @@ class JsonlSink(Sink):
         self.path: str = opts["path"]
         self.fsync: bool = opts["fsync"]
         self._file: BinaryIO | None = None
+        # one thread of its own: a write that a deadline gave up on keeps
+        # running, and the retry must queue behind it, not race it on the file
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jsonl")
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        self._file = await loop.run_in_executor(None, self._open)
+        self._file = await loop.run_in_executor(self._executor, self._open)
 
     def _open(self) -> BinaryIO:
         directory = os.path.dirname(os.path.abspath(self.path))
@@ -118,9 +122,9 @@ class JsonlSink(Sink):
         if len(frames) <= ENCODE_ON_LOOP_MAX:
             # formatting is pure CPU: doing it here spares a thread the GIL
             # ping-pong with the loop; only the file I/O goes to the executor
-            await loop.run_in_executor(None, self._write_bytes, encode_records(frames))
+            await loop.run_in_executor(self._executor, self._write_bytes, encode_records(frames))
         else:  # a huge batch would stall the loop for too long
-            await loop.run_in_executor(None, self._write, frames)
+            await loop.run_in_executor(self._executor, self._write, frames)
 
     def _write(self, frames: Sequence[Frame]) -> None:
         self._write_bytes(encode_records(frames))
@@ -147,4 +151,5 @@ class JsonlSink(Sink):
     async def close(self) -> None:
         if self._file is not None:
             f, self._file = self._file, None
-            await asyncio.get_running_loop().run_in_executor(None, f.close)
+            await asyncio.get_running_loop().run_in_executor(self._executor, f.close)
+        self._executor.shutdown(wait=False)
