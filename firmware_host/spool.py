@@ -15,7 +15,9 @@ out first, counted per device as ``recovered``. A full spool (more than
 Telegraf's disk buffer grows without bound, ours does not.
 
 All SQLite work runs on one dedicated thread (sqlite3 connections belong to
-the thread that made them, and the event loop must never wait on disk).
+the thread that made them, and the event loop must never wait on disk). The
+per-device counters change only on the event loop, from what the thread
+returns; the byte total only on the thread.
 """
 
 from __future__ import annotations
@@ -174,25 +176,28 @@ class Spool:
 
     async def write(self, frames: Sequence[Frame]) -> None:
         """Commit ``frames`` (already counted in transit) in one transaction."""
-        await self._run(self._write, frames)
+        evicted = await self._run(self._write, frames)
+        for f in frames:
+            acct = self.account(f.device)
+            acct.in_transit -= 1
+            acct.pending += 1
+        for device, n in evicted:
+            acct = self.account(device)
+            acct.dropped += n
+            acct.pending -= n
         self._update_ready()
 
-    def _write(self, frames: Sequence[Frame]) -> None:
+    def _write(self, frames: Sequence[Frame]) -> list[tuple[str, int]]:
         db = self._db
         assert db is not None, "spool is not open"
         rows = [(f.device, f.seq, f.type, f.ts, f.payload, f.text, _size(f)) for f in frames]
         with db:  # one transaction: all of the batch or none of it
             db.executemany("INSERT INTO frames (device, seq, type, ts, payload, text, size) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        for f in frames:
-            acct = self.account(f.device)
-            acct.in_transit -= 1
-            acct.pending += 1
         self.bytes += sum(r[6] for r in rows)
-        if self.bytes > self.max_bytes:
-            self._evict()
+        return self._evict() if self.bytes > self.max_bytes else []
 
-    def _evict(self) -> None:
+    def _evict(self) -> list[tuple[str, int]]:
         """Delete the oldest rows until the spool is within its byte bound."""
         db = self._db
         assert db is not None
@@ -203,20 +208,17 @@ class Spool:
             if freed >= excess:
                 break
         if cutoff is None:
-            return
+            return []
         with db:
             counts = db.execute("SELECT device, COUNT(*) FROM frames WHERE id <= ? GROUP BY device",
                                 (cutoff,)).fetchall()
             db.execute("DELETE FROM frames WHERE id <= ?", (cutoff,))
-        for device, n in counts:
-            acct = self.account(device)
-            acct.dropped += n
-            acct.pending -= n
         self.bytes -= freed
         self.evictions += 1
         if self.evictions == 1 or self.evictions % 100 == 0:  # a full spool evicts per batch: log sparsely
             log.warning("spool full (%d bytes): dropping the oldest frames (%d evictions so far)",
                         self.max_bytes, self.evictions)
+        return [(device, n) for device, n in counts]
 
     # -- stage 2: the aggregator-like source interface for the Flusher ------------------
 
@@ -259,6 +261,10 @@ class Spool:
     async def ack(self, batch: Batch) -> dict[str, int]:
         # shielded: once the sinks accepted a batch, its delete must land
         counts = await asyncio.shield(self._run(self._ack, batch))
+        for device, n in counts.items():
+            acct = self.account(device)
+            acct.delivered += n
+            acct.pending -= n
         self._update_ready()
         return counts
 
@@ -273,10 +279,6 @@ class Spool:
         for device, size in live.values():
             counts[device] = counts.get(device, 0) + 1
             self.bytes -= size
-        for device, n in counts.items():
-            acct = self.account(device)
-            acct.delivered += n
-            acct.pending -= n
         return counts
 
     async def mark(self) -> int:
