@@ -129,8 +129,7 @@ class Runtime:
             try:
                 await sink.open()
             except Exception as exc:
-                for s in opened:
-                    await s.close()
+                await self._close_sinks(opened)
                 await self._stop_aggregator()
                 raise RuntimeFailure(f"sink {getattr(sink, 'name', sink)!r} cannot open: {exc}") from exc
             opened.append(sink)
@@ -148,10 +147,15 @@ class Runtime:
             except Exception:
                 await self._abandon_start()
                 raise
-        for dc in cfg.devices:
-            await self.add_device(dc)
-        for hook in self.on_start:
-            await hook(self)
+        try:
+            for dc in cfg.devices:
+                await self.add_device(dc)
+            for hook in self.on_start:
+                await hook(self)
+        except BaseException:
+            # readers, flusher and control are running: stop them in order
+            await self.shutdown(grace=0)
+            raise
 
     async def _open_spool(self, opened: list[Sink]) -> Any:
         from .spool import Spool, SpoolBusy, SpoolError, Spooler
@@ -162,8 +166,7 @@ class Runtime:
         try:
             await spool.open()
         except (SpoolBusy, SpoolError, OSError) as exc:
-            for s in opened:
-                await s.close()
+            await self._close_sinks(opened)
             await self._stop_aggregator()
             raise RuntimeFailure(f"spool: {exc}") from None
         self.spool = spool
@@ -185,13 +188,19 @@ class Runtime:
                 raise ConfigError(str(exc), source=self.config.source, key=f"sinks[{i}]") from None
         return sinks
 
+    async def _close_sinks(self, sinks: list[Sink]) -> None:
+        for sink in sinks:
+            try:
+                await asyncio.wait_for(sink.close(), 5.0)
+            except Exception as exc:  # one sink's failure must not skip the others
+                log.warning("sink %s did not close cleanly: %s", getattr(sink, "name", sink), exc)
+
     async def _abandon_start(self) -> None:
         self.flusher_token.cancel()
         for task in (self._flusher_task, self._spooler_task):
             if task:
                 await task
-        for s in self.sinks:
-            await s.close()
+        await self._close_sinks(self.sinks)
         if self.spool is not None:
             await self.spool.close()
         await self._stop_aggregator()
@@ -324,11 +333,7 @@ class Runtime:
                 else:
                     result = got
                     drained = not got.incomplete
-            for sink in self.sinks:
-                try:
-                    await asyncio.wait_for(sink.close(), 5.0)
-                except Exception as exc:
-                    log.warning("sink %s did not close cleanly: %s", getattr(sink, "name", sink), exc)
+            await self._close_sinks(self.sinks)
             status = await self.status(final=True)
             if self.spool is not None:
                 kept = status["spool"]["depth"]

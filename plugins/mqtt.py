@@ -77,6 +77,7 @@ class MqttSink(Sink):
             raise ValueError("sink 'mqtt' needs the mqtt extra: pip install 'firmware-host[mqtt]'") from exc
         self.opts = check_options(options)
         self._client: Any = None
+        self._tls: ssl.SSLContext | None = None
         self.published = 0
 
     def topic(self, device: str) -> str:
@@ -91,9 +92,10 @@ class MqttSink(Sink):
     async def _connect(self) -> Any:
         import aiomqtt
         o = self.opts
-        tls_context = None
-        if o["tls"]:
-            tls_context = ssl.create_default_context(cafile=o["ca_file"] or None)
+        if o["tls"] and self._tls is None:
+            # reads the CA file: off the loop, and once, not at every reconnect
+            self._tls = await asyncio.to_thread(ssl.create_default_context, cafile=o["ca_file"] or None)
+        tls_context = self._tls
         client = aiomqtt.Client(
             o["host"], o["port"], username=o["username"] or None, password=o["password"] or None,
             identifier=o["client_id"] or None, keepalive=o["keepalive"], timeout=o["timeout"],
