@@ -47,6 +47,32 @@ class Codec(ABC):
         """Encode one frame for the wire (emulators, downlink, tests)."""
 
 
+class DelimitedCodec(Codec):
+    """Shared by codecs whose input splits on a delimiter byte (0x00, ``\\n``):
+    a bounded pending tail, and after an oversize run, skipping to the next
+    delimiter with the run counted once."""
+
+    def __init__(self, device: str, pending_limit: int) -> None:
+        super().__init__(device)
+        #: the pending partial frame never exceeds this many bytes
+        self.pending_limit = pending_limit
+        self._pending = b""
+        # True while skipping the rest of an oversize run up to the next delimiter.
+        self._skipping = False
+
+    def _hold(self, data: bytes, start: int) -> None:
+        """Keep ``data[start:]`` as the pending tail, or drop an oversize run."""
+        if len(self._pending) + len(data) - start > self.pending_limit:
+            # Count the run once; the delimiter that ends it resumes decoding.
+            self.rejected += 1
+            self._pending = b""
+            self._skipping = True
+        elif start:
+            self._pending += data[start:]
+        else:
+            self._pending += data
+
+
 #: ``factory(device, **options) -> Codec``
 CodecFactory = Callable[..., Codec]
 

@@ -21,7 +21,7 @@ from binascii import crc_hqx
 from typing import ClassVar
 
 from ..frames import Frame
-from .base import Codec, CodecOptionError
+from .base import CodecOptionError, DelimitedCodec
 from .cobs import CobsDecodeError, _decode_blocks, max_encoded_len
 from .cobs import encode as cobs_encode
 
@@ -76,7 +76,7 @@ def encode_packet(frame_type: int, seq: int, payload: bytes | bytearray | memory
     return cobs_encode(packet + _CRC.pack(crc_hqx(packet, 0xFFFF))) + _ZERO
 
 
-class Fh1Codec(Codec):
+class Fh1Codec(DelimitedCodec):
     """Incremental decoder/encoder for ``fh1``.
 
     Counters: ``rejected`` (bad COBS, length, version, CRC, oversize run,
@@ -89,16 +89,12 @@ class Fh1Codec(Codec):
     options: ClassVar[dict[str, type]] = {"max_payload": int}
 
     def __init__(self, device: str = "", *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
-        super().__init__(device)
         if not isinstance(max_payload, int) or isinstance(max_payload, bool) or not 0 < max_payload <= MAX_PAYLOAD_LIMIT:
             raise CodecOptionError(f"codec 'fh1' option 'max_payload' must be an int in 1..{MAX_PAYLOAD_LIMIT}, got {max_payload!r}")
         self.max_payload = max_payload
         self._max_packet = HEADER_LEN + max_payload + CRC_LEN
-        #: largest legal encoded packet (without its 0x00); the pending tail never exceeds it
-        self.pending_limit = max_encoded_len(self._max_packet)
-        self._pending = b""
-        # True while skipping the rest of an oversize run up to the next 0x00.
-        self._skipping = False
+        # the pending tail is bounded by the largest legal encoded packet (without its 0x00)
+        super().__init__(device, max_encoded_len(self._max_packet))
         self._last_seq: int | None = None
 
     def feed(self, data: bytes, ts: float) -> list[Frame]:
@@ -128,18 +124,6 @@ class Fh1Codec(Codec):
         if tail:
             self._hold(tail, 0)
         return frames
-
-    def _hold(self, data: bytes, start: int) -> None:
-        """Keep ``data[start:]`` as the pending tail, or drop an oversize run."""
-        if len(self._pending) + len(data) - start > self.pending_limit:
-            # Count the run once; the 0x00 that ends it resumes decoding.
-            self.rejected += 1
-            self._pending = b""
-            self._skipping = True
-        elif start:
-            self._pending += data[start:]
-        else:
-            self._pending += data
 
     def _packets(self, encs: list[bytes], ts: float, frames: list[Frame]) -> None:
         """Decode complete encoded packets (split on 0x00; empty ones are skipped).

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ..frames import Frame
-from .base import Codec, CodecOptionError
+from .base import CodecOptionError, DelimitedCodec
 
 __all__ = ["DEFAULT_MAX_LINE", "MAX_LINE_LIMIT", "LinesCodec"]
 
@@ -25,24 +25,19 @@ _NL = b"\n"
 _CR = b"\r"
 
 
-class _LineFramedCodec(Codec):
+class _LineFramedCodec(DelimitedCodec):
     """Splits input into ``\\n``-terminated lines, bounded; subclasses judge lines."""
 
     options: ClassVar[dict[str, type]] = {"max_line": int}
     default_max_line: ClassVar[int] = DEFAULT_MAX_LINE
 
     def __init__(self, device: str = "", *, max_line: int | None = None) -> None:
-        super().__init__(device)
         if max_line is None:
             max_line = self.default_max_line
         if not isinstance(max_line, int) or isinstance(max_line, bool) or not 0 < max_line <= MAX_LINE_LIMIT:
             raise CodecOptionError(f"codec {self.name!r} option 'max_line' must be an int in 1..{MAX_LINE_LIMIT}, got {max_line!r}")
         self.max_line = max_line
-        #: the pending partial line never exceeds this (max_line plus a ``\r``)
-        self.pending_limit = max_line + 1
-        self._pending = b""
-        # True while skipping the rest of an oversize line up to the next \n.
-        self._skipping = False
+        super().__init__(device, max_line + 1)  # a pending line is at most max_line plus a \r
         #: next host-assigned seq
         self.seq = 0
 
@@ -71,18 +66,6 @@ class _LineFramedCodec(Codec):
         if tail:
             self._hold(tail, 0)
         return frames
-
-    def _hold(self, data: bytes, start: int) -> None:
-        """Keep ``data[start:]`` as the pending line, or drop an oversize run."""
-        if len(self._pending) + len(data) - start > self.pending_limit:
-            # Count the run once; the \n that ends it resumes decoding.
-            self.rejected += 1
-            self._pending = b""
-            self._skipping = True
-        elif start:
-            self._pending += data[start:]
-        else:
-            self._pending += data
 
     def _take(self, lines: list[bytes], ts: float, frames: list[Frame]) -> None:
         """Judge complete lines (terminator removed, ``\\r`` not yet stripped)."""
