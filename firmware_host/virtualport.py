@@ -113,7 +113,6 @@ class VirtualPort:
         the wire, as with a real cable pulled mid-frame.
         """
         view = memoryview(data)
-        loop = asyncio.get_running_loop()
         while view:
             fd = self.master
             if fd is None:
@@ -122,15 +121,7 @@ class VirtualPort:
             if n:
                 view = view[n:]
                 continue
-            ready = loop.create_future()
-            loop.add_writer(fd, wake, ready)
-            self._waiters.add(ready)
-            try:
-                await ready
-            finally:
-                self._waiters.discard(ready)
-                if self.master == fd:
-                    loop.remove_writer(fd)
+            await self._until_ready(fd, writable=True)
 
     def read_nowait(self, limit: int = 65536) -> bytes:
         """Bytes the host wrote to the device (downlink), b"" if none."""
@@ -143,7 +134,6 @@ class VirtualPort:
 
     async def read(self, limit: int = 65536) -> bytes:
         """Await downlink bytes from the host."""
-        loop = asyncio.get_running_loop()
         while True:
             data = self.read_nowait(limit)
             if data:
@@ -151,15 +141,21 @@ class VirtualPort:
             fd = self.master
             if fd is None:
                 raise ConnectionError("virtual port unplugged")
-            ready = loop.create_future()
-            loop.add_reader(fd, wake, ready)
-            self._waiters.add(ready)
-            try:
-                await ready
-            finally:
-                self._waiters.discard(ready)
-                if self.master == fd:
-                    loop.remove_reader(fd)
+            await self._until_ready(fd, writable=False)
+
+    async def _until_ready(self, fd: int, *, writable: bool) -> None:
+        """Await readiness of the master (an unplug wakes it too)."""
+        loop = asyncio.get_running_loop()
+        add, remove = (loop.add_writer, loop.remove_writer) if writable else (loop.add_reader, loop.remove_reader)
+        ready: asyncio.Future[None] = loop.create_future()
+        add(fd, wake, ready)
+        self._waiters.add(ready)
+        try:
+            await ready
+        finally:
+            self._waiters.discard(ready)
+            if self.master == fd:  # after an unplug the fd is closed and already unregistered
+                remove(fd)
 
     def __repr__(self) -> str:
         return f"<VirtualPort {self.path} plugged={self.plugged}>"
