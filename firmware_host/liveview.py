@@ -56,10 +56,11 @@ def summary_line(status: dict[str, Any], rates: dict[str, float | None]) -> str:
     """One log line for the whole runtime."""
     devices = status["devices"].values()
     connected = sum(1 for d in devices if d["state"] == "connected")
-    total = sum(r for r in rates.values() if r is not None)
+    known = [r for r in rates.values() if r is not None]
+    rate = f"{sum(known):.1f}" if known else "-"  # no earlier sample yet: unknown, not zero
     buf = status["buffer"]
     down = sorted(n for n, d in status["devices"].items() if d["state"] != "connected")
-    text = (f"{len(status['devices'])} devices ({connected} connected): {total:.1f} frames/s, "
+    text = (f"{len(status['devices'])} devices ({connected} connected): {rate} frames/s, "
             f"{sum(d['frames'] for d in devices)} frames, {sum(d['rejected'] for d in devices)} rejected, "
             f"{sum(d['gaps'] for d in devices)} gaps; buffer {buf['depth']}/{buf['capacity']}, "
             f"{buf['dropped']} dropped")
@@ -109,6 +110,8 @@ async def run_live_view(rt: Any, token: CancellationToken, stream: TextIO | None
     prev: dict[str, Any] | None = None
     prev_t = time.monotonic()
     try:
+        if not tty:  # the first log line comes after one interval: give it a rate to compare with
+            prev, prev_t = await rt.status(), time.monotonic()
         while not token.is_cancelled:
             if prev is not None or not tty:  # a terminal gets its first view at once
                 await token.run_until_cancelled(asyncio.sleep(interval))

@@ -283,7 +283,7 @@ def test_no_terminal_logs_a_summary_line(caplog: pytest.LogCaptureFixture) -> No
     async def main() -> None:
         token = CancellationToken()
         task = asyncio.create_task(run_live_view(rt, token, stream, interval=0.01))
-        await rt.wait_calls(2)
+        await rt.wait_calls(3)  # a baseline sample, then two logged ones
         token.cancel()
         await task
 
@@ -292,6 +292,8 @@ def test_no_terminal_logs_a_summary_line(caplog: pytest.LogCaptureFixture) -> No
     assert stream.getvalue() == ""
     messages = [r.getMessage() for r in caplog.records if r.name == "firmware_host.liveview"]
     assert len(messages) >= 2 and messages[0].startswith("2 devices (1 connected)")
+    # the first line already has a rate: it was "0.0 frames/s" with no earlier sample to compare
+    assert "(1 connected): - frames/s" not in messages[0] and " 0.0 frames/s" not in messages[0]
     assert "frames/s" in messages[1]
 
 
