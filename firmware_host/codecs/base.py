@@ -60,6 +60,17 @@ class DelimitedCodec(Codec):
         # True while skipping the rest of an oversize run up to the next delimiter.
         self._skipping = False
 
+    def _start(self, data: bytes, delimiter: bytes) -> int:
+        """Where decoding of ``data`` starts: 0, or just past the delimiter that
+        ends an oversize run being skipped; -1 when all of ``data`` is skipped."""
+        if not self._skipping:
+            return 0
+        end = data.find(delimiter)
+        if end < 0:
+            return -1
+        self._skipping = False
+        return end + 1
+
     def _hold(self, data: bytes, start: int) -> None:
         """Keep ``data[start:]`` as the pending tail, or drop an oversize run."""
         if len(self._pending) + len(data) - start > self.pending_limit:

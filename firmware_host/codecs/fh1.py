@@ -101,13 +101,9 @@ class Fh1Codec(DelimitedCodec):
         frames: list[Frame] = []
         if not data:
             return frames
-        start = 0
-        if self._skipping:
-            end = data.find(_ZERO)
-            if end < 0:
-                return frames
-            self._skipping = False
-            start = end + 1
+        start = self._start(data, _ZERO)
+        if start < 0:
+            return frames
         end = data.find(_ZERO, start)
         if end < 0:
             self._hold(data, start)

@@ -45,13 +45,9 @@ class _LineFramedCodec(DelimitedCodec):
         frames: list[Frame] = []
         if not data:
             return frames
-        start = 0
-        if self._skipping:
-            end = data.find(_NL)
-            if end < 0:
-                return frames
-            self._skipping = False
-            start = end + 1
+        start = self._start(data, _NL)
+        if start < 0:
+            return frames
         if data.find(_NL, start) < 0:
             self._hold(data, start)
             return frames
