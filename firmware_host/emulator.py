@@ -426,8 +426,12 @@ class _Runner:
 
     # -- the cable ----------------------------------------------------------------
 
-    async def drain(self, timeout: float = 1.0) -> None:
-        """Before pulling the cable, let the host read what was written (clean unplug)."""
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Before pulling the cable, let the host read what was written (clean unplug).
+
+        Returns as soon as the tty is empty (milliseconds when the host keeps
+        up); the cap only matters on a host starved of CPU, where 1 s was seen
+        to be too short and made the emulator's counts inexact."""
         slave = getattr(self.dev.port, "_slave", None)
         if slave is None or not self.listening:
             return
