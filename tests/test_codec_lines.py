@@ -9,28 +9,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_host.codecs import CodecOptionError, LinesCodec
-from firmware_host.frames import Frame
+from firmware_host.codecs import Codec, CodecOptionError, LinesCodec
+
+from tests import chunking
+from tests.chunking import key, split_at
 
 pytestmark = pytest.mark.timeout(30)
 
 TS = 1763800001.0
 
 
-def key(frame: Frame) -> tuple[object, ...]:
-    return (frame.device, frame.seq, frame.type, frame.ts, frame.payload, frame.text)
+def feed_all(codec: Codec, chunks: Iterable[bytes], ts: float = TS) -> list[tuple[object, ...]]:
+    return chunking.feed_all(codec, chunks, ts)
 
 
-def feed_all(codec: LinesCodec, chunks: Iterable[bytes], ts: float = TS) -> list[tuple[object, ...]]:
-    out: list[tuple[object, ...]] = []
-    for chunk in chunks:
-        out.extend(key(f) for f in codec.feed(chunk, ts))
-    return out
 
 
-def split_at(data: bytes, cuts: Iterable[int]) -> list[bytes]:
-    points = [0, *sorted(cuts), len(data)]
-    return [data[a:b] for a, b in zip(points, points[1:])]
+
+
 
 
 def reference(stream: bytes, max_line: int = 4096) -> tuple[list[str], int]:

@@ -12,41 +12,30 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_host.codecs import CodecOptionError, NmeaCodec
+from firmware_host.codecs import Codec, CodecOptionError, NmeaCodec
 from firmware_host.codecs.nmea import nmea_checksum
-from firmware_host.frames import Frame
+
+from tests import chunking
+from tests.chunking import split_at, random_chunks
 
 pytestmark = pytest.mark.timeout(30)
 
 TS = 1763800000.25
 
 
+def feed_all(codec: Codec, chunks: Iterable[bytes], ts: float = TS) -> list[tuple[object, ...]]:
+    return chunking.feed_all(codec, chunks, ts)
+
+
 # --- helpers and the obviously-correct reference ----------------------------------
 
 
-def key(frame: Frame) -> tuple[object, ...]:
-    return (frame.device, frame.seq, frame.type, frame.ts, frame.payload, frame.text)
 
 
-def feed_all(codec: NmeaCodec, chunks: Iterable[bytes], ts: float = TS) -> list[tuple[object, ...]]:
-    out: list[tuple[object, ...]] = []
-    for chunk in chunks:
-        out.extend(key(f) for f in codec.feed(chunk, ts))
-    return out
 
 
-def split_at(data: bytes, cuts: Iterable[int]) -> list[bytes]:
-    points = [0, *sorted(cuts), len(data)]
-    return [data[a:b] for a, b in zip(points, points[1:])]
 
 
-def random_chunks(data: bytes, rng: random.Random, max_chunk: int = 200) -> list[bytes]:
-    chunks, i = [], 0
-    while i < len(data):
-        n = rng.randint(1, max_chunk)
-        chunks.append(data[i : i + n])
-        i += n
-    return chunks
 
 
 def sentence(body: str, start: str = "$") -> str:

@@ -37,12 +37,11 @@ pytestmark = pytest.mark.timeout(60)
 
 TS = 1763800002.75
 MASK = 0xFFFFFFFF
+from tests.chunking import split_at  # noqa: E402
+
 PROPERTY = settings(max_examples=100, deadline=None)
 
 
-def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({0, len(data), *(c for c in cuts if 0 < c < len(data))})
-    return [data[a:b] for a, b in zip(points, points[1:])]
 
 
 def feed_chunks(codec: Codec, data: bytes, cuts: list[int]) -> list[Frame]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from firmware_host import encode_packet
+from tests.chunking import random_chunks
 from tests.conftest import read_jsonl, seqs_by_device
 
 pytestmark = pytest.mark.timeout(60)
@@ -53,13 +54,6 @@ def make_script(rng: random.Random, frames: int) -> Script:
     return script
 
 
-def split_randomly(rng: random.Random, data: bytes) -> list[bytes]:
-    out, i = [], 0
-    while i < len(data):
-        n = rng.randrange(1, 4096)
-        out.append(data[i:i + n])
-        i += n
-    return out
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -78,7 +72,7 @@ async def test_three_devices_noise_crc_gaps_exact(fh_ports, fh_runtime, fh_jsonl
         for n in names:
             await rt.wait_state(n, "connected")
         # send the streams interleaved in random-sized chunks, as real links do
-        pending = {n: split_randomly(rng, b"".join(scripts[n].chunks)) for n in names}
+        pending = {n: random_chunks(b"".join(scripts[n].chunks), rng, 4095) for n in names}
         while any(pending.values()):
             n = rng.choice([n for n in names if pending[n]])
             await ports[n].write(pending[n].pop(0))
