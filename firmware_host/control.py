@@ -152,7 +152,7 @@ class ControlServer:
         from .runtime import RuntimeFailure
         try:
             await self._prepare_path()
-            sock = self._bind()
+            sock = await asyncio.to_thread(self._bind)  # bind and chmod touch the filesystem
         except ControlError as exc:
             raise RuntimeFailure(str(exc)) from None
         try:
@@ -170,11 +170,20 @@ class ControlServer:
                 "errors": self.errors, "refused": self.refused}
 
     async def _prepare_path(self) -> None:
+        # the filesystem checks run off the loop; only the liveness probe is async
+        if not await asyncio.to_thread(self._check_path):
+            return
+        if await _is_listening(self.path):
+            raise ControlError(f"another runtime is already listening on {self.path}")
+        await asyncio.to_thread(self._remove_stale)
+
+    def _check_path(self) -> bool:
+        """Secure the directory; True when a socket (live or stale) is at the path."""
         _secure_directory(os.path.dirname(os.path.abspath(self.path)))
         try:
             st = os.lstat(self.path)
         except FileNotFoundError:
-            return
+            return False
         except OSError as exc:
             raise ControlError(f"control socket {self.path}: {exc.strerror or exc}") from None
         # lstat, never stat: a symlink planted here could point our socket (and
@@ -183,9 +192,10 @@ class ControlServer:
             raise ControlError(f"refusing the control socket {self.path}: it is a symlink")
         if not stat.S_ISSOCK(st.st_mode):
             raise ControlError(f"refusing the control socket {self.path}: a file that is not a socket is there")
-        if await _is_listening(self.path):
-            raise ControlError(f"another runtime is already listening on {self.path}")
-        # a stale socket left by a runtime that died: replace it
+        return True
+
+    def _remove_stale(self) -> None:
+        """A socket nobody listens on, left by a runtime that died: replace it."""
         try:
             os.unlink(self.path)
         except FileNotFoundError:
