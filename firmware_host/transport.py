@@ -20,6 +20,8 @@ import serial
 import serial_asyncio
 from serial.serialposix import Serial as _PosixSerial
 
+from .readclock import ReadClock, read_clock
+
 #: bytes buffered per port before the transport stops reading (backpressure)
 READ_LIMIT = 1 << 20
 #: bytes asked of the OS per readiness event; pyserial-asyncio's 1024 would
@@ -27,14 +29,20 @@ READ_LIMIT = 1 << 20
 MAX_READ_SIZE = 1 << 16
 CLOSE_TIMEOUT = 1.0
 #: After a read shorter than READ_COALESCE_BYTES, the next read of a tty waits
-#: READ_COALESCE seconds first, like a USB-serial adapter's latency timer: a
-#: busy port then costs one wakeup per 20 ms instead of one per USB packet,
-#: and a silent port costs nothing (it waits for readiness as before). A read
-#: that returned more is followed at once, so fast links are never held back.
-#: The receive timestamp is taken after the read, so this adds at most
+#: for the next tick of the loop's shared ReadClock (every READ_COALESCE
+#: seconds), like a USB-serial adapter's latency timer: busy ports then cost
+#: one wakeup each per tick, all in one loop iteration, instead of one per USB
+#: packet each, and a silent port costs nothing (it waits for readiness). A
+#: read that returned more is followed at once, so fast links are never held
+#: back. The receive timestamp is taken after the read, so this adds at most
 #: READ_COALESCE to wire->host latency and nothing to receive->sink latency.
 READ_COALESCE = 0.02
-READ_COALESCE_BYTES = 2048
+#: A tty read returns at most what the line discipline holds: 4095 bytes
+#: (n_tty's 4 KiB buffer, measured on ptys). A read this close to that means
+#: more is waiting in the driver. The bar sits well above one tick of 921600
+#: baud (1,843 bytes, or ~2,300 for a tick that fires late) so paced fast
+#: ports are not followed at once only to find a few bytes.
+READ_COALESCE_BYTES = 3584
 
 _RETRY_ERRNOS = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
@@ -186,7 +194,8 @@ class SerialPort:
         self._transport = transport
         self._protocol = protocol
         self._ser = transport.serial
-        self._wait_first = False
+        self._wait_tick = False
+        self._clock: ReadClock | None = None
         self._fd: int | None = None
         if transport.direct:
             self._fd = self._ser.fileno()
@@ -194,9 +203,12 @@ class SerialPort:
     async def read(self) -> bytes:
         if self._fd is None:
             return await self._protocol.read()
-        if self._wait_first:
-            self._wait_first = False
-            await asyncio.sleep(READ_COALESCE)
+        if self._wait_tick:
+            self._wait_tick = False
+            clock = self._clock
+            if clock is None:  # looked up once: a port lives on one loop
+                clock = self._clock = read_clock(READ_COALESCE)
+            await clock.tick()
         else:
             # a read that finds data never suspends: yield, or one busy port
             # would keep the loop (and every other reader) for itself
@@ -209,7 +221,7 @@ class SerialPort:
                 raise error
             data = self._read_now(woken)
             if data:
-                self._wait_first = len(data) < READ_COALESCE_BYTES
+                self._wait_tick = len(data) < READ_COALESCE_BYTES
                 return data
             await self._readable()
             woken = True

@@ -110,3 +110,58 @@ async def test_fake_port_and_opener():
     with pytest.raises(PortClosed):
         await opener("fake://x", 9600)
     assert opener.opens["fake://x"] == 4
+
+
+async def test_read_clock_wakes_waiters_together_and_idles_without_them():
+    from firmware_host.readclock import read_clock
+
+    loop = asyncio.get_running_loop()
+    clock = read_clock(0.01)
+    assert read_clock(0.01) is clock  # one clock per loop
+    assert clock._timer is None  # nobody waits: no timer scheduled
+    a, b, c = clock.tick(), clock.tick(), clock.tick()
+    b.cancel()  # a reader that stops leaves the others waiting
+    t0 = loop.time()
+    await a
+    assert c.done() and not c.cancelled()  # the same tick completed both
+    assert loop.time() - t0 < 1.0
+    assert clock.waiting == 0 and clock._timer is None
+
+
+async def test_busy_ptys_are_read_once_per_tick(fh_ports, mocker):
+    """Several busy ports read on one shared tick: each read returns what
+    arrived since the last tick, and the reads of all ports land in the same
+    loop iteration rather than one timer each."""
+    from firmware_host import transport
+
+    mocker.patch.object(transport, "READ_COALESCE", 0.1)
+    vps = [fh_ports.new() for _ in range(3)]
+    ports = [await open_serial(vp.path, 115200) for vp in vps]
+    seen: list[float] = []
+    real = transport.SerialPort._read_now
+
+    def spy(self, woken):
+        data = real(self, woken)
+        if data:
+            seen.append(asyncio.get_running_loop().time())
+        return data
+    mocker.patch.object(transport.SerialPort, "_read_now", spy)
+    try:
+        for vp in vps:
+            await vp.write(b"x")
+        firsts = [await p.read() for p in ports]  # each follows readiness at once
+        assert firsts == [b"x"] * 3
+        seen.clear()
+        for vp in vps:  # bytes that arrive while the readers wait for the tick
+            await vp.write(b"abc")
+            await vp.write(b"def")
+        first = asyncio.ensure_future(ports[0].read())
+        await asyncio.sleep(0.04)  # the others start waiting later...
+        got = await asyncio.gather(first, *(p.read() for p in ports[1:]))
+        assert got == [b"abcdef"] * 3  # one read each, coalesced
+        # ...and still wake on the first one's tick: timers of their own would
+        # have read them 40 ms after it
+        assert len(seen) == 3 and max(seen) - min(seen) < 0.02
+    finally:
+        for p in ports:
+            await p.close()

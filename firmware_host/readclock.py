@@ -1,0 +1,60 @@
+"""ReadClock: one shared tick that wakes every coalescing tty reader together.
+
+Each busy port used to sleep ``READ_COALESCE`` on a timer of its own, so 48
+ports meant 48 timers, 48 loop iterations and 48 aggregator wakeups per
+period, spread over time. On one clock the readers wake in the same loop
+iteration, read, offer, and the aggregator takes all their messages in one
+step. The clock runs only while someone waits: silent ports wait for
+readiness instead, so an idle runtime schedules no timer at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+
+__all__ = ["ReadClock", "read_clock"]
+
+
+class ReadClock:
+    """Hands out futures completed at the next tick (at most ``period`` away)."""
+
+    __slots__ = ("period", "_loop", "_waiters", "_timer", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, period: float) -> None:
+        self.period = period
+        self._loop = loop
+        self._waiters: list[asyncio.Future[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def tick(self) -> asyncio.Future[None]:
+        """A future of the waiter's own: cancelling it (a reader stopping)
+        leaves the other waiters alone."""
+        fut = self._loop.create_future()
+        self._waiters.append(fut)
+        if self._timer is None:
+            self._timer = self._loop.call_later(self.period, self._fire)
+        return fut
+
+    def _fire(self) -> None:
+        self._timer = None
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+
+_clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ReadClock] = weakref.WeakKeyDictionary()
+
+
+def read_clock(period: float) -> ReadClock:
+    """The running loop's clock for ``period`` (one per loop: tests run many loops)."""
+    loop = asyncio.get_running_loop()
+    clock = _clocks.get(loop)
+    if clock is None or clock.period != period:
+        clock = _clocks[loop] = ReadClock(loop, period)
+    return clock
