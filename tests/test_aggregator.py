@@ -150,3 +150,24 @@ async def test_requests_after_stop_fail_instead_of_hanging():
     await task
     with pytest.raises(AggregatorStopped):
         await asyncio.wait_for(agg.handle.snapshot(), 1)
+
+
+@pytest.mark.parametrize("max_bytes", [0, 10_000])
+async def test_reported_bytes_follow_offers_evictions_and_acks(max_bytes):
+    """Without a byte bound the actor does not count bytes as frames move
+    (a snapshot sums them); with one it does. Both must report the same."""
+    agg, token, task = await start(capacity=10, max_bytes=max_bytes, batch_size=100)
+    h = agg.handle
+    await h.offer("a", frames("a", range(6), size=3))
+    await h.offer("b", [Frame("b", 0, None, 0.0, text="hello")])  # a text frame counts its characters
+    assert (await h.snapshot()).bytes == 6 * 3 + 5
+    await h.offer("a", frames("a", range(6, 11), size=7))  # evicts two 3-byte frames
+    assert (await h.snapshot()).bytes == 4 * 3 + 5 + 5 * 7
+    await h.ack(await h.take(5))  # four 3-byte frames and the text frame
+    assert (await h.snapshot()).bytes == 5 * 7
+    await h.pop(await h.take(2, device="a"))
+    snap = await h.snapshot()
+    assert snap.bytes == 3 * 7 and snap.depth == 3
+    await law(agg)
+    token.cancel()
+    await task
