@@ -32,19 +32,21 @@ pytestmark = pytest.mark.timeout(30)
 TS = 1763800000.5
 
 
+@pytest.fixture(autouse=True, params=["pure", "compiled"])
+def cobs_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both COBS decoders of the hot path."""
+    if request.param == "pure":
+        monkeypatch.setattr(cobs, "compiled_decode", None)
+    elif cobs.compiled_decode is None:
+        pytest.skip("corncobs is not installed (the [fast] extra)")
+    return str(request.param)
+
+
 def feed_all(codec: Codec, chunks: Iterable[bytes], ts: float = TS) -> list[tuple[object, ...]]:
     return chunking.feed_all(codec, chunks, ts)
 
 
 # --- helpers --------------------------------------------------------------------
-
-
-
-
-
-
-
-
 
 
 def raw_packet(version: int, frame_type: int, seq: int, payload: bytes, crc: int | None = None) -> bytes:

@@ -174,3 +174,29 @@ def test_cobs_decode_never_raises_anything_else(data: bytes) -> None:
         return
     # Whatever decodes re-encodes to something that decodes the same.
     assert cobs.decode(cobs.encode(out)) == out
+
+
+cobs_inputs = st.one_of(
+    st.binary(max_size=700).map(cobs.encode),  # valid
+    st.binary(max_size=700).map(lambda raw: cobs.encode(raw) + b"\x01"),  # the trailing-block variant
+    st.binary(min_size=1, max_size=700).map(lambda raw: cobs.encode(raw)[:-1]),  # truncated
+    st.binary(min_size=1, max_size=600).map(lambda b: b.replace(b"\x00", b"\x01")),  # anything without a zero
+)  # never empty: fh1 skips an empty packet before decoding (corncobs decodes b"" to b"", we refuse it)
+
+
+@pytest.mark.skipif(cobs.compiled_decode is None, reason="corncobs is not installed (the [fast] extra)")
+@settings(max_examples=1000, deadline=None)
+@given(cobs_inputs)
+def test_compiled_decoder_gives_the_same_verdicts(data: bytes) -> None:
+    """The fh1 hot path uses corncobs when installed: it must accept and reject
+    exactly what ``decode_unchecked`` does, with the same output."""
+    assert cobs.compiled_decode is not None
+    try:
+        want: bytes | None = cobs.decode_unchecked(data)
+    except cobs.CobsDecodeError:
+        want = None
+    try:
+        got: bytes | None = cobs.compiled_decode(data)
+    except cobs.CompiledDecodeError:
+        got = None
+    assert got == want

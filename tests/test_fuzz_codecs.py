@@ -30,18 +30,16 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from firmware_host.codecs import Codec, Fh1Codec, LinesCodec, NmeaCodec, encode_packet
+from firmware_host.codecs import Codec, Fh1Codec, LinesCodec, NmeaCodec, cobs, encode_packet
 from firmware_host.frames import Frame
+from tests.chunking import split_at
 
 pytestmark = pytest.mark.timeout(60)
 
 TS = 1763800002.75
 MASK = 0xFFFFFFFF
-from tests.chunking import split_at  # noqa: E402
 
 PROPERTY = settings(max_examples=100, deadline=None)
-
-
 
 
 def feed_chunks(codec: Codec, data: bytes, cuts: list[int]) -> list[Frame]:
@@ -256,3 +254,34 @@ def test_resets_between_frames_cost_nothing(kind: Kind) -> None:
         assert (codec.rejected, codec.gaps) == (whole.rejected, whole.gaps)
 
     check()
+
+
+fh1_noisy_stream = st.lists(
+    st.one_of(
+        st.builds(encode_packet, st.integers(0, 255), st.integers(0, MASK), st.binary(max_size=300)),
+        st.binary(max_size=40),  # noise, zeros included
+        st.builds(lambda p, i: p[:i] + bytes([p[i] ^ 0x5A]) + p[i + 1:] if i < len(p) else p,
+                  st.builds(encode_packet, st.just(0), st.integers(0, 9), st.binary(max_size=20)),
+                  st.integers(0, 40)),  # a flipped byte: bad COBS or bad CRC
+    ),
+    max_size=30,
+).map(b"".join)
+
+
+@pytest.mark.skipif(cobs.compiled_decode is None, reason="corncobs is not installed (the [fast] extra)")
+@PROPERTY
+@given(fh1_noisy_stream, cuts_st)
+def test_fh1_compiled_and_pure_decoding_agree(data: bytes, cuts: list[int]) -> None:
+    """The compiled COBS path changes speed, never a verdict: frames, rejected
+    and gaps are the same as the pure-Python decoder's, whatever the chunking."""
+    fast = Fh1Codec("d", max_payload=256)
+    fast_frames = feed_chunks(fast, data, cuts)
+    compiled = cobs.compiled_decode
+    try:
+        cobs.compiled_decode = None
+        pure = Fh1Codec("d", max_payload=256)
+        pure_frames = feed_chunks(pure, data, cuts)
+    finally:
+        cobs.compiled_decode = compiled
+    assert [(f.seq, f.type, f.payload) for f in fast_frames] == [(f.seq, f.type, f.payload) for f in pure_frames]
+    assert (fast.rejected, fast.gaps) == (pure.rejected, pure.gaps)

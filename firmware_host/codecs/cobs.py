@@ -8,7 +8,12 @@ copy), so the cost in Python is per zero in the packet, never per byte.
 
 from __future__ import annotations
 
-__all__ = ["CobsDecodeError", "encode", "decode", "decode_unchecked", "max_encoded_len"]
+import os
+from typing import Callable
+
+__all__ = ["CobsDecodeError", "encode", "decode", "decode_unchecked", "max_encoded_len",
+           "compiled_decode", "CompiledDecodeError"]
+
 
 _ZERO = b"\x00"
 # A block holds at most 254 data bytes; its code byte 0xFF means "254 bytes,
@@ -18,6 +23,20 @@ _MAX_RUN = 254
 
 class CobsDecodeError(ValueError):
     """The input is not a valid COBS encoding."""
+
+
+#: COBS decoding in compiled code when the optional ``corncobs`` package is
+#: installed (the ``[fast]`` extra, where it has wheels): the fh1 hot path
+#: calls it for packets that hold a zero. Same verdicts as ``decode_unchecked``
+#: (tests/test_crc_cobs.py checks that). ``FIRMWARE_HOST_PURE=1`` turns it off.
+compiled_decode: Callable[[bytes], bytes] | None = None
+CompiledDecodeError: type[Exception] = CobsDecodeError
+if not os.environ.get("FIRMWARE_HOST_PURE"):
+    try:
+        from corncobs import DecodeError as CompiledDecodeError  # type: ignore[no-redef]
+        from corncobs import decode as compiled_decode
+    except ImportError:
+        pass
 
 
 def max_encoded_len(n: int) -> int:

@@ -22,6 +22,7 @@ from typing import ClassVar
 
 from ..frames import Frame
 from .base import CodecOptionError, DelimitedCodec
+from . import cobs as _cobs
 from .cobs import CobsDecodeError, _decode_blocks, max_encoded_len
 from .cobs import encode as cobs_encode
 
@@ -125,8 +126,9 @@ class Fh1Codec(DelimitedCodec):
         """Decode complete encoded packets (split on 0x00; empty ones are skipped).
 
         One loop with everything in locals: per packet this is the hot path of
-        the whole runtime. COBS is undone by patching a copy at each code byte
-        (cost per zero in the packet, not per byte), CRC is binascii's C code.
+        the whole runtime. COBS is undone in compiled code when corncobs is
+        installed, else by patching a copy at each code byte (cost per zero in
+        the packet, not per byte); CRC is binascii's C code.
         """
         append = frames.append
         limit = self.pending_limit
@@ -137,6 +139,7 @@ class Fh1Codec(DelimitedCodec):
         make = Frame
         min_packet, version, mask = _MIN_PACKET, FH1_VERSION, _SEQ_MASK
         last = self._last_seq
+        fast, fast_error = _cobs.compiled_decode, _cobs.CompiledDecodeError
         rejected = gaps = 0
         try:
             for enc in encs:
@@ -148,8 +151,13 @@ class Fh1Codec(DelimitedCodec):
                 if n > limit:
                     rejected += 1
                     continue
-                j = enc[0]
-                if j == n:  # one block: no zero in the packet
+                if fast is not None:  # compiled COBS (cobs.compiled_decode)
+                    try:
+                        packet = fast(enc)
+                    except fast_error:
+                        rejected += 1
+                        continue
+                elif (j := enc[0]) == n:  # one block: no zero in the packet
                     packet = enc[1:]
                 else:
                     # the packet is the input minus its first code byte, with
