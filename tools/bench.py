@@ -776,7 +776,7 @@ def table(r: dict[str, Any]) -> str:
                 rows.append((f"paced {sc['paced']['devices']} dev", f"CPU % of a core ({v})", f"{res['cpu_pct']}",
                              f"{base.get('cpu_pct', '-')}", f"{ratio}x less" if ratio else ""))
                 rows.append(("", f"p99 recv->sink ms ({v})", f"{res['latency_ms']['p99']}",
-                             f"{base.get('latency_ms', {}).get('p99')}", ""))
+                             f"{base.get('latency_ms', {}).get('p99', '-')}", ""))
                 rows.append(("", f"in sink / sent, dropped ({v})", f"{res['in_sink']}/{res['sent']}, {res['dropped']}",
                              f"{base.get('in_sink')}/{base.get('sent')}" if base else "", ""))
     if "idle" in sc:
