@@ -55,14 +55,24 @@ _PAYLOAD_LINE = b'{"device": %b, "seq": %d, "type": %d, "ts": %b, "payload": "%b
 _TEXT_LINE = b'{"device": %b, "seq": %d, "type": null, "ts": %b, "text": %b}\n'
 
 
+#: device name -> its JSON string as bytes; device names are few, the bound
+#: only guards against a plugin inventing a new name per frame
+_NAMES: dict[str, bytes] = {}
+_NAMES_MAX = 4096
+
+
 def encode_records(frames: Sequence[Frame]) -> bytes:
     """The jsonl lines for ``frames`` (design.md, "Sinks").
 
-    Built as bytes with C-level %-formatting. Per batch, each device name is
-    JSON-quoted once; per read, the timestamp is formatted once (the frames
-    of one read share one ``ts`` object, so an identity check finds repeats).
+    Built as bytes with C-level %-formatting. Each device name is JSON-quoted
+    once (cached across batches: 48 devices at 60 batches/s were 2,900
+    ``json.dumps`` calls a second); per read, the timestamp is formatted once
+    (the frames of one read share one ``ts`` object, so an identity check
+    finds repeats).
     """
-    names: dict[str, bytes] = {}
+    names = _NAMES
+    if len(names) > _NAMES_MAX:
+        names.clear()
     b64 = binascii.b2a_base64
     dumps = json.dumps
     out: list[bytes] = []
