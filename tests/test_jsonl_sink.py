@@ -64,3 +64,16 @@ def test_options_are_validated():
         JsonlSink(path="x", colour="red")
     with pytest.raises(ValueError, match="fsync"):
         JsonlSink(path="x", fsync="yes")
+
+
+def test_device_name_cache_is_bounded_and_never_mixes_names():
+    """Quoted device names are cached across batches; a plugin inventing a
+    name per frame must not grow the cache without bound or garble a line."""
+    from firmware_host.sinks import jsonl
+
+    names = [f'dev "{i}" \\ é' for i in range(jsonl._NAMES_MAX + 500)]
+    for start in range(0, len(names), 1000):
+        batch = [Frame(n, i, 1, 1.5, payload=b"x") for i, n in enumerate(names[start:start + 1000])]
+        lines = jsonl.encode_records(batch).decode("utf-8").splitlines()
+        assert [json.loads(line)["device"] for line in lines] == [f.device for f in batch]
+        assert len(jsonl._NAMES) <= jsonl._NAMES_MAX + 1000
