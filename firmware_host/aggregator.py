@@ -148,9 +148,6 @@ class Aggregator:
         self.batch_size = batch_size
         self._buffer: collections.deque[Frame] = collections.deque()
         self._head = 0  # global id of _buffer[0]
-        # Bytes are counted as frames come and go only under a byte bound;
-        # without one, a snapshot sums them (two passes per frame saved).
-        self._track_bytes = max_bytes > 0
         self._bytes = 0
         self._dropped = 0
         self._accounts: dict[str, DeviceAccount] = {}
@@ -251,11 +248,11 @@ class Aggregator:
         acct.buffered += n
         buffer = self._buffer
         buffer.extend(frames)
+        self._bytes += _sizes(frames)
         excess = len(buffer) - capacity
         if excess > 0:
             self._evict(excess)
-        if self._track_bytes:
-            self._bytes += _sizes(frames)
+        if self.max_bytes:
             while self._bytes > self.max_bytes and buffer:
                 self._evict(1)
         self._update_ready()
@@ -281,8 +278,7 @@ class Aggregator:
             freed += len(payload) if payload is not None else _size(frame)
         self._head += count
         self._dropped += count
-        if self._track_bytes:
-            self._bytes -= freed
+        self._bytes -= freed
 
     def _take(self, limit: int, device: str | None, upto: int | None) -> Batch:
         buffer, head = self._buffer, self._head
@@ -322,8 +318,7 @@ class Aggregator:
                 else:
                     acked = [popleft() for _ in itertools.repeat(None, n)]
                 counts = _per_device(acked)
-                if self._track_bytes:
-                    freed = _sizes(acked)
+                freed = _sizes(acked)
                 self._head += n
         else:
             ids = {id(f) for f in batch.frames}
@@ -339,16 +334,14 @@ class Aggregator:
             acct = accounts[name]
             acct.flushed += n
             acct.buffered -= n
-        if self._track_bytes:
-            self._bytes -= freed
+        self._bytes -= freed
         self._update_ready()
         return counts
 
     def _snapshot(self, oldest: bool) -> BufferSnapshot:
         accounts = {name: DeviceAccount(a.frames, a.flushed, a.dropped, a.buffered)
                     for name, a in self._accounts.items()}
-        size = self._bytes if self._track_bytes else _sizes(self._buffer)
-        snap = BufferSnapshot(self.capacity, self.max_bytes, len(self._buffer), size,
+        snap = BufferSnapshot(self.capacity, self.max_bytes, len(self._buffer), self._bytes,
                               self._dropped, accounts)
         if oldest:
             missing = {name for name, a in self._accounts.items() if a.buffered}

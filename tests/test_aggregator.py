@@ -154,8 +154,8 @@ async def test_requests_after_stop_fail_instead_of_hanging():
 
 @pytest.mark.parametrize("max_bytes", [0, 10_000])
 async def test_reported_bytes_follow_offers_evictions_and_acks(max_bytes):
-    """Without a byte bound the actor does not count bytes as frames move
-    (a snapshot sums them); with one it does. Both must report the same."""
+    """The reported bytes follow every way frames enter and leave the buffer,
+    with and without a byte bound."""
     agg, token, task = await start(capacity=10, max_bytes=max_bytes, batch_size=100)
     h = agg.handle
     await h.offer("a", frames("a", range(6), size=3))
