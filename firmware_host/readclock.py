@@ -19,21 +19,23 @@ __all__ = ["ReadClock", "read_clock"]
 class ReadClock:
     """Hands out futures completed at the next tick (at most ``period`` away)."""
 
-    __slots__ = ("period", "_loop", "_waiters", "_timer", "__weakref__")
+    # No reference to the loop: the clock is the value of a weak-keyed map
+    # from its loop, and a strong one would keep every closed loop alive.
+    __slots__ = ("period", "_waiters", "_timer")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, period: float) -> None:
+    def __init__(self, period: float) -> None:
         self.period = period
-        self._loop = loop
         self._waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.TimerHandle | None = None
 
     def tick(self) -> asyncio.Future[None]:
         """A future of the waiter's own: cancelling it (a reader stopping)
         leaves the other waiters alone."""
-        fut = self._loop.create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._waiters.append(fut)
         if self._timer is None:
-            self._timer = self._loop.call_later(self.period, self._fire)
+            self._timer = loop.call_later(self.period, self._fire)
         return fut
 
     def _fire(self) -> None:
@@ -56,5 +58,5 @@ def read_clock(period: float) -> ReadClock:
     loop = asyncio.get_running_loop()
     clock = _clocks.get(loop)
     if clock is None or clock.period != period:
-        clock = _clocks[loop] = ReadClock(loop, period)
+        clock = _clocks[loop] = ReadClock(period)
     return clock

@@ -700,13 +700,11 @@ def machine() -> dict[str, Any]:
         uv = uvloop.__version__
     except ImportError:
         uv = None
-    try:
+    from firmware_host.codecs import cobs
+    cc: str | None = None
+    if cobs.compiled_decode is not None:  # installed, and not turned off by FIRMWARE_HOST_PURE
         from importlib.metadata import version
-        cc: str | None = version("corncobs")
-    except ImportError:
-        cc = None
-    except Exception:  # PackageNotFoundError
-        cc = None
+        cc = version("corncobs")
     return {"nproc": len(os.sched_getaffinity(0)), "cpu_model": model, "python": platform.python_version(),
             "implementation": platform.python_implementation(), "kernel": platform.release(),
             "uvloop": uv, "corncobs": cc, "loadavg_at_start": os.getloadavg()[0]}

@@ -26,12 +26,13 @@ class CobsDecodeError(ValueError):
 
 
 #: COBS decoding in compiled code when the optional ``corncobs`` package is
-#: installed (the ``[fast]`` extra, where it has wheels): the fh1 hot path
-#: calls it for packets that hold a zero. Same verdicts as ``decode_unchecked``
-#: (tests/test_crc_cobs.py checks that). ``FIRMWARE_HOST_PURE=1`` turns it off.
+#: installed (the ``[cobs]`` extra, where it has wheels): the fh1 hot path
+#: then decodes every non-empty packet with it. Same verdicts as
+#: ``decode_unchecked`` for non-empty input (tests/test_crc_cobs.py checks
+#: that). ``FIRMWARE_HOST_PURE=1`` (any value but ``0``) turns it off.
 compiled_decode: Callable[[bytes], bytes] | None = None
 CompiledDecodeError: type[Exception] = CobsDecodeError
-if not os.environ.get("FIRMWARE_HOST_PURE"):
+if os.environ.get("FIRMWARE_HOST_PURE", "0") in ("", "0"):
     try:
         from corncobs import DecodeError as CompiledDecodeError  # type: ignore[no-redef]
         from corncobs import decode as compiled_decode

@@ -71,8 +71,6 @@ def encode_records(frames: Sequence[Frame]) -> bytes:
     finds repeats).
     """
     names = _NAMES
-    if len(names) > _NAMES_MAX:
-        names.clear()
     b64 = binascii.b2a_base64
     dumps = json.dumps
     out: list[bytes] = []
@@ -82,6 +80,8 @@ def encode_records(frames: Sequence[Frame]) -> bytes:
     for f in frames:
         dev = names.get(f.device)
         if dev is None:
+            if len(names) >= _NAMES_MAX:
+                names.clear()
             dev = names[f.device] = dumps(f.device).encode("utf-8")
         ts = f.ts
         if ts is not last_ts:
