@@ -1,0 +1,92 @@
+"""Paced CPU of two or more builds, alternating, in one time window.
+
+    python tools/bench_ab.py --runs 4 new=uvloop old=uvloop:/path/to/old/checkout
+    python tools/bench_ab.py pure=uvloop-pure cobs=uvloop
+
+Each argument is ``label=variant[:source]``: ``variant`` is a runtime variant of
+tools/bench.py (``asyncio``, ``uvloop``, either with ``-pure``); ``source`` is a
+checkout whose ``firmware_host`` the runtime imports instead (put first on
+PYTHONPATH), e.g. a ``git worktree`` of an older commit. The builds run in turn,
+``--runs`` times, so a machine whose speed drifts treats them alike; the full
+bench (tools/bench.py) runs each variant once, minutes apart. Per window: 48 paced
+ports at 921600 baud (the bench's Feeder and RuntimeProc), a warm-up, then the
+runtime's CPU over ``--seconds``. No latency tailer and no baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402  (tools/bench.py, next to this file)
+
+
+def window(variant: str, source: str | None, seconds: float, devices: int) -> float:
+    """Paced CPU, % of a core, of one runtime over one window."""
+    saved = os.environ.get("PYTHONPATH")
+    if source:
+        os.environ["PYTHONPATH"] = source + (os.pathsep + saved if saved else "")
+    work = Path(tempfile.mkdtemp(prefix="fhb-ab-"))
+    feeder = bench.Feeder(devices, "paced", stamp=True)  # as tools/bench.py paced
+    try:
+        cons = bench.RuntimeProc(work, feeder.ports, variant, capacity=100_000)
+        try:
+            cons.wait_ready()
+            feeder.send("go")
+            time.sleep(1.0)
+            c0, t0 = cons.cpu(), time.monotonic()
+            time.sleep(seconds)
+            pct = 100 * (cons.cpu() - c0) / (time.monotonic() - t0)
+            feeder.stop()
+            final = cons.stop()
+            if final["exit"] != 0:
+                raise RuntimeError(f"{variant} exited {final['exit']}: {cons.stderr_text()}")
+            return pct
+        finally:
+            if cons.proc.poll() is None:
+                cons.proc.kill()
+    finally:
+        feeder.close()
+        shutil.rmtree(work, ignore_errors=True)
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("builds", nargs="+", metavar="label=variant[:source]")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=12.0)
+    ap.add_argument("--devices", type=int, default=48)
+    args = ap.parse_args(argv)
+    builds: list[tuple[str, str, str | None]] = []
+    for spec in args.builds:
+        label, sep, rest = spec.partition("=")
+        variant, _, source = rest.partition(":")
+        if not sep or variant.partition("-")[0] not in bench._BOOT:
+            ap.error(f"expected label=variant[:source], got {spec!r}")
+        if source and not (Path(source) / "firmware_host").is_dir():
+            ap.error(f"{source} holds no firmware_host package")
+        builds.append((label, variant, source or None))
+    results: dict[str, list[float]] = {label: [] for label, _, _ in builds}
+    for _ in range(args.runs):
+        for label, variant, source in builds:
+            pct = window(variant, source, args.seconds, args.devices)
+            results[label].append(round(pct, 1))
+            print(f"{label}: {pct:.1f}%", file=sys.stderr, flush=True)
+    for label, values in results.items():
+        print(f"{label:12s} median {statistics.median(values):5.1f}%  runs {', '.join(map(str, values))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
