@@ -39,3 +39,25 @@ def test_bench_quick_writes_json(tmp_path):
     assert {"wall_ms_median", "cpu_ms_median"} <= set(sc["startup"]["help"])
     assert result["targets"] and all({"target", "goal", "value", "met"} <= set(t) for t in result["targets"])
     assert "scenario" in proc.stdout  # the table
+
+
+def test_bench_ab_alternates_builds(tmp_path):
+    """tools/bench_ab.py: one window per build, the old one imported from another checkout."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(REPO / "firmware_host", old / "firmware_host")
+    marker = old / "firmware_host" / "IMPORTED"
+    init = old / "firmware_host" / "__init__.py"
+    init.write_text(init.read_text() + "\n__import__('pathlib').Path(__file__).with_name('IMPORTED').touch()\n")
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_ab.py"), "--runs", "1", "--seconds", "0.3",
+                           "--devices", "2", "new=asyncio-pure", f"old=asyncio:{old}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["new", "old"]
+    assert all("median" in line for line in lines)
+    assert marker.exists()  # the "old" build really ran from its own checkout
+    bad = subprocess.run([sys.executable, str(REPO / "tools" / "bench_ab.py"), f"x=uvloop:{tmp_path}"],
+                         capture_output=True, text=True, timeout=20)
+    assert bad.returncode == 2 and "holds no firmware_host package" in bad.stderr
