@@ -34,6 +34,7 @@ __all__ = [
     "DeviceConfig",
     "MAX_CONFIG_BYTES",
     "ShutdownConfig",
+    "SerialConfig",
     "SinkConfig",
     "config_from_dict",
     "default_control_socket",
@@ -59,11 +60,15 @@ DEFAULT_BAUDRATE = 115200
 # Linux sun_path is 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH = 107
 
-_TOP_KEYS = frozenset({"buffer", "shutdown", "control", "devices", "sinks", "plugins"})
+_TOP_KEYS = frozenset({"buffer", "shutdown", "control", "serial", "devices", "sinks", "plugins"})
 _BUFFER_KEYS = frozenset({"capacity", "max_bytes", "flush_interval", "batch_size",
                           "spool", "spool_max_bytes", "spool_sync"})
 SPOOL_SYNC_MODES = ("off", "normal", "full")
 _SHUTDOWN_KEYS = frozenset({"grace"})
+_SERIAL_KEYS = frozenset({"read_coalesce"})
+#: the longest read coalescing window accepted: past it, a busy 921600-baud
+#: port would outgrow the kernel's tty buffering (about 64 KiB) between reads
+MAX_READ_COALESCE = 0.5
 _CONTROL_KEYS = frozenset({"socket"})
 _DEVICE_KEYS = frozenset(
     {"name", "port", "match", "board", "codec", "baudrate", "backoff_initial", "backoff_max", *CODEC_OPTION_KEYS}
@@ -112,6 +117,14 @@ class ShutdownConfig:
 
 
 @dataclass(frozen=True)
+class SerialConfig:
+    #: seconds between two reads of a busy tty (one shared tick for all ports);
+    #: 0 reads at every readiness. Larger windows cost less CPU per frame and
+    #: delay the receive timestamp by up to the window.
+    read_coalesce: float = 0.02
+
+
+@dataclass(frozen=True)
 class ControlConfig:
     socket: str | None = None  # None: default_control_socket()
 
@@ -142,6 +155,7 @@ class Config:
     buffer: BufferConfig = field(default_factory=BufferConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    serial: SerialConfig = field(default_factory=SerialConfig)
     devices: list[DeviceConfig] = field(default_factory=list)
     sinks: list[SinkConfig] = field(default_factory=list)
     plugins: dict[str, dict[str, object]] = field(default_factory=dict)
@@ -365,6 +379,7 @@ def config_from_dict(
     buffer = _parse_buffer(check, top.get("buffer", {}))
     shutdown = _parse_shutdown(check, top.get("shutdown", {}))
     control = _parse_control(check, top.get("control", {}))
+    serial = _parse_serial(check, top.get("serial", {}))
 
     raw_devices = top.get("devices", [])
     if not isinstance(raw_devices, list):
@@ -397,6 +412,7 @@ def config_from_dict(
         buffer=buffer,
         shutdown=shutdown,
         control=control,
+        serial=serial,
         devices=devices,
         sinks=sinks,
         plugins=plugins,
@@ -434,6 +450,16 @@ def _parse_shutdown(check: _Checker, value: object) -> ShutdownConfig:
     table = check.table(value, "shutdown", "a table ([shutdown])")
     check.keys(table, _SHUTDOWN_KEYS, "[shutdown]")
     return ShutdownConfig(grace=check.number(table.get("grace", ShutdownConfig.grace), "shutdown.grace", ge=0))
+
+
+def _parse_serial(check: _Checker, value: object) -> SerialConfig:
+    table = check.table(value, "serial", "a table ([serial])")
+    check.keys(table, _SERIAL_KEYS, "[serial]")
+    window = check.number(table.get("read_coalesce", SerialConfig.read_coalesce), "serial.read_coalesce", ge=0)
+    if window > MAX_READ_COALESCE:
+        check.fail("serial.read_coalesce", f"expected a finite number from 0 to {MAX_READ_COALESCE:g} (seconds), "
+                                           f"got {window:g}")
+    return SerialConfig(read_coalesce=window)
 
 
 def _parse_control(check: _Checker, value: object) -> ControlConfig:

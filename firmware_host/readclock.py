@@ -53,10 +53,12 @@ class ReadClock:
 _clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ReadClock] = weakref.WeakKeyDictionary()
 
 
-def read_clock(period: float) -> ReadClock:
-    """The running loop's clock for ``period`` (one per loop: tests run many loops)."""
+def read_clock(default: float) -> ReadClock:
+    """The running loop's clock (one per loop: tests run many loops), made
+    with period ``default`` on first use. The runtime sets its ``period`` from
+    ``[serial] read_coalesce``; a period of 0 means "do not coalesce"."""
     loop = asyncio.get_running_loop()
     clock = _clocks.get(loop)
-    if clock is None or clock.period != period:
-        clock = _clocks[loop] = ReadClock(period)
+    if clock is None:
+        clock = _clocks[loop] = ReadClock(default)
     return clock

@@ -21,7 +21,8 @@ from .codecs import BUILTIN_CODECS, CodecFactory, make_codec
 from .config import Config, ConfigError, DeviceConfig
 from .flusher import Flusher, FlushResult
 from .sinks import BUILTIN_SINKS, Sink, SinkFactory
-from .transport import PortOpener, open_serial
+from .readclock import read_clock
+from .transport import READ_COALESCE, PortOpener, open_serial
 from .watch import Changes
 from .uplink import Processor, UplinkReader, UrlResolver, apply_processors, fixed_url
 
@@ -122,6 +123,8 @@ class Runtime:
     async def start(self) -> None:
         cfg = self.config
         self.started_at = time.monotonic()
+        # the tick every busy tty waits for (one clock per event loop)
+        read_clock(READ_COALESCE).period = cfg.serial.read_coalesce
         self.sinks.extend(self.build_sinks())  # before any task: a config error leaves nothing running
         self._agg_task = asyncio.create_task(self.aggregator.run(self._agg_token), name="aggregator")
         opened: list[Sink] = []

@@ -30,7 +30,7 @@ MAX_READ_SIZE = 1 << 16
 CLOSE_TIMEOUT = 1.0
 #: After a read shorter than READ_COALESCE_BYTES, the next read of a tty waits
 #: for the next tick of the loop's shared ReadClock (every READ_COALESCE
-#: seconds), like a USB-serial adapter's latency timer: busy ports then cost
+#: seconds by default; ``[serial] read_coalesce`` in the config), like a USB-serial adapter's latency timer: busy ports then cost
 #: one wakeup each per tick, all in one loop iteration, instead of one per USB
 #: packet each, and a silent port costs nothing (it waits for readiness). A
 #: read that returned more is followed at once, so fast links are never held
@@ -203,11 +203,11 @@ class SerialPort:
     async def read(self) -> bytes:
         if self._fd is None:
             return await self._protocol.read()
-        if self._wait_tick:
+        clock = self._clock
+        if clock is None:  # looked up once: a port lives on one loop
+            clock = self._clock = read_clock(READ_COALESCE)
+        if self._wait_tick and clock.period > 0:
             self._wait_tick = False
-            clock = self._clock
-            if clock is None:  # looked up once: a port lives on one loop
-                clock = self._clock = read_clock(READ_COALESCE)
             await clock.tick()
         else:
             # a read that finds data never suspends: yield, or one busy port

@@ -111,6 +111,7 @@ def test_empty_config_is_valid_with_defaults(tmp_path: Path) -> None:
     assert config.buffer == BufferConfig()
     assert config.shutdown.grace == 5.0
     assert config.control.socket is None
+    assert config.serial.read_coalesce == 0.02
     assert config.devices == [] and config.sinks == [] and config.plugins == {}
 
 
@@ -209,7 +210,11 @@ def test_load_config_accepts_str_path(tmp_path: Path) -> None:
 
 # Each case: (TOML text, the key path or key that the message must name, another fragment it must contain)
 ERROR_CASES = {
-    "unknown top-level key": ('bufer = {}\n', "'bufer'", "known: buffer, control, devices, plugins, shutdown, sinks"),
+    "unknown top-level key": ('bufer = {}\n', "'bufer'", "known: buffer, control, devices, plugins, serial, shutdown, sinks"),
+    "unknown key in serial": ("[serial]\nread_colaesce = 0.1\n", "'read_colaesce' in [serial]", "known: read_coalesce"),
+    "read_coalesce negative": ("[serial]\nread_coalesce = -0.01\n", "serial.read_coalesce", ">= 0"),
+    "read_coalesce too long": ("[serial]\nread_coalesce = 2\n", "serial.read_coalesce", "from 0 to 0.5 (seconds), got 2"),
+    "read_coalesce not a number": ('[serial]\nread_coalesce = "20ms"\n', "serial.read_coalesce", 'got "20ms"'),
     "unknown key in buffer": ("[buffer]\ncapcity = 5\n", "unknown key 'capcity' in [buffer]", "known: batch_size, capacity, flush_interval, max_bytes"),
     "unknown key in shutdown": ("[shutdown]\ngrac = 5\n", "'grac' in [shutdown]", "known: grace"),
     "unknown key in control": ('[control]\nsock = "x"\n', "'sock' in [control]", "known: socket"),

@@ -178,3 +178,34 @@ async def test_busy_ptys_are_read_once_per_tick(fh_ports, mocker):
     finally:
         for p in ports:
             await p.close()
+
+
+@pytest.mark.parametrize("window", [0.0, 0.3])
+async def test_read_coalesce_comes_from_the_config(fh_ports, fh_runtime, fh_jsonl, mocker, window):
+    """``[serial] read_coalesce`` sets the shared tick: with 0.3 s, three frames
+    that trickle in over 0.1 s are read at once on the next tick (one receive
+    timestamp); with 0 a reader never waits for a tick."""
+    from firmware_host import encode_packet
+    from firmware_host.readclock import ReadClock
+    from tests.conftest import read_jsonl
+
+    ticks = mocker.spy(ReadClock, "tick")
+    vp = fh_ports.new("d")
+    config = {"serial": {"read_coalesce": window}, "buffer": {"flush_interval": 0.05},
+              "devices": [{"name": "d", "port": vp.path, "codec": "fh1"}],
+              "sinks": [{"type": "jsonl", "path": str(fh_jsonl)}]}
+    async with fh_runtime(config) as rt:
+        await rt.wait_state("d", "connected")
+        await vp.write(encode_packet(0, 0, b"first"))  # read on readiness
+        await rt.runtime.wait_until(lambda s: s["devices"]["d"]["frames"] == 1, 5)
+        for seq in (1, 2, 3):
+            await vp.write(encode_packet(0, seq, b"later"))
+            await asyncio.sleep(0.05)  # the device's pace, not a synchronisation
+        await rt.runtime.wait_until(lambda s: s["devices"]["d"]["frames"] == 4, 5)
+        await rt.shutdown()
+    stamps = [r["ts"] for r in read_jsonl(fh_jsonl)]
+    assert len(stamps) == 4
+    if window:
+        assert len(set(stamps[1:])) == 1  # one read for the three
+    else:
+        assert ticks.call_count == 0 and len(set(stamps[1:])) == 3
