@@ -210,7 +210,8 @@ class RuntimeProc(Consumer):
     kind = "runtime"
 
     def __init__(self, work: Path, ports: list[str], loop: str, *, capacity: int = 10000,
-                 flush_interval: float = 1.0, batch_size: int = 1000, grace: float = 30.0) -> None:
+                 flush_interval: float = 1.0, batch_size: int = 1000, grace: float = 30.0,
+                 read_coalesce: float | None = None) -> None:
         self.work = work
         self.loop = loop
         self.names = [f"d{i:02d}" for i in range(len(ports))]
@@ -221,8 +222,9 @@ class RuntimeProc(Consumer):
         devices = "".join(f'\n[[devices]]\nname = "{n}"\nport = "{p}"\ncodec = "fh1"\nbaudrate = {BAUD}\n'
                           for n, p in zip(self.names, ports))
         cfg = work / "bench.toml"
+        serial = "" if read_coalesce is None else f"\n[serial]\nread_coalesce = {read_coalesce}\n"
         cfg.write_text(f"[buffer]\ncapacity = {capacity}\nflush_interval = {flush_interval}\n"
-                       f"batch_size = {batch_size}\n\n[shutdown]\ngrace = {grace}\n{devices}\n"
+                       f"batch_size = {batch_size}\n\n[shutdown]\ngrace = {grace}\n{serial}{devices}\n"
                        f'[[sinks]]\ntype = "jsonl"\npath = "{self.sink}"\n', encoding="utf-8")
         self.stderr = open(work / "runtime.stderr", "wb")
         self.spawned_at = time.monotonic()

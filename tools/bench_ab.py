@@ -2,10 +2,12 @@
 
     python tools/bench_ab.py --runs 4 new=uvloop old=uvloop:/path/to/old/checkout
     python tools/bench_ab.py pure=uvloop-pure cobs=uvloop
+    python tools/bench_ab.py w20=uvloop w50=uvloop@0.05
 
-Each argument is ``label=variant[:source]``: ``variant`` is a runtime variant of
-tools/bench.py (``asyncio``, ``uvloop``, either with ``-pure``); ``source`` is a
-checkout whose ``firmware_host`` the runtime imports instead (put first on
+Each argument is ``label=variant[@window][:source]``: ``variant`` is a runtime
+variant of tools/bench.py (``asyncio``, ``uvloop``, either with ``-pure``);
+``window`` is written to the config as ``[serial] read_coalesce`` (seconds);
+``source`` is a checkout whose ``firmware_host`` the runtime imports instead (put first on
 PYTHONPATH), e.g. a ``git worktree`` of an older commit. The builds run in turn,
 ``--runs`` times, so a machine whose speed drifts treats them alike; the full
 bench (tools/bench.py) runs each variant once, minutes apart. Per window: 48 paced
@@ -28,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (tools/bench.py, next to this file)
 
 
-def window(variant: str, source: str | None, seconds: float, devices: int) -> float:
+def window(variant: str, source: str | None, seconds: float, devices: int,
+           read_coalesce: float | None = None) -> float:
     """Paced CPU, % of a core, of one runtime over one window."""
     saved = os.environ.get("PYTHONPATH")
     if source:
@@ -36,7 +39,7 @@ def window(variant: str, source: str | None, seconds: float, devices: int) -> fl
     work = Path(tempfile.mkdtemp(prefix="fhb-ab-"))
     feeder = bench.Feeder(devices, "paced", stamp=True)  # as tools/bench.py paced
     try:
-        cons = bench.RuntimeProc(work, feeder.ports, variant, capacity=100_000)
+        cons = bench.RuntimeProc(work, feeder.ports, variant, capacity=100_000, read_coalesce=read_coalesce)
         try:
             cons.wait_ready()
             feeder.send("go")
@@ -63,24 +66,29 @@ def window(variant: str, source: str | None, seconds: float, devices: int) -> fl
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("builds", nargs="+", metavar="label=variant[:source]")
+    ap.add_argument("builds", nargs="+", metavar="label=variant[@window][:source]")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--devices", type=int, default=48)
     args = ap.parse_args(argv)
-    builds: list[tuple[str, str, str | None]] = []
+    builds: list[tuple[str, str, str | None, float | None]] = []
     for spec in args.builds:
         label, sep, rest = spec.partition("=")
-        variant, _, source = rest.partition(":")
-        if not sep or variant.partition("-")[0] not in bench._BOOT:
-            ap.error(f"expected label=variant[:source], got {spec!r}")
+        rest, _, source = rest.partition(":")
+        variant, at, win = rest.partition("@")
+        try:
+            coalesce = float(win) if at else None
+        except ValueError:
+            coalesce = -1.0
+        if not sep or variant.partition("-")[0] not in bench._BOOT or (coalesce is not None and coalesce < 0):
+            ap.error(f"expected label=variant[@window][:source], got {spec!r}")
         if source and not (Path(source) / "firmware_host").is_dir():
             ap.error(f"{source} holds no firmware_host package")
-        builds.append((label, variant, source or None))
-    results: dict[str, list[float]] = {label: [] for label, _, _ in builds}
+        builds.append((label, variant, source or None, coalesce))
+    results: dict[str, list[float]] = {label: [] for label, _, _, _ in builds}
     for _ in range(args.runs):
-        for label, variant, source in builds:
-            pct = window(variant, source, args.seconds, args.devices)
+        for label, variant, source, coalesce in builds:
+            pct = window(variant, source, args.seconds, args.devices, coalesce)
             results[label].append(round(pct, 1))
             print(f"{label}: {pct:.1f}%", file=sys.stderr, flush=True)
     for label, values in results.items():
