@@ -35,7 +35,7 @@ CompiledDecodeError: type[Exception] = CobsDecodeError
 if os.environ.get("FIRMWARE_HOST_PURE", "0") in ("", "0"):
     try:
         from corncobs import DecodeError as CompiledDecodeError  # type: ignore[no-redef]
-        from corncobs import decode as compiled_decode
+        from corncobs import decode as compiled_decode  # type: ignore[no-redef]
     except ImportError:
         pass
 
