@@ -33,8 +33,8 @@ __all__ = [
     "DEFAULT_SINKS",
     "DeviceConfig",
     "MAX_CONFIG_BYTES",
-    "ShutdownConfig",
     "SerialConfig",
+    "ShutdownConfig",
     "SinkConfig",
     "config_from_dict",
     "default_control_socket",
@@ -118,9 +118,10 @@ class ShutdownConfig:
 
 @dataclass(frozen=True)
 class SerialConfig:
-    #: seconds between two reads of a busy tty (one shared tick for all ports);
-    #: 0 reads at every readiness. Larger windows cost less CPU per frame and
-    #: delay the receive timestamp by up to the window.
+    #: seconds between two reads of a busy tty (one shared tick for all ports
+    #: of an event loop: the runtime started last on a loop sets it); 0 reads
+    #: at every readiness. Larger windows cost less CPU per frame and delay the
+    #: receive timestamp by up to the window.
     read_coalesce: float = 0.02
 
 

@@ -30,12 +30,13 @@ MAX_READ_SIZE = 1 << 16
 CLOSE_TIMEOUT = 1.0
 #: After a read shorter than READ_COALESCE_BYTES, the next read of a tty waits
 #: for the next tick of the loop's shared ReadClock (every READ_COALESCE
-#: seconds by default; ``[serial] read_coalesce`` in the config), like a USB-serial adapter's latency timer: busy ports then cost
-#: one wakeup each per tick, all in one loop iteration, instead of one per USB
-#: packet each, and a silent port costs nothing (it waits for readiness). A
-#: read that returned more is followed at once, so fast links are never held
-#: back. The receive timestamp is taken after the read, so this adds at most
-#: READ_COALESCE to wire->host latency and nothing to receive->sink latency.
+#: seconds unless ``[serial] read_coalesce`` says otherwise), like a USB-serial
+#: adapter's latency timer: busy ports then cost one wakeup each per tick, all
+#: in one loop iteration, instead of one per USB packet each, and a silent
+#: port costs nothing (it waits for readiness). A read that returned more is
+#: followed at once, so fast links are never held back. The receive timestamp
+#: is taken after the read, so this adds at most one tick to wire->host
+#: latency and nothing to receive->sink latency.
 READ_COALESCE = 0.02
 #: A tty read returns at most what the line discipline holds: 4095 bytes
 #: (n_tty's 4 KiB buffer, measured on ptys). A read this close to that means

@@ -14,7 +14,6 @@ from typing import Callable
 __all__ = ["CobsDecodeError", "encode", "decode", "decode_unchecked", "max_encoded_len",
            "compiled_decode", "CompiledDecodeError"]
 
-
 _ZERO = b"\x00"
 # A block holds at most 254 data bytes; its code byte 0xFF means "254 bytes,
 # no implied zero after them".
