@@ -38,7 +38,7 @@ def cobs_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     if request.param == "pure":
         monkeypatch.setattr(cobs, "compiled_decode", None)
     elif cobs.compiled_decode is None:
-        pytest.skip("corncobs is not installed (the [fast] extra)")
+        pytest.skip("corncobs is not installed (the [cobs] extra)")
     return str(request.param)
 
 

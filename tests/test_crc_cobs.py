@@ -184,7 +184,7 @@ cobs_inputs = st.one_of(
 )  # never empty: fh1 skips an empty packet before decoding (corncobs decodes b"" to b"", we refuse it)
 
 
-@pytest.mark.skipif(cobs.compiled_decode is None, reason="corncobs is not installed (the [fast] extra)")
+@pytest.mark.skipif(cobs.compiled_decode is None, reason="corncobs is not installed (the [cobs] extra)")
 @settings(max_examples=1000, deadline=None)
 @given(cobs_inputs)
 def test_compiled_decoder_gives_the_same_verdicts(data: bytes) -> None:

@@ -268,7 +268,7 @@ fh1_noisy_stream = st.lists(
 ).map(b"".join)
 
 
-@pytest.mark.skipif(cobs.compiled_decode is None, reason="corncobs is not installed (the [fast] extra)")
+@pytest.mark.skipif(cobs.compiled_decode is None, reason="corncobs is not installed (the [cobs] extra)")
 @PROPERTY
 @given(fh1_noisy_stream, cuts_st)
 def test_fh1_compiled_and_pure_decoding_agree(data: bytes, cuts: list[int]) -> None:
