@@ -761,30 +761,33 @@ def table(r: dict[str, Any]) -> str:
     lines = []
     sc = r["scenarios"]
     rows: list[tuple[str, str, str, str, str]] = []
+
+    def measured(name: str) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+        """The baseline's result (or {}) and each runtime variant's, for scenario ``name``."""
+        variants = sc[name]["variants"]
+        return variants.get("baseline", {}), [(v, res) for v, res in variants.items() if v != "baseline"]
+
     if "flood" in sc:
-        base = sc["flood"]["variants"].get("baseline", {})
-        for v, res in sc["flood"]["variants"].items():
-            if v != "baseline":
-                ratio = res.get("ratio_vs_baseline")
-                rows.append((f"flood {sc['flood']['devices']} dev", f"frames/CPU-s ({v})", f"{res['frames_per_cpu_s']}",
-                             f"{base.get('frames_per_cpu_s', '-')}", f"{ratio}x" if ratio else ""))
+        base, runs = measured("flood")
+        for v, res in runs:
+            ratio = res.get("ratio_vs_baseline")
+            rows.append((f"flood {sc['flood']['devices']} dev", f"frames/CPU-s ({v})", f"{res['frames_per_cpu_s']}",
+                         f"{base.get('frames_per_cpu_s', '-')}", f"{ratio}x" if ratio else ""))
     if "paced" in sc:
-        base = sc["paced"]["variants"].get("baseline", {})
-        for v, res in sc["paced"]["variants"].items():
-            if v != "baseline":
-                ratio = res.get("cpu_ratio_baseline_over_runtime")
-                rows.append((f"paced {sc['paced']['devices']} dev", f"CPU % of a core ({v})", f"{res['cpu_pct']}",
-                             f"{base.get('cpu_pct', '-')}", f"{ratio}x less" if ratio else ""))
-                rows.append(("", f"p99 recv->sink ms ({v})", f"{res['latency_ms']['p99']}",
-                             f"{base.get('latency_ms', {}).get('p99', '-')}", ""))
-                rows.append(("", f"in sink / sent, dropped ({v})", f"{res['in_sink']}/{res['sent']}, {res['dropped']}",
-                             f"{base.get('in_sink')}/{base.get('sent')}" if base else "", ""))
+        base, runs = measured("paced")
+        for v, res in runs:
+            ratio = res.get("cpu_ratio_baseline_over_runtime")
+            rows.append((f"paced {sc['paced']['devices']} dev", f"CPU % of a core ({v})", f"{res['cpu_pct']}",
+                         f"{base.get('cpu_pct', '-')}", f"{ratio}x less" if ratio else ""))
+            rows.append(("", f"p99 recv->sink ms ({v})", f"{res['latency_ms']['p99']}",
+                         f"{base.get('latency_ms', {}).get('p99', '-')}", ""))
+            rows.append(("", f"in sink / sent, dropped ({v})", f"{res['in_sink']}/{res['sent']}, {res['dropped']}",
+                         f"{base.get('in_sink')}/{base.get('sent')}" if base else "", ""))
     if "idle" in sc:
-        base = sc["idle"]["variants"].get("baseline", {})
-        for v, res in sc["idle"]["variants"].items():
-            if v != "baseline":
-                rows.append((f"idle {sc['idle']['devices']} dev", f"CPU % of a core ({v})", f"{res['cpu_pct']}",
-                             f"{base.get('cpu_pct')}", ""))
+        base, runs = measured("idle")
+        for v, res in runs:
+            rows.append((f"idle {sc['idle']['devices']} dev", f"CPU % of a core ({v})", f"{res['cpu_pct']}",
+                         f"{base.get('cpu_pct', '-')}", ""))
     if "memory" in sc:
         for v, res in sc["memory"]["variants"].items():
             rows.append((f"memory {sc['memory']['frames']}", f"RSS MB full / empty ({v})",
