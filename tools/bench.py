@@ -411,6 +411,34 @@ def make_consumer(variant: str, work: Path, ports: list[str], **cfg: Any) -> Con
     return RuntimeProc(work, ports, variant, **cfg)
 
 
+class Rig:
+    """A scratch directory, a feeder, and (once started) one consumer: leaving
+    the ``with`` closes the feeder, kills a consumer still running and removes
+    the directory, whatever happened inside."""
+
+    def __init__(self, tag: str, devices: int, mode: str, **feeder_options: Any) -> None:
+        self.work = scratch(tag)
+        try:
+            self.feeder = Feeder(devices, mode, **feeder_options)
+        except BaseException:
+            shutil.rmtree(self.work, ignore_errors=True)
+            raise
+        self.cons: Consumer | None = None
+
+    def start(self, variant: str, **cfg: Any) -> Consumer:
+        self.cons = make_consumer(variant, self.work, self.feeder.ports, **cfg)
+        return self.cons
+
+    def __enter__(self) -> Rig:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.feeder.close()
+        if self.cons is not None and self.cons.proc.poll() is None:
+            self.cons.proc.kill()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
 def scenario_flood(variants: list[str], p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     """Frames delivered to the sink per CPU-second, start of sending to exit.
 
@@ -421,10 +449,8 @@ def scenario_flood(variants: list[str], p: dict[str, Any], log: Callable[[str], 
     """
     out: dict[str, Any] = {"devices": p["flood_devices"], "payload": 64, "seconds": p["flood_s"], "variants": {}}
     for variant in variants:
-        work = scratch("flood")
-        feeder = Feeder(p["flood_devices"], "flood")
-        cons = make_consumer(variant, work, feeder.ports)
-        try:
+        with Rig("flood", p["flood_devices"], "flood") as rig:
+            feeder, cons = rig.feeder, rig.start(variant)
             cons.wait_ready()
             c0, t0 = cons.cpu(), time.monotonic()
             feeder.send("go")
@@ -434,11 +460,6 @@ def scenario_flood(variants: list[str], p: dict[str, Any], log: Callable[[str], 
             final = cons.stop()
             wall = time.monotonic() - t0
             lines = count_lines(cons.sink)
-        finally:
-            feeder.close()
-            if cons.proc.poll() is None:
-                cons.proc.kill()
-            shutil.rmtree(work, ignore_errors=True)
         cpu = final["cpu_total"] - c0
         summary = final["summary"] or {}
         dropped = sum(d.get("dropped", 0) for d in summary.get("devices", {}).values()) if variant != "baseline" else 0
@@ -462,13 +483,12 @@ def scenario_paced(variants: list[str], p: dict[str, Any], log: Callable[[str], 
                            "feeder_tick_s": 0.005}
     for variant in variants:
         seconds = p["paced_s"] if variant != "baseline" else p["paced_baseline_s"]
-        work = scratch("paced")
-        feeder = Feeder(p["paced_devices"], "paced", stamp=True)
-        out["frames_per_s_offered"] = round(feeder.fps * p["paced_devices"])
-        cons = make_consumer(variant, work, feeder.ports, capacity=p["paced_capacity"])
-        flush_interval = getattr(cons, "flush_interval", None)
-        tail = Tail(cons.sink)
-        try:
+        with Rig("paced", p["paced_devices"], "paced", stamp=True) as rig:
+            feeder = rig.feeder
+            out["frames_per_s_offered"] = round(feeder.fps * p["paced_devices"])
+            cons = rig.start(variant, capacity=p["paced_capacity"])
+            flush_interval = getattr(cons, "flush_interval", None)
+            tail = Tail(cons.sink)
             ready = cons.wait_ready()
             tail.start()
             feeder.send("go")
@@ -494,11 +514,6 @@ def scenario_paced(variants: list[str], p: dict[str, Any], log: Callable[[str], 
             final = cons.stop()
             tail.stop()
             lines = count_lines(cons.sink)
-        finally:
-            feeder.close()
-            if cons.proc.poll() is None:
-                cons.proc.kill()
-            shutil.rmtree(work, ignore_errors=True)
         cpu, wall = c1 - c0, t1 - t0
         res: dict[str, Any] = {
             "seconds": round(wall, 2), "cpu_s": round(cpu, 3), "cpu_pct": round(100 * cpu / wall, 1),
@@ -544,10 +559,8 @@ def _hist(values: array.array[float]) -> list[list[float]]:
 def scenario_idle(variants: list[str], p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     out: dict[str, Any] = {"devices": p["idle_devices"], "seconds": p["idle_s"], "variants": {}}
     for variant in variants:
-        work = scratch("idle")
-        feeder = Feeder(p["idle_devices"], "silent")
-        cons = make_consumer(variant, work, feeder.ports)
-        try:
+        with Rig("idle", p["idle_devices"], "silent") as rig:
+            cons = rig.start(variant)
             cons.wait_ready()
             time.sleep(p["warmup_s"])
             c0, t0 = cons.cpu(), time.monotonic()
@@ -555,11 +568,6 @@ def scenario_idle(variants: list[str], p: dict[str, Any], log: Callable[[str], N
             c1, t1 = cons.cpu(), time.monotonic()
             mem = cons.mem()
             final = cons.stop()
-        finally:
-            feeder.close()
-            if cons.proc.poll() is None:
-                cons.proc.kill()
-            shutil.rmtree(work, ignore_errors=True)
         res = {"cpu_s": round(c1 - c0, 3), "cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 2),
                "rss_mb": round(mem["rss_mb"], 1), "exit": final["exit"]}
         out["variants"][variant] = res
@@ -573,10 +581,8 @@ def scenario_memory(variants: list[str], p: dict[str, Any], log: Callable[[str],
     total = devices * per
     out: dict[str, Any] = {"frames": total, "payload": 64, "variants": {}}
     for variant in variants:
-        work = scratch("mem")
-        feeder = Feeder(devices, "flood", frames=per)
-        cons = RuntimeProc(work, feeder.ports, variant, capacity=max(total, 10000), flush_interval=0)
-        try:
+        with Rig("mem", devices, "flood", frames=per) as rig:
+            feeder, cons = rig.feeder, rig.start(variant, capacity=max(total, 10000), flush_interval=0)
             cons.wait_ready()
             time.sleep(0.2)
             empty = cons.mem()
@@ -590,11 +596,6 @@ def scenario_memory(variants: list[str], p: dict[str, Any], log: Callable[[str],
             cpu_before = cons.cpu()
             final = cons.stop()
             lines = count_lines(cons.sink)
-        finally:
-            feeder.close()
-            if cons.proc.poll() is None:
-                cons.proc.kill()
-            shutil.rmtree(work, ignore_errors=True)
         summary = final["summary"] or {}
         flushed = sum(d["flushed"] for d in summary.get("devices", {}).values())
         res = {"buffered": buffered, "rss_empty_mb": round(empty["rss_mb"], 1), "rss_full_mb": round(full["rss_mb"], 1),
@@ -611,14 +612,12 @@ def scenario_memory(variants: list[str], p: dict[str, Any], log: Callable[[str],
 def scenario_overload(variant: str, p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     """48 paced devices; the buffer delivers at most ``capacity`` frames per flush_interval
     (batch_size > capacity, so only the interval flushes), a tenth of what arrives."""
-    feeder = Feeder(p["paced_devices"], "paced")
-    offered = feeder.fps * p["paced_devices"]
-    capacity = max(100, int(round(offered / 10, -2)))
-    work = scratch("over")
-    cons = RuntimeProc(work, feeder.ports, variant, capacity=capacity, flush_interval=1.0,
-                       batch_size=capacity + 1)
-    samples: list[list[float]] = []
-    try:
+    with Rig("over", p["paced_devices"], "paced") as rig:
+        feeder = rig.feeder
+        offered = feeder.fps * p["paced_devices"]
+        capacity = max(100, int(round(offered / 10, -2)))
+        cons = rig.start(variant, capacity=capacity, flush_interval=1.0, batch_size=capacity + 1)
+        samples: list[list[float]] = []
         cons.wait_ready()
         feeder.send("go")
         t0 = time.monotonic()
@@ -632,11 +631,6 @@ def scenario_overload(variant: str, p: dict[str, Any], log: Callable[[str], None
         counters = cons.counters()
         feeder.stop()
         final = cons.stop()
-    finally:
-        feeder.close()
-        if cons.proc.poll() is None:
-            cons.proc.kill()
-        shutil.rmtree(work, ignore_errors=True)
     steady = [r for t, r in samples if t >= p["overload_warmup_s"]]
     med = statistics.median(steady)
     summary = final["summary"] or {}

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,28 +34,22 @@ def window(variant: str, source: str | None, seconds: float, devices: int,
     saved = os.environ.get("PYTHONPATH")
     if source:
         os.environ["PYTHONPATH"] = source + (os.pathsep + saved if saved else "")
-    work = Path(tempfile.mkdtemp(prefix="fhb-ab-"))
-    feeder = bench.Feeder(devices, "paced", stamp=True)  # as tools/bench.py paced
     try:
-        cons = bench.RuntimeProc(work, feeder.ports, variant, capacity=100_000, read_coalesce=read_coalesce)
-        try:
+        with bench.Rig("ab", devices, "paced", stamp=True) as rig:  # stamped, as tools/bench.py paced
+            cons = rig.start(variant, capacity=100_000, read_coalesce=read_coalesce)
+            assert isinstance(cons, bench.RuntimeProc)  # variants here are never the baseline
             cons.wait_ready()
-            feeder.send("go")
+            rig.feeder.send("go")
             time.sleep(1.0)
             c0, t0 = cons.cpu(), time.monotonic()
             time.sleep(seconds)
             pct = 100 * (cons.cpu() - c0) / (time.monotonic() - t0)
-            feeder.stop()
+            rig.feeder.stop()
             final = cons.stop()
             if final["exit"] != 0:
                 raise RuntimeError(f"{variant} exited {final['exit']}: {cons.stderr_text()}")
             return pct
-        finally:
-            if cons.proc.poll() is None:
-                cons.proc.kill()
     finally:
-        feeder.close()
-        shutil.rmtree(work, ignore_errors=True)
         if saved is None:
             os.environ.pop("PYTHONPATH", None)
         else:
