@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import os
 from typing import Callable
 
 import pytest
@@ -291,3 +292,26 @@ def test_fh1_compiled_and_pure_decoding_agree(data: bytes, cuts: list[int]) -> N
         cobs.compiled_decode = compiled
     assert [(f.seq, f.type, f.payload) for f in fast_frames] == [(f.seq, f.type, f.payload) for f in pure_frames]
     assert (fast.rejected, fast.gaps) == (pure.rejected, pure.gaps)
+
+
+# -- the suite's hypothesis profile ---------------------------------------------------------
+
+
+def test_suite_draws_repeatable_examples() -> None:
+    """tests/conftest.py loads the "repeatable" profile unless HYPOTHESIS_PROFILE
+    says otherwise: two runs of a property see the same examples."""
+    if os.environ.get("HYPOTHESIS_PROFILE", "repeatable") != "repeatable":
+        pytest.skip("another hypothesis profile was asked for")
+    assert settings.default.derandomize and PROPERTY.derandomize
+
+    def drawn() -> list[bytes]:
+        seen: list[bytes] = []
+
+        @given(st.binary(min_size=1, max_size=64))
+        @settings(max_examples=20, deadline=None)
+        def prop(data: bytes) -> None:
+            seen.append(data)
+        prop()
+        return seen
+
+    assert drawn() == drawn()
