@@ -44,6 +44,10 @@ READ_COALESCE = 0.02
 #: baud (1,843 bytes, or ~2,300 for a tick that fires late) so paced fast
 #: ports are not followed at once only to find a few bytes.
 READ_COALESCE_BYTES = 3584
+#: Closing a tty first takes what the kernel still holds for it (up to this
+#: much), so frames that had arrived when the runtime stopped are decoded and
+#: flushed, not dropped with the file descriptor.
+FINAL_READ_MAX = 1 << 16
 
 _RETRY_ERRNOS = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
@@ -198,6 +202,9 @@ class SerialPort:
         self._wait_tick = False
         self._clock: ReadClock | None = None
         self._fd: int | None = None
+        #: what ``close`` read from the tty; handed out by the next ``read``
+        self._final = b""
+        self._tick: asyncio.Future[None] | None = None
         if transport.direct:
             self._fd = self._ser.fileno()
 
@@ -207,9 +214,10 @@ class SerialPort:
         clock = self._clock
         if clock is None:  # looked up once: a port lives on one loop
             clock = self._clock = read_clock(READ_COALESCE)
-        if self._wait_tick and clock.period > 0:
+        if self._wait_tick and clock.period > 0 and not self._transport.is_closing():
             self._wait_tick = False
-            await clock.tick()
+            tick = self._tick = clock.tick()
+            await tick
         else:
             # a read that finds data never suspends: yield, or one busy port
             # would keep the loop (and every other reader) for itself
@@ -217,6 +225,9 @@ class SerialPort:
         protocol = self._protocol
         woken = False
         while True:
+            if self._final:  # what close() took from the tty comes before anything newer
+                data, self._final = self._final, b""
+                return data
             error = protocol._error
             if error is not None:
                 raise error
@@ -281,10 +292,31 @@ class SerialPort:
     def write(self, data: bytes) -> None:
         self._transport.write(data)
 
+    def _read_final(self) -> None:
+        """Keep what the tty holds now (bounded, never blocking) for ``read``."""
+        fd, got, size = self._fd, [self._final], len(self._final)
+        if fd is None or "read" in self._ser.__dict__:
+            return
+        while size < FINAL_READ_MAX:
+            try:
+                data = os.read(fd, FINAL_READ_MAX - size)
+            except OSError:  # gone, or nothing (EAGAIN): what we have is all
+                break
+            if not data:
+                break
+            got.append(data)
+            size += len(data)
+        self._final = b"".join(got)
+
     async def close(self) -> None:
         transport = self._transport
         if not transport.is_closing():
+            if self._protocol._error is None:
+                self._read_final()
             transport.close()  # writes queued downlink bytes first
+            tick = self._tick
+            if tick is not None and not tick.done():
+                tick.set_result(None)  # a reader waiting for the tick: take the final bytes now
         try:
             await asyncio.wait_for(self._protocol.lost.wait(), CLOSE_TIMEOUT)
         except asyncio.TimeoutError:

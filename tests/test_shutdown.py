@@ -115,3 +115,25 @@ async def test_second_signal_exits_at_once_reporting_lost(fh_ports, short_tmp, t
     final = json.loads(summary_path.read_text())
     assert_accounting(final)
     assert final["devices"]["imu0"]["lost"] == 500
+
+
+async def test_frames_the_tty_holds_at_stop_reach_the_sink(fh_ports, fh_runtime, fh_jsonl):
+    """A reader waits up to one read window between reads of a busy port; what
+    arrived in that window when the runtime stops is read as the port closes,
+    decoded and drained, not dropped with the file descriptor."""
+    from tests.test_transport import tty_holds_input
+
+    vp = fh_ports.new("d")
+    config = {"serial": {"read_coalesce": 0.5}, "buffer": {"flush_interval": 0.05},
+              "devices": [{"name": "d", "port": vp.path, "codec": "fh1"}],
+              "sinks": [{"type": "jsonl", "path": str(fh_jsonl)}]}
+    async with fh_runtime(config) as rt:
+        await rt.wait_state("d", "connected")
+        await vp.write(encode_packet(0, 0, b"read on readiness"))
+        await rt.runtime.wait_until(lambda s: s["devices"]["d"]["frames"] == 1, 5)
+        # the reader now waits for the tick (0.5 s): these stay in the tty
+        await vp.write(b"".join(encode_packet(0, seq, b"late") for seq in range(1, 10)))
+        await tty_holds_input(vp._slave)
+        assert (await rt.runtime.status())["devices"]["d"]["frames"] == 1
+        await rt.shutdown()
+    assert [r["seq"] for r in read_jsonl(fh_jsonl)] == list(range(10))

@@ -209,3 +209,40 @@ async def test_read_coalesce_comes_from_the_config(fh_ports, fh_runtime, fh_json
         assert len(set(stamps[1:])) == 1  # one read for the three
     else:
         assert ticks.call_count == 0 and len(set(stamps[1:])) == 3
+
+
+async def tty_holds_input(fd: int) -> None:
+    """Until the tty behind ``fd`` has bytes for its reader (a pty moves what
+    the device side wrote in a kernel work item, not at once)."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+    try:
+        await asyncio.wait_for(fut, 5)
+    finally:
+        loop.remove_reader(fd)
+
+
+async def test_close_keeps_what_the_tty_still_holds(fh_ports, mocker):
+    """Bytes that arrived while the reader waited for its tick are not dropped
+    with the file descriptor: close reads them, the pending read returns them
+    at once (not a tick later), and only then the port reports closed."""
+    from firmware_host import transport
+
+    mocker.patch.object(transport, "READ_COALESCE", 30.0)  # a tick that never comes in this test
+    vp = fh_ports.new()
+    port = await open_serial(vp.path, 115200)
+    try:
+        await vp.write(b"first")
+        assert await port.read() == b"first"  # read on readiness; the next waits for the tick
+        reading = asyncio.ensure_future(port.read())
+        await asyncio.sleep(0)
+        assert not reading.done()
+        await vp.write(b"arrived before the stop")
+        await tty_holds_input(vp._slave)  # the same tty the port reads
+        await port.close()
+        assert await asyncio.wait_for(reading, 5) == b"arrived before the stop"
+        with pytest.raises(PortClosed):
+            await port.read()
+    finally:
+        await port.close()
