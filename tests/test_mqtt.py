@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import json
-import shutil
-import socket
-import subprocess
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -21,51 +17,13 @@ import pytest
 
 from firmware_host import FakeOpener, FakePort, encode_packet
 from firmware_host.testing import assert_accounting
+from tools.mosquitto import MOSQUITTO, Broker
 
 aiomqtt = pytest.importorskip("aiomqtt", reason="the [mqtt] extra is not installed")
-MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (apt-get install mosquitto)")]
 
 from firmware_host_plugins.mqtt import MqttSink  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Broker:
-    """A real mosquitto on 127.0.0.1, persistent so a restart keeps sessions."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.conf = directory / "mosquitto.conf"
-        # "user": started as root, mosquitto would switch to the mosquitto user
-        # and could not write its persistence file in our temp dir
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
-                             f"persistence true\npersistence_location {directory}/\n"
-                             "max_queued_messages 100000\nmax_inflight_messages 0\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(200):  # bounded: until the listener accepts
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.close()
-                return
-            except OSError:
-                await asyncio.sleep(0.02)
-        raise RuntimeError("mosquitto did not start")
-
-    async def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()  # SIGTERM: mosquitto saves its persistence file
-            await asyncio.to_thread(self.proc.wait, 10)
-            self.proc = None
 
 
 class Subscriber:

@@ -29,7 +29,7 @@ async def main(frames: int, batch: int) -> dict[str, object]:
     import aiomqtt
 
     from firmware_host_plugins.mqtt import MqttSink
-    from tests.test_mqtt import Broker
+    from tools.mosquitto import Broker
 
     broker = Broker(Path(tempfile.mkdtemp(prefix="fh-mqtt-")))
     await broker.start()
