@@ -225,9 +225,10 @@ class SerialPort:
         protocol = self._protocol
         woken = False
         while True:
-            if self._final:  # what close() took from the tty comes before anything newer
-                data, self._final = self._final, b""
-                return data
+            final = self._final
+            if final:  # what close() took from the tty comes before anything newer
+                self._final = b""
+                return final
             error = protocol._error
             if error is not None:
                 raise error

@@ -24,8 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # noqa: E402  (tools/bench.py, next to this file)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for tools/bench.py
+from tools import bench  # noqa: E402
 
 
 def window(variant: str, source: str | None, seconds: float, devices: int,
