@@ -315,9 +315,13 @@ class SerialPort:
             if self._protocol._error is None:
                 self._read_final()
             transport.close()  # writes queued downlink bytes first
+            # a parked reader takes the final bytes now, not at the next tick
+            # or once the downlink has drained and connection_lost has run
             tick = self._tick
             if tick is not None and not tick.done():
-                tick.set_result(None)  # a reader waiting for the tick: take the final bytes now
+                tick.set_result(None)
+            if self._final:
+                self._protocol._wake()
         try:
             await asyncio.wait_for(self._protocol.lost.wait(), CLOSE_TIMEOUT)
         except asyncio.TimeoutError:

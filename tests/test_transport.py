@@ -4,6 +4,8 @@ open failures as PortClosed, and reads that fail on unplug."""
 from __future__ import annotations
 
 import asyncio
+import os
+import select
 
 import pytest
 
@@ -244,5 +246,31 @@ async def test_close_keeps_what_the_tty_still_holds(fh_ports, mocker):
         assert await asyncio.wait_for(reading, 5) == b"arrived before the stop"
         with pytest.raises(PortClosed):
             await port.read()
+    finally:
+        await port.close()
+
+
+async def test_close_wakes_a_reader_waiting_for_readiness(fh_ports):
+    """A reader parked on readiness gets the bytes close() took at once, not
+    after the queued downlink has drained and the transport reported lost."""
+    vp = fh_ports.new()
+    port = await open_serial(vp.path, 115200)
+    try:
+        reading = asyncio.ensure_future(port.read())
+        for _ in range(10):  # a few loop iterations: until it waits for readiness (the tty is empty)
+            await asyncio.sleep(0)
+            if port._protocol._waiter is not None:
+                break
+        assert port._protocol._waiter is not None and not reading.done()
+        port.write(bytes(1 << 20))  # nobody reads the device side: this stays queued
+        os.write(vp.master, b"late")  # no await: the loop must not see the tty readable
+        # a blocking wait on purpose: the loop must not run the port's own
+        # readiness callback before close() takes the bytes
+        assert select.select([vp._slave], [], [], 5)[0]
+        lost_when_read: list[bool] = []
+        reading.add_done_callback(lambda _: lost_when_read.append(port._protocol.lost.is_set()))
+        await port.close()  # takes the bytes before the loop can see the tty readable
+        assert reading.result() == b"late"
+        assert lost_when_read == [False]  # woken while the downlink was still draining
     finally:
         await port.close()
