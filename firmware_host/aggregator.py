@@ -4,20 +4,24 @@ Everything else talks to it through ``AggregatorHandle``, which puts messages
 on a bounded inbox; requests that need an answer carry a future (the oneshot
 pattern). Readers send one message per read, never one per frame.
 
-Buffer bookkeeping: frames sit in one deque in arrival order, so the globally
-oldest frame is always at the left. Frames leave only from the left (drop-
-oldest, or a global flush ack), except for a per-device flush, which rebuilds
-the deque. ``_head`` is the global id of the leftmost frame; a global batch is
-therefore just an id range, and an ack after some of its frames were evicted
-counts only the survivors as flushed (the evicted ones already count as
-dropped), which keeps ``frames == flushed + dropped + buffered`` exact.
+Buffer bookkeeping: the buffer is a deque of chunks in arrival order, one per
+offer (one read of one device), each with its device and byte count, so the
+globally oldest frame is always first in the leftmost chunk. Offers, evictions
+and acks cost per chunk, not per frame: a read's frames are counted once as
+they arrive, and whole chunks leave with their counts. Frames leave only from
+the left (drop-oldest, or a global flush ack), except for a per-device flush,
+which rebuilds that device's chunks. ``_head`` is the global id of the oldest
+buffered frame; a global batch is therefore just an id range, and an ack after
+some of its frames were evicted counts only the survivors as flushed (the
+evicted ones already count as dropped), which keeps
+``frames == flushed + dropped + buffered`` exact. Frames count against the
+device that offered them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import operator
 import time
 from dataclasses import dataclass, field
@@ -114,7 +118,6 @@ def _size(frame: Frame) -> int:
 
 
 _payload_of = operator.attrgetter("payload")
-_device_of = operator.attrgetter("device")
 
 
 def _sizes(frames: Iterable[Frame]) -> int:
@@ -125,8 +128,15 @@ def _sizes(frames: Iterable[Frame]) -> int:
         return sum(map(_size, frames))
 
 
-def _per_device(frames: Iterable[Frame]) -> dict[str, int]:
-    return collections.Counter(map(_device_of, frames))  # counted in C
+class _Chunk:
+    """The frames of one offer still buffered, oldest first, and their bytes."""
+
+    __slots__ = ("frames", "device", "bytes")
+
+    def __init__(self, frames: list[Frame], device: str, size: int) -> None:
+        self.frames = frames
+        self.device = device
+        self.bytes = size
 
 
 _STOP = object()
@@ -146,8 +156,9 @@ class Aggregator:
         self.capacity = capacity
         self.max_bytes = max_bytes
         self.batch_size = batch_size
-        self._buffer: collections.deque[Frame] = collections.deque()
-        self._head = 0  # global id of _buffer[0]
+        self._chunks: collections.deque[_Chunk] = collections.deque()
+        self._depth = 0  # frames buffered, over all chunks
+        self._head = 0  # global id of the oldest buffered frame
         self._bytes = 0
         self._dropped = 0
         self._accounts: dict[str, DeviceAccount] = {}
@@ -216,7 +227,7 @@ class Aggregator:
             elif kind == "snapshot":
                 result = self._snapshot(msg[1])
             elif kind == "mark":
-                result = self._head + len(self._buffer) - 1
+                result = self._head + self._depth - 1
             elif kind == "register":
                 self._accounts.setdefault(msg[1], DeviceAccount())
                 result = None
@@ -245,112 +256,154 @@ class Aggregator:
             self._dropped += skip
             frames = frames[skip:]
             n = capacity
-        acct.buffered += n
-        buffer = self._buffer
-        buffer.extend(frames)
-        self._bytes += _sizes(frames)
-        excess = len(buffer) - capacity
-        if excess > 0:
-            self._evict(excess)
-        if self.max_bytes:
-            while self._bytes > self.max_bytes and buffer:
-                self._evict(1)
+        if n:
+            # a copy of our own: the sender may reuse its list
+            size = _sizes(frames)
+            self._chunks.append(_Chunk(list(frames), device, size))
+            acct.buffered += n
+            self._depth += n
+            self._bytes += size
+            excess = self._depth - capacity
+            if excess > 0:
+                self._evict(excess)
+            max_bytes = self.max_bytes
+            if max_bytes and self._bytes > max_bytes:
+                self._evict_bytes(max_bytes)
         self._update_ready()
 
     def _update_ready(self) -> None:
         # derived from the depth after every change: a byte-bound eviction can
         # take the buffer below a batch, and a stale "ready" would spin the flusher
-        if len(self._buffer) >= self.batch_size:
+        if self._depth >= self.batch_size:
             self.batch_ready.set()
         else:
             self.batch_ready.clear()
 
-    def _evict(self, count: int) -> None:
-        buffer, accounts = self._buffer, self._accounts
-        popleft = buffer.popleft
-        freed = 0
-        for _ in itertools.repeat(None, count):
-            frame = popleft()
-            acct = accounts[frame.device]
-            acct.dropped += 1
-            acct.buffered -= 1
-            payload = frame.payload
-            freed += len(payload) if payload is not None else _size(frame)
+    def _remove_oldest(self, count: int) -> dict[str, int]:
+        """Take the ``count`` oldest frames out of the buffer; per-device counts.
+
+        Whole chunks go with their counts; only a chunk cut in two is walked
+        (and its rest copied, so the removed frames are freed now).
+        """
+        chunks = self._chunks
+        counts: dict[str, int] = {}
+        left, freed = count, 0
+        while left:
+            chunk = chunks[0]
+            frames = chunk.frames
+            k = len(frames)
+            if k <= left:
+                chunks.popleft()
+                freed += chunk.bytes
+            else:
+                k = left
+                size = _sizes(frames[:k])
+                chunk.frames = frames[k:]
+                chunk.bytes -= size
+                freed += size
+            counts[chunk.device] = counts.get(chunk.device, 0) + k
+            left -= k
         self._head += count
-        self._dropped += count
+        self._depth -= count
         self._bytes -= freed
+        return counts
+
+    def _evict(self, count: int) -> None:
+        accounts = self._accounts
+        for name, k in self._remove_oldest(count).items():
+            acct = accounts[name]
+            acct.dropped += k
+            acct.buffered -= k
+        self._dropped += count
+
+    def _evict_bytes(self, max_bytes: int) -> None:
+        """Drop the oldest frames until the buffer holds at most ``max_bytes``."""
+        over, count = self._bytes - max_bytes, 0
+        for chunk in self._chunks:
+            if over <= chunk.bytes:
+                for frame in chunk.frames:  # the chunk that crosses the bound
+                    count += 1
+                    over -= _size(frame)
+                    if over <= 0:
+                        break
+                break
+            over -= chunk.bytes
+            count += len(chunk.frames)
+        self._evict(count)
 
     def _take(self, limit: int, device: str | None, upto: int | None) -> Batch:
-        buffer, head = self._buffer, self._head
-        if device is None:
-            n = min(limit, len(buffer))
-            if upto is not None:
-                n = max(0, min(n, upto - head + 1))
-            return Batch(list(itertools.islice(buffer, n)), head)
-        last = len(buffer) if upto is None else max(0, upto - head + 1)
-        picked = [f for f in itertools.islice(buffer, last) if f.device == device]
-        return Batch(picked[:limit], head, device)
+        head = self._head
+        last = self._depth if upto is None else max(0, min(self._depth, upto - head + 1))
+        picked: list[Frame] = []
+        seen = 0
+        for chunk in self._chunks:
+            want = min(limit - len(picked), last - seen)
+            if want <= 0:
+                break
+            frames = chunk.frames
+            seen += len(frames)
+            if device is None or chunk.device == device:
+                picked += frames if len(frames) <= want else frames[:want]
+        return Batch(picked, head, device)
 
     def _trim(self, batch: Batch) -> Batch:
         """The part of ``batch`` still buffered (for a retry after a sink failed)."""
         if batch.device is None:
             gone = self._head - batch.first_id
             return Batch(batch.frames[gone:], batch.first_id + gone) if gone > 0 else batch
-        live = {id(f) for f in self._buffer if f.device == batch.device}
+        live = {id(f) for c in self._chunks if c.device == batch.device for f in c.frames}
         return Batch([f for f in batch.frames if id(f) in live], batch.first_id, batch.device)
 
     def _ack(self, batch: Batch) -> dict[str, int]:
         """Every sink accepted ``batch``: remove what is still buffered of it."""
-        counts: dict[str, int] = {}
-        buffer, accounts = self._buffer, self._accounts
-        freed = 0
         if batch.device is None:
-            end = batch.first_id + len(batch.frames)
-            n = max(0, end - self._head)
-            if n:
-                popleft = buffer.popleft
-                # the buffer's leftmost n frames are normally the batch's last n
-                # (the ones not evicted meanwhile): count those, then pop them
-                acked = batch.frames[len(batch.frames) - n:]
-                if buffer[0] is acked[0]:
-                    for _ in itertools.repeat(None, n):
-                        popleft()
-                else:
-                    acked = [popleft() for _ in itertools.repeat(None, n)]
-                counts = _per_device(acked)
-                freed = _sizes(acked)
-                self._head += n
+            # ids below _head were evicted meanwhile (counted as dropped)
+            n = min(self._depth, max(0, batch.first_id + len(batch.frames) - self._head))
+            counts = self._remove_oldest(n) if n else {}
         else:
-            ids = {id(f) for f in batch.frames}
-            kept: collections.deque[Frame] = collections.deque()
-            for frame in buffer:
-                if id(frame) in ids:
-                    counts[frame.device] = counts.get(frame.device, 0) + 1
-                    freed += _size(frame)
-                else:
-                    kept.append(frame)
-            self._buffer = kept
-        for name, n in counts.items():
+            counts = self._remove_device(batch)
+        accounts = self._accounts
+        for name, k in counts.items():
             acct = accounts[name]
-            acct.flushed += n
-            acct.buffered -= n
-        self._bytes -= freed
+            acct.flushed += k
+            acct.buffered -= k
         self._update_ready()
         return counts
+
+    def _remove_device(self, batch: Batch) -> dict[str, int]:
+        """Take the frames of a per-device batch out, wherever they are."""
+        ids = {id(f) for f in batch.frames}
+        device, removed, freed = batch.device, 0, 0
+        kept: collections.deque[_Chunk] = collections.deque()
+        for chunk in self._chunks:
+            if chunk.device == device:
+                rest = [f for f in chunk.frames if id(f) not in ids]
+                if len(rest) != len(chunk.frames):
+                    size = _sizes(rest)
+                    removed += len(chunk.frames) - len(rest)
+                    freed += chunk.bytes - size
+                    if not rest:
+                        continue
+                    chunk.frames, chunk.bytes = rest, size
+            kept.append(chunk)
+        self._chunks = kept
+        self._depth -= removed
+        self._bytes -= freed
+        return {device: removed} if removed and device is not None else {}
 
     def _snapshot(self, oldest: bool) -> BufferSnapshot:
         accounts = {name: DeviceAccount(a.frames, a.flushed, a.dropped, a.buffered)
                     for name, a in self._accounts.items()}
-        snap = BufferSnapshot(self.capacity, self.max_bytes, len(self._buffer), self._bytes,
+        snap = BufferSnapshot(self.capacity, self.max_bytes, self._depth, self._bytes,
                               self._dropped, accounts)
         if oldest:
             missing = {name for name, a in self._accounts.items() if a.buffered}
-            for frame in self._buffer:
+            for chunk in self._chunks:
                 if not missing:
                     break
-                if frame.device in missing:
-                    snap.oldest_ts[frame.device] = frame.ts
-                    missing.discard(frame.device)
+                if chunk.device in missing:
+                    snap.oldest_ts[chunk.device] = chunk.frames[0].ts
+                    missing.discard(chunk.device)
         return snap
 
 
