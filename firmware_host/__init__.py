@@ -29,6 +29,7 @@ if _typing.TYPE_CHECKING:
     from .config import config_from_dict as config_from_dict
     from .config import load_config as load_config
     from .frames import Frame as Frame
+    from .gctune import tune_gc as tune_gc
     from .plugins import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
     from .plugins import FrameProcessor as FrameProcessor
     from .plugins import PluginContext as PluginContext
@@ -66,6 +67,7 @@ _EXPORTS: dict[str, str] = {
     "config_from_dict": ".config",
     "load_config": ".config",
     "Frame": ".frames",
+    "tune_gc": ".gctune",
     "ENTRY_POINT_GROUP": ".plugins",
     "FrameProcessor": ".plugins",
     "PluginContext": ".plugins",
@@ -92,7 +94,7 @@ __all__ = [
     "AggregatorHandle", "Batch", "CancellationToken", "Codec", "CodecFactory", "Config", "ConfigError",
     "DeviceConfig", "DropGuard", "FakeOpener", "FakePort", "Fh1Codec", "Frame", "LinesCodec", "NmeaCodec",
     "Port", "PortClosed", "Runtime", "Sink", "SinkConfig", "Summary", "VirtualPort", "__version__",
-    "config_from_dict", "encode_packet", "load_config",
+    "config_from_dict", "encode_packet", "load_config", "tune_gc",
     # plugins
     "ENTRY_POINT_GROUP", "FrameProcessor", "PeriodicTask", "PluginContext", "PluginHost", "PluginInfo",
     "PluginOptionError", "discover_plugins", "encode_records", "plugins_report",

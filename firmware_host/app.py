@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config, ConfigError, SinkConfig, config_from_dict, default_control_socket, load_config
+from .gctune import tune_gc
 
 log = logging.getLogger("firmware_host")
 
@@ -129,13 +129,7 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
 
 
 async def _tune_gc(rt: Any) -> None:
-    """Frames are short-lived and acyclic, but every allocation counts toward
-    gen-0 collections, and each gen-2 pass walks the whole buffer (50-90 ms
-    pauses at 100k frames, measured by tools/bench.py). Freeze what start-up
-    allocated and collect gen 0 less often; cycles are still collected."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
+    tune_gc()  # as the runtime starts: what start-up allocated is frozen
 
 
 async def _run_until_stopped(rt: Any, duration: float | None) -> Any:

@@ -54,3 +54,15 @@ def test_public_callables_are_annotated():
 
 def test_py_typed_is_shipped():
     assert (Path(firmware_host.__file__).parent / "py.typed").exists()
+
+
+def test_tune_gc_freezes_start_up_and_raises_the_gen0_threshold():
+    import gc
+    saved = gc.get_threshold()
+    try:
+        firmware_host.tune_gc()
+        assert gc.get_threshold() == (20_000, 50, 100)
+        assert gc.get_freeze_count() > 0  # what start-up allocated is out of every later pass
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)
