@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import operator
 import time
 from dataclasses import dataclass, field
@@ -129,14 +130,24 @@ def _sizes(frames: Iterable[Frame]) -> int:
 
 
 class _Chunk:
-    """The frames of one offer still buffered, oldest first, and their bytes."""
+    """The frames of one offer; ``frames[start:]`` are still buffered, oldest
+    first, and ``bytes`` is their size. The slots before ``start`` hold None
+    (their frames are freed) until the list is compacted, so removing frames
+    costs per frame removed, not per chunk."""
 
-    __slots__ = ("frames", "device", "bytes")
+    __slots__ = ("frames", "start", "device", "bytes")
 
     def __init__(self, frames: list[Frame], device: str, size: int) -> None:
         self.frames = frames
+        self.start = 0
         self.device = device
         self.bytes = size
+
+    def __len__(self) -> int:
+        return len(self.frames) - self.start
+
+    def live(self) -> list[Frame]:
+        return self.frames[self.start:]
 
 
 _STOP = object()
@@ -282,23 +293,29 @@ class Aggregator:
     def _remove_oldest(self, count: int) -> dict[str, int]:
         """Take the ``count`` oldest frames out of the buffer; per-device counts.
 
-        Whole chunks go with their counts; only a chunk cut in two is walked
-        (and its rest copied, so the removed frames are freed now).
+        Whole chunks go with their counts; in a chunk cut in two, the removed
+        slots are cleared (so those frames are freed now) and the list is
+        compacted once more than half of it is cleared.
         """
         chunks = self._chunks
         counts: dict[str, int] = {}
         left, freed = count, 0
         while left:
             chunk = chunks[0]
-            frames = chunk.frames
-            k = len(frames)
+            k = len(chunk)
             if k <= left:
                 chunks.popleft()
                 freed += chunk.bytes
             else:
                 k = left
-                size = _sizes(frames[:k])
-                chunk.frames = frames[k:]
+                frames, start = chunk.frames, chunk.start
+                end = start + k
+                size = _sizes(frames[start:end])
+                frames[start:end] = itertools.repeat(None, k)  # type: ignore[arg-type]  # cleared slots
+                if end * 2 > len(frames):
+                    del frames[:end]
+                    end = 0
+                chunk.start = end
                 chunk.bytes -= size
                 freed += size
             counts[chunk.device] = counts.get(chunk.device, 0) + k
@@ -321,15 +338,25 @@ class Aggregator:
         over, count = self._bytes - max_bytes, 0
         for chunk in self._chunks:
             if over <= chunk.bytes:
-                for frame in chunk.frames:  # the chunk that crosses the bound
+                frames = chunk.frames  # the chunk that crosses the bound
+                for i in range(chunk.start, len(frames)):  # (islice would walk the cleared slots)
                     count += 1
-                    over -= _size(frame)
+                    over -= _size(frames[i])
                     if over <= 0:
                         break
                 break
             over -= chunk.bytes
-            count += len(chunk.frames)
+            count += len(chunk)
         self._evict(count)
+
+    def _frame_at(self, index: int) -> Frame | None:
+        """The buffered frame ``index`` places from the oldest (None: past the end)."""
+        for chunk in self._chunks:
+            k = len(chunk)
+            if index < k:
+                return chunk.frames[chunk.start + index]
+            index -= k
+        return None
 
     def _take(self, limit: int, device: str | None, upto: int | None) -> Batch:
         head = self._head
@@ -340,10 +367,11 @@ class Aggregator:
             want = min(limit - len(picked), last - seen)
             if want <= 0:
                 break
-            frames = chunk.frames
-            seen += len(frames)
+            k = len(chunk)
             if device is None or chunk.device == device:
-                picked += frames if len(frames) <= want else frames[:want]
+                start = chunk.start
+                picked += chunk.frames[start:start + min(k, want)]
+            seen += k
         return Batch(picked, head, device)
 
     def _trim(self, batch: Batch) -> Batch:
@@ -351,17 +379,24 @@ class Aggregator:
         if batch.device is None:
             gone = self._head - batch.first_id
             return Batch(batch.frames[gone:], batch.first_id + gone) if gone > 0 else batch
-        live = {id(f) for c in self._chunks if c.device == batch.device for f in c.frames}
+        live = {id(f) for c in self._chunks if c.device == batch.device for f in c.live()}
         return Batch([f for f in batch.frames if id(f) in live], batch.first_id, batch.device)
 
     def _ack(self, batch: Batch) -> dict[str, int]:
         """Every sink accepted ``batch``: remove what is still buffered of it."""
         if batch.device is None:
-            # ids below _head were evicted meanwhile (counted as dropped)
-            n = min(self._depth, max(0, batch.first_id + len(batch.frames) - self._head))
-            counts = self._remove_oldest(n) if n else {}
+            # ids below _head were evicted meanwhile (counted as dropped); the
+            # rest are the oldest n, unless a per-device ack moved frames since
+            # the take (the flusher's lock rules that out): then go by identity
+            n = batch.first_id + len(batch.frames) - self._head
+            if n <= 0:
+                counts: dict[str, int] = {}
+            elif self._frame_at(n - 1) is batch.frames[-1]:
+                counts = self._remove_oldest(n)
+            else:
+                counts = self._remove_frames(batch)
         else:
-            counts = self._remove_device(batch)
+            counts = self._remove_frames(batch)
         accounts = self._accounts
         for name, k in counts.items():
             acct = accounts[name]
@@ -370,26 +405,32 @@ class Aggregator:
         self._update_ready()
         return counts
 
-    def _remove_device(self, batch: Batch) -> dict[str, int]:
-        """Take the frames of a per-device batch out, wherever they are."""
+    def _remove_frames(self, batch: Batch) -> dict[str, int]:
+        """Take the frames of ``batch`` out wherever they are (those of its
+        device only, for a per-device batch); per-device counts."""
         ids = {id(f) for f in batch.frames}
-        device, removed, freed = batch.device, 0, 0
+        device = batch.device
+        counts: dict[str, int] = {}
+        removed = freed = 0
         kept: collections.deque[_Chunk] = collections.deque()
         for chunk in self._chunks:
-            if chunk.device == device:
-                rest = [f for f in chunk.frames if id(f) not in ids]
-                if len(rest) != len(chunk.frames):
+            if device is None or chunk.device == device:
+                live = chunk.live()
+                rest = [f for f in live if id(f) not in ids]
+                gone = len(live) - len(rest)
+                if gone:
                     size = _sizes(rest)
-                    removed += len(chunk.frames) - len(rest)
+                    counts[chunk.device] = counts.get(chunk.device, 0) + gone
+                    removed += gone
                     freed += chunk.bytes - size
                     if not rest:
                         continue
-                    chunk.frames, chunk.bytes = rest, size
+                    chunk.frames, chunk.start, chunk.bytes = rest, 0, size
             kept.append(chunk)
         self._chunks = kept
         self._depth -= removed
         self._bytes -= freed
-        return {device: removed} if removed and device is not None else {}
+        return counts
 
     def _snapshot(self, oldest: bool) -> BufferSnapshot:
         accounts = {name: DeviceAccount(a.frames, a.flushed, a.dropped, a.buffered)
@@ -402,7 +443,7 @@ class Aggregator:
                 if not missing:
                     break
                 if chunk.device in missing:
-                    snap.oldest_ts[chunk.device] = chunk.frames[0].ts
+                    snap.oldest_ts[chunk.device] = chunk.frames[chunk.start].ts
                     missing.discard(chunk.device)
         return snap
 

@@ -171,3 +171,26 @@ async def test_reported_bytes_follow_offers_evictions_and_acks(max_bytes):
     await law(agg)
     token.cancel()
     await task
+
+
+@pytest.mark.parametrize("middle", [False, True])
+async def test_a_global_ack_after_a_per_device_ack_removes_only_its_own_frames(middle):
+    """The flusher's lock keeps per-device and global batches apart; without
+    it, a per-device ack shifts the ids of a global batch in flight, and the
+    global ack must still remove only that batch's frames (not newer ones)."""
+    agg, token, task = await start(capacity=100, batch_size=100)
+    h = agg.handle
+    await h.offer("a", frames("a", range(1)))
+    await h.offer("b", frames("b", range(1)))
+    await h.offer("a", frames("a", range(1, 2)))
+    batch = await h.take(3)  # a0, b0, a1
+    device = "b" if middle else "a"
+    await h.ack(await h.take(1, device))  # b0 (inside the batch) or a0 (its first frame)
+    await h.offer("c", frames("c", range(1)))  # c0: never taken
+    counts = await h.ack(batch)
+    assert counts == ({"a": 2} if middle else {"a": 1, "b": 1})
+    snap = await h.snapshot()
+    assert snap.depth == 1 and snap.accounts["c"].buffered == 1 and snap.accounts["c"].flushed == 0
+    await law(agg)
+    token.cancel()
+    await task
