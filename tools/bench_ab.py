@@ -13,6 +13,9 @@ PYTHONPATH), e.g. a ``git worktree`` of an older commit. The builds run in turn,
 bench (tools/bench.py) runs each variant once, minutes apart. Per window: 48 paced
 ports at 921600 baud (the bench's Feeder and RuntimeProc), a warm-up, then the
 runtime's CPU over ``--seconds``. No latency tailer and no baseline.
+
+``--baud 38400`` paces the ports at about one frame per read: the runtime's cost
+per read (wakeup, syscall, messages) then dominates, not its cost per frame.
 """
 
 from __future__ import annotations
@@ -62,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--devices", type=int, default=48)
+    ap.add_argument("--baud", type=int, default=bench.BAUD,
+                    help=f"line rate of every paced port (default {bench.BAUD})")
     args = ap.parse_args(argv)
+    if not 1200 <= args.baud <= 4_000_000:
+        ap.error(f"--baud must be in 1200..4000000, got {args.baud}")
+    bench.BAUD = args.baud  # read by the Feeder and the runtime's config
     builds: list[tuple[str, str, str | None, float | None]] = []
     for spec in args.builds:
         label, sep, rest = spec.partition("=")
