@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import struct
 from collections.abc import Iterable
@@ -20,7 +21,7 @@ from firmware_host.codecs import (
     encode_packet,
     make_codec,
 )
-from firmware_host.codecs import cobs
+from firmware_host.codecs import cobs, fh1
 from firmware_host.codecs.crc import crc16
 from firmware_host.frames import Frame
 
@@ -132,6 +133,38 @@ def test_frames_carry_device_and_ts() -> None:
     codec = Fh1Codec("gnss-7")
     (frame,) = codec.feed(encode_packet(3, 9, b"p"), 12.25)
     assert (frame.device, frame.ts, frame.text, frame.size) == ("gnss-7", 12.25, None, 1)
+
+
+def test_decoded_frames_equal_frames_built_by_init() -> None:
+    """The decoder builds frames without Frame.__init__: a field added to
+    Frame must be added there too, or decoded frames would lack it."""
+    assert [f.name for f in dataclasses.fields(Frame)] == ["device", "seq", "type", "ts", "payload", "text"], \
+        "Frame's fields changed: update Fh1Codec._packets, which sets each one"
+    (frame,) = Fh1Codec("d1").feed(encode_packet(0xF3, 0x01020304, b"log"), TS)
+    expected = Frame("d1", 0x01020304, 0xF3, TS, b"log")
+    assert type(frame) is Frame
+    assert [getattr(frame, f.name) for f in dataclasses.fields(Frame)] == \
+        [getattr(expected, f.name) for f in dataclasses.fields(Frame)]
+
+
+def test_crc_residue_tables_match_every_stored_crc() -> None:
+    """The residue the decoder compares against, for all 65,536 stored CRCs."""
+    for stored in range(1 << 16):
+        lo, hi = stored & 0xFF, stored >> 8
+        assert fh1._RESIDUE_LO[lo] ^ fh1._RESIDUE_HI[hi] == crc16(bytes((lo, hi)), stored)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40), st.integers(0, 0xFFFF))
+def test_only_the_right_crc_passes(payload: bytes, stored: int) -> None:
+    good = raw_packet(1, 1, 1, payload)
+    packet = good[:-2] + struct.pack("<H", stored)
+    codec = Fh1Codec("d")
+    frames = codec.feed(wire(packet), TS)
+    if stored == crc16(good[:-2]):
+        assert [f.payload for f in frames] == [payload] and codec.rejected == 0
+    else:
+        assert frames == [] and codec.rejected == 1
 
 
 # --- each failure counted exactly once -------------------------------------------

@@ -54,11 +54,34 @@ TYPE_HEARTBEAT = 0xF2
 TYPE_LOG = 0xF3  # UTF-8 log text
 
 _HEADER = struct.Struct("<BBI")
-_TYPE_SEQ = struct.Struct("<xBI")
 _MIN_PACKET = HEADER_LEN + CRC_LEN
 _CRC = struct.Struct("<H")
 _SEQ_MASK = 0xFFFFFFFF
 _ZERO = b"\x00"
+
+
+def _residue_tables() -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``_RESIDUE_LO[lo] ^ _RESIDUE_HI[hi]``: what CRC-16/CCITT-FALSE over a
+    whole packet, its own little-endian CRC ``lo, hi`` included, comes to
+    when that CRC is right.
+
+    Why: checking the CRC over the whole packet needs no copy of all but its
+    last two bytes. Without a final XOR the CRC is linear over GF(2) in its
+    initial value and its input together, so for a stored CRC ``s`` the
+    right residue ``crc_hqx(s as 2 bytes LE, s)`` is linear in ``s``: one
+    table per byte, XORed. And it is a check, not a hash: for fixed last two
+    bytes, the residue is a bijection of the CRC over the rest (the state
+    update by two bytes is invertible), so it matches only when that CRC
+    equals ``s``.
+    """
+    lo = tuple(crc_hqx(bytes((b, 0)), b) for b in range(256))
+    hi = tuple(crc_hqx(bytes((0, b)), b << 8) for b in range(256))
+    return lo, hi
+
+
+_RESIDUE_LO, _RESIDUE_HI = _residue_tables()
+#: version, type, seq of a packet
+_HEAD = struct.Struct("<BBI")
 
 
 def encode_packet(frame_type: int, seq: int, payload: bytes | bytearray | memoryview | str = b"") -> bytes:
@@ -134,9 +157,13 @@ class Fh1Codec(DelimitedCodec):
         limit = self.pending_limit
         max_packet = self._max_packet
         device = self.device
-        unpack = _TYPE_SEQ.unpack_from
+        unpack = _HEAD.unpack_from
         crc = crc_hqx
-        make = Frame
+        res_lo, res_hi = _RESIDUE_LO, _RESIDUE_HI
+        # Frames are made as Frame.__init__ would make them, without the call
+        # through type() and __init__ (a fifth of the cost of a whole frame's
+        # decode; tests/test_codec_fh1.py checks this sets every field).
+        new, cls = object.__new__, Frame
         min_packet, version, mask = _MIN_PACKET, FH1_VERSION, _SEQ_MASK
         last = self._last_seq
         fast, fast_error = _cobs.compiled_decode, _cobs.CompiledDecodeError
@@ -181,18 +208,29 @@ class Fh1Codec(DelimitedCodec):
                         del out[0]
                         packet = bytes(out)
                 m = len(packet)
-                if m < min_packet or m > max_packet or packet[0] != version:
+                if m < min_packet or m > max_packet:
                     rejected += 1
                     continue
-                # A slice beats a memoryview here: packets are small, the view costs more.
-                if crc(packet[:-2], 0xFFFF) != packet[-2] | (packet[-1] << 8):
+                # the CRC over the whole packet, its own CRC included, against
+                # the residue that CRC implies (see _residue_tables)
+                if crc(packet, 0xFFFF) != res_lo[packet[-2]] ^ res_hi[packet[-1]]:
                     rejected += 1
                     continue
-                frame_type, seq = unpack(packet)
+                ver, frame_type, seq = unpack(packet)
+                if ver != version:
+                    rejected += 1
+                    continue
                 if last is not None and seq != (last + 1) & mask:
                     gaps += 1
                 last = seq
-                append(make(device, seq, frame_type, ts, packet[6:-2]))  # HEADER_LEN, CRC_LEN
+                frame = new(cls)
+                frame.device = device
+                frame.seq = seq
+                frame.type = frame_type
+                frame.ts = ts
+                frame.payload = packet[6:-2]  # HEADER_LEN, CRC_LEN
+                frame.text = None
+                append(frame)
         finally:
             self._last_seq = last
             self.rejected += rejected
