@@ -1,8 +1,9 @@
 """The aggregator actor: one task owns the shared, bounded frame buffer.
 
 Everything else talks to it through ``AggregatorHandle``, which puts messages
-on a bounded inbox; requests that need an answer carry a future (the oneshot
-pattern). Readers send one message per read, never one per frame.
+on a bounded inbox (a ``Mailbox``); requests that need an answer carry a
+future (the oneshot pattern). Readers send one message per read, never one per
+frame, and the actor takes all queued messages at each wakeup.
 
 Buffer bookkeeping: the buffer is a deque of chunks in arrival order, one per
 offer (one read of one device), each with its device and byte count, so the
@@ -30,6 +31,7 @@ from typing import Any, Awaitable, Iterable, Sequence
 
 from .cancel import CancellationToken
 from .frames import Frame
+from .mailbox import Mailbox
 from .watch import Changes
 
 INBOX_SIZE = 1024
@@ -173,7 +175,7 @@ class Aggregator:
         self._bytes = 0
         self._dropped = 0
         self._accounts: dict[str, DeviceAccount] = {}
-        self._inbox: asyncio.Queue[Any] = asyncio.Queue(inbox_size)
+        self._inbox: Mailbox[Any] = Mailbox(inbox_size)
         #: set while at least one full batch is buffered; the flusher awaits it
         self.batch_ready = asyncio.Event()
         self.handle = AggregatorHandle(self._inbox, self.batch_ready)
@@ -189,29 +191,40 @@ class Aggregator:
         """
         inbox = self._inbox
         notify = self.changes.notify
+        offer = self._offer
         stopper = asyncio.ensure_future(self._stop_when(token))
         try:
             while True:
-                msg = await inbox.get()
-                if msg is _STOP:
-                    self.handle.stopped = True
-                    self._refuse_queued()
-                    return
-                kind = msg[0]
-                if kind == "offer":
-                    self._offer(msg[1], msg[2])
+                await inbox.wait()
+                msgs = inbox.take_all()
+                changed = False
+                for msg in msgs:
+                    if msg is _STOP:
+                        self.handle.stopped = True
+                        self._refuse(msgs[msgs.index(_STOP) + 1:])
+                        self._refuse(inbox.take_all())
+                        if changed:
+                            notify()
+                        return
+                    kind = msg[0]
+                    if kind == "offer":
+                        offer(msg[1], msg[2])
+                        changed = True
+                    else:
+                        self._request(msg)
+                        if kind == "ack" or kind == "pop":
+                            changed = True
+                # one poke per wakeup, and only for a change: an observer
+                # that asks for a snapshot must not wake itself
+                if changed:
                     notify()
-                else:
-                    self._request(msg)
-                    if kind == "ack" or kind == "pop":
-                        notify()
         finally:
             stopper.cancel()
 
-    def _refuse_queued(self) -> None:
+    @staticmethod
+    def _refuse(msgs: Iterable[Any]) -> None:
         """Whatever was queued behind the stop gets an answer: an error."""
-        while not self._inbox.empty():
-            msg = self._inbox.get_nowait()
+        for msg in msgs:
             if msg is not _STOP and msg[0] != "offer" and not msg[-1].done():
                 msg[-1].set_exception(AggregatorStopped("the aggregator has stopped"))
 
@@ -451,7 +464,7 @@ class Aggregator:
 class AggregatorHandle:
     """How everything outside the actor talks to it."""
 
-    def __init__(self, inbox: asyncio.Queue[Any], batch_ready: asyncio.Event) -> None:
+    def __init__(self, inbox: Mailbox[Any], batch_ready: asyncio.Event) -> None:
         self._inbox = inbox
         self.batch_ready = batch_ready
         #: set by the actor when it stops; later requests fail at once
@@ -461,21 +474,21 @@ class AggregatorHandle:
 
     async def offer(self, device: str, frames: Sequence[Frame]) -> None:
         """Hand one read's worth of frames to the buffer (waits if the inbox is full)."""
-        inbox = self._inbox
-        msg = ("offer", device, frames)
-        if inbox.full():
-            await inbox.put(msg)
-        else:
-            inbox.put_nowait(msg)
+        await self._inbox.put(("offer", device, frames))
+
+    def offer_nowait(self, device: str, frames: Sequence[Frame]) -> bool:
+        """``offer`` without a coroutine: True if queued, False if the inbox
+        is full (then nothing was sent; ``await offer(...)`` waits for room).
+        The readers' path: one call per read."""
+        return self._inbox.put_nowait(("offer", device, frames))
 
     def _send(self, msg: tuple[Any, ...]) -> Awaitable[None] | None:
         """Queue ``msg`` now if the inbox has room (no suspension, so the
         request cannot be overtaken by later offers); else an awaitable put."""
         inbox = self._inbox
-        if inbox.full():
-            return inbox.put(msg)
-        inbox.put_nowait(msg)
-        return None
+        if inbox.put_nowait(msg):
+            return None
+        return inbox.put(msg)
 
     async def _ask(self, *msg: Any) -> Any:
         if self.stopped:

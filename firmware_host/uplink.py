@@ -140,6 +140,8 @@ class UplinkReader:
         """Read until the port fails or the token is cancelled (which closes it)."""
         self._port = port
         stats, codec, offer, name, process = self.stats, self.codec, self._agg.offer, self.name, self._process
+        # a handle without offer_nowait (a test double, an older plugin's) is awaited each read
+        offer_nowait = getattr(self._agg, "offer_nowait", None)
         notify = self.changes.notify
         gate = getattr(self._agg, "read_gate", None)
         closer = asyncio.ensure_future(self._close_on_cancel(port, token))
@@ -169,8 +171,9 @@ class UplinkReader:
                         before = len(frames)
                         frames = process(frames)
                         stats.filtered += before - len(frames)
-                    if frames:
-                        await offer(name, frames)  # one message per read
+                    # one message per read, sent without a coroutine unless the inbox is full
+                    if frames and (offer_nowait is None or not offer_nowait(name, frames)):
+                        await offer(name, frames)
         finally:
             self._port = None
             closer.cancel()
