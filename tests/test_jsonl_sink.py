@@ -6,6 +6,8 @@ import base64
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from firmware_host import Frame
 from firmware_host.sinks.jsonl import JsonlSink, repair_tail
@@ -77,3 +79,42 @@ def test_device_name_cache_is_bounded_and_never_mixes_names():
         lines = jsonl.encode_records(batch).decode("utf-8").splitlines()
         assert [json.loads(line)["device"] for line in lines] == [f.device for f in batch]
         assert len(jsonl._NAMES) <= jsonl._NAMES_MAX
+
+
+# frames as they come from reads: runs sharing one device, one ts object and
+# a type, broken anywhere; names a %-template could misread; text frames and
+# non-int types among them
+_DEVICES = ["imu0", "a%d", "%%b %s", 'q"\\', "ü%"]
+_TS = [1763800000.123456, 1763800000.5, 0.0, 1e-7]
+_frame = st.builds(
+    lambda dev, seq, ts, kind, data: (
+        Frame(_DEVICES[dev], seq, kind, _TS[ts], payload=data) if isinstance(kind, int)
+        else Frame(_DEVICES[dev], seq, None, _TS[ts], text=data.decode("latin-1")) if kind == "text"
+        else Frame(_DEVICES[dev], seq, 2.5, _TS[ts], payload=data)),
+    st.integers(0, len(_DEVICES) - 1), st.integers(0, 2**32 - 1), st.integers(0, len(_TS) - 1),
+    st.sampled_from([0, 0, 7, 255, "text", "float type"]), st.binary(max_size=70))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_frame, st.integers(1, 30)), max_size=12))
+def test_every_line_spells_its_own_frame(runs: list[tuple[Frame, int]]) -> None:
+    """Each frame's line carries exactly its own fields, however the
+    per-run templates are shared and rebuilt."""
+    from firmware_host.sinks.jsonl import encode_records
+
+    frames = []
+    for proto, count in runs:  # a run: frames that share device, ts and type objects
+        frames += [Frame(proto.device, (proto.seq + k) % 2**32, proto.type, proto.ts, proto.payload, proto.text)
+                   for k in range(count)]
+    lines = encode_records(frames).decode("utf-8").split("\n")
+    assert lines.pop() == ""
+    assert len(lines) == len(frames)
+    for line, f in zip(lines, frames):
+        record = json.loads(line)
+        assert list(record)[:4] == ["device", "seq", "type", "ts"]
+        assert (record["device"], record["seq"], record["type"]) == (f.device, f.seq, f.type)
+        assert record["ts"] == float("%.6f" % f.ts)
+        if f.payload is not None:
+            assert base64.b64decode(record["payload"]) == f.payload and "text" not in record
+        else:
+            assert record["text"] == f.text and "payload" not in record

@@ -51,7 +51,9 @@ def repair_tail(path: str) -> int:
         return size
 
 
-_PAYLOAD_LINE = b'{"device": %b, "seq": %d, "type": %d, "ts": %b, "payload": "%b"}\n'
+#: one line of a binary frame, as a template for a run of frames of one device,
+#: receive time and type (one read's): only seq and payload left to fill in
+_PAYLOAD_RUN = b'{"device": %b, "seq": %%d, "type": %d, "ts": %b, "payload": "%%b"}\n'
 _TEXT_LINE = b'{"device": %b, "seq": %d, "type": null, "ts": %b, "text": %b}\n'
 
 
@@ -61,43 +63,54 @@ _NAMES: dict[str, bytes] = {}
 _NAMES_MAX = 4096
 
 
+def _json_name(device: str) -> bytes:
+    name = _NAMES.get(device)
+    if name is None:
+        if len(_NAMES) >= _NAMES_MAX:
+            _NAMES.clear()
+        name = _NAMES[device] = json.dumps(device).encode("utf-8")
+    return name
+
+
 def encode_records(frames: Sequence[Frame]) -> bytes:
     """The jsonl lines for ``frames`` (design.md, "Sinks").
 
-    Built as bytes with C-level %-formatting. Each device name is JSON-quoted
-    once (cached across batches: 48 devices at 60 batches/s were 2,900
-    ``json.dumps`` calls a second); per read, the timestamp is formatted once
-    (the frames of one read share one ``ts`` object, so an identity check
-    finds repeats).
+    Built as bytes with C-level %-formatting. The frames of one read share
+    their device, their ``ts`` object and most often their type, so those are
+    formatted once per run of such frames into a template (found by identity
+    checks), and each frame formats only its seq and payload: 5,700 -> 4,600
+    instructions per frame (callgrind), most of the rest being base64.
     """
-    names = _NAMES
     b64 = binascii.b2a_base64
-    dumps = json.dumps
     out: list[bytes] = []
     append = out.append
     last_ts: object = None
-    ts_text = b""
+    last_device: object = None
+    last_type: object = None
+    line = b""
+    text_ts: object = None
+    text_ts_bytes = b""
     for f in frames:
-        dev = names.get(f.device)
-        if dev is None:
-            if len(names) >= _NAMES_MAX:
-                names.clear()
-            dev = names[f.device] = dumps(f.device).encode("utf-8")
-        ts = f.ts
-        if ts is not last_ts:
-            last_ts = ts
-            ts_text = b"%.6f" % ts
         payload = f.payload
-        if payload is not None:
-            ftype = f.type
-            if ftype.__class__ is int:
-                append(_PAYLOAD_LINE % (dev, f.seq, ftype, ts_text, b64(payload, newline=False)))
-            else:  # not an fh1-style int type: spell it as before
-                append(f'{{"device": {dev.decode()}, "seq": {f.seq}, "type": {ftype}, "ts": {ts:.6f}, '
-                       f'"payload": "{b64(payload, newline=False).decode("ascii")}"}}\n'.encode("utf-8"))
+        ftype = f.type
+        if payload is not None and ftype.__class__ is int:
+            ts = f.ts
+            device = f.device
+            if ts is not last_ts or device is not last_device or ftype != last_type:
+                last_ts, last_device, last_type = ts, device, ftype
+                # a '%' in a device name must not become a conversion of the template
+                line = _PAYLOAD_RUN % (_json_name(device).replace(b"%", b"%%"), ftype, b"%.6f" % ts)
+            append(line % (f.seq, b64(payload, newline=False)))
+        elif payload is not None:  # not an fh1-style int type: spell it as before
+            append(f'{{"device": {_json_name(f.device).decode()}, "seq": {f.seq}, "type": {ftype}, '
+                   f'"ts": {f.ts:.6f}, "payload": "{b64(payload, newline=False).decode("ascii")}"}}\n'
+                   .encode("utf-8"))
         else:
-            text = dumps(f.text if f.text is not None else "", ensure_ascii=False).encode("utf-8")
-            append(_TEXT_LINE % (dev, f.seq, ts_text, text))
+            ts = f.ts
+            if ts is not text_ts:
+                text_ts, text_ts_bytes = ts, b"%.6f" % ts
+            text = json.dumps(f.text if f.text is not None else "", ensure_ascii=False).encode("utf-8")
+            append(_TEXT_LINE % (_json_name(f.device), f.seq, text_ts_bytes, text))
     return b"".join(out)
 
 
