@@ -164,8 +164,11 @@ class Fh1Codec(DelimitedCodec):
         # through type() and __init__ (a fifth of the cost of a whole frame's
         # decode; tests/test_codec_fh1.py checks this sets every field).
         new, cls = object.__new__, Frame
-        min_packet, version, mask = _MIN_PACKET, FH1_VERSION, _SEQ_MASK
+        min_packet, version, wrap = _MIN_PACKET, FH1_VERSION, _SEQ_MASK + 1
+        # the seq that continues the last one, unmasked (2**32 after the top):
+        # one compare and one add per frame; the wrap is sorted out only on a mismatch
         last = self._last_seq
+        expect = None if last is None else last + 1
         fast, fast_error = _cobs.compiled_decode, _cobs.CompiledDecodeError
         rejected = gaps = 0
         try:
@@ -220,9 +223,9 @@ class Fh1Codec(DelimitedCodec):
                 if ver != version:
                     rejected += 1
                     continue
-                if last is not None and seq != (last + 1) & mask:
-                    gaps += 1
-                last = seq
+                if seq != expect and expect is not None and (seq or expect != wrap):
+                    gaps += 1  # not the first frame, and not 2**32 - 1 followed by 0
+                expect = seq + 1
                 frame = new(cls)
                 frame.device = device
                 frame.seq = seq
@@ -232,7 +235,7 @@ class Fh1Codec(DelimitedCodec):
                 frame.text = None
                 append(frame)
         finally:
-            self._last_seq = last
+            self._last_seq = None if expect is None else expect - 1
             self.rejected += rejected
             self.gaps += gaps
 
