@@ -61,3 +61,19 @@ def test_bench_ab_alternates_builds(tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "tools" / "bench_ab.py"), f"x=uvloop:{tmp_path}"],
                          capture_output=True, text=True, timeout=20)
     assert bad.returncode == 2 and "holds no firmware_host package" in bad.stderr
+
+
+def test_bench_icount_pipeline_delivers_every_frame(tmp_path):
+    """tools/bench_icount.py's counted run, without valgrind: 2 ports, 3 ticks
+    of 5 frames, every frame decoded and flushed; bad arguments get one line."""
+    data = tmp_path / "reads.pickle"
+    code = ("import pickle, sys; sys.path.insert(0, 'tools'); import bench_icount as b; "
+            f"pickle.dump(b.make_reads(2, 5, 3), open({str(data)!r}, 'wb'))")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=30)
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_icount.py"), "--child", str(data)],
+                          cwd=REPO, capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert proc.stdout.split() == ["frames", "30", "flushed", "30", "expected", "30"]
+    bad = subprocess.run([sys.executable, str(REPO / "tools" / "bench_icount.py"), "--source", str(tmp_path)],
+                         capture_output=True, text=True, timeout=20)
+    assert bad.returncode == 2 and "holds no firmware_host package" in bad.stderr
