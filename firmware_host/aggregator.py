@@ -120,15 +120,20 @@ def _size(frame: Frame) -> int:
     return len(text) if text is not None else 0
 
 
-_payload_of = operator.attrgetter("payload")
-
-
 def _sizes(frames: Iterable[Frame]) -> int:
-    """Sum of ``_size`` over ``frames``; in C when every frame has a payload."""
+    """Sum of ``_size`` over ``frames``.
+
+    A plain loop: the interpreter's specialised slot read and ``len`` cost
+    about a quarter of ``sum(map(len, map(attrgetter("payload"), frames)))``,
+    whose generic attribute lookups made this a tenth of a frame's whole cost.
+    """
+    total = 0
     try:
-        return sum(map(len, map(_payload_of, frames)))
+        for frame in frames:
+            total += len(frame.payload)  # type: ignore[arg-type]  # None: a text frame, below
     except TypeError:  # a text frame (payload None) among them
         return sum(map(_size, frames))
+    return total
 
 
 class _Chunk:
