@@ -16,9 +16,12 @@ input is skipped up to the next 0x00, so memory never grows with the input.
 
 from __future__ import annotations
 
+import functools
 import struct
+import sys
+from array import array
 from binascii import crc_hqx
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 from ..frames import Frame
 from .base import CodecOptionError, DelimitedCodec
@@ -60,28 +63,39 @@ _SEQ_MASK = 0xFFFFFFFF
 _ZERO = b"\x00"
 
 
-def _residue_tables() -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """``_RESIDUE_LO[lo] ^ _RESIDUE_HI[hi]``: what CRC-16/CCITT-FALSE over a
-    whole packet, its own little-endian CRC ``lo, hi`` included, comes to
-    when that CRC is right.
+def _residue_table() -> array:
+    """``_RESIDUE[s]``: what CRC-16/CCITT-FALSE over a whole packet, its own
+    little-endian CRC ``s`` included, comes to when that CRC is right.
 
     Why: checking the CRC over the whole packet needs no copy of all but its
     last two bytes. Without a final XOR the CRC is linear over GF(2) in its
     initial value and its input together, so for a stored CRC ``s`` the
-    right residue ``crc_hqx(s as 2 bytes LE, s)`` is linear in ``s``: one
-    table per byte, XORed. And it is a check, not a hash: for fixed last two
-    bytes, the residue is a bijection of the CRC over the rest (the state
-    update by two bytes is invertible), so it matches only when that CRC
-    equals ``s``.
+    right residue ``crc_hqx(s as 2 bytes LE, s)`` is linear in ``s``: the
+    XOR of one value per byte of ``s``, so 512 CRCs make the whole table (128
+    KiB). And it is a check, not a hash: for fixed last two bytes, the
+    residue is a bijection of the CRC over the rest (the state update by two
+    bytes is invertible), so it matches only when that CRC equals ``s``.
     """
-    lo = tuple(crc_hqx(bytes((b, 0)), b) for b in range(256))
-    hi = tuple(crc_hqx(bytes((0, b)), b << 8) for b in range(256))
-    return lo, hi
+    order = sys.byteorder  # an array's items are in the machine's byte order
+    # the 256 residues of a zero high byte, as one 4096-bit integer
+    low = int.from_bytes(array("H", [crc_hqx(bytes((b, 0)), b) for b in range(256)]).tobytes(), order)
+    spread = int.from_bytes(array("H", [1] * 256).tobytes(), order)  # times h: h in every 16-bit lane
+    table = array("H")
+    for b in range(256):  # s = b << 8 | low byte: 256 residues XORed with b's, lane by lane
+        high = crc_hqx(bytes((0, b)), b << 8)
+        table.frombytes((low ^ high * spread).to_bytes(512, order))
+    return table
 
 
-_RESIDUE_LO, _RESIDUE_HI = _residue_tables()
-#: version, type, seq of a packet
-_HEAD = struct.Struct("<BBI")
+_RESIDUE = _residue_table()
+
+
+@functools.lru_cache(maxsize=64)
+def _splitter(length: int) -> Callable[[bytes], tuple[int, int, int, bytes, int]]:
+    """``unpack`` of a packet of ``length`` bytes: version, type, seq, payload
+    and stored CRC in one C call (instead of an unpack, a slice and two
+    index operations). Packets of one device mostly share one length."""
+    return struct.Struct(f"<BBI{length - _MIN_PACKET}sH").unpack  # type: ignore[return-value]
 
 
 def encode_packet(frame_type: int, seq: int, payload: bytes | bytearray | memoryview | str = b"") -> bytes:
@@ -157,9 +171,9 @@ class Fh1Codec(DelimitedCodec):
         limit = self.pending_limit
         max_packet = self._max_packet
         device = self.device
-        unpack = _HEAD.unpack_from
-        crc = crc_hqx
-        res_lo, res_hi = _RESIDUE_LO, _RESIDUE_HI
+        splitter, split_length = _splitter, _MIN_PACKET
+        split = splitter(split_length)
+        crc, residue = crc_hqx, _RESIDUE
         # Frames are made as Frame.__init__ would make them, without the call
         # through type() and __init__ (a fifth of the cost of a whole frame's
         # decode; tests/test_codec_fh1.py checks this sets every field).
@@ -214,12 +228,14 @@ class Fh1Codec(DelimitedCodec):
                 if m < min_packet or m > max_packet:
                     rejected += 1
                     continue
+                if m != split_length:
+                    split, split_length = splitter(m), m
+                ver, frame_type, seq, payload, stored = split(packet)
                 # the CRC over the whole packet, its own CRC included, against
-                # the residue that CRC implies (see _residue_tables)
-                if crc(packet, 0xFFFF) != res_lo[packet[-2]] ^ res_hi[packet[-1]]:
+                # the residue that CRC implies (see _residue_table)
+                if crc(packet, 0xFFFF) != residue[stored]:
                     rejected += 1
                     continue
-                ver, frame_type, seq = unpack(packet)
                 if ver != version:
                     rejected += 1
                     continue
@@ -231,7 +247,7 @@ class Fh1Codec(DelimitedCodec):
                 frame.seq = seq
                 frame.type = frame_type
                 frame.ts = ts
-                frame.payload = packet[6:-2]  # HEADER_LEN, CRC_LEN
+                frame.payload = payload
                 frame.text = None
                 append(frame)
         finally:
