@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-import operator
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Iterable, Sequence
