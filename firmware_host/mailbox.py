@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import sys
 from typing import Generic, TypeVar
 
 __all__ = ["Mailbox"]
@@ -20,24 +21,25 @@ T = TypeVar("T")
 
 
 class Mailbox(Generic[T]):
-    """FIFO of at most ``maxsize`` items; senders wait while it is full."""
+    """FIFO of at most ``maxsize`` items (0 or less: unbounded, as with
+    ``asyncio.Queue``); senders wait while it is full."""
 
-    __slots__ = ("maxsize", "_items", "_getter", "_putters")
+    __slots__ = ("maxsize", "_limit", "_items", "_getter", "_putters")
 
-    def __init__(self, maxsize: int) -> None:
-        if maxsize <= 0:
-            raise ValueError("maxsize must be > 0")
+    def __init__(self, maxsize: int = 0) -> None:
         self.maxsize = maxsize
+        self._limit = maxsize if maxsize > 0 else sys.maxsize
         self._items: collections.deque[T] = collections.deque()
         self._getter: asyncio.Future[None] | None = None
-        #: senders waiting for room, oldest first
+        #: senders waiting for room, oldest first; a woken one (its future
+        #: done) holds a place until it has run
         self._putters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     def __len__(self) -> int:
         return len(self._items)
 
     def full(self) -> bool:
-        return len(self._items) >= self.maxsize
+        return len(self._items) >= self._limit
 
     def empty(self) -> bool:
         return not self._items
@@ -46,14 +48,10 @@ class Mailbox(Generic[T]):
         """Queue ``item`` and return True; False (nothing queued) when full,
         or when senders are already waiting for room (they go first)."""
         items = self._items
-        if len(items) >= self.maxsize or self._putters:
+        if len(items) >= self._limit or self._putters:
             return False
         items.append(item)
-        getter = self._getter
-        if getter is not None:
-            self._getter = None
-            if not getter.done():
-                getter.set_result(None)
+        self._wake_getter()
         return True
 
     async def put(self, item: T) -> None:
@@ -64,40 +62,34 @@ class Mailbox(Generic[T]):
         putters = self._putters
         putters.append(fut)
         try:
-            while True:
-                await fut
-                if len(self._items) < self.maxsize:
-                    break
-                # woken, yet full again (a put_nowait cannot overtake us, but
-                # be safe): wait at the head of the line for the next room
-                fut = asyncio.get_running_loop().create_future()
-                putters[0] = fut
+            await fut  # woken only with a place held for us (_wake_putters)
         except BaseException:
-            if putters and putters[0] is fut:
-                putters.popleft()
-                self._wake_putters()  # pass our turn on
-            else:
-                try:
-                    putters.remove(fut)
-                except ValueError:
-                    pass
+            try:
+                putters.remove(fut)
+            except ValueError:
+                pass
+            self._wake_putters()  # a place we held goes to the next in line
             raise
-        putters.popleft()
+        putters.remove(fut)  # at or near the head: woken in arrival order
         self._items.append(item)
+        self._wake_getter()
+
+    def _wake_getter(self) -> None:
         getter = self._getter
         if getter is not None:
             self._getter = None
             if not getter.done():
                 getter.set_result(None)
-        self._wake_putters()
 
     def _wake_putters(self) -> None:
-        """Wake the first waiting sender if there is room for it."""
-        putters = self._putters
-        if putters and len(self._items) < self.maxsize:
-            fut = putters[0]
+        """Wake as many waiting senders, oldest first, as there is room for."""
+        room = self._limit - len(self._items)
+        for fut in self._putters:
+            if room <= 0:
+                break
             if not fut.done():
                 fut.set_result(None)
+            room -= 1  # woken and not run yet: its place is taken
 
     def take_all(self) -> list[T]:
         """Everything queued, oldest first (possibly nothing)."""
@@ -106,7 +98,8 @@ class Mailbox(Generic[T]):
             return []
         taken = list(items)
         items.clear()
-        self._wake_putters()
+        if self._putters:
+            self._wake_putters()
         return taken
 
     async def wait(self) -> None:

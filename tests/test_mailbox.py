@@ -78,9 +78,32 @@ async def test_a_cancelled_sender_leaves_the_line_and_passes_its_turn() -> None:
     assert box.take_all() == ["e"] and box.put_nowait("g")
 
 
-def test_maxsize_must_be_positive() -> None:
-    with pytest.raises(ValueError):
-        Mailbox(0)
+def test_maxsize_of_zero_or_less_is_unbounded() -> None:
+    """As with asyncio.Queue, which the aggregator's inbox_size used to size."""
+    for maxsize in (0, -1):
+        box: Mailbox[int] = Mailbox(maxsize)
+        assert all(box.put_nowait(i) for i in range(5000)) and not box.full()
+    assert Aggregator(capacity=10, inbox_size=0).handle.offer_nowait("d", [Frame("d", 0, 0, 0.0, b"")])
+
+
+async def test_taking_all_lets_in_as_many_waiting_senders_as_there_is_room_for() -> None:
+    """After a full inbox is taken, the waiting senders refill it in one go
+    (oldest first), not one per wakeup of the reader."""
+    box: Mailbox[int] = Mailbox(3)
+    for i in range(3):
+        box.put_nowait(i)
+    puts = [asyncio.ensure_future(box.put(i)) for i in range(3, 10)]
+    await settle()
+    got = box.take_all()
+    await settle()
+    assert [p.done() for p in puts] == [True] * 3 + [False] * 4
+    got += box.take_all()
+    await settle()
+    got += box.take_all()
+    await settle()
+    got += box.take_all()
+    assert got == list(range(10))
+    await asyncio.wait_for(asyncio.gather(*puts), 1)
 
 
 async def test_an_aggregator_with_a_tiny_inbox_serves_every_offer_in_order() -> None:
