@@ -175,7 +175,7 @@ class Aggregator:
         if capacity <= 0 or batch_size <= 0 or max_bytes < 0:
             raise ValueError("capacity and batch_size must be > 0, max_bytes >= 0")
         self.capacity = capacity
-        self.max_bytes = max_bytes
+        self._max_bytes = max_bytes
         self.batch_size = batch_size
         self._chunks: collections.deque[_Chunk] = collections.deque()
         self._depth = 0  # frames buffered, over all chunks
@@ -188,6 +188,13 @@ class Aggregator:
         self.batch_ready = asyncio.Event()
         self.handle = AggregatorHandle(self._inbox, self.batch_ready)
         self.changes = changes or Changes()
+
+    @property
+    def max_bytes(self) -> int:
+        """The byte bound (0: none). Fixed at construction: without a bound,
+        chunk sizes are counted only when a snapshot asks (``_count_bytes``),
+        which a bound set later would not know about."""
+        return self._max_bytes
 
     # -- the actor loop ----------------------------------------------------
 
@@ -289,7 +296,7 @@ class Aggregator:
             frames = frames[skip:]
             n = capacity
         if n:
-            max_bytes = self.max_bytes
+            max_bytes = self._max_bytes
             # Without a byte bound the size is only reported, so it is counted
             # when a snapshot asks (each chunk once): at 60k frames/s summing
             # payload sizes here was 3% of the runtime's instructions.
@@ -481,7 +488,7 @@ class Aggregator:
         self._count_bytes()
         accounts = {name: DeviceAccount(a.frames, a.flushed, a.dropped, a.buffered)
                     for name, a in self._accounts.items()}
-        snap = BufferSnapshot(self.capacity, self.max_bytes, self._depth, self._bytes,
+        snap = BufferSnapshot(self.capacity, self._max_bytes, self._depth, self._bytes,
                               self._dropped, accounts)
         if oldest:
             missing = {name for name, a in self._accounts.items() if a.buffered}

@@ -140,8 +140,7 @@ class UplinkReader:
         """Read until the port fails or the token is cancelled (which closes it)."""
         self._port = port
         stats, codec, offer, name, process = self.stats, self.codec, self._agg.offer, self.name, self._process
-        # a handle without offer_nowait (a test double, an older plugin's) is awaited each read
-        offer_nowait = getattr(self._agg, "offer_nowait", None)
+        offer_nowait = _offer_nowait(self._agg)
         notify = self.changes.notify
         gate = getattr(self._agg, "read_gate", None)
         closer = asyncio.ensure_future(self._close_on_cancel(port, token))
@@ -196,6 +195,19 @@ def _close_when_opened(opening: asyncio.Future[Port]) -> None:
         closing = asyncio.ensure_future(opening.result().close())
         _late_closes.add(closing)
         closing.add_done_callback(_late_closes.discard)
+
+
+def _offer_nowait(handle: object) -> Callable[[str, list[Frame]], bool] | None:
+    """The handle's ``offer_nowait``, or None when each read must go through
+    ``offer``: a handle without one (a test double), or a subclass that
+    overrides ``offer`` but inherits ``offer_nowait`` (its ``offer`` must
+    see every read)."""
+    nowait = getattr(handle, "offer_nowait", None)
+    cls = type(handle)
+    if nowait is None or (getattr(cls, "offer", None) is not AggregatorHandle.offer
+                          and getattr(cls, "offer_nowait", None) is AggregatorHandle.offer_nowait):
+        return None
+    return nowait  # type: ignore[no-any-return]
 
 
 def fixed_url(url: str) -> UrlResolver:

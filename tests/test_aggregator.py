@@ -194,3 +194,33 @@ async def test_a_global_ack_after_a_per_device_ack_removes_only_its_own_frames(m
     await law(agg)
     token.cancel()
     await task
+
+
+def test_max_bytes_is_fixed_at_construction():
+    """Sizes are counted lazily without a bound; a bound set later would not know that."""
+    agg = Aggregator(capacity=10, max_bytes=0)
+    assert agg.max_bytes == 0
+    with pytest.raises(AttributeError):
+        agg.max_bytes = 60  # type: ignore[misc]
+
+
+def test_readers_offer_through_a_subclass_that_overrides_offer_only():
+    """A handle subclass that overrides offer (to tee or filter) sees every read;
+    one that overrides both keeps the fast path."""
+    from firmware_host.aggregator import AggregatorHandle
+    from firmware_host.uplink import _offer_nowait
+
+    class Tee(AggregatorHandle):
+        async def offer(self, device, frames):
+            await super().offer(device, frames)
+
+    class Both(Tee):
+        def offer_nowait(self, device, frames):
+            return super().offer_nowait(device, frames)
+
+    agg = Aggregator(capacity=10)
+    assert _offer_nowait(agg.handle) == agg.handle.offer_nowait
+    assert _offer_nowait(Tee(agg._inbox, agg.batch_ready)) is None
+    both = Both(agg._inbox, agg.batch_ready)
+    assert _offer_nowait(both) == both.offer_nowait
+    assert _offer_nowait(object()) is None
