@@ -51,7 +51,11 @@ class Mailbox(Generic[T]):
         if len(items) >= self._limit or self._putters:
             return False
         items.append(item)
-        self._wake_getter()
+        getter = self._getter  # _wake_getter, inline: this runs once per read
+        if getter is not None:
+            self._getter = None
+            if not getter.done():
+                getter.set_result(None)
         return True
 
     async def put(self, item: T) -> None:
