@@ -15,6 +15,8 @@ import collections
 import sys
 from typing import Generic, TypeVar
 
+from .watch import Changes
+
 __all__ = ["Mailbox"]
 
 T = TypeVar("T")
@@ -24,13 +26,14 @@ class Mailbox(Generic[T]):
     """FIFO of at most ``maxsize`` items (0 or less: unbounded, as with
     ``asyncio.Queue``); senders wait while it is full."""
 
-    __slots__ = ("maxsize", "_limit", "_items", "_getter", "_putters")
+    __slots__ = ("maxsize", "_limit", "_items", "_arrived", "_putters")
 
     def __init__(self, maxsize: int = 0) -> None:
         self.maxsize = maxsize
         self._limit = maxsize if maxsize > 0 else sys.maxsize
         self._items: collections.deque[T] = collections.deque()
-        self._getter: asyncio.Future[None] | None = None
+        #: poked on every arrival; the reader awaits it when the box is empty
+        self._arrived = Changes()
         #: senders waiting for room, oldest first; a woken one (its future
         #: done) holds a place until it has run
         self._putters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -51,11 +54,7 @@ class Mailbox(Generic[T]):
         if len(items) >= self._limit or self._putters:
             return False
         items.append(item)
-        getter = self._getter  # _wake_getter, inline: this runs once per read
-        if getter is not None:
-            self._getter = None
-            if not getter.done():
-                getter.set_result(None)
+        self._arrived.notify()
         return True
 
     async def put(self, item: T) -> None:
@@ -76,14 +75,7 @@ class Mailbox(Generic[T]):
             raise
         putters.remove(fut)  # at or near the head: woken in arrival order
         self._items.append(item)
-        self._wake_getter()
-
-    def _wake_getter(self) -> None:
-        getter = self._getter
-        if getter is not None:
-            self._getter = None
-            if not getter.done():
-                getter.set_result(None)
+        self._arrived.notify()
 
     def _wake_putters(self) -> None:
         """Wake as many waiting senders, oldest first, as there is room for."""
@@ -108,9 +100,5 @@ class Mailbox(Generic[T]):
 
     async def wait(self) -> None:
         """Return once something is queued (at once if something is)."""
-        if self._items:
-            return
-        getter = self._getter
-        if getter is None or getter.done():
-            getter = self._getter = asyncio.get_running_loop().create_future()
-        await getter
+        if not self._items:
+            await self._arrived.waiter()
