@@ -88,7 +88,7 @@ def encode_records(frames: Sequence[Frame]) -> bytes:
     last_device: object = None
     last_type: object = None
     line: bytes | None = None  # the run's template; None: its type is not an int
-    ts_bytes = b""
+    ts_bytes = name = b""
     for f in frames:
         ts = f.ts
         device = f.device
@@ -98,17 +98,18 @@ def encode_records(frames: Sequence[Frame]) -> bytes:
         if ts is not last_ts or device is not last_device or ftype is not last_type:
             last_ts, last_device, last_type = ts, device, ftype
             ts_bytes = b"%.6f" % ts
+            name = _json_name(device)
             # a '%' in a device name must not become a conversion of the template
-            line = (_PAYLOAD_RUN % (_json_name(device).replace(b"%", b"%%"), ftype, ts_bytes)
+            line = (_PAYLOAD_RUN % (name.replace(b"%", b"%%"), ftype, ts_bytes)
                     if ftype.__class__ is int else None)
         payload = f.payload
         if payload is None:
             text = json.dumps(f.text if f.text is not None else "", ensure_ascii=False).encode("utf-8")
-            append(_TEXT_LINE % (_json_name(device), f.seq, ts_bytes, text))
+            append(_TEXT_LINE % (name, f.seq, ts_bytes, text))
         elif line is not None:
             append(line % (f.seq, b64(payload, newline=False)))
         else:  # not an fh1-style int type: spell it as before
-            append(f'{{"device": {_json_name(device).decode()}, "seq": {f.seq}, "type": {ftype}, '
+            append(f'{{"device": {name.decode()}, "seq": {f.seq}, "type": {ftype}, '
                    f'"ts": {ts:.6f}, "payload": "{b64(payload, newline=False).decode("ascii")}"}}\n'
                    .encode("utf-8"))
     return b"".join(out)
