@@ -1,5 +1,5 @@
 """``python -m firmware_host``."""
 
-from .cli import main
+from firmware_host.cli.commands import main
 
 main(prog_name="firmware-host")

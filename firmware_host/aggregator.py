@@ -28,10 +28,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Iterable, Sequence
 
-from .cancel import CancellationToken
-from .frames import Frame
-from .mailbox import Mailbox
-from .watch import Changes
+from firmware_host.cancel import CancellationToken
+from firmware_host.frames import Frame
+from firmware_host._sync import Mailbox
+from firmware_host._sync import Changes
+from firmware_host.errors import AggregatorStopped
 
 INBOX_SIZE = 1024
 #: the longest a reader waits at a closed ReadGate before reading anyway
@@ -163,8 +164,6 @@ class _Chunk:
 _STOP = object()
 
 
-class AggregatorStopped(RuntimeError):
-    """A request reached the aggregator after it stopped (a shutdown-order bug)."""
 
 
 class Aggregator:

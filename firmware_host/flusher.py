@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .aggregator import AggregatorHandle, Batch
-from .cancel import CancellationToken
-from .sinks.base import Sink
-from .watch import Changes
+from firmware_host.aggregator import AggregatorHandle, Batch
+from firmware_host.cancel import CancellationToken
+from firmware_host.sinks.base import Sink
+from firmware_host._sync import Changes
 
 log = logging.getLogger("firmware_host.flusher")
 

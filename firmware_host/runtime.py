@@ -15,16 +15,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
-from .aggregator import Aggregator, BufferSnapshot, DeviceAccount, oldest_age
-from .cancel import CancellationToken
-from .codecs import BUILTIN_CODECS, CodecFactory, make_codec
-from .config import Config, ConfigError, DeviceConfig
-from .flusher import Flusher, FlushResult
-from .sinks import BUILTIN_SINKS, Sink, SinkFactory
-from .readclock import read_clock
-from .transport import READ_COALESCE, PortOpener, open_serial
-from .watch import Changes
-from .uplink import Processor, UplinkReader, UrlResolver, apply_processors, fixed_url
+from firmware_host.aggregator import Aggregator, BufferSnapshot, DeviceAccount, oldest_age
+from firmware_host.cancel import CancellationToken
+from firmware_host.codecs import BUILTIN_CODECS, CodecFactory, make_codec
+from firmware_host.config.schema import Config, ConfigError, DeviceConfig
+from firmware_host.flusher import Flusher, FlushResult
+from firmware_host.sinks import BUILTIN_SINKS, Sink, SinkFactory
+from firmware_host._sync import read_clock
+from firmware_host.transport.base import PortOpener, UrlResolver
+from firmware_host.transport.serial import READ_COALESCE, open_serial
+from firmware_host._sync import Changes
+from firmware_host.uplink import Processor, UplinkReader, apply_processors, fixed_url
+from firmware_host.errors import DeviceExists, RuntimeFailure, ShuttingDown
 
 log = logging.getLogger("firmware_host.runtime")
 
@@ -32,16 +34,10 @@ log = logging.getLogger("firmware_host.runtime")
 MatchResolver = Callable[[Mapping[str, object]], UrlResolver]
 
 
-class RuntimeFailure(Exception):
-    """A runtime failure (exit status 1), e.g. a sink that cannot open."""
 
 
-class DeviceExists(ValueError):
-    """``add_device`` with the name of a device that is still running."""
 
 
-class ShuttingDown(RuntimeFailure):
-    """``add_device`` after the shutdown began."""
 
 
 @dataclass
@@ -143,7 +139,7 @@ class Runtime:
                                batch_size=cfg.buffer.batch_size, changes=self.changes)
         self._flusher_task = asyncio.create_task(self.flusher.run(self.flusher_token), name="flusher")
         if self.control_path:
-            from .control import ControlServer
+            from firmware_host.control.server import ControlServer
             self._control = ControlServer(self, self.control_path)
             try:
                 await self._control.start()
@@ -161,7 +157,7 @@ class Runtime:
             raise
 
     async def _open_spool(self, opened: list[Sink]) -> Any:
-        from .spool import Spool, SpoolBusy, SpoolError, Spooler
+        from firmware_host.spool import Spool, SpoolBusy, SpoolError, Spooler
         cfg = self.config.buffer
         assert cfg.spool is not None
         spool = Spool(cfg.spool, max_bytes=cfg.spool_max_bytes, sync=cfg.spool_sync,
@@ -212,7 +208,7 @@ class Runtime:
         if dc.port is not None:
             return fixed_url(dc.port)
         if self.match_resolver is None:
-            from .detect import match_resolver
+            from firmware_host.transport.detect import match_resolver
             return match_resolver(dc.match or {})
         return self.match_resolver(dc.match or {})
 

@@ -33,11 +33,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from .aggregator import AggregatorHandle, Batch
-from .cancel import CancellationToken
-from .flusher import Flusher
-from .frames import Frame
-from .watch import Changes
+from firmware_host.aggregator import AggregatorHandle, Batch
+from firmware_host.cancel import CancellationToken
+from firmware_host.flusher import Flusher
+from firmware_host.frames import Frame
+from firmware_host._sync import Changes
+from firmware_host.errors import SpoolBusy, SpoolError
 
 log = logging.getLogger("firmware_host.spool")
 
@@ -63,12 +64,8 @@ _SELECT = "SELECT id, device, seq, type, ts, payload, text FROM frames"
 _SYNC = {"off": "OFF", "normal": "NORMAL", "full": "FULL"}
 
 
-class SpoolBusy(Exception):
-    """Another process (a running runtime) holds the spool."""
 
 
-class SpoolError(Exception):
-    """The spool file cannot be used (not SQLite, wrong schema, unreadable)."""
 
 
 @dataclass(slots=True)
@@ -398,7 +395,7 @@ def spool_stats(path: str) -> dict[str, Any]:
 def spool_export(path: str, out: Any, device: str | None = None, chunk: int = 5000) -> int:
     """Write the spooled frames as jsonl records (oldest first) to the binary
     stream ``out``; the spool is left as it is. Returns the frame count."""
-    from .sinks.jsonl import encode_records
+    from firmware_host.sinks.jsonl import encode_records
     if not os.path.exists(path):
         raise SpoolError(f"{path}: no such spool")
     fd = lock_spool(path)

@@ -8,17 +8,16 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence
 
-from .aggregator import AggregatorHandle
-from .cancel import CancellationToken
-from .codecs.base import Codec
-from .frames import Frame
-from .transport import Port, PortClosed, PortOpener
-from .watch import Changes
+from firmware_host.aggregator import AggregatorHandle
+from firmware_host.cancel import CancellationToken
+from firmware_host.codecs.base import Codec
+from firmware_host.frames import Frame
+from firmware_host.errors import PortClosed
+from firmware_host.transport.base import Port, PortOpener, UrlResolver
+from firmware_host._sync import Changes
 
 log = logging.getLogger("firmware_host.uplink")
 
-#: ``resolve() -> url``: a fixed port, or a USB match looked up at each connect
-UrlResolver = Callable[[], Awaitable[str]]
 #: processors run on every decoded batch before it is offered
 Processor = Callable[[list[Frame]], list[Frame]]
 

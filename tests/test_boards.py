@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import firmware_host.boards as boards_module
-from firmware_host.boards import (
+import firmware_host.config.boards as boards_module
+from firmware_host.config.boards import (
     BOARDS_ENV_VAR,
     PAYLOAD_GENERATORS,
     Board,
@@ -21,7 +21,7 @@ from firmware_host.boards import (
     load_boards,
     match_board,
 )
-from firmware_host.config import DEFAULT_CODECS, ConfigError
+from firmware_host.config.schema import DEFAULT_CODECS, ConfigError
 
 pytestmark = pytest.mark.timeout(30)
 

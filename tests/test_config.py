@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from firmware_host.boards import BOARDS_ENV_VAR, Board, EmulatorProfile, load_boards
-from firmware_host.config import (
+from firmware_host.config.boards import BOARDS_ENV_VAR, Board, EmulatorProfile, load_boards
+from firmware_host.config.schema import (
     BufferConfig,
     Config,
     ConfigError,

@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Iterator, Sequence
 import pytest
 
 from firmware_host import FakeOpener, FakePort, Frame, Runtime, Sink, config_from_dict, encode_packet
-from firmware_host.control import ControlError, ControlServer, NoRuntime, request, request_sync
+from firmware_host.control.server import ControlError, ControlServer, NoRuntime, request, request_sync
 from firmware_host.runtime import RuntimeFailure
 
 pytestmark = pytest.mark.timeout(60)

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from pytest_mock import MockerFixture
 
-from firmware_host.boards import BOARDS_ENV_VAR, load_boards
+from firmware_host.config.boards import BOARDS_ENV_VAR, load_boards
 from firmware_host.codecs import encode_packet
-from firmware_host.config import config_from_dict
-from firmware_host.detect import list_devices, match_resolver
+from firmware_host.config.schema import config_from_dict
+from firmware_host.transport.detect import list_devices, match_resolver
 from firmware_host.runtime import Runtime
-from firmware_host.virtualport import VirtualPort
+from firmware_host.emulation.virtualport import VirtualPort
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -39,7 +39,7 @@ def _no_user_boards(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_list_devices_names_boards(mocker: MockerFixture) -> None:
-    mocker.patch("firmware_host.detect.comports", return_value=[
+    mocker.patch("firmware_host.transport.detect.comports", return_value=[
         PortInfo("/dev/ttyS0"),
         PortInfo("/dev/ttyACM1", *ST_LINK, "0671FF", "STM32 STLink"),
         PortInfo("/dev/ttyACM0", 0x1546, 0x01A8, None, "u-blox GNSS receiver"),
@@ -59,7 +59,7 @@ def test_list_devices_names_boards(mocker: MockerFixture) -> None:
 
 def test_match_resolver(mocker: MockerFixture) -> None:
     ports = [PortInfo("/dev/ttyACM0", *ST_LINK, "AAA"), PortInfo("/dev/ttyACM1", *ST_LINK, "BBB")]
-    mocker.patch("firmware_host.detect.comports", side_effect=lambda: list(ports))
+    mocker.patch("firmware_host.transport.detect.comports", side_effect=lambda: list(ports))
 
     async def main() -> None:
         assert await match_resolver({"vid": ST_LINK[0], "pid": ST_LINK[1]})() == "/dev/ttyACM0"
@@ -76,7 +76,7 @@ def test_reader_finds_a_board_again_after_re_enumeration(mocker: MockerFixture) 
     """The board disappears from one pty and comes back on another; the device
     is configured by USB ids only, so the reader must find the new path."""
     listed: list[PortInfo] = []
-    comports = mocker.patch("firmware_host.detect.comports", side_effect=lambda: list(listed))
+    comports = mocker.patch("firmware_host.transport.detect.comports", side_effect=lambda: list(listed))
 
     async def main() -> dict[str, Any]:
         first, second = VirtualPort(), VirtualPort()

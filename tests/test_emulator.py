@@ -16,11 +16,11 @@ from typing import Any, Callable
 
 import pytest
 
-from firmware_host.boards import BOARDS_ENV_VAR, Board, load_boards
+from firmware_host.config.boards import BOARDS_ENV_VAR, Board, load_boards
 from firmware_host.codecs import make_codec
-from firmware_host.config import config_from_dict
-from firmware_host.emulator import DEFAULT_FLEET, EmulatedDevice, FaultOptions, Fleet, parse_emulate_spec
-from firmware_host.generators import GnssGenerator, ReplayGenerator, Wire, make_generator
+from firmware_host.config.schema import config_from_dict
+from firmware_host.emulation.fleet import DEFAULT_FLEET, EmulatedDevice, FaultOptions, Fleet, parse_emulate_spec
+from firmware_host.emulation.generators import GnssGenerator, ReplayGenerator, Wire, make_generator
 from firmware_host.runtime import Runtime
 
 pytestmark = pytest.mark.timeout(60)

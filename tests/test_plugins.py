@@ -24,7 +24,7 @@ from firmware_host import (
     ConfigError, FakeOpener, FakePort, Frame, LinesCodec, PluginContext, PluginHost, PluginInfo,
     PluginOptionError, Runtime, Sink, config_from_dict,
 )
-from firmware_host.plugins import start_plugins
+from firmware_host.plugins.host import start_plugins
 from tests.conftest import cli, toml_config
 
 pytestmark = pytest.mark.timeout(30)

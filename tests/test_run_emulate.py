@@ -19,10 +19,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from firmware_host.boards import BOARDS_ENV_VAR
-from firmware_host.config import config_from_dict
-from firmware_host.emulator import DEFAULT_FLEET
-from firmware_host.liveview import attach_live_view, render_view, run_live_view, summary_line
+from firmware_host.config.boards import BOARDS_ENV_VAR
+from firmware_host.config.schema import config_from_dict
+from firmware_host.emulation.fleet import DEFAULT_FLEET
+from firmware_host.cli.liveview import attach_live_view, render_view, run_live_view, summary_line
 from firmware_host.cancel import CancellationToken
 from firmware_host.runtime import Runtime
 
@@ -298,8 +298,8 @@ def test_no_terminal_logs_a_summary_line(caplog: pytest.LogCaptureFixture) -> No
 
 
 def test_live_view_runs_with_the_runtime(tmp_path: Path) -> None:
-    from firmware_host.boards import load_boards
-    from firmware_host.emulator import Fleet
+    from firmware_host.config.boards import load_boards
+    from firmware_host.emulation.fleet import Fleet
 
     stream = FakeTTY()
 

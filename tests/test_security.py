@@ -37,8 +37,8 @@ from typing import AsyncIterator, Iterator
 import pytest
 
 from firmware_host import ConfigError, Runtime, config_from_dict
-from firmware_host.control import MAX_REQUEST, ControlError, request
-from firmware_host.plugins import start_plugins
+from firmware_host.control.server import MAX_REQUEST, ControlError, request
+from firmware_host.plugins.host import start_plugins
 from firmware_host.runtime import RuntimeFailure
 from firmware_host.testing import assert_accounting
 from tests.conftest import cli

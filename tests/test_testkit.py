@@ -11,7 +11,7 @@ import serial
 from firmware_host import Fh1Codec, PortClosed, encode_packet
 from firmware_host.codecs.fh1 import TYPE_COMMAND
 from firmware_host.testing import AccountingError, assert_accounting, resolve_board
-from firmware_host.transport import open_serial
+from firmware_host.transport.serial import open_serial
 from tests.conftest import read_jsonl
 
 pytestmark = pytest.mark.timeout(20)

@@ -10,7 +10,7 @@ import select
 import pytest
 
 from firmware_host import FakeOpener, FakePort, PortClosed
-from firmware_host.transport import open_serial
+from firmware_host.transport.serial import open_serial
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -76,7 +76,7 @@ async def test_open_runs_in_an_executor(mocker, fh_ports):
         threads.append(threading.current_thread())
         return real(*args, **kwargs)
 
-    mocker.patch("firmware_host.transport.serial.serial_for_url", side_effect=spy)
+    mocker.patch("firmware_host.transport.serial.serial.serial_for_url", side_effect=spy)
     vp = fh_ports.new()
     port = await open_serial(vp.path, 9600)
     await port.close()
@@ -115,7 +115,7 @@ async def test_fake_port_and_opener():
 
 
 async def test_read_clock_wakes_waiters_together_and_idles_without_them():
-    from firmware_host.readclock import read_clock
+    from firmware_host._sync import read_clock
 
     clock = read_clock(0.01)
     assert read_clock(0.01) is clock  # one clock per loop
@@ -131,7 +131,7 @@ def test_read_clocks_do_not_keep_closed_loops_alive():
     import gc
     import weakref
 
-    from firmware_host import readclock
+    from firmware_host import _sync as readclock
 
     async def tick_once() -> weakref.ref[asyncio.AbstractEventLoop]:
         await readclock.read_clock(0.001).tick()
@@ -146,7 +146,7 @@ async def test_busy_ptys_are_read_once_per_tick(fh_ports, mocker):
     """Several busy ports read on one shared tick: each read returns what
     arrived since the last tick, and the reads of all ports land in the same
     loop iteration rather than one timer each."""
-    from firmware_host import transport
+    from firmware_host.transport import serial as transport
 
     # a long tick, so the later readers surely start waiting within the first one
     mocker.patch.object(transport, "READ_COALESCE", 0.5)
@@ -188,7 +188,7 @@ async def test_read_coalesce_comes_from_the_config(fh_ports, fh_runtime, fh_json
     that trickle in over 0.1 s are read at once on the next tick (one receive
     timestamp); with 0 a reader never waits for a tick."""
     from firmware_host import encode_packet
-    from firmware_host.readclock import ReadClock
+    from firmware_host._sync import ReadClock
     from tests.conftest import read_jsonl
 
     ticks = mocker.spy(ReadClock, "tick")
@@ -229,7 +229,7 @@ async def test_close_keeps_what_the_tty_still_holds(fh_ports, mocker):
     """Bytes that arrived while the reader waited for its tick are not dropped
     with the file descriptor: close reads them, the pending read returns them
     at once (not a tick later), and only then the port reports closed."""
-    from firmware_host import transport
+    from firmware_host.transport import serial as transport
 
     mocker.patch.object(transport, "READ_COALESCE", 30.0)  # a tick that never comes in this test
     vp = fh_ports.new()

@@ -56,9 +56,9 @@ BAUD = 921600
 # uvloop made unimportable so app.py falls back to asyncio.run; a "-pure" variant also
 # turns off the compiled COBS decoder (what an install without the [fast] extra runs)
 _BOOT = {
-    "asyncio": "import sys; sys.modules['uvloop'] = None; from firmware_host.cli import main; "
+    "asyncio": "import sys; sys.modules['uvloop'] = None; from firmware_host.cli.commands import main; "
                "main(prog_name='firmware-host')",
-    "uvloop": "import uvloop; from firmware_host.cli import main; main(prog_name='firmware-host')",
+    "uvloop": "import uvloop; from firmware_host.cli.commands import main; main(prog_name='firmware-host')",
 }
 
 
@@ -234,12 +234,12 @@ class RuntimeProc(Consumer):
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr, cwd=work)
 
     def status(self) -> dict[str, Any]:
-        from firmware_host.control import request_sync
+        from firmware_host.control.server import request_sync
         return request_sync(self.control, {"cmd": "status"}, timeout=10)
 
     def wait_ready(self, timeout: float = 30.0) -> float:
         """Seconds from spawn until every device is connected (polled every 10 ms)."""
-        from firmware_host.control import ControlError
+        from firmware_host.control.server import ControlError
         deadline = self.spawned_at + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -262,7 +262,7 @@ class RuntimeProc(Consumer):
             return ""
 
     def flush(self) -> dict[str, Any]:
-        from firmware_host.control import request_sync
+        from firmware_host.control.server import request_sync
         return request_sync(self.control, {"cmd": "flush", "timeout": 10}, timeout=15)
 
     def counters(self) -> dict[str, int]:

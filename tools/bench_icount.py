@@ -51,7 +51,8 @@ def make_reads(ports: int, per_read: int, ticks: int) -> list[list[bytes]]:
 async def pipeline(reads: list[list[bytes]]) -> tuple[int, int]:
     """Run the runtime until every read was fed and flushed; (frames, flushed)."""
     import firmware_host
-    from firmware_host import Runtime, config_from_dict, readclock
+    from firmware_host import Runtime, config_from_dict
+    from firmware_host._sync import ReadClock
 
     ports, ticks = len(reads), len(reads[0])
     pairs = [os.openpty() for _ in range(ports)]
@@ -67,7 +68,7 @@ async def pipeline(reads: list[list[bytes]]) -> tuple[int, int]:
     runtime = Runtime(cfg)
     fed = 0
     done = asyncio.get_running_loop().create_future()
-    fire = readclock.ReadClock._fire
+    fire = ReadClock._fire
 
     def feed() -> None:
         nonlocal fed
@@ -75,7 +76,7 @@ async def pipeline(reads: list[list[bytes]]) -> tuple[int, int]:
             os.write(master, port_reads[fed])
         fed += 1
 
-    def fire_after_feeding(clock: readclock.ReadClock) -> None:
+    def fire_after_feeding(clock: ReadClock) -> None:
         # the readers that wait on this tick find one read's worth each
         if fed < ticks:
             feed()
@@ -83,7 +84,7 @@ async def pipeline(reads: list[list[bytes]]) -> tuple[int, int]:
             done.set_result(None)
         fire(clock)
 
-    setattr(readclock.ReadClock, "_fire", fire_after_feeding)
+    setattr(ReadClock, "_fire", fire_after_feeding)
     try:
         await runtime.start()
         await runtime.wait_until(lambda s: all(d["state"] == "connected" for d in s["devices"].values()), 30)
@@ -93,7 +94,7 @@ async def pipeline(reads: list[list[bytes]]) -> tuple[int, int]:
         await runtime.wait_until(lambda s: sum(d["frames"] for d in s["devices"].values()) >= total, 600)
         status = (await runtime.shutdown()).status
     finally:
-        setattr(readclock.ReadClock, "_fire", fire)
+        setattr(ReadClock, "_fire", fire)
         for master, slave in pairs:
             os.close(master)
             os.close(slave)

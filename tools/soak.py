@@ -53,9 +53,9 @@ from typing import Any, Sequence
 if __package__ in (None, ""):  # run as a script from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from firmware_host.boards import load_boards  # noqa: E402
-from firmware_host.config import config_from_dict  # noqa: E402
-from firmware_host.emulator import DEFAULT_FLEET, FaultOptions, Fleet  # noqa: E402
+from firmware_host.config.boards import load_boards  # noqa: E402
+from firmware_host.config.schema import config_from_dict  # noqa: E402
+from firmware_host.emulation.fleet import DEFAULT_FLEET, FaultOptions, Fleet  # noqa: E402
 from firmware_host.frames import Frame  # noqa: E402
 from firmware_host.runtime import Runtime  # noqa: E402
 from firmware_host.sinks import JsonlSink, Sink  # noqa: E402

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .base import Codec, CodecFactory, CodecOptionError, check_options
-from .fh1 import Fh1Codec, encode_packet
-from .lines import LinesCodec
-from .nmea import NmeaCodec
+from firmware_host.codecs.base import Codec, CodecFactory, check_options
+from firmware_host.errors import CodecOptionError
+from firmware_host.codecs.fh1 import Fh1Codec, encode_packet
+from firmware_host.codecs.lines import LinesCodec
+from firmware_host.codecs.nmea import NmeaCodec
 
 __all__ = [
     "BUILTIN_CODECS",

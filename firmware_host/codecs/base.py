@@ -11,7 +11,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar
 
-from ..frames import Frame
+from firmware_host.frames import Frame
+from firmware_host.errors import CodecOptionError
 
 
 class Codec(ABC):
@@ -88,8 +89,6 @@ class DelimitedCodec(Codec):
 CodecFactory = Callable[..., Codec]
 
 
-class CodecOptionError(ValueError):
-    """A codec option is unknown or out of range."""
 
 
 def check_options(name: str, options: dict[str, Any], allowed: dict[str, type]) -> None:

@@ -23,11 +23,11 @@ from array import array
 from binascii import crc_hqx
 from typing import Callable, ClassVar
 
-from ..frames import Frame
-from .base import CodecOptionError, DelimitedCodec
-from . import cobs as _cobs
-from .cobs import CobsDecodeError, _decode_blocks, max_encoded_len
-from .cobs import encode as cobs_encode
+from firmware_host.frames import Frame
+from firmware_host.codecs.base import CodecOptionError, DelimitedCodec
+from firmware_host.codecs import cobs as _cobs
+from firmware_host.codecs.cobs import CobsDecodeError, _decode_blocks, max_encoded_len
+from firmware_host.codecs.cobs import encode as cobs_encode
 
 __all__ = [
     "FH1_VERSION",

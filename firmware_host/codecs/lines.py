@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ..frames import Frame
-from .base import CodecOptionError, DelimitedCodec
+from firmware_host.frames import Frame
+from firmware_host.codecs.base import CodecOptionError, DelimitedCodec
 
 __all__ = ["DEFAULT_MAX_LINE", "MAX_LINE_LIMIT", "LinesCodec"]
 

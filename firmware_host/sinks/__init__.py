@@ -1,7 +1,8 @@
 """Built-in sinks."""
 
-from .base import Sink, SinkFactory, SinkOptionError
-from .jsonl import JsonlSink
+from firmware_host.errors import SinkOptionError
+from firmware_host.sinks.base import Sink, SinkFactory
+from firmware_host.sinks.jsonl import JsonlSink
 
 BUILTIN_SINKS: dict[str, SinkFactory] = {"jsonl": JsonlSink}
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Sequence
 
-from ..frames import Frame
-from ..options import OptionSpec, check_options
+from firmware_host.frames import Frame
+from firmware_host.config._check import OptionSpec, check_options
+from firmware_host.errors import SinkOptionError
 
 
 class Sink(ABC):
@@ -36,8 +37,6 @@ class Sink(ABC):
 SinkFactory = Callable[..., Sink]
 
 
-class SinkOptionError(ValueError):
-    """A sink's options are wrong; the message names the option."""
 
 
 def take_options(sink: str, options: dict[str, Any], spec: OptionSpec) -> dict[str, Any]:

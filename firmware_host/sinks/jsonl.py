@@ -9,8 +9,8 @@ import json
 import os
 from typing import Any, BinaryIO, Sequence
 
-from ..frames import Frame
-from .base import Sink, take_options
+from firmware_host.frames import Frame
+from firmware_host.sinks.base import Sink, take_options
 
 _TAIL_CHUNK = 1 << 16
 #: batches up to this many frames are formatted on the event loop (under 1 ms

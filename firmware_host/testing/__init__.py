@@ -4,17 +4,17 @@ These classes are what the fixtures yield; import them for type hints or to
 use the kit outside pytest. Reference: docs/testing.md.
 """
 
-from .emulated import BoardSpec as BoardSpec
-from .emulated import DeviceUnderTest as DeviceUnderTest
-from .emulated import EmulatedBoard as EmulatedBoard
-from .emulated import resolve_board as resolve_board
-from .harness import AccountingError as AccountingError
-from .harness import RuntimeUnderTest as RuntimeUnderTest
-from .harness import assert_accounting as assert_accounting
-from .harness import running_runtime as running_runtime
-from .serialmock import MockDevice as MockDevice
-from .serialmock import MockSerial as MockSerial
-from .serialmock import SerialMock as SerialMock
+from firmware_host.testing.emulated import BoardSpec as BoardSpec
+from firmware_host.testing.emulated import DeviceUnderTest as DeviceUnderTest
+from firmware_host.testing.emulated import EmulatedBoard as EmulatedBoard
+from firmware_host.testing.emulated import resolve_board as resolve_board
+from firmware_host.testing.harness import AccountingError as AccountingError
+from firmware_host.testing.harness import RuntimeUnderTest as RuntimeUnderTest
+from firmware_host.testing.harness import assert_accounting as assert_accounting
+from firmware_host.testing.harness import running_runtime as running_runtime
+from firmware_host.testing.serialmock import MockDevice as MockDevice
+from firmware_host.testing.serialmock import MockSerial as MockSerial
+from firmware_host.testing.serialmock import SerialMock as SerialMock
 
 __all__ = [
     "AccountingError", "BoardSpec", "DeviceUnderTest", "EmulatedBoard", "MockDevice", "MockSerial",

@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Mapping
 
-from ..boards import Board, load_board_file, load_boards
-from ..codecs import BUILTIN_CODECS, Codec, CodecFactory, make_codec
-from ..config import DEFAULT_BAUDRATE
-from ..frames import Frame
-from ..virtualport import VirtualPort
+from firmware_host.config.boards import Board, load_board_file, load_boards
+from firmware_host.codecs import BUILTIN_CODECS, Codec, CodecFactory, make_codec
+from firmware_host.config.schema import DEFAULT_BAUDRATE
+from firmware_host.frames import Frame
+from firmware_host.emulation.virtualport import VirtualPort
 
 #: frames per second when streaming without a board profile
 DEFAULT_RATE = 100.0

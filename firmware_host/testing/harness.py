@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any, AsyncIterator, Mapping
 
-from ..config import Config, config_from_dict
-from ..runtime import Runtime, Summary
+from firmware_host.config.schema import Config, config_from_dict
+from firmware_host.runtime import Runtime, Summary
 
 DEFAULT_TIMEOUT = 10.0
 

@@ -25,11 +25,11 @@ from typing import Any, Callable, Iterator, Mapping
 
 import pytest
 
-from ..codecs import CodecFactory
-from ..virtualport import VirtualPort
-from .emulated import BoardSpec, DeviceUnderTest, EmulatedBoard, resolve_board
-from .harness import running_runtime
-from .serialmock import SerialMock
+from firmware_host.codecs import CodecFactory
+from firmware_host.emulation.virtualport import VirtualPort
+from firmware_host.testing.emulated import BoardSpec, DeviceUnderTest, EmulatedBoard, resolve_board
+from firmware_host.testing.harness import running_runtime
+from firmware_host.testing.serialmock import SerialMock
 
 _OTHER_ASYNC_MARKERS = ("asyncio", "anyio", "trio")
 _SPEC = pytest.StashKey[BoardSpec]()

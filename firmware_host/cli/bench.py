@@ -19,7 +19,7 @@ def find_harness() -> Path | None:
     or where ``$FIRMWARE_HOST_BENCH`` points."""
     env = os.environ.get("FIRMWARE_HOST_BENCH")
     candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parent.parent / "tools" / "bench.py")
+    candidates.append(Path(__file__).resolve().parents[2] / "tools" / "bench.py")
     for path in candidates:
         if path.is_file():
             return path

@@ -16,8 +16,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Config, ConfigError, SinkConfig, config_from_dict, default_control_socket, load_config
-from .gctune import tune_gc
+from firmware_host.config.schema import Config, ConfigError, SinkConfig, config_from_dict, default_control_socket, load_config
+from firmware_host.gctune import tune_gc
+from firmware_host.errors import UsageError
 
 log = logging.getLogger("firmware_host")
 
@@ -36,8 +37,6 @@ class RunOptions:
     verbose: int = 0
 
 
-class UsageError(Exception):
-    """A user's mistake: one line, exit status 2."""
 
 
 def setup_logging(verbose: int) -> None:
@@ -48,7 +47,7 @@ def setup_logging(verbose: int) -> None:
 
 def run_main(opts: RunOptions) -> int:
     """Exit status: 0 ok, 1 runtime failure or frames lost, 2 usage/config error."""
-    from .runtime import RuntimeFailure
+    from firmware_host.runtime import RuntimeFailure
     setup_logging(opts.verbose)
     try:
         code, final_status = _event_loop_run(_run(opts))
@@ -62,7 +61,7 @@ def run_main(opts: RunOptions) -> int:
     if opts.summary_path:
         _write_summary(opts.summary_path, final_status)
     if not opts.quiet:
-        from .render import status_table
+        from firmware_host.cli.render import status_table
         print(status_table(final_status), flush=True)
     lost = sum(d["lost"] for d in final_status["devices"].values())
     if lost:
@@ -86,20 +85,20 @@ def build_config(opts: RunOptions, boards: Any, **known: Any) -> Config:
 
 
 async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
-    from .boards import load_boards
-    from .runtime import Runtime
+    from firmware_host.config.boards import load_boards
+    from firmware_host.runtime import Runtime
 
     # files are read off the loop, like every other blocking call
     boards = await asyncio.to_thread(load_boards, opts.boards_dirs)
     # plugins first: the config may name their codecs and sink types
-    from .plugins import start_plugins
+    from firmware_host.plugins.host import start_plugins
     plugins = await start_plugins(opts.config_path)
     fleet = None
     try:
         cfg = await asyncio.to_thread(build_config, opts, boards, known_codecs=plugins.known_codecs(),
                                       known_sinks=plugins.known_sinks())
         if opts.emulate:
-            from .emulator import Fleet, parse_emulate_spec
+            from firmware_host.emulation.fleet import Fleet, parse_emulate_spec
             try:
                 plan = parse_emulate_spec(opts.emulate, boards)
             except ValueError as exc:
@@ -118,7 +117,7 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
         rt.on_start.append(_tune_gc)
         plugins.attach(rt)
         if not opts.quiet:
-            from .liveview import attach_live_view
+            from firmware_host.cli.liveview import attach_live_view
             attach_live_view(rt, sys.stdout)  # a live view on a terminal, else a log line every 10 s
         summary = await _run_until_stopped(rt, opts.duration)
     finally:

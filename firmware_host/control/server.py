@@ -24,9 +24,10 @@ import os
 import socket
 import stat
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from firmware_host.errors import ControlError, NoRuntime
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from firmware_host.runtime import Runtime
 
 log = logging.getLogger("firmware_host.control")
 
@@ -50,19 +51,8 @@ MAX_FLUSH_TIMEOUT = 24 * 3600.0
 EXIT_FAILURE, EXIT_USAGE, EXIT_NO_RUNTIME = 1, 2, 3
 
 
-class ControlError(Exception):
-    """An error reply (or a broken exchange); ``exit_code`` is what the CLI exits with."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
-        super().__init__(_one_line(message))
-        self.exit_code = exit_code
 
 
-class NoRuntime(ControlError):
-    """Nothing listens on the control socket (exit status 3)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, EXIT_NO_RUNTIME)
 
 
 class RequestError(Exception):
@@ -149,7 +139,7 @@ class ControlServer:
 
     async def start(self) -> None:
         """Bind the socket (see docs/control.md, "Security"); RuntimeFailure if we must not."""
-        from .runtime import RuntimeFailure
+        from firmware_host.runtime import RuntimeFailure
         try:
             await self._prepare_path()
             sock = await asyncio.to_thread(self._bind)  # bind and chmod touch the filesystem
@@ -412,7 +402,7 @@ class ControlServer:
 
     async def _devices_add(self, req: dict[str, Any]) -> dict[str, Any]:
         _only(req, "name", "port", "codec", "board", "baudrate")
-        from .config import ConfigError, config_from_dict
+        from firmware_host.config.schema import ConfigError, config_from_dict
         raw: dict[str, Any] = {"name": _device_name(req), "port": _str_arg(req, "port", required=True)}
         for key in ("codec", "board"):
             value = _str_arg(req, key)
@@ -429,7 +419,7 @@ class ControlServer:
             key = (exc.key or "").removeprefix("devices[0]").lstrip(".")
             raise RequestError(f"devices add: {key + ': ' if key else ''}{exc.message}") from None
         dc = cfg.devices[0]
-        from .runtime import DeviceExists, ShuttingDown
+        from firmware_host.runtime import DeviceExists, ShuttingDown
         try:
             await self.runtime.add_device(dc)
         except ShuttingDown as exc:
@@ -443,8 +433,8 @@ class ControlServer:
         known = getattr(self.runtime, "boards", None)
         if known is not None:
             return known
-        from .boards import load_boards
-        from .config import ConfigError
+        from firmware_host.config.boards import load_boards
+        from firmware_host.config.schema import ConfigError
         try:
             # file reads: off the loop
             return await asyncio.to_thread(load_boards)

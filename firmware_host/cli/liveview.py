@@ -15,8 +15,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-from .cancel import CancellationToken
-from .render import table
+from firmware_host.cancel import CancellationToken
+from firmware_host.cli.render import table
 
 __all__ = ["attach_live_view", "render_view", "run_live_view", "summary_line"]
 

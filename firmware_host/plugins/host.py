@@ -31,16 +31,17 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 
-from .cancel import CancellationToken
-from .codecs import BUILTIN_CODECS, CodecFactory
-from .config import DEFAULT_CODECS, DEFAULT_SINKS, Config, ConfigError, DeviceConfig
-from .frames import Frame
-from .options import check_options
-from .scheduler import MissedTick, PeriodicTask, finish_tasks
-from .sinks import BUILTIN_SINKS, Sink, SinkFactory
+from firmware_host.cancel import CancellationToken
+from firmware_host.codecs import BUILTIN_CODECS, CodecFactory
+from firmware_host.config.schema import DEFAULT_CODECS, DEFAULT_SINKS, Config, ConfigError, DeviceConfig
+from firmware_host.frames import Frame
+from firmware_host.config._check import check_options
+from firmware_host.plugins.scheduler import MissedTick, PeriodicTask, finish_tasks
+from firmware_host.sinks import BUILTIN_SINKS, Sink, SinkFactory
+from firmware_host.errors import PluginOptionError
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from firmware_host.runtime import Runtime
 
 __all__ = [
     "ENTRY_POINT_GROUP", "FrameProcessor", "PluginContext", "PluginHost", "PluginInfo", "PluginOptionError",
@@ -61,8 +62,6 @@ PROCESSOR_LOG_EVERY = 10.0
 FrameProcessor = Callable[[Frame], "Frame | None"]
 
 
-class PluginOptionError(ConfigError):
-    """A plugin option is wrong: a config error (exit 2), naming ``plugins.NAME.key``."""
 
 
 # ----------------------------------------------------------------------- discovery
@@ -106,7 +105,7 @@ def discover_plugins(group: str = ENTRY_POINT_GROUP) -> dict[str, PluginInfo]:
 def read_plugin_table(path: str) -> tuple[dict[str, dict[str, object]], str]:
     """The ``[plugins.NAME]`` tables of a config file, validated as the config
     loader does, without checking the rest (which may name plugin codecs)."""
-    from .config import _read_toml, config_from_dict  # one reader, one set of error messages
+    from firmware_host.config.schema import _read_toml, config_from_dict  # one reader, one set of error messages
 
     source, data = _read_toml(path)
     part = config_from_dict({"plugins": data.get("plugins", {})}, source=source)

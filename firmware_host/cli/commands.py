@@ -51,12 +51,12 @@ def resolve_control(control_path: str | None, config_path: str | None = None) ->
     env = os.environ.get("FIRMWARE_HOST_CONTROL")
     if env:
         return env
-    from .config import default_control_socket
+    from firmware_host.config.schema import default_control_socket
     return default_control_socket()
 
 
 def load_config_or_exit(path: str, **kwargs: Any) -> Any:
-    from .config import ConfigError, load_config
+    from firmware_host.config.schema import ConfigError, load_config
     try:
         return load_config(path, **kwargs)
     except ConfigError as exc:
@@ -106,7 +106,7 @@ def main() -> None:
 def run(config_path: str | None, emulate: Sequence[str], duration: float | None, control_path: str | None,
         summary_path: str | None, boards_dirs: Sequence[str], quiet: bool, verbose: int) -> None:
     """Run the runtime until stopped (SIGINT/SIGTERM drain in order; a second one exits at once)."""
-    from .app import RunOptions, run_main
+    from firmware_host.cli.run import RunOptions, run_main
     opts = RunOptions(config_path=config_path, emulate=list(emulate), duration=duration,
                       control_path=control_path, summary_path=summary_path, boards_dirs=list(boards_dirs),
                       quiet=quiet, verbose=verbose)
@@ -119,7 +119,7 @@ def run(config_path: str | None, emulate: Sequence[str], duration: float | None,
 def ask(control_path: str | None, config_path: str | None, request: dict[str, Any],
         timeout: float = 30.0) -> dict[str, Any]:
     """One request to a running runtime; exits 3 when none listens."""
-    from .control import ControlError, NoRuntime, request_sync
+    from firmware_host.control.server import ControlError, NoRuntime, request_sync
     path = resolve_control(control_path, config_path)
     try:
         return request_sync(path, request, timeout=timeout)
@@ -139,7 +139,7 @@ def buffers(control_path: str | None, config_path: str | None, as_json: bool) ->
     if as_json:
         emit_json(reply)
     else:
-        from .render import buffers_table
+        from firmware_host.cli.render import buffers_table
         click.echo(buffers_table(reply))
 
 
@@ -176,7 +176,7 @@ def status(control_path: str | None, config_path: str | None, as_json: bool) -> 
     if as_json:
         emit_json(reply)
     else:
-        from .render import status_table
+        from firmware_host.cli.render import status_table
         click.echo(status_table(reply))
 
 
@@ -199,8 +199,8 @@ def devices(ctx: click.Context, as_json: bool) -> None:
     """Serial ports on this host with the board each matches; add/remove on a running runtime."""
     if ctx.invoked_subcommand is not None:
         return
-    from .config import ConfigError
-    from .detect import list_devices
+    from firmware_host.config.schema import ConfigError
+    from firmware_host.transport.detect import list_devices
     try:
         found = list_devices()
     except ConfigError as exc:  # an invalid board file (shipped or $FIRMWARE_HOST_BOARDS)
@@ -208,7 +208,7 @@ def devices(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json(found)
         return
-    from .render import table
+    from firmware_host.cli.render import table
     click.echo(table(("port", "description", "vid:pid", "serial", "board"),
                      [[d["port"], d["description"], d["vid_pid"], d["serial"], d["board"]] for d in found]))
 
@@ -247,8 +247,8 @@ def devices_remove(name: str, control_path: str | None, config_path: str | None)
 @json_option
 def boards(boards_dirs: Sequence[str], as_json: bool) -> None:
     """Known board definitions."""
-    from .boards import load_boards
-    from .config import ConfigError
+    from firmware_host.config.boards import load_boards
+    from firmware_host.config.schema import ConfigError
     try:
         known = load_boards(boards_dirs)
     except ConfigError as exc:
@@ -256,7 +256,7 @@ def boards(boards_dirs: Sequence[str], as_json: bool) -> None:
     if as_json:
         emit_json({name: b.to_dict() for name, b in sorted(known.items())})
         return
-    from .render import table
+    from firmware_host.cli.render import table
     click.echo(table(("board", "codec", "baudrate", "usb", "emulated rate", "description"),
                      [[b.name, b.codec, b.baudrate,
                        f"{b.vid:04x}:{b.pid:04x}" if b.vid is not None and b.pid is not None else None,
@@ -268,8 +268,8 @@ def boards(boards_dirs: Sequence[str], as_json: bool) -> None:
 @json_option
 def plugins(config_path: str | None, as_json: bool) -> None:
     """Discovered plugins, their periodic tasks and state."""
-    from .config import ConfigError
-    from .plugins import plugins_report, read_plugin_table
+    from firmware_host.config.schema import ConfigError
+    from firmware_host.plugins.host import plugins_report, read_plugin_table
     table, source = None, None
     if config_path:
         # only [plugins.*]: the rest of the config may name codecs the plugins provide
@@ -281,7 +281,7 @@ def plugins(config_path: str | None, as_json: bool) -> None:
     if as_json:
         emit_json(report)
         return
-    from .render import table as render_table
+    from firmware_host.cli.render import table as render_table
     click.echo(render_table(("plugin", "enabled", "source", "state"),
                             [[p["name"], "yes" if p["enabled"] else "no", p["source"], p["state"]]
                              for p in report["plugins"]]))
@@ -306,7 +306,7 @@ def spool() -> None:
 @json_option
 def spool_stats_cmd(path: str, as_json: bool) -> None:
     """Frames and bytes per device in the spool at PATH."""
-    from .spool import SpoolBusy, SpoolError, spool_stats
+    from firmware_host.spool import SpoolBusy, SpoolError, spool_stats
     try:
         stats = spool_stats(path)
     except (SpoolBusy, SpoolError, OSError) as exc:
@@ -314,7 +314,7 @@ def spool_stats_cmd(path: str, as_json: bool) -> None:
     if as_json:
         emit_json(stats)
         return
-    from .render import table
+    from firmware_host.cli.render import table
     click.echo(f"{path}: {stats['frames']} frames, {stats['bytes']} bytes (file {stats['file_bytes']} bytes)")
     click.echo(table(("device", "frames", "bytes"),
                      [[name, d["frames"], d["bytes"]] for name, d in sorted(stats["devices"].items())]))
@@ -326,7 +326,7 @@ def spool_stats_cmd(path: str, as_json: bool) -> None:
 @click.option("--device", metavar="NAME", help="Only this device's frames.")
 def spool_export_cmd(path: str, output: str | None, device: str | None) -> None:
     """The spooled frames as jsonl records, oldest first (the spool is left as it is)."""
-    from .spool import SpoolBusy, SpoolError, spool_export
+    from firmware_host.spool import SpoolBusy, SpoolError, spool_export
     try:
         if output:
             with open(output, "wb") as out:
@@ -357,7 +357,7 @@ def emulate(board: str, count: int, rate: float | None, directory: str | None, n
             skip: float, burst: int, unplug_every: float, duration: float | None, seed: int | None,
             boards_dirs: Sequence[str]) -> None:
     """Virtual boards on pty pairs; prints the port paths and runs until stopped."""
-    from .emulator import emulate_main
+    from firmware_host.emulation.fleet import emulate_main
     sys.exit(emulate_main(board=board, count=count, rate=rate, directory=directory, noise=noise,
                           corrupt=corrupt, skip=skip, burst=burst, unplug_every=unplug_every,
                           duration=duration, seed=seed, boards_dirs=list(boards_dirs)))
@@ -368,7 +368,7 @@ def emulate(board: str, count: int, rate: float | None, directory: str | None, n
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(args: Sequence[str]) -> None:
     """Benchmark the runtime against a thread-per-port baseline (--help for options)."""
-    from .bench import bench_main
+    from firmware_host.cli.bench import bench_main
     try:
         sys.exit(bench_main(args))
     except FileNotFoundError as exc:

@@ -33,11 +33,11 @@ import termios
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .boards import Board, BoardError, load_boards
-from .config import DeviceConfig
-from .generators import Generator, Item, Wire, make_generator
-from .virtualport import VirtualPort
-from .virtualport import wake as wake_once
+from firmware_host.config.boards import Board, BoardError, load_boards
+from firmware_host.config.schema import DeviceConfig
+from firmware_host.emulation.generators import Generator, Item, Wire, make_generator
+from firmware_host.emulation.virtualport import VirtualPort
+from firmware_host.emulation.virtualport import wake as wake_once
 
 __all__ = ["DEFAULT_FLEET", "EmulatedDevice", "FaultOptions", "Fleet", "emulate_main", "parse_emulate_spec"]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import (
+from firmware_host.config.schema import (
     CODEC_OPTION_KEYS,
     DEFAULT_BAUDRATE,
     ConfigError,
@@ -26,6 +26,7 @@ from .config import (
     _parse_toml,
     _read_toml,
 )
+from firmware_host.errors import BoardError
 
 __all__ = [
     "BOARDS_ENV_VAR",
@@ -50,7 +51,7 @@ MAX_APPLICATION_FRAME_TYPE = 0xEF
 
 _PACKAGE = "firmware_host_boards"
 # Before installation (tests in a checkout) the data sits next to the package.
-_REPO_BOARDS_DIR = Path(__file__).resolve().parent.parent / "boards"
+_REPO_BOARDS_DIR = Path(__file__).resolve().parents[2] / "boards"
 
 _BOARD_KEYS = frozenset({"name", "description", "usb", "baudrate", "codec", "emulator", *CODEC_OPTION_KEYS})
 _USB_KEYS = frozenset({"vid", "pid"})
@@ -59,8 +60,6 @@ _EMULATOR_KEYS = frozenset({"rate", "payload", "payload_size", "frame_type", "re
 REPLAY_CODECS = frozenset({"nmea", "lines"})
 
 
-class BoardError(ConfigError):
-    """An invalid board file; a ConfigError, so the CLI reports it the same way (exit 2)."""
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from serial.tools.list_ports import comports
 
-from .boards import Board, load_boards, match_board
+from firmware_host.config.boards import Board, load_boards, match_board
 
 if TYPE_CHECKING:  # `devices` should not import the asyncio serial stack
-    from .uplink import UrlResolver
+    from firmware_host.transport.base import UrlResolver
 
 __all__ = ["describe_match", "list_devices", "match_resolver", "port_matches"]
 

@@ -20,9 +20,10 @@ import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
+from firmware_host.errors import ConfigError
 
 if TYPE_CHECKING:  # boards.py imports this module; import it lazily at run time
-    from .boards import Board
+    from firmware_host.config.boards import Board
 
 __all__ = [
     "BufferConfig",
@@ -76,23 +77,6 @@ _DEVICE_KEYS = frozenset(
 _MATCH_KEYS = frozenset({"vid", "pid", "serial"})
 
 
-class ConfigError(Exception):
-    """A configuration problem, reported as one line naming file and key.
-
-    ``ConfigError("text")`` is also valid (then ``str()`` is just the text), so
-    other layers can raise it for config-shaped problems of their own.
-    """
-
-    def __init__(self, message: str, *, source: str | None = None, key: str | None = None) -> None:
-        self.message = message
-        self.source = source
-        self.key = key
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        parts = [p for p in (self.source, self.key, self.message) if p]
-        # One line, always: the CLI prints str(err) as the whole diagnosis.
-        return re.sub(r"[\r\n\t\v\f\x85\u2028\u2029]+", " ", ": ".join(parts))
 
 
 # --------------------------------------------------------------------- dataclasses
@@ -386,7 +370,7 @@ def config_from_dict(
     if not isinstance(raw_devices, list):
         check.fail("devices", f"expected an array of tables ([[devices]]), got {_describe(raw_devices)}")
     if boards is None and any(isinstance(d, Mapping) and "board" in d for d in raw_devices):
-        from .boards import load_boards  # lazy: boards.py imports this module
+        from firmware_host.config.boards import load_boards  # lazy: boards.py imports this module
 
         boards = load_boards()
     devices: list[DeviceConfig] = []

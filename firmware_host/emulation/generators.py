@@ -18,11 +18,11 @@ from abc import ABC, abstractmethod
 from datetime import datetime, timezone
 from typing import ClassVar
 
-from .boards import Board, EmulatorProfile
-from .codecs import make_codec
-from .codecs.cobs import encode as cobs_encode
-from .codecs.crc import crc16
-from .codecs.nmea import nmea_checksum
+from firmware_host.config.boards import Board, EmulatorProfile
+from firmware_host.codecs import make_codec
+from firmware_host.codecs.cobs import encode as cobs_encode
+from firmware_host.codecs.crc import crc16
+from firmware_host.codecs.nmea import nmea_checksum
 
 __all__ = ["WIRE_CODECS", "Generator", "Item", "ReplayGenerator", "Wire", "make_generator", "nmea_sentence"]
 

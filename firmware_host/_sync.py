@@ -1,0 +1,198 @@
+"""Small synchronisation primitives the pipeline is built on.
+
+- ``Changes``: a cheap "something changed" pulse that observers await.
+- ``Mailbox``: the aggregator's bounded inbox, many senders, one reader.
+- ``ReadClock``: the tick that wakes every coalescing tty reader together.
+
+Each is here because the obvious asyncio tool costs too much on the hot path
+or polls; the why of each is in the comment above it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import sys
+import weakref
+from typing import Generic, TypeVar
+
+__all__ = ["Changes", "Mailbox", "ReadClock", "read_clock"]
+
+T = TypeVar("T")
+
+# Changes: a cheap "something changed" signal that observers can await.
+#
+# The aggregator pokes it after every buffer change and readers after every
+# read or state change; live views and tests await it instead of polling.
+# With no observer, a poke is one attribute check.
+
+
+class Changes:
+    __slots__ = ("_fut",)
+
+    def __init__(self) -> None:
+        self._fut: asyncio.Future[None] | None = None
+
+    def notify(self) -> None:
+        fut = self._fut
+        if fut is not None:
+            self._fut = None
+            if not fut.done():
+                fut.set_result(None)
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future completed by the next ``notify``; take it *before* checking
+        the condition, so a change in between is not missed."""
+        if self._fut is None:
+            self._fut = asyncio.get_running_loop().create_future()
+        return self._fut
+
+
+# Mailbox: the aggregator's bounded inbox, many senders and one reader.
+#
+# Why not ``asyncio.Queue``: every read of every port sends one message, and a
+# queue's ``put_nowait`` and ``get`` each run four or five Python-level calls
+# (``full``, ``qsize``, ``_put``, ``_wakeup_next``, the ``join`` bookkeeping),
+# which the actor never needs. Here a send is a length check and an append, and
+# the actor takes everything queued in one call (``take_all``), so a tick that
+# wakes 48 readers costs the actor one wakeup and no call per message.
+
+
+class Mailbox(Generic[T]):
+    """FIFO of at most ``maxsize`` items (0 or less: unbounded, as with
+    ``asyncio.Queue``); senders wait while it is full."""
+
+    __slots__ = ("maxsize", "_limit", "_items", "_arrived", "_putters")
+
+    def __init__(self, maxsize: int = 0) -> None:
+        self.maxsize = maxsize
+        self._limit = maxsize if maxsize > 0 else sys.maxsize
+        self._items: collections.deque[T] = collections.deque()
+        #: poked on every arrival; the reader awaits it when the box is empty
+        self._arrived = Changes()
+        #: senders waiting for room, oldest first; a woken one (its future
+        #: done) holds a place until it has run
+        self._putters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def full(self) -> bool:
+        return len(self._items) >= self._limit
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: T) -> bool:
+        """Queue ``item`` and return True; False (nothing queued) when full,
+        or when senders are already waiting for room (they go first)."""
+        items = self._items
+        if len(items) >= self._limit or self._putters:
+            return False
+        items.append(item)
+        self._arrived.notify()
+        return True
+
+    async def put(self, item: T) -> None:
+        """Queue ``item``, waiting for room first if need be (in arrival order)."""
+        if self.put_nowait(item):
+            return
+        fut = asyncio.get_running_loop().create_future()
+        putters = self._putters
+        putters.append(fut)
+        try:
+            await fut  # woken only with a place held for us (_wake_putters)
+        except BaseException:
+            try:
+                putters.remove(fut)
+            except ValueError:
+                pass
+            self._wake_putters()  # a place we held goes to the next in line
+            raise
+        putters.remove(fut)  # at or near the head: woken in arrival order
+        self._items.append(item)
+        self._arrived.notify()
+
+    def _wake_putters(self) -> None:
+        """Wake as many waiting senders, oldest first, as there is room for."""
+        room = self._limit - len(self._items)
+        for fut in self._putters:
+            if room <= 0:
+                break
+            if not fut.done():
+                fut.set_result(None)
+            room -= 1  # woken and not run yet: its place is taken
+
+    def take_all(self) -> list[T]:
+        """Everything queued, oldest first (possibly nothing)."""
+        items = self._items
+        if not items:
+            return []
+        taken = list(items)
+        items.clear()
+        if self._putters:
+            self._wake_putters()
+        return taken
+
+    async def wait(self) -> None:
+        """Return once something is queued (at once if something is)."""
+        if not self._items:
+            await self._arrived.waiter()
+
+
+# ReadClock: one shared tick that wakes every coalescing tty reader together.
+#
+# Each busy port used to sleep ``READ_COALESCE`` on a timer of its own, so 48
+# ports meant 48 timers, 48 loop iterations and 48 aggregator wakeups per
+# period, spread over time. On one clock the readers wake in the same loop
+# iteration, read, offer, and the aggregator takes all their messages in one
+# step. The clock runs only while someone waits: silent ports wait for
+# readiness instead, so an idle runtime schedules no timer at all.
+
+
+class ReadClock:
+    """Hands out futures completed at the next tick (at most ``period`` away)."""
+
+    # No reference to the loop: the clock is the value of a weak-keyed map
+    # from its loop, and a strong one would keep every closed loop alive.
+    __slots__ = ("period", "_waiters", "_timer")
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self._waiters: list[asyncio.Future[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def tick(self) -> asyncio.Future[None]:
+        """A future of the waiter's own: cancelling it (a reader stopping)
+        leaves the other waiters alone."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._waiters.append(fut)
+        if self._timer is None:
+            self._timer = loop.call_later(self.period, self._fire)
+        return fut
+
+    def _fire(self) -> None:
+        self._timer = None
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+
+_clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ReadClock] = weakref.WeakKeyDictionary()
+
+
+def read_clock(default: float) -> ReadClock:
+    """The running loop's clock (one per loop: tests run many loops), made
+    with period ``default`` on first use. The runtime sets its ``period`` from
+    ``[serial] read_coalesce``; a period of 0 means "do not coalesce"."""
+    loop = asyncio.get_running_loop()
+    clock = _clocks.get(loop)
+    if clock is None:
+        clock = _clocks[loop] = ReadClock(default)
+    return clock
