@@ -62,7 +62,7 @@ class Mailbox(Generic[T]):
     """FIFO of at most ``maxsize`` items (0 or less: unbounded, as with
     ``asyncio.Queue``); senders wait while it is full."""
 
-    __slots__ = ("maxsize", "_limit", "_items", "_arrived", "_putters")
+    __slots__ = ("_arrived", "_items", "_limit", "_putters", "maxsize")
 
     def __init__(self, maxsize: int = 0) -> None:
         self.maxsize = maxsize
@@ -155,7 +155,7 @@ class ReadClock:
 
     # No reference to the loop: the clock is the value of a weak-keyed map
     # from its loop, and a strong one would keep every closed loop alive.
-    __slots__ = ("period", "_waiters", "_timer")
+    __slots__ = ("_timer", "_waiters", "period")
 
     def __init__(self, period: float) -> None:
         self.period = period

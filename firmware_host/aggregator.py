@@ -25,14 +25,14 @@ import asyncio
 import collections
 import itertools
 import time
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Iterable, Sequence
+from typing import Any
 
+from firmware_host._sync import Changes, Mailbox
 from firmware_host.cancel import CancellationToken
-from firmware_host.frames import Frame
-from firmware_host._sync import Mailbox
-from firmware_host._sync import Changes
 from firmware_host.errors import AggregatorStopped
+from firmware_host.frames import Frame
 
 INBOX_SIZE = 1024
 #: the longest a reader waits at a closed ReadGate before reading anyway
@@ -146,7 +146,7 @@ class _Chunk:
     ``start`` hold None (their frames are freed) until the list is compacted,
     so removing frames costs per frame removed, not per chunk."""
 
-    __slots__ = ("frames", "start", "device", "bytes")
+    __slots__ = ("bytes", "device", "frames", "start")
 
     def __init__(self, frames: list[Frame], device: str, size: int) -> None:
         self.frames = frames
@@ -158,19 +158,23 @@ class _Chunk:
         return len(self.frames) - self.start
 
     def live(self) -> list[Frame]:
-        return self.frames[self.start:]
+        return self.frames[self.start :]
 
 
 _STOP = object()
 
 
-
-
 class Aggregator:
     """The actor. Create it, start ``run()`` as a task, use ``handle``."""
 
-    def __init__(self, capacity: int, max_bytes: int = 0, batch_size: int = 1000,
-                 inbox_size: int = INBOX_SIZE, changes: Changes | None = None) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        max_bytes: int = 0,
+        batch_size: int = 1000,
+        inbox_size: int = INBOX_SIZE,
+        changes: Changes | None = None,
+    ) -> None:
         if capacity <= 0 or batch_size <= 0 or max_bytes < 0:
             raise ValueError("capacity and batch_size must be > 0, max_bytes >= 0")
         self.capacity = capacity
@@ -215,7 +219,7 @@ class Aggregator:
                 for msg in msgs:
                     if msg is _STOP:
                         self.handle.stopped = True
-                        self._refuse(msgs[msgs.index(_STOP) + 1:])
+                        self._refuse(msgs[msgs.index(_STOP) + 1 :])
                         self._refuse(inbox.take_all())
                         if changed:
                             notify()
@@ -248,7 +252,7 @@ class Aggregator:
 
     def _request(self, msg: tuple[Any, ...]) -> None:
         kind, fut = msg[0], msg[-1]
-        if fut.done():  # the asker gave up (timeout, cancel); nothing to answer
+        if fut.done():  # noqa: SIM102  (the asker gave up: nothing to answer, but an ack must land)
             if kind != "ack":
                 return
         try:
@@ -406,7 +410,7 @@ class Aggregator:
             k = len(chunk)
             if device is None or chunk.device == device:
                 start = chunk.start
-                picked += chunk.frames[start:start + min(k, want)]
+                picked += chunk.frames[start : start + min(k, want)]
             seen += k
         return Batch(picked, head, device)
 
@@ -479,16 +483,16 @@ class Aggregator:
         for chunk in reversed(self._chunks):
             if chunk.bytes != _UNCOUNTED:
                 break
-            chunk.bytes = _sizes(chunk.frames[chunk.start:])
+            chunk.bytes = _sizes(chunk.frames[chunk.start :])
             counted += chunk.bytes
         self._bytes += counted
 
     def _snapshot(self, oldest: bool) -> BufferSnapshot:
         self._count_bytes()
-        accounts = {name: DeviceAccount(a.frames, a.flushed, a.dropped, a.buffered)
-                    for name, a in self._accounts.items()}
-        snap = BufferSnapshot(self.capacity, self._max_bytes, self._depth, self._bytes,
-                              self._dropped, accounts)
+        accounts = {
+            name: DeviceAccount(a.frames, a.flushed, a.dropped, a.buffered) for name, a in self._accounts.items()
+        }
+        snap = BufferSnapshot(self.capacity, self._max_bytes, self._depth, self._bytes, self._dropped, accounts)
         if oldest:
             missing = {name for name, a in self._accounts.items() if a.buffered}
             for chunk in self._chunks:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Awaitable, TypeVar
+from collections.abc import Awaitable
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -16,7 +17,7 @@ T = TypeVar("T")
 class CancellationToken:
     """A one-way, hierarchical cancellation signal."""
 
-    __slots__ = ("_cancelled", "_waiters", "_children", "__weakref__")
+    __slots__ = ("__weakref__", "_cancelled", "_children", "_waiters")
 
     def __init__(self) -> None:
         self._cancelled = False

@@ -10,15 +10,15 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "EXIT_FAILURE",
+    "EXIT_NO_RUNTIME",
+    "EXIT_USAGE",
     "AggregatorStopped",
     "BoardError",
     "CodecOptionError",
     "ConfigError",
     "ControlError",
     "DeviceExists",
-    "EXIT_FAILURE",
-    "EXIT_NO_RUNTIME",
-    "EXIT_USAGE",
     "NoRuntime",
     "PluginOptionError",
     "PortClosed",

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
+from firmware_host._sync import Changes
 from firmware_host.aggregator import AggregatorHandle, Batch
 from firmware_host.cancel import CancellationToken
 from firmware_host.sinks.base import Sink
-from firmware_host._sync import Changes
 
 log = logging.getLogger("firmware_host.flusher")
 
@@ -47,10 +47,17 @@ class FlushResult:
 
 
 class Flusher:
-    def __init__(self, aggregator: AggregatorHandle, sinks: Sequence[Sink], *,
-                 interval: float, batch_size: int,
-                 backoff_initial: float = 0.1, backoff_max: float = 5.0,
-                 changes: Changes | None = None) -> None:
+    def __init__(
+        self,
+        aggregator: AggregatorHandle,
+        sinks: Sequence[Sink],
+        *,
+        interval: float,
+        batch_size: int,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+        changes: Changes | None = None,
+    ) -> None:
         self._agg = aggregator
         self.changes = changes or Changes()
         self.sinks = list(sinks)
@@ -82,8 +89,7 @@ class Flusher:
             while not token.is_cancelled:
                 ready_wait = asyncio.ensure_future(ready.wait())
                 wait_for = max(0.0, next_tick - time.monotonic())
-                await asyncio.wait({ready_wait, stop}, timeout=wait_for,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({ready_wait, stop}, timeout=wait_for, return_when=asyncio.FIRST_COMPLETED)
                 ready_wait.cancel()
                 if token.is_cancelled:
                     break
@@ -115,8 +121,9 @@ class Flusher:
 
     # -- on demand and at the end -----------------------------------------------
 
-    async def flush(self, device: str | None = None, *, deadline: float | None = None,
-                    token: CancellationToken | None = None) -> FlushResult:
+    async def flush(
+        self, device: str | None = None, *, deadline: float | None = None, token: CancellationToken | None = None
+    ) -> FlushResult:
         """Deliver every frame buffered when called (of ``device``, if given).
 
         Frames arriving meanwhile wait for the next flush, so a flush under a
@@ -155,7 +162,7 @@ class Flusher:
             return True
         try:
             await asyncio.wait_for(self._lock.acquire(), max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
@@ -163,8 +170,9 @@ class Flusher:
         """The final drain: everything buffered, until empty or ``deadline``."""
         return await self.flush(deadline=deadline)
 
-    async def _deliver(self, batch: Batch, *, deadline: float | None = None,
-                       token: CancellationToken | None = None) -> dict[str, int] | None:
+    async def _deliver(
+        self, batch: Batch, *, deadline: float | None = None, token: CancellationToken | None = None
+    ) -> dict[str, int] | None:
         """Send ``batch`` to every sink, retrying failures; ack it.
 
         Returns the per-device flushed counts, or None when the deadline or
@@ -186,8 +194,7 @@ class Flusher:
                     stats.failures += 1
                     stats.last_error = f"{type(exc).__name__}: {exc}"
                     if stats.failures == 1 or stats.failures % 100 == 0:
-                        log.warning("sink %s failed (%d so far): %s", stats.name, stats.failures,
-                                    stats.last_error)
+                        log.warning("sink %s failed (%d so far): %s", stats.name, stats.failures, stats.last_error)
                     failed.append(sink)
                     self.changes.notify()
                 else:
@@ -204,8 +211,7 @@ class Flusher:
                 # all of it was evicted meanwhile (counted dropped): nothing to retry
                 return {}
 
-    async def _backoff(self, delay: float, deadline: float | None,
-                       token: CancellationToken | None) -> bool:
+    async def _backoff(self, delay: float, deadline: float | None, token: CancellationToken | None) -> bool:
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:

@@ -12,32 +12,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
+from firmware_host._sync import Changes, read_clock
 from firmware_host.aggregator import Aggregator, BufferSnapshot, DeviceAccount, oldest_age
 from firmware_host.cancel import CancellationToken
 from firmware_host.codecs import BUILTIN_CODECS, CodecFactory, make_codec
 from firmware_host.config.schema import Config, ConfigError, DeviceConfig
+from firmware_host.errors import DeviceExists, RuntimeFailure, ShuttingDown
 from firmware_host.flusher import Flusher, FlushResult
 from firmware_host.sinks import BUILTIN_SINKS, Sink, SinkFactory
-from firmware_host._sync import read_clock
 from firmware_host.transport.base import PortOpener, UrlResolver
 from firmware_host.transport.serial import READ_COALESCE, open_serial
-from firmware_host._sync import Changes
 from firmware_host.uplink import Processor, UplinkReader, apply_processors, fixed_url
-from firmware_host.errors import DeviceExists, RuntimeFailure, ShuttingDown
 
 log = logging.getLogger("firmware_host.runtime")
 
 #: how a device with ``match`` (USB ids) becomes a URL; set by the boards module
 MatchResolver = Callable[[Mapping[str, object]], UrlResolver]
-
-
-
-
-
-
 
 
 @dataclass
@@ -64,14 +58,19 @@ class Runtime:
     """The runtime. ``await rt.start()``, then ``await rt.shutdown()``;
     or ``await rt.run(duration)`` for both with stop-request handling."""
 
-    def __init__(self, config: Config, *, opener: PortOpener | None = None,
-                 codecs: Mapping[str, CodecFactory] | None = None,
-                 sink_types: Mapping[str, SinkFactory] | None = None,
-                 sinks: list[Sink] | None = None,
-                 processors: list[Processor] | None = None,
-                 match_resolver: MatchResolver | None = None,
-                 control_path: str | None = None,
-                 boards: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        opener: PortOpener | None = None,
+        codecs: Mapping[str, CodecFactory] | None = None,
+        sink_types: Mapping[str, SinkFactory] | None = None,
+        sinks: list[Sink] | None = None,
+        processors: list[Processor] | None = None,
+        match_resolver: MatchResolver | None = None,
+        control_path: str | None = None,
+        boards: Mapping[str, Any] | None = None,
+    ) -> None:
         self.config = config
         self.opener: PortOpener = opener or open_serial
         self.codecs: dict[str, CodecFactory] = {**BUILTIN_CODECS, **(codecs or {})}
@@ -91,8 +90,9 @@ class Runtime:
         self._abort = CancellationToken()
         #: poked on every buffer change and reader event; ``wait_until`` awaits it
         self.changes = Changes()
-        self.aggregator = Aggregator(config.buffer.capacity, config.buffer.max_bytes,
-                                     config.buffer.batch_size, changes=self.changes)
+        self.aggregator = Aggregator(
+            config.buffer.capacity, config.buffer.max_bytes, config.buffer.batch_size, changes=self.changes
+        )
         self.flusher: Flusher | None = None
         self.devices: dict[str, DeviceEntry] = {}
         self.started_at: float | None = None
@@ -135,11 +135,17 @@ class Runtime:
         source: Any = self.aggregator.handle
         if cfg.buffer.spool:
             source = await self._open_spool(opened)
-        self.flusher = Flusher(source, self.sinks, interval=cfg.buffer.flush_interval,
-                               batch_size=cfg.buffer.batch_size, changes=self.changes)
+        self.flusher = Flusher(
+            source,
+            self.sinks,
+            interval=cfg.buffer.flush_interval,
+            batch_size=cfg.buffer.batch_size,
+            changes=self.changes,
+        )
         self._flusher_task = asyncio.create_task(self.flusher.run(self.flusher_token), name="flusher")
         if self.control_path:
             from firmware_host.control.server import ControlServer
+
             self._control = ControlServer(self, self.control_path)
             try:
                 await self._control.start()
@@ -157,11 +163,17 @@ class Runtime:
             raise
 
     async def _open_spool(self, opened: list[Sink]) -> Any:
-        from firmware_host.spool import Spool, SpoolBusy, SpoolError, Spooler
+        from firmware_host.spool import Spool, SpoolBusy, Spooler, SpoolError
+
         cfg = self.config.buffer
         assert cfg.spool is not None
-        spool = Spool(cfg.spool, max_bytes=cfg.spool_max_bytes, sync=cfg.spool_sync,
-                      batch_size=cfg.batch_size, changes=self.changes)
+        spool = Spool(
+            cfg.spool,
+            max_bytes=cfg.spool_max_bytes,
+            sync=cfg.spool_sync,
+            batch_size=cfg.batch_size,
+            changes=self.changes,
+        )
         try:
             await spool.open()
         except (SpoolBusy, SpoolError, OSError) as exc:
@@ -169,8 +181,9 @@ class Runtime:
             await self._stop_aggregator()
             raise RuntimeFailure(f"spool: {exc}") from None
         self.spool = spool
-        self.spooler = Spooler(self.aggregator.handle, spool, interval=cfg.flush_interval,
-                               batch_size=cfg.batch_size, changes=self.changes)
+        self.spooler = Spooler(
+            self.aggregator.handle, spool, interval=cfg.flush_interval, batch_size=cfg.batch_size, changes=self.changes
+        )
         self._spooler_task = asyncio.create_task(self.spooler.run(self.flusher_token), name="spooler")
         return spool
 
@@ -209,6 +222,7 @@ class Runtime:
             return fixed_url(dc.port)
         if self.match_resolver is None:
             from firmware_host.transport.detect import match_resolver
+
             return match_resolver(dc.match or {})
         return self.match_resolver(dc.match or {})
 
@@ -223,9 +237,18 @@ class Runtime:
         if old is not None:
             # a re-added device keeps counting where it left off
             codec.rejected, codec.gaps = old.reader.codec.rejected, old.reader.codec.gaps
-        reader = UplinkReader(dc.name, self._resolver(dc), dc.baudrate, codec, self.aggregator.handle,
-                              self.opener, process=apply_processors(self.processors), changes=self.changes,
-                              backoff_initial=dc.backoff_initial, backoff_max=dc.backoff_max)
+        reader = UplinkReader(
+            dc.name,
+            self._resolver(dc),
+            dc.baudrate,
+            codec,
+            self.aggregator.handle,
+            self.opener,
+            process=apply_processors(self.processors),
+            changes=self.changes,
+            backoff_initial=dc.backoff_initial,
+            backoff_max=dc.backoff_max,
+        )
         if old is not None:
             reader.stats.bytes, reader.stats.reconnects = old.reader.stats.bytes, old.reader.stats.reconnects
         await self.aggregator.handle.register(dc.name)
@@ -275,7 +298,7 @@ class Runtime:
             else:
                 try:
                     await asyncio.wait_for(self.stopped.wait(), duration)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     self.request_stop("duration elapsed")
         finally:
             summary = await self.shutdown()
@@ -384,7 +407,12 @@ class Runtime:
             entry = self.devices.get(name)
             reader = entry.reader if entry else None
             frames, flushed, dropped, buffered, lost = (
-                acct.frames, acct.flushed, acct.dropped, acct.buffered, acct.buffered)
+                acct.frames,
+                acct.flushed,
+                acct.dropped,
+                acct.buffered,
+                acct.buffered,
+            )
             extra: dict[str, int] = {}
             if spool is not None:
                 # memory's "flushed" only moved frames into the spool; the law
@@ -415,8 +443,13 @@ class Runtime:
             }
         out: dict[str, Any] = {
             "uptime": round(uptime, 3),
-            "buffer": {"capacity": snap.capacity, "max_bytes": snap.max_bytes, "depth": snap.depth,
-                       "bytes": snap.bytes, "dropped": snap.dropped},
+            "buffer": {
+                "capacity": snap.capacity,
+                "max_bytes": snap.max_bytes,
+                "depth": snap.depth,
+                "bytes": snap.bytes,
+                "dropped": snap.dropped,
+            },
             "devices": devices,
             "sinks": self.flusher.sink_status() if self.flusher else [],
         }
@@ -434,11 +467,19 @@ class Runtime:
         snap = await self.snapshot(oldest=True)
         ages = oldest_age(snap)
         out: dict[str, Any] = {
-            "capacity": snap.capacity, "depth": snap.depth, "bytes": snap.bytes,
-            "max_bytes": snap.max_bytes, "dropped": snap.dropped,
-            "devices": {name: {"depth": a.buffered, "dropped": a.dropped,
-                               "oldest_age": round(ages[name], 3) if name in ages else None}
-                        for name, a in snap.accounts.items()},
+            "capacity": snap.capacity,
+            "depth": snap.depth,
+            "bytes": snap.bytes,
+            "max_bytes": snap.max_bytes,
+            "dropped": snap.dropped,
+            "devices": {
+                name: {
+                    "depth": a.buffered,
+                    "dropped": a.dropped,
+                    "oldest_age": round(ages[name], 3) if name in ages else None,
+                }
+                for name, a in snap.accounts.items()
+            },
         }
         if self.spool is not None:
             out["spool"] = self.spool.summary()

@@ -30,15 +30,16 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
+from firmware_host._sync import Changes
 from firmware_host.aggregator import AggregatorHandle, Batch
 from firmware_host.cancel import CancellationToken
+from firmware_host.errors import SpoolBusy, SpoolError
 from firmware_host.flusher import Flusher
 from firmware_host.frames import Frame
-from firmware_host._sync import Changes
-from firmware_host.errors import SpoolBusy, SpoolError
 
 log = logging.getLogger("firmware_host.spool")
 
@@ -64,18 +65,14 @@ _SELECT = "SELECT id, device, seq, type, ts, payload, text FROM frames"
 _SYNC = {"off": "OFF", "normal": "NORMAL", "full": "FULL"}
 
 
-
-
-
-
 @dataclass(slots=True)
 class SpoolAccount:
     """Per-device counters of the spool stage."""
 
-    recovered: int = 0   # rows found at open (from an earlier run)
-    delivered: int = 0   # rows every sink accepted
-    dropped: int = 0     # rows evicted because the spool was full
-    pending: int = 0     # rows in the spool now
+    recovered: int = 0  # rows found at open (from an earlier run)
+    delivered: int = 0  # rows every sink accepted
+    dropped: int = 0  # rows evicted because the spool was full
+    pending: int = 0  # rows in the spool now
     in_transit: int = 0  # taken out of memory, not yet committed to disk
 
 
@@ -94,8 +91,9 @@ class Spool:
 
     name = "spool"
 
-    def __init__(self, path: str, *, max_bytes: int, sync: str = "normal", batch_size: int = 1000,
-                 changes: Changes | None = None) -> None:
+    def __init__(
+        self, path: str, *, max_bytes: int, sync: str = "normal", batch_size: int = 1000, changes: Changes | None = None
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.sync = sync
@@ -145,7 +143,8 @@ class Spool:
         try:
             self._db = connect(self.path, self.sync)
             for device, count, size in self._db.execute(
-                    "SELECT device, COUNT(*), SUM(size) FROM frames GROUP BY device"):
+                "SELECT device, COUNT(*), SUM(size) FROM frames GROUP BY device"
+            ):
                 acct = self.account(device)
                 acct.recovered = acct.pending = count
                 self.bytes += size
@@ -189,8 +188,9 @@ class Spool:
         assert db is not None, "spool is not open"
         rows = [(f.device, f.seq, f.type, f.ts, f.payload, f.text, _size(f)) for f in frames]
         with db:  # one transaction: all of the batch or none of it
-            db.executemany("INSERT INTO frames (device, seq, type, ts, payload, text, size) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany(
+                "INSERT INTO frames (device, seq, type, ts, payload, text, size) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+            )
         self.bytes += sum(r[6] for r in rows)
         return self._evict() if self.bytes > self.max_bytes else []
 
@@ -207,14 +207,18 @@ class Spool:
         if cutoff is None:
             return []
         with db:
-            counts = db.execute("SELECT device, COUNT(*) FROM frames WHERE id <= ? GROUP BY device",
-                                (cutoff,)).fetchall()
+            counts = db.execute(
+                "SELECT device, COUNT(*) FROM frames WHERE id <= ? GROUP BY device", (cutoff,)
+            ).fetchall()
             db.execute("DELETE FROM frames WHERE id <= ?", (cutoff,))
         self.bytes -= freed
         self.evictions += 1
         if self.evictions == 1 or self.evictions % 100 == 0:  # a full spool evicts per batch: log sparsely
-            log.warning("spool full (%d bytes): dropping the oldest frames (%d evictions so far)",
-                        self.max_bytes, self.evictions)
+            log.warning(
+                "spool full (%d bytes): dropping the oldest frames (%d evictions so far)",
+                self.max_bytes,
+                self.evictions,
+            )
         return [(device, n) for device, n in counts]
 
     # -- stage 2: the aggregator-like source interface for the Flusher ------------------
@@ -288,9 +292,14 @@ class Spool:
         return int(top)
 
     def summary(self) -> dict[str, Any]:
-        return {"path": self.path, "depth": self.depth, "bytes": self.bytes, "max_bytes": self.max_bytes,
-                "dropped": sum(a.dropped for a in self.accounts.values()),
-                "recovered": sum(a.recovered for a in self.accounts.values())}
+        return {
+            "path": self.path,
+            "depth": self.depth,
+            "bytes": self.bytes,
+            "max_bytes": self.max_bytes,
+            "dropped": sum(a.dropped for a in self.accounts.values()),
+            "recovered": sum(a.recovered for a in self.accounts.values()),
+        }
 
 
 def _batch(rows: Iterable[tuple[Any, ...]], device: str | None) -> SpoolBatch:
@@ -310,14 +319,22 @@ class Spooler(Flusher):
     while new frames wait in memory under drop-oldest.
     """
 
-    def __init__(self, aggregator: AggregatorHandle, spool: Spool, *, interval: float, batch_size: int,
-                 changes: Changes | None = None) -> None:
+    def __init__(
+        self,
+        aggregator: AggregatorHandle,
+        spool: Spool,
+        *,
+        interval: float,
+        batch_size: int,
+        changes: Changes | None = None,
+    ) -> None:
         super().__init__(aggregator, [], interval=interval, batch_size=batch_size, changes=changes)
         self.spool = spool
         self.write_failures = 0
 
-    async def _deliver(self, batch: Batch, *, deadline: float | None = None,
-                       token: CancellationToken | None = None) -> dict[str, int] | None:
+    async def _deliver(
+        self, batch: Batch, *, deadline: float | None = None, token: CancellationToken | None = None
+    ) -> dict[str, int] | None:
         frames = await self._agg.pop(batch)  # type: ignore[attr-defined]
         counts: dict[str, int] = {}
         for f in frames:
@@ -366,8 +383,9 @@ def lock_spool(path: str) -> int:
     except OSError as exc:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise SpoolBusy(f"{path} is in use by a running runtime (stop it first, or use `firmware-host status`)") \
-                from None
+            raise SpoolBusy(
+                f"{path} is in use by a running runtime (stop it first, or use `firmware-host status`)"
+            ) from None
         raise
     return fd
 
@@ -380,22 +398,31 @@ def spool_stats(path: str) -> dict[str, Any]:
     try:
         db = connect(path)
         try:
-            devices = {d: {"frames": n, "bytes": b, "oldest_ts": lo, "newest_ts": hi}
-                       for d, n, b, lo, hi in db.execute(
-                           "SELECT device, COUNT(*), SUM(size), MIN(ts), MAX(ts) FROM frames GROUP BY device")}
+            devices = {
+                d: {"frames": n, "bytes": b, "oldest_ts": lo, "newest_ts": hi}
+                for d, n, b, lo, hi in db.execute(
+                    "SELECT device, COUNT(*), SUM(size), MIN(ts), MAX(ts) FROM frames GROUP BY device"
+                )
+            }
         finally:
             db.close()
     finally:
         os.close(fd)
-    return {"path": path, "frames": sum(d["frames"] for d in devices.values()),
-            "bytes": sum(d["bytes"] for d in devices.values()), "file_bytes": os.path.getsize(path),
-            "devices": devices, "at": time.time()}
+    return {
+        "path": path,
+        "frames": sum(d["frames"] for d in devices.values()),
+        "bytes": sum(d["bytes"] for d in devices.values()),
+        "file_bytes": os.path.getsize(path),
+        "devices": devices,
+        "at": time.time(),
+    }
 
 
 def spool_export(path: str, out: Any, device: str | None = None, chunk: int = 5000) -> int:
     """Write the spooled frames as jsonl records (oldest first) to the binary
     stream ``out``; the spool is left as it is. Returns the frame count."""
     from firmware_host.sinks.jsonl import encode_records
+
     if not os.path.exists(path):
         raise SpoolError(f"{path}: no such spool")
     fd = lock_spool(path)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
 
+from firmware_host._sync import Changes
 from firmware_host.aggregator import AggregatorHandle
 from firmware_host.cancel import CancellationToken
 from firmware_host.codecs.base import Codec
-from firmware_host.frames import Frame
 from firmware_host.errors import PortClosed
+from firmware_host.frames import Frame
 from firmware_host.transport.base import Port, PortOpener, UrlResolver
-from firmware_host._sync import Changes
 
 log = logging.getLogger("firmware_host.uplink")
 
@@ -38,10 +38,20 @@ class ReaderStats:
 class UplinkReader:
     """Reads one device for as long as its token lives, reconnecting with backoff."""
 
-    def __init__(self, name: str, resolve: UrlResolver, baudrate: int, codec: Codec,
-                 aggregator: AggregatorHandle, opener: PortOpener, *,
-                 process: Processor | None = None, changes: Changes | None = None,
-                 backoff_initial: float = 0.1, backoff_max: float = 5.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        resolve: UrlResolver,
+        baudrate: int,
+        codec: Codec,
+        aggregator: AggregatorHandle,
+        opener: PortOpener,
+        *,
+        process: Processor | None = None,
+        changes: Changes | None = None,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+    ) -> None:
         self.name = name
         self.codec = codec
         self.stats = ReaderStats()
@@ -203,8 +213,10 @@ def _offer_nowait(handle: object) -> Callable[[str, list[Frame]], bool] | None:
     see every read)."""
     nowait = getattr(handle, "offer_nowait", None)
     cls = type(handle)
-    if nowait is None or (getattr(cls, "offer", None) is not AggregatorHandle.offer
-                          and getattr(cls, "offer_nowait", None) is AggregatorHandle.offer_nowait):
+    if nowait is None or (
+        getattr(cls, "offer", None) is not AggregatorHandle.offer
+        and getattr(cls, "offer_nowait", None) is AggregatorHandle.offer_nowait
+    ):
         return None
     return nowait  # type: ignore[no-any-return]
 
@@ -212,6 +224,7 @@ def _offer_nowait(handle: object) -> Callable[[str, list[Frame]], bool] | None:
 def fixed_url(url: str) -> UrlResolver:
     async def resolve() -> str:
         return url
+
     return resolve
 
 
@@ -227,4 +240,5 @@ def apply_processors(processors: Sequence[Processor]) -> Processor | None:
             if not frames:
                 break
         return frames
+
     return chain

@@ -18,7 +18,8 @@ import asyncio
 import logging
 import socket
 import ssl
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from firmware_host import Frame, PluginContext, Sink, encode_records
 
@@ -91,15 +92,23 @@ class MqttSink(Sink):
 
     async def _connect(self) -> Any:
         import aiomqtt
+
         o = self.opts
         if o["tls"] and self._tls is None:
             # reads the CA file: off the loop, and once, not at every reconnect
             self._tls = await asyncio.to_thread(ssl.create_default_context, cafile=o["ca_file"] or None)
         tls_context = self._tls
         client = aiomqtt.Client(
-            o["host"], o["port"], username=o["username"] or None, password=o["password"] or None,
-            identifier=o["client_id"] or None, keepalive=o["keepalive"], timeout=o["timeout"],
-            tls_context=tls_context, max_inflight_messages=o["max_inflight"], logger=_client_log,
+            o["host"],
+            o["port"],
+            username=o["username"] or None,
+            password=o["password"] or None,
+            identifier=o["client_id"] or None,
+            keepalive=o["keepalive"],
+            timeout=o["timeout"],
+            tls_context=tls_context,
+            max_inflight_messages=o["max_inflight"],
+            logger=_client_log,
             protocol=aiomqtt.ProtocolVersion.V5 if o["payload"] == "raw" else aiomqtt.ProtocolVersion.V311,
         )
         await client.__aenter__()
@@ -120,10 +129,14 @@ class MqttSink(Sink):
             return encode_records((frame,))[:-1], None  # the jsonl record, without its newline
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
+
         props = Properties(PacketTypes.PUBLISH)
-        props.UserProperty = [("device", frame.device), ("seq", str(frame.seq)),
-                              ("type", "" if frame.type is None else str(frame.type)),
-                              ("ts", f"{frame.ts:.6f}")]
+        props.UserProperty = [
+            ("device", frame.device),
+            ("seq", str(frame.seq)),
+            ("type", "" if frame.type is None else str(frame.type)),
+            ("ts", f"{frame.ts:.6f}"),
+        ]
         body = frame.payload if frame.payload is not None else (frame.text or "").encode("utf-8")
         return body, props
 
@@ -133,8 +146,7 @@ class MqttSink(Sink):
         publishes = []
         for frame in frames:
             body, props = self._message(frame)
-            publishes.append(client.publish(self.topic(frame.device), body, qos=qos, properties=props,
-                                            timeout=timeout))
+            publishes.append(client.publish(self.topic(frame.device), body, qos=qos, properties=props, timeout=timeout))
         try:
             # accepted only when every PUBACK is in; any failure fails the batch
             await asyncio.gather(*publishes)

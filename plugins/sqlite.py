@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
 from firmware_host import ConfigError, Frame, PluginContext, Sink
 

@@ -1,7 +1,7 @@
 """``stats``: a one-line summary per device in the log every ``interval`` s.
 
-    [plugins.stats]
-    interval = 10    # seconds (default 10)
+[plugins.stats]
+interval = 10    # seconds (default 10)
 """
 
 from __future__ import annotations
@@ -29,9 +29,19 @@ def setup(ctx: PluginContext) -> None:
             rate = (d["frames"] - before[0]) / (now - before[1]) if before and now > before[1] else 0.0
             previous[name] = (d["frames"], now)
             rates[name] = round(rate, 3)
-            ctx.log.info("%s: %s frames=%d (%.1f/s) rejected=%d gaps=%d flushed=%d buffered=%d dropped=%d "
-                         "reconnects=%d", name, d["state"], d["frames"], rate, d["rejected"], d["gaps"],
-                         d["flushed"], d["buffered"], d["dropped"], d["reconnects"])
+            ctx.log.info(
+                "%s: %s frames=%d (%.1f/s) rejected=%d gaps=%d flushed=%d buffered=%d dropped=%d reconnects=%d",
+                name,
+                d["state"],
+                d["frames"],
+                rate,
+                d["rejected"],
+                d["gaps"],
+                d["flushed"],
+                d["buffered"],
+                d["dropped"],
+                d["reconnects"],
+            )
 
     # a summary that cannot get a status within an interval is not worth waiting for
     ctx.every(interval, summary, missed="skip", timeout=max(interval, 1.0), name="summary")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import BinaryIO, Sequence
+from collections.abc import Sequence
+from typing import BinaryIO
 
 from firmware_host import Frame, PluginContext, Sink, encode_records
 

@@ -3,8 +3,9 @@ must give the same frames however the bytes are cut into reads."""
 
 from __future__ import annotations
 
+import itertools
 import random
-from typing import Iterable
+from collections.abc import Iterable
 
 from firmware_host.codecs.base import Codec
 from firmware_host.frames import Frame
@@ -25,7 +26,7 @@ def feed_all(codec: Codec, chunks: Iterable[bytes], ts: float) -> list[tuple[obj
 def split_at(data: bytes, cuts: Iterable[int]) -> list[bytes]:
     """``data`` cut at ``cuts`` (out-of-range and repeated cuts are ignored)."""
     points = sorted({0, len(data), *(c for c in cuts if 0 < c < len(data))})
-    return [data[a:b] for a, b in zip(points, points[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 def random_chunks(data: bytes, rng: random.Random, max_chunk: int) -> list[bytes]:
@@ -33,6 +34,6 @@ def random_chunks(data: bytes, rng: random.Random, max_chunk: int) -> list[bytes
     chunks, i = [], 0
     while i < len(data):
         n = rng.randint(1, max_chunk)
-        chunks.append(data[i:i + n])
+        chunks.append(data[i : i + n])
         i += n
     return chunks

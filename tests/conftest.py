@@ -7,8 +7,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -26,19 +27,33 @@ settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
-def cli(*args: str, cwd: str | os.PathLike[str] | None = None, timeout: float = 30,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, cwd: str | os.PathLike[str] | None = None, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m firmware_host ARGS`` as a user would, capture output."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "firmware_host", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "firmware_host", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-def cli_popen(*args: str, cwd: str | os.PathLike[str] | None = None,
-              env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def cli_popen(
+    *args: str, cwd: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "firmware_host", *args], cwd=cwd, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "firmware_host", *args],
+        cwd=cwd,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -62,7 +77,9 @@ def toml_config(path: Path, text: str) -> Path:
 def short_tmp() -> Iterator[Path]:
     """A short directory for Unix sockets (their paths are limited to ~107 bytes)."""
     import tempfile
+
     d = Path(tempfile.mkdtemp(prefix="fh-"))
     yield d
     import shutil
+
     shutil.rmtree(d, ignore_errors=True)

@@ -34,8 +34,8 @@ async def start(**kw):
 async def test_drop_oldest_is_global_and_counted_per_device():
     agg, token, task = await start(capacity=10, batch_size=100)
     h = agg.handle
-    await h.offer("a", frames("a", range(0, 8)))
-    await h.offer("b", frames("b", range(0, 8)))
+    await h.offer("a", frames("a", range(8)))
+    await h.offer("b", frames("b", range(8)))
     snap = await h.snapshot()
     assert snap.depth == 10 and snap.accounts["a"].dropped == 6 and snap.accounts["b"].dropped == 0
     await law(agg)
@@ -145,6 +145,7 @@ async def test_byte_eviction_below_a_batch_clears_ready():
 
 async def test_requests_after_stop_fail_instead_of_hanging():
     from firmware_host.aggregator import AggregatorStopped
+
     agg, token, task = await start(capacity=10, batch_size=10)
     token.cancel()
     await task

@@ -74,8 +74,7 @@ class Model:
             self.device_of[id(f)] = device
         acct[3] += len(frames)
         self.frames += frames
-        while len(self.frames) > self.capacity or (
-                self.max_bytes and sum(map(size_of, self.frames)) > self.max_bytes):
+        while len(self.frames) > self.capacity or (self.max_bytes and sum(map(size_of, self.frames)) > self.max_bytes):
             self.dropped += 1
             self._remove_first(1, 2)
 
@@ -99,8 +98,9 @@ class Model:
         moves on); otherwise (a per-device batch, or a global one whose ids a
         per-device ack shifted since the take) by identity, ``head`` unmoved."""
         ids = {id(f) for f in batch.frames}
-        survivors = [f for f in self.frames if id(f) in ids
-                     and (batch.device is None or self.device_of[id(f)] == batch.device)]
+        survivors = [
+            f for f in self.frames if id(f) in ids and (batch.device is None or self.device_of[id(f)] == batch.device)
+        ]
         n = batch.first_id + len(batch.frames) - self.head
         if batch.device is None and n <= 0:
             return {}
@@ -118,10 +118,17 @@ class Model:
         return counts
 
 
-offers = st.tuples(st.just("offer"), st.sampled_from(DEVICES),
-                   st.lists(st.one_of(st.integers(0, 12), st.none()), min_size=0, max_size=10))
-takes = st.tuples(st.just("take"), st.integers(0, 30), st.one_of(st.none(), st.sampled_from(DEVICES)),
-                  st.one_of(st.none(), st.integers(-3, 30)))
+offers = st.tuples(
+    st.just("offer"),
+    st.sampled_from(DEVICES),
+    st.lists(st.one_of(st.integers(0, 12), st.none()), min_size=0, max_size=10),
+)
+takes = st.tuples(
+    st.just("take"),
+    st.integers(0, 30),
+    st.one_of(st.none(), st.sampled_from(DEVICES)),
+    st.one_of(st.none(), st.integers(-3, 30)),
+)
 settles = st.tuples(st.sampled_from(["ack", "trim", "pop"]), st.integers(0, 3))
 #: (operation, look: take a snapshot and check every counter after it)
 operations = st.lists(st.tuples(st.one_of(offers, offers, takes, settles), st.booleans()), min_size=10, max_size=50)
@@ -145,8 +152,11 @@ async def drive(capacity: int, max_bytes: int, ops: list[tuple], batch_size: int
                 batch = []
                 for size in sizes:  # None: a text frame of 3 characters
                     seq += 1
-                    batch.append(Frame(device, seq, None, float(seq), text="txt") if size is None
-                                 else Frame(device, seq, 0, float(seq), payload=bytes(size)))
+                    batch.append(
+                        Frame(device, seq, None, float(seq), text="txt")
+                        if size is None
+                        else Frame(device, seq, 0, float(seq), payload=bytes(size))
+                    )
                 await h.offer(device, batch)
                 model.offer(device, list(batch))
                 offered = batch
@@ -189,8 +199,13 @@ async def drive(capacity: int, max_bytes: int, ops: list[tuple], batch_size: int
 
 
 @settings(max_examples=300, deadline=None)
-@given(capacity=st.integers(1, 30), max_bytes=st.sampled_from([0, 0, 8, 15, 60]), ops=operations,
-       batch_size=st.sampled_from([1, 8, 1000]))
-def test_the_aggregator_agrees_with_a_plain_list_model(capacity: int, max_bytes: int, ops: list[tuple],
-                                                       batch_size: int) -> None:
+@given(
+    capacity=st.integers(1, 30),
+    max_bytes=st.sampled_from([0, 0, 8, 15, 60]),
+    ops=operations,
+    batch_size=st.sampled_from([1, 8, 1000]),
+)
+def test_the_aggregator_agrees_with_a_plain_list_model(
+    capacity: int, max_bytes: int, ops: list[tuple], batch_size: int
+) -> None:
     asyncio.run(drive(capacity, max_bytes, ops, batch_size))

@@ -16,9 +16,23 @@ pytestmark = pytest.mark.timeout(60)
 
 def test_bench_quick_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "firmware_host", "bench", "--quick", "--json", str(out),
-                           "--png", str(tmp_path / "bench.png")],
-                          cwd=REPO, capture_output=True, text=True, timeout=50)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "firmware_host",
+            "bench",
+            "--quick",
+            "--json",
+            str(out),
+            "--png",
+            str(tmp_path / "bench.png"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert {"machine", "scenarios", "targets", "primary_loop", "elapsed_s"} <= set(result)
@@ -50,16 +64,35 @@ def test_bench_ab_alternates_builds(tmp_path):
     marker = old / "firmware_host" / "IMPORTED"
     init = old / "firmware_host" / "__init__.py"
     init.write_text(init.read_text() + "\n__import__('pathlib').Path(__file__).with_name('IMPORTED').touch()\n")
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_ab.py"), "--runs", "1", "--seconds", "0.3",
-                           "--devices", "2", "new=asyncio-pure", f"old=asyncio:{old}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=50)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "bench_ab.py"),
+            "--runs",
+            "1",
+            "--seconds",
+            "0.3",
+            "--devices",
+            "2",
+            "new=asyncio-pure",
+            f"old=asyncio:{old}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["new", "old"]
     assert all("median" in line for line in lines)
     assert marker.exists()  # the "old" build really ran from its own checkout
-    bad = subprocess.run([sys.executable, str(REPO / "tools" / "bench_ab.py"), f"x=uvloop:{tmp_path}"],
-                         capture_output=True, text=True, timeout=20)
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "bench_ab.py"), f"x=uvloop:{tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert bad.returncode == 2 and "holds no firmware_host package" in bad.stderr
 
 
@@ -67,13 +100,24 @@ def test_bench_icount_pipeline_delivers_every_frame(tmp_path):
     """tools/bench_icount.py's counted run, without valgrind: 2 ports, 3 ticks
     of 5 frames, every frame decoded and flushed; bad arguments get one line."""
     data = tmp_path / "reads.pickle"
-    code = ("import pickle, sys; sys.path.insert(0, 'tools'); import bench_icount as b; "
-            f"pickle.dump(b.make_reads(2, 5, 3), open({str(data)!r}, 'wb'))")
+    code = (
+        "import pickle, sys; sys.path.insert(0, 'tools'); import bench_icount as b; "
+        f"pickle.dump(b.make_reads(2, 5, 3), open({str(data)!r}, 'wb'))"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=30)
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_icount.py"), "--child", str(data)],
-                          cwd=REPO, capture_output=True, text=True, timeout=50)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "bench_icount.py"), "--child", str(data)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert proc.stdout.split() == ["frames", "30", "flushed", "30", "expected", "30"]
-    bad = subprocess.run([sys.executable, str(REPO / "tools" / "bench_icount.py"), "--source", str(tmp_path)],
-                         capture_output=True, text=True, timeout=20)
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "bench_icount.py"), "--source", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert bad.returncode == 2 and "holds no firmware_host package" in bad.stderr

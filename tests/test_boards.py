@@ -184,27 +184,45 @@ BAD_BOARDS = {
     "unknown emulator key": (_edit("rate = 20", "rate = 20\nhz = 3"), "unknown key 'hz' in [emulator]"),
     "unknown usb key": (_edit("pid = 0x5678", "pid = 0x5678, rev = 1"), "unknown key 'rev' in usb"),
     "missing name": (_edit('name = "bad"\n', ""), "name: required"),
-    "bad name": (_edit('name = "bad"', 'name = "bad board"'), 'name: expected a board name'),
+    "bad name": (_edit('name = "bad"', 'name = "bad board"'), "name: expected a board name"),
     "missing codec": (_edit('codec = "fh1"\n', ""), "codec: required"),
     "missing emulator": (MINIMAL_BOARD.format(name="bad").split("[emulator]")[0], "emulator: required"),
     "missing rate": (_edit("rate = 20\n", ""), "emulator.rate: required"),
     "usb without pid": (_edit(", pid = 0x5678", ""), "usb.pid: required"),
     "vid out of range": (_edit("vid = 0x1234", "vid = 0x12345"), "usb.vid: expected a USB id"),
-    "baudrate string": (_edit("baudrate = 230400", 'baudrate = "fast"'), 'baudrate: expected an integer > 0, got "fast"'),
+    "baudrate string": (
+        _edit("baudrate = 230400", 'baudrate = "fast"'),
+        'baudrate: expected an integer > 0, got "fast"',
+    ),
     "baudrate bool": (_edit("baudrate = 230400", "baudrate = true"), "baudrate: expected an integer > 0, got true"),
     "rate zero": (_edit("rate = 20", "rate = 0"), "emulator.rate: expected a finite number > 0, got 0"),
     "rate nan": (_edit("rate = 20", "rate = nan"), "emulator.rate: expected a finite number > 0"),
-    "unknown generator": (_edit('payload = "random"', 'payload = "noise"'), 'emulator.payload: expected one of imu, env, gnss, csv, random, got "noise"'),
-    "payload beyond max_payload": (_edit("payload_size = 16", "payload_size = 65"), "emulator.payload_size: expected an integer from 0 to 64"),
-    "reserved frame type": (_edit("frame_type = 7", "frame_type = 0xF2"), "emulator.frame_type: expected an integer from 0 to 239"),
-    "option foreign to codec": (_edit("max_payload = 64", "max_line = 64"), "max_line: codec 'fh1' has no option 'max_line'"),
-    "nmea takes no options": (_edit('codec = "fh1"\nmax_payload = 64', 'codec = "nmea"\nmax_payload = 64'), "max_payload: codec 'nmea' has no option"),
+    "unknown generator": (
+        _edit('payload = "random"', 'payload = "noise"'),
+        'emulator.payload: expected one of imu, env, gnss, csv, random, got "noise"',
+    ),
+    "payload beyond max_payload": (
+        _edit("payload_size = 16", "payload_size = 65"),
+        "emulator.payload_size: expected an integer from 0 to 64",
+    ),
+    "reserved frame type": (
+        _edit("frame_type = 7", "frame_type = 0xF2"),
+        "emulator.frame_type: expected an integer from 0 to 239",
+    ),
+    "option foreign to codec": (
+        _edit("max_payload = 64", "max_line = 64"),
+        "max_line: codec 'fh1' has no option 'max_line'",
+    ),
+    "nmea takes no options": (
+        _edit('codec = "fh1"\nmax_payload = 64', 'codec = "nmea"\nmax_payload = 64'),
+        "max_payload: codec 'nmea' has no option",
+    ),
     "two-line description": (_edit('"a test board"', '"""a\ntest board"""'), "description: expected one line of text"),
     "syntax error": (_edit("[emulator]", "[emulator"), "TOML syntax error:"),
 }
 
 
-@pytest.mark.parametrize("text, fragment", BAD_BOARDS.values(), ids=BAD_BOARDS.keys())
+@pytest.mark.parametrize(("text", "fragment"), BAD_BOARDS.values(), ids=BAD_BOARDS.keys())
 def test_invalid_board_file(tmp_path: Path, text: str, fragment: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text, encoding="utf-8")
@@ -215,7 +233,7 @@ def test_invalid_board_file(tmp_path: Path, text: str, fragment: str) -> None:
     assert "\n" not in message
     assert fragment in message, message
     # the same error surfaces from load_boards for a user dir
-    with pytest.raises(BoardError, match="bad.toml"):
+    with pytest.raises(BoardError, match=r"bad\.toml"):
         load_boards([tmp_path])
 
 
@@ -251,6 +269,8 @@ def test_match_board() -> None:
 
 
 def test_match_board_prefers_user_boards(tmp_path: Path) -> None:
-    stlink_clone = MINIMAL_BOARD.format(name="my-stlink").replace("vid = 0x1234, pid = 0x5678", 'vid = "0x0483", pid = 0x374B')
+    stlink_clone = MINIMAL_BOARD.format(name="my-stlink").replace(
+        "vid = 0x1234, pid = 0x5678", 'vid = "0x0483", pid = 0x374B'
+    )
     boards = load_boards([board_dir(tmp_path, {"s.toml": stlink_clone})])
     assert match_board(0x0483, 0x374B, boards) is boards["my-stlink"]

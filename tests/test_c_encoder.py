@@ -24,8 +24,12 @@ def example_output(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
         pytest.skip("no C compiler (cc, gcc or clang) on PATH: cannot build tools/c/example.c")
     exe = tmp_path_factory.mktemp("c") / "example"
     # strict C99 and warnings as errors: the header must build cleanly in firmware projects
-    build = subprocess.run([cc, "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", "-O2",
-                            "-o", str(exe), str(C_DIR / "example.c")], capture_output=True, text=True, timeout=60)
+    build = subprocess.run(
+        [cc, "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", "-O2", "-o", str(exe), str(C_DIR / "example.c")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert build.returncode == 0, build.stderr
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=10)
     assert run.returncode == 0, run.stderr
@@ -57,12 +61,11 @@ def test_host_decodes_exactly_what_c_encoded(example_output: list[str]) -> None:
     # the edge cases are all there: empty, around one full COBS block, the maximum
     assert {0, 253, 254, 255, 246, 247, 1024} <= lengths
     seqs = [int(p[2]) for p in packets]
-    assert [0xFFFFFFFE, 0xFFFFFFFF, 0] == seqs[seqs.index(0xFFFFFFFE):seqs.index(0xFFFFFFFE) + 3]
+    assert seqs[seqs.index(0xFFFFFFFE) : seqs.index(0xFFFFFFFE) + 3] == [0xFFFFFFFE, 0xFFFFFFFF, 0]
 
 
 def test_seq_wrap_is_not_a_gap(example_output: list[str]) -> None:
-    wires = [bytes.fromhex(line.split()[4]) for line in example_output
-             if line.startswith("pkt 6 ")]
+    wires = [bytes.fromhex(line.split()[4]) for line in example_output if line.startswith("pkt 6 ")]
     codec = Fh1Codec("c")
     frames = codec.feed(b"".join(wires), 0.0)
     assert [f.seq for f in frames] == [0xFFFFFFFE, 0xFFFFFFFF, 0] and codec.gaps == 0

@@ -19,9 +19,10 @@ import stat
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -49,8 +50,16 @@ class Result:
 async def cli(*args: str, control: str | None = None) -> Result:
     extra = ["--control", control] if control else []
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "firmware_host", *args, *extra, env=ENV,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "firmware_host",
+        *args,
+        *extra,
+        env=ENV,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
@@ -65,8 +74,11 @@ def workdir() -> Iterator[Path]:
 
 
 def write_config(workdir: Path, devices: list[str], capacity: int = 100) -> Path:
-    lines = [f"[buffer]\ncapacity = {capacity}\nflush_interval = 0\n", "[shutdown]\ngrace = 10\n",
-             f'[[sinks]]\ntype = "jsonl"\npath = "{workdir / "frames.jsonl"}"\n']
+    lines = [
+        f"[buffer]\ncapacity = {capacity}\nflush_interval = 0\n",
+        "[shutdown]\ngrace = 10\n",
+        f'[[sinks]]\ntype = "jsonl"\npath = "{workdir / "frames.jsonl"}"\n',
+    ]
     for name in devices:
         lines.append(f'[[devices]]\nname = "{name}"\nport = "{workdir / name}"\ncodec = "fh1"\n')
     cfg = workdir / "fh.toml"
@@ -109,9 +121,22 @@ async def run_runtime(workdir: Path, cfg: Path, sock: str | None = None) -> Asyn
     sock = sock or str(workdir / "ctl.sock")
     with open(workdir / "run.out", "wb") as out, open(workdir / "run.err", "wb") as err:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "firmware_host", "run", "-c", str(cfg), "--control", sock,
-            "--summary", str(workdir / "summary.json"), "-q", env=ENV,
-            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err)
+            sys.executable,
+            "-m",
+            "firmware_host",
+            "run",
+            "-c",
+            str(cfg),
+            "--control",
+            sock,
+            "--summary",
+            str(workdir / "summary.json"),
+            "-q",
+            env=ENV,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+        )
     run = Run(proc, sock, workdir)
     try:
         yield run
@@ -147,8 +172,9 @@ def one_line_error(res: Result) -> str:
 
 
 def connected(name: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda s: name in s["devices"] and s["devices"][name]["state"] == "connected" \
-        and not s["devices"][name]["removed"]
+    return lambda s: (
+        name in s["devices"] and s["devices"][name]["state"] == "connected" and not s["devices"][name]["removed"]
+    )
 
 
 # -- 1. the drop-oldest scenario through the real CLI ---------------------------------------
@@ -164,16 +190,23 @@ def test_drop_oldest_flush_status_and_stop(workdir: Path) -> None:
             await vp.write(data)
             await run.status_until(lambda s: s["devices"]["dev0"]["frames"] == 1000)
 
-            buffers, status = await asyncio.gather(cli("buffers", "--json", control=run.sock),
-                                                   cli("status", "--json", control=run.sock))
+            buffers, status = await asyncio.gather(
+                cli("buffers", "--json", control=run.sock), cli("status", "--json", control=run.sock)
+            )
             b = buffers.json()
             assert (b["capacity"], b["depth"], b["dropped"]) == (100, 100, 900)
             assert (b["devices"]["dev0"]["depth"], b["devices"]["dev0"]["dropped"]) == (100, 900)
             assert b["devices"]["dev0"]["oldest_age"] >= 0
             dev = status.json()["devices"]["dev0"]
             assert dev["bytes"] == len(data)
-            assert {k: dev[k] for k in ("frames", "rejected", "gaps", "flushed", "dropped", "buffered")} == \
-                {"frames": 1000, "rejected": 0, "gaps": 0, "flushed": 0, "dropped": 900, "buffered": 100}
+            assert {k: dev[k] for k in ("frames", "rejected", "gaps", "flushed", "dropped", "buffered")} == {
+                "frames": 1000,
+                "rejected": 0,
+                "gaps": 0,
+                "flushed": 0,
+                "dropped": 900,
+                "buffered": 100,
+            }
 
             # the human tables: a header line, then aligned columns
             human = await cli("buffers", control=run.sock)
@@ -267,9 +300,13 @@ def test_no_runtime_exits_3_with_a_hint(workdir: Path) -> None:
     async def main() -> None:
         sock = str(workdir / "none.sock")
         results = await asyncio.gather(
-            cli("status", control=sock), cli("buffers", "--json", control=sock), cli("flush", control=sock),
-            cli("stop", control=sock), cli("devices", "add", "d1", "/dev/null", "--codec", "fh1", control=sock),
-            cli("devices", "remove", "d1", control=sock))
+            cli("status", control=sock),
+            cli("buffers", "--json", control=sock),
+            cli("flush", control=sock),
+            cli("stop", control=sock),
+            cli("devices", "add", "d1", "/dev/null", "--codec", "fh1", control=sock),
+            cli("devices", "remove", "d1", control=sock),
+        )
         for res in results:
             assert res.rc == 3, res
             line = one_line_error(res)
@@ -290,7 +327,8 @@ def test_cli_errors_against_a_running_runtime(workdir: Path) -> None:
                 cli("devices", "remove", "nope", control=sock),
                 cli("devices", "add", "d1", "/dev/null", "--codec", "bogus", control=sock),
                 cli("devices", "add", "bad/name", "/dev/null", "--codec", "fh1", control=sock),
-                cli("devices", "add", "d1", "/dev/null", control=sock))
+                cli("devices", "add", "d1", "/dev/null", control=sock),
+            )
             lines = [one_line_error(r) for r in ours]
             assert all(r.rc == 2 for r in ours), ours
             assert lines[0] == "firmware-host: unknown device 'nope' (no devices)"
@@ -303,7 +341,8 @@ def test_cli_errors_against_a_running_runtime(workdir: Path) -> None:
                 cli("flush", "--timeout", "-1", control=sock),
                 cli("devices", "add", "d1", control=sock),
                 cli("devices", "add", "d1", "/dev/null", "--baudrate", "fast", control=sock),
-                cli("status", "--bogus", control=sock))
+                cli("status", "--bogus", control=sock),
+            )
             for res in usage:
                 assert res.rc == 2 and "Traceback" not in res.err, res
                 lines = res.err.strip().splitlines()  # one clear line, like every other error
@@ -336,8 +375,9 @@ def test_devices_add_remove_and_readd(workdir: Path) -> None:
             again = await cli("devices", "remove", "dev1", control=run.sock)
             assert again.rc == 2 and one_line_error(again).startswith("firmware-host: unknown device 'dev1'")
 
-            readd = await cli("devices", "add", "dev1", vp.path, "--codec", "fh1", "--baudrate", "9600",
-                              control=run.sock)
+            readd = await cli(
+                "devices", "add", "dev1", vp.path, "--codec", "fh1", "--baudrate", "9600", control=run.sock
+            )
             assert readd.rc == 0, readd
             await run.status_until(connected("dev1"))
             await vp.write(packets(range(10, 20)))

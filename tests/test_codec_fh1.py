@@ -18,15 +18,15 @@ from firmware_host.codecs import (
     Fh1Codec,
     LinesCodec,
     NmeaCodec,
+    cobs,
     encode_packet,
+    fh1,
     make_codec,
 )
-from firmware_host.codecs import cobs, fh1
 from firmware_host.codecs.crc import crc16
 from firmware_host.frames import Frame
-
 from tests import chunking
-from tests.chunking import key, split_at, random_chunks
+from tests.chunking import key, random_chunks, split_at
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -138,13 +138,15 @@ def test_frames_carry_device_and_ts() -> None:
 def test_decoded_frames_equal_frames_built_by_init() -> None:
     """The decoder builds frames without Frame.__init__: a field added to
     Frame must be added there too, or decoded frames would lack it."""
-    assert [f.name for f in dataclasses.fields(Frame)] == ["device", "seq", "type", "ts", "payload", "text"], \
+    assert [f.name for f in dataclasses.fields(Frame)] == ["device", "seq", "type", "ts", "payload", "text"], (
         "Frame's fields changed: update Fh1Codec._packets, which sets each one"
+    )
     (frame,) = Fh1Codec("d1").feed(encode_packet(0xF3, 0x01020304, b"log"), TS)
     expected = Frame("d1", 0x01020304, 0xF3, TS, b"log")
     assert type(frame) is Frame
-    assert [getattr(frame, f.name) for f in dataclasses.fields(Frame)] == \
-        [getattr(expected, f.name) for f in dataclasses.fields(Frame)]
+    assert [getattr(frame, f.name) for f in dataclasses.fields(Frame)] == [
+        getattr(expected, f.name) for f in dataclasses.fields(Frame)
+    ]
 
 
 def test_crc_residue_tables_match_every_stored_crc() -> None:
@@ -430,7 +432,7 @@ def test_bad_max_payload(bad: object) -> None:
 
 
 def test_make_codec_builtins_and_options() -> None:
-    assert BUILTIN_CODECS == {"fh1": Fh1Codec, "nmea": NmeaCodec, "lines": LinesCodec}
+    assert {"fh1": Fh1Codec, "nmea": NmeaCodec, "lines": LinesCodec} == BUILTIN_CODECS
     codec = make_codec("fh1", "imu0", {"max_payload": 64})
     assert isinstance(codec, Fh1Codec) and codec.device == "imu0" and codec.max_payload == 64
     assert isinstance(make_codec("nmea", "g", {}), NmeaCodec)

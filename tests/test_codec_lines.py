@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware_host.codecs import Codec, CodecOptionError, LinesCodec
-
 from tests import chunking
 from tests.chunking import key, split_at
 
@@ -21,12 +20,6 @@ TS = 1763800001.0
 
 def feed_all(codec: Codec, chunks: Iterable[bytes], ts: float = TS) -> list[tuple[object, ...]]:
     return chunking.feed_all(codec, chunks, ts)
-
-
-
-
-
-
 
 
 def reference(stream: bytes, max_line: int = 4096) -> tuple[list[str], int]:
@@ -113,7 +106,7 @@ def test_oversize_line_complete_in_one_read_counts_once() -> None:
 
 def _mixed_stream(rng: random.Random) -> bytes:
     parts = []
-    for i in range(80):
+    for _i in range(80):
         n = rng.choice([0, 1, 5, 31, 32, 33, 34, 100])
         body = bytes(rng.choice(b"abc \r\xc3\xa9\xff") for _ in range(n))
         parts.append(body + rng.choice([b"\n", b"\r\n"]))

@@ -14,9 +14,8 @@ from hypothesis import strategies as st
 
 from firmware_host.codecs import Codec, CodecOptionError, NmeaCodec
 from firmware_host.codecs.nmea import nmea_checksum
-
 from tests import chunking
-from tests.chunking import split_at, random_chunks
+from tests.chunking import random_chunks, split_at
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -28,14 +27,6 @@ def feed_all(codec: Codec, chunks: Iterable[bytes], ts: float = TS) -> list[tupl
 
 
 # --- helpers and the obviously-correct reference ----------------------------------
-
-
-
-
-
-
-
-
 
 
 def sentence(body: str, start: str = "$") -> str:
@@ -117,7 +108,7 @@ def test_checksum_function() -> None:
     assert nmea_checksum(b"") == 0
     assert nmea_checksum(b"GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,") == 0x47
     rng = random.Random(3)
-    for n in range(0, 300):
+    for n in range(300):
         data = rng.randbytes(n)
         expected = 0
         for b in data:
@@ -336,7 +327,10 @@ _nmea_ish = st.lists(
     st.one_of(
         st.binary(max_size=30),
         st.sampled_from([b"\n", b"\r\n", b"$", b"!", b"*", b"\r"]),
-        st.builds(lambda b: sentence(b).encode(), st.text(st.characters(min_codepoint=32, max_codepoint=126, blacklist_characters="*"), max_size=40)),
+        st.builds(
+            lambda b: sentence(b).encode(),
+            st.text(st.characters(min_codepoint=32, max_codepoint=126, blacklist_characters="*"), max_size=40),
+        ),
         st.builds(lambda b: sentence(b).lower().encode(), st.text("ABCDEF0123,.", max_size=40)),
     ),
     max_size=40,
@@ -392,8 +386,10 @@ def test_valid_sentences_in_noise_are_recovered(items: list[tuple[bytes, str]], 
 def captures_dir() -> Path | None:
     # vendored copies first (tests/data/gpsd, with gpsd's licence), so the
     # real-device test never depends on where the checkout sits
-    for here in (Path(__file__).resolve().parent / "data" / "gpsd",
-                 Path(__file__).resolve().parents[2] / "shared" / "captures" / "gpsd"):
+    for here in (
+        Path(__file__).resolve().parent / "data" / "gpsd",
+        Path(__file__).resolve().parents[2] / "shared" / "captures" / "gpsd",
+    ):
         if here.is_dir() and any(here.glob("*.log")):
             return here
     env = os.environ.get("FIRMWARE_HOST_CAPTURES")

@@ -11,12 +11,12 @@ import pytest
 
 from firmware_host.config.boards import BOARDS_ENV_VAR, Board, EmulatorProfile, load_boards
 from firmware_host.config.schema import (
+    MAX_CONFIG_BYTES,
     BufferConfig,
     Config,
     ConfigError,
     ControlConfig,
     DeviceConfig,
-    MAX_CONFIG_BYTES,
     ShutdownConfig,
     SinkConfig,
     config_from_dict,
@@ -137,7 +137,9 @@ def test_match_with_hex_strings_and_serial() -> None:
 
 
 def test_device_defaults_without_board() -> None:
-    device = config_from_dict({"devices": [{"name": "a.b_c-1", "port": "socket://127.0.0.1:7000", "codec": "lines"}]}).devices[0]
+    device = config_from_dict(
+        {"devices": [{"name": "a.b_c-1", "port": "socket://127.0.0.1:7000", "codec": "lines"}]}
+    ).devices[0]
     assert (device.board, device.codec, device.baudrate) == (None, "lines", 115200)
     assert (device.backoff_initial, device.backoff_max) == (0.1, 5.0)
 
@@ -152,7 +154,11 @@ def test_board_supplies_codec_baudrate_and_options() -> None:
 
 def test_device_settings_beat_the_board() -> None:
     device = config_from_dict(
-        {"devices": [{"name": "imu", "port": "/dev/ttyACM0", "board": "nucleo-imu", "baudrate": 460800, "max_payload": 77}]}
+        {
+            "devices": [
+                {"name": "imu", "port": "/dev/ttyACM0", "board": "nucleo-imu", "baudrate": 460800, "max_payload": 77}
+            ]
+        }
     ).devices[0]
     assert device.baudrate == 460800
     assert device.codec_options == {"max_payload": 77}
@@ -180,7 +186,10 @@ def test_injected_boards_codecs_and_sinks() -> None:
         emulator=EmulatorProfile(rate=1.0, payload="random"),
     )
     config = config_from_dict(
-        {"devices": [{"name": "m", "port": "/dev/ttyUSB0", "board": "modem"}], "sinks": [{"type": "sqlite", "db": "x"}]},
+        {
+            "devices": [{"name": "m", "port": "/dev/ttyUSB0", "board": "modem"}],
+            "sinks": [{"type": "sqlite", "db": "x"}],
+        },
         known_codecs={"fh1", "mavlink"},
         known_sinks={"sqlite"},
         boards={"modem": board},
@@ -210,16 +219,36 @@ def test_load_config_accepts_str_path(tmp_path: Path) -> None:
 
 # Each case: (TOML text, the key path or key that the message must name, another fragment it must contain)
 ERROR_CASES = {
-    "unknown top-level key": ('bufer = {}\n', "'bufer'", "known: buffer, control, devices, plugins, serial, shutdown, sinks"),
+    "unknown top-level key": (
+        "bufer = {}\n",
+        "'bufer'",
+        "known: buffer, control, devices, plugins, serial, shutdown, sinks",
+    ),
     "unknown key in serial": ("[serial]\nread_colaesce = 0.1\n", "'read_colaesce' in [serial]", "known: read_coalesce"),
     "read_coalesce negative": ("[serial]\nread_coalesce = -0.01\n", "serial.read_coalesce", ">= 0"),
-    "read_coalesce too long": ("[serial]\nread_coalesce = 2\n", "serial.read_coalesce", "from 0 to 0.5 (seconds), got 2"),
+    "read_coalesce too long": (
+        "[serial]\nread_coalesce = 2\n",
+        "serial.read_coalesce",
+        "from 0 to 0.5 (seconds), got 2",
+    ),
     "read_coalesce not a number": ('[serial]\nread_coalesce = "20ms"\n', "serial.read_coalesce", 'got "20ms"'),
-    "unknown key in buffer": ("[buffer]\ncapcity = 5\n", "unknown key 'capcity' in [buffer]", "known: batch_size, capacity, flush_interval, max_bytes"),
+    "unknown key in buffer": (
+        "[buffer]\ncapcity = 5\n",
+        "unknown key 'capcity' in [buffer]",
+        "known: batch_size, capacity, flush_interval, max_bytes",
+    ),
     "unknown key in shutdown": ("[shutdown]\ngrac = 5\n", "'grac' in [shutdown]", "known: grace"),
     "unknown key in control": ('[control]\nsock = "x"\n', "'sock' in [control]", "known: socket"),
-    "unknown key in device": ('[[devices]]\nname = "a"\nprot = "/dev/x"\ncodec = "fh1"\n', "'prot' in devices[0]", "known:"),
-    "unknown key in match": ('[[devices]]\nname = "a"\ncodec = "fh1"\nmatch = {vendor = 1}\n', "'vendor' in devices[0].match", "known: pid, serial, vid"),
+    "unknown key in device": (
+        '[[devices]]\nname = "a"\nprot = "/dev/x"\ncodec = "fh1"\n',
+        "'prot' in devices[0]",
+        "known:",
+    ),
+    "unknown key in match": (
+        '[[devices]]\nname = "a"\ncodec = "fh1"\nmatch = {vendor = 1}\n',
+        "'vendor' in devices[0].match",
+        "known: pid, serial, vid",
+    ),
     "wrong type capacity": ('[buffer]\ncapacity = "big"\n', "buffer.capacity", 'expected an integer > 0, got "big"'),
     "bool as int": ("[buffer]\ncapacity = true\n", "buffer.capacity", "got true"),
     "bool as float": ("[shutdown]\ngrace = false\n", "shutdown.grace", "got false"),
@@ -236,32 +265,95 @@ ERROR_CASES = {
     "devices not an array": ("[devices]\nname = 'a'\n", "devices", "[[devices]]"),
     "device missing name": ('[[devices]]\nport = "/dev/x"\ncodec = "fh1"\n', "devices[0].name", "required"),
     "device bad name": ('[[devices]]\nname = "imu 0"\nport = "/dev/x"\ncodec = "fh1"\n', "devices[0].name", '"imu 0"'),
-    "device name too long": (f'[[devices]]\nname = "{"a" * 65}"\nport = "/dev/x"\ncodec = "fh1"\n', "devices[0].name", "64"),
+    "device name too long": (
+        f'[[devices]]\nname = "{"a" * 65}"\nport = "/dev/x"\ncodec = "fh1"\n',
+        "devices[0].name",
+        "64",
+    ),
     "duplicate device name": (
-        '[[devices]]\nname = "imu0"\nport = "/dev/a"\ncodec = "fh1"\n[[devices]]\nname = "imu0"\nport = "/dev/b"\ncodec = "fh1"\n',
+        (
+            '[[devices]]\nname = "imu0"\nport = "/dev/a"\ncodec = "fh1"\n'
+            '[[devices]]\nname = "imu0"\nport = "/dev/b"\ncodec = "fh1"\n'
+        ),
         "devices[1].name",
         "duplicate device name 'imu0'",
     ),
-    "both port and match": ('[[devices]]\nname = "a"\nport = "/dev/x"\nmatch = {vid = 1}\ncodec = "fh1"\n', "devices[0]", "not both"),
+    "both port and match": (
+        '[[devices]]\nname = "a"\nport = "/dev/x"\nmatch = {vid = 1}\ncodec = "fh1"\n',
+        "devices[0]",
+        "not both",
+    ),
     "neither port nor match": ('[[devices]]\nname = "a"\ncodec = "fh1"\n', "devices[0]", "'match'"),
-    "empty match": ('[[devices]]\nname = "a"\nmatch = {}\ncodec = "fh1"\n', "devices[0].match", "at least one of vid, pid, serial"),
-    "vid out of range": ('[[devices]]\nname = "a"\nmatch = {vid = 0x10000}\ncodec = "fh1"\n', "devices[0].match.vid", "0xFFFF"),
-    "pid bad hex": ('[[devices]]\nname = "a"\nmatch = {pid = "0xZZ"}\ncodec = "fh1"\n', "devices[0].match.pid", '"0xZZ"'),
+    "empty match": (
+        '[[devices]]\nname = "a"\nmatch = {}\ncodec = "fh1"\n',
+        "devices[0].match",
+        "at least one of vid, pid, serial",
+    ),
+    "vid out of range": (
+        '[[devices]]\nname = "a"\nmatch = {vid = 0x10000}\ncodec = "fh1"\n',
+        "devices[0].match.vid",
+        "0xFFFF",
+    ),
+    "pid bad hex": (
+        '[[devices]]\nname = "a"\nmatch = {pid = "0xZZ"}\ncodec = "fh1"\n',
+        "devices[0].match.pid",
+        '"0xZZ"',
+    ),
     "vid bool": ('[[devices]]\nname = "a"\nmatch = {vid = true}\ncodec = "fh1"\n', "devices[0].match.vid", "got true"),
     "port empty": ('[[devices]]\nname = "a"\nport = ""\ncodec = "fh1"\n', "devices[0].port", 'got ""'),
-    "unknown board": ('[[devices]]\nname = "a"\nport = "/dev/x"\nboard = "nucleo"\n', "devices[0].board", "unknown board 'nucleo' (known: csv-uart, env-sensor, gnss-nmea, nucleo-imu)"),
-    "unknown codec": ('[[devices]]\nname = "a"\nport = "/dev/x"\ncodec = "fh2"\n', "devices[0].codec", "unknown codec 'fh2' (known: fh1, lines, nmea)"),
-    "codec missing without board": ('[[devices]]\nname = "a"\nport = "/dev/x"\n', "devices[0].codec", "required when no 'board'"),
-    "baudrate bool": ('[[devices]]\nname = "a"\nport = "/dev/x"\ncodec = "fh1"\nbaudrate = true\n', "devices[0].baudrate", "got true"),
-    "baudrate zero": ('[[devices]]\nname = "a"\nport = "/dev/x"\ncodec = "fh1"\nbaudrate = 0\n', "devices[0].baudrate", "> 0"),
-    "max_payload zero": ('[[devices]]\nname = "a"\nport = "/dev/x"\ncodec = "fh1"\nmax_payload = 0\n', "devices[0].max_payload", "> 0"),
-    "option foreign to codec": ('[[devices]]\nname = "a"\nport = "/dev/x"\ncodec = "fh1"\nmax_line = 10\n', "devices[0].max_line", "codec 'fh1' has no option 'max_line'"),
-    "backoff_initial zero": ('[[devices]]\nname = "a"\nport = "/dev/x"\ncodec = "fh1"\nbackoff_initial = 0\n', "devices[0].backoff_initial", "> 0"),
-    "backoff_max below initial": ('[[devices]]\nname = "a"\nport = "/dev/x"\ncodec = "fh1"\nbackoff_initial = 2\nbackoff_max = 1\n', "devices[0].backoff_max", ">= backoff_initial"),
+    "unknown board": (
+        '[[devices]]\nname = "a"\nport = "/dev/x"\nboard = "nucleo"\n',
+        "devices[0].board",
+        "unknown board 'nucleo' (known: csv-uart, env-sensor, gnss-nmea, nucleo-imu)",
+    ),
+    "unknown codec": (
+        '[[devices]]\nname = "a"\nport = "/dev/x"\ncodec = "fh2"\n',
+        "devices[0].codec",
+        "unknown codec 'fh2' (known: fh1, lines, nmea)",
+    ),
+    "codec missing without board": (
+        '[[devices]]\nname = "a"\nport = "/dev/x"\n',
+        "devices[0].codec",
+        "required when no 'board'",
+    ),
+    "baudrate bool": (
+        '[[devices]]\nname = "a"\nport = "/dev/x"\ncodec = "fh1"\nbaudrate = true\n',
+        "devices[0].baudrate",
+        "got true",
+    ),
+    "baudrate zero": (
+        '[[devices]]\nname = "a"\nport = "/dev/x"\ncodec = "fh1"\nbaudrate = 0\n',
+        "devices[0].baudrate",
+        "> 0",
+    ),
+    "max_payload zero": (
+        '[[devices]]\nname = "a"\nport = "/dev/x"\ncodec = "fh1"\nmax_payload = 0\n',
+        "devices[0].max_payload",
+        "> 0",
+    ),
+    "option foreign to codec": (
+        '[[devices]]\nname = "a"\nport = "/dev/x"\ncodec = "fh1"\nmax_line = 10\n',
+        "devices[0].max_line",
+        "codec 'fh1' has no option 'max_line'",
+    ),
+    "backoff_initial zero": (
+        '[[devices]]\nname = "a"\nport = "/dev/x"\ncodec = "fh1"\nbackoff_initial = 0\n',
+        "devices[0].backoff_initial",
+        "> 0",
+    ),
+    "backoff_max below initial": (
+        '[[devices]]\nname = "a"\nport = "/dev/x"\ncodec = "fh1"\nbackoff_initial = 2\nbackoff_max = 1\n',
+        "devices[0].backoff_max",
+        ">= backoff_initial",
+    ),
     "device not a table": ("devices = [1]\n", "devices[0]", "got 1"),
     "sinks not an array": ('[sinks]\ntype = "jsonl"\n', "sinks", "[[sinks]]"),
     "sink missing type": ('[[sinks]]\npath = "x"\n', "sinks[0].type", "required"),
-    "unknown sink type": ('[[sinks]]\ntype = "jsonl"\n[[sinks]]\ntype = "kafka"\n', "sinks[1].type", "unknown sink type 'kafka' (known: jsonl)"),
+    "unknown sink type": (
+        '[[sinks]]\ntype = "jsonl"\n[[sinks]]\ntype = "kafka"\n',
+        "sinks[1].type",
+        "unknown sink type 'kafka' (known: jsonl)",
+    ),
     "plugin not a table": ("[plugins]\nstats = 10\n", "plugins.stats", "expected a table"),
     "plugins not a table": ("plugins = 3\n", "plugins", "expected a table"),
     "toml syntax error": ("[buffer\ncapacity = 1\n", "TOML syntax error:", "line 1"),
@@ -269,7 +361,7 @@ ERROR_CASES = {
 }
 
 
-@pytest.mark.parametrize("text, key, fragment", ERROR_CASES.values(), ids=ERROR_CASES.keys())
+@pytest.mark.parametrize(("text", "key", "fragment"), ERROR_CASES.values(), ids=ERROR_CASES.keys())
 def test_error_is_one_line_naming_file_and_key(tmp_path: Path, text: str, key: str, fragment: str) -> None:
     path = write(tmp_path, text)
     message = load_error(path)

@@ -14,7 +14,8 @@ import shutil
 import socket
 import stat
 import tempfile
-from typing import Any, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -48,14 +49,17 @@ def packets(seqs: range, body: bytes = b"payload") -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def running(sockdir: str, devices: dict[str, list[FakePort]] | None = None,
-                  capacity: int = 1000) -> AsyncIterator[tuple[Runtime, MemorySink, str]]:
+async def running(
+    sockdir: str, devices: dict[str, list[FakePort]] | None = None, capacity: int = 1000
+) -> AsyncIterator[tuple[Runtime, MemorySink, str]]:
     """A runtime with fake ports, a memory sink and its control socket."""
     devices = devices or {}
-    cfg = config_from_dict({
-        "buffer": {"capacity": capacity, "flush_interval": 0},
-        "devices": [{"name": n, "port": f"fake://{n}", "codec": "fh1"} for n in devices],
-    })
+    cfg = config_from_dict(
+        {
+            "buffer": {"capacity": capacity, "flush_interval": 0},
+            "devices": [{"name": n, "port": f"fake://{n}", "codec": "fh1"} for n in devices],
+        }
+    )
     sink = MemorySink()
     path = os.path.join(sockdir, "ctl.sock")
     opener = FakeOpener({f"fake://{n}": list(ports) for n, ports in devices.items()})
@@ -171,8 +175,10 @@ def test_bad_requests_get_one_line_error_replies_and_the_connection_survives(soc
 def test_handler_exception_becomes_an_error_reply(sockdir: str) -> None:
     async def main() -> None:
         async with running(sockdir) as (rt, _, path):
+
             async def broken() -> dict[str, Any]:
                 raise RuntimeError("boom\nsecond line")
+
             rt.buffers = broken  # type: ignore[method-assign]
             with pytest.raises(ControlError) as err:
                 await request(path, {"cmd": "buffers"})
@@ -197,8 +203,9 @@ def test_devices_add_remove_readd(sockdir: str) -> None:
         first, second = FakePort([packets(range(3))]), FakePort()
         async with running(sockdir) as (rt, sink, path):
             rt.opener = FakeOpener({"fake://d1": [first, second]})
-            got = await request(path, {"cmd": "devices.add", "name": "d1", "port": "fake://d1", "codec": "fh1",
-                                       "baudrate": 9600})
+            got = await request(
+                path, {"cmd": "devices.add", "name": "d1", "port": "fake://d1", "codec": "fh1", "baudrate": 9600}
+            )
             assert got["device"]["name"] == "d1" and got["device"]["baudrate"] == 9600
             await rt.wait_until(lambda s: s["devices"]["d1"]["frames"] == 3, 5)
             with pytest.raises(ControlError) as err:
@@ -221,15 +228,18 @@ def test_devices_add_remove_readd(sockdir: str) -> None:
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("args, expected", [
-    ({"codec": "bogus"}, "devices add: codec: unknown codec 'bogus' (known: fh1, lines, nmea)"),
-    ({"codec": "fh1", "baudrate": "fast"}, "devices add: baudrate: expected an integer > 0, got \"fast\""),
-    ({"codec": "fh1", "baudrate": 0}, "devices add: baudrate: expected an integer > 0, got 0"),
-    ({"codec": "fh1", "name": "bad name"}, "devices add: name: expected a device name"),
-    ({}, "devices add: codec: required when no 'board' is given"),
-    ({"board": "no-such-board"}, "devices add: board: unknown board 'no-such-board'"),
-    ({"codec": "fh1", "speed": 1}, "devices.add: unknown argument 'speed'"),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ({"codec": "bogus"}, "devices add: codec: unknown codec 'bogus' (known: fh1, lines, nmea)"),
+        ({"codec": "fh1", "baudrate": "fast"}, 'devices add: baudrate: expected an integer > 0, got "fast"'),
+        ({"codec": "fh1", "baudrate": 0}, "devices add: baudrate: expected an integer > 0, got 0"),
+        ({"codec": "fh1", "name": "bad name"}, "devices add: name: expected a device name"),
+        ({}, "devices add: codec: required when no 'board' is given"),
+        ({"board": "no-such-board"}, "devices add: board: unknown board 'no-such-board'"),
+        ({"codec": "fh1", "speed": 1}, "devices.add: unknown argument 'speed'"),
+    ],
+)
 def test_devices_add_validates_like_the_config_loader(sockdir: str, args: dict[str, Any], expected: str) -> None:
     async def main() -> None:
         async with running(sockdir) as (rt, _, path):
@@ -248,7 +258,7 @@ def test_devices_add_validates_like_the_config_loader(sockdir: str, args: dict[s
 
 def test_a_10mb_line_is_refused_without_buffering_it(sockdir: str) -> None:
     async def main() -> None:
-        async with running(sockdir) as (rt, _, path):
+        async with running(sockdir) as (_rt, _, path):
             reader, writer = await raw(path)
 
             async def flood() -> None:
@@ -267,8 +277,9 @@ def test_a_10mb_line_is_refused_without_buffering_it(sockdir: str) -> None:
     asyncio.run(main())
 
 
-def test_random_bytes_and_half_requests_do_not_disturb_the_runtime(sockdir: str,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_random_bytes_and_half_requests_do_not_disturb_the_runtime(
+    sockdir: str, caplog: pytest.LogCaptureFixture
+) -> None:
     async def main() -> None:
         port = FakePort()
         async with running(sockdir, {"d": [port]}) as (rt, sink, path):

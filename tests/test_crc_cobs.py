@@ -65,7 +65,7 @@ def test_crc_of_empty_is_init() -> None:
 
 def test_crc_matches_references_on_random_data() -> None:
     rng = random.Random(1234)
-    for length in [*range(0, 40), 253, 254, 255, 1024, 1032, 4000]:
+    for length in [*range(40), 253, 254, 255, 1024, 1032, 4000]:
         data = rng.randbytes(length)
         expected = crc16_bitwise(data)
         assert crc16(data) == expected == crc16_table(data), length
@@ -114,7 +114,7 @@ def test_cobs_known_vectors(raw: bytes, encoded: bytes) -> None:
 
 def test_cobs_round_trip_around_block_boundaries() -> None:
     rng = random.Random(7)
-    for length in [*range(0, 20), 252, 253, 254, 255, 256, 507, 508, 509, 762, 1032, 3000]:
+    for length in [*range(20), 252, 253, 254, 255, 256, 507, 508, 509, 762, 1032, 3000]:
         for zero_rate in (0.0, 0.01, 0.3, 1.0):
             raw = bytes(0 if rng.random() < zero_rate else rng.randrange(1, 256) for _ in range(length))
             enc = cobs.encode(raw)

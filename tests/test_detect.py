@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from pytest_mock import MockerFixture
 
-from firmware_host.config.boards import BOARDS_ENV_VAR, load_boards
 from firmware_host.codecs import encode_packet
+from firmware_host.config.boards import BOARDS_ENV_VAR, load_boards
 from firmware_host.config.schema import config_from_dict
-from firmware_host.transport.detect import list_devices, match_resolver
-from firmware_host.runtime import Runtime
 from firmware_host.emulation.virtualport import VirtualPort
+from firmware_host.runtime import Runtime
+from firmware_host.transport.detect import list_devices, match_resolver
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -39,21 +39,39 @@ def _no_user_boards(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_list_devices_names_boards(mocker: MockerFixture) -> None:
-    mocker.patch("firmware_host.transport.detect.comports", return_value=[
-        PortInfo("/dev/ttyS0"),
-        PortInfo("/dev/ttyACM1", *ST_LINK, "0671FF", "STM32 STLink"),
-        PortInfo("/dev/ttyACM0", 0x1546, 0x01A8, None, "u-blox GNSS receiver"),
-        PortInfo("/dev/ttyUSB0", 0x0403, 0x6001, "A50285BI", "FT232R USB UART"),
-    ])
+    mocker.patch(
+        "firmware_host.transport.detect.comports",
+        return_value=[
+            PortInfo("/dev/ttyS0"),
+            PortInfo("/dev/ttyACM1", *ST_LINK, "0671FF", "STM32 STLink"),
+            PortInfo("/dev/ttyACM0", 0x1546, 0x01A8, None, "u-blox GNSS receiver"),
+            PortInfo("/dev/ttyUSB0", 0x0403, 0x6001, "A50285BI", "FT232R USB UART"),
+        ],
+    )
     found = list_devices(load_boards())
     assert found == [
-        {"port": "/dev/ttyACM0", "description": "u-blox GNSS receiver", "vid_pid": "1546:01a8", "serial": None,
-         "board": "gnss-nmea"},
-        {"port": "/dev/ttyACM1", "description": "STM32 STLink", "vid_pid": "0483:374b", "serial": "0671FF",
-         "board": "nucleo-imu"},
+        {
+            "port": "/dev/ttyACM0",
+            "description": "u-blox GNSS receiver",
+            "vid_pid": "1546:01a8",
+            "serial": None,
+            "board": "gnss-nmea",
+        },
+        {
+            "port": "/dev/ttyACM1",
+            "description": "STM32 STLink",
+            "vid_pid": "0483:374b",
+            "serial": "0671FF",
+            "board": "nucleo-imu",
+        },
         {"port": "/dev/ttyS0", "description": None, "vid_pid": None, "serial": None, "board": None},
-        {"port": "/dev/ttyUSB0", "description": "FT232R USB UART", "vid_pid": "0403:6001", "serial": "A50285BI",
-         "board": None},
+        {
+            "port": "/dev/ttyUSB0",
+            "description": "FT232R USB UART",
+            "vid_pid": "0403:6001",
+            "serial": "A50285BI",
+            "board": None,
+        },
     ]
 
 
@@ -80,10 +98,21 @@ def test_reader_finds_a_board_again_after_re_enumeration(mocker: MockerFixture) 
 
     async def main() -> dict[str, Any]:
         first, second = VirtualPort(), VirtualPort()
-        cfg = config_from_dict({"devices": [{"name": "imu", "board": "nucleo-imu",
-                                             "match": {"vid": ST_LINK[0], "pid": ST_LINK[1]},
-                                             "backoff_initial": 0.02, "backoff_max": 0.1}]},
-                               source="<test>", boards=load_boards())
+        cfg = config_from_dict(
+            {
+                "devices": [
+                    {
+                        "name": "imu",
+                        "board": "nucleo-imu",
+                        "match": {"vid": ST_LINK[0], "pid": ST_LINK[1]},
+                        "backoff_initial": 0.02,
+                        "backoff_max": 0.1,
+                    }
+                ]
+            },
+            source="<test>",
+            boards=load_boards(),
+        )
         rt = Runtime(cfg)
         await rt.start()
         try:
@@ -91,16 +120,18 @@ def test_reader_finds_a_board_again_after_re_enumeration(mocker: MockerFixture) 
             status = await rt.wait_until(lambda s: s["devices"]["imu"]["state"] == "backoff", 5)
             assert "no port matches vid=0x0483 pid=0x374b" in status["devices"]["imu"]["last_error"]
             listed[:] = [PortInfo(first.path, *ST_LINK, "0671FF")]
-            await rt.wait_until(lambda s: s["devices"]["imu"]["state"] == "connected"
-                                and s["devices"]["imu"]["port"] == first.path, 5)
+            await rt.wait_until(
+                lambda s: s["devices"]["imu"]["state"] == "connected" and s["devices"]["imu"]["port"] == first.path, 5
+            )
             await first.write(b"".join(encode_packet(1, seq, b"x" * 48) for seq in range(5)))
             await rt.wait_until(lambda s: s["devices"]["imu"]["frames"] == 5, 5)
 
             # re-enumeration: the old node dies, the board shows up under a new one
             listed[:] = [PortInfo(second.path, *ST_LINK, "0671FF")]
             first.unplug()
-            await rt.wait_until(lambda s: s["devices"]["imu"]["state"] == "connected"
-                                and s["devices"]["imu"]["port"] == second.path, 5)
+            await rt.wait_until(
+                lambda s: s["devices"]["imu"]["state"] == "connected" and s["devices"]["imu"]["port"] == second.path, 5
+            )
             await second.write(b"".join(encode_packet(1, seq, b"y" * 48) for seq in range(5, 10)))
             status = await rt.wait_until(lambda s: s["devices"]["imu"]["frames"] == 10, 5)
         finally:

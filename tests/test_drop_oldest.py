@@ -23,7 +23,7 @@ async def test_capacity_100_keeps_newest(fh_ports, fh_runtime, fh_jsonl, chunk):
         await rt.wait_state("dev", "connected")
         frames = [encode_packet(1, seq, seq.to_bytes(4, "little")) for seq in range(1000)]
         for i in range(0, 1000, chunk):
-            await port.write(b"".join(frames[i:i + chunk]))
+            await port.write(b"".join(frames[i : i + chunk]))
         await rt.wait_frames("dev", 1000)
         buffers = await rt.buffers()
         assert buffers["depth"] == 100 and buffers["dropped"] == 900

@@ -11,13 +11,14 @@ import json
 import math
 import random
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from firmware_host.config.boards import BOARDS_ENV_VAR, Board, load_boards
 from firmware_host.codecs import make_codec
+from firmware_host.config.boards import BOARDS_ENV_VAR, Board, load_boards
 from firmware_host.config.schema import config_from_dict
 from firmware_host.emulation.fleet import DEFAULT_FLEET, EmulatedDevice, FaultOptions, Fleet, parse_emulate_spec
 from firmware_host.emulation.generators import GnssGenerator, ReplayGenerator, Wire, make_generator
@@ -65,16 +66,23 @@ def host_view(status: dict[str, Any], name: str) -> dict[str, int]:
     return {"frames": d["frames"], "rejected": d["rejected"], "gaps": d["gaps"]}
 
 
-async def run_fleet(tmp_path: Path, plan: list[tuple[Board, int]], *, faults: FaultOptions = FaultOptions(),
-                    rate: float | None = None, ready: Callable[[Fleet, dict[str, Any]], bool],
-                    timeout: float = 10.0) -> tuple[Fleet, dict[str, Any]]:
+async def run_fleet(
+    tmp_path: Path,
+    plan: list[tuple[Board, int]],
+    *,
+    faults: FaultOptions = FaultOptions(),
+    rate: float | None = None,
+    ready: Callable[[Fleet, dict[str, Any]], bool],
+    timeout: float = 10.0,
+) -> tuple[Fleet, dict[str, Any]]:
     """Run ``plan`` through an in-process runtime until ``ready``, stop sending,
     let the host read the rest, shut down; returns the fleet and final status."""
     fleet = Fleet(plan, tmp_path / "ports", faults=faults, rate=rate, seed=1234)
     await fleet.start()
     sink = tmp_path / "frames.jsonl"
-    cfg = config_from_dict({"buffer": {"flush_interval": 0.1},
-                            "sinks": [{"type": "jsonl", "path": str(sink)}]}, source="<test>")
+    cfg = config_from_dict(
+        {"buffer": {"flush_interval": 0.1}, "sinks": [{"type": "jsonl", "path": str(sink)}]}, source="<test>"
+    )
     # quick reconnects keep the unplug tests short
     devices = [dataclasses.replace(d, backoff_initial=0.02, backoff_max=0.1) for d in fleet.device_configs()]
     rt = Runtime(dataclasses.replace(cfg, devices=devices))
@@ -113,22 +121,29 @@ def frames_at_least(n: int) -> Callable[[Fleet, dict[str, Any]], bool]:
 def test_parse_emulate_spec(boards: dict[str, Board]) -> None:
     default = parse_emulate_spec(("@default",), boards)
     assert [(b.name, n) for b, n in default] == [(name, 1) for name in DEFAULT_FLEET]
-    assert [(b.name, n) for b, n in parse_emulate_spec(["nucleo-imu:2,gnss-nmea"], boards)] == \
-        [("nucleo-imu", 2), ("gnss-nmea", 1)]
+    assert [(b.name, n) for b, n in parse_emulate_spec(["nucleo-imu:2,gnss-nmea"], boards)] == [
+        ("nucleo-imu", 2),
+        ("gnss-nmea", 1),
+    ]
     # repeated boards add up, first-seen order
-    assert [(b.name, n) for b, n in parse_emulate_spec(["csv-uart", "nucleo-imu:2", "csv-uart:3"], boards)] == \
-        [("csv-uart", 4), ("nucleo-imu", 2)]
+    assert [(b.name, n) for b, n in parse_emulate_spec(["csv-uart", "nucleo-imu:2", "csv-uart:3"], boards)] == [
+        ("csv-uart", 4),
+        ("nucleo-imu", 2),
+    ]
 
 
-@pytest.mark.parametrize("spec, fragment", [
-    ("nope", "unknown board 'nope' (known: csv-uart, env-sensor, gnss-nmea, nucleo-imu)"),
-    ("nucleo-imu:0", "bad count '0'"),
-    ("nucleo-imu:x", "bad count 'x'"),
-    ("nucleo-imu:2:3", "bad count '2:3'"),
-    ("nucleo-imu:", "bad count ''"),
-    (",", "empty board name"),
-    ("nucleo-imu:999", "bad count '999'"),
-])
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ("nope", "unknown board 'nope' (known: csv-uart, env-sensor, gnss-nmea, nucleo-imu)"),
+        ("nucleo-imu:0", "bad count '0'"),
+        ("nucleo-imu:x", "bad count 'x'"),
+        ("nucleo-imu:2:3", "bad count '2:3'"),
+        ("nucleo-imu:", "bad count ''"),
+        (",", "empty board name"),
+        ("nucleo-imu:999", "bad count '999'"),
+    ],
+)
 def test_parse_emulate_spec_errors(boards: dict[str, Board], spec: str, fragment: str) -> None:
     with pytest.raises(ValueError) as info:
         parse_emulate_spec([spec], boards)
@@ -137,8 +152,17 @@ def test_parse_emulate_spec_errors(boards: dict[str, Board], spec: str, fragment
     assert "nucleo-imu" in message  # always names the known boards
 
 
-@pytest.mark.parametrize("kwargs", [{"noise": -0.1}, {"corrupt": 1.5}, {"skip": float("nan")}, {"burst": -1},
-                                    {"unplug_every": -1.0}, {"unplug_for": 0.0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"noise": -0.1},
+        {"corrupt": 1.5},
+        {"skip": float("nan")},
+        {"burst": -1},
+        {"unplug_every": -1.0},
+        {"unplug_for": 0.0},
+    ],
+)
 def test_fault_options_validate(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         FaultOptions(**kwargs)
@@ -160,7 +184,7 @@ def test_imu_env_csv_payloads(boards: dict[str, Board]) -> None:
     imu = make_generator(boards["nucleo-imu"].emulator, "fh1", rate=1000.0, rng=random.Random(1))
     first, second = imu.tick(0)[0], imu.tick(5)[0]
     assert isinstance(first, bytes) and len(first) == 48
-    ts, ax, ay, az, *_rest, status = struct.unpack("<I9ffI", second)
+    ts, _ax, _ay, az, *_rest, status = struct.unpack("<I9ffI", second)
     assert ts == 5 and abs(az - 9.81) < 0.5 and status == 1
     env = make_generator(boards["env-sensor"].emulator, "fh1", rate=10.0, rng=random.Random(1))
     temp, hum, press = struct.unpack("<3f", env.tick(0)[0])
@@ -176,8 +200,10 @@ def test_imu_env_csv_payloads(boards: dict[str, Board]) -> None:
 def test_seed_reproduces_payloads(boards: dict[str, Board]) -> None:
     for name in DEFAULT_FLEET:
         board = boards[name]
-        runs = [make_generator(board.emulator, board.codec, rate=board.emulator.rate, rng=random.Random(9),
-                               base_time=0.0) for _ in range(2)]
+        runs = [
+            make_generator(board.emulator, board.codec, rate=board.emulator.rate, rng=random.Random(9), base_time=0.0)
+            for _ in range(2)
+        ]
         assert [runs[0].tick(k) for k in range(20)] == [runs[1].tick(k) for k in range(20)]
 
 
@@ -202,6 +228,7 @@ def test_gnss_sentences_are_valid_and_shaped_like_the_capture() -> None:
     rmc = [s.split(",") for s in lines if s.startswith("$GNRMC")]
     assert [r[1] for r in rmc[:3]] == ["120000.00", "120000.20", "120000.40"]
     assert rmc[0][2] == "A" and rmc[0][9] == "010125"
+
     # the position moves at walking pace: ~1.4 m/s for 1.8 s
     def position(r: list[str]) -> tuple[float, float]:
         return float(r[3][:2]) + float(r[3][2:]) / 60, float(r[5][:3]) + float(r[5][3:]) / 60
@@ -284,8 +311,7 @@ def test_corrupt(tmp_path: Path, boards: dict[str, Board]) -> None:
     def ready(fleet: Fleet, s: dict[str, Any]) -> bool:
         return all(d.corrupted >= 5 for d in fleet.devices) and frames_at_least(40)(fleet, s)
 
-    fleet, status = asyncio.run(run_fleet(tmp_path, plan, faults=FaultOptions(corrupt=0.1), rate=200.0,
-                                          ready=ready))
+    fleet, status = asyncio.run(run_fleet(tmp_path, plan, faults=FaultOptions(corrupt=0.1), rate=200.0, ready=ready))
     for dev in fleet.devices:
         assert status["devices"][dev.name]["rejected"] == dev.corrupted > 0
     env = fleet.device("env-sensor-0")
@@ -305,8 +331,9 @@ def test_skip(tmp_path: Path, boards: dict[str, Board]) -> None:
 
 
 def test_burst(tmp_path: Path, boards: dict[str, Board]) -> None:
-    fleet, status = asyncio.run(run_fleet(tmp_path, [(boards["nucleo-imu"], 2)],
-                                          faults=FaultOptions(burst=50), ready=frames_at_least(300)))
+    fleet, status = asyncio.run(
+        run_fleet(tmp_path, [(boards["nucleo-imu"], 2)], faults=FaultOptions(burst=50), ready=frames_at_least(300))
+    )
     for dev in fleet.devices:
         assert dev.sent % 50 == 0  # whole bursts only
         assert status["devices"][dev.name]["gaps"] == 0
@@ -317,11 +344,14 @@ def test_unplug_replug(tmp_path: Path, boards: dict[str, Board]) -> None:
 
     def ready(fleet: Fleet, s: dict[str, Any]) -> bool:
         # a replug's gap shows with the first frame after it: wait for that frame too
-        return all(d["reconnects"] >= 2 and d["state"] == "connected" for d in s["devices"].values()) \
+        return (
+            all(d["reconnects"] >= 2 and d["state"] == "connected" for d in s["devices"].values())
             and fleet.device("env-sensor-0").gaps >= 2
+        )
 
-    fleet, status = asyncio.run(run_fleet(tmp_path, plan, faults=FaultOptions(unplug_every=0.25, unplug_for=0.1),
-                                          rate=100.0, ready=ready))
+    fleet, status = asyncio.run(
+        run_fleet(tmp_path, plan, faults=FaultOptions(unplug_every=0.25, unplug_for=0.1), rate=100.0, ready=ready)
+    )
     for dev in fleet.devices:
         assert dev.unplugs >= 2 and dev.lost_unplugged > 0 and dev.host_opens >= 3
     env = fleet.device("env-sensor-0")
@@ -335,7 +365,8 @@ def test_replay_board_through_the_runtime(tmp_path: Path) -> None:
     (directory / "neo.log").write_text(NEO_M8N_EPOCH)
     (directory / "replay.toml").write_text(
         'name = "neo-replay"\ncodec = "nmea"\nbaudrate = 9600\n'
-        '[emulator]\nrate = 50\npayload = "gnss"\nreplay = "neo.log"\n')
+        '[emulator]\nrate = 50\npayload = "gnss"\nreplay = "neo.log"\n'
+    )
     board = load_boards([directory])["neo-replay"]
     assert board.emulator.replay == str(directory / "neo.log")
 
@@ -358,8 +389,13 @@ def test_fleet_links_and_configs(tmp_path: Path, boards: dict[str, Board]) -> No
             assert directory.name.startswith("firmware-host-emu-")
             for dev, dc in zip(fleet.devices, fleet.device_configs()):
                 assert Path(dev.path).is_symlink() and dev.path == str(directory / dev.name)
-                assert (dc.name, dc.port, dc.board, dc.codec, dc.baudrate) == \
-                    (dev.name, dev.path, dev.board.name, dev.board.codec, dev.board.baudrate)
+                assert (dc.name, dc.port, dc.board, dc.codec, dc.baudrate) == (
+                    dev.name,
+                    dev.path,
+                    dev.board.name,
+                    dev.board.codec,
+                    dev.board.baudrate,
+                )
                 assert dc.codec_options == dev.board.codec_options
             # nobody opened the ports: like CDC firmware, nothing was sent
             assert all(d.sent == 0 and d.bytes_written == 0 for d in fleet.devices)

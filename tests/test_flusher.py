@@ -4,7 +4,7 @@ drop-oldest keeps memory bounded during an outage; every sink sees every frame."
 from __future__ import annotations
 
 import asyncio
-from typing import Sequence
+from collections.abc import Sequence
 
 import pytest
 
@@ -38,9 +38,11 @@ def packets(seqs: range) -> bytes:
 
 async def test_sink_fails_then_recovers_no_loss(fh_runtime):
     sink = FlakySink(failures=5)
-    port = FakePort([packets(range(0, 500))])
-    config = {"buffer": {"flush_interval": 0.01, "batch_size": 100},
-              "devices": [{"name": "a", "port": "fake://a", "codec": "fh1"}]}
+    port = FakePort([packets(range(500))])
+    config = {
+        "buffer": {"flush_interval": 0.01, "batch_size": 100},
+        "devices": [{"name": "a", "port": "fake://a", "codec": "fh1"}],
+    }
     async with fh_runtime(config, opener=FakeOpener({"fake://a": [port]}), sinks=[sink]) as rt:
         await rt.wait_frames("a", 500)
         port.feed(packets(range(500, 1000)))
@@ -53,8 +55,10 @@ async def test_sink_fails_then_recovers_no_loss(fh_runtime):
 async def test_two_sinks_one_failing_each_sees_every_frame_once(fh_runtime):
     good, flaky = FlakySink(0), FlakySink(3)
     port = FakePort([packets(range(300))])
-    config = {"buffer": {"flush_interval": 0.01, "batch_size": 50},
-              "devices": [{"name": "a", "port": "fake://a", "codec": "fh1"}]}
+    config = {
+        "buffer": {"flush_interval": 0.01, "batch_size": 50},
+        "devices": [{"name": "a", "port": "fake://a", "codec": "fh1"}],
+    }
     async with fh_runtime(config, opener=FakeOpener({"fake://a": [port]}), sinks=[good, flaky]) as rt:
         await rt.wait_until(lambda s: s["devices"]["a"]["flushed"] == 300, 20)
     # the retry goes only to the sink that failed, so neither sees duplicates
@@ -64,8 +68,10 @@ async def test_two_sinks_one_failing_each_sees_every_frame_once(fh_runtime):
 async def test_outage_longer_than_buffer_drops_oldest_and_recovers(fh_runtime):
     sink = FlakySink(failures=10**9)
     port = FakePort()
-    config = {"buffer": {"capacity": 200, "flush_interval": 0.01, "batch_size": 50},
-              "devices": [{"name": "a", "port": "fake://a", "codec": "fh1"}]}
+    config = {
+        "buffer": {"capacity": 200, "flush_interval": 0.01, "batch_size": 50},
+        "devices": [{"name": "a", "port": "fake://a", "codec": "fh1"}],
+    }
     async with fh_runtime(config, opener=FakeOpener({"fake://a": [port]}), sinks=[sink]) as rt:
         await rt.wait_state("a", "connected")
         for start in range(0, 2000, 100):
@@ -86,8 +92,11 @@ async def test_outage_longer_than_buffer_drops_oldest_and_recovers(fh_runtime):
 async def test_drain_gives_up_at_grace_and_reports_lost(fh_runtime):
     sink = FlakySink(failures=10**9)
     port = FakePort([packets(range(100))])
-    config = {"buffer": {"flush_interval": 0}, "shutdown": {"grace": 0.3},
-              "devices": [{"name": "a", "port": "fake://a", "codec": "fh1"}]}
+    config = {
+        "buffer": {"flush_interval": 0},
+        "shutdown": {"grace": 0.3},
+        "devices": [{"name": "a", "port": "fake://a", "codec": "fh1"}],
+    }
     async with fh_runtime(config, opener=FakeOpener({"fake://a": [port]}), sinks=[sink]) as rt:
         await rt.wait_frames("a", 100)
         summary = await rt.shutdown()
@@ -99,8 +108,10 @@ async def test_drain_gives_up_at_grace_and_reports_lost(fh_runtime):
 async def test_flush_on_batch_full_before_the_interval(fh_runtime):
     sink = FlakySink(0)
     port = FakePort([packets(range(250))])
-    config = {"buffer": {"flush_interval": 3600, "batch_size": 100},
-              "devices": [{"name": "a", "port": "fake://a", "codec": "fh1"}]}
+    config = {
+        "buffer": {"flush_interval": 3600, "batch_size": 100},
+        "devices": [{"name": "a", "port": "fake://a", "codec": "fh1"}],
+    }
     async with fh_runtime(config, opener=FakeOpener({"fake://a": [port]}), sinks=[sink]) as rt:
         await rt.wait_until(lambda s: s["devices"]["a"]["flushed"] == 200, 10)
         status = await rt.status()
@@ -111,9 +122,13 @@ async def test_flush_on_batch_full_before_the_interval(fh_runtime):
 async def test_flush_one_device_only(fh_runtime):
     sink = FlakySink(0)
     pa, pb = FakePort([packets(range(30))]), FakePort([packets(range(20))])
-    config = {"buffer": {"flush_interval": 0},
-              "devices": [{"name": "a", "port": "fake://a", "codec": "fh1"},
-                          {"name": "b", "port": "fake://b", "codec": "fh1"}]}
+    config = {
+        "buffer": {"flush_interval": 0},
+        "devices": [
+            {"name": "a", "port": "fake://a", "codec": "fh1"},
+            {"name": "b", "port": "fake://b", "codec": "fh1"},
+        ],
+    }
     async with fh_runtime(config, opener=FakeOpener({"fake://a": [pa], "fake://b": [pb]}), sinks=[sink]) as rt:
         await rt.wait_frames("a", 30)
         await rt.wait_frames("b", 20)
@@ -127,8 +142,10 @@ async def test_flush_one_device_only(fh_runtime):
 async def test_flush_interval_zero_means_on_demand_only(fh_runtime):
     sink = FlakySink(0)
     port = FakePort([packets(range(250))])
-    config = {"buffer": {"flush_interval": 0, "batch_size": 100},
-              "devices": [{"name": "a", "port": "fake://a", "codec": "fh1"}]}
+    config = {
+        "buffer": {"flush_interval": 0, "batch_size": 100},
+        "devices": [{"name": "a", "port": "fake://a", "codec": "fh1"}],
+    }
     async with fh_runtime(config, opener=FakeOpener({"fake://a": [port]}), sinks=[sink]) as rt:
         await rt.wait_frames("a", 250)
         assert (await rt.status())["devices"]["a"]["buffered"] == 250 and sink.frames == []

@@ -23,9 +23,10 @@ added here:
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 from hypothesis import example, given, settings
@@ -52,7 +53,7 @@ def feed_chunks(codec: Codec, data: bytes, cuts: list[int]) -> list[Frame]:
 
 
 def count_gaps(seqs: list[int]) -> int:
-    return sum(1 for a, b in zip(seqs, seqs[1:]) if b != (a + 1) & MASK)
+    return sum(1 for a, b in itertools.pairwise(seqs) if b != (a + 1) & MASK)
 
 
 cuts_st = st.lists(st.integers(0, 6000), max_size=12)
@@ -66,8 +67,12 @@ fh1_items = st.lists(
     st.tuples(
         st.integers(0, 0xFF),  # application and reserved types alike
         st.integers(0, 3).flatmap(lambda k: st.just(1) if k else st.integers(0, 2**33)),  # seq step, mostly +1
-        st.one_of(st.binary(max_size=MAX_PAYLOAD), st.just(b"\x00" * MAX_PAYLOAD), st.just(b"\x01" * MAX_PAYLOAD),
-                  st.text(max_size=60).filter(lambda t: len(t.encode()) <= MAX_PAYLOAD)),
+        st.one_of(
+            st.binary(max_size=MAX_PAYLOAD),
+            st.just(b"\x00" * MAX_PAYLOAD),
+            st.just(b"\x01" * MAX_PAYLOAD),
+            st.text(max_size=60).filter(lambda t: len(t.encode()) <= MAX_PAYLOAD),
+        ),
     ),
     max_size=20,
 )
@@ -76,8 +81,9 @@ fh1_items = st.lists(
 @PROPERTY
 @given(items=fh1_items, start=st.integers(0, 2**40), cuts=cuts_st)
 # packets with no zero byte at all, longer than one COBS block (0xFF code bytes stand for no zero)
-@example(items=[(1, 1, b"\x01" * MAX_PAYLOAD), (0xF3, 1, b"\xff" * 254), (2, 1, b"\x05" * 247)],
-         start=0x01010100, cuts=[])
+@example(
+    items=[(1, 1, b"\x01" * MAX_PAYLOAD), (0xF3, 1, b"\xff" * 254), (2, 1, b"\x05" * 247)], start=0x01010100, cuts=[]
+)
 def test_fh1_round_trip(items: list[tuple[int, int, bytes | str]], start: int, cuts: list[int]) -> None:
     enc = Fh1Codec("imu0", max_payload=MAX_PAYLOAD)
     seq, wire, expected = start, b"", []
@@ -104,8 +110,9 @@ printable_no_star = st.characters(min_codepoint=32, max_codepoint=126, blacklist
 
 @PROPERTY
 @given(
-    items=st.lists(st.tuples(st.sampled_from(["", "$", "!"]), st.text(printable_no_star, max_size=80),
-                             st.booleans()), max_size=15),
+    items=st.lists(
+        st.tuples(st.sampled_from(["", "$", "!"]), st.text(printable_no_star, max_size=80), st.booleans()), max_size=15
+    ),
     max_line=st.integers(4, 90),
     cuts=cuts_st,
 )
@@ -132,8 +139,9 @@ def test_nmea_round_trip(items: list[tuple[str, str, bool]], max_line: int, cuts
 
 @PROPERTY
 @given(
-    items=st.lists(st.one_of(st.binary(max_size=60).map(lambda b: b.replace(b"\n", b"")), st.text(max_size=30)),
-                   max_size=20),
+    items=st.lists(
+        st.one_of(st.binary(max_size=60).map(lambda b: b.replace(b"\n", b"")), st.text(max_size=30)), max_size=20
+    ),
     max_line=st.integers(1, 70),
     cuts=cuts_st,
 )
@@ -172,13 +180,26 @@ _fh1 = Fh1Codec(max_payload=64)
 _nmea = NmeaCodec(max_line=80)
 _lines = LinesCodec(max_line=80)
 KINDS = [
-    Kind("fh1", lambda: Fh1Codec("d", max_payload=64), b"\x00",
-         st.builds(lambda t, s, p: _fh1.encode(t, s, p), st.integers(0, 255), st.integers(0, 40),
-                   st.binary(max_size=64))),
-    Kind("nmea", lambda: NmeaCodec("d", max_line=80), b"\n",
-         st.builds(lambda b: _nmea.encode(None, 0, b), st.text(printable_no_star, max_size=60))),
-    Kind("lines", lambda: LinesCodec("d", max_line=80), b"\n",
-         st.builds(lambda b: _lines.encode(None, 0, b), st.binary(max_size=70).map(lambda b: b.replace(b"\n", b"")))),
+    Kind(
+        "fh1",
+        lambda: Fh1Codec("d", max_payload=64),
+        b"\x00",
+        st.builds(
+            lambda t, s, p: _fh1.encode(t, s, p), st.integers(0, 255), st.integers(0, 40), st.binary(max_size=64)
+        ),
+    ),
+    Kind(
+        "nmea",
+        lambda: NmeaCodec("d", max_line=80),
+        b"\n",
+        st.builds(lambda b: _nmea.encode(None, 0, b), st.text(printable_no_star, max_size=60)),
+    ),
+    Kind(
+        "lines",
+        lambda: LinesCodec("d", max_line=80),
+        b"\n",
+        st.builds(lambda b: _lines.encode(None, 0, b), st.binary(max_size=70).map(lambda b: b.replace(b"\n", b""))),
+    ),
 ]
 
 
@@ -198,9 +219,7 @@ def model(kind: Kind, segments: list[bytes]) -> tuple[list[tuple[object, ...]], 
             frames += [(f.type, f.payload, f.text, f.seq) for f in probe.feed(piece + kind.delim, TS)]
             rejected += probe.rejected
         last = i == len(segments) - 1
-        if not last and partial and not (kind.delim == b"\n" and partial == b"\r"):
-            rejected += 1
-        elif last and len(partial) > limit:
+        if (not last and partial and not (kind.delim == b"\n" and partial == b"\r")) or (last and len(partial) > limit):
             rejected += 1
     return frames, rejected
 
@@ -210,8 +229,11 @@ def test_reset_anywhere_loses_only_what_it_cuts(kind: Kind) -> None:
     noise = st.binary(max_size=40)
 
     @PROPERTY
-    @given(items=st.lists(st.one_of(kind.frame, kind.frame, noise), max_size=25),
-           resets=st.lists(st.integers(0, 3000), max_size=5), cuts=cuts_st)
+    @given(
+        items=st.lists(st.one_of(kind.frame, kind.frame, noise), max_size=25),
+        resets=st.lists(st.integers(0, 3000), max_size=5),
+        cuts=cuts_st,
+    )
     @example(items=[b"\x00" * 82], resets=[], cuts=[])  # an oversize tail at the end (found by CI)
     def check(items: list[bytes], resets: list[int], cuts: list[int]) -> None:
         stream = b"".join(items)
@@ -267,9 +289,11 @@ fh1_noisy_stream = st.lists(
     st.one_of(
         st.builds(encode_packet, st.integers(0, 255), st.integers(0, MASK), st.binary(max_size=300)),
         st.binary(max_size=40),  # noise, zeros included
-        st.builds(lambda p, i: p[:i] + bytes([p[i] ^ 0x5A]) + p[i + 1:] if i < len(p) else p,
-                  st.builds(encode_packet, st.just(0), st.integers(0, 9), st.binary(max_size=20)),
-                  st.integers(0, 40)),  # a flipped byte: bad COBS or bad CRC
+        st.builds(
+            lambda p, i: p[:i] + bytes([p[i] ^ 0x5A]) + p[i + 1 :] if i < len(p) else p,
+            st.builds(encode_packet, st.just(0), st.integers(0, 9), st.binary(max_size=20)),
+            st.integers(0, 40),
+        ),  # a flipped byte: bad COBS or bad CRC
     ),
     max_size=30,
 ).map(b"".join)
@@ -311,6 +335,7 @@ def test_suite_draws_repeatable_examples() -> None:
         @settings(max_examples=20, deadline=None)
         def prop(data: bytes) -> None:
             seen.append(data)
+
         prop()
         return seen
 

@@ -25,14 +25,15 @@ half a ``stop`` request, which must *not* be acted on, is generated here).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Coroutine, Iterator
-from typing import Any, Sequence, TypeVar
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -50,8 +51,12 @@ FUZZ_SETTINGS = settings(
     # FH_FUZZ_EXAMPLES=2000 for a long local run; CI keeps it to a few seconds
     max_examples=int(os.environ.get("FH_FUZZ_EXAMPLES", "60")),
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                           HealthCheck.data_too_large, HealthCheck.large_base_example],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
 )
 
 
@@ -91,13 +96,14 @@ class Served:
 
     async def _start(self) -> None:
         port = FakePort()
-        cfg = config_from_dict({
-            # small: drop-oldest and the periodic flusher both move the accounts while we fuzz
-            "buffer": {"capacity": 64, "batch_size": 16, "flush_interval": 0.05},
-            "devices": [{"name": "dev0", "port": "fake://dev0", "codec": "fh1"}],
-        })
-        self.rt = Runtime(cfg, opener=FakeOpener({"fake://dev0": [port]}), sinks=[self.sink],
-                          control_path=self.path)
+        cfg = config_from_dict(
+            {
+                # small: drop-oldest and the periodic flusher both move the accounts while we fuzz
+                "buffer": {"capacity": 64, "batch_size": 16, "flush_interval": 0.05},
+                "devices": [{"name": "dev0", "port": "fake://dev0", "codec": "fh1"}],
+            }
+        )
+        self.rt = Runtime(cfg, opener=FakeOpener({"fake://dev0": [port]}), sinks=[self.sink], control_path=self.path)
         await self.rt.start()
         self._feeder = asyncio.create_task(self._feed(port))
 
@@ -115,6 +121,7 @@ class Served:
 
     def finish(self) -> dict[str, Any]:
         """Stop feeding, shut down in order; returns the final status (law checked)."""
+
         async def stop() -> dict[str, Any]:
             self._feeding = False
             if self._feeder is not None:
@@ -152,8 +159,7 @@ def served() -> Iterator[Served]:
 
 def control_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     """ERROR records of the control server: a handler bug or a crashed connection."""
-    return [r.getMessage() for r in caplog.records
-            if r.name == "firmware_host.control" and r.levelno >= logging.ERROR]
+    return [r.getMessage() for r in caplog.records if r.name == "firmware_host.control" and r.levelno >= logging.ERROR]
 
 
 # -- one conversation -------------------------------------------------------------------------
@@ -220,14 +226,41 @@ def check_reply(raw: bytes) -> dict[str, Any]:
 
 # -- strategies -------------------------------------------------------------------------------
 
-EDGE_NUMBERS = [0, -1, 1, 2**31, 2**63, -(2**63), 10**30, 10**400, 1e308, -0.0, 1e-300,
-                float("nan"), float("inf"), float("-inf"), True, False]
+EDGE_NUMBERS = [
+    0,
+    -1,
+    1,
+    2**31,
+    2**63,
+    -(2**63),
+    10**30,
+    10**400,
+    1e308,
+    -0.0,
+    1e-300,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    True,
+    False,
+]
 
-json_scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.sampled_from(EDGE_NUMBERS)
-                | st.text(max_size=20) | st.sampled_from(["", "\x00", "dev0", "fh1", "nmea", "lines", "x" * 300,
-                                                          "nucleo-imu", "fake://dev0", "\ud800", "../../etc"]))
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.sampled_from(EDGE_NUMBERS)
+    | st.text(max_size=20)
+    | st.sampled_from(
+        ["", "\x00", "dev0", "fh1", "nmea", "lines", "x" * 300, "nucleo-imu", "fake://dev0", "\ud800", "../../etc"]
+    )
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 
 # every command but "stop" (see the module docstring), plus near misses
 COMMANDS = ["ping", "status", "buffers", "flush", "devices.add", "devices.remove"]
@@ -241,8 +274,14 @@ def dumps(value: object, ascii_only: bool) -> bytes:
 
 # mostly real commands, so the argument checks (not just the dispatch) get fuzzed
 commands = st.integers(0, 9).flatmap(
-    lambda k: st.sampled_from(COMMANDS) if k < 7
-    else st.sampled_from(["Status", "stop ", "devices", "devices.", "", "ping\n"]) if k < 8 else json_values)
+    lambda k: (
+        st.sampled_from(COMMANDS)
+        if k < 7
+        else st.sampled_from(["Status", "stop ", "devices", "devices.", "", "ping\n"])
+        if k < 8
+        else json_values
+    )
+)
 # plausible values too, so some requests get past the type checks and act
 arg_values = json_values | st.sampled_from(["dev0", "gps9", "fake://gps9", "fh1", "nmea", "nucleo-imu", 9600, 0.5])
 requests_ = st.builds(
@@ -252,8 +291,15 @@ requests_ = st.builds(
     ascii_only=st.booleans(),
 )
 
-VALID = [b'{"cmd": "ping"}', b'{"cmd":"status"}', b'{"cmd": "buffers"}', b'{"cmd": "flush", "timeout": 5}',
-         b'{"cmd": "flush", "device": "dev0"}', b'  {"cmd": "ping"}\r', b'{"cmd": "ping"}\t ']
+VALID = [
+    b'{"cmd": "ping"}',
+    b'{"cmd":"status"}',
+    b'{"cmd": "buffers"}',
+    b'{"cmd": "flush", "timeout": 5}',
+    b'{"cmd": "flush", "device": "dev0"}',
+    b'  {"cmd": "ping"}\r',
+    b'{"cmd": "ping"}\t ',
+]
 valid_requests = st.sampled_from(VALID)
 
 
@@ -279,23 +325,28 @@ tails = st.one_of(
     st.just(b""),
     st.binary(max_size=100).map(lambda b: b.replace(b"\n", b"")),
     st.sampled_from([b'{"cmd": "stop"}', b'{"cmd": "devices.remove", "name": "dev0"}', b'{"cmd": "flush"}']).flatmap(
-        lambda req: st.integers(1, len(req)).map(lambda k: req[:k])),
+        lambda req: st.integers(1, len(req)).map(lambda k: req[:k])
+    ),
 )
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({0, len(data), *(c for c in cuts if 0 < c < len(data))})
-    return [data[a:b] for a, b in zip(points, points[1:])] or [b""]
+    return [data[a:b] for a, b in itertools.pairwise(points)] or [b""]
 
 
 # -- the properties --------------------------------------------------------------------------
 
 
 @FUZZ_SETTINGS
-@given(lines=st.lists(line_kinds, min_size=1, max_size=25), tail=tails,
-       cuts=st.lists(st.integers(0, 5 * MAX_REQUEST), max_size=8))
-def test_every_complete_line_gets_exactly_one_json_reply(served: Served, caplog: pytest.LogCaptureFixture,
-                                                         lines: list[bytes], tail: bytes, cuts: list[int]) -> None:
+@given(
+    lines=st.lists(line_kinds, min_size=1, max_size=25),
+    tail=tails,
+    cuts=st.lists(st.integers(0, 5 * MAX_REQUEST), max_size=8),
+)
+def test_every_complete_line_gets_exactly_one_json_reply(
+    served: Served, caplog: pytest.LogCaptureFixture, lines: list[bytes], tail: bytes, cuts: list[int]
+) -> None:
     data = b"\n".join(lines) + b"\n" + tail
     count, refused = expected_replies(data)
     before = served.status()["control"]
@@ -321,8 +372,9 @@ def test_every_complete_line_gets_exactly_one_json_reply(served: Served, caplog:
 
 @FUZZ_SETTINGS
 @given(lines=st.lists(line_kinds, max_size=10), tail=tails, cuts=st.lists(st.integers(0, 3 * MAX_REQUEST), max_size=5))
-def test_clients_that_vanish_mid_conversation(served: Served, caplog: pytest.LogCaptureFixture,
-                                              lines: list[bytes], tail: bytes, cuts: list[int]) -> None:
+def test_clients_that_vanish_mid_conversation(
+    served: Served, caplog: pytest.LogCaptureFixture, lines: list[bytes], tail: bytes, cuts: list[int]
+) -> None:
     data = b"\n".join(lines) + (b"\n" if lines else b"") + tail
     served.run(converse(served.path, split(data, cuts), "abort"))
     status = served.status()  # still serving, whatever the last client did
@@ -356,24 +408,30 @@ def test_many_requests_in_one_write_are_answered_in_order(served: Served, caplog
 def test_fuzzed_runtime_drains_in_order(served: Served, caplog: pytest.LogCaptureFixture) -> None:
     """After a burst of garbage on many connections at once, the runtime still
     drains in order: accounting exact, nothing lost, nothing delivered twice."""
-    junk = [os.urandom(5000), b"[" * 70000 + b"\n", b'{"cmd": "flush", "timeout": 1e400}\n' * 50,
-            b'{"cmd": "devices.add", "name": "x", "port": "fake://none", "codec": "fh1", "baudrate": 1e9}\n',
-            b'{"cmd": "buffers"}\n' * 200, b"\xff\xfe\n" * 100]
+    junk = [
+        os.urandom(5000),
+        b"[" * 70000 + b"\n",
+        b'{"cmd": "flush", "timeout": 1e400}\n' * 50,
+        b'{"cmd": "devices.add", "name": "x", "port": "fake://none", "codec": "fh1", "baudrate": 1e9}\n',
+        b'{"cmd": "buffers"}\n' * 200,
+        b"\xff\xfe\n" * 100,
+    ]
 
     async def storm() -> None:
-        await asyncio.gather(*(converse(served.path, [junk[i % len(junk)]], "eof" if i % 2 else "abort")
-                               for i in range(40)))
+        await asyncio.gather(
+            *(converse(served.path, [junk[i % len(junk)]], "eof" if i % 2 else "abort") for i in range(40))
+        )
 
     served.run(storm())
     assert "uptime" in served.status()
     final = served.finish()
-    assert final["devices"]["dev0"]["frames"] == final["devices"]["dev0"]["flushed"] + \
-        final["devices"]["dev0"]["dropped"]
+    assert (
+        final["devices"]["dev0"]["frames"] == final["devices"]["dev0"]["flushed"] + final["devices"]["dev0"]["dropped"]
+    )
     assert not control_errors(caplog)
 
 
-def test_flush_timeout_beyond_the_float_range_is_capped(served: Served,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_flush_timeout_beyond_the_float_range_is_capped(served: Served, caplog: pytest.LogCaptureFixture) -> None:
     """An integer timeout beyond the float range is finite: it is capped like
     any long timeout, not an overflow inside the handler."""
     line = b'{"cmd": "flush", "timeout": 1' + b"0" * 400 + b"}\n"

@@ -19,14 +19,23 @@ async def test_record_shape(tmp_path):
     path = tmp_path / "out.jsonl"
     sink = JsonlSink(path=str(path))
     await sink.open()
-    await sink.write([Frame("imu0", 17, 0, 1763800000.123456, payload=b"\x00\x01\xff"),
-                      Frame("gps\"0", 3, None, 1763800000.5, text="$GPGGA,1*00 ünï")])
+    await sink.write(
+        [
+            Frame("imu0", 17, 0, 1763800000.123456, payload=b"\x00\x01\xff"),
+            Frame('gps"0', 3, None, 1763800000.5, text="$GPGGA,1*00 ünï"),
+        ]
+    )
     await sink.close()
     lines = path.read_text(encoding="utf-8").splitlines()
     binary, text = (json.loads(line) for line in lines)
-    assert binary == {"device": "imu0", "seq": 17, "type": 0, "ts": 1763800000.123456,
-                      "payload": base64.b64encode(b"\x00\x01\xff").decode()}
-    assert text == {"device": "gps\"0", "seq": 3, "type": None, "ts": 1763800000.5, "text": "$GPGGA,1*00 ünï"}
+    assert binary == {
+        "device": "imu0",
+        "seq": 17,
+        "type": 0,
+        "ts": 1763800000.123456,
+        "payload": base64.b64encode(b"\x00\x01\xff").decode(),
+    }
+    assert text == {"device": 'gps"0', "seq": 3, "type": None, "ts": 1763800000.5, "text": "$GPGGA,1*00 ünï"}
 
 
 def test_repair_tail(tmp_path):
@@ -47,8 +56,10 @@ async def test_open_repairs_then_appends(tmp_path):
     await sink.open()
     await sink.write([Frame("d", 0, 1, 1.0, payload=b"")])
     await sink.close()
-    assert [json.loads(line)["device"] if "device" in line else line for line in path.read_text().splitlines()] \
-        == ['{"a": 1}', "d"]
+    assert [json.loads(line)["device"] if "device" in line else line for line in path.read_text().splitlines()] == [
+        '{"a": 1}',
+        "d",
+    ]
 
 
 async def test_failed_write_leaves_no_partial_line(tmp_path):
@@ -75,7 +86,7 @@ def test_device_name_cache_is_bounded_and_never_mixes_names():
 
     names = [f'dev "{i}" \\ é' for i in range(jsonl._NAMES_MAX + 500)]
     for start in range(0, len(names), 1000):
-        batch = [Frame(n, i, 1, 1.5, payload=b"x") for i, n in enumerate(names[start:start + 1000])]
+        batch = [Frame(n, i, 1, 1.5, payload=b"x") for i, n in enumerate(names[start : start + 1000])]
         lines = jsonl.encode_records(batch).decode("utf-8").splitlines()
         assert [json.loads(line)["device"] for line in lines] == [f.device for f in batch]
         assert len(jsonl._NAMES) <= jsonl._NAMES_MAX
@@ -88,11 +99,18 @@ _DEVICES = ["imu0", "a%d", "%%b %s", 'q"\\', "ü%"]
 _TS = [1763800000.123456, 1763800000.5, 0.0, 1e-7]
 _frame = st.builds(
     lambda dev, seq, ts, kind, data: (
-        Frame(_DEVICES[dev], seq, kind, _TS[ts], payload=data) if isinstance(kind, int)
-        else Frame(_DEVICES[dev], seq, None, _TS[ts], text=data.decode("latin-1")) if kind == "text"
-        else Frame(_DEVICES[dev], seq, 2.5, _TS[ts], payload=data)),
-    st.integers(0, len(_DEVICES) - 1), st.integers(0, 2**32 - 1), st.integers(0, len(_TS) - 1),
-    st.sampled_from([0, 0, 7, 255, "text", "float type"]), st.binary(max_size=70))
+        Frame(_DEVICES[dev], seq, kind, _TS[ts], payload=data)
+        if isinstance(kind, int)
+        else Frame(_DEVICES[dev], seq, None, _TS[ts], text=data.decode("latin-1"))
+        if kind == "text"
+        else Frame(_DEVICES[dev], seq, 2.5, _TS[ts], payload=data)
+    ),
+    st.integers(0, len(_DEVICES) - 1),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, len(_TS) - 1),
+    st.sampled_from([0, 0, 7, 255, "text", "float type"]),
+    st.binary(max_size=70),
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -104,8 +122,10 @@ def test_every_line_spells_its_own_frame(runs: list[tuple[Frame, int]]) -> None:
 
     frames = []
     for proto, count in runs:  # a run: frames that share device, ts and type objects
-        frames += [Frame(proto.device, (proto.seq + k) % 2**32, proto.type, proto.ts, proto.payload, proto.text)
-                   for k in range(count)]
+        frames += [
+            Frame(proto.device, (proto.seq + k) % 2**32, proto.type, proto.ts, proto.payload, proto.text)
+            for k in range(count)
+        ]
     lines = encode_records(frames).decode("utf-8").split("\n")
     assert lines.pop() == ""
     assert len(lines) == len(frames)
@@ -113,7 +133,7 @@ def test_every_line_spells_its_own_frame(runs: list[tuple[Frame, int]]) -> None:
         record = json.loads(line)
         assert list(record)[:4] == ["device", "seq", "type", "ts"]
         assert (record["device"], record["seq"], record["type"]) == (f.device, f.seq, f.type)
-        assert record["ts"] == float("%.6f" % f.ts)
+        assert record["ts"] == float(f"{f.ts:.6f}")
         if f.payload is not None:
             assert base64.b64decode(record["payload"]) == f.payload and "text" not in record
         else:

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from firmware_host import CancellationToken, Frame
-from firmware_host.aggregator import Aggregator
 from firmware_host._sync import Mailbox
+from firmware_host.aggregator import Aggregator
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 
@@ -20,8 +20,10 @@ from firmware_host.testing import assert_accounting
 from tools.mosquitto import MOSQUITTO, Broker
 
 aiomqtt = pytest.importorskip("aiomqtt", reason="the [mqtt] extra is not installed")
-pytestmark = [pytest.mark.timeout(60),
-              pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (apt-get install mosquitto)")]
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (apt-get install mosquitto)"),
+]
 
 from firmware_host_plugins.mqtt import MqttSink  # noqa: E402
 
@@ -40,8 +42,9 @@ class Subscriber:
     async def run(self) -> None:
         # one client object across reconnects: messages it already acknowledged
         # but we have not consumed yet stay in its queue instead of being lost
-        client = aiomqtt.Client("127.0.0.1", self.port, identifier="fh-test-sub", clean_session=False,
-                                protocol=aiomqtt.ProtocolVersion.V311)
+        client = aiomqtt.Client(
+            "127.0.0.1", self.port, identifier="fh-test-sub", clean_session=False, protocol=aiomqtt.ProtocolVersion.V311
+        )
         while True:
             try:
                 async with client:
@@ -87,8 +90,10 @@ async def test_frames_flow_end_to_end(fh_runtime, tmp_path):
     async with broker_and_subscriber(tmp_path) as (broker, sub):
         sink = MqttSink(port=broker.port, gateway="gw1")
         port = FakePort([packets(range(1000))])
-        config = {"buffer": {"flush_interval": 0.05, "batch_size": 200},
-                  "devices": [{"name": "imu0", "port": "fake://a", "codec": "fh1"}]}
+        config = {
+            "buffer": {"flush_interval": 0.05, "batch_size": 200},
+            "devices": [{"name": "imu0", "port": "fake://a", "codec": "fh1"}],
+        }
         async with fh_runtime(config, opener=FakeOpener({"fake://a": [port]}), sinks=[sink]) as rt:
             await rt.wait_until(lambda s: s["devices"]["imu0"]["flushed"] == 1000, 20)
         await sub.wait_for({("imu0", s) for s in range(1000)})
@@ -101,10 +106,12 @@ async def test_broker_restart_mid_stream_loses_nothing(fh_runtime, tmp_path):
     async with broker_and_subscriber(tmp_path) as (broker, sub):
         sink = MqttSink(port=broker.port, gateway="gw1", timeout=2.0)
         port = FakePort()
-        config = {"buffer": {"flush_interval": 0.05, "batch_size": 100},
-                  "devices": [{"name": "d", "port": "fake://a", "codec": "fh1"}]}
+        config = {
+            "buffer": {"flush_interval": 0.05, "batch_size": 100},
+            "devices": [{"name": "d", "port": "fake://a", "codec": "fh1"}],
+        }
         async with fh_runtime(config, opener=FakeOpener({"fake://a": [port]}), sinks=[sink]) as rt:
-            port.feed(packets(range(0, 500)))
+            port.feed(packets(range(500)))
             await rt.wait_until(lambda s: s["devices"]["d"]["flushed"] == 500, 20)
             await broker.stop()
             port.feed(packets(range(500, 1500)))  # arrives while the broker is down
@@ -120,8 +127,10 @@ async def test_broker_down_longer_than_buffer_drops_oldest_and_recovers(fh_runti
     async with broker_and_subscriber(tmp_path) as (broker, sub):
         sink = MqttSink(port=broker.port, gateway="gw1", timeout=1.0)
         port = FakePort()
-        config = {"buffer": {"capacity": 100, "flush_interval": 0.05, "batch_size": 50},
-                  "devices": [{"name": "d", "port": "fake://a", "codec": "fh1"}]}
+        config = {
+            "buffer": {"capacity": 100, "flush_interval": 0.05, "batch_size": 50},
+            "devices": [{"name": "d", "port": "fake://a", "codec": "fh1"}],
+        }
         async with fh_runtime(config, opener=FakeOpener({"fake://a": [port]}), sinks=[sink]) as rt:
             await broker.stop()
             for start in range(0, 1000, 50):
@@ -146,8 +155,10 @@ async def test_raw_payload_with_user_properties(fh_runtime, tmp_path):
             await client.subscribe("firmware-host/gw9/#", qos=1)
             sink = MqttSink(port=broker.port, gateway="gw9", payload="raw")
             port = FakePort([packets(range(3))])
-            config = {"buffer": {"flush_interval": 0.05},
-                      "devices": [{"name": "x", "port": "fake://a", "codec": "fh1"}]}
+            config = {
+                "buffer": {"flush_interval": 0.05},
+                "devices": [{"name": "x", "port": "fake://a", "codec": "fh1"}],
+            }
             async with fh_runtime(config, opener=FakeOpener({"fake://a": [port]}), sinks=[sink]) as rt:
                 await rt.wait_until(lambda s: s["devices"]["x"]["flushed"] == 3, 20)
             async with asyncio.timeout(10):
@@ -175,12 +186,26 @@ def test_options_are_validated():
 async def test_cli_run_with_mqtt_plugin(tmp_path):
     """As a user runs it: `firmware-host run` with [plugins.mqtt] on emulated boards."""
     from tests.conftest import cli
+
     async with broker_and_subscriber(tmp_path) as (broker, sub):
         cfg = tmp_path / "gw.toml"
         cfg.write_text(f'[plugins.mqtt]\nport = {broker.port}\nhost = "127.0.0.1"\ngateway = "gw7"\n')
         result = await asyncio.to_thread(
-            cli, "run", "-c", str(cfg), "--emulate", "env-sensor:1", "--duration", "1.5", "-q",
-            "--control", str(tmp_path / "c.sock"), "--summary", str(tmp_path / "s.json"), cwd=tmp_path)
+            cli,
+            "run",
+            "-c",
+            str(cfg),
+            "--emulate",
+            "env-sensor:1",
+            "--duration",
+            "1.5",
+            "-q",
+            "--control",
+            str(tmp_path / "c.sock"),
+            "--summary",
+            str(tmp_path / "s.json"),
+            cwd=tmp_path,
+        )
         assert result.returncode == 0, result.stderr
         final = json.loads((tmp_path / "s.json").read_text())
         assert_accounting(final)
@@ -192,8 +217,9 @@ async def test_cli_run_with_mqtt_plugin(tmp_path):
 
 def test_cli_bad_mqtt_option_is_exit_2(tmp_path):
     from tests.conftest import cli
+
     cfg = tmp_path / "gw.toml"
-    cfg.write_text('[plugins.mqtt]\nqos = 0\n')
+    cfg.write_text("[plugins.mqtt]\nqos = 0\n")
     result = cli("run", "-c", str(cfg), "--duration", "0", "--control", str(tmp_path / "c.sock"), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert "plugins.mqtt.qos" in result.stderr and "Traceback" not in result.stderr

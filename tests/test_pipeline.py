@@ -4,6 +4,7 @@ the rejected and gaps counters are exact."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, field
 
@@ -27,7 +28,7 @@ class Script:
     @property
     def gaps(self) -> int:
         seqs = [s for s, _ in self.valid]
-        return sum(1 for a, b in zip(seqs, seqs[1:]) if b != (a + 1) % 2**32)
+        return sum(1 for a, b in itertools.pairwise(seqs) if b != (a + 1) % 2**32)
 
 
 def make_script(rng: random.Random, frames: int) -> Script:
@@ -54,8 +55,6 @@ def make_script(rng: random.Random, frames: int) -> Script:
     return script
 
 
-
-
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_three_devices_noise_crc_gaps_exact(fh_ports, fh_runtime, fh_jsonl, seed):
     rng = random.Random(seed)
@@ -79,8 +78,11 @@ async def test_three_devices_noise_crc_gaps_exact(fh_ports, fh_runtime, fh_jsonl
         for n in names:
             expected = scripts[n]
             await rt.runtime.wait_until(
-                lambda s, n=n, e=expected: s["devices"][n]["frames"] == len(e.valid)
-                and s["devices"][n]["rejected"] == e.rejected, 20)
+                lambda s, n=n, e=expected: (
+                    s["devices"][n]["frames"] == len(e.valid) and s["devices"][n]["rejected"] == e.rejected
+                ),
+                20,
+            )
         summary = await rt.shutdown()
 
     status = summary.status
@@ -95,5 +97,6 @@ async def test_three_devices_noise_crc_gaps_exact(fh_ports, fh_runtime, fh_jsonl
         assert d["flushed"] == len(expected.valid) and d["dropped"] == 0 and d["buffered"] == 0
         assert by_dev[n] == [s for s, _ in expected.valid]  # exactly once, in order
     import base64
+
     got_payloads = [base64.b64decode(r["payload"]) for r in records if r["device"] == "imu0"]
     assert got_payloads == [p for _, p in scripts["imu0"].valid]

@@ -12,17 +12,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import itertools
 import logging
 import sys
 import time
 import types
-from typing import Any, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 
 import pytest
 
 from firmware_host import (
-    ConfigError, FakeOpener, FakePort, Frame, LinesCodec, PluginContext, PluginHost, PluginInfo,
-    PluginOptionError, Runtime, Sink, config_from_dict,
+    ConfigError,
+    FakeOpener,
+    FakePort,
+    Frame,
+    LinesCodec,
+    PluginContext,
+    PluginHost,
+    PluginInfo,
+    PluginOptionError,
+    Runtime,
+    Sink,
+    config_from_dict,
 )
 from firmware_host.plugins.host import start_plugins
 from tests.conftest import cli, toml_config
@@ -63,8 +75,9 @@ def task_entry(status: Mapping[str, Any], plugin_name: str, task: str) -> dict[s
 
 
 @contextlib.asynccontextmanager
-async def plugin_runtime(config: Mapping[str, Any], plugins: Mapping[str, Any], **runtime_kwargs: Any
-                         ) -> AsyncIterator[tuple[Runtime, PluginHost]]:
+async def plugin_runtime(
+    config: Mapping[str, Any], plugins: Mapping[str, Any], **runtime_kwargs: Any
+) -> AsyncIterator[tuple[Runtime, PluginHost]]:
     """A started runtime with ``plugins`` (name → object with setup, or a
     PluginInfo) available and those in ``config["plugins"]`` enabled; on exit an
     orderly shutdown, ``host.aclose()`` and the accounting law."""
@@ -72,8 +85,7 @@ async def plugin_runtime(config: Mapping[str, Any], plugins: Mapping[str, Any], 
     host = PluginHost(config.get("plugins", {}), available, source="<test>")
     host.check()
     await host.setup()
-    cfg = config_from_dict(config, source="<test>", known_codecs=host.known_codecs(),
-                           known_sinks=host.known_sinks())
+    cfg = config_from_dict(config, source="<test>", known_codecs=host.known_codecs(), known_sinks=host.known_sinks())
     rt = Runtime(cfg, **runtime_kwargs)
     host.attach(rt)
     await rt.start()
@@ -110,8 +122,10 @@ def test_missed_tick_policies_on_a_blocked_loop() -> None:
 
     def setup_policies(ctx: PluginContext) -> None:
         for policy in runs:
+
             async def record(policy: str = policy) -> None:
                 runs[policy].append(asyncio.get_running_loop().time())
+
             ctx.every(IV, record, missed=policy, name=policy)  # type: ignore[arg-type]
 
     def setup_blocker(ctx: PluginContext) -> None:
@@ -121,15 +135,22 @@ def test_missed_tick_policies_on_a_blocked_loop() -> None:
                 block["start"] = loop.time()
                 time.sleep(BLOCK)  # deliberately blocks the event loop
                 block["end"] = loop.time()
+
         ctx.every(1.5 * IV, block_loop, name="block")
 
     async def main() -> dict[str, Any]:
         config = {"plugins": {"policies": {}, "blocker": {}}}
-        async with plugin_runtime(config, {"policies": plugin(setup_policies),
-                                           "blocker": plugin(setup_blocker)}) as (rt, host):
+        async with plugin_runtime(config, {"policies": plugin(setup_policies), "blocker": plugin(setup_blocker)}) as (
+            rt,
+            _host,
+        ):
             base = asyncio.get_running_loop().time()  # the tasks' grid started in rt.start()
-            await rt.wait_until(lambda s: "end" in block and all(
-                len([t for t in r if t > block["end"] + 2.5 * IV]) for r in runs.values()), 10)
+            await rt.wait_until(
+                lambda s: (
+                    "end" in block and all(len([t for t in r if t > block["end"] + 2.5 * IV]) for r in runs.values())
+                ),
+                10,
+            )
             status = await rt.status()
         return {"base": base, "status": status}
 
@@ -145,7 +166,7 @@ def test_missed_tick_policies_on_a_blocked_loop() -> None:
         base = before[0] - IV
         due = [base + n * IV for n in range(1, 100)]
         last_before = max(n for n, t in enumerate(due) if t < start + 0.01)
-        missed_ticks = [t for t in due[last_before + 1:] if t <= end]  # came due while blocked
+        missed_ticks = [t for t in due[last_before + 1 :] if t <= end]  # came due while blocked
         assert len(missed_ticks) >= 3, (policy, missed_ticks, block)
         next_grid = next(t for t in due if t > end)
         stats = task_entry(status, "policies", policy)
@@ -181,11 +202,13 @@ def test_raising_hanging_and_unimportable_plugins_are_isolated(caplog: pytest.Lo
     def setup_raiser(ctx: PluginContext) -> None:
         async def explode() -> None:
             raise RuntimeError("plugin bug")
+
         ctx.every(0.02, explode, name="explode")
 
     def setup_hanger(ctx: PluginContext) -> None:
         async def hang() -> None:
             await asyncio.Event().wait()  # never returns
+
         ctx.every(0.05, hang, timeout=0.1, name="hang")
 
     def setup_bad(ctx: PluginContext) -> None:
@@ -196,24 +219,35 @@ def test_raising_hanging_and_unimportable_plugins_are_isolated(caplog: pytest.Lo
         def crash(frame: Frame) -> Frame | None:
             raise KeyError("processor bug")
 
-    unimportable = PluginInfo("unimportable", "fh_no_such_module", "test 0",
-                              lambda: importlib.import_module("fh_no_such_module"))
+    unimportable = PluginInfo(
+        "unimportable", "fh_no_such_module", "test 0", lambda: importlib.import_module("fh_no_such_module")
+    )
     port = FakePort()
     sink = MemorySink()
     names = ["raiser", "hanger", "unimportable", "badsetup", "badproc"]
 
     async def main() -> dict[str, Any]:
-        config = {"buffer": {"flush_interval": 0.02}, "devices": [lines_device()],
-                  "plugins": {n: {} for n in names}}
-        plugins = {"raiser": plugin(setup_raiser), "hanger": plugin(setup_hanger), "unimportable": unimportable,
-                   "badsetup": plugin(setup_bad), "badproc": plugin(setup_bad_processor)}
-        async with plugin_runtime(config, plugins, opener=FakeOpener({"fake://dev0": [port]}),
-                                  sinks=[sink]) as (rt, host):
+        config = {"buffer": {"flush_interval": 0.02}, "devices": [lines_device()], "plugins": {n: {} for n in names}}
+        plugins = {
+            "raiser": plugin(setup_raiser),
+            "hanger": plugin(setup_hanger),
+            "unimportable": unimportable,
+            "badsetup": plugin(setup_bad),
+            "badproc": plugin(setup_bad_processor),
+        }
+        async with plugin_runtime(config, plugins, opener=FakeOpener({"fake://dev0": [port]}), sinks=[sink]) as (
+            rt,
+            _host,
+        ):
             await feed_lines(port, 200, every=0.003)
             status = await rt.wait_until(
-                lambda s: s["devices"]["dev0"]["flushed"] == 200
-                and task_entry(s, "hanger", "hang")["overruns"] >= 2
-                and task_entry(s, "raiser", "explode")["backed_off"] > 0, 10)
+                lambda s: (
+                    s["devices"]["dev0"]["flushed"] == 200
+                    and task_entry(s, "hanger", "hang")["overruns"] >= 2
+                    and task_entry(s, "raiser", "explode")["backed_off"] > 0
+                ),
+                10,
+            )
         return status
 
     status = asyncio.run(main())
@@ -248,10 +282,11 @@ def test_failing_task_backs_off_exponentially_and_recovers() -> None:
             calls.append(asyncio.get_running_loop().time())
             if fail["on"]:
                 raise OSError("device busy")
+
         ctx.every(0.01, flaky, name="flaky")
 
     async def main() -> tuple[dict[str, Any], dict[str, Any]]:
-        async with plugin_runtime({"plugins": {"flaky": {}}}, {"flaky": plugin(setup)}) as (rt, host):
+        async with plugin_runtime({"plugins": {"flaky": {}}}, {"flaky": plugin(setup)}) as (rt, _host):
             s1 = await rt.wait_until(lambda s: task_entry(s, "flaky", "flaky")["failures"] >= 6, 10)
             fail["on"] = False
             runs = task_entry(s1, "flaky", "flaky")["runs"]
@@ -262,7 +297,7 @@ def test_failing_task_backs_off_exponentially_and_recovers() -> None:
     t1 = task_entry(s1, "flaky", "flaky")
     # pauses of 1, 3, 7, 15, 31 intervals after failures 2..6
     assert t1["backed_off"] >= 1 + 3 + 7 + 15
-    gaps = [b - a for a, b in zip(calls, calls[1:])][:6]
+    gaps = [b - a for a, b in itertools.pairwise(calls)][:6]
     assert gaps[3] > gaps[1] * 2, gaps
     assert task_entry(s2, "flaky", "flaky")["last_error"] is not None  # kept for the report
     assert calls[-1] - calls[-2] < 0.05  # a clean run ended the streak: back on every tick
@@ -289,8 +324,9 @@ def test_processors_drop_transform_and_keep_on_error() -> None:
 
     async def main() -> dict[str, Any]:
         config = {"buffer": {"flush_interval": 0.01}, "devices": [lines_device()], "plugins": {"clean": {}}}
-        async with plugin_runtime(config, {"clean": plugin(setup)}, opener=FakeOpener({"fake://dev0": [port]}),
-                                  sinks=[sink]) as (rt, host):
+        async with plugin_runtime(
+            config, {"clean": plugin(setup)}, opener=FakeOpener({"fake://dev0": [port]}), sinks=[sink]
+        ) as (rt, _host):
             return await rt.wait_until(lambda s: s["devices"]["dev0"]["flushed"] == 5, 5)
 
     status = asyncio.run(main())
@@ -321,16 +357,22 @@ def test_plugin_codec_and_sink_type_are_known_to_the_config() -> None:
         def memory(**options: Any) -> MemorySink:
             sinks.append(MemorySink())
             return sinks[-1]
+
         ctx.add_sink_type("memory", memory)
 
     port = FakePort([b"hello\nworld\n"])
 
     async def main() -> dict[str, Any]:
-        config = {"buffer": {"flush_interval": 0.01},
-                  "devices": [{"name": "dev0", "port": "fake://dev0", "codec": "shout"}],
-                  "sinks": [{"type": "memory"}], "plugins": {"shout": {}}}
-        async with plugin_runtime(config, {"shout": plugin(setup)},
-                                  opener=FakeOpener({"fake://dev0": [port]})) as (rt, host):
+        config = {
+            "buffer": {"flush_interval": 0.01},
+            "devices": [{"name": "dev0", "port": "fake://dev0", "codec": "shout"}],
+            "sinks": [{"type": "memory"}],
+            "plugins": {"shout": {}},
+        }
+        async with plugin_runtime(config, {"shout": plugin(setup)}, opener=FakeOpener({"fake://dev0": [port]})) as (
+            rt,
+            _host,
+        ):
             return await rt.wait_until(lambda s: s["devices"]["dev0"]["flushed"] == 2, 5)
 
     status = asyncio.run(main())
@@ -375,8 +417,12 @@ def test_shutdown_stops_new_runs_and_gives_running_ones_until_the_grace_deadline
 
     async def main() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        config = {"shutdown": {"grace": 1.0}, "buffer": {"flush_interval": 0},
-                  "devices": [lines_device()], "plugins": {"p": {}}}
+        config = {
+            "shutdown": {"grace": 1.0},
+            "buffer": {"flush_interval": 0},
+            "devices": [lines_device()],
+            "plugins": {"p": {}},
+        }
         available = {"p": PluginInfo.from_object("p", plugin(setup))}
         host = PluginHost(config["plugins"], available)
         await host.setup()
@@ -384,8 +430,10 @@ def test_shutdown_stops_new_runs_and_gives_running_ones_until_the_grace_deadline
         host.attach(rt)
         await rt.start()
         await feed_lines(port, 50)
-        await rt.wait_until(lambda s: s["devices"]["dev0"]["frames"] == 50
-                            and all(t["running"] for t in plugin_entry(s, "p")["tasks"]), 5)
+        await rt.wait_until(
+            lambda s: s["devices"]["dev0"]["frames"] == 50 and all(t["running"] for t in plugin_entry(s, "p")["tasks"]),
+            5,
+        )
         runs_at_stop = {t["name"]: t["runs"] for t in host.report()[0]["tasks"]}
         t0 = loop.time()
         summary = await rt.shutdown()
@@ -393,8 +441,14 @@ def test_shutdown_stops_new_runs_and_gives_running_ones_until_the_grace_deadline
         await host.aclose()
         t_closed = loop.time()
         final = host.report()
-        return {"summary": summary, "drain": t_drained - t0, "close": t_closed - t0, "t0": t0, "final": final,
-                "runs_at_stop": runs_at_stop}
+        return {
+            "summary": summary,
+            "drain": t_drained - t0,
+            "close": t_closed - t0,
+            "t0": t0,
+            "final": final,
+            "runs_at_stop": runs_at_stop,
+        }
 
     got = asyncio.run(main())
     status = got["summary"].status
@@ -417,8 +471,9 @@ def test_shutdown_stops_new_runs_and_gives_running_ones_until_the_grace_deadline
 
 
 def test_enabled_plugin_that_is_not_installed_is_a_config_error(tmp_path: Any) -> None:
-    host = PluginHost({"statz": {}}, {"stats": PluginInfo.from_object("stats", plugin(lambda ctx: None))},
-                      source="gw.toml")
+    host = PluginHost(
+        {"statz": {}}, {"stats": PluginInfo.from_object("stats", plugin(lambda ctx: None))}, source="gw.toml"
+    )
     with pytest.raises(ConfigError) as err:
         host.check()
     assert str(err.value).startswith("gw.toml: plugins.statz: no installed plugin named 'statz'")
@@ -453,11 +508,13 @@ def test_registration_errors_fail_only_that_plugin() -> None:
     def sync_task(ctx: PluginContext) -> None:
         def not_async() -> None:
             pass
+
         ctx.every(1, not_async)  # type: ignore[arg-type]
 
     def bad_interval(ctx: PluginContext) -> None:
         async def t() -> None:
             pass
+
         ctx.every(0, t)
 
     def builtin_codec(ctx: PluginContext) -> None:
@@ -470,10 +527,14 @@ def test_registration_errors_fail_only_that_plugin() -> None:
     def same_codec(ctx: PluginContext) -> None:
         ctx.add_codec("shout", ShoutCodec)
 
-    plugins = {"a_async": async_setup, "b_same": same_codec, "sync": sync_task, "zero": bad_interval,
-               "fh1": builtin_codec}
-    host = PluginHost({n: {} for n in plugins},
-                      {n: PluginInfo.from_object(n, plugin(f)) for n, f in plugins.items()})
+    plugins = {
+        "a_async": async_setup,
+        "b_same": same_codec,
+        "sync": sync_task,
+        "zero": bad_interval,
+        "fh1": builtin_codec,
+    }
+    host = PluginHost({n: {} for n in plugins}, {n: PluginInfo.from_object(n, plugin(f)) for n, f in plugins.items()})
     asyncio.run(host.setup())
     states = {p["name"]: (p["state"], p["error"]) for p in host.report()}
     assert states["a_async"] == ("ready", None)
@@ -503,8 +564,9 @@ def test_entry_point_may_name_the_setup_function_and_ctx_basics() -> None:
 
 
 def test_start_plugins_reads_only_the_plugin_tables(tmp_path: Any) -> None:
-    cfg = toml_config(tmp_path / "c.toml", '[plugins.p]\nk = "v"\n\n[[devices]]\nname = "d"\nport = "x"\n'
-                      'codec = "made-up-by-p"\n')
+    cfg = toml_config(
+        tmp_path / "c.toml", '[plugins.p]\nk = "v"\n\n[[devices]]\nname = "d"\nport = "x"\ncodec = "made-up-by-p"\n'
+    )
     seen: dict[str, Any] = {}
 
     def setup(ctx: PluginContext) -> None:
@@ -524,6 +586,7 @@ def test_start_plugins_reads_only_the_plugin_tables(tmp_path: Any) -> None:
 def test_docs_worked_example_runs_as_documented(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/plugins.md's fh-watch plugin and its in-process test, executed verbatim."""
     import re
+
     from tests.conftest import REPO
 
     doc = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")

@@ -17,8 +17,9 @@ pytestmark = pytest.mark.timeout(10)
 def test_all_names_exist_and_nothing_public_is_unlisted():
     missing = [name for name in firmware_host.__all__ if not hasattr(firmware_host, name)]
     assert missing == []
-    exported = {name for name, value in vars(firmware_host).items()
-                if not name.startswith("_") and not inspect.ismodule(value)}
+    exported = {
+        name for name, value in vars(firmware_host).items() if not name.startswith("_") and not inspect.ismodule(value)
+    }
     assert exported - set(firmware_host.__all__) == set()
 
 
@@ -27,9 +28,13 @@ def _unannotated(fn: object) -> list[str]:
         sig = inspect.signature(fn)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return []
-    bad = [p.name for p in sig.parameters.values()
-           if p.name not in ("self", "cls") and p.annotation is inspect.Parameter.empty
-           and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    bad = [
+        p.name
+        for p in sig.parameters.values()
+        if p.name not in ("self", "cls")
+        and p.annotation is inspect.Parameter.empty
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
     if sig.return_annotation is inspect.Signature.empty and getattr(fn, "__name__", "") != "__init__":
         bad.append("return")
     return bad
@@ -58,6 +63,7 @@ def test_py_typed_is_shipped():
 
 def test_tune_gc_freezes_start_up_and_raises_the_gen0_threshold():
     import gc
+
     saved = gc.get_threshold()
     try:
         firmware_host.tune_gc()

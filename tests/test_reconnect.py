@@ -15,8 +15,7 @@ async def test_unplug_replug_same_path(fh_ports, fh_runtime, fh_jsonl):
     port = fh_ports.new("gnss0")
     config = {
         "buffer": {"flush_interval": 0.1},
-        "devices": [{"name": "d", "port": port.path, "codec": "fh1", "backoff_initial": 0.05,
-                     "backoff_max": 0.2}],
+        "devices": [{"name": "d", "port": port.path, "codec": "fh1", "backoff_initial": 0.05, "backoff_max": 0.2}],
         "sinks": [{"type": "jsonl", "path": str(fh_jsonl)}],
     }
     async with fh_runtime(config) as rt:
@@ -41,8 +40,9 @@ async def test_unplug_replug_same_path(fh_ports, fh_runtime, fh_jsonl):
 async def test_missing_port_backs_off_then_connects(fh_ports, fh_runtime, tmp_path):
     """A device that is absent at start is retried until it appears."""
     link = tmp_path / "late"
-    config = {"devices": [{"name": "late", "port": str(link), "codec": "lines", "backoff_initial": 0.05,
-                           "backoff_max": 0.1}]}
+    config = {
+        "devices": [{"name": "late", "port": str(link), "codec": "lines", "backoff_initial": 0.05, "backoff_max": 0.1}]
+    }
     async with fh_runtime(config) as rt:
         await rt.wait_until(lambda s: s["devices"]["late"]["state"] == "backoff", 5)
         port = fh_ports.new()

@@ -14,16 +14,17 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
+from firmware_host.cancel import CancellationToken
+from firmware_host.cli.liveview import attach_live_view, render_view, run_live_view, summary_line
 from firmware_host.config.boards import BOARDS_ENV_VAR
 from firmware_host.config.schema import config_from_dict
 from firmware_host.emulation.fleet import DEFAULT_FLEET
-from firmware_host.cli.liveview import attach_live_view, render_view, run_live_view, summary_line
-from firmware_host.cancel import CancellationToken
 from firmware_host.runtime import Runtime
 
 pytestmark = pytest.mark.timeout(60)
@@ -38,13 +39,25 @@ def _env() -> dict[str, str]:
 
 
 def popen(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "firmware_host", *args], cwd=cwd, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "firmware_host", *args],
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "firmware_host", *args], cwd=cwd, env={**_env(), **(env or {})},
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "firmware_host", *args],
+        cwd=cwd,
+        env={**_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 class Runs:
@@ -69,10 +82,29 @@ class Runs:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     sockets = Path(tempfile.mkdtemp(prefix="fh-"))  # Unix socket paths must stay short
     r = Runs()
-    r.start("default", tmp_path_factory.mktemp("default"),
-            "run", "--emulate", "--duration", "3", "--control", str(sockets / "a.sock"))
-    r.start("imu2", tmp_path_factory.mktemp("imu2"), "run", "--emulate", "nucleo-imu:2", "--duration", "1.5",
-            "--summary", "s.json", "--control", str(sockets / "b.sock"))
+    r.start(
+        "default",
+        tmp_path_factory.mktemp("default"),
+        "run",
+        "--emulate",
+        "--duration",
+        "3",
+        "--control",
+        str(sockets / "a.sock"),
+    )
+    r.start(
+        "imu2",
+        tmp_path_factory.mktemp("imu2"),
+        "run",
+        "--emulate",
+        "nucleo-imu:2",
+        "--duration",
+        "1.5",
+        "--summary",
+        "s.json",
+        "--control",
+        str(sockets / "b.sock"),
+    )
     r.start("emulate", tmp_path_factory.mktemp("emulate"), "emulate", "env-sensor", "-n", "2", "--duration", "2")
     try:
         yield r
@@ -113,15 +145,14 @@ def test_run_emulate_default_fleet(runs: Runs) -> None:
 
 
 def test_run_emulate_two_boards_with_summary(runs: Runs) -> None:
-    code, out, err, cwd = runs.result("imu2")
+    code, _out, err, cwd = runs.result("imu2")
     assert code == 0, err
     status = json.loads((cwd / "s.json").read_text())
     assert set(status["devices"]) == {"nucleo-imu-0", "nucleo-imu-1"}
     law(status)
     for d in status["devices"].values():
         assert d["frames"] > 500 and d["rejected"] == d["gaps"] == d["lost"] == d["buffered"] == 0
-    assert len((cwd / "frames.jsonl").read_text().splitlines()) == sum(
-        d["frames"] for d in status["devices"].values())
+    assert len((cwd / "frames.jsonl").read_text().splitlines()) == sum(d["frames"] for d in status["devices"].values())
 
 
 def test_emulate_prints_paths(runs: Runs) -> None:
@@ -144,8 +175,7 @@ def test_emulate_serves_another_process(tmp_path: Path) -> None:
         name, path = proc.stdout.readline().split()
 
         async def main() -> dict[str, Any]:
-            cfg = config_from_dict({"devices": [{"name": name, "port": path, "board": "env-sensor"}]},
-                                   source="<test>")
+            cfg = config_from_dict({"devices": [{"name": name, "port": path, "board": "env-sensor"}]}, source="<test>")
             rt = Runtime(cfg)
             await rt.start()
             try:
@@ -194,16 +224,21 @@ def test_devices_with_an_invalid_board_file(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("name = 3\n")
     result = cli("devices", env={BOARDS_ENV_VAR: str(tmp_path)})
     assert result.returncode == 2
-    assert result.stderr == f"firmware-host: {tmp_path / 'bad.toml'}: name: expected a board name " \
+    assert (
+        result.stderr == f"firmware-host: {tmp_path / 'bad.toml'}: name: expected a board name "
         "(1 to 64 letters, digits, '.', '_' or '-'), got 3\n"
+    )
 
 
-@pytest.mark.parametrize("args, start", [
-    (("run", "--emulate", "nope", "--duration", "1"), "firmware-host: --emulate: unknown board 'nope' (known: "),
-    (("emulate", "nope"), "firmware-host: emulate: unknown board 'nope' (known: "),
-    (("emulate", "env-sensor:0"), "firmware-host: emulate: bad count '0'"),
-    (("emulate", "env-sensor", "--boards-dir", "/nonexistent/boards"), "firmware-host: /nonexistent/boards: "),
-])
+@pytest.mark.parametrize(
+    ("args", "start"),
+    [
+        (("run", "--emulate", "nope", "--duration", "1"), "firmware-host: --emulate: unknown board 'nope' (known: "),
+        (("emulate", "nope"), "firmware-host: emulate: unknown board 'nope' (known: "),
+        (("emulate", "env-sensor:0"), "firmware-host: emulate: bad count '0'"),
+        (("emulate", "env-sensor", "--boards-dir", "/nonexistent/boards"), "firmware-host: /nonexistent/boards: "),
+    ],
+)
 def test_usage_errors_are_one_line(tmp_path: Path, args: tuple[str, ...], start: str) -> None:
     result = cli(*args, cwd=tmp_path)
     assert result.returncode == 2
@@ -219,11 +254,22 @@ class FakeTTY(io.StringIO):
         return True
 
 
-STATUS = {"uptime": 3.2, "buffer": {"capacity": 100, "depth": 4, "bytes": 40, "dropped": 1},
-          "devices": {"b": {"state": "connected", "frames": 50, "rejected": 1, "gaps": 2, "reconnects": 0,
-                            "buffered": 4, "dropped": 1},
-                      "a": {"state": "backoff", "frames": 0, "rejected": 0, "gaps": 0, "reconnects": 3,
-                            "buffered": 0, "dropped": 0}}}
+STATUS = {
+    "uptime": 3.2,
+    "buffer": {"capacity": 100, "depth": 4, "bytes": 40, "dropped": 1},
+    "devices": {
+        "b": {
+            "state": "connected",
+            "frames": 50,
+            "rejected": 1,
+            "gaps": 2,
+            "reconnects": 0,
+            "buffered": 4,
+            "dropped": 1,
+        },
+        "a": {"state": "backoff", "frames": 0, "rejected": 0, "gaps": 0, "reconnects": 3, "buffered": 0, "dropped": 0},
+    },
+}
 
 
 def test_render_view_and_summary_line() -> None:
@@ -311,8 +357,10 @@ def test_live_view_runs_with_the_runtime(tmp_path: Path) -> None:
         attach_live_view(rt, stream, interval=0.02)
         await rt.start()
         try:
-            await rt.wait_until(lambda s: s["devices"]["env-sensor-0"]["frames"] >= 20
-                                and stream.getvalue().count("env-sensor-0") >= 3, 10)
+            await rt.wait_until(
+                lambda s: s["devices"]["env-sensor-0"]["frames"] >= 20 and stream.getvalue().count("env-sensor-0") >= 3,
+                10,
+            )
         finally:
             summary = await rt.shutdown()
             await fleet.stop()

@@ -12,10 +12,13 @@ pytestmark = pytest.mark.timeout(15)
 
 
 async def test_failing_start_hook_stops_what_was_started(tmp_path):
-    cfg = config_from_dict({"devices": [{"name": "a", "port": "fake://a", "codec": "lines"}],
-                            "sinks": [{"type": "jsonl", "path": str(tmp_path / "f.jsonl")}]})
-    rt = Runtime(cfg, opener=FakeOpener({"fake://a": [FakePort([b"one\n"])]}),
-                 control_path=str(tmp_path / "c.sock"))
+    cfg = config_from_dict(
+        {
+            "devices": [{"name": "a", "port": "fake://a", "codec": "lines"}],
+            "sinks": [{"type": "jsonl", "path": str(tmp_path / "f.jsonl")}],
+        }
+    )
+    rt = Runtime(cfg, opener=FakeOpener({"fake://a": [FakePort([b"one\n"])]}), control_path=str(tmp_path / "c.sock"))
 
     async def broken(_: Runtime) -> None:
         raise RuntimeError("plugin start failed")

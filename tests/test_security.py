@@ -31,8 +31,8 @@ import sys
 import tempfile
 import textwrap
 import tracemalloc
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 import pytest
 
@@ -241,8 +241,7 @@ def test_a_10mb_line_costs_no_memory(sockdir: str) -> None:
                 tracemalloc.reset_peak()
                 for _ in range(3):
                     reply = await flood()
-                    assert reply == {"ok": False, "error": f"request too long (max {MAX_REQUEST} bytes)",
-                                     "code": 2}
+                    assert reply == {"ok": False, "error": f"request too long (max {MAX_REQUEST} bytes)", "code": 2}
                 peak = tracemalloc.get_traced_memory()[1] - base
             finally:
                 tracemalloc.stop()
@@ -266,13 +265,15 @@ def canary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     test process (sys.path) and from a CLI started in ``tmp_path`` (``python -m``
     puts the working directory first on sys.path)."""
     marker = tmp_path / "IMPORTED"
-    (tmp_path / f"{CANARY}.py").write_text(textwrap.dedent(f"""\
+    (tmp_path / f"{CANARY}.py").write_text(
+        textwrap.dedent(f"""\
         import pathlib
         pathlib.Path({str(marker)!r}).write_text("imported")
         def setup(ctx): pass
         class Sink: pass
         class Codec: pass
-        """))
+        """)
+    )
     pkg = tmp_path / "fh_canary_pkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('imported')\n")
@@ -287,14 +288,25 @@ def not_imported(marker: Path) -> None:
     assert CANARY not in sys.modules and "fh_canary_pkg" not in sys.modules
 
 
-PLUGIN_NAMES = ["os:system", "../evil", CANARY, f"{CANARY}:setup", f"{CANARY}.py", "fh_canary_pkg",
-                f"./{CANARY}", "firmware_host_plugins.stats", "firmware_host_plugins.stats:setup",
-                "builtins:exec", "__import__"]
+PLUGIN_NAMES = [
+    "os:system",
+    "../evil",
+    CANARY,
+    f"{CANARY}:setup",
+    f"{CANARY}.py",
+    "fh_canary_pkg",
+    f"./{CANARY}",
+    "firmware_host_plugins.stats",
+    "firmware_host_plugins.stats:setup",
+    "builtins:exec",
+    "__import__",
+]
 
 
 @pytest.mark.parametrize("name", PLUGIN_NAMES)
-def test_a_plugin_name_that_is_not_an_installed_entry_point_imports_nothing(tmp_path: Path, canary: Path,
-                                                                            name: str) -> None:
+def test_a_plugin_name_that_is_not_an_installed_entry_point_imports_nothing(
+    tmp_path: Path, canary: Path, name: str
+) -> None:
     cfg = tmp_path / "gw.toml"
     cfg.write_text(f"[plugins.{json.dumps(name)}]\ninterval = 1\n")
     with pytest.raises(ConfigError) as err:
@@ -303,8 +315,14 @@ def test_a_plugin_name_that_is_not_an_installed_entry_point_imports_nothing(tmp_
     not_imported(canary)
 
 
-SINK_TYPES = ["os.system", f"{CANARY}:Sink", CANARY, "fh_canary_pkg", "firmware_host.sinks.jsonl:JsonlSink",
-              "subprocess.Popen"]
+SINK_TYPES = [
+    "os.system",
+    f"{CANARY}:Sink",
+    CANARY,
+    "fh_canary_pkg",
+    "firmware_host.sinks.jsonl:JsonlSink",
+    "subprocess.Popen",
+]
 
 
 @pytest.mark.parametrize("sink_type", SINK_TYPES)
@@ -321,8 +339,13 @@ def test_control_requests_cannot_name_code(sockdir: str, canary: Path) -> None:
 
     async def main() -> None:
         async with runtime_on(path) as rt:
-            for args in ({"codec": f"{CANARY}:Codec"}, {"codec": "os.system"}, {"board": CANARY},
-                         {"board": f"../{CANARY}.toml"}, {"codec": "fh1", "name": f"{CANARY}:x"}):
+            for args in (
+                {"codec": f"{CANARY}:Codec"},
+                {"codec": "os.system"},
+                {"board": CANARY},
+                {"board": f"../{CANARY}.toml"},
+                {"codec": "fh1", "name": f"{CANARY}:x"},
+            ):
                 req = {"cmd": "devices.add", "name": "d1", "port": "/dev/null", **args}
                 with pytest.raises(ControlError) as err:
                     await request(path, req)

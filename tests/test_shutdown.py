@@ -22,6 +22,7 @@ async def wait_status(sock: str, predicate, timeout: float = 30.0) -> dict:
     """Across processes there is no event to await: ask the control socket,
     with a bounded number of tries."""
     from firmware_host.control.server import ControlError, request
+
     deadline = time.monotonic() + timeout
     last: dict | None = None
     while time.monotonic() < deadline:
@@ -61,8 +62,7 @@ async def test_sigterm_drains_40k_buffered_frames(fh_ports, short_tmp, tmp_path)
     sock, sink, summary_path = str(short_tmp / "c.sock"), tmp_path / "out.jsonl", tmp_path / "summary.json"
     cfg = tmp_path / "run.toml"
     write_config(cfg, port.path, sink)
-    proc = cli_popen("run", "-c", str(cfg), "--control", sock, "--summary", str(summary_path), "-q",
-                     cwd=tmp_path)
+    proc = cli_popen("run", "-c", str(cfg), "--control", sock, "--summary", str(summary_path), "-q", cwd=tmp_path)
     try:
         await wait_status(sock, lambda s: s["devices"]["imu0"]["state"] == "connected")
         payload = bytes(range(64))
@@ -71,7 +71,7 @@ async def test_sigterm_drains_40k_buffered_frames(fh_ports, short_tmp, tmp_path)
         status = await wait_status(sock, lambda s: s["devices"]["imu0"]["frames"] == 40_000)
         assert status["devices"]["imu0"]["buffered"] == 40_000  # nothing flushed before the signal
         proc.send_signal(signal.SIGTERM)
-        out, err = await asyncio.to_thread(proc.communicate, timeout=60)
+        _out, err = await asyncio.to_thread(proc.communicate, timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -92,19 +92,17 @@ async def test_second_signal_exits_at_once_reporting_lost(fh_ports, short_tmp, t
     sock, summary_path = str(short_tmp / "c.sock"), tmp_path / "summary.json"
     cfg = tmp_path / "run.toml"
     write_config(cfg, port.path, "/dev/full", grace=60.0)
-    proc = cli_popen("run", "-c", str(cfg), "--control", sock, "--summary", str(summary_path), "-q",
-                     cwd=tmp_path)
+    proc = cli_popen("run", "-c", str(cfg), "--control", sock, "--summary", str(summary_path), "-q", cwd=tmp_path)
     try:
         await wait_status(sock, lambda s: s["devices"]["imu0"]["state"] == "connected")
         await port.write(b"".join(encode_packet(0, s, b"x") for s in range(500)))
         await wait_status(sock, lambda s: s["devices"]["imu0"]["frames"] == 500)
         proc.send_signal(signal.SIGTERM)
         # the readers have stopped and the drain is retrying the dead sink
-        await wait_status(sock, lambda s: s["devices"]["imu0"]["state"] == "closed"
-                          and s["sinks"][0]["failures"] > 0)
+        await wait_status(sock, lambda s: s["devices"]["imu0"]["state"] == "closed" and s["sinks"][0]["failures"] > 0)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+        _out, err = await asyncio.to_thread(proc.communicate, timeout=30)
         assert time.monotonic() - started < 10  # not the 60 s grace
     finally:
         if proc.poll() is None:
@@ -124,9 +122,12 @@ async def test_frames_the_tty_holds_at_stop_reach_the_sink(fh_ports, fh_runtime,
     from tests.test_transport import tty_holds_input
 
     vp = fh_ports.new("d")
-    config = {"serial": {"read_coalesce": 0.5}, "buffer": {"flush_interval": 0.05},
-              "devices": [{"name": "d", "port": vp.path, "codec": "fh1"}],
-              "sinks": [{"type": "jsonl", "path": str(fh_jsonl)}]}
+    config = {
+        "serial": {"read_coalesce": 0.5},
+        "buffer": {"flush_interval": 0.05},
+        "devices": [{"name": "d", "port": vp.path, "codec": "fh1"}],
+        "sinks": [{"type": "jsonl", "path": str(fh_jsonl)}],
+    }
     async with fh_runtime(config) as rt:
         await rt.wait_state("d", "connected")
         await vp.write(encode_packet(0, 0, b"read on readiness"))

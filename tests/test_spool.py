@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import sqlite3
-from typing import Sequence
+from collections.abc import Sequence
 
 import pytest
 
@@ -38,16 +38,17 @@ def packets(seqs: range) -> bytes:
 
 
 def config(spool: str, **buffer: object) -> dict:
-    return {"buffer": {"spool": spool, "flush_interval": 0.02, "batch_size": 100, **buffer},
-            "shutdown": {"grace": 0.5},
-            "devices": [{"name": "d", "port": "fake://d", "codec": "fh1"}]}
+    return {
+        "buffer": {"spool": spool, "flush_interval": 0.02, "batch_size": 100, **buffer},
+        "shutdown": {"grace": 0.5},
+        "devices": [{"name": "d", "port": "fake://d", "codec": "fh1"}],
+    }
 
 
 async def test_frames_pass_through_the_spool(fh_runtime, tmp_path):
     sink = Collect()
     port = FakePort([packets(range(1000))])
-    async with fh_runtime(config(str(tmp_path / "s.db")), opener=FakeOpener({"fake://d": [port]}),
-                          sinks=[sink]) as rt:
+    async with fh_runtime(config(str(tmp_path / "s.db")), opener=FakeOpener({"fake://d": [port]}), sinks=[sink]) as rt:
         status = await rt.wait_until(lambda s: s["devices"]["d"]["flushed"] == 1000, 20)
         assert status["spool"]["depth"] == 0 and status["devices"]["d"]["spooled"] == 0
     assert sink.frames == [("d", s) for s in range(1000)]
@@ -59,8 +60,7 @@ async def test_spool_outlives_memory_and_a_restart(fh_runtime, tmp_path):
     path = str(tmp_path / "s.db")
     down = Collect(down=True)
     port = FakePort()
-    async with fh_runtime(config(path, capacity=100), opener=FakeOpener({"fake://d": [port]}),
-                          sinks=[down]) as rt:
+    async with fh_runtime(config(path, capacity=100), opener=FakeOpener({"fake://d": [port]}), sinks=[down]) as rt:
         for start in range(0, 2000, 100):  # paced like a device: each read reaches the disk
             port.feed(packets(range(start, start + 100)))
             await rt.wait_counter("d", "spooled", start + 100)
@@ -83,12 +83,14 @@ async def test_full_spool_drops_oldest_and_counts(fh_runtime, tmp_path):
     path = str(tmp_path / "s.db")
     port = FakePort()
     # each row costs 16 payload bytes + 64 overhead = 80: 8000 bytes hold 100 frames
-    async with fh_runtime(config(path, capacity=50, spool_max_bytes=8000), opener=FakeOpener({"fake://d": [port]}),
-                          sinks=[Collect(down=True)]) as rt:
+    async with fh_runtime(
+        config(path, capacity=50, spool_max_bytes=8000),
+        opener=FakeOpener({"fake://d": [port]}),
+        sinks=[Collect(down=True)],
+    ) as rt:
         for start in range(0, 1000, 50):  # paced: each read moves on to the disk
             port.feed(packets(range(start, start + 50)))
-            await rt.wait_until(lambda s, n=start + 50: s["devices"]["d"]["spooled"] + s["spool"]["dropped"] == n,
-                                10)
+            await rt.wait_until(lambda s, n=start + 50: s["devices"]["d"]["spooled"] + s["spool"]["dropped"] == n, 10)
         status = await rt.status()
         assert status["spool"]["depth"] <= 100 and status["spool"]["dropped"] >= 900
         assert status["spool"]["bytes"] <= 8000
@@ -108,12 +110,15 @@ async def test_kill_9_under_load_then_restart_delivers_every_committed_frame(fh_
     # two sinks: the real one is written under load when the kill lands; the
     # second (/dev/full, every write fails) keeps each batch on the disk, so
     # the spool certainly holds frames at the kill, whatever the timing
-    cfg.write_text(f'[buffer]\nspool = "{spool}"\nflush_interval = 0.05\nbatch_size = 200\n'
-                   f'[[devices]]\nname = "imu0"\nport = "{port.path}"\ncodec = "fh1"\n'
-                   f'[[sinks]]\ntype = "jsonl"\npath = "{sink}"\n'
-                   f'[[sinks]]\ntype = "jsonl"\npath = "/dev/full"\n')
+    cfg.write_text(
+        f'[buffer]\nspool = "{spool}"\nflush_interval = 0.05\nbatch_size = 200\n'
+        f'[[devices]]\nname = "imu0"\nport = "{port.path}"\ncodec = "fh1"\n'
+        f'[[sinks]]\ntype = "jsonl"\npath = "{sink}"\n'
+        f'[[sinks]]\ntype = "jsonl"\npath = "/dev/full"\n'
+    )
     proc = cli_popen("run", "-c", str(cfg), "--control", sock, "-q", cwd=tmp_path)
     from tests.test_shutdown import wait_status
+
     try:
         await wait_status(sock, lambda s: s["devices"]["imu0"]["state"] == "connected")
         for start in range(0, 20_000, 500):  # keep it busy: frames are moving through both stages
@@ -133,10 +138,23 @@ async def test_kill_9_under_load_then_restart_delivers_every_committed_frame(fh_
 
     summary_path = tmp_path / "summary.json"
     empty = tmp_path / "restart.toml"
-    empty.write_text(f'[buffer]\nspool = "{spool}"\nflush_interval = 0.05\n'
-                     f'[[sinks]]\ntype = "jsonl"\npath = "{sink}"\n')
-    result = await asyncio.to_thread(cli, "run", "-c", str(empty), "--duration", "1", "--control", sock,
-                                     "--summary", str(summary_path), "-q", cwd=tmp_path)
+    empty.write_text(
+        f'[buffer]\nspool = "{spool}"\nflush_interval = 0.05\n[[sinks]]\ntype = "jsonl"\npath = "{sink}"\n'
+    )
+    result = await asyncio.to_thread(
+        cli,
+        "run",
+        "-c",
+        str(empty),
+        "--duration",
+        "1",
+        "--control",
+        sock,
+        "--summary",
+        str(summary_path),
+        "-q",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     after = [r["seq"] for r in read_jsonl(sink)]  # the restart repaired any torn last line
     assert committed <= set(after)  # every committed frame reached the sink
@@ -165,8 +183,7 @@ def read_jsonl_tolerant(path: os.PathLike[str]) -> list[dict]:
 async def test_spool_cli_stats_export_and_busy(fh_runtime, tmp_path):
     path = str(tmp_path / "s.db")
     port = FakePort([packets(range(300))])
-    async with fh_runtime(config(path), opener=FakeOpener({"fake://d": [port]}),
-                          sinks=[Collect(down=True)]) as rt:
+    async with fh_runtime(config(path), opener=FakeOpener({"fake://d": [port]}), sinks=[Collect(down=True)]) as rt:
         await rt.wait_until(lambda s: s["devices"]["d"]["spooled"] == 300, 20)
         busy = await asyncio.to_thread(cli, "spool", "stats", path)
         assert busy.returncode == 2 and "in use" in busy.stderr and "Traceback" not in busy.stderr

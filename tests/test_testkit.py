@@ -70,10 +70,12 @@ async def test_serial_mock_open_errors_and_unplug(fh_serial_mock):
 async def test_serial_mock_drives_a_runtime(fh_serial_mock, fh_runtime, fh_jsonl):
     """Scripted reads become frames; a SerialException makes the reader
     reconnect; downlink writes are captured."""
-    dev = fh_serial_mock.device("/dev/ttyACM0", packets(range(0, 50)))
-    config = {"buffer": {"flush_interval": 0.02},
-              "devices": [{"name": "imu", "port": "/dev/ttyACM0", "codec": "fh1", **FAST}],
-              "sinks": [{"type": "jsonl", "path": str(fh_jsonl)}]}
+    dev = fh_serial_mock.device("/dev/ttyACM0", packets(range(50)))
+    config = {
+        "buffer": {"flush_interval": 0.02},
+        "devices": [{"name": "imu", "port": "/dev/ttyACM0", "codec": "fh1", **FAST}],
+        "sinks": [{"type": "jsonl", "path": str(fh_jsonl)}],
+    }
     async with fh_runtime(config) as rt:
         await rt.wait_frames("imu", 50)
         dev.fail(serial.SerialException("cable yanked"))

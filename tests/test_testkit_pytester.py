@@ -48,15 +48,22 @@ async def test_docs_example_passes_on_a_port_given_with_fh_port(pytester: pytest
     board = fh_board("nucleo-imu", name="bench0")
     async with board.streaming(rate=500):
         result = await asyncio.to_thread(
-            pytester.runpytest_subprocess, *ARGS, "--fh-port", board.path,
-            "--fh-board", "nucleo-imu", timeout=RUN_TIMEOUT)
+            pytester.runpytest_subprocess,
+            *ARGS,
+            "--fh-port",
+            board.path,
+            "--fh-board",
+            "nucleo-imu",
+            timeout=RUN_TIMEOUT,
+        )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"firmware-host: fh_device = nucleo-imu (fh1), hardware at {board.path}"])
 
 
 def test_hardware_marker_skips_cleanly_and_options_are_checked(pytester: pytest.Pytester, tmp_path):
     # in-process runs (fast): these check options and hooks, not how the kit is loaded
-    pytester.makepyfile(test_hil_bench="""
+    pytester.makepyfile(
+        test_hil_bench="""
         import pytest
 
         @pytest.mark.fh_hardware
@@ -65,7 +72,8 @@ def test_hardware_marker_skips_cleanly_and_options_are_checked(pytester: pytest.
 
         def test_runs_anywhere(fh_device):
             assert fh_device.emulated
-    """)
+    """
+    )
     result = pytester.runpytest(*ARGS, "--strict-markers", "-rs")
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(["*needs real hardware: run pytest with --fh-port PATH (and --fh-board NAME)*"])

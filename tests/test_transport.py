@@ -69,6 +69,7 @@ async def test_open_runs_in_an_executor(mocker, fh_ports):
     import threading
 
     import serial
+
     real = serial.serial_for_url
     threads = []
 
@@ -86,6 +87,7 @@ async def test_open_runs_in_an_executor(mocker, fh_ports):
 async def test_serial_exception_on_read_closes_port(mocker, fh_ports):
     """A device that errors mid-read (pyserial raises) ends the port, never the loop."""
     import serial
+
     vp = fh_ports.new()
     port = await open_serial(vp.path, 9600)
     ser = port._transport.serial
@@ -160,6 +162,7 @@ async def test_busy_ptys_are_read_once_per_tick(fh_ports, mocker):
         if data:
             seen.append(asyncio.get_running_loop().time())
         return data
+
     mocker.patch.object(transport.SerialPort, "_read_now", spy)
     try:
         for vp in vps:
@@ -193,9 +196,12 @@ async def test_read_coalesce_comes_from_the_config(fh_ports, fh_runtime, fh_json
 
     ticks = mocker.spy(ReadClock, "tick")
     vp = fh_ports.new("d")
-    config = {"serial": {"read_coalesce": window}, "buffer": {"flush_interval": 0.05},
-              "devices": [{"name": "d", "port": vp.path, "codec": "fh1"}],
-              "sinks": [{"type": "jsonl", "path": str(fh_jsonl)}]}
+    config = {
+        "serial": {"read_coalesce": window},
+        "buffer": {"flush_interval": 0.05},
+        "devices": [{"name": "d", "port": vp.path, "codec": "fh1"}],
+        "sinks": [{"type": "jsonl", "path": str(fh_jsonl)}],
+    }
     async with fh_runtime(config) as rt:
         await rt.wait_state("d", "connected")
         await vp.write(encode_packet(0, 0, b"first"))  # read on readiness

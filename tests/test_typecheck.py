@@ -16,6 +16,5 @@ pytest.importorskip("mypy", reason="mypy comes with the [test] extra")
 def test_mypy_finds_no_errors() -> None:
     # the cache stays in the checkout (.mypy_cache, ignored by git): a cold
     # run takes a few seconds, a warm one under one
-    proc = subprocess.run([sys.executable, "-m", "mypy"], cwd=REPO, capture_output=True, text=True,
-                          timeout=50)
+    proc = subprocess.run([sys.executable, "-m", "mypy"], cwd=REPO, capture_output=True, text=True, timeout=50)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -45,8 +45,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 TOOLS = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -57,7 +58,7 @@ BAUD = 921600
 # turns off the compiled COBS decoder (what an install without the [fast] extra runs)
 _BOOT = {
     "asyncio": "import sys; sys.modules['uvloop'] = None; from firmware_host.cli.commands import main; "
-               "main(prog_name='firmware-host')",
+    "main(prog_name='firmware-host')",
     "uvloop": "import uvloop; from firmware_host.cli.commands import main; main(prog_name='firmware-host')",
 }
 
@@ -125,17 +126,30 @@ def pct(values: list[float] | array.array[float], p: float) -> float | None:
     if not values:
         return None
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 # -- the processes --------------------------------------------------------------------------
 
 
 class Feeder:
-    def __init__(self, devices: int, mode: str, *, frames: int = 0, stamp: bool = False,
-                 payload: int = 64, tick: float = 0.005) -> None:
-        cmd = [sys.executable, str(TOOLS / "bench_feeder.py"), "--devices", str(devices), "--mode", mode,
-               "--payload", str(payload), "--baud", str(BAUD), "--tick", str(tick)]
+    def __init__(
+        self, devices: int, mode: str, *, frames: int = 0, stamp: bool = False, payload: int = 64, tick: float = 0.005
+    ) -> None:
+        cmd = [
+            sys.executable,
+            str(TOOLS / "bench_feeder.py"),
+            "--devices",
+            str(devices),
+            "--mode",
+            mode,
+            "--payload",
+            str(payload),
+            "--baud",
+            str(BAUD),
+            "--tick",
+            str(tick),
+        ]
         if frames:
             cmd += ["--frames", str(frames)]
         if stamp:
@@ -209,9 +223,18 @@ class Consumer:
 class RuntimeProc(Consumer):
     kind = "runtime"
 
-    def __init__(self, work: Path, ports: list[str], loop: str, *, capacity: int = 10000,
-                 flush_interval: float = 1.0, batch_size: int = 1000, grace: float = 30.0,
-                 read_coalesce: float | None = None) -> None:
+    def __init__(
+        self,
+        work: Path,
+        ports: list[str],
+        loop: str,
+        *,
+        capacity: int = 10000,
+        flush_interval: float = 1.0,
+        batch_size: int = 1000,
+        grace: float = 30.0,
+        read_coalesce: float | None = None,
+    ) -> None:
         self.work = work
         self.loop = loop
         self.names = [f"d{i:02d}" for i in range(len(ports))]
@@ -219,27 +242,49 @@ class RuntimeProc(Consumer):
         self.control = str(work / "ctl.sock")
         self.summary_path = work / "summary.json"
         self.flush_interval = flush_interval
-        devices = "".join(f'\n[[devices]]\nname = "{n}"\nport = "{p}"\ncodec = "fh1"\nbaudrate = {BAUD}\n'
-                          for n, p in zip(self.names, ports))
+        devices = "".join(
+            f'\n[[devices]]\nname = "{n}"\nport = "{p}"\ncodec = "fh1"\nbaudrate = {BAUD}\n'
+            for n, p in zip(self.names, ports)
+        )
         cfg = work / "bench.toml"
         serial = "" if read_coalesce is None else f"\n[serial]\nread_coalesce = {read_coalesce}\n"
-        cfg.write_text(f"[buffer]\ncapacity = {capacity}\nflush_interval = {flush_interval}\n"
-                       f"batch_size = {batch_size}\n\n[shutdown]\ngrace = {grace}\n{serial}{devices}\n"
-                       f'[[sinks]]\ntype = "jsonl"\npath = "{self.sink}"\n', encoding="utf-8")
+        cfg.write_text(
+            f"[buffer]\ncapacity = {capacity}\nflush_interval = {flush_interval}\n"
+            f"batch_size = {batch_size}\n\n[shutdown]\ngrace = {grace}\n{serial}{devices}\n"
+            f'[[sinks]]\ntype = "jsonl"\npath = "{self.sink}"\n',
+            encoding="utf-8",
+        )
         self.stderr = open(work / "runtime.stderr", "wb")
         self.spawned_at = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", boot(loop), "run", "-c", str(cfg), "--control", self.control,
-             "--summary", str(self.summary_path), "-q"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr, cwd=work)
+            [
+                sys.executable,
+                "-c",
+                boot(loop),
+                "run",
+                "-c",
+                str(cfg),
+                "--control",
+                self.control,
+                "--summary",
+                str(self.summary_path),
+                "-q",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.stderr,
+            cwd=work,
+        )
 
     def status(self) -> dict[str, Any]:
         from firmware_host.control.server import request_sync
+
         return request_sync(self.control, {"cmd": "status"}, timeout=10)
 
     def wait_ready(self, timeout: float = 30.0) -> float:
         """Seconds from spawn until every device is connected (polled every 10 ms)."""
         from firmware_host.control.server import ControlError
+
         deadline = self.spawned_at + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -263,6 +308,7 @@ class RuntimeProc(Consumer):
 
     def flush(self) -> dict[str, Any]:
         from firmware_host.control.server import request_sync
+
         return request_sync(self.control, {"cmd": "flush", "timeout": 10}, timeout=15)
 
     def counters(self) -> dict[str, int]:
@@ -295,7 +341,11 @@ class BaselineProc(Consumer):
         self.spawned_at = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, str(TOOLS / "bench_baseline.py"), "--out", str(self.sink), "--crc", crc, *ports],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=work)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=work,
+        )
 
     def wait_ready(self, timeout: float = 30.0) -> float:
         read_line(self.proc, timeout)
@@ -309,8 +359,14 @@ class BaselineProc(Consumer):
 
     def counters(self) -> dict[str, int]:
         st = self._ask("stats")
-        return {"frames": st["frames"], "flushed": st["written"], "dropped": 0, "rejected": st["rejected"],
-                "gaps": 0, "buffered": st["queue"]}
+        return {
+            "frames": st["frames"],
+            "flushed": st["written"],
+            "dropped": 0,
+            "rejected": st["rejected"],
+            "gaps": 0,
+            "buffered": st["queue"],
+        }
 
     def delivered(self) -> int:
         return self._ask("stats")["written"]
@@ -463,13 +519,23 @@ def scenario_flood(variants: list[str], p: dict[str, Any], log: Callable[[str], 
         cpu = final["cpu_total"] - c0
         summary = final["summary"] or {}
         dropped = sum(d.get("dropped", 0) for d in summary.get("devices", {}).values()) if variant != "baseline" else 0
-        res = {"sent": sent, "delivered": lines, "dropped": dropped, "cpu_s": round(cpu, 3), "wall_s": round(wall, 2),
-               "frames_per_cpu_s": round(lines / cpu) if cpu > 0 else None,
-               "frames_per_s": round(lines / wall), "cpu_pct": round(100 * cpu / wall, 1),
-               "backlog_at_stop": mid["buffered"], "exit": final["exit"]}
+        res = {
+            "sent": sent,
+            "delivered": lines,
+            "dropped": dropped,
+            "cpu_s": round(cpu, 3),
+            "wall_s": round(wall, 2),
+            "frames_per_cpu_s": round(lines / cpu) if cpu > 0 else None,
+            "frames_per_s": round(lines / wall),
+            "cpu_pct": round(100 * cpu / wall, 1),
+            "backlog_at_stop": mid["buffered"],
+            "exit": final["exit"],
+        }
         out["variants"][variant] = res
-        log(f"  flood {variant:9s} {res['frames_per_cpu_s']} frames/CPU-s ({lines} frames, {res['cpu_s']} CPU-s), "
-            f"{res['frames_per_s']} frames/s, cpu {res['cpu_pct']}%, dropped {dropped}")
+        log(
+            f"  flood {variant:9s} {res['frames_per_cpu_s']} frames/CPU-s ({lines} frames, {res['cpu_s']} CPU-s), "
+            f"{res['frames_per_s']} frames/s, cpu {res['cpu_pct']}%, dropped {dropped}"
+        )
     base = out["variants"].get("baseline", {}).get("frames_per_cpu_s")
     for variant, res in out["variants"].items():
         if variant != "baseline" and base:
@@ -478,9 +544,16 @@ def scenario_flood(variants: list[str], p: dict[str, Any], log: Callable[[str], 
 
 
 def scenario_paced(variants: list[str], p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
-    out: dict[str, Any] = {"devices": p["paced_devices"], "baud": BAUD, "payload": 64, "variants": {},
-                           "capacity": p["paced_capacity"], "flush_interval": 1.0, "batch_size": 1000,
-                           "feeder_tick_s": 0.005}
+    out: dict[str, Any] = {
+        "devices": p["paced_devices"],
+        "baud": BAUD,
+        "payload": 64,
+        "variants": {},
+        "capacity": p["paced_capacity"],
+        "flush_interval": 1.0,
+        "batch_size": 1000,
+        "feeder_tick_s": 0.005,
+    }
     for variant in variants:
         seconds = p["paced_s"] if variant != "baseline" else p["paced_baseline_s"]
         with Rig("paced", p["paced_devices"], "paced", stamp=True) as rig:
@@ -516,13 +589,25 @@ def scenario_paced(variants: list[str], p: dict[str, Any], log: Callable[[str], 
             lines = count_lines(cons.sink)
         cpu, wall = c1 - c0, t1 - t0
         res: dict[str, Any] = {
-            "seconds": round(wall, 2), "cpu_s": round(cpu, 3), "cpu_pct": round(100 * cpu / wall, 1),
-            "sent": total, "in_sink": lines, "every_frame_in_sink": lines == total,
-            "dropped": counters["dropped"], "rejected": counters["rejected"], "gaps": counters["gaps"],
-            "feeder_backlog_max_bytes": sent["backlog_max"], "rss_mb": round(mem["rss_mb"], 1),
-            "ready_s": round(ready, 3), "exit": final["exit"],
-            "latency_ms": {"p50": _ms(pct(tail.latency, 50)), "p99": _ms(pct(tail.latency, 99)),
-                           "max": _ms(max(tail.latency) if tail.latency else None), "n": len(tail.latency)},
+            "seconds": round(wall, 2),
+            "cpu_s": round(cpu, 3),
+            "cpu_pct": round(100 * cpu / wall, 1),
+            "sent": total,
+            "in_sink": lines,
+            "every_frame_in_sink": lines == total,
+            "dropped": counters["dropped"],
+            "rejected": counters["rejected"],
+            "gaps": counters["gaps"],
+            "feeder_backlog_max_bytes": sent["backlog_max"],
+            "rss_mb": round(mem["rss_mb"], 1),
+            "ready_s": round(ready, 3),
+            "exit": final["exit"],
+            "latency_ms": {
+                "p50": _ms(pct(tail.latency, 50)),
+                "p99": _ms(pct(tail.latency, 99)),
+                "max": _ms(max(tail.latency) if tail.latency else None),
+                "n": len(tail.latency),
+            },
             "send_to_receive_ms": {"p50": _ms(pct(tail.wire, 50)), "p99": _ms(pct(tail.wire, 99)), "n": len(tail.wire)},
             "send_to_sink_ms": {"p50": _ms(pct(tail.e2e, 50)), "p99": _ms(pct(tail.e2e, 99)), "n": len(tail.e2e)},
         }
@@ -531,11 +616,14 @@ def scenario_paced(variants: list[str], p: dict[str, Any], log: Callable[[str], 
             summary = final["summary"] or {}
             per = summary.get("devices", {})
             res["per_device_exact"] = bool(per) and all(
-                per[f"d{i:02d}"]["frames"] == n == per[f"d{i:02d}"]["flushed"] for i, n in enumerate(sent["sent"]))
+                per[f"d{i:02d}"]["frames"] == n == per[f"d{i:02d}"]["flushed"] for i, n in enumerate(sent["sent"])
+            )
         res["latency_hist"] = _hist(tail.latency)
         out["variants"][variant] = res
-        log(f"  paced {variant:9s} cpu {res['cpu_pct']}% of a core, sent {total}, in sink {lines}, "
-            f"dropped {res['dropped']}, p99 {res['latency_ms']['p99']} ms, ready {res['ready_s']} s")
+        log(
+            f"  paced {variant:9s} cpu {res['cpu_pct']}% of a core, sent {total}, in sink {lines}, "
+            f"dropped {res['dropped']}, p99 {res['latency_ms']['p99']} ms, ready {res['ready_s']} s"
+        )
     base = out["variants"].get("baseline", {}).get("cpu_pct")
     for variant, res in out["variants"].items():
         if variant != "baseline" and base:
@@ -568,8 +656,12 @@ def scenario_idle(variants: list[str], p: dict[str, Any], log: Callable[[str], N
             c1, t1 = cons.cpu(), time.monotonic()
             mem = cons.mem()
             final = cons.stop()
-        res = {"cpu_s": round(c1 - c0, 3), "cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 2),
-               "rss_mb": round(mem["rss_mb"], 1), "exit": final["exit"]}
+        res = {
+            "cpu_s": round(c1 - c0, 3),
+            "cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 2),
+            "rss_mb": round(mem["rss_mb"], 1),
+            "exit": final["exit"],
+        }
         out["variants"][variant] = res
         log(f"  idle  {variant:9s} cpu {res['cpu_pct']}% of a core, rss {res['rss_mb']} MB")
     return out
@@ -598,14 +690,23 @@ def scenario_memory(variants: list[str], p: dict[str, Any], log: Callable[[str],
             lines = count_lines(cons.sink)
         summary = final["summary"] or {}
         flushed = sum(d["flushed"] for d in summary.get("devices", {}).values())
-        res = {"buffered": buffered, "rss_empty_mb": round(empty["rss_mb"], 1), "rss_full_mb": round(full["rss_mb"], 1),
-               "hwm_mb": round(full["hwm_mb"], 1),
-               "bytes_per_frame": round((full["rss_mb"] - empty["rss_mb"]) * 1048576 / total) if total else None,
-               "shutdown_exit_s": round(final["exit_s"], 3), "shutdown_cpu_s": round(final["cpu_total"] - cpu_before, 3),
-               "flushed_at_shutdown": flushed, "in_sink": lines, "exit": final["exit"]}
+        res = {
+            "buffered": buffered,
+            "rss_empty_mb": round(empty["rss_mb"], 1),
+            "rss_full_mb": round(full["rss_mb"], 1),
+            "hwm_mb": round(full["hwm_mb"], 1),
+            "bytes_per_frame": round((full["rss_mb"] - empty["rss_mb"]) * 1048576 / total) if total else None,
+            "shutdown_exit_s": round(final["exit_s"], 3),
+            "shutdown_cpu_s": round(final["cpu_total"] - cpu_before, 3),
+            "flushed_at_shutdown": flushed,
+            "in_sink": lines,
+            "exit": final["exit"],
+        }
         out["variants"][variant] = res
-        log(f"  memory {variant:8s} {buffered} buffered: rss {res['rss_full_mb']} MB (empty {res['rss_empty_mb']}); "
-            f"SIGTERM→exit {res['shutdown_exit_s']} s (cpu {res['shutdown_cpu_s']} s), {lines} lines")
+        log(
+            f"  memory {variant:8s} {buffered} buffered: rss {res['rss_full_mb']} MB (empty {res['rss_empty_mb']}); "
+            f"SIGTERM→exit {res['shutdown_exit_s']} s (cpu {res['shutdown_cpu_s']} s), {lines} lines"
+        )
     return out
 
 
@@ -635,15 +736,30 @@ def scenario_overload(variant: str, p: dict[str, Any], log: Callable[[str], None
     med = statistics.median(steady)
     summary = final["summary"] or {}
     law = all(d["frames"] == d["flushed"] + d["dropped"] + d["buffered"] for d in summary.get("devices", {}).values())
-    res = {"variant": variant, "seconds": round(wall, 1), "capacity": capacity, "offered_per_s": round(offered),
-           "overload_x": round(offered / capacity, 1), "frames": counters["frames"], "dropped": counters["dropped"],
-           "flushed": counters["flushed"], "cpu_pct": round(100 * cpu / wall, 1),
-           "rss_median_mb": round(med, 1), "rss_min_mb": round(min(steady), 1), "rss_max_mb": round(max(steady), 1),
-           "rss_max_dev_pct": round(100 * max(abs(r - med) for r in steady) / med, 1),
-           "warmup_s": p["overload_warmup_s"], "accounting_law_holds": law, "exit": final["exit"],
-           "samples": samples}
-    log(f"  overload {variant} {res['overload_x']}x for {res['seconds']} s: rss {res['rss_min_mb']}..{res['rss_max_mb']} MB "
-        f"(±{res['rss_max_dev_pct']}% of median), dropped {res['dropped']} of {res['frames']}")
+    res = {
+        "variant": variant,
+        "seconds": round(wall, 1),
+        "capacity": capacity,
+        "offered_per_s": round(offered),
+        "overload_x": round(offered / capacity, 1),
+        "frames": counters["frames"],
+        "dropped": counters["dropped"],
+        "flushed": counters["flushed"],
+        "cpu_pct": round(100 * cpu / wall, 1),
+        "rss_median_mb": round(med, 1),
+        "rss_min_mb": round(min(steady), 1),
+        "rss_max_mb": round(max(steady), 1),
+        "rss_max_dev_pct": round(100 * max(abs(r - med) for r in steady) / med, 1),
+        "warmup_s": p["overload_warmup_s"],
+        "accounting_law_holds": law,
+        "exit": final["exit"],
+        "samples": samples,
+    }
+    log(
+        f"  overload {variant} {res['overload_x']}x for {res['seconds']} s: "
+        f"rss {res['rss_min_mb']}..{res['rss_max_mb']} MB "
+        f"(±{res['rss_max_dev_pct']}% of median), dropped {res['dropped']} of {res['frames']}"
+    )
     return res
 
 
@@ -659,25 +775,57 @@ def scenario_startup(p: dict[str, Any], log: Callable[[str], None]) -> dict[str,
             _, cpu = wait_exit(proc, 30)
             walls.append(time.perf_counter() - t0)
             cpus.append(cpu)
-        return {"wall_ms_median": round(1000 * statistics.median(walls), 1), "wall_ms_min": round(1000 * min(walls), 1),
-                "cpu_ms_median": round(1000 * statistics.median(cpus), 1)}
+        return {
+            "wall_ms_median": round(1000 * statistics.median(walls), 1),
+            "wall_ms_min": round(1000 * min(walls), 1),
+            "cpu_ms_median": round(1000 * statistics.median(cpus), 1),
+        }
 
-    res = {"help_cmd": " ".join(Path(c).name if i == 0 else c for i, c in enumerate(help_cmd)),
-           "help": measure(help_cmd), "python_c_pass": measure([sys.executable, "-c", "pass"]),
-           "runs": p["startup_runs"]}
-    log(f"  startup --help: {res['help']['wall_ms_median']} ms wall (min {res['help']['wall_ms_min']}), "
-        f"{res['help']['cpu_ms_median']} ms CPU; python -c pass {res['python_c_pass']['wall_ms_median']} ms")
+    res = {
+        "help_cmd": " ".join(Path(c).name if i == 0 else c for i, c in enumerate(help_cmd)),
+        "help": measure(help_cmd),
+        "python_c_pass": measure([sys.executable, "-c", "pass"]),
+        "runs": p["startup_runs"],
+    }
+    log(
+        f"  startup --help: {res['help']['wall_ms_median']} ms wall (min {res['help']['wall_ms_min']}), "
+        f"{res['help']['cpu_ms_median']} ms CPU; python -c pass {res['python_c_pass']['wall_ms_median']} ms"
+    )
     return res
 
 
 # -- the run --------------------------------------------------------------------------------------
 
-FULL = {"warmup_s": 1.0, "flood_devices": 16, "flood_s": 5.0, "paced_devices": 48, "paced_s": 15.0,
-        "paced_baseline_s": 8.0, "paced_capacity": 100_000, "idle_devices": 8, "idle_s": 4.0,
-        "memory_frames": 100_000, "overload_s": 60.0, "overload_warmup_s": 5.0, "startup_runs": 5}
-QUICK = {"warmup_s": 0.2, "flood_devices": 4, "flood_s": 0.5, "paced_devices": 8, "paced_s": 0.5,
-         "paced_baseline_s": 0.5, "paced_capacity": 10_000, "idle_devices": 4, "idle_s": 0.3,
-         "memory_frames": 4_000, "overload_s": 1.0, "overload_warmup_s": 0.3, "startup_runs": 1}
+FULL = {
+    "warmup_s": 1.0,
+    "flood_devices": 16,
+    "flood_s": 5.0,
+    "paced_devices": 48,
+    "paced_s": 15.0,
+    "paced_baseline_s": 8.0,
+    "paced_capacity": 100_000,
+    "idle_devices": 8,
+    "idle_s": 4.0,
+    "memory_frames": 100_000,
+    "overload_s": 60.0,
+    "overload_warmup_s": 5.0,
+    "startup_runs": 5,
+}
+QUICK = {
+    "warmup_s": 0.2,
+    "flood_devices": 4,
+    "flood_s": 0.5,
+    "paced_devices": 8,
+    "paced_s": 0.5,
+    "paced_baseline_s": 0.5,
+    "paced_capacity": 10_000,
+    "idle_devices": 4,
+    "idle_s": 0.3,
+    "memory_frames": 4_000,
+    "overload_s": 1.0,
+    "overload_warmup_s": 0.3,
+    "startup_runs": 1,
+}
 SCENARIOS = ("startup", "flood", "paced", "idle", "memory", "overload")
 
 
@@ -693,17 +841,27 @@ def machine() -> dict[str, Any]:
         pass
     try:
         import uvloop
+
         uv = uvloop.__version__
     except ImportError:
         uv = None
     from firmware_host.codecs import cobs
+
     cc: str | None = None
     if cobs.compiled_decode is not None:  # installed, and not turned off by FIRMWARE_HOST_PURE
         from importlib.metadata import version
+
         cc = version("corncobs")
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu_model": model, "python": platform.python_version(),
-            "implementation": platform.python_implementation(), "kernel": platform.release(),
-            "uvloop": uv, "corncobs": cc, "loadavg_at_start": os.getloadavg()[0]}
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "kernel": platform.release(),
+        "uvloop": uv,
+        "corncobs": cc,
+        "loadavg_at_start": os.getloadavg()[0],
+    }
 
 
 def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
@@ -725,8 +883,12 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             budget = 1000 * v.get("flush_interval", 1.0) + 50
             add("paced 48 dev: runtime CPU", "<= 30% of a core", v["cpu_pct"], v["cpu_pct"] <= 30)
             add("paced 48 dev: drops", "0", v["dropped"], v["dropped"] == 0)
-            add("paced 48 dev: every frame in the sink", "sent == lines", f"{v['in_sink']}/{v['sent']}",
-                v["every_frame_in_sink"])
+            add(
+                "paced 48 dev: every frame in the sink",
+                "sent == lines",
+                f"{v['in_sink']}/{v['sent']}",
+                v["every_frame_in_sink"],
+            )
             p99 = v["latency_ms"]["p99"]
             add("paced 48 dev: p99 receive->sink latency", f"<= {budget:g} ms", p99, p99 is not None and p99 <= budget)
             add("startup: ready with 48 devices", "<= 1 s", v["ready_s"], v["ready_s"] <= 1.0)
@@ -737,14 +899,26 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     if "memory" in sc:
         v = sc["memory"]["variants"].get(primary, {})
         if v:
-            add(f"memory: {sc['memory']['frames']} buffered frames", "<= 60 MB RSS", v["rss_full_mb"],
-                v["rss_full_mb"] <= 60)
-            add(f"shutdown: drain {sc['memory']['frames']} frames to jsonl (SIGTERM->exit)", "<= 1 s",
-                v["shutdown_exit_s"], v["shutdown_exit_s"] <= 1.0 and v["in_sink"] == sc["memory"]["frames"])
+            add(
+                f"memory: {sc['memory']['frames']} buffered frames",
+                "<= 60 MB RSS",
+                v["rss_full_mb"],
+                v["rss_full_mb"] <= 60,
+            )
+            add(
+                f"shutdown: drain {sc['memory']['frames']} frames to jsonl (SIGTERM->exit)",
+                "<= 1 s",
+                v["shutdown_exit_s"],
+                v["shutdown_exit_s"] <= 1.0 and v["in_sink"] == sc["memory"]["frames"],
+            )
     if "overload" in sc:
         v = sc["overload"]
-        add(f"overload {v['overload_x']}x for {v['seconds']} s: RSS flat", "within ±10%", v["rss_max_dev_pct"],
-            v["rss_max_dev_pct"] <= 10 and v["accounting_law_holds"])
+        add(
+            f"overload {v['overload_x']}x for {v['seconds']} s: RSS flat",
+            "within ±10%",
+            v["rss_max_dev_pct"],
+            v["rss_max_dev_pct"] <= 10 and v["accounting_law_holds"],
+        )
     if "startup" in sc:
         v = sc["startup"]["help"]
         add("startup: firmware-host --help (median wall)", "<= 150 ms", v["wall_ms_median"], v["wall_ms_median"] <= 150)
@@ -765,39 +939,104 @@ def table(r: dict[str, Any]) -> str:
         base, runs = measured("flood")
         for v, res in runs:
             ratio = res.get("ratio_vs_baseline")
-            rows.append((f"flood {sc['flood']['devices']} dev", f"frames/CPU-s ({v})", f"{res['frames_per_cpu_s']}",
-                         f"{base.get('frames_per_cpu_s', '-')}", f"{ratio}x" if ratio else ""))
+            rows.append(
+                (
+                    f"flood {sc['flood']['devices']} dev",
+                    f"frames/CPU-s ({v})",
+                    f"{res['frames_per_cpu_s']}",
+                    f"{base.get('frames_per_cpu_s', '-')}",
+                    f"{ratio}x" if ratio else "",
+                )
+            )
     if "paced" in sc:
         base, runs = measured("paced")
         for v, res in runs:
             ratio = res.get("cpu_ratio_baseline_over_runtime")
-            rows.append((f"paced {sc['paced']['devices']} dev", f"CPU % of a core ({v})", f"{res['cpu_pct']}",
-                         f"{base.get('cpu_pct', '-')}", f"{ratio}x less" if ratio else ""))
-            rows.append(("", f"p99 recv->sink ms ({v})", f"{res['latency_ms']['p99']}",
-                         f"{base.get('latency_ms', {}).get('p99', '-')}", ""))
-            rows.append(("", f"in sink / sent, dropped ({v})", f"{res['in_sink']}/{res['sent']}, {res['dropped']}",
-                         f"{base.get('in_sink')}/{base.get('sent')}" if base else "", ""))
+            rows.append(
+                (
+                    f"paced {sc['paced']['devices']} dev",
+                    f"CPU % of a core ({v})",
+                    f"{res['cpu_pct']}",
+                    f"{base.get('cpu_pct', '-')}",
+                    f"{ratio}x less" if ratio else "",
+                )
+            )
+            rows.append(
+                (
+                    "",
+                    f"p99 recv->sink ms ({v})",
+                    f"{res['latency_ms']['p99']}",
+                    f"{base.get('latency_ms', {}).get('p99', '-')}",
+                    "",
+                )
+            )
+            rows.append(
+                (
+                    "",
+                    f"in sink / sent, dropped ({v})",
+                    f"{res['in_sink']}/{res['sent']}, {res['dropped']}",
+                    f"{base.get('in_sink')}/{base.get('sent')}" if base else "",
+                    "",
+                )
+            )
     if "idle" in sc:
         base, runs = measured("idle")
         for v, res in runs:
-            rows.append((f"idle {sc['idle']['devices']} dev", f"CPU % of a core ({v})", f"{res['cpu_pct']}",
-                         f"{base.get('cpu_pct', '-')}", ""))
+            rows.append(
+                (
+                    f"idle {sc['idle']['devices']} dev",
+                    f"CPU % of a core ({v})",
+                    f"{res['cpu_pct']}",
+                    f"{base.get('cpu_pct', '-')}",
+                    "",
+                )
+            )
     if "memory" in sc:
         for v, res in sc["memory"]["variants"].items():
-            rows.append((f"memory {sc['memory']['frames']}", f"RSS MB full / empty ({v})",
-                         f"{res['rss_full_mb']} / {res['rss_empty_mb']}", "-", ""))
-            rows.append(("", f"SIGTERM->exit s, drain CPU s ({v})", f"{res['shutdown_exit_s']}, {res['shutdown_cpu_s']}",
-                         "-", ""))
+            rows.append(
+                (
+                    f"memory {sc['memory']['frames']}",
+                    f"RSS MB full / empty ({v})",
+                    f"{res['rss_full_mb']} / {res['rss_empty_mb']}",
+                    "-",
+                    "",
+                )
+            )
+            rows.append(
+                (
+                    "",
+                    f"SIGTERM->exit s, drain CPU s ({v})",
+                    f"{res['shutdown_exit_s']}, {res['shutdown_cpu_s']}",
+                    "-",
+                    "",
+                )
+            )
     if "overload" in sc:
         o = sc["overload"]
-        rows.append((f"overload {o['overload_x']}x", f"RSS MB min..max ({o['variant']})",
-                     f"{o['rss_min_mb']}..{o['rss_max_mb']} (±{o['rss_max_dev_pct']}%)", "-", ""))
+        rows.append(
+            (
+                f"overload {o['overload_x']}x",
+                f"RSS MB min..max ({o['variant']})",
+                f"{o['rss_min_mb']}..{o['rss_max_mb']} (±{o['rss_max_dev_pct']}%)",
+                "-",
+                "",
+            )
+        )
     if "startup" in sc:
         s = sc["startup"]
-        rows.append(("startup", "--help wall / CPU ms", f"{s['help']['wall_ms_median']} / {s['help']['cpu_ms_median']}",
-                     f"python -c pass: {s['python_c_pass']['wall_ms_median']}", ""))
-    widths = [max(len(row[i]) for row in rows + [("scenario", "metric", "runtime", "baseline", "ratio")]) for i in range(5)]
-    for row in [("scenario", "metric", "runtime", "baseline", "ratio")] + rows:
+        rows.append(
+            (
+                "startup",
+                "--help wall / CPU ms",
+                f"{s['help']['wall_ms_median']} / {s['help']['cpu_ms_median']}",
+                f"python -c pass: {s['python_c_pass']['wall_ms_median']}",
+                "",
+            )
+        )
+    widths = [
+        max(len(row[i]) for row in [*rows, ("scenario", "metric", "runtime", "baseline", "ratio")]) for i in range(5)
+    ]
+    for row in [("scenario", "metric", "runtime", "baseline", "ratio"), *rows]:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     lines.append("")
     for t in r["targets"]:
@@ -809,6 +1048,7 @@ def table(r: dict[str, Any]) -> str:
 def plot(r: dict[str, Any], path: str) -> bool:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -818,14 +1058,20 @@ def plot(r: dict[str, Any], path: str) -> bool:
     if "flood" in sc:
         ax = axes[0][0]
         names = list(sc["flood"]["variants"])
-        ax.bar(names, [sc["flood"]["variants"][n]["frames_per_cpu_s"] or 0 for n in names],
-               color=["tab:gray" if n == "baseline" else "tab:blue" for n in names])
+        ax.bar(
+            names,
+            [sc["flood"]["variants"][n]["frames_per_cpu_s"] or 0 for n in names],
+            color=["tab:gray" if n == "baseline" else "tab:blue" for n in names],
+        )
         ax.set_title("flood, 16 ptys: frames per CPU-second")
     if "paced" in sc:
         ax = axes[0][1]
         names = list(sc["paced"]["variants"])
-        ax.bar(names, [sc["paced"]["variants"][n]["cpu_pct"] for n in names],
-               color=["tab:gray" if n == "baseline" else "tab:blue" for n in names])
+        ax.bar(
+            names,
+            [sc["paced"]["variants"][n]["cpu_pct"] for n in names],
+            color=["tab:gray" if n == "baseline" else "tab:blue" for n in names],
+        )
         ax.axhline(30, color="tab:red", linestyle="--", label="target 30%")
         ax.set_title(f"paced {sc['paced']['devices']} devices @ {BAUD} baud: CPU % of one core")
         ax.legend()
@@ -857,10 +1103,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", dest="json_path", metavar="FILE", help="write the results as JSON")
     ap.add_argument("--png", metavar="FILE", help="plot (needs matplotlib; default: next to --json)")
     ap.add_argument("--only", metavar="A,B", help=f"scenarios to run (default all: {','.join(SCENARIOS)})")
-    ap.add_argument("--loops", metavar="A,B",
-                    help="runtime variants: asyncio, uvloop, each optionally with -pure (no compiled COBS); "
-                         "default: each installed loop -pure, then the fastest loop with corncobs when installed; "
-                         "the last one is what the targets are judged on")
+    ap.add_argument(
+        "--loops",
+        metavar="A,B",
+        help="runtime variants: asyncio, uvloop, each optionally with -pure (no compiled COBS); "
+        "default: each installed loop -pure, then the fastest loop with corncobs when installed; "
+        "the last one is what the targets are judged on",
+    )
     ap.add_argument("--overload-seconds", type=float, help="override the overload duration")
     ap.add_argument("--no-baseline", action="store_true", help="skip the baseline runs")
     args = ap.parse_args(argv)
@@ -894,10 +1143,18 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     started = time.monotonic()
-    result: dict[str, Any] = {"machine": info, "quick": args.quick, "loops": loops, "primary_loop": primary,
-                              "params": p, "scenarios": {}}
+    result: dict[str, Any] = {
+        "machine": info,
+        "quick": args.quick,
+        "loops": loops,
+        "primary_loop": primary,
+        "params": p,
+        "scenarios": {},
+    }
     sc = result["scenarios"]
-    log(f"bench: {info['nproc']} cpu ({info['cpu_model']}), python {info['python']}, runtime variants {','.join(loops)}")
+    log(
+        f"bench: {info['nproc']} cpu ({info['cpu_model']}), python {info['python']}, runtime variants {','.join(loops)}"
+    )
     if "startup" in only:
         sc["startup"] = scenario_startup(p, log)
     if "flood" in only:
@@ -913,9 +1170,12 @@ def main(argv: list[str] | None = None) -> int:
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     result["targets"] = targets(result)
     print(table(result))
-    print(f"\n{info['nproc']} cpu, {info['cpu_model']}, python {info['python']}, uvloop {info['uvloop'] or 'not installed'}, "
-          f"corncobs {info['corncobs'] or 'not installed'}; "
-          f"{result['elapsed_s']} s")
+    print(
+        f"\n{info['nproc']} cpu, {info['cpu_model']}, python {info['python']}, "
+        f"uvloop {info['uvloop'] or 'not installed'}, "
+        f"corncobs {info['corncobs'] or 'not installed'}; "
+        f"{result['elapsed_s']} s"
+    )
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     png = args.png or (str(Path(args.json_path).with_suffix(".png")) if args.json_path else None)

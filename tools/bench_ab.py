@@ -28,11 +28,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for tools/bench.py
-from tools import bench  # noqa: E402
+from tools import bench
 
 
-def window(variant: str, source: str | None, seconds: float, devices: int,
-           read_coalesce: float | None = None) -> float:
+def window(variant: str, source: str | None, seconds: float, devices: int, read_coalesce: float | None = None) -> float:
     """Paced CPU, % of a core, of one runtime over one window."""
     saved = os.environ.get("PYTHONPATH")
     if source:
@@ -65,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--devices", type=int, default=48)
-    ap.add_argument("--baud", type=int, default=bench.BAUD,
-                    help=f"line rate of every paced port (default {bench.BAUD})")
+    ap.add_argument(
+        "--baud", type=int, default=bench.BAUD, help=f"line rate of every paced port (default {bench.BAUD})"
+    )
     args = ap.parse_args(argv)
     if not 1200 <= args.baud <= 4_000_000:
         ap.error(f"--baud must be in 1200..4000000, got {args.baud}")

@@ -127,15 +127,35 @@ class Baseline:
                 if item is None:
                     break
                 name, seq, ftype, ts, payload = item
-                f.write(json.dumps({"device": name, "seq": seq, "type": ftype, "ts": ts,
-                                    "payload": base64.b64encode(payload).decode("ascii")}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "device": name,
+                            "seq": seq,
+                            "type": ftype,
+                            "ts": ts,
+                            "payload": base64.b64encode(payload).decode("ascii"),
+                        }
+                    )
+                    + "\n"
+                )
                 self.written += 1
                 if q.empty():
                     f.flush()
 
     def stats(self, **extra: object) -> None:
-        print(json.dumps({"frames": sum(self.frames), "written": self.written,
-                          "rejected": sum(self.rejected), "queue": self.q.qsize(), **extra}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "frames": sum(self.frames),
+                    "written": self.written,
+                    "rejected": sum(self.rejected),
+                    "queue": self.q.qsize(),
+                    **extra,
+                }
+            ),
+            flush=True,
+        )
 
     def run(self) -> None:
         readers = [threading.Thread(target=self.reader, args=(i,), daemon=True) for i in range(len(self.ports))]

@@ -45,7 +45,7 @@ _STAMP = struct.Struct("<d")
 
 
 class Device:
-    __slots__ = ("index", "master", "slave", "path", "written", "pending", "limit", "registered", "seq")
+    __slots__ = ("index", "limit", "master", "path", "pending", "registered", "seq", "slave", "written")
 
     def __init__(self, index: int) -> None:
         master, slave = os.openpty()
@@ -161,8 +161,13 @@ class Feeder:
 
     def report(self, **extra: object) -> None:
         backlog = sum(len(d.pending) for d in self.devices)
-        out = {"sent": [d.written // self.frame_len for d in self.devices], "backlog": backlog,
-               "backlog_max": self.backlog_max, "writes": self.writes, **extra}
+        out = {
+            "sent": [d.written // self.frame_len for d in self.devices],
+            "backlog": backlog,
+            "backlog_max": self.backlog_max,
+            "writes": self.writes,
+            **extra,
+        }
         sys.stdout.write(json.dumps(out) + "\n")
         sys.stdout.flush()
 
@@ -185,8 +190,17 @@ class Feeder:
     # -- main loop -----------------------------------------------------------------------
 
     def run(self) -> None:
-        print(json.dumps({"ports": [d.path for d in self.devices], "frame_len": self.frame_len,
-                          "fps": self.fps, "pid": os.getpid()}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "ports": [d.path for d in self.devices],
+                    "frame_len": self.frame_len,
+                    "fps": self.fps,
+                    "pid": os.getpid(),
+                }
+            ),
+            flush=True,
+        )
         stdin = sys.stdin.fileno()
         os.set_blocking(stdin, False)
         self.sel.register(stdin, selectors.EVENT_READ, None)

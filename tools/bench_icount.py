@@ -44,8 +44,10 @@ def make_reads(ports: int, per_read: int, ticks: int) -> list[list[bytes]]:
     """What each port receives before each tick: consecutive fh1 frames."""
     from firmware_host.codecs.fh1 import encode_packet
 
-    return [[b"".join(encode_packet(0, t * per_read + k, PAYLOAD) for k in range(per_read))
-             for t in range(ticks)] for _ in range(ports)]
+    return [
+        [b"".join(encode_packet(0, t * per_read + k, PAYLOAD) for k in range(per_read)) for t in range(ticks)]
+        for _ in range(ports)
+    ]
 
 
 async def pipeline(reads: list[list[bytes]]) -> tuple[int, int]:
@@ -59,11 +61,17 @@ async def pipeline(reads: list[list[bytes]]) -> tuple[int, int]:
     for _, slave in pairs:
         tty.setraw(slave)
     work = tempfile.mkdtemp(prefix="fh-icount-")
-    cfg = config_from_dict({
-        "buffer": {"capacity": 100_000},
-        "devices": [{"name": f"d{i:02d}", "port": os.ttyname(s), "codec": "fh1", "baudrate": 921600}
-                    for i, (_, s) in enumerate(pairs)],
-        "sinks": [{"type": "jsonl", "path": os.path.join(work, "out.jsonl")}]}, source="bench_icount")
+    cfg = config_from_dict(
+        {
+            "buffer": {"capacity": 100_000},
+            "devices": [
+                {"name": f"d{i:02d}", "port": os.ttyname(s), "codec": "fh1", "baudrate": 921600}
+                for i, (_, s) in enumerate(pairs)
+            ],
+            "sinks": [{"type": "jsonl", "path": os.path.join(work, "out.jsonl")}],
+        },
+        source="bench_icount",
+    )
     firmware_host.tune_gc()
     runtime = Runtime(cfg)
     fed = 0
@@ -84,7 +92,7 @@ async def pipeline(reads: list[list[bytes]]) -> tuple[int, int]:
             done.set_result(None)
         fire(clock)
 
-    setattr(ReadClock, "_fire", fire_after_feeding)
+    setattr(ReadClock, "_fire", fire_after_feeding)  # noqa: B010  (mypy refuses a method assignment)
     try:
         await runtime.start()
         await runtime.wait_until(lambda s: all(d["state"] == "connected" for d in s["devices"].values()), 30)
@@ -94,7 +102,7 @@ async def pipeline(reads: list[list[bytes]]) -> tuple[int, int]:
         await runtime.wait_until(lambda s: sum(d["frames"] for d in s["devices"].values()) >= total, 600)
         status = (await runtime.shutdown()).status
     finally:
-        setattr(ReadClock, "_fire", fire)
+        setattr(ReadClock, "_fire", fire)  # noqa: B010
         for master, slave in pairs:
             os.close(master)
             os.close(slave)
@@ -109,6 +117,7 @@ def run_child(data_file: str) -> int:
         reads = pickle.load(f)
     try:
         import uvloop
+
         frames, flushed = uvloop.run(pipeline(reads))
     except ImportError:
         frames, flushed = asyncio.run(pipeline(reads))
@@ -120,16 +129,29 @@ def run_child(data_file: str) -> int:
 def count(source: Path, data_file: str) -> int:
     """Instructions of one child run under callgrind."""
     # a fixed hash seed: dict and set layouts, and so the counts, repeat
-    env = dict(os.environ, PYTHONHASHSEED="0",
-               PYTHONPATH=str(source) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(source) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--cache-sim=no", "--callgrind-out-file=/dev/null",
-         sys.executable, __file__, "--child", data_file],
-        env=env, capture_output=True, text=True, timeout=900)
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--cache-sim=no",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            __file__,
+            "--child",
+            data_file,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     found = re.search(r"Collected : (\d+)", proc.stderr)
     if proc.returncode != 0 or found is None or "frames" not in proc.stdout:
-        raise SystemExit(f"bench_icount: the counted run failed ({proc.returncode}): "
-                         f"{(proc.stdout + proc.stderr).strip().splitlines()[-1:]}")
+        raise SystemExit(
+            f"bench_icount: the counted run failed ({proc.returncode}): "
+            f"{(proc.stdout + proc.stderr).strip().splitlines()[-1:]}"
+        )
     return int(found.group(1))
 
 

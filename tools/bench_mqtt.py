@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from firmware_host import FakeOpener, FakePort, encode_packet  # noqa: E402
-from firmware_host.testing import running_runtime  # noqa: E402
+from firmware_host import FakeOpener, FakePort, encode_packet
+from firmware_host.testing import running_runtime
 
 
 async def main(frames: int, batch: int) -> dict[str, object]:
@@ -52,10 +52,12 @@ async def main(frames: int, batch: int) -> dict[str, object]:
     await ready.wait()
     payload = bytes(64)
     data = b"".join(encode_packet(0, s, payload) for s in range(frames))
-    port = FakePort([data[i:i + 65536] for i in range(0, len(data), 65536)])
+    port = FakePort([data[i : i + 65536] for i in range(0, len(data), 65536)])
     sink = MqttSink(port=broker.port, gateway="bench")
-    config = {"buffer": {"capacity": frames, "flush_interval": 0.05, "batch_size": batch},
-              "devices": [{"name": "d", "port": "fake://d", "codec": "fh1"}]}
+    config = {
+        "buffer": {"capacity": frames, "flush_interval": 0.05, "batch_size": batch},
+        "devices": [{"name": "d", "port": "fake://d", "codec": "fh1"}],
+    }
     cpu0, t0 = time.process_time(), time.perf_counter()
     async with running_runtime(config, opener=FakeOpener({"fake://d": [port]}), sinks=[sink]) as rt:
         await rt.wait_until(lambda s: s["devices"]["d"]["flushed"] == frames, 300)
@@ -65,10 +67,16 @@ async def main(frames: int, batch: int) -> dict[str, object]:
     cpu = time.process_time() - cpu0
     sub.cancel()
     await broker.stop()
-    return {"frames": frames, "batch_size": batch, "seconds_to_all_pubacks": round(t_acked, 3),
-            "frames_per_s_acked": round(frames / t_acked), "seconds_to_subscriber": round(t_all, 3),
-            "process_cpu_s (runtime + subscriber)": round(cpu, 3), "python": platform.python_version(),
-            "cpus": os.cpu_count()}
+    return {
+        "frames": frames,
+        "batch_size": batch,
+        "seconds_to_all_pubacks": round(t_acked, 3),
+        "frames_per_s_acked": round(frames / t_acked),
+        "seconds_to_subscriber": round(t_all, 3),
+        "process_cpu_s (runtime + subscriber)": round(cpu, 3),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
 
 
 if __name__ == "__main__":

@@ -33,16 +33,19 @@ class Broker:
         self.conf = directory / "mosquitto.conf"
         # "user": started as root, mosquitto would switch to the mosquitto user
         # and could not write its persistence file in our temp dir
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
-                             f"persistence true\npersistence_location {directory}/\n"
-                             "max_queued_messages 100000\nmax_inflight_messages 0\n")
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
+            f"persistence true\npersistence_location {directory}/\n"
+            "max_queued_messages 100000\nmax_inflight_messages 0\n"
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> None:
         if MOSQUITTO is None:
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         for _ in range(200):  # bounded: until the listener accepts
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)

@@ -47,18 +47,19 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from firmware_host.config.boards import load_boards  # noqa: E402
-from firmware_host.config.schema import config_from_dict  # noqa: E402
-from firmware_host.emulation.fleet import DEFAULT_FLEET, FaultOptions, Fleet  # noqa: E402
-from firmware_host.frames import Frame  # noqa: E402
-from firmware_host.runtime import Runtime  # noqa: E402
-from firmware_host.sinks import JsonlSink, Sink  # noqa: E402
+from firmware_host.config.boards import load_boards
+from firmware_host.config.schema import config_from_dict
+from firmware_host.emulation.fleet import DEFAULT_FLEET, FaultOptions, Fleet
+from firmware_host.frames import Frame
+from firmware_host.runtime import Runtime
+from firmware_host.sinks import JsonlSink, Sink
 
 #: after the warm-up, the largest RSS sample may be at most this times the warm-up one
 RSS_FACTOR = 1.2
@@ -132,19 +133,30 @@ def fleet_plan(devices: int, boards: dict[str, Any]) -> list[tuple[Any, int]]:
 
 
 def law_breaks(status: dict[str, Any]) -> list[str]:
-    return [f"{name}: frames {d['frames']} != flushed {d['flushed']} + dropped {d['dropped']} + "
-            f"buffered {d['buffered']}" for name, d in status["devices"].items()
-            if d["frames"] != d["flushed"] + d["dropped"] + d["buffered"]]
+    return [
+        f"{name}: frames {d['frames']} != flushed {d['flushed']} + dropped {d['dropped']} + buffered {d['buffered']}"
+        for name, d in status["devices"].items()
+        if d["frames"] != d["flushed"] + d["dropped"] + d["buffered"]
+    ]
 
 
 def host_view(d: dict[str, Any]) -> dict[str, int]:
     return {"frames": d["frames"], "rejected": d["rejected"], "gaps": d["gaps"]}
 
 
-async def soak(duration: float = 120.0, devices: int = 16, *, seed: int = 1, rate: float = 50.0,
-               outage_every: float = 3.0, outage_for: float = 1.0, unplug_every: float | None = None,
-               capacity: int | None = None, workdir: str | os.PathLike[str] | None = None,
-               keep: bool = False) -> dict[str, Any]:
+async def soak(
+    duration: float = 120.0,
+    devices: int = 16,
+    *,
+    seed: int = 1,
+    rate: float = 50.0,
+    outage_every: float = 3.0,
+    outage_for: float = 1.0,
+    unplug_every: float | None = None,
+    capacity: int | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+    keep: bool = False,
+) -> dict[str, Any]:
     """Run the soak; returns the summary (``summary["failures"]`` empty when it passed)."""
     if duration <= 0 or devices <= 0:
         raise ValueError("duration and devices must be > 0")
@@ -159,8 +171,10 @@ async def soak(duration: float = 120.0, devices: int = 16, *, seed: int = 1, rat
     faults = FaultOptions(noise=0.02, corrupt=0.02, skip=0.02, unplug_every=unplug_every, unplug_for=0.5)
     fleet = Fleet(fleet_plan(devices, load_boards()), base / "ports", faults=faults, rate=rate, seed=seed)
     sink = OutageSink(JsonlSink(path=str(jsonl)), every=outage_every, down_for=outage_for)
-    cfg = config_from_dict({"buffer": {"capacity": capacity, "batch_size": 256, "flush_interval": 0.1},
-                            "shutdown": {"grace": 30.0}}, source="<soak>")
+    cfg = config_from_dict(
+        {"buffer": {"capacity": capacity, "batch_size": 256, "flush_interval": 0.1}, "shutdown": {"grace": 30.0}},
+        source="<soak>",
+    )
     failures: list[str] = []
     samples: list[tuple[float, int]] = []
     law_samples = 0
@@ -169,8 +183,9 @@ async def soak(duration: float = 120.0, devices: int = 16, *, seed: int = 1, rat
     try:
         await fleet.start()
         # quick reconnects after each replug (the default backoff would lose seconds)
-        cfg = dataclasses.replace(cfg, devices=[dataclasses.replace(d, backoff_initial=0.05, backoff_max=0.5)
-                                                for d in fleet.device_configs()])
+        cfg = dataclasses.replace(
+            cfg, devices=[dataclasses.replace(d, backoff_initial=0.05, backoff_max=0.5) for d in fleet.device_configs()]
+        )
         rt = Runtime(cfg, sinks=[sink])
         await rt.start()
 
@@ -212,8 +227,14 @@ async def soak(duration: float = 120.0, devices: int = 16, *, seed: int = 1, rat
     for dev in fleet.devices:
         d = final["devices"][dev.name]
         host, want = host_view(d), dev.expected()
-        per_device[dev.name] = {"host": host, "expected": want, "flushed": d["flushed"], "dropped": d["dropped"],
-                                "reconnects": d["reconnects"], "emulator": dev.counters()}
+        per_device[dev.name] = {
+            "host": host,
+            "expected": want,
+            "flushed": d["flushed"],
+            "dropped": d["dropped"],
+            "reconnects": d["reconnects"],
+            "emulator": dev.counters(),
+        }
         if dev.inexact:
             failures.append(f"{dev.name}: the emulator flagged its counts inexact ({dev.counters()})")
         if host != want:
@@ -240,26 +261,47 @@ async def soak(duration: float = 120.0, devices: int = 16, *, seed: int = 1, rat
                 out_of_order += 1
             last_seq[name] = r["seq"]
     if len(keys) != total_records or len(seq_keys) != total_records:
-        failures.append(f"sink: {total_records} records but {len(keys)} unique (device, seq, ts) and "
-                        f"{len(seq_keys)} unique (device, seq): a frame was delivered twice")
+        failures.append(
+            f"sink: {total_records} records but {len(keys)} unique (device, seq, ts) and "
+            f"{len(seq_keys)} unique (device, seq): a frame was delivered twice"
+        )
     if out_of_order:
         failures.append(f"sink: {out_of_order} records out of seq order within their device")
     for name, d in final["devices"].items():
         n = records.get(name, 0)
         per_device[name]["sink_records"] = n
         if not d["flushed"] <= n <= d["flushed"] + d["dropped"]:
-            failures.append(f"{name}: {n} records in the sink, expected flushed {d['flushed']} <= records <= "
-                            f"flushed + dropped {d['flushed'] + d['dropped']}")
+            failures.append(
+                f"{name}: {n} records in the sink, expected flushed {d['flushed']} <= records <= "
+                f"flushed + dropped {d['flushed'] + d['dropped']}"
+            )
 
     # -- the faults happened ---------------------------------------------------------------------
-    totals = {k: sum(d[k] for d in final["devices"].values())
-              for k in ("frames", "flushed", "dropped", "rejected", "gaps", "reconnects")}
-    emulated = {k: sum(getattr(dev, k) for dev in fleet.devices)
-                for k in ("sent", "corrupted", "skipped", "noise_events", "noise_frames", "unplugs",
-                          "lost_unplugged", "overrun")}
-    for what, value in (("dropped", totals["dropped"]), ("reconnects", totals["reconnects"]),
-                        ("sink failures", sink.failures), ("corrupted", emulated["corrupted"]),
-                        ("skipped", emulated["skipped"]), ("noise events", emulated["noise_events"])):
+    totals = {
+        k: sum(d[k] for d in final["devices"].values())
+        for k in ("frames", "flushed", "dropped", "rejected", "gaps", "reconnects")
+    }
+    emulated = {
+        k: sum(getattr(dev, k) for dev in fleet.devices)
+        for k in (
+            "sent",
+            "corrupted",
+            "skipped",
+            "noise_events",
+            "noise_frames",
+            "unplugs",
+            "lost_unplugged",
+            "overrun",
+        )
+    }
+    for what, value in (
+        ("dropped", totals["dropped"]),
+        ("reconnects", totals["reconnects"]),
+        ("sink failures", sink.failures),
+        ("corrupted", emulated["corrupted"]),
+        ("skipped", emulated["skipped"]),
+        ("noise events", emulated["noise_events"]),
+    ):
         if not value:
             failures.append(f"fault not exercised: {what} is 0")
 
@@ -282,11 +324,14 @@ async def soak(duration: float = 120.0, devices: int = 16, *, seed: int = 1, rat
         "capacity": capacity,
         "totals": totals,
         "emulator": emulated,
-        "sink": {"records": total_records, "failures": sink.failures, "outages": sink.outages,
-                 "path": str(jsonl) if keep else None},
+        "sink": {
+            "records": total_records,
+            "failures": sink.failures,
+            "outages": sink.outages,
+            "path": str(jsonl) if keep else None,
+        },
         "law_samples": law_samples,
-        "rss_kb": {"warmup_s": warmup, "baseline": baseline, "max": peak, "bound": RSS_FACTOR,
-                   "samples": samples},
+        "rss_kb": {"warmup_s": warmup, "baseline": baseline, "max": peak, "bound": RSS_FACTOR, "samples": samples},
         "per_device": per_device,
     }
     if not keep and workdir is None:
@@ -302,11 +347,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=50.0, help="ticks per second per device (default 50)")
     parser.add_argument("--json", metavar="FILE", help="also write the summary here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (the jsonl file)")
-    parser.add_argument("--verbose", action="store_true",
-                        help="log the runtime's warnings (every unplug and outage is one)")
+    parser.add_argument(
+        "--verbose", action="store_true", help="log the runtime's warnings (every unplug and outage is one)"
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.verbose else logging.ERROR,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     result = asyncio.run(soak(args.duration, args.devices, seed=args.seed, rate=args.rate, keep=args.keep))
     text = json.dumps(result, indent=2)
     print(text)

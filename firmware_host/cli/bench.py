@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 def find_harness() -> Path | None:
@@ -29,8 +29,10 @@ def find_harness() -> Path | None:
 def bench_main(argv: Sequence[str]) -> int:
     path = find_harness()
     if path is None:
-        raise FileNotFoundError("the benchmark harness (tools/bench.py) ships with the source checkout; "
-                                "run from one, or set FIRMWARE_HOST_BENCH to its path")
+        raise FileNotFoundError(
+            "the benchmark harness (tools/bench.py) ships with the source checkout; "
+            "run from one, or set FIRMWARE_HOST_BENCH to its path"
+        )
     spec = importlib.util.spec_from_file_location("firmware_host_bench_harness", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

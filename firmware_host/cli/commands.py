@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, NoReturn, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import click
 
@@ -27,8 +28,12 @@ def emit_json(data: Any) -> None:
 
 
 def control_option(fn: Any) -> Any:
-    return click.option("--control", "control_path", metavar="PATH",
-                        help="Control socket (default: $FIRMWARE_HOST_CONTROL, then the per-user default).")(fn)
+    return click.option(
+        "--control",
+        "control_path",
+        metavar="PATH",
+        help="Control socket (default: $FIRMWARE_HOST_CONTROL, then the per-user default).",
+    )(fn)
 
 
 def json_option(fn: Any) -> Any:
@@ -36,8 +41,9 @@ def json_option(fn: Any) -> Any:
 
 
 def config_option(fn: Any) -> Any:
-    return click.option("-c", "--config", "config_path", metavar="FILE",
-                        help="Config file (TOML); its [control] socket is used.")(fn)
+    return click.option(
+        "-c", "--config", "config_path", metavar="FILE", help="Config file (TOML); its [control] socket is used."
+    )(fn)
 
 
 def resolve_control(control_path: str | None, config_path: str | None = None) -> str:
@@ -52,11 +58,13 @@ def resolve_control(control_path: str | None, config_path: str | None = None) ->
     if env:
         return env
     from firmware_host.config.schema import default_control_socket
+
     return default_control_socket()
 
 
 def load_config_or_exit(path: str, **kwargs: Any) -> Any:
     from firmware_host.config.schema import ConfigError, load_config
+
     try:
         return load_config(path, **kwargs)
     except ConfigError as exc:
@@ -95,31 +103,57 @@ def main() -> None:
 
 @main.command()
 @config_option
-@click.option("--emulate", "emulate", is_flag=False, flag_value="@default", default=None, multiple=True,
-              metavar="[BOARD[:N],…]", help="Run on emulated boards (no hardware). Alone: a default mixed fleet.")
+@click.option(
+    "--emulate",
+    "emulate",
+    is_flag=False,
+    flag_value="@default",
+    default=None,
+    multiple=True,
+    metavar="[BOARD[:N],…]",
+    help="Run on emulated boards (no hardware). Alone: a default mixed fleet.",
+)
 @click.option("--duration", type=click.FloatRange(min=0), metavar="S", help="Stop after S seconds.")
 @control_option
 @click.option("--summary", "summary_path", metavar="FILE", help="Write the final counters as JSON at exit.")
 @click.option("--boards-dir", "boards_dirs", multiple=True, metavar="DIR", help="Extra board definitions.")
 @click.option("-q", "--quiet", is_flag=True, help="No live view or periodic summary.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
-def run(config_path: str | None, emulate: Sequence[str], duration: float | None, control_path: str | None,
-        summary_path: str | None, boards_dirs: Sequence[str], quiet: bool, verbose: int) -> None:
+def run(
+    config_path: str | None,
+    emulate: Sequence[str],
+    duration: float | None,
+    control_path: str | None,
+    summary_path: str | None,
+    boards_dirs: Sequence[str],
+    quiet: bool,
+    verbose: int,
+) -> None:
     """Run the runtime until stopped (SIGINT/SIGTERM drain in order; a second one exits at once)."""
     from firmware_host.cli.run import RunOptions, run_main
-    opts = RunOptions(config_path=config_path, emulate=list(emulate), duration=duration,
-                      control_path=control_path, summary_path=summary_path, boards_dirs=list(boards_dirs),
-                      quiet=quiet, verbose=verbose)
+
+    opts = RunOptions(
+        config_path=config_path,
+        emulate=list(emulate),
+        duration=duration,
+        control_path=control_path,
+        summary_path=summary_path,
+        boards_dirs=list(boards_dirs),
+        quiet=quiet,
+        verbose=verbose,
+    )
     sys.exit(run_main(opts))
 
 
 # -- control plane ---------------------------------------------------------------------
 
 
-def ask(control_path: str | None, config_path: str | None, request: dict[str, Any],
-        timeout: float = 30.0) -> dict[str, Any]:
+def ask(
+    control_path: str | None, config_path: str | None, request: dict[str, Any], timeout: float = 30.0
+) -> dict[str, Any]:
     """One request to a running runtime; exits 3 when none listens."""
     from firmware_host.control.server import ControlError, NoRuntime, request_sync
+
     path = resolve_control(control_path, config_path)
     try:
         return request_sync(path, request, timeout=timeout)
@@ -140,6 +174,7 @@ def buffers(control_path: str | None, config_path: str | None, as_json: bool) ->
         emit_json(reply)
     else:
         from firmware_host.cli.render import buffers_table
+
         click.echo(buffers_table(reply))
 
 
@@ -147,11 +182,15 @@ def buffers(control_path: str | None, config_path: str | None, as_json: bool) ->
 @control_option
 @config_option
 @click.option("--device", metavar="NAME", help="Flush only this device's frames.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Give up after this many seconds (a sink may be down).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Give up after this many seconds (a sink may be down).",
+)
 @json_option
-def flush(control_path: str | None, config_path: str | None, device: str | None, timeout: float,
-          as_json: bool) -> None:
+def flush(control_path: str | None, config_path: str | None, device: str | None, timeout: float, as_json: bool) -> None:
     """Flush now (all, or one device's frames) and say how many went out."""
     request: dict[str, Any] = {"cmd": "flush", "timeout": timeout}
     if device:
@@ -177,6 +216,7 @@ def status(control_path: str | None, config_path: str | None, as_json: bool) -> 
         emit_json(reply)
     else:
         from firmware_host.cli.render import status_table
+
         click.echo(status_table(reply))
 
 
@@ -201,6 +241,7 @@ def devices(ctx: click.Context, as_json: bool) -> None:
         return
     from firmware_host.config.schema import ConfigError
     from firmware_host.transport.detect import list_devices
+
     try:
         found = list_devices()
     except ConfigError as exc:  # an invalid board file (shipped or $FIRMWARE_HOST_BOARDS)
@@ -209,8 +250,13 @@ def devices(ctx: click.Context, as_json: bool) -> None:
         emit_json(found)
         return
     from firmware_host.cli.render import table
-    click.echo(table(("port", "description", "vid:pid", "serial", "board"),
-                     [[d["port"], d["description"], d["vid_pid"], d["serial"], d["board"]] for d in found]))
+
+    click.echo(
+        table(
+            ("port", "description", "vid:pid", "serial", "board"),
+            [[d["port"], d["description"], d["vid_pid"], d["serial"], d["board"]] for d in found],
+        )
+    )
 
 
 @devices.command("add")
@@ -221,8 +267,15 @@ def devices(ctx: click.Context, as_json: bool) -> None:
 @click.option("--baudrate", type=click.IntRange(min=1))
 @control_option
 @config_option
-def devices_add(name: str, port: str, codec: str | None, board: str | None, baudrate: int | None,
-                control_path: str | None, config_path: str | None) -> None:
+def devices_add(
+    name: str,
+    port: str,
+    codec: str | None,
+    board: str | None,
+    baudrate: int | None,
+    control_path: str | None,
+    config_path: str | None,
+) -> None:
     """Start reading a new device on a running runtime."""
     request: dict[str, Any] = {"cmd": "devices.add", "name": name, "port": port}
     for key, value in (("codec", codec), ("board", board), ("baudrate", baudrate)):
@@ -249,6 +302,7 @@ def boards(boards_dirs: Sequence[str], as_json: bool) -> None:
     """Known board definitions."""
     from firmware_host.config.boards import load_boards
     from firmware_host.config.schema import ConfigError
+
     try:
         known = load_boards(boards_dirs)
     except ConfigError as exc:
@@ -257,10 +311,23 @@ def boards(boards_dirs: Sequence[str], as_json: bool) -> None:
         emit_json({name: b.to_dict() for name, b in sorted(known.items())})
         return
     from firmware_host.cli.render import table
-    click.echo(table(("board", "codec", "baudrate", "usb", "emulated rate", "description"),
-                     [[b.name, b.codec, b.baudrate,
-                       f"{b.vid:04x}:{b.pid:04x}" if b.vid is not None and b.pid is not None else None,
-                       f"{b.emulator.rate:g} Hz", b.description] for _, b in sorted(known.items())]))
+
+    click.echo(
+        table(
+            ("board", "codec", "baudrate", "usb", "emulated rate", "description"),
+            [
+                [
+                    b.name,
+                    b.codec,
+                    b.baudrate,
+                    f"{b.vid:04x}:{b.pid:04x}" if b.vid is not None and b.pid is not None else None,
+                    f"{b.emulator.rate:g} Hz",
+                    b.description,
+                ]
+                for _, b in sorted(known.items())
+            ],
+        )
+    )
 
 
 @main.command()
@@ -270,6 +337,7 @@ def plugins(config_path: str | None, as_json: bool) -> None:
     """Discovered plugins, their periodic tasks and state."""
     from firmware_host.config.schema import ConfigError
     from firmware_host.plugins.host import plugins_report, read_plugin_table
+
     table, source = None, None
     if config_path:
         # only [plugins.*]: the rest of the config may name codecs the plugins provide
@@ -282,15 +350,27 @@ def plugins(config_path: str | None, as_json: bool) -> None:
         emit_json(report)
         return
     from firmware_host.cli.render import table as render_table
-    click.echo(render_table(("plugin", "enabled", "source", "state"),
-                            [[p["name"], "yes" if p["enabled"] else "no", p["source"], p["state"]]
-                             for p in report["plugins"]]))
+
+    click.echo(
+        render_table(
+            ("plugin", "enabled", "source", "state"),
+            [[p["name"], "yes" if p["enabled"] else "no", p["source"], p["state"]] for p in report["plugins"]],
+        )
+    )
     for p in report["plugins"]:
         if p.get("error"):
             click.echo(f"{p['name']}: {p['error']}")
-    tasks = [[p["name"], t["name"], f"{t['interval']:g} s", t["missed_policy"],
-              "-" if t["timeout"] is None else f"{t['timeout']:g} s"]
-             for p in report["plugins"] for t in p["tasks"]]
+    tasks = [
+        [
+            p["name"],
+            t["name"],
+            f"{t['interval']:g} s",
+            t["missed_policy"],
+            "-" if t["timeout"] is None else f"{t['timeout']:g} s",
+        ]
+        for p in report["plugins"]
+        for t in p["tasks"]
+    ]
     if tasks:
         click.echo()
         click.echo(render_table(("plugin", "task", "interval", "missed", "timeout"), tasks))
@@ -307,6 +387,7 @@ def spool() -> None:
 def spool_stats_cmd(path: str, as_json: bool) -> None:
     """Frames and bytes per device in the spool at PATH."""
     from firmware_host.spool import SpoolBusy, SpoolError, spool_stats
+
     try:
         stats = spool_stats(path)
     except (SpoolBusy, SpoolError, OSError) as exc:
@@ -315,9 +396,14 @@ def spool_stats_cmd(path: str, as_json: bool) -> None:
         emit_json(stats)
         return
     from firmware_host.cli.render import table
+
     click.echo(f"{path}: {stats['frames']} frames, {stats['bytes']} bytes (file {stats['file_bytes']} bytes)")
-    click.echo(table(("device", "frames", "bytes"),
-                     [[name, d["frames"], d["bytes"]] for name, d in sorted(stats["devices"].items())]))
+    click.echo(
+        table(
+            ("device", "frames", "bytes"),
+            [[name, d["frames"], d["bytes"]] for name, d in sorted(stats["devices"].items())],
+        )
+    )
 
 
 @spool.command("export")
@@ -327,6 +413,7 @@ def spool_stats_cmd(path: str, as_json: bool) -> None:
 def spool_export_cmd(path: str, output: str | None, device: str | None) -> None:
     """The spooled frames as jsonl records, oldest first (the spool is left as it is)."""
     from firmware_host.spool import SpoolBusy, SpoolError, spool_export
+
     try:
         if output:
             with open(output, "wb") as out:
@@ -348,27 +435,53 @@ def spool_export_cmd(path: str, output: str | None, device: str | None) -> None:
 @click.option("--corrupt", type=click.FloatRange(0, 1), default=0.0, help="Probability of a corrupted frame.")
 @click.option("--skip", type=click.FloatRange(0, 1), default=0.0, help="Probability of a skipped seq.")
 @click.option("--burst", type=click.IntRange(min=0), default=0, help="Send frames in bursts of this many.")
-@click.option("--unplug-every", type=click.FloatRange(min=0), default=0.0, metavar="S",
-              help="Unplug and replug every S seconds.")
+@click.option(
+    "--unplug-every", type=click.FloatRange(min=0), default=0.0, metavar="S", help="Unplug and replug every S seconds."
+)
 @click.option("--duration", type=click.FloatRange(min=0), metavar="S", help="Stop after S seconds.")
 @click.option("--seed", type=int, help="Random seed for reproducible faults.")
 @click.option("--boards-dir", "boards_dirs", multiple=True, metavar="DIR", help="Extra board definitions.")
-def emulate(board: str, count: int, rate: float | None, directory: str | None, noise: float, corrupt: float,
-            skip: float, burst: int, unplug_every: float, duration: float | None, seed: int | None,
-            boards_dirs: Sequence[str]) -> None:
+def emulate(
+    board: str,
+    count: int,
+    rate: float | None,
+    directory: str | None,
+    noise: float,
+    corrupt: float,
+    skip: float,
+    burst: int,
+    unplug_every: float,
+    duration: float | None,
+    seed: int | None,
+    boards_dirs: Sequence[str],
+) -> None:
     """Virtual boards on pty pairs; prints the port paths and runs until stopped."""
     from firmware_host.emulation.fleet import emulate_main
-    sys.exit(emulate_main(board=board, count=count, rate=rate, directory=directory, noise=noise,
-                          corrupt=corrupt, skip=skip, burst=burst, unplug_every=unplug_every,
-                          duration=duration, seed=seed, boards_dirs=list(boards_dirs)))
+
+    sys.exit(
+        emulate_main(
+            board=board,
+            count=count,
+            rate=rate,
+            directory=directory,
+            noise=noise,
+            corrupt=corrupt,
+            skip=skip,
+            burst=burst,
+            unplug_every=unplug_every,
+            duration=duration,
+            seed=seed,
+            boards_dirs=list(boards_dirs),
+        )
+    )
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-              add_help_option=False)
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(args: Sequence[str]) -> None:
     """Benchmark the runtime against a thread-per-port baseline (--help for options)."""
     from firmware_host.cli.bench import bench_main
+
     try:
         sys.exit(bench_main(args))
     except FileNotFoundError as exc:

@@ -40,15 +40,27 @@ def _rates(status: dict[str, Any], prev: dict[str, Any] | None, elapsed: float) 
 def render_view(status: dict[str, Any], rates: dict[str, float | None]) -> list[str]:
     """The live view's lines (no terminal codes)."""
     buf = status["buffer"]
-    head = (f"firmware-host  up {status['uptime']:.0f}s  buffer {buf['depth']}/{buf['capacity']} frames, "
-            f"{buf['bytes']} bytes, {buf['dropped']} dropped")
+    head = (
+        f"firmware-host  up {status['uptime']:.0f}s  buffer {buf['depth']}/{buf['capacity']} frames, "
+        f"{buf['bytes']} bytes, {buf['dropped']} dropped"
+    )
     rows = []
     for name, d in sorted(status["devices"].items()):
         rate = rates.get(name)
-        rows.append([name, d["state"], "-" if rate is None else f"{rate:.1f}", d["frames"], d["rejected"],
-                     d["gaps"], d["reconnects"], d["buffered"], d["dropped"]])
-    body = table(("device", "state", "frames/s", "frames", "rejected", "gaps", "reconn", "buffered", "dropped"),
-                 rows)
+        rows.append(
+            [
+                name,
+                d["state"],
+                "-" if rate is None else f"{rate:.1f}",
+                d["frames"],
+                d["rejected"],
+                d["gaps"],
+                d["reconnects"],
+                d["buffered"],
+                d["dropped"],
+            ]
+        )
+    body = table(("device", "state", "frames/s", "frames", "rejected", "gaps", "reconn", "buffered", "dropped"), rows)
     return [head, *body.splitlines()]
 
 
@@ -60,10 +72,12 @@ def summary_line(status: dict[str, Any], rates: dict[str, float | None]) -> str:
     rate = f"{sum(known):.1f}" if known else "-"  # no earlier sample yet: unknown, not zero
     buf = status["buffer"]
     down = sorted(n for n, d in status["devices"].items() if d["state"] != "connected")
-    text = (f"{len(status['devices'])} devices ({connected} connected): {rate} frames/s, "
-            f"{sum(d['frames'] for d in devices)} frames, {sum(d['rejected'] for d in devices)} rejected, "
-            f"{sum(d['gaps'] for d in devices)} gaps; buffer {buf['depth']}/{buf['capacity']}, "
-            f"{buf['dropped']} dropped")
+    text = (
+        f"{len(status['devices'])} devices ({connected} connected): {rate} frames/s, "
+        f"{sum(d['frames'] for d in devices)} frames, {sum(d['rejected'] for d in devices)} rejected, "
+        f"{sum(d['gaps'] for d in devices)} gaps; buffer {buf['depth']}/{buf['capacity']}, "
+        f"{buf['dropped']} dropped"
+    )
     if down:
         text += f"; not connected: {', '.join(down[:5])}{' …' if len(down) > 5 else ''}"
     return text
@@ -95,8 +109,9 @@ class _Screen:
             self.height = 0
 
 
-async def run_live_view(rt: Any, token: CancellationToken, stream: TextIO | None = None,
-                        interval: float | None = None) -> None:
+async def run_live_view(
+    rt: Any, token: CancellationToken, stream: TextIO | None = None, interval: float | None = None
+) -> None:
     """Until ``token`` is cancelled: the live view on a terminal, else a log line
     every ``interval`` (default 1 s on a terminal, 10 s otherwise)."""
     stream = stream if stream is not None else sys.stdout

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """Left-align text columns, right-align numbers."""
     cells = [[_cell(v) for v in row] for row in rows]
-    numeric = [all(_is_num(row[i]) for row in cells if row[i] != "-") and any(row[i] != "-" for row in cells)
-               for i in range(len(headers))] if cells else [False] * len(headers)
+    numeric = (
+        [
+            all(_is_num(row[i]) for row in cells if row[i] != "-") and any(row[i] != "-" for row in cells)
+            for i in range(len(headers))
+        ]
+        if cells
+        else [False] * len(headers)
+    )
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:
@@ -35,21 +42,37 @@ def _is_num(text: str) -> bool:
     return True
 
 
-DEVICE_COLUMNS = ("device", "state", "frames", "rejected", "gaps", "reconnects",
-                  "flushed", "dropped", "buffered", "lost")
+DEVICE_COLUMNS = (
+    "device",
+    "state",
+    "frames",
+    "rejected",
+    "gaps",
+    "reconnects",
+    "flushed",
+    "dropped",
+    "buffered",
+    "lost",
+)
 
 
 def status_table(status: dict[str, Any]) -> str:
     buf = status["buffer"]
-    head = (f"uptime {status['uptime']:.1f}s  buffer {buf['depth']}/{buf['capacity']} frames, "
-            f"{buf['bytes']} bytes, {buf['dropped']} dropped")
+    head = (
+        f"uptime {status['uptime']:.1f}s  buffer {buf['depth']}/{buf['capacity']} frames, "
+        f"{buf['bytes']} bytes, {buf['dropped']} dropped"
+    )
     rows = [[name] + [d.get(c) for c in DEVICE_COLUMNS[1:]] for name, d in sorted(status["devices"].items())]
     return head + "\n" + table(DEVICE_COLUMNS, rows)
 
 
 def buffers_table(buffers: dict[str, Any]) -> str:
-    head = (f"buffer {buffers['depth']}/{buffers['capacity']} frames, {buffers['bytes']} bytes, "
-            f"{buffers['dropped']} dropped")
-    rows = [[name, d["depth"], d["dropped"], None if d["oldest_age"] is None else f"{d['oldest_age']:.3f}s"]
-            for name, d in sorted(buffers["devices"].items())]
+    head = (
+        f"buffer {buffers['depth']}/{buffers['capacity']} frames, {buffers['bytes']} bytes, "
+        f"{buffers['dropped']} dropped"
+    )
+    rows = [
+        [name, d["depth"], d["dropped"], None if d["oldest_age"] is None else f"{d['oldest_age']:.3f}s"]
+        for name, d in sorted(buffers["devices"].items())
+    ]
     return head + "\n" + table(("device", "depth", "dropped", "oldest"), rows)

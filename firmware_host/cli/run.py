@@ -16,9 +16,16 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from firmware_host.config.schema import Config, ConfigError, SinkConfig, config_from_dict, default_control_socket, load_config
-from firmware_host.gctune import tune_gc
+from firmware_host.config.schema import (
+    Config,
+    ConfigError,
+    SinkConfig,
+    config_from_dict,
+    default_control_socket,
+    load_config,
+)
 from firmware_host.errors import UsageError
+from firmware_host.gctune import tune_gc
 
 log = logging.getLogger("firmware_host")
 
@@ -37,17 +44,17 @@ class RunOptions:
     verbose: int = 0
 
 
-
-
 def setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose < 0 else (logging.INFO if verbose < 2 else logging.DEBUG)
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
 
 
 def run_main(opts: RunOptions) -> int:
     """Exit status: 0 ok, 1 runtime failure or frames lost, 2 usage/config error."""
     from firmware_host.runtime import RuntimeFailure
+
     setup_logging(opts.verbose)
     try:
         code, final_status = _event_loop_run(_run(opts))
@@ -62,6 +69,7 @@ def run_main(opts: RunOptions) -> int:
         _write_summary(opts.summary_path, final_status)
     if not opts.quiet:
         from firmware_host.cli.render import status_table
+
         print(status_table(final_status), flush=True)
     lost = sum(d["lost"] for d in final_status["devices"].values())
     if lost:
@@ -92,13 +100,16 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
     boards = await asyncio.to_thread(load_boards, opts.boards_dirs)
     # plugins first: the config may name their codecs and sink types
     from firmware_host.plugins.host import start_plugins
+
     plugins = await start_plugins(opts.config_path)
     fleet = None
     try:
-        cfg = await asyncio.to_thread(build_config, opts, boards, known_codecs=plugins.known_codecs(),
-                                      known_sinks=plugins.known_sinks())
+        cfg = await asyncio.to_thread(
+            build_config, opts, boards, known_codecs=plugins.known_codecs(), known_sinks=plugins.known_sinks()
+        )
         if opts.emulate:
             from firmware_host.emulation.fleet import Fleet, parse_emulate_spec
+
             try:
                 plan = parse_emulate_spec(opts.emulate, boards)
             except ValueError as exc:
@@ -111,13 +122,18 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
             cfg = dataclasses.replace(cfg, devices=[*cfg.devices, *extra])
             if not cfg.sinks:
                 cfg = dataclasses.replace(cfg, sinks=[SinkConfig("jsonl", {"path": DEFAULT_SINK_PATH})])
-        control = (opts.control_path or cfg.control.socket or os.environ.get("FIRMWARE_HOST_CONTROL")
-                   or default_control_socket())
+        control = (
+            opts.control_path
+            or cfg.control.socket
+            or os.environ.get("FIRMWARE_HOST_CONTROL")
+            or default_control_socket()
+        )
         rt = Runtime(cfg, control_path=control, boards=boards)
         rt.on_start.append(_tune_gc)
         plugins.attach(rt)
         if not opts.quiet:
             from firmware_host.cli.liveview import attach_live_view
+
             attach_live_view(rt, sys.stdout)  # a live view on a terminal, else a log line every 10 s
         summary = await _run_until_stopped(rt, opts.duration)
     finally:

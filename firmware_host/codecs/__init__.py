@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from firmware_host.codecs.base import Codec, CodecFactory, check_options
-from firmware_host.errors import CodecOptionError
 from firmware_host.codecs.fh1 import Fh1Codec, encode_packet
 from firmware_host.codecs.lines import LinesCodec
 from firmware_host.codecs.nmea import NmeaCodec
+from firmware_host.errors import CodecOptionError
 
 __all__ = [
     "BUILTIN_CODECS",

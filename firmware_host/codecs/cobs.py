@@ -9,10 +9,17 @@ copy), so the cost in Python is per zero in the packet, never per byte.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
-__all__ = ["CobsDecodeError", "encode", "decode", "decode_unchecked", "max_encoded_len",
-           "compiled_decode", "CompiledDecodeError"]
+__all__ = [
+    "CobsDecodeError",
+    "CompiledDecodeError",
+    "compiled_decode",
+    "decode",
+    "decode_unchecked",
+    "encode",
+    "max_encoded_len",
+]
 
 _ZERO = b"\x00"
 # A block holds at most 254 data bytes; its code byte 0xFF means "254 bytes,

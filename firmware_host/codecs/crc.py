@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from binascii import crc_hqx
 
-__all__ = ["CRC16_INIT", "CRC16_CHECK", "crc16"]
+__all__ = ["CRC16_CHECK", "CRC16_INIT", "crc16"]
 
 CRC16_INIT = 0xFFFF
 #: CRC of ASCII ``123456789`` (the catalogue's check value)

@@ -21,19 +21,20 @@ import struct
 import sys
 from array import array
 from binascii import crc_hqx
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
-from firmware_host.frames import Frame
-from firmware_host.codecs.base import CodecOptionError, DelimitedCodec
 from firmware_host.codecs import cobs as _cobs
+from firmware_host.codecs.base import CodecOptionError, DelimitedCodec
 from firmware_host.codecs.cobs import CobsDecodeError, _decode_blocks, max_encoded_len
 from firmware_host.codecs.cobs import encode as cobs_encode
+from firmware_host.frames import Frame
 
 __all__ = [
-    "FH1_VERSION",
-    "HEADER_LEN",
     "CRC_LEN",
     "DEFAULT_MAX_PAYLOAD",
+    "FH1_VERSION",
+    "HEADER_LEN",
     "MAX_PAYLOAD_LIMIT",
     "TYPE_COMMAND",
     "TYPE_COMMAND_ACK",
@@ -130,8 +131,14 @@ class Fh1Codec(DelimitedCodec):
     options: ClassVar[dict[str, type]] = {"max_payload": int}
 
     def __init__(self, device: str = "", *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
-        if not isinstance(max_payload, int) or isinstance(max_payload, bool) or not 0 < max_payload <= MAX_PAYLOAD_LIMIT:
-            raise CodecOptionError(f"codec 'fh1' option 'max_payload' must be an int in 1..{MAX_PAYLOAD_LIMIT}, got {max_payload!r}")
+        if (
+            not isinstance(max_payload, int)
+            or isinstance(max_payload, bool)
+            or not 0 < max_payload <= MAX_PAYLOAD_LIMIT
+        ):
+            raise CodecOptionError(
+                f"codec 'fh1' option 'max_payload' must be an int in 1..{MAX_PAYLOAD_LIMIT}, got {max_payload!r}"
+            )
         self.max_payload = max_payload
         self._max_packet = HEADER_LEN + max_payload + CRC_LEN
         # the pending tail is bounded by the largest legal encoded packet (without its 0x00)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from firmware_host.frames import Frame
 from firmware_host.codecs.base import CodecOptionError, DelimitedCodec
+from firmware_host.frames import Frame
 
 __all__ = ["DEFAULT_MAX_LINE", "MAX_LINE_LIMIT", "LinesCodec"]
 
@@ -35,7 +35,9 @@ class _LineFramedCodec(DelimitedCodec):
         if max_line is None:
             max_line = self.default_max_line
         if not isinstance(max_line, int) or isinstance(max_line, bool) or not 0 < max_line <= MAX_LINE_LIMIT:
-            raise CodecOptionError(f"codec {self.name!r} option 'max_line' must be an int in 1..{MAX_LINE_LIMIT}, got {max_line!r}")
+            raise CodecOptionError(
+                f"codec {self.name!r} option 'max_line' must be an int in 1..{MAX_LINE_LIMIT}, got {max_line!r}"
+            )
         self.max_line = max_line
         super().__init__(device, max_line + 1)  # a pending line is at most max_line plus a \r
         #: next host-assigned seq

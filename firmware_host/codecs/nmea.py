@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from firmware_host.frames import Frame
 from firmware_host.codecs.lines import _CR, _LineFramedCodec
+from firmware_host.frames import Frame
 
 __all__ = ["DEFAULT_MAX_LINE", "NmeaCodec", "nmea_checksum"]
 

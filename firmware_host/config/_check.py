@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 #: ``{key: (type, default)}``; a default of ``...`` makes the key required
 OptionSpec = Mapping[str, tuple[type, Any]]
 
 
-def check_options(options: Mapping[str, object], spec: OptionSpec,
-                  error: Callable[[str, str], Exception]) -> dict[str, Any]:
+def check_options(
+    options: Mapping[str, object], spec: OptionSpec, error: Callable[[str, str], Exception]
+) -> dict[str, Any]:
     """Defaults filled in; unknown keys, missing required keys and wrong types
     raise ``error(key, message)``. A bool is not an int; an int is accepted
     where a float is expected (TOML writes ``5`` for five seconds)."""

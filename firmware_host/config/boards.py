@@ -20,7 +20,6 @@ from typing import Any
 from firmware_host.config.schema import (
     CODEC_OPTION_KEYS,
     DEFAULT_BAUDRATE,
-    ConfigError,
     _Checker,
     _describe,
     _parse_toml,
@@ -30,10 +29,10 @@ from firmware_host.errors import BoardError
 
 __all__ = [
     "BOARDS_ENV_VAR",
+    "PAYLOAD_GENERATORS",
     "Board",
     "BoardError",
     "EmulatorProfile",
-    "PAYLOAD_GENERATORS",
     "board_from_dict",
     "load_board_file",
     "load_boards",
@@ -60,8 +59,6 @@ _EMULATOR_KEYS = frozenset({"rate", "payload", "payload_size", "frame_type", "re
 REPLAY_CODECS = frozenset({"nmea", "lines"})
 
 
-
-
 @dataclass(frozen=True)
 class EmulatorProfile:
     """How the emulator plays this board."""
@@ -73,8 +70,13 @@ class EmulatorProfile:
     replay: str | None = None  # a capture file (absolute path) replayed instead of the generator
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rate": self.rate, "payload": self.payload, "payload_size": self.payload_size,
-                "frame_type": self.frame_type, "replay": self.replay}
+        return {
+            "rate": self.rate,
+            "payload": self.payload,
+            "payload_size": self.payload_size,
+            "frame_type": self.frame_type,
+            "replay": self.replay,
+        }
 
 
 @dataclass(frozen=True)
@@ -174,8 +176,9 @@ def board_from_dict(data: Mapping[str, Any], *, source: str = "<board>") -> Boar
         baudrate=baudrate,
         codec=codec,
         codec_options=options,
-        emulator=EmulatorProfile(rate=rate, payload=payload, payload_size=payload_size, frame_type=frame_type,
-                                 replay=replay),
+        emulator=EmulatorProfile(
+            rate=rate, payload=payload, payload_size=payload_size, frame_type=frame_type, replay=replay
+        ),
         source=source,
     )
 

@@ -20,20 +20,21 @@ import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
+
 from firmware_host.errors import ConfigError
 
 if TYPE_CHECKING:  # boards.py imports this module; import it lazily at run time
     from firmware_host.config.boards import Board
 
 __all__ = [
+    "DEFAULT_CODECS",
+    "DEFAULT_SINKS",
+    "MAX_CONFIG_BYTES",
     "BufferConfig",
     "Config",
     "ConfigError",
     "ControlConfig",
-    "DEFAULT_CODECS",
-    "DEFAULT_SINKS",
     "DeviceConfig",
-    "MAX_CONFIG_BYTES",
     "SerialConfig",
     "ShutdownConfig",
     "SinkConfig",
@@ -62,8 +63,9 @@ DEFAULT_BAUDRATE = 115200
 _MAX_SOCKET_PATH = 107
 
 _TOP_KEYS = frozenset({"buffer", "shutdown", "control", "serial", "devices", "sinks", "plugins"})
-_BUFFER_KEYS = frozenset({"capacity", "max_bytes", "flush_interval", "batch_size",
-                          "spool", "spool_max_bytes", "spool_sync"})
+_BUFFER_KEYS = frozenset(
+    {"capacity", "max_bytes", "flush_interval", "batch_size", "spool", "spool_max_bytes", "spool_sync"}
+)
 SPOOL_SYNC_MODES = ("off", "normal", "full")
 _SHUTDOWN_KEYS = frozenset({"grace"})
 _SERIAL_KEYS = frozenset({"read_coalesce"})
@@ -75,8 +77,6 @@ _DEVICE_KEYS = frozenset(
     {"name", "port", "match", "board", "codec", "baudrate", "backoff_initial", "backoff_max", *CODEC_OPTION_KEYS}
 )
 _MATCH_KEYS = frozenset({"vid", "pid", "serial"})
-
-
 
 
 # --------------------------------------------------------------------- dataclasses
@@ -417,10 +417,12 @@ def _parse_buffer(check: _Checker, value: object) -> BufferConfig:
         max_bytes=check.integer(table.get("max_bytes", d.max_bytes), "buffer.max_bytes", ge=0),
         flush_interval=check.number(table.get("flush_interval", d.flush_interval), "buffer.flush_interval", ge=0),
         batch_size=check.integer(table.get("batch_size", d.batch_size), "buffer.batch_size", gt=0),
-        spool=(check.string(table["spool"], "buffer.spool", "a path for the disk spool (an SQLite file)")
-               if "spool" in table else None),
-        spool_max_bytes=check.integer(table.get("spool_max_bytes", d.spool_max_bytes), "buffer.spool_max_bytes",
-                                      gt=0),
+        spool=(
+            check.string(table["spool"], "buffer.spool", "a path for the disk spool (an SQLite file)")
+            if "spool" in table
+            else None
+        ),
+        spool_max_bytes=check.integer(table.get("spool_max_bytes", d.spool_max_bytes), "buffer.spool_max_bytes", gt=0),
         spool_sync=_spool_sync(check, table.get("spool_sync", d.spool_sync)),
     )
 
@@ -442,8 +444,10 @@ def _parse_serial(check: _Checker, value: object) -> SerialConfig:
     check.keys(table, _SERIAL_KEYS, "[serial]")
     window = check.number(table.get("read_coalesce", SerialConfig.read_coalesce), "serial.read_coalesce", ge=0)
     if window > MAX_READ_COALESCE:
-        check.fail("serial.read_coalesce", f"expected a finite number from 0 to {MAX_READ_COALESCE:g} (seconds), "
-                                           f"got {window:g}")
+        check.fail(
+            "serial.read_coalesce",
+            f"expected a finite number from 0 to {MAX_READ_COALESCE:g} (seconds), got {window:g}",
+        )
     return SerialConfig(read_coalesce=window)
 
 
@@ -460,7 +464,7 @@ def _parse_control(check: _Checker, value: object) -> ControlConfig:
 
 
 def _parse_match(check: _Checker, value: object, where: str) -> dict[str, object]:
-    table = check.table(value, where, "a table like {vid = 0x0483, pid = 0x374B, serial = \"...\"}")
+    table = check.table(value, where, 'a table like {vid = 0x0483, pid = 0x374B, serial = "..."}')
     check.keys(table, _MATCH_KEYS, where)
     if not table:
         check.fail(where, "expected at least one of vid, pid, serial")
@@ -509,7 +513,8 @@ def _parse_device(
         if codec not in codecs:
             check.fail(
                 f"{where}.board",
-                f"board {board.name!r} uses codec {codec!r}, which is not available (known: {', '.join(sorted(codecs))})",
+                f"board {board.name!r} uses codec {codec!r}, which is not available "
+                f"(known: {', '.join(sorted(codecs))})",
             )
     else:
         check.fail(f"{where}.codec", f"required when no 'board' is given (known: {', '.join(sorted(codecs))})")
@@ -531,7 +536,8 @@ def _parse_device(
     if backoff_max < backoff_initial:
         check.fail(
             f"{where}.backoff_max",
-            f"expected a number >= backoff_initial ({_num(backoff_initial)}), got {_describe(table.get('backoff_max', 5.0))}",
+            f"expected a number >= backoff_initial ({_num(backoff_initial)}), "
+            f"got {_describe(table.get('backoff_max', 5.0))}",
         )
 
     return DeviceConfig(

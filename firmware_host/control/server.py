@@ -23,7 +23,9 @@ import math
 import os
 import socket
 import stat
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
 from firmware_host.errors import ControlError, NoRuntime
 
 if TYPE_CHECKING:
@@ -31,8 +33,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("firmware_host.control")
 
-__all__ = ["ControlError", "ControlServer", "NoRuntime", "request", "request_sync",
-           "MAX_REQUEST", "MAX_CONNECTIONS", "IDLE_TIMEOUT"]
+__all__ = [
+    "IDLE_TIMEOUT",
+    "MAX_CONNECTIONS",
+    "MAX_REQUEST",
+    "ControlError",
+    "ControlServer",
+    "NoRuntime",
+    "request",
+    "request_sync",
+]
 
 #: longest request line in bytes, not counting its newline; longer ones are refused
 MAX_REQUEST = 64 * 1024
@@ -49,10 +59,6 @@ FLUSH_TIMEOUT = 30.0
 MAX_FLUSH_TIMEOUT = 24 * 3600.0
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_NO_RUNTIME = 1, 2, 3
-
-
-
-
 
 
 class RequestError(Exception):
@@ -115,8 +121,15 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 class ControlServer:
     """Serves the control protocol for ``runtime`` on the Unix socket ``path``."""
 
-    def __init__(self, runtime: Runtime, path: str, *, max_connections: int = MAX_CONNECTIONS,
-                 idle_timeout: float = IDLE_TIMEOUT, max_request: int = MAX_REQUEST) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        path: str,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_request: int = MAX_REQUEST,
+    ) -> None:
         self.runtime = runtime
         self.path = path
         self.max_connections = max_connections
@@ -131,8 +144,13 @@ class ControlServer:
         self._conns: set[asyncio.Task[Any]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handlers: dict[str, Handler] = {
-            "ping": self._ping, "status": self._status, "buffers": self._buffers, "flush": self._flush,
-            "stop": self._stop, "devices.add": self._devices_add, "devices.remove": self._devices_remove,
+            "ping": self._ping,
+            "status": self._status,
+            "buffers": self._buffers,
+            "flush": self._flush,
+            "stop": self._stop,
+            "devices.add": self._devices_add,
+            "devices.remove": self._devices_remove,
         }
 
     # -- lifecycle ----------------------------------------------------------------
@@ -140,6 +158,7 @@ class ControlServer:
     async def start(self) -> None:
         """Bind the socket (see docs/control.md, "Security"); RuntimeFailure if we must not."""
         from firmware_host.runtime import RuntimeFailure
+
         try:
             await self._prepare_path()
             sock = await asyncio.to_thread(self._bind)  # bind and chmod touch the filesystem
@@ -156,8 +175,13 @@ class ControlServer:
 
     def stats(self) -> dict[str, Any]:
         """The ``control`` section of ``status --json``."""
-        return {"socket": self.path, "connections": len(self._conns), "requests": self.requests,
-                "errors": self.errors, "refused": self.refused}
+        return {
+            "socket": self.path,
+            "connections": len(self._conns),
+            "requests": self.requests,
+            "errors": self.errors,
+            "refused": self.refused,
+        }
 
     async def _prepare_path(self) -> None:
         # the filesystem checks run off the loop; only the liveness probe is async
@@ -191,8 +215,7 @@ class ControlServer:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise ControlError(f"cannot remove the stale control socket {self.path}: "
-                               f"{exc.strerror or exc}") from None
+            raise ControlError(f"cannot remove the stale control socket {self.path}: {exc.strerror or exc}") from None
         log.info("replaced a stale control socket at %s", self.path)
 
     def _bind(self) -> socket.socket:
@@ -253,8 +276,9 @@ class ControlServer:
         try:
             if len(self._conns) >= self.max_connections:
                 self.refused += 1
-                if await self._send(writer, _error(f"too many control connections ({self.max_connections}); "
-                                                   "try again", EXIT_FAILURE)):
+                if await self._send(
+                    writer, _error(f"too many control connections ({self.max_connections}); try again", EXIT_FAILURE)
+                ):
                     await self._linger(reader, writer)
                 return
             self._conns.add(task)
@@ -276,7 +300,7 @@ class ControlServer:
         while True:
             try:
                 line = await asyncio.wait_for(reader.readline(), self.idle_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
             except ValueError:
                 # the StreamReader limit: it already dropped the buffered part,
@@ -302,7 +326,7 @@ class ControlServer:
             writer.write(_encode(reply))
             # bounded: a client that never reads its replies must not pin us
             await asyncio.wait_for(writer.drain(), self.idle_timeout)
-        except (ConnectionError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError, OSError):
             return False
         return True
 
@@ -320,7 +344,7 @@ class ControlServer:
             async with asyncio.timeout(LINGER):
                 while await reader.read(65536):
                     pass
-        except (asyncio.TimeoutError, ConnectionError, OSError, ValueError):
+        except (TimeoutError, ConnectionError, OSError, ValueError):
             pass
 
     async def handle_line(self, line: bytes) -> tuple[dict[str, Any], Callable[[], None] | None]:
@@ -333,7 +357,7 @@ class ControlServer:
             return _error("malformed request: expected one JSON object per line"), None
         if not isinstance(req, dict):
             self.errors += 1
-            return _error("malformed request: expected a JSON object like {\"cmd\": \"status\"}"), None
+            return _error('malformed request: expected a JSON object like {"cmd": "status"}'), None
         cmd = req.get("cmd")
         handler = self._handlers.get(cmd) if isinstance(cmd, str) else None
         if handler is None:
@@ -372,8 +396,12 @@ class ControlServer:
         timeout = req.get("timeout", FLUSH_TIMEOUT)
         # isfinite() of an int beyond the float range raises OverflowError:
         # compare ints by value instead
-        if (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
-                or (isinstance(timeout, float) and not math.isfinite(timeout))):
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or timeout < 0
+            or (isinstance(timeout, float) and not math.isfinite(timeout))
+        ):
             raise RequestError("flush: 'timeout' must be a finite number of seconds >= 0")
         if device is not None and not await self._known_device(device):
             raise RequestError(f"unknown device {device!r}{self._known_text()}")
@@ -403,6 +431,7 @@ class ControlServer:
     async def _devices_add(self, req: dict[str, Any]) -> dict[str, Any]:
         _only(req, "name", "port", "codec", "board", "baudrate")
         from firmware_host.config.schema import ConfigError, config_from_dict
+
         raw: dict[str, Any] = {"name": _device_name(req), "port": _str_arg(req, "port", required=True)}
         for key in ("codec", "board"):
             value = _str_arg(req, key)
@@ -413,21 +442,24 @@ class ControlServer:
         boards = await self._boards() if "board" in raw else {}
         try:
             # the config loader's validation and messages, exactly as in a file
-            cfg = config_from_dict({"devices": [raw]}, source="devices add",
-                                   known_codecs=self.runtime.codecs.keys(), boards=boards)
+            cfg = config_from_dict(
+                {"devices": [raw]}, source="devices add", known_codecs=self.runtime.codecs.keys(), boards=boards
+            )
         except ConfigError as exc:
             key = (exc.key or "").removeprefix("devices[0]").lstrip(".")
             raise RequestError(f"devices add: {key + ': ' if key else ''}{exc.message}") from None
         dc = cfg.devices[0]
         from firmware_host.runtime import DeviceExists, ShuttingDown
+
         try:
             await self.runtime.add_device(dc)
         except ShuttingDown as exc:
             raise RequestError(f"devices add: {exc}", EXIT_FAILURE) from None
         except (DeviceExists, ValueError) as exc:
             raise RequestError(f"devices add: {exc}") from None
-        return {"device": {"name": dc.name, "port": dc.port, "codec": dc.codec, "board": dc.board,
-                           "baudrate": dc.baudrate}}
+        return {
+            "device": {"name": dc.name, "port": dc.port, "codec": dc.codec, "board": dc.board, "baudrate": dc.baudrate}
+        }
 
     async def _boards(self) -> Any:
         known = getattr(self.runtime, "boards", None)
@@ -435,6 +467,7 @@ class ControlServer:
             return known
         from firmware_host.config.boards import load_boards
         from firmware_host.config.schema import ConfigError
+
         try:
             # file reads: off the loop
             return await asyncio.to_thread(load_boards)
@@ -470,8 +503,9 @@ def _secure_directory(directory: str) -> None:
         os.makedirs(os.path.dirname(directory) or ".", exist_ok=True)
         os.mkdir(directory, 0o700)
     except OSError as exc:
-        raise ControlError(f"cannot create the directory {directory} for the control socket: "
-                           f"{exc.strerror or exc}") from None
+        raise ControlError(
+            f"cannot create the directory {directory} for the control socket: {exc.strerror or exc}"
+        ) from None
     try:
         st = os.stat(directory)
     except OSError as exc:
@@ -480,11 +514,14 @@ def _secure_directory(directory: str) -> None:
         raise ControlError(f"control socket directory {directory} is not a directory")
     writable_by_others = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
     if writable_by_others and not st.st_mode & stat.S_ISVTX:
-        raise ControlError(f"refusing the control socket directory {directory}: writable by other users "
-                           f"(mode {stat.S_IMODE(st.st_mode):o}, not sticky); use a private directory")
+        raise ControlError(
+            f"refusing the control socket directory {directory}: writable by other users "
+            f"(mode {stat.S_IMODE(st.st_mode):o}, not sticky); use a private directory"
+        )
     if not writable_by_others and st.st_uid not in (os.getuid(), 0):
-        raise ControlError(f"refusing the control socket directory {directory}: owned by another user "
-                           f"(uid {st.st_uid})")
+        raise ControlError(
+            f"refusing the control socket directory {directory}: owned by another user (uid {st.st_uid})"
+        )
 
 
 async def _is_listening(path: str) -> bool:
@@ -493,7 +530,7 @@ async def _is_listening(path: str) -> bool:
         _, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), 2.0)
     except (ConnectionRefusedError, FileNotFoundError):
         return False
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return True  # a full backlog is a live, busy listener
     except OSError as exc:
         raise ControlError(f"cannot check the control socket {path}: {exc.strerror or exc}") from None
@@ -551,7 +588,7 @@ def request_sync(path: str, req: dict[str, Any], timeout: float = 30.0) -> dict[
         sock.settimeout(timeout)
         try:
             sock.connect(path)
-        except socket.timeout:
+        except TimeoutError:
             raise ControlError(f"the runtime on {path} did not accept a connection within {timeout:g}s") from None
         except OSError as exc:
             if exc.errno == errno.EINVAL or "too long" in str(exc):
@@ -560,7 +597,7 @@ def request_sync(path: str, req: dict[str, Any], timeout: float = 30.0) -> dict[
         try:
             sock.sendall(json.dumps(req).encode() + b"\n")
             data = _read_line(sock)
-        except socket.timeout:
+        except TimeoutError:
             raise ControlError(f"no reply from the runtime on {path} within {timeout:g}s") from None
         except OSError as exc:
             raise ControlError(f"control connection to {path} failed: {exc.strerror or exc}") from None

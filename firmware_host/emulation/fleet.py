@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import fcntl
+import functools
 import logging
 import math
 import os
@@ -112,14 +112,31 @@ class EmulatedDevice:
 
     def expected(self) -> dict[str, int]:
         """What the host's counters for this device should read once it has read everything."""
-        return {"frames": self.sent + self.noise_frames,
-                "rejected": self.corrupted + self.invalid + self.noise_rejected,
-                "gaps": self.gaps}
+        return {
+            "frames": self.sent + self.noise_frames,
+            "rejected": self.corrupted + self.invalid + self.noise_rejected,
+            "gaps": self.gaps,
+        }
 
     def counters(self) -> dict[str, int | bool]:
-        keys = ("sent", "corrupted", "invalid", "skipped", "noise_events", "noise_bytes", "noise_frames",
-                "noise_rejected", "lost_unplugged", "overrun", "gaps", "unplugs", "host_opens",
-                "bytes_written", "downlink_bytes", "inexact")
+        keys = (
+            "sent",
+            "corrupted",
+            "invalid",
+            "skipped",
+            "noise_events",
+            "noise_bytes",
+            "noise_frames",
+            "noise_rejected",
+            "lost_unplugged",
+            "overrun",
+            "gaps",
+            "unplugs",
+            "host_opens",
+            "bytes_written",
+            "downlink_bytes",
+            "inexact",
+        )
         return {k: getattr(self, k) for k in keys}
 
 
@@ -147,8 +164,10 @@ def parse_emulate_spec(specs: Sequence[str], boards: Mapping[str, Board]) -> lis
             n = 1
             if sep:
                 if not n_text.isdigit() or not 1 <= int(n_text) <= MAX_COUNT:
-                    raise ValueError(f"bad count {n_text!r} in {item!r}: expected BOARD:N with N from 1 to "
-                                     f"{MAX_COUNT} (known boards: {known})")
+                    raise ValueError(
+                        f"bad count {n_text!r} in {item!r}: expected BOARD:N with N from 1 to "
+                        f"{MAX_COUNT} (known boards: {known})"
+                    )
                 n = int(n_text)
             counts[name] = counts.get(name, 0) + n
     if not counts:
@@ -165,8 +184,15 @@ def parse_emulate_spec(specs: Sequence[str], boards: Mapping[str, Board]) -> lis
 class _Runner:
     """Plays one device: its clock, its faults, its port."""
 
-    def __init__(self, dev: EmulatedDevice, rate: float, faults: FaultOptions, seed: object,
-                 base_time: float | None, wait_for_host: bool) -> None:
+    def __init__(
+        self,
+        dev: EmulatedDevice,
+        rate: float,
+        faults: FaultOptions,
+        seed: object,
+        base_time: float | None,
+        wait_for_host: bool,
+    ) -> None:
         self.dev = dev
         self.rate = rate
         self.faults = faults
@@ -174,8 +200,9 @@ class _Runner:
         seeded = seed is not None
         self.payload_rng = random.Random(f"{seed}:{dev.name}:payload") if seeded else random.Random()
         self.fault_rng = random.Random(f"{seed}:{dev.name}:faults") if seeded else random.Random()
-        self.gen: Generator = make_generator(dev.board.emulator, dev.board.codec, rate=rate,
-                                             rng=self.payload_rng, base_time=base_time)
+        self.gen: Generator = make_generator(
+            dev.board.emulator, dev.board.codec, rate=rate, rng=self.payload_rng, base_time=base_time
+        )
         self.burst = max(1, faults.burst)
         self.wait_for_host = wait_for_host
         self.listening = not wait_for_host
@@ -466,8 +493,17 @@ class _Runner:
         self.arm()
 
 
-
 # --------------------------------------------------------------------- the fleet
+
+
+def _prepare_directory(directory: str | None) -> tuple[str, bool]:
+    """The fleet's link directory, and whether we made it (and so remove it)."""
+    if directory is None:
+        return tempfile.mkdtemp(prefix="firmware-host-emu-"), True
+    if not os.path.isdir(directory):
+        os.makedirs(directory)
+        return directory, True
+    return directory, False
 
 
 class Fleet:
@@ -479,9 +515,16 @@ class Fleet:
     open the port (bytes nobody reads then pile up in the pty, and are lost).
     """
 
-    def __init__(self, plan: Sequence[tuple[Board, int]], directory: str | os.PathLike[str] | None = None, *,
-                 faults: FaultOptions = FaultOptions(), rate: float | None = None, seed: object = None,
-                 wait_for_host: bool = True) -> None:
+    def __init__(
+        self,
+        plan: Sequence[tuple[Board, int]],
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        faults: FaultOptions = FaultOptions(),
+        rate: float | None = None,
+        seed: object = None,
+        wait_for_host: bool = True,
+    ) -> None:
         if rate is not None and not (rate > 0 and math.isfinite(rate)):
             raise ValueError(f"rate must be a positive number of frames per second, got {rate!r}")
         self.plan = list(plan)
@@ -496,12 +539,9 @@ class Fleet:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        if self.directory is None:
-            self.directory = tempfile.mkdtemp(prefix="firmware-host-emu-")
-            self._created_dir = True
-        elif not os.path.isdir(self.directory):
-            os.makedirs(self.directory)
-            self._created_dir = True
+        # off the loop: a directory on a slow disk must not stall it
+        directory, self._created_dir = await asyncio.to_thread(_prepare_directory, self.directory)
+        self.directory = directory
         # a seeded run also fixes the emulated GNSS clock, so sentences repeat exactly
         base_time = 1735732800.0 if self.seed is not None else None
         try:
@@ -509,11 +549,10 @@ class Fleet:
                 rate = self.rate or board.emulator.rate
                 for i in range(count):
                     name = f"{board.name}-{i}"
-                    port = VirtualPort(os.path.join(self.directory, name))
+                    port = VirtualPort(os.path.join(directory, name))
                     dev = EmulatedDevice(name, port.path, board, port)
                     self.devices.append(dev)
-                    self._runners.append(_Runner(dev, rate, self.faults, self.seed, base_time,
-                                                 self.wait_for_host))
+                    self._runners.append(_Runner(dev, rate, self.faults, self.seed, base_time, self.wait_for_host))
         except BaseException:
             await self.stop()
             raise
@@ -537,16 +576,25 @@ class Fleet:
 
     def device_configs(self) -> list[DeviceConfig]:
         """One DeviceConfig per emulated device, as if from ``[[devices]]`` with ``board``."""
-        return [DeviceConfig(name=d.name, port=d.path, match=None, board=d.board.name, codec=d.board.codec,
-                             codec_options=dict(d.board.codec_options), baudrate=d.board.baudrate)
-                for d in self.devices]
+        return [
+            DeviceConfig(
+                name=d.name,
+                port=d.path,
+                match=None,
+                board=d.board.name,
+                codec=d.board.codec,
+                codec_options=dict(d.board.codec_options),
+                baudrate=d.board.baudrate,
+            )
+            for d in self.devices
+        ]
 
     async def stop_sending(self, timeout: float = 2.0) -> None:
         """Stop writing between frames (ports stay open so the host can read the rest)."""
         for runner in self._runners:
             runner.stop()
         if self._tasks:
-            done, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            _done, pending = await asyncio.wait(self._tasks, timeout=timeout)
             for task in pending:  # parked on a full pty nobody reads
                 task.cancel()
             if pending:
@@ -571,10 +619,21 @@ class Fleet:
 # --------------------------------------------------------------------- command line
 
 
-def emulate_main(*, board: str, count: int = 1, rate: float | None = None, directory: str | None = None,
-                 noise: float = 0.0, corrupt: float = 0.0, skip: float = 0.0, burst: int = 0,
-                 unplug_every: float = 0.0, duration: float | None = None, seed: int | None = None,
-                 boards_dirs: Sequence[str] = ()) -> int:
+def emulate_main(
+    *,
+    board: str,
+    count: int = 1,
+    rate: float | None = None,
+    directory: str | None = None,
+    noise: float = 0.0,
+    corrupt: float = 0.0,
+    skip: float = 0.0,
+    burst: int = 0,
+    unplug_every: float = 0.0,
+    duration: float | None = None,
+    seed: int | None = None,
+    boards_dirs: Sequence[str] = (),
+) -> int:
     """``firmware-host emulate``: print ``NAME PATH`` per device, run until a signal
     or ``duration``. Exit status 0, or 2 for a bad board or option."""
     try:
@@ -610,7 +669,7 @@ async def _emulate(fleet: Fleet, duration: float | None) -> int:
         sys.stdout.flush()  # whoever reads the paths must get them now, not at exit
         try:
             await asyncio.wait_for(stop.wait(), duration)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -618,7 +677,10 @@ async def _emulate(fleet: Fleet, duration: float | None) -> int:
         await fleet.stop()
     for dev in fleet.devices:
         c = dev.counters()
-        print(f"{dev.name}: sent {c['sent']}, corrupted {c['corrupted']}, skipped {c['skipped']}, "
-              f"noise {c['noise_events']} ({c['noise_bytes']} bytes), lost unplugged {c['lost_unplugged']}, "
-              f"overrun {c['overrun']}, unplugs {c['unplugs']}", file=sys.stderr)
+        print(
+            f"{dev.name}: sent {c['sent']}, corrupted {c['corrupted']}, skipped {c['skipped']}, "
+            f"noise {c['noise_events']} ({c['noise_bytes']} bytes), lost unplugged {c['lost_unplugged']}, "
+            f"overrun {c['overrun']}, unplugs {c['unplugs']}",
+            file=sys.stderr,
+        )
     return 0

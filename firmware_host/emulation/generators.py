@@ -15,14 +15,14 @@ import random
 import struct
 import time
 from abc import ABC, abstractmethod
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import ClassVar
 
-from firmware_host.config.boards import Board, EmulatorProfile
 from firmware_host.codecs import make_codec
 from firmware_host.codecs.cobs import encode as cobs_encode
 from firmware_host.codecs.crc import crc16
 from firmware_host.codecs.nmea import nmea_checksum
+from firmware_host.config.boards import Board, EmulatorProfile
 
 __all__ = ["WIRE_CODECS", "Generator", "Item", "ReplayGenerator", "Wire", "make_generator", "nmea_sentence"]
 
@@ -100,9 +100,11 @@ class EnvGenerator(Generator):
         t = k / self.rate
         temp, hum, press = self._base
         g = self.rng.gauss
-        payload = self._STRUCT.pack(temp + 0.8 * math.sin(t / 300) + g(0, 0.02),
-                                    hum - 2.0 * math.sin(t / 300) + g(0, 0.1),
-                                    press + 0.3 * math.sin(t / 900) + g(0, 0.02))
+        payload = self._STRUCT.pack(
+            temp + 0.8 * math.sin(t / 300) + g(0, 0.02),
+            hum - 2.0 * math.sin(t / 300) + g(0, 0.1),
+            press + 0.3 * math.sin(t / 900) + g(0, 0.02),
+        )
         return [_fit(payload, self.size)]
 
 
@@ -151,7 +153,7 @@ def _lon(deg: float) -> tuple[str, str]:
 
 
 class _Sat:
-    __slots__ = ("prn", "elev", "az", "snr")
+    __slots__ = ("az", "elev", "prn", "snr")
 
     def __init__(self, prn: int, rng: random.Random) -> None:
         self.prn = prn
@@ -197,7 +199,7 @@ class GnssGenerator(Generator):
 
     def tick(self, k: int) -> list[Item]:
         speed = self._move()
-        now = datetime.fromtimestamp(self.base_time + k / self.rate, timezone.utc)
+        now = datetime.fromtimestamp(self.base_time + k / self.rate, UTC)
         hms = f"{now:%H%M%S}.{now.microsecond // 10000:02d}"
         date = f"{now:%d%m%y}"
         lat, ns = _lat(self.lat)
@@ -211,8 +213,10 @@ class GnssGenerator(Generator):
         out: list[bytes | str] = [
             nmea_sentence(f"GNRMC,{hms},A,{lat},{ns},{lon},{ew},{knots:.3f},{cog},{date},,,A"),
             nmea_sentence(f"GNVTG,{cog},T,,M,{knots:.3f},N,{speed * 3.6:.3f},K,A"),
-            nmea_sentence(f"GNGGA,{hms},{lat},{ns},{lon},{ew},1,{len(used_gps) + len(used_glo):02d},"
-                          f"{hdop:.2f},{self.alt:.1f},M,44.8,M,,"),
+            nmea_sentence(
+                f"GNGGA,{hms},{lat},{ns},{lon},{ew},1,{len(used_gps) + len(used_glo):02d},"
+                f"{hdop:.2f},{self.alt:.1f},M,44.8,M,,"
+            ),
             self._gsa(used_gps, pdop, hdop, vdop),
             self._gsa(used_glo, pdop, hdop, vdop),
         ]
@@ -233,8 +237,12 @@ class GnssGenerator(Generator):
         for i in range(total):
             fields = [f"{talker}GSV", str(total), str(i + 1), f"{len(sats):02d}"]
             for s in sats[i * 4 : i * 4 + 4]:
-                fields += [f"{s.prn:02d}", f"{s.elev:02.0f}", f"{s.az:03.0f}",
-                           "" if s.snr is None else f"{s.snr:02.0f}"]
+                fields += [
+                    f"{s.prn:02d}",
+                    f"{s.elev:02.0f}",
+                    f"{s.az:03.0f}",
+                    "" if s.snr is None else f"{s.snr:02.0f}",
+                ]
             out.append(nmea_sentence(",".join(fields)))
         return out
 
@@ -282,8 +290,9 @@ class ReplayGenerator(Generator):
         return list(self.epochs[k % len(self.epochs)])
 
 
-def make_generator(profile: EmulatorProfile, codec: str, *, rate: float, rng: random.Random,
-                   base_time: float | None = None) -> Generator:
+def make_generator(
+    profile: EmulatorProfile, codec: str, *, rate: float, rng: random.Random, base_time: float | None = None
+) -> Generator:
     """The generator a board's emulator profile names (or its capture replay)."""
     if profile.replay:
         return ReplayGenerator(os.fspath(profile.replay), nmea=codec == "nmea")
@@ -310,8 +319,9 @@ class Wire:
 
     def __init__(self, board: Board) -> None:
         if board.codec not in WIRE_CODECS:
-            raise ValueError(f"board {board.name!r}: the emulator speaks {', '.join(sorted(WIRE_CODECS))}, "
-                             f"not {board.codec!r}")
+            raise ValueError(
+                f"board {board.name!r}: the emulator speaks {', '.join(sorted(WIRE_CODECS))}, not {board.codec!r}"
+            )
         self.board = board
         self.codec = make_codec(board.codec, board.name, dict(board.codec_options))
         self.name = board.codec

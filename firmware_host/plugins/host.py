@@ -27,25 +27,34 @@ import inspect
 import logging
 import time
 import types
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from firmware_host.cancel import CancellationToken
 from firmware_host.codecs import BUILTIN_CODECS, CodecFactory
-from firmware_host.config.schema import DEFAULT_CODECS, DEFAULT_SINKS, Config, ConfigError, DeviceConfig
-from firmware_host.frames import Frame
 from firmware_host.config._check import check_options
+from firmware_host.config.schema import DEFAULT_CODECS, DEFAULT_SINKS, Config, ConfigError, DeviceConfig
+from firmware_host.errors import PluginOptionError
+from firmware_host.frames import Frame
 from firmware_host.plugins.scheduler import MissedTick, PeriodicTask, finish_tasks
 from firmware_host.sinks import BUILTIN_SINKS, Sink, SinkFactory
-from firmware_host.errors import PluginOptionError
 
 if TYPE_CHECKING:
     from firmware_host.runtime import Runtime
 
 __all__ = [
-    "ENTRY_POINT_GROUP", "FrameProcessor", "PluginContext", "PluginHost", "PluginInfo", "PluginOptionError",
-    "discover_plugins", "plugins_report", "read_plugin_table", "start_plugins",
+    "ENTRY_POINT_GROUP",
+    "FrameProcessor",
+    "PluginContext",
+    "PluginHost",
+    "PluginInfo",
+    "PluginOptionError",
+    "discover_plugins",
+    "plugins_report",
+    "read_plugin_table",
+    "start_plugins",
 ]
 
 log = logging.getLogger("firmware_host.plugins")
@@ -60,8 +69,6 @@ PROCESSOR_LOG_EVERY = 10.0
 
 #: ``fn(frame) -> Frame | None``: None drops the frame, a Frame replaces it
 FrameProcessor = Callable[[Frame], "Frame | None"]
-
-
 
 
 # ----------------------------------------------------------------------- discovery
@@ -95,8 +102,13 @@ def discover_plugins(group: str = ENTRY_POINT_GROUP) -> dict[str, PluginInfo]:
         info = PluginInfo.from_entry_point(ep)
         if info.name in found:
             if found[info.name].value != info.value:
-                log.warning("plugin %s is provided twice (%s and %s); using %s", info.name,
-                            found[info.name].source, info.source, found[info.name].source)
+                log.warning(
+                    "plugin %s is provided twice (%s and %s); using %s",
+                    info.name,
+                    found[info.name].source,
+                    info.source,
+                    found[info.name].source,
+                )
             continue
         found[info.name] = info
     return found
@@ -140,8 +152,15 @@ class PluginContext:
 
     # -- registration (in setup) ------------------------------------------------
 
-    def every(self, interval: float, fn: Callable[[], Awaitable[Any]], *, missed: MissedTick = "skip",
-              timeout: float | None = None, name: str | None = None) -> PeriodicTask:
+    def every(
+        self,
+        interval: float,
+        fn: Callable[[], Awaitable[Any]],
+        *,
+        missed: MissedTick = "skip",
+        timeout: float | None = None,
+        name: str | None = None,
+    ) -> PeriodicTask:
         """Run ``await fn()`` every ``interval`` seconds (see docs/plugins.md for
         ``missed`` and the supervision rules). Returns the task (its ``stats``)."""
         if inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn):
@@ -260,8 +279,13 @@ class _Plugin:
         if self.processor_failures == 1:
             plog.error("plugin %s: frame processor failed; frame kept", self.info.name, exc_info=exc)
         elif now - self._last_log >= PROCESSOR_LOG_EVERY:
-            plog.error("plugin %s: frame processor failed %d times so far; frames kept (last: %s: %s)",
-                       self.info.name, self.processor_failures, type(exc).__name__, exc)
+            plog.error(
+                "plugin %s: frame processor failed %d times so far; frames kept (last: %s: %s)",
+                self.info.name,
+                self.processor_failures,
+                type(exc).__name__,
+                exc,
+            )
         else:
             return
         self._last_log = now
@@ -270,14 +294,20 @@ class _Plugin:
 class PluginHost:
     """Loads the enabled plugins and supervises them inside one Runtime."""
 
-    def __init__(self, enabled: Mapping[str, Mapping[str, object]] | None = None,
-                 available: Mapping[str, PluginInfo] | None = None, *, source: str = "<config>") -> None:
+    def __init__(
+        self,
+        enabled: Mapping[str, Mapping[str, object]] | None = None,
+        available: Mapping[str, PluginInfo] | None = None,
+        *,
+        source: str = "<config>",
+    ) -> None:
         self.available: dict[str, PluginInfo] = discover_plugins() if available is None else dict(available)
         self.enabled: dict[str, dict[str, object]] = {k: dict(v) for k, v in (enabled or {}).items()}
         self.source = source
         self.state = "new"  # new | ready | running | stopping | stopped
         self._plugins: dict[str, _Plugin] = {
-            name: _Plugin(self.available[name], opts) for name, opts in self.enabled.items() if name in self.available}
+            name: _Plugin(self.available[name], opts) for name, opts in self.enabled.items() if name in self.available
+        }
         self._token = CancellationToken()
         self._rt: Runtime | None = None
         self._seqs: dict[str, int] = {}
@@ -295,9 +325,12 @@ class PluginHost:
         """ConfigError (exit 2) for an enabled plugin that is not installed."""
         for name in self.missing():
             installed = ", ".join(sorted(self.available)) or "none"
-            raise ConfigError(f"no installed plugin named {name!r} (installed: {installed}; plugins come from "
-                              f"installed packages' {ENTRY_POINT_GROUP!r} entry points)",
-                              source=self.source, key=f"plugins.{name}")
+            raise ConfigError(
+                f"no installed plugin named {name!r} (installed: {installed}; plugins come from "
+                f"installed packages' {ENTRY_POINT_GROUP!r} entry points)",
+                source=self.source,
+                key=f"plugins.{name}",
+            )
 
     async def setup(self, *, strict: bool = True) -> None:
         """Import each enabled plugin and run its ``setup(ctx)``.
@@ -335,7 +368,7 @@ class PluginHost:
                 await asyncio.wait_for(result, SETUP_TIMEOUT)
         except ConfigError:
             raise
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             self._fail(p, f"setup() did not finish within {SETUP_TIMEOUT:g} s", exc)
             return
         except (Exception, SystemExit) as exc:
@@ -352,8 +385,10 @@ class PluginHost:
     def _clash(self, ctx: PluginContext) -> str | None:
         for other in self._ready():
             assert other.ctx is not None
-            for kind, mine, theirs in (("codec", ctx._codecs, other.ctx._codecs),
-                                       ("sink type", ctx._sink_types, other.ctx._sink_types)):
+            for kind, mine, theirs in (
+                ("codec", ctx._codecs, other.ctx._codecs),
+                ("sink type", ctx._sink_types, other.ctx._sink_types),
+            ):
                 for key in mine:
                     if key in theirs:
                         return f"{kind} {key!r} is already provided by plugin {other.info.name}"
@@ -363,8 +398,12 @@ class PluginHost:
         p.state, p.error, p.ctx = "failed", error, None
         if self.quiet:
             return
-        log.error("plugin %s: %s; running without it", p.info.name, error,
-                  exc_info=exc if exc is not None and not isinstance(exc, asyncio.TimeoutError) else None)
+        log.error(
+            "plugin %s: %s; running without it",
+            p.info.name,
+            error,
+            exc_info=exc if exc is not None and not isinstance(exc, asyncio.TimeoutError) else None,
+        )
 
     def _ready(self) -> list[_Plugin]:
         return [p for p in self._plugins.values() if p.ctx is not None]
@@ -416,8 +455,9 @@ class PluginHost:
                     # a processor must not move a frame to another device: that would
                     # break the per-device accounting
                     if not isinstance(result, Frame) or result.device != current.device:
-                        p.processor_failed(TypeError(f"processor returned {result!r}, not a Frame of "
-                                                     f"device {current.device!r}"))
+                        p.processor_failed(
+                            TypeError(f"processor returned {result!r}, not a Frame of device {current.device!r}")
+                        )
                         continue
                     current = result
                 if current is None:
@@ -425,6 +465,7 @@ class PluginHost:
                 else:
                     out.append(current)
             return out
+
         return process
 
     # -- inside a runtime ----------------------------------------------------------------
@@ -518,9 +559,14 @@ class PluginHost:
         for name in sorted(set(self.available) | set(self.enabled)):
             info = self.available.get(name)
             entry: dict[str, Any] = {
-                "name": name, "enabled": name in self.enabled,
-                "source": info.source if info else None, "entry_point": info.value if info else None,
-                "state": "disabled", "error": None, "failures": 0, "tasks": [],
+                "name": name,
+                "enabled": name in self.enabled,
+                "source": info.source if info else None,
+                "entry_point": info.value if info else None,
+                "state": "disabled",
+                "error": None,
+                "failures": 0,
+                "tasks": [],
             }
             p = self._plugins.get(name)
             if info is None:
@@ -530,18 +576,19 @@ class PluginHost:
                 if p.ctx is not None:
                     ctx = p.ctx
                     tasks = [t.report() for t in ctx._tasks]
-                    entry.update({
-                        "tasks": tasks,
-                        "processors": len(ctx._frame_fns),
-                        "processor_failures": p.processor_failures,
-                        "frames_dropped": p.frames_dropped,
-                        "sinks": [getattr(s, "name", type(s).__name__) for s in ctx._sinks],
-                        "sink_types": sorted(ctx._sink_types),
-                        "codecs": sorted(ctx._codecs),
-                        "info": _copy_info(ctx.info),
-                    })
-                    entry["failures"] = (p.processor_failures
-                                         + sum(t["failures"] + t["overruns"] for t in tasks))
+                    entry.update(
+                        {
+                            "tasks": tasks,
+                            "processors": len(ctx._frame_fns),
+                            "processor_failures": p.processor_failures,
+                            "frames_dropped": p.frames_dropped,
+                            "sinks": [getattr(s, "name", type(s).__name__) for s in ctx._sinks],
+                            "sink_types": sorted(ctx._sink_types),
+                            "codecs": sorted(ctx._codecs),
+                            "info": _copy_info(ctx.info),
+                        }
+                    )
+                    entry["failures"] = p.processor_failures + sum(t["failures"] + t["overruns"] for t in tasks)
                 else:
                     entry["failures"] = 1 if p.state == "failed" else 0
             out.append(entry)
@@ -571,8 +618,12 @@ async def start_plugins(config_path: str | None, available: Mapping[str, PluginI
     return host
 
 
-def plugins_report(config: Config | Mapping[str, Mapping[str, object]] | None = None, *,
-                   available: Mapping[str, PluginInfo] | None = None, source: str | None = None) -> dict[str, Any]:
+def plugins_report(
+    config: Config | Mapping[str, Mapping[str, object]] | None = None,
+    *,
+    available: Mapping[str, PluginInfo] | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
     """The ``plugins`` command's data: every discovered plugin; enabled ones
     (from ``config`` or a ``[plugins]`` table) are imported and set up to list
     their tasks. Synchronous: call it outside an event loop."""

@@ -34,8 +34,9 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 MissedTick = str  # "skip" | "delay" | "burst"
 MISSED_POLICIES: tuple[str, ...] = ("skip", "delay", "burst")
@@ -66,16 +67,27 @@ class TaskStats:
 class PeriodicTask:
     """One plugin's periodic task (created by ``PluginContext.every``)."""
 
-    def __init__(self, plugin: str, name: str, interval: float, fn: TaskFn, *,
-                 missed: MissedTick = "skip", timeout: float | None = None,
-                 log: logging.Logger | None = None) -> None:
-        if not (isinstance(interval, (int, float)) and not isinstance(interval, bool)
-                and math.isfinite(interval) and interval > 0):
+    def __init__(
+        self,
+        plugin: str,
+        name: str,
+        interval: float,
+        fn: TaskFn,
+        *,
+        missed: MissedTick = "skip",
+        timeout: float | None = None,
+        log: logging.Logger | None = None,
+    ) -> None:
+        if not (
+            isinstance(interval, (int, float))
+            and not isinstance(interval, bool)
+            and math.isfinite(interval)
+            and interval > 0
+        ):
             raise ValueError(f"interval must be a finite number of seconds > 0, got {interval!r}")
         if missed not in MISSED_POLICIES:
             raise ValueError(f"missed must be one of {', '.join(MISSED_POLICIES)}, got {missed!r}")
-        if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout)
-                                        and timeout > 0):
+        if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
             raise ValueError(f"timeout must be None or a number of seconds > 0, got {timeout!r}")
         if not callable(fn):
             raise TypeError(f"task {name!r}: {fn!r} is not callable")
@@ -203,8 +215,13 @@ class PeriodicTask:
             stats.overruns += 1
             stats.streak += 1
             stats.last_error = f"run exceeded its timeout of {self.timeout:g} s"
-            self.log.warning("plugin %s: task %s ran past its timeout of %g s; cancelled (overruns: %d)",
-                             self.plugin, self.name, self.timeout, stats.overruns)
+            self.log.warning(
+                "plugin %s: task %s ran past its timeout of %g s; cancelled (overruns: %d)",
+                self.plugin,
+                self.name,
+                self.timeout,
+                stats.overruns,
+            )
             current.cancel()
             # no overlap: the next run waits until this one has really ended
             await asyncio.wait({current})
@@ -235,19 +252,32 @@ class PeriodicTask:
         if stats.streak == 1:  # the traceback once per streak; a one-liner for repeats
             self.log.error("plugin %s: task %s failed", self.plugin, self.name, exc_info=exc)
         else:
-            self.log.warning("plugin %s: task %s failed again (%d in a row): %s", self.plugin, self.name,
-                             stats.streak, stats.last_error)
+            self.log.warning(
+                "plugin %s: task %s failed again (%d in a row): %s",
+                self.plugin,
+                self.name,
+                stats.streak,
+                stats.last_error,
+            )
 
     # -- reporting ------------------------------------------------------------------
 
     def report(self) -> dict[str, Any]:
         s = self.stats
         out: dict[str, Any] = {
-            "name": self.name, "interval": self.interval, "missed_policy": self.missed_policy,
-            "timeout": self.timeout, "last_run": None if s.last_run is None else round(s.last_run, 3),
+            "name": self.name,
+            "interval": self.interval,
+            "missed_policy": self.missed_policy,
+            "timeout": self.timeout,
+            "last_run": None if s.last_run is None else round(s.last_run, 3),
             "last_duration": None if s.last_duration is None else round(s.last_duration, 6),
-            "runs": s.runs, "failures": s.failures, "overruns": s.overruns, "missed": s.missed,
-            "backed_off": s.backed_off, "last_error": s.last_error, "running": self.running,
+            "runs": s.runs,
+            "failures": s.failures,
+            "overruns": s.overruns,
+            "missed": s.missed,
+            "backed_off": s.backed_off,
+            "last_error": s.last_error,
+            "running": self.running,
             "jitter_ms": jitter_ms(self.lateness),
         }
         return out
@@ -276,13 +306,17 @@ async def finish_tasks(tasks: list[PeriodicTask], deadline: float, cancel_wait: 
             t.log.error("plugin %s: task %s crashed", t.plugin, t.name, exc_info=fut.exception())
 
 
-def jitter_ms(samples: "deque[float] | list[float]") -> dict[str, float] | None:
+def jitter_ms(samples: deque[float] | list[float]) -> dict[str, float] | None:
     """p50 / p99 / max of start lateness in milliseconds (None without samples)."""
     if not samples:
         return None
     xs = sorted(samples)
-    return {"p50": round(percentile(xs, 50) * 1000, 3), "p99": round(percentile(xs, 99) * 1000, 3),
-            "max": round(xs[-1] * 1000, 3), "samples": len(xs)}
+    return {
+        "p50": round(percentile(xs, 50) * 1000, 3),
+        "p99": round(percentile(xs, 99) * 1000, 3),
+        "max": round(xs[-1] * 1000, 3),
+        "samples": len(xs),
+    }
 
 
 def percentile(sorted_xs: list[float], q: float) -> float:

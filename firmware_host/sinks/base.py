@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from firmware_host.frames import Frame
 from firmware_host.config._check import OptionSpec, check_options
 from firmware_host.errors import SinkOptionError
+from firmware_host.frames import Frame
 
 
 class Sink(ABC):
@@ -22,14 +23,14 @@ class Sink(ABC):
 
     name: str = "sink"
 
-    async def open(self) -> None:
+    async def open(self) -> None:  # noqa: B027  (optional hook: most sinks open lazily)
         """Acquire resources; called once before the first write."""
 
     @abstractmethod
     async def write(self, frames: Sequence[Frame]) -> None:
         """Accept ``frames`` (in buffer order) or raise."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027  (optional hook)
         """Release resources; called once after the final drain."""
 
 
@@ -37,9 +38,8 @@ class Sink(ABC):
 SinkFactory = Callable[..., Sink]
 
 
-
-
 def take_options(sink: str, options: dict[str, Any], spec: OptionSpec) -> dict[str, Any]:
     """Validate a sink's ``options`` against ``spec`` (name → (type, default or ...))."""
-    return check_options(options, spec, lambda key, message: SinkOptionError(
-        f"sink {sink!r}: option {key!r}: {message}"))
+    return check_options(
+        options, spec, lambda key, message: SinkOptionError(f"sink {sink!r}: option {key!r}: {message}")
+    )

@@ -7,7 +7,8 @@ import binascii
 import concurrent.futures
 import json
 import os
-from typing import Any, BinaryIO, Sequence
+from collections.abc import Sequence
+from typing import Any, BinaryIO
 
 from firmware_host.frames import Frame
 from firmware_host.sinks.base import Sink, take_options
@@ -100,8 +101,7 @@ def encode_records(frames: Sequence[Frame]) -> bytes:
             ts_bytes = b"%.6f" % ts
             name = _json_name(device)
             # a '%' in a device name must not become a conversion of the template
-            line = (_PAYLOAD_RUN % (name.replace(b"%", b"%%"), ftype, ts_bytes)
-                    if ftype.__class__ is int else None)
+            line = _PAYLOAD_RUN % (name.replace(b"%", b"%%"), ftype, ts_bytes) if ftype.__class__ is int else None
         payload = f.payload
         if payload is None:
             text = json.dumps(f.text if f.text is not None else "", ensure_ascii=False).encode("utf-8")
@@ -109,9 +109,10 @@ def encode_records(frames: Sequence[Frame]) -> bytes:
         elif line is not None:
             append(line % (f.seq, b64(payload, newline=False)))
         else:  # not an fh1-style int type: spell it as before
-            append(f'{{"device": {name.decode()}, "seq": {f.seq}, "type": {ftype}, '
-                   f'"ts": {ts:.6f}, "payload": "{b64(payload, newline=False).decode("ascii")}"}}\n'
-                   .encode("utf-8"))
+            append(
+                f'{{"device": {name.decode()}, "seq": {f.seq}, "type": {ftype}, '
+                f'"ts": {ts:.6f}, "payload": "{b64(payload, newline=False).decode("ascii")}"}}\n'.encode()
+            )
     return b"".join(out)
 
 

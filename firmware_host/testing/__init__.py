@@ -17,6 +17,15 @@ from firmware_host.testing.serialmock import MockSerial as MockSerial
 from firmware_host.testing.serialmock import SerialMock as SerialMock
 
 __all__ = [
-    "AccountingError", "BoardSpec", "DeviceUnderTest", "EmulatedBoard", "MockDevice", "MockSerial",
-    "RuntimeUnderTest", "SerialMock", "assert_accounting", "resolve_board", "running_runtime",
+    "AccountingError",
+    "BoardSpec",
+    "DeviceUnderTest",
+    "EmulatedBoard",
+    "MockDevice",
+    "MockSerial",
+    "RuntimeUnderTest",
+    "SerialMock",
+    "assert_accounting",
+    "resolve_board",
+    "running_runtime",
 ]

@@ -16,14 +16,15 @@ import contextlib
 import os
 import random
 import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Mapping
+from typing import Any
 
-from firmware_host.config.boards import Board, load_board_file, load_boards
 from firmware_host.codecs import BUILTIN_CODECS, Codec, CodecFactory, make_codec
+from firmware_host.config.boards import Board, load_board_file, load_boards
 from firmware_host.config.schema import DEFAULT_BAUDRATE
-from firmware_host.frames import Frame
 from firmware_host.emulation.virtualport import VirtualPort
+from firmware_host.frames import Frame
 
 #: frames per second when streaming without a board profile
 DEFAULT_RATE = 100.0
@@ -51,9 +52,13 @@ class BoardSpec:
         return self.board.name if self.board is not None else self.codec
 
 
-def resolve_board(name: str, codecs: Mapping[str, CodecFactory] | None = None, *,
-                  boards: Mapping[str, Board] | None = None,
-                  codec_options: Mapping[str, int] | None = None) -> BoardSpec:
+def resolve_board(
+    name: str,
+    codecs: Mapping[str, CodecFactory] | None = None,
+    *,
+    boards: Mapping[str, Board] | None = None,
+    codec_options: Mapping[str, int] | None = None,
+) -> BoardSpec:
     """``name`` is a board (shipped, ``$FIRMWARE_HOST_BOARDS``, or a ``.toml``
     path) or a codec name; ``codec_options`` override the board's."""
     registry = {**BUILTIN_CODECS, **(codecs or {})}
@@ -66,20 +71,29 @@ def resolve_board(name: str, codecs: Mapping[str, CodecFactory] | None = None, *
         known = load_boards() if boards is None else boards
         board = known.get(name)
         if board is None:
-            raise LookupError(f"unknown board or codec {name!r} (boards: {', '.join(sorted(known)) or 'none'};"
-                              f" codecs: {', '.join(sorted(registry))})")
+            raise LookupError(
+                f"unknown board or codec {name!r} (boards: {', '.join(sorted(known)) or 'none'};"
+                f" codecs: {', '.join(sorted(registry))})"
+            )
     assert board is not None
     emu = board.emulator
-    return BoardSpec(codec=board.codec, codec_options={**board.codec_options, **codec_options},
-                     baudrate=board.baudrate, board=board, rate=emu.rate, frame_type=emu.frame_type,
-                     payload_size=emu.payload_size)
+    return BoardSpec(
+        codec=board.codec,
+        codec_options={**board.codec_options, **codec_options},
+        baudrate=board.baudrate,
+        board=board,
+        rate=emu.rate,
+        frame_type=emu.frame_type,
+        payload_size=emu.payload_size,
+    )
 
 
 class EmulatedBoard:
     """A board's firmware on a pty pair. The host opens :attr:`path`."""
 
-    def __init__(self, port: VirtualPort, spec: BoardSpec,
-                 codecs: Mapping[str, CodecFactory] | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, port: VirtualPort, spec: BoardSpec, codecs: Mapping[str, CodecFactory] | None = None, seed: int = 0
+    ) -> None:
         self.port = port
         self.spec = spec
         self._registry = codecs
@@ -117,8 +131,9 @@ class EmulatedBoard:
         self.seq = seq + 1
         return wire
 
-    async def send_frames(self, n: int, *, type: int | None = None, payload: PayloadSpec = None,
-                          seq: int | None = None) -> bytes:
+    async def send_frames(
+        self, n: int, *, type: int | None = None, payload: PayloadSpec = None, seq: int | None = None
+    ) -> bytes:
         """Send ``n`` frames in one write; returns the bytes written.
 
         ``payload``: bytes/str for every frame, or ``fn(seq) -> bytes | str``;
@@ -234,8 +249,13 @@ class EmulatedBoard:
 
 
 def device_config(name: str, path: str, spec: BoardSpec, **overrides: Any) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": name, "port": path, "codec": spec.codec, "baudrate": spec.baudrate,
-                             **spec.codec_options}
+    entry: dict[str, Any] = {
+        "name": name,
+        "port": path,
+        "codec": spec.codec,
+        "baudrate": spec.baudrate,
+        **spec.codec_options,
+    }
     entry.update(overrides)
     return entry
 

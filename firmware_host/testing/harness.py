@@ -4,7 +4,8 @@ the accounting law checked at the end."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 from firmware_host.config.schema import Config, config_from_dict
 from firmware_host.runtime import Runtime, Summary
@@ -21,8 +22,10 @@ def assert_accounting(status: Mapping[str, Any]) -> None:
     bad = []
     for name, d in status["devices"].items():
         if d["frames"] != d["flushed"] + d["dropped"] + d["buffered"]:
-            bad.append(f"{name}: frames {d['frames']} != flushed {d['flushed']} + dropped {d['dropped']}"
-                       f" + buffered {d['buffered']}")
+            bad.append(
+                f"{name}: frames {d['frames']} != flushed {d['flushed']} + dropped {d['dropped']}"
+                f" + buffered {d['buffered']}"
+            )
     if bad:
         raise AccountingError("accounting law broken: " + "; ".join(bad))
 
@@ -40,18 +43,20 @@ class RuntimeUnderTest:
     async def wait_frames(self, device: str, count: int, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
         """Until ``device`` has decoded at least ``count`` frames."""
         return await self.runtime.wait_until(
-            lambda s: device in s["devices"] and s["devices"][device]["frames"] >= count, timeout)
+            lambda s: device in s["devices"] and s["devices"][device]["frames"] >= count, timeout
+        )
 
     async def wait_state(self, device: str, state: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
         """Until the reader's state is ``state`` (connecting, connected, backoff, closed)."""
         return await self.runtime.wait_until(
-            lambda s: device in s["devices"] and s["devices"][device]["state"] == state, timeout)
+            lambda s: device in s["devices"] and s["devices"][device]["state"] == state, timeout
+        )
 
-    async def wait_counter(self, device: str, key: str, value: int,
-                           timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+    async def wait_counter(self, device: str, key: str, value: int, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
         """Until ``status.devices[device][key] >= value``."""
         return await self.runtime.wait_until(
-            lambda s: device in s["devices"] and s["devices"][device][key] >= value, timeout)
+            lambda s: device in s["devices"] and s["devices"][device][key] >= value, timeout
+        )
 
     async def wait_flushed(self, device: str, count: int, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
         """Until ``count`` of ``device``'s frames were accepted by every sink."""
@@ -69,8 +74,7 @@ def make_config(config: Config | Mapping[str, Any]) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def running_runtime(config: Config | Mapping[str, Any], **runtime_kwargs: Any
-                          ) -> AsyncIterator[RuntimeUnderTest]:
+async def running_runtime(config: Config | Mapping[str, Any], **runtime_kwargs: Any) -> AsyncIterator[RuntimeUnderTest]:
     """``async with running_runtime({...}) as rt:`` — shut down in order on exit
     (also when the test fails) and check the accounting law."""
     rt = RuntimeUnderTest(Runtime(make_config(config), **runtime_kwargs))

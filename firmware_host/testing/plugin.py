@@ -20,8 +20,9 @@ import asyncio
 import dataclasses
 import inspect
 import os
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import pytest
 
@@ -41,14 +42,22 @@ HARDWARE_SKIP_REASON = "needs real hardware: run pytest with --fh-port PATH (and
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("firmware-host", "firmware-host test kit")
-    group.addoption("--fh-port", metavar="PATH", default=None,
-                    help="run fh_device tests against the real board on PATH (a device or pyserial URL); "
-                         "fh_hardware tests are skipped without it")
-    group.addoption("--fh-board", metavar="NAME", default=None,
-                    help="the board fh_device speaks (a board name, a board .toml file, or a codec name); "
-                         "default: fh1")
-    group.addoption("--fh-baudrate", metavar="N", type=int, default=None,
-                    help="baudrate for --fh-port (default: the board's)")
+    group.addoption(
+        "--fh-port",
+        metavar="PATH",
+        default=None,
+        help="run fh_device tests against the real board on PATH (a device or pyserial URL); "
+        "fh_hardware tests are skipped without it",
+    )
+    group.addoption(
+        "--fh-board",
+        metavar="NAME",
+        default=None,
+        help="the board fh_device speaks (a board name, a board .toml file, or a codec name); default: fh1",
+    )
+    group.addoption(
+        "--fh-baudrate", metavar="N", type=int, default=None, help="baudrate for --fh-port (default: the board's)"
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -81,8 +90,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         return None
     if any(pyfuncitem.get_closest_marker(m) for m in _OTHER_ASYNC_MARKERS):
         return None
-    if pyfuncitem.config.pluginmanager.hasplugin("asyncio") and \
-            pyfuncitem.config.getini("asyncio_mode") == "auto":  # pragma: no cover - user setup
+    if (
+        pyfuncitem.config.pluginmanager.hasplugin("asyncio") and pyfuncitem.config.getini("asyncio_mode") == "auto"
+    ):  # pragma: no cover - user setup
         return None
     names = pyfuncitem._fixtureinfo.argnames
     kwargs = {name: pyfuncitem.funcargs[name] for name in names}
@@ -129,9 +139,15 @@ class BoardFactory:
         self._ports = ports
         self.boards: list[EmulatedBoard] = []
 
-    def __call__(self, board: str = "fh1", *, name: str | None = None,
-                 codecs: Mapping[str, CodecFactory] | None = None, seed: int = 0,
-                 **codec_options: int) -> EmulatedBoard:
+    def __call__(
+        self,
+        board: str = "fh1",
+        *,
+        name: str | None = None,
+        codecs: Mapping[str, CodecFactory] | None = None,
+        seed: int = 0,
+        **codec_options: int,
+    ) -> EmulatedBoard:
         spec = resolve_board(board, codecs, codec_options=codec_options)
         emulated = EmulatedBoard(self._ports.new(name), spec, codecs, seed=seed)
         self.boards.append(emulated)
@@ -192,5 +208,6 @@ def fh_jsonl(tmp_path: Path) -> Path:
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     import json
+
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f]

@@ -20,13 +20,13 @@ import asyncio
 import collections
 import socket
 import threading
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import serial
 
 #: what pyserial raises when a USB device disappears under an open port
-DISCONNECTED = ("device reports readiness to read but returned no data "
-                "(device disconnected or multiple access on port?)")
+DISCONNECTED = "device reports readiness to read but returned no data (device disconnected or multiple access on port?)"
 
 
 class MockSerial:
@@ -231,7 +231,8 @@ class MockDevice:
                     raise self.open_error
                 if not self.plugged:
                     raise serial.SerialException(
-                        2, f"could not open port {self.url}: [Errno 2] No such file or directory: {self.url!r}")
+                        2, f"could not open port {self.url}: [Errno 2] No such file or directory: {self.url!r}"
+                    )
                 ser = MockSerial(self, baudrate, **kwargs)
                 self._open.append(ser)
                 self.opens += 1
@@ -323,6 +324,7 @@ class SerialMock:
             if self.allow_real:
                 return self._real(url, *args, **kwargs)
             raise serial.SerialException(
-                2, f"could not open port {url}: not a mocked device (register it with fh_serial_mock.device({url!r}))")
+                2, f"could not open port {url}: not a mocked device (register it with fh_serial_mock.device({url!r}))"
+            )
         baudrate = kwargs.pop("baudrate", args[0] if args else 9600)
         return dev._attach(baudrate, kwargs)

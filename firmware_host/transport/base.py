@@ -32,8 +32,7 @@ class Port(Protocol):
         """Queue bytes for the device without blocking."""
         ...
 
-    async def close(self) -> None:
-        ...
+    async def close(self) -> None: ...
 
 
 #: ``opener(url, baudrate) -> Port``; the runtime takes one so tests can swap it

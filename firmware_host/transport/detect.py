@@ -41,13 +41,15 @@ def list_devices(boards: Mapping[str, Board] | None = None) -> list[dict[str, An
     found = []
     for info in sorted(comports(), key=lambda p: p.device):
         board = match_board(getattr(info, "vid", None), getattr(info, "pid", None), boards)
-        found.append({
-            "port": info.device,
-            "description": info.description if info.description not in (None, "n/a") else None,
-            "vid_pid": _vid_pid(info),
-            "serial": getattr(info, "serial_number", None),
-            "board": board.name if board is not None else None,
-        })
+        found.append(
+            {
+                "port": info.device,
+                "description": info.description if info.description not in (None, "n/a") else None,
+                "vid_pid": _vid_pid(info),
+                "serial": getattr(info, "serial_number", None),
+                "board": board.name if board is not None else None,
+            }
+        )
     return found
 
 

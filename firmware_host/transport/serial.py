@@ -14,7 +14,8 @@ import collections
 import errno
 import functools
 import os
-from typing import Any, Awaitable, Callable, Iterable, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import serial
 import serial_asyncio
@@ -22,7 +23,6 @@ from serial.serialposix import Serial as _PosixSerial
 
 from firmware_host._sync import ReadClock, read_clock
 from firmware_host.errors import PortClosed
-from firmware_host.transport.base import Port, PortOpener
 
 #: bytes buffered per port before the transport stops reading (backpressure)
 READ_LIMIT = 1 << 20
@@ -52,8 +52,6 @@ READ_COALESCE_BYTES = 3584
 FINAL_READ_MAX = 1 << 16
 
 _RETRY_ERRNOS = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
-
-
 
 
 class _ChunkProtocol(asyncio.Protocol):
@@ -237,8 +235,10 @@ class SerialPort:
         if not data:
             if not woken:
                 return None
-            self._fail("device reports readiness to read but returned no data "
-                       "(device disconnected or multiple access on port?)")
+            self._fail(
+                "device reports readiness to read but returned no data "
+                "(device disconnected or multiple access on port?)"
+            )
         return data
 
     def _fail(self, message: str) -> None:
@@ -300,7 +300,7 @@ class SerialPort:
                 self._protocol._wake()
         try:
             await asyncio.wait_for(self._protocol.lost.wait(), CLOSE_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             transport.abort()  # the device is not draining its input; drop the rest
             await self._protocol.lost.wait()
         if transport.serial_closed is not None:
