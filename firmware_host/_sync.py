@@ -3,6 +3,7 @@
 - ``Changes``: a cheap "something changed" pulse that observers await.
 - ``Mailbox``: the aggregator's bounded inbox, many senders, one reader.
 - ``ReadClock``: the tick that wakes every coalescing tty reader together.
+- ``ReadGate``: where readers wait while the flusher catches up (backpressure).
 
 Each is here because the obvious asyncio tool costs too much on the hot path
 or polls; the why of each is in the comment above it.
@@ -16,7 +17,10 @@ import sys
 import weakref
 from typing import Generic, TypeVar
 
-__all__ = ["Changes", "Mailbox", "ReadClock", "read_clock"]
+__all__ = ["READ_GATE_MAX_WAIT", "Changes", "Mailbox", "ReadClock", "ReadGate", "read_clock"]
+
+#: the longest a reader waits at a closed ReadGate before reading anyway
+READ_GATE_MAX_WAIT = 0.05
 
 T = TypeVar("T")
 
@@ -196,3 +200,45 @@ def read_clock(default: float) -> ReadClock:
     if clock is None:
         clock = _clocks[loop] = ReadClock(default)
     return clock
+
+
+class ReadGate:
+    """Readers pass it before every read; the flusher closes it while it works
+    through a backlog of full batches.
+
+    A runtime that is short of CPU then spends it delivering the frames it
+    already holds instead of reading more only to drop them; the unread bytes
+    wait in the kernel's tty buffer. The gate reopens by itself
+    ``READ_GATE_MAX_WAIT`` after it closed, so under sustained overload (a slow
+    or failing sink) reading goes on and drop-oldest applies as before.
+    """
+
+    __slots__ = ("_fut", "_timer")
+
+    def __init__(self) -> None:
+        self._fut: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._fut is not None
+
+    def close(self, max_wait: float = READ_GATE_MAX_WAIT) -> None:
+        if self._fut is None:
+            loop = asyncio.get_running_loop()
+            self._fut = loop.create_future()
+            self._timer = loop.call_later(max_wait, self.open)
+
+    def open(self) -> None:
+        fut, self._fut = self._fut, None
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def wait(self) -> None:
+        """Return when the gate is open (at once if it is)."""
+        fut = self._fut
+        if fut is not None:
+            await asyncio.shield(fut)  # a cancelled reader must not cancel the gate for all

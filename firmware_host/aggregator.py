@@ -25,60 +25,16 @@ import asyncio
 import collections
 import itertools
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from firmware_host._sync import Changes, Mailbox
+from firmware_host._sync import Changes, Mailbox, ReadGate
 from firmware_host.cancel import CancellationToken
 from firmware_host.errors import AggregatorStopped
 from firmware_host.frames import Frame
 
 INBOX_SIZE = 1024
-#: the longest a reader waits at a closed ReadGate before reading anyway
-READ_GATE_MAX_WAIT = 0.05
-
-
-class ReadGate:
-    """Readers pass it before every read; the flusher closes it while it works
-    through a backlog of full batches.
-
-    A runtime that is short of CPU then spends it delivering the frames it
-    already holds instead of reading more only to drop them; the unread bytes
-    wait in the kernel's tty buffer. The gate reopens by itself
-    ``READ_GATE_MAX_WAIT`` after it closed, so under sustained overload (a slow
-    or failing sink) reading goes on and drop-oldest applies as before.
-    """
-
-    __slots__ = ("_fut", "_timer")
-
-    def __init__(self) -> None:
-        self._fut: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self._fut is not None
-
-    def close(self, max_wait: float = READ_GATE_MAX_WAIT) -> None:
-        if self._fut is None:
-            loop = asyncio.get_running_loop()
-            self._fut = loop.create_future()
-            self._timer = loop.call_later(max_wait, self.open)
-
-    def open(self) -> None:
-        fut, self._fut = self._fut, None
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
-        if fut is not None and not fut.done():
-            fut.set_result(None)
-
-    async def wait(self) -> None:
-        """Return when the gate is open (at once if it is)."""
-        fut = self._fut
-        if fut is not None:
-            await asyncio.shield(fut)  # a cancelled reader must not cancel the gate for all
 
 
 @dataclass(slots=True)
@@ -161,7 +117,61 @@ class _Chunk:
         return self.frames[self.start :]
 
 
-_STOP = object()
+# -- messages -----------------------------------------------------------------------
+# What the handle sends the actor, one type per kind, dispatched by type. A
+# request carries the future its answer goes to (the oneshot pattern).
+
+
+class Offer(NamedTuple):
+    """One read's worth of frames from one device (no answer)."""
+
+    device: str
+    frames: Sequence[Frame]
+
+
+class Take(NamedTuple):
+    limit: int
+    device: str | None
+    upto: int | None
+    reply: asyncio.Future[Batch]
+
+
+class Trim(NamedTuple):
+    batch: Batch
+    reply: asyncio.Future[Batch]
+
+
+class Ack(NamedTuple):
+    batch: Batch
+    reply: asyncio.Future[dict[str, int]]
+
+
+class Pop(NamedTuple):
+    batch: Batch
+    reply: asyncio.Future[list[Frame]]
+
+
+class Mark(NamedTuple):
+    reply: asyncio.Future[int]
+
+
+class Register(NamedTuple):
+    device: str
+    reply: asyncio.Future[None]
+
+
+class Snapshot(NamedTuple):
+    oldest: bool
+    reply: asyncio.Future[BufferSnapshot]
+
+
+class Stop(NamedTuple):
+    """Sent when the actor's token is cancelled: what was queued before it is served."""
+
+
+Request = Take | Trim | Ack | Pop | Mark | Register | Snapshot
+Message = Offer | Request | Stop
+_STOP = Stop()
 
 
 class Aggregator:
@@ -186,7 +196,7 @@ class Aggregator:
         self._bytes = 0
         self._dropped = 0
         self._accounts: dict[str, DeviceAccount] = {}
-        self._inbox: Mailbox[Any] = Mailbox(inbox_size)
+        self._inbox: Mailbox[Message] = Mailbox(inbox_size)
         #: set while at least one full batch is buffered; the flusher awaits it
         self.batch_ready = asyncio.Event()
         self.handle = AggregatorHandle(self._inbox, self.batch_ready)
@@ -217,21 +227,22 @@ class Aggregator:
                 msgs = inbox.take_all()
                 changed = False
                 for msg in msgs:
-                    if msg is _STOP:
+                    # offers are nearly every message: checked first, by identity
+                    if type(msg) is Offer:
+                        offer(msg.device, msg.frames)
+                        changed = True
+                    elif isinstance(msg, Stop):
                         self.handle.stopped = True
-                        self._refuse(msgs[msgs.index(_STOP) + 1 :])
+                        self._refuse(msgs[msgs.index(msg) + 1 :])
                         self._refuse(inbox.take_all())
                         if changed:
                             notify()
                         return
-                    kind = msg[0]
-                    if kind == "offer":
-                        offer(msg[1], msg[2])
-                        changed = True
+                    elif not isinstance(msg, Offer):  # (a subclass of Offer is still an offer)
+                        changed |= self._serve(msg)
                     else:
-                        self._request(msg)
-                        if kind == "ack" or kind == "pop":
-                            changed = True
+                        offer(msg.device, msg.frames)
+                        changed = True
                 # one poke per wakeup, and only for a change: an observer
                 # that asks for a snapshot must not wake itself
                 if changed:
@@ -240,47 +251,55 @@ class Aggregator:
             stopper.cancel()
 
     @staticmethod
-    def _refuse(msgs: Iterable[Any]) -> None:
+    def _refuse(msgs: Iterable[Message]) -> None:
         """Whatever was queued behind the stop gets an answer: an error."""
         for msg in msgs:
-            if msg is not _STOP and msg[0] != "offer" and not msg[-1].done():
-                msg[-1].set_exception(AggregatorStopped("the aggregator has stopped"))
+            if isinstance(msg, (Offer, Stop)):
+                continue
+            if not msg.reply.done():
+                msg.reply.set_exception(AggregatorStopped("the aggregator has stopped"))
 
     async def _stop_when(self, token: CancellationToken) -> None:
         await token.cancelled()
         await self._inbox.put(_STOP)
 
-    def _request(self, msg: tuple[Any, ...]) -> None:
-        kind, fut = msg[0], msg[-1]
-        if fut.done():  # noqa: SIM102  (the asker gave up: nothing to answer, but an ack must land)
-            if kind != "ack":
-                return
+    def _serve(self, msg: Request) -> bool:
+        """Answer one request; True if it changed the buffer."""
+        reply: asyncio.Future[Any] = msg.reply
+        # the asker gave up (timeout, cancel): nothing to answer, except that
+        # an ack must still land (the sinks have the frames)
+        if reply.done() and not isinstance(msg, Ack):
+            return False
+        changed = False
         try:
-            if kind == "take":
-                result: Any = self._take(msg[1], msg[2], msg[3])
-            elif kind == "ack":
-                result = self._ack(msg[1])
-            elif kind == "trim":
-                result = self._trim(msg[1])
-            elif kind == "pop":
-                # trim and ack in one message: nothing can be evicted in between
-                result = self._trim(msg[1]).frames
-                self._ack(msg[1])
-            elif kind == "snapshot":
-                result = self._snapshot(msg[1])
-            elif kind == "mark":
-                result = self._head + self._depth - 1
-            elif kind == "register":
-                self._accounts.setdefault(msg[1], DeviceAccount())
-                result = None
-            else:
-                raise ValueError(f"unknown message {kind!r}")
+            result: object
+            match msg:
+                case Take(limit, device, upto):
+                    result = self._take(limit, device, upto)
+                case Ack(batch):
+                    result = self._ack(batch)
+                    changed = True
+                case Trim(batch):
+                    result = self._trim(batch)
+                case Pop(batch):
+                    # trim and ack in one message: nothing can be evicted in between
+                    result = self._trim(batch).frames
+                    self._ack(batch)
+                    changed = True
+                case Snapshot(oldest):
+                    result = self._snapshot(oldest)
+                case Mark():
+                    result = self._head + self._depth - 1
+                case Register(device):
+                    self._accounts.setdefault(device, DeviceAccount())
+                    result = None
         except Exception as exc:  # a bad request must never kill the actor
-            if not fut.done():
-                fut.set_exception(exc)
-            return
-        if not fut.done():
-            fut.set_result(result)
+            if not reply.done():
+                reply.set_exception(exc)
+            return changed
+        if not reply.done():
+            reply.set_result(result)
+        return changed
 
     # -- buffer operations (actor task only) ---------------------------------
 
@@ -505,49 +524,60 @@ class Aggregator:
 
 
 class AggregatorHandle:
-    """How everything outside the actor talks to it."""
+    """How everything outside the actor talks to it: each method sends one
+    typed message; requests wait for the actor's answer.
 
-    def __init__(self, inbox: Mailbox[Any], batch_ready: asyncio.Event) -> None:
+    Readers use ``offer_nowait`` for every read and fall back to ``offer``
+    only when the inbox is full; a subclass that wants to see every read
+    overrides both.
+    """
+
+    def __init__(self, inbox: Mailbox[Message], batch_ready: asyncio.Event) -> None:
         self._inbox = inbox
+        #: set while at least one full batch is buffered; the flusher awaits it
         self.batch_ready = batch_ready
         #: set by the actor when it stops; later requests fail at once
         self.stopped = False
-        #: readers wait here while the flusher catches up (see ReadGate)
-        self.read_gate = ReadGate()
+        self._read_gate = ReadGate()
+
+    @property
+    def read_gate(self) -> ReadGate:
+        """Readers wait here while the flusher works through a backlog."""
+        return self._read_gate
 
     async def offer(self, device: str, frames: Sequence[Frame]) -> None:
         """Hand one read's worth of frames to the buffer (waits if the inbox is full)."""
-        await self._inbox.put(("offer", device, frames))
+        await self._inbox.put(Offer(device, frames))
 
     def offer_nowait(self, device: str, frames: Sequence[Frame]) -> bool:
         """``offer`` without a coroutine: True if queued, False if the inbox
         is full (then nothing was sent; ``await offer(...)`` waits for room).
         The readers' path: one call per read."""
-        return self._inbox.put_nowait(("offer", device, frames))
+        return self._inbox.put_nowait(Offer(device, frames))
 
-    def _send(self, msg: tuple[Any, ...]) -> Awaitable[None] | None:
-        """Queue ``msg`` now if the inbox has room (no suspension, so the
-        request cannot be overtaken by later offers); else an awaitable put."""
-        inbox = self._inbox
-        if inbox.put_nowait(msg):
-            return None
-        return inbox.put(msg)
-
-    async def _ask(self, *msg: Any) -> Any:
+    def _reply(self) -> asyncio.Future[Any]:
         if self.stopped:
             raise AggregatorStopped("the aggregator has stopped")
-        fut = asyncio.get_running_loop().create_future()
-        put = self._send((*msg, fut))
-        if put is not None:
-            await put
-        return await fut
+        return asyncio.get_running_loop().create_future()
+
+    async def _send(self, msg: Request) -> None:
+        """Queue ``msg`` at once if the inbox has room (no suspension, so the
+        request cannot be overtaken by later offers), else wait for room."""
+        inbox = self._inbox
+        if not inbox.put_nowait(msg):
+            await inbox.put(msg)
 
     async def take(self, limit: int, device: str | None = None, upto: int | None = None) -> Batch:
         """The oldest ``limit`` frames (of ``device``; with id ≤ ``upto``), left in place."""
-        return await self._ask("take", limit, device, upto)
+        reply: asyncio.Future[Batch] = self._reply()
+        await self._send(Take(limit, device, upto, reply))
+        return await reply
 
     async def trim(self, batch: Batch) -> Batch:
-        return await self._ask("trim", batch)
+        """What is still buffered of ``batch`` (for a retry after a sink failed)."""
+        reply: asyncio.Future[Batch] = self._reply()
+        await self._send(Trim(batch, reply))
+        return await reply
 
     async def ack(self, batch: Batch) -> dict[str, int]:
         """Remove ``batch`` from the buffer as flushed; returns per-device counts.
@@ -555,29 +585,35 @@ class AggregatorHandle:
         Shielded: once the flusher delivered a batch, the ack must land even
         if the flusher is being cancelled, or the frames would be sent twice.
         """
-        fut = asyncio.get_running_loop().create_future()
-        put = self._send(("ack", batch, fut))
-        if put is not None:
-            # the inbox is full: the put itself must survive a cancel
-            await asyncio.shield(put)
-        # queued: the actor serves it even if we are cancelled while waiting
-        return await asyncio.shield(fut)
+        reply: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
+        # the put itself must survive a cancel; once queued, the actor serves
+        # it even if we are cancelled while waiting for the answer
+        await asyncio.shield(self._send(Ack(batch, reply)))
+        return await asyncio.shield(reply)
 
     async def pop(self, batch: Batch) -> list[Frame]:
         """Remove what is still buffered of ``batch`` (counted as flushed to
         the next stage) and return exactly those frames. Shielded like ``ack``."""
-        return await asyncio.shield(self._ask("pop", batch))
+        reply: asyncio.Future[list[Frame]] = self._reply()
+        await asyncio.shield(self._send(Pop(batch, reply)))
+        return await asyncio.shield(reply)
 
     async def mark(self) -> int:
         """The id of the newest buffered frame (the edge of an on-demand flush)."""
-        return await self._ask("mark")
+        reply: asyncio.Future[int] = self._reply()
+        await self._send(Mark(reply))
+        return await reply
 
     async def register(self, device: str) -> None:
         """Make ``device`` known with zero counters (so status lists it at once)."""
-        await self._ask("register", device)
+        reply: asyncio.Future[None] = self._reply()
+        await self._send(Register(device, reply))
+        await reply
 
     async def snapshot(self, oldest: bool = False) -> BufferSnapshot:
-        return await self._ask("snapshot", oldest)
+        reply: asyncio.Future[BufferSnapshot] = self._reply()
+        await self._send(Snapshot(oldest, reply))
+        return await reply
 
 
 def oldest_age(snapshot: BufferSnapshot, now: float | None = None) -> dict[str, float]:

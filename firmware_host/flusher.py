@@ -15,13 +15,44 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from firmware_host._sync import Changes
-from firmware_host.aggregator import AggregatorHandle, Batch
+from firmware_host._sync import Changes, ReadGate
+from firmware_host.aggregator import Batch
 from firmware_host.cancel import CancellationToken
 from firmware_host.sinks.base import Sink
 
 log = logging.getLogger("firmware_host.flusher")
+
+
+class BatchSource(Protocol):
+    """Where the flusher takes batches from: the aggregator's handle (memory),
+    or the disk spool. A batch stays in its source until ``ack``."""
+
+    #: set while at least one full batch is waiting
+    batch_ready: asyncio.Event
+
+    @property
+    def read_gate(self) -> ReadGate | None:
+        """The readers' gate, closed while the flusher works through a
+        backlog; None for a source that no reader feeds directly."""
+        ...
+
+    async def take(self, limit: int, device: str | None = None, upto: int | None = None) -> Batch:
+        """The oldest ``limit`` frames (of ``device``; with id <= ``upto``), left in place."""
+        ...
+
+    async def trim(self, batch: Batch) -> Batch:
+        """What is still there of ``batch`` (drop-oldest may have taken some)."""
+        ...
+
+    async def ack(self, batch: Batch) -> dict[str, int]:
+        """Every sink accepted ``batch``: remove it; per-device counts."""
+        ...
+
+    async def mark(self) -> int:
+        """The id of the newest frame (the edge of an on-demand flush)."""
+        ...
 
 
 @dataclass
@@ -49,7 +80,7 @@ class FlushResult:
 class Flusher:
     def __init__(
         self,
-        aggregator: AggregatorHandle,
+        source: BatchSource,
         sinks: Sequence[Sink],
         *,
         interval: float,
@@ -58,14 +89,14 @@ class Flusher:
         backoff_max: float = 5.0,
         changes: Changes | None = None,
     ) -> None:
-        self._agg = aggregator
+        self._agg = source
         self.changes = changes or Changes()
         self.sinks = list(sinks)
         self.interval = interval
         self.batch_size = batch_size
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
-        self.stats = {id(s): SinkStats(getattr(s, "name", type(s).__name__)) for s in self.sinks}
+        self.stats = {id(s): SinkStats(s.name) for s in self.sinks}
         self._lock = asyncio.Lock()
         self.flushes = 0
 
@@ -103,7 +134,7 @@ class Flusher:
 
     async def _flush_full_batches(self, token: CancellationToken) -> None:
         agg = self._agg
-        gate = getattr(agg, "read_gate", None)
+        gate = agg.read_gate
         async with self._lock:
             try:
                 while agg.batch_ready.is_set() and not token.is_cancelled:
@@ -133,7 +164,7 @@ class Flusher:
         if not await self._acquire(deadline):
             result.incomplete = True
             return result
-        gate = getattr(self._agg, "read_gate", None)
+        gate = self._agg.read_gate
         try:
             upto = await self._agg.mark()
             while True:

@@ -20,10 +20,13 @@ from firmware_host._sync import Changes, read_clock
 from firmware_host.aggregator import Aggregator, BufferSnapshot, DeviceAccount, oldest_age
 from firmware_host.cancel import CancellationToken
 from firmware_host.codecs import BUILTIN_CODECS, CodecFactory, make_codec
-from firmware_host.config.schema import Config, ConfigError, DeviceConfig
-from firmware_host.errors import DeviceExists, RuntimeFailure, ShuttingDown
-from firmware_host.flusher import Flusher, FlushResult
+from firmware_host.config import Config, ConfigError, DeviceConfig
+from firmware_host.config.boards import Board
+from firmware_host.control.server import ControlServer
+from firmware_host.errors import DeviceExists, RuntimeFailure, ShuttingDown, SpoolBusy, SpoolError
+from firmware_host.flusher import BatchSource, Flusher, FlushResult
 from firmware_host.sinks import BUILTIN_SINKS, Sink, SinkFactory
+from firmware_host.spool import Spool, Spooler
 from firmware_host.transport.base import PortOpener, UrlResolver
 from firmware_host.transport.serial import READ_COALESCE, open_serial
 from firmware_host.uplink import Processor, UplinkReader, apply_processors, fixed_url
@@ -69,7 +72,7 @@ class Runtime:
         processors: list[Processor] | None = None,
         match_resolver: MatchResolver | None = None,
         control_path: str | None = None,
-        boards: Mapping[str, Any] | None = None,
+        boards: Mapping[str, Board] | None = None,
     ) -> None:
         self.config = config
         self.opener: PortOpener = opener or open_serial
@@ -108,10 +111,10 @@ class Runtime:
         self._agg_task: asyncio.Task[None] | None = None
         self._flusher_task: asyncio.Task[None] | None = None
         #: with ``[buffer] spool``: memory → Spooler → spool → flusher → sinks
-        self.spool: Any = None
-        self.spooler: Any = None
+        self.spool: Spool | None = None
+        self.spooler: Spooler | None = None
         self._spooler_task: asyncio.Task[None] | None = None
-        self._control: Any = None
+        self._control: ControlServer | None = None
         self._shutdown_lock = asyncio.Lock()
 
     # -- start ------------------------------------------------------------------
@@ -130,9 +133,9 @@ class Runtime:
             except Exception as exc:
                 await self._close_sinks(opened)
                 await self._stop_aggregator()
-                raise RuntimeFailure(f"sink {getattr(sink, 'name', sink)!r} cannot open: {exc}") from exc
+                raise RuntimeFailure(f"sink {sink.name!r} cannot open: {exc}") from exc
             opened.append(sink)
-        source: Any = self.aggregator.handle
+        source: BatchSource = self.aggregator.handle
         if cfg.buffer.spool:
             source = await self._open_spool(opened)
         self.flusher = Flusher(
@@ -144,8 +147,6 @@ class Runtime:
         )
         self._flusher_task = asyncio.create_task(self.flusher.run(self.flusher_token), name="flusher")
         if self.control_path:
-            from firmware_host.control.server import ControlServer
-
             self._control = ControlServer(self, self.control_path)
             try:
                 await self._control.start()
@@ -162,9 +163,7 @@ class Runtime:
             await self.shutdown(grace=0)
             raise
 
-    async def _open_spool(self, opened: list[Sink]) -> Any:
-        from firmware_host.spool import Spool, SpoolBusy, Spooler, SpoolError
-
+    async def _open_spool(self, opened: list[Sink]) -> Spool:
         cfg = self.config.buffer
         assert cfg.spool is not None
         spool = Spool(
@@ -205,7 +204,7 @@ class Runtime:
             try:
                 await asyncio.wait_for(sink.close(), 5.0)
             except Exception as exc:  # one sink's failure must not skip the others
-                log.warning("sink %s did not close cleanly: %s", getattr(sink, "name", sink), exc)
+                log.warning("sink %s did not close cleanly: %s", sink.name, exc)
 
     async def _abandon_start(self) -> None:
         self.flusher_token.cancel()

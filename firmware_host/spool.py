@@ -6,7 +6,7 @@ With ``[buffer] spool = "path.sqlite"`` the pipeline has two stages:
 
 Stage 1 (``Spooler``) moves batches out of memory into the spool, one SQLite
 transaction per batch. Stage 2 is the ordinary ``Flusher``: the spool offers
-the same ``take / trim / ack / mark / batch_ready`` interface as the
+the same ``BatchSource`` interface (``take / trim / ack / mark / batch_ready``) as the
 aggregator, so a frame leaves the spool only when every sink accepted it.
 Frames committed to the spool survive a crash (kill -9, power loss with
 ``spool_sync = "full"``); on the next start they are the oldest rows and go
@@ -106,6 +106,11 @@ class Spool:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool")
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+
+    @property
+    def read_gate(self) -> None:
+        """No reader feeds the spool directly (the spooler does): nothing to hold back."""
+        return None
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -329,13 +334,15 @@ class Spooler(Flusher):
         changes: Changes | None = None,
     ) -> None:
         super().__init__(aggregator, [], interval=interval, batch_size=batch_size, changes=changes)
+        #: the memory stage, typed as itself: the spooler also pops from it
+        self._memory = aggregator
         self.spool = spool
         self.write_failures = 0
 
     async def _deliver(
         self, batch: Batch, *, deadline: float | None = None, token: CancellationToken | None = None
     ) -> dict[str, int] | None:
-        frames = await self._agg.pop(batch)  # type: ignore[attr-defined]
+        frames = await self._memory.pop(batch)
         counts: dict[str, int] = {}
         for f in frames:
             counts[f.device] = counts.get(f.device, 0) + 1

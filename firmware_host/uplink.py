@@ -7,9 +7,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from firmware_host._sync import Changes
-from firmware_host.aggregator import AggregatorHandle
+from firmware_host._sync import Changes, ReadGate
 from firmware_host.cancel import CancellationToken
 from firmware_host.codecs.base import Codec
 from firmware_host.errors import PortClosed
@@ -20,6 +20,22 @@ log = logging.getLogger("firmware_host.uplink")
 
 #: processors run on every decoded batch before it is offered
 Processor = Callable[[list[Frame]], list[Frame]]
+
+
+class FrameInlet(Protocol):
+    """Where a reader hands its frames: the aggregator's handle.
+
+    A reader passes ``read_gate`` before every read, offers each read's
+    frames with ``offer_nowait`` (no coroutine), and only when that finds the
+    inbox full awaits ``offer``.
+    """
+
+    @property
+    def read_gate(self) -> ReadGate: ...
+
+    def offer_nowait(self, device: str, frames: Sequence[Frame]) -> bool: ...
+
+    async def offer(self, device: str, frames: Sequence[Frame]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -44,7 +60,7 @@ class UplinkReader:
         resolve: UrlResolver,
         baudrate: int,
         codec: Codec,
-        aggregator: AggregatorHandle,
+        aggregator: FrameInlet,
         opener: PortOpener,
         *,
         process: Processor | None = None,
@@ -64,6 +80,8 @@ class UplinkReader:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._port: Port | None = None
+        #: closes of ports that finished opening after this reader gave up
+        self._late_closes: set[asyncio.Future[None]] = set()
         self.changes = changes or Changes()
 
     @property
@@ -127,7 +145,7 @@ class UplinkReader:
             stop.cancel()  # also when this task itself is cancelled: no waiter left on the token
         if not opening.done():
             # cancelled while an executor thread is opening: close it when it lands
-            opening.add_done_callback(_close_when_opened)
+            opening.add_done_callback(self._close_when_opened)
             return None
         try:
             port = opening.result()
@@ -149,13 +167,13 @@ class UplinkReader:
         """Read until the port fails or the token is cancelled (which closes it)."""
         self._port = port
         stats, codec, offer, name, process = self.stats, self.codec, self._agg.offer, self.name, self._process
-        offer_nowait = _offer_nowait(self._agg)
+        offer_nowait = self._agg.offer_nowait
         notify = self.changes.notify
-        gate = getattr(self._agg, "read_gate", None)
+        gate = self._agg.read_gate
         closer = asyncio.ensure_future(self._close_on_cancel(port, token))
         try:
             while True:
-                if gate is not None and gate.closed:
+                if gate.closed:
                     await gate.wait()  # the flusher is catching up (bounded wait)
                 try:
                     data = await port.read()
@@ -180,7 +198,7 @@ class UplinkReader:
                         frames = process(frames)
                         stats.filtered += before - len(frames)
                     # one message per read, sent without a coroutine unless the inbox is full
-                    if frames and (offer_nowait is None or not offer_nowait(name, frames)):
+                    if frames and not offer_nowait(name, frames):
                         await offer(name, frames)
         finally:
             self._port = None
@@ -188,37 +206,17 @@ class UplinkReader:
             codec.reset()
             await port.close()
 
+    def _close_when_opened(self, opening: asyncio.Future[Port]) -> None:
+        if not opening.cancelled() and opening.exception() is None:
+            closing = asyncio.ensure_future(opening.result().close())
+            # kept so the task is not garbage-collected half way
+            self._late_closes.add(closing)
+            closing.add_done_callback(self._late_closes.discard)
+
     @staticmethod
     async def _close_on_cancel(port: Port, token: CancellationToken) -> None:
         await token.cancelled()
         await port.close()
-
-
-#: closes of ports that finished opening after their reader gave up; kept so
-#: the tasks are not garbage-collected half way
-_late_closes: set[asyncio.Future[None]] = set()
-
-
-def _close_when_opened(opening: asyncio.Future[Port]) -> None:
-    if not opening.cancelled() and opening.exception() is None:
-        closing = asyncio.ensure_future(opening.result().close())
-        _late_closes.add(closing)
-        closing.add_done_callback(_late_closes.discard)
-
-
-def _offer_nowait(handle: object) -> Callable[[str, list[Frame]], bool] | None:
-    """The handle's ``offer_nowait``, or None when each read must go through
-    ``offer``: a handle without one (a test double), or a subclass that
-    overrides ``offer`` but inherits ``offer_nowait`` (its ``offer`` must
-    see every read)."""
-    nowait = getattr(handle, "offer_nowait", None)
-    cls = type(handle)
-    if nowait is None or (
-        getattr(cls, "offer", None) is not AggregatorHandle.offer
-        and getattr(cls, "offer_nowait", None) is AggregatorHandle.offer_nowait
-    ):
-        return None
-    return nowait  # type: ignore[no-any-return]
 
 
 def fixed_url(url: str) -> UrlResolver:

@@ -130,7 +130,7 @@ class MqttSink(Sink):
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        props = Properties(PacketTypes.PUBLISH)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho is partly typed
         props.UserProperty = [
             ("device", frame.device),
             ("seq", str(frame.seq)),

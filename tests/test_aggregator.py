@@ -118,12 +118,16 @@ async def test_messages_sent_before_stop_are_served():
 
 
 async def test_bad_request_does_not_kill_the_actor():
+    """A request whose handling raises gets the error as its answer; the actor lives on."""
+    from firmware_host.aggregator import Take
+
     agg, token, task = await start(capacity=10, batch_size=10)
+    await agg.handle.offer("a", frames("a", range(3)))
     fut = asyncio.get_running_loop().create_future()
-    await agg._inbox.put(("bogus", fut))
-    with pytest.raises(ValueError):
+    await agg._inbox.put(Take("bogus", None, None, fut))  # type: ignore[arg-type]  # a limit that is no int
+    with pytest.raises(TypeError):
         await fut
-    assert (await agg.handle.snapshot()).depth == 0
+    assert (await agg.handle.snapshot()).depth == 3
     token.cancel()
     await task
 
@@ -205,23 +209,37 @@ def test_max_bytes_is_fixed_at_construction():
         agg.max_bytes = 60  # type: ignore[misc]
 
 
-def test_readers_offer_through_a_subclass_that_overrides_offer_only():
-    """A handle subclass that overrides offer (to tee or filter) sees every read;
-    one that overrides both keeps the fast path."""
-    from firmware_host.aggregator import AggregatorHandle
-    from firmware_host.uplink import _offer_nowait
+async def test_reader_offers_nowait_and_awaits_offer_only_when_the_inbox_is_full():
+    """The reader's side of the typed seam: every read goes through offer_nowait;
+    offer (which may wait for room) is used exactly when offer_nowait refused."""
+    from firmware_host import FakeOpener, FakePort, Fh1Codec, encode_packet
+    from firmware_host._sync import ReadGate
+    from firmware_host.cancel import CancellationToken
+    from firmware_host.uplink import UplinkReader, fixed_url
 
-    class Tee(AggregatorHandle):
-        async def offer(self, device, frames):
-            await super().offer(device, frames)
+    class Inlet:
+        def __init__(self) -> None:
+            self.read_gate = ReadGate()
+            self.nowait: list[int] = []
+            self.awaited: list[int] = []
+            self.all_in = asyncio.Event()
 
-    class Both(Tee):
         def offer_nowait(self, device, frames):
-            return super().offer_nowait(device, frames)
+            self.nowait.append(frames[0].seq)
+            return frames[0].seq % 2 == 0  # refuse odd reads: "the inbox is full"
 
-    agg = Aggregator(capacity=10)
-    assert _offer_nowait(agg.handle) == agg.handle.offer_nowait
-    assert _offer_nowait(Tee(agg._inbox, agg.batch_ready)) is None
-    both = Both(agg._inbox, agg.batch_ready)
-    assert _offer_nowait(both) == both.offer_nowait
-    assert _offer_nowait(object()) is None
+        async def offer(self, device, frames):
+            self.awaited.append(frames[0].seq)
+            if frames[0].seq == 5:
+                self.all_in.set()
+
+    inlet = Inlet()
+    port = FakePort([encode_packet(0, seq, b"x") for seq in range(6)])
+    reader = UplinkReader("d", fixed_url("fake://"), 115200, Fh1Codec("d"), inlet, FakeOpener({"fake://": [port]}))
+    token = CancellationToken()
+    task = asyncio.create_task(reader.run(token))
+    await asyncio.wait_for(inlet.all_in.wait(), 5)
+    token.cancel()
+    await task
+    assert inlet.nowait == [0, 1, 2, 3, 4, 5]
+    assert inlet.awaited == [1, 3, 5]

@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 
 from firmware_host import FakeOpener, FakePort, Frame, Runtime, Sink, config_from_dict, encode_packet
-from firmware_host.control.server import ControlError, ControlServer, NoRuntime, request, request_sync
+from firmware_host.control.client import request, request_sync
+from firmware_host.control.server import ControlServer
+from firmware_host.errors import ControlError, NoRuntime
 from firmware_host.runtime import RuntimeFailure
 
 pytestmark = pytest.mark.timeout(60)

@@ -40,7 +40,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from firmware_host import FakeOpener, FakePort, Frame, Runtime, Sink, config_from_dict, encode_packet
-from firmware_host.control.server import MAX_REQUEST, request_sync
+from firmware_host.control.client import request_sync
+from firmware_host.control.protocol import MAX_REQUEST
 from firmware_host.testing import assert_accounting
 
 pytestmark = pytest.mark.timeout(90)

@@ -37,7 +37,9 @@ from pathlib import Path
 import pytest
 
 from firmware_host import ConfigError, Runtime, config_from_dict
-from firmware_host.control.server import MAX_REQUEST, ControlError, request
+from firmware_host.control.client import request
+from firmware_host.control.protocol import MAX_REQUEST
+from firmware_host.errors import ControlError
 from firmware_host.plugins.host import start_plugins
 from firmware_host.runtime import RuntimeFailure
 from firmware_host.testing import assert_accounting

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.timeout(90)
 async def wait_status(sock: str, predicate, timeout: float = 30.0) -> dict:
     """Across processes there is no event to await: ask the control socket,
     with a bounded number of tries."""
-    from firmware_host.control.server import ControlError, request
+    from firmware_host.control.client import request
+    from firmware_host.errors import ControlError
 
     deadline = time.monotonic() + timeout
     last: dict | None = None

@@ -108,7 +108,8 @@ def read_line(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     line = proc.stdout.readline()
     if not line:
         raise RuntimeError(f"{proc.args!r} exited (status {proc.poll()})")
-    return json.loads(line)
+    reply: dict[str, Any] = json.loads(line)
+    return reply
 
 
 def count_lines(path: Path) -> int:
@@ -277,13 +278,13 @@ class RuntimeProc(Consumer):
         )
 
     def status(self) -> dict[str, Any]:
-        from firmware_host.control.server import request_sync
+        from firmware_host.control.client import request_sync
 
         return request_sync(self.control, {"cmd": "status"}, timeout=10)
 
     def wait_ready(self, timeout: float = 30.0) -> float:
         """Seconds from spawn until every device is connected (polled every 10 ms)."""
-        from firmware_host.control.server import ControlError
+        from firmware_host.errors import ControlError
 
         deadline = self.spawned_at + timeout
         while time.monotonic() < deadline:
@@ -307,7 +308,7 @@ class RuntimeProc(Consumer):
             return ""
 
     def flush(self) -> dict[str, Any]:
-        from firmware_host.control.server import request_sync
+        from firmware_host.control.client import request_sync
 
         return request_sync(self.control, {"cmd": "flush", "timeout": 10}, timeout=15)
 
@@ -369,7 +370,8 @@ class BaselineProc(Consumer):
         }
 
     def delivered(self) -> int:
-        return self._ask("stats")["written"]
+        written: int = self._ask("stats")["written"]
+        return written
 
     def stop(self, timeout: float = 60.0) -> dict[str, Any]:
         t0 = time.monotonic()
@@ -842,7 +844,7 @@ def machine() -> dict[str, Any]:
     try:
         import uvloop
 
-        uv = uvloop.__version__
+        uv = getattr(uvloop, "__version__", "?")  # untyped module
     except ImportError:
         uv = None
     from firmware_host.codecs import cobs

@@ -10,9 +10,12 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+
+if TYPE_CHECKING:
+    from firmware_host.config import Config
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NO_RUNTIME = 0, 1, 2, 3
 
@@ -62,8 +65,9 @@ def resolve_control(control_path: str | None, config_path: str | None = None) ->
     return default_control_socket()
 
 
-def load_config_or_exit(path: str, **kwargs: Any) -> Any:
-    from firmware_host.config.schema import ConfigError, load_config
+def load_config_or_exit(path: str, **kwargs: Any) -> Config:
+    from firmware_host.config.schema import load_config
+    from firmware_host.errors import ConfigError
 
     try:
         return load_config(path, **kwargs)
@@ -75,7 +79,7 @@ class OneLineErrors(click.Group):
     """click prints usage errors as three lines (Usage/Try/Error); ours are
     one line like every other error, with the same exit status 2."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
         try:
             code = super().main(*args, **kwargs)
@@ -152,7 +156,8 @@ def ask(
     control_path: str | None, config_path: str | None, request: dict[str, Any], timeout: float = 30.0
 ) -> dict[str, Any]:
     """One request to a running runtime; exits 3 when none listens."""
-    from firmware_host.control.server import ControlError, NoRuntime, request_sync
+    from firmware_host.control.client import request_sync
+    from firmware_host.errors import ControlError, NoRuntime
 
     path = resolve_control(control_path, config_path)
     try:
@@ -386,7 +391,8 @@ def spool() -> None:
 @json_option
 def spool_stats_cmd(path: str, as_json: bool) -> None:
     """Frames and bytes per device in the spool at PATH."""
-    from firmware_host.spool import SpoolBusy, SpoolError, spool_stats
+    from firmware_host.errors import SpoolBusy, SpoolError
+    from firmware_host.spool import spool_stats
 
     try:
         stats = spool_stats(path)
@@ -412,7 +418,8 @@ def spool_stats_cmd(path: str, as_json: bool) -> None:
 @click.option("--device", metavar="NAME", help="Only this device's frames.")
 def spool_export_cmd(path: str, output: str | None, device: str | None) -> None:
     """The spooled frames as jsonl records, oldest first (the spool is left as it is)."""
-    from firmware_host.spool import SpoolBusy, SpoolError, spool_export
+    from firmware_host.errors import SpoolBusy, SpoolError
+    from firmware_host.spool import spool_export
 
     try:
         if output:

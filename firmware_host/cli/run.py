@@ -13,8 +13,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from firmware_host.config.schema import (
     Config,
@@ -24,9 +25,10 @@ from firmware_host.config.schema import (
     default_control_socket,
     load_config,
 )
-from firmware_host.errors import UsageError
+from firmware_host.errors import RuntimeFailure, UsageError
 from firmware_host.gctune import tune_gc
 
+T = TypeVar("T")
 log = logging.getLogger("firmware_host")
 
 DEFAULT_SINK_PATH = "frames.jsonl"
@@ -53,8 +55,6 @@ def setup_logging(verbose: int) -> None:
 
 def run_main(opts: RunOptions) -> int:
     """Exit status: 0 ok, 1 runtime failure or frames lost, 2 usage/config error."""
-    from firmware_host.runtime import RuntimeFailure
-
     setup_logging(opts.verbose)
     try:
         code, final_status = _event_loop_run(_run(opts))
@@ -78,7 +78,7 @@ def run_main(opts: RunOptions) -> int:
     return code
 
 
-def _event_loop_run(coro: Any) -> Any:
+def _event_loop_run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop  # optional extra [fast]
     except ImportError:

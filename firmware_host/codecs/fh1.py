@@ -25,9 +25,10 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from firmware_host.codecs import cobs as _cobs
-from firmware_host.codecs.base import CodecOptionError, DelimitedCodec
+from firmware_host.codecs.base import DelimitedCodec
 from firmware_host.codecs.cobs import CobsDecodeError, _decode_blocks, max_encoded_len
 from firmware_host.codecs.cobs import encode as cobs_encode
+from firmware_host.errors import CodecOptionError
 from firmware_host.frames import Frame
 
 __all__ = [
@@ -64,7 +65,7 @@ _SEQ_MASK = 0xFFFFFFFF
 _ZERO = b"\x00"
 
 
-def _residue_table() -> array:
+def _residue_table() -> array[int]:
     """``_RESIDUE[s]``: what CRC-16/CCITT-FALSE over a whole packet, its own
     little-endian CRC ``s`` included, comes to when that CRC is right.
 
@@ -99,7 +100,7 @@ def _splitter(length: int) -> Callable[[bytes], tuple[int, int, int, bytes, int]
     cache (1,024 lengths, at most about 390 KiB) covers nearly every length
     of the default ``max_payload``, so varied lengths do not build a Struct
     per packet."""
-    return struct.Struct(f"<BBI{length - _MIN_PACKET}sH").unpack  # type: ignore[return-value]
+    return struct.Struct(f"<BBI{length - _MIN_PACKET}sH").unpack
 
 
 def encode_packet(frame_type: int, seq: int, payload: bytes | bytearray | memoryview | str = b"") -> bytes:

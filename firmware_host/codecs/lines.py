@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from firmware_host.codecs.base import CodecOptionError, DelimitedCodec
+from firmware_host.codecs.base import DelimitedCodec
+from firmware_host.errors import CodecOptionError
 from firmware_host.frames import Frame
 
 __all__ = ["DEFAULT_MAX_LINE", "MAX_LINE_LIMIT", "LinesCodec"]

@@ -23,93 +23,70 @@ import math
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
-from firmware_host.errors import ControlError, NoRuntime
-
-if TYPE_CHECKING:
-    from firmware_host.runtime import Runtime
+from firmware_host.aggregator import BufferSnapshot
+from firmware_host.config import ConfigError, DeviceConfig, config_from_dict
+from firmware_host.config.boards import Board, load_boards
+from firmware_host.control.client import is_listening
+from firmware_host.control.protocol import (
+    FLUSH_TIMEOUT,
+    IDLE_TIMEOUT,
+    LINGER,
+    MAX_CONNECTIONS,
+    MAX_FLUSH_TIMEOUT,
+    MAX_REQUEST,
+    RequestError,
+    device_name,
+    encode_reply,
+    error_reply,
+    only,
+    str_arg,
+)
+from firmware_host.errors import EXIT_FAILURE, ControlError, DeviceExists, RuntimeFailure, ShuttingDown
+from firmware_host.flusher import FlushResult
 
 log = logging.getLogger("firmware_host.control")
 
-__all__ = [
-    "IDLE_TIMEOUT",
-    "MAX_CONNECTIONS",
-    "MAX_REQUEST",
-    "ControlError",
-    "ControlServer",
-    "NoRuntime",
-    "request",
-    "request_sync",
-]
-
-#: longest request line in bytes, not counting its newline; longer ones are refused
-MAX_REQUEST = 64 * 1024
-#: concurrent connections; one more gets an error reply and is closed
-MAX_CONNECTIONS = 64
-#: seconds a connection may sit without sending a request (or reading a reply)
-IDLE_TIMEOUT = 30.0
-#: seconds a refused connection is drained before it is closed (see ``_linger``)
-LINGER = 1.0
-#: longest reply the client accepts (status of a big fleet is a few hundred KiB)
-MAX_REPLY = 16 * 1024 * 1024
-#: default and ceiling for a flush request's own timeout, seconds
-FLUSH_TIMEOUT = 30.0
-MAX_FLUSH_TIMEOUT = 24 * 3600.0
-
-EXIT_FAILURE, EXIT_USAGE, EXIT_NO_RUNTIME = 1, 2, 3
+__all__ = ["ControlServer", "RuntimeControl"]
 
 
-class RequestError(Exception):
-    """Raised by a handler: becomes ``{"ok": false, "error": message, "code": code}``."""
-
-    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _one_line(text: str) -> str:
-    # the CLI prints the message as the whole diagnosis: never a multi-line blob
-    return " ".join(str(text).split()) or "error"
+class DeviceState(Protocol):
+    @property
+    def removed(self) -> bool:
+        """The device was removed (its frames may still be buffered)."""
+        ...
 
 
-def _error(message: str, code: int = EXIT_USAGE) -> dict[str, Any]:
-    return {"ok": False, "error": _one_line(message), "code": code}
+class RuntimeControl(Protocol):
+    """What the control server needs of a runtime (``Runtime`` is one)."""
 
+    #: extra ``status`` sections; the server adds its own counters
+    status_sections: dict[str, Callable[[], Any]]
 
-def _encode(reply: dict[str, Any]) -> bytes:
-    return json.dumps(reply, separators=(",", ":"), default=str).encode() + b"\n"
+    @property
+    def devices(self) -> Mapping[str, DeviceState]: ...
 
+    @property
+    def codecs(self) -> Mapping[str, object]: ...
 
-# -- argument checks ---------------------------------------------------------------------
+    @property
+    def boards(self) -> Mapping[str, Board] | None: ...
 
+    async def status(self) -> dict[str, Any]: ...
 
-def _only(req: dict[str, Any], *allowed: str) -> None:
-    # strict on purpose: a typo like "devcie" must not silently flush everything
-    extra = sorted(k for k in req if k != "cmd" and k not in allowed)
-    if extra:
-        cmd = req["cmd"]
-        takes = ", ".join(allowed) or "no arguments"
-        raise RequestError(f"{cmd}: unknown argument {extra[0]!r} (it takes: {takes})")
+    async def buffers(self) -> dict[str, Any]: ...
 
+    async def snapshot(self, oldest: bool = False) -> BufferSnapshot: ...
 
-def _str_arg(req: dict[str, Any], key: str, *, required: bool = False) -> str | None:
-    value = req.get(key)
-    if value is None:
-        if required:
-            raise RequestError(f"{req['cmd']}: missing {key!r}")
-        return None
-    if not isinstance(value, str) or not value or "\x00" in value:
-        raise RequestError(f"{req['cmd']}: {key!r} must be a non-empty string")
-    return value
+    async def flush(self, device: str | None = None, timeout: float | None = None) -> FlushResult: ...
 
+    def request_stop(self, reason: str = "stop requested") -> None: ...
 
-def _device_name(req: dict[str, Any], key: str = "name", *, required: bool = True) -> str | None:
-    value = _str_arg(req, key, required=required)
-    if value is not None and len(value) > 256:
-        raise RequestError(f"{req['cmd']}: {key!r} is too long")
-    return value
+    async def add_device(self, dc: DeviceConfig) -> None: ...
+
+    async def remove_device(self, name: str) -> None: ...
 
 
 # -- the server --------------------------------------------------------------------------
@@ -123,7 +100,7 @@ class ControlServer:
 
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: RuntimeControl,
         path: str,
         *,
         max_connections: int = MAX_CONNECTIONS,
@@ -157,8 +134,6 @@ class ControlServer:
 
     async def start(self) -> None:
         """Bind the socket (see docs/control.md, "Security"); RuntimeFailure if we must not."""
-        from firmware_host.runtime import RuntimeFailure
-
         try:
             await self._prepare_path()
             sock = await asyncio.to_thread(self._bind)  # bind and chmod touch the filesystem
@@ -187,7 +162,7 @@ class ControlServer:
         # the filesystem checks run off the loop; only the liveness probe is async
         if not await asyncio.to_thread(self._check_path):
             return
-        if await _is_listening(self.path):
+        if await is_listening(self.path):
             raise ControlError(f"another runtime is already listening on {self.path}")
         await asyncio.to_thread(self._remove_stale)
 
@@ -277,7 +252,8 @@ class ControlServer:
             if len(self._conns) >= self.max_connections:
                 self.refused += 1
                 if await self._send(
-                    writer, _error(f"too many control connections ({self.max_connections}); try again", EXIT_FAILURE)
+                    writer,
+                    error_reply(f"too many control connections ({self.max_connections}); try again", EXIT_FAILURE),
                 ):
                     await self._linger(reader, writer)
                 return
@@ -306,7 +282,7 @@ class ControlServer:
                 # the StreamReader limit: it already dropped the buffered part,
                 # so a 10 MB line costs at most ~2 x MAX_REQUEST of memory
                 self.errors += 1
-                if await self._send(writer, _error(f"request too long (max {self.max_request} bytes)")):
+                if await self._send(writer, error_reply(f"request too long (max {self.max_request} bytes)")):
                     await self._linger(reader, writer)
                 return
             except (ConnectionError, OSError):
@@ -323,7 +299,7 @@ class ControlServer:
 
     async def _send(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> bool:
         try:
-            writer.write(_encode(reply))
+            writer.write(encode_reply(reply))
             # bounded: a client that never reads its replies must not pin us
             await asyncio.wait_for(writer.drain(), self.idle_timeout)
         except (TimeoutError, ConnectionError, OSError):
@@ -354,45 +330,45 @@ class ControlServer:
             req = json.loads(line)
         except (ValueError, RecursionError):  # also bad UTF-8 and absurd nesting
             self.errors += 1
-            return _error("malformed request: expected one JSON object per line"), None
+            return error_reply("malformed request: expected one JSON object per line"), None
         if not isinstance(req, dict):
             self.errors += 1
-            return _error('malformed request: expected a JSON object like {"cmd": "status"}'), None
+            return error_reply('malformed request: expected a JSON object like {"cmd": "status"}'), None
         cmd = req.get("cmd")
         handler = self._handlers.get(cmd) if isinstance(cmd, str) else None
         if handler is None:
             self.errors += 1
             shown = json.dumps(cmd)[:60] if cmd is not None else "none"
-            return _error(f"unknown command {shown} (known: {', '.join(sorted(self._handlers))})"), None
+            return error_reply(f"unknown command {shown} (known: {', '.join(sorted(self._handlers))})"), None
         try:
             result = await handler(req)
         except RequestError as exc:
             self.errors += 1
-            return _error(str(exc), exc.code), None
+            return error_reply(str(exc), exc.code), None
         except Exception as exc:  # every handler bug becomes an error reply
             self.errors += 1
             log.exception("control command %s failed", cmd)
-            return _error(f"{cmd} failed: {type(exc).__name__}: {exc}", EXIT_FAILURE), None
+            return error_reply(f"{cmd} failed: {type(exc).__name__}: {exc}", EXIT_FAILURE), None
         after = result.pop("_after", None)
         return {"ok": True, **result}, after
 
     # -- commands ---------------------------------------------------------------------
 
     async def _ping(self, req: dict[str, Any]) -> dict[str, Any]:
-        _only(req)
+        only(req)
         return {"pong": True, "pid": os.getpid()}
 
     async def _status(self, req: dict[str, Any]) -> dict[str, Any]:
-        _only(req)
+        only(req)
         return dict(await self.runtime.status())
 
     async def _buffers(self, req: dict[str, Any]) -> dict[str, Any]:
-        _only(req)
+        only(req)
         return dict(await self.runtime.buffers())
 
     async def _flush(self, req: dict[str, Any]) -> dict[str, Any]:
-        _only(req, "device", "timeout")
-        device = _device_name(req, "device", required=False)
+        only(req, "device", "timeout")
+        device = device_name(req, "device", required=False)
         timeout = req.get("timeout", FLUSH_TIMEOUT)
         # isfinite() of an int beyond the float range raises OverflowError:
         # compare ints by value instead
@@ -423,18 +399,16 @@ class ControlServer:
         return f" (known: {shown})"
 
     async def _stop(self, req: dict[str, Any]) -> dict[str, Any]:
-        _only(req)
+        only(req)
         runtime = self.runtime
         # reply first, then stop: the drain may close this socket before a late reply
         return {"stopping": True, "_after": lambda: runtime.request_stop("control stop")}
 
     async def _devices_add(self, req: dict[str, Any]) -> dict[str, Any]:
-        _only(req, "name", "port", "codec", "board", "baudrate")
-        from firmware_host.config.schema import ConfigError, config_from_dict
-
-        raw: dict[str, Any] = {"name": _device_name(req), "port": _str_arg(req, "port", required=True)}
+        only(req, "name", "port", "codec", "board", "baudrate")
+        raw: dict[str, Any] = {"name": device_name(req), "port": str_arg(req, "port", required=True)}
         for key in ("codec", "board"):
-            value = _str_arg(req, key)
+            value = str_arg(req, key)
             if value is not None:
                 raw[key] = value
         if "baudrate" in req:
@@ -449,8 +423,6 @@ class ControlServer:
             key = (exc.key or "").removeprefix("devices[0]").lstrip(".")
             raise RequestError(f"devices add: {key + ': ' if key else ''}{exc.message}") from None
         dc = cfg.devices[0]
-        from firmware_host.runtime import DeviceExists, ShuttingDown
-
         try:
             await self.runtime.add_device(dc)
         except ShuttingDown as exc:
@@ -461,13 +433,10 @@ class ControlServer:
             "device": {"name": dc.name, "port": dc.port, "codec": dc.codec, "board": dc.board, "baudrate": dc.baudrate}
         }
 
-    async def _boards(self) -> Any:
-        known = getattr(self.runtime, "boards", None)
+    async def _boards(self) -> Mapping[str, Board]:
+        known = self.runtime.boards
         if known is not None:
             return known
-        from firmware_host.config.boards import load_boards
-        from firmware_host.config.schema import ConfigError
-
         try:
             # file reads: off the loop
             return await asyncio.to_thread(load_boards)
@@ -475,8 +444,8 @@ class ControlServer:
             raise RequestError(f"devices add: {exc}") from None
 
     async def _devices_remove(self, req: dict[str, Any]) -> dict[str, Any]:
-        _only(req, "name")
-        name = _device_name(req)
+        only(req, "name")
+        name = device_name(req)
         assert name is not None
         entry = self.runtime.devices.get(name)
         if entry is None or entry.removed:
@@ -522,107 +491,3 @@ def _secure_directory(directory: str) -> None:
         raise ControlError(
             f"refusing the control socket directory {directory}: owned by another user (uid {st.st_uid})"
         )
-
-
-async def _is_listening(path: str) -> bool:
-    """True when something accepts connections on ``path`` (a live runtime)."""
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), 2.0)
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except TimeoutError:
-        return True  # a full backlog is a live, busy listener
-    except OSError as exc:
-        raise ControlError(f"cannot check the control socket {path}: {exc.strerror or exc}") from None
-    writer.close()
-    try:
-        await writer.wait_closed()
-    except OSError:
-        pass
-    return True
-
-
-# -- the client ----------------------------------------------------------------------------
-
-
-def _parse_reply(data: bytes) -> dict[str, Any]:
-    try:
-        reply = json.loads(data)
-    except ValueError:
-        raise ControlError("the runtime sent a malformed reply") from None
-    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
-        raise ControlError("the runtime sent a malformed reply")
-    if not reply["ok"]:
-        code = reply.get("code")
-        if isinstance(code, bool) or not isinstance(code, int) or not 1 <= code <= 125:
-            code = EXIT_FAILURE
-        raise ControlError(str(reply.get("error") or "the runtime refused the request"), code)
-    reply.pop("ok")
-    return reply
-
-
-def _connect_error(path: str, exc: OSError) -> ControlError:
-    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-        return NoRuntime(f"no runtime is listening on {path}")
-    if exc.errno == errno.ECONNREFUSED:
-        return NoRuntime(f"no runtime is listening on {path}")
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return ControlError(f"permission denied on the control socket {path} (another user's runtime?)")
-    return ControlError(f"cannot reach the control socket {path}: {exc.strerror or exc}")
-
-
-def request_sync(path: str, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    """Send one request and return the reply without ``ok``.
-
-    Raises NoRuntime when nothing listens at ``path`` and ControlError for an
-    error reply (its ``exit_code`` is the reply's ``code``) or a broken exchange.
-    """
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise _connect_error(path, exc) from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise NoRuntime(f"no runtime is listening on {path} (it is not a socket)")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except TimeoutError:
-            raise ControlError(f"the runtime on {path} did not accept a connection within {timeout:g}s") from None
-        except OSError as exc:
-            if exc.errno == errno.EINVAL or "too long" in str(exc):
-                raise ControlError(f"control socket path too long: {path}", EXIT_USAGE) from None
-            raise _connect_error(path, exc) from None
-        try:
-            sock.sendall(json.dumps(req).encode() + b"\n")
-            data = _read_line(sock)
-        except TimeoutError:
-            raise ControlError(f"no reply from the runtime on {path} within {timeout:g}s") from None
-        except OSError as exc:
-            raise ControlError(f"control connection to {path} failed: {exc.strerror or exc}") from None
-    finally:
-        sock.close()
-    return _parse_reply(data)
-
-
-def _read_line(sock: socket.socket) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ControlError("the runtime closed the connection without replying")
-        nl = chunk.find(b"\n")
-        if nl >= 0:
-            chunks.append(chunk[:nl])
-            return b"".join(chunks)
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_REPLY:
-            raise ControlError("the runtime's reply is too long")
-
-
-async def request(path: str, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    """``request_sync`` for asyncio code (plugins, tests): same results and errors."""
-    return await asyncio.to_thread(request_sync, path, req, timeout)

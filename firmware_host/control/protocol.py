@@ -1,0 +1,73 @@
+"""The control protocol: JSON lines over a Unix socket, one request object
+per line and exactly one reply object per line (docs/control.md).
+
+What both ends agree on lives here: the bounds, the reply shapes, and the
+checks of a request's arguments. It imports nothing of the runtime.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from firmware_host.errors import EXIT_USAGE, one_line
+
+#: longest request line in bytes, not counting its newline; longer ones are refused
+MAX_REQUEST = 64 * 1024
+#: concurrent connections; one more gets an error reply and is closed
+MAX_CONNECTIONS = 64
+#: seconds a connection may sit without sending a request (or reading a reply)
+IDLE_TIMEOUT = 30.0
+#: seconds a refused connection is drained before it is closed (see ``_linger``)
+LINGER = 1.0
+#: longest reply the client accepts (status of a big fleet is a few hundred KiB)
+MAX_REPLY = 16 * 1024 * 1024
+#: default and ceiling for a flush request's own timeout, seconds
+FLUSH_TIMEOUT = 30.0
+MAX_FLUSH_TIMEOUT = 24 * 3600.0
+
+
+class RequestError(Exception):
+    """Raised by a handler: becomes ``{"ok": false, "error": message, "code": code}``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def error_reply(message: str, code: int = EXIT_USAGE) -> dict[str, Any]:
+    return {"ok": False, "error": one_line(message), "code": code}
+
+
+def encode_reply(reply: dict[str, Any]) -> bytes:
+    return json.dumps(reply, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+# -- argument checks ---------------------------------------------------------------------
+
+
+def only(req: dict[str, Any], *allowed: str) -> None:
+    # strict on purpose: a typo like "devcie" must not silently flush everything
+    extra = sorted(k for k in req if k != "cmd" and k not in allowed)
+    if extra:
+        cmd = req["cmd"]
+        takes = ", ".join(allowed) or "no arguments"
+        raise RequestError(f"{cmd}: unknown argument {extra[0]!r} (it takes: {takes})")
+
+
+def str_arg(req: dict[str, Any], key: str, *, required: bool = False) -> str | None:
+    value = req.get(key)
+    if value is None:
+        if required:
+            raise RequestError(f"{req['cmd']}: missing {key!r}")
+        return None
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise RequestError(f"{req['cmd']}: {key!r} must be a non-empty string")
+    return value
+
+
+def device_name(req: dict[str, Any], key: str = "name", *, required: bool = True) -> str | None:
+    value = str_arg(req, key, required=required)
+    if value is not None and len(value) > 256:
+        raise RequestError(f"{req['cmd']}: {key!r} is too long")
+    return value
