@@ -356,6 +356,8 @@ def test_connection_cap(sockdir: str) -> None:
                     writer.close()
                     if reply["ok"]:
                         break
+                for _, writer in held:
+                    writer.close()
             finally:
                 await server.close()
             assert not os.path.exists(path)

@@ -125,11 +125,10 @@ async def test_kill_9_under_load_then_restart_delivers_every_committed_frame(fh_
             await port.write(packets(range(start, start + 500)))
         await wait_status(sock, lambda s: s["devices"]["imu0"]["frames"] >= 10_000)
         proc.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(proc.wait, 10)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        await asyncio.to_thread(proc.communicate, None, 10)  # reaps it and closes its pipes
     # what was committed at the moment of the kill (WAL included)
     committed = {s for (s,) in sqlite3.connect(spool).execute("SELECT seq FROM frames")}
     before = {r["seq"] for r in read_jsonl_tolerant(sink)}
