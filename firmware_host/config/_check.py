@@ -40,6 +40,7 @@ __all__ = [
     "OptionSpec",
     "check_options",
     "describe",
+    "expected_kind",
     "is_integer",
     "is_number",
     "number_text",
@@ -109,6 +110,21 @@ def number_text(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(x)
 
 
+_KIND_TEXT: Mapping[type, str] = {
+    int: "an integer",
+    float: "a finite number",
+    str: "a string",
+    bool: "true or false",
+    list: "an array",
+    dict: "a table",
+}
+
+
+def expected_kind(kind: type) -> str:
+    """What a value of ``kind`` is called in a message: ``"an integer"``."""
+    return _KIND_TEXT.get(kind, f"a {kind.__name__}")
+
+
 def _bound_text(ge: float | None, gt: float | None, le: float | None) -> str:
     if ge is not None and le is not None:
         return f" from {number_text(ge)} to {number_text(le)}"
@@ -154,13 +170,13 @@ class Checker:
     ) -> int:
         if is_integer(value) and _within(value, ge, gt, le):
             return value
-        self.fail(key, f"expected an integer{_bound_text(ge, gt, le)}, got {describe(value)}")
+        self.fail(key, f"expected {expected_kind(int)}{_bound_text(ge, gt, le)}, got {describe(value)}")
 
     def number(self, value: object, key: str, *, ge: float | None = None, gt: float | None = None) -> float:
         # TOML writes `grace = 5` as an int; accept it where a float is expected.
         if is_number(value) and _within(value, ge, gt, None):
             return float(value)
-        self.fail(key, f"expected a finite number{_bound_text(ge, gt, None)}, got {describe(value)}")
+        self.fail(key, f"expected {expected_kind(float)}{_bound_text(ge, gt, None)}, got {describe(value)}")
 
     def string(self, value: object, key: str, expected: str = "a non-empty string") -> str:
         if not isinstance(value, str) or not value or "\x00" in value:
@@ -263,9 +279,14 @@ OptionSpec = Mapping[str, tuple[type, Any]]
 def check_options(
     options: Mapping[str, object], spec: OptionSpec, error: Callable[[str, str], Exception]
 ) -> dict[str, Any]:
-    """Defaults filled in; unknown keys, missing required keys and wrong types
-    raise ``error(key, message)``. A bool is not an int; an int is accepted
-    where a float is expected (TOML writes ``5`` for five seconds)."""
+    """``options`` checked against ``spec``, defaults filled in.
+
+    Unknown keys, missing required keys and wrong types raise
+    ``error(key, message)``; the caller's error names the owner (sink, plugin,
+    codec). The types read as the :class:`Checker`'s do: a bool is not an int,
+    an int is accepted where a float is expected (TOML writes ``5`` for five
+    seconds) and a float must be finite. Defaults are not checked.
+    """
     unknown = sorted(set(options) - set(spec))
     if unknown:
         raise error(unknown[0], f"unknown option (known: {', '.join(sorted(spec)) or 'none'})")
@@ -277,9 +298,15 @@ def check_options(
             out[key] = default
             continue
         value = options[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
-            raise error(key, f"expected {kind.__name__}, got {value!r}")
-        out[key] = value
+        if not _is_kind(value, kind):
+            raise error(key, f"expected {expected_kind(kind)}, got {describe(value)}")
+        out[key] = float(value) if kind is float and is_number(value) else value
     return out
+
+
+def _is_kind(value: object, kind: type) -> bool:
+    if kind is int:
+        return is_integer(value)
+    if kind is float:
+        return is_number(value)
+    return isinstance(value, kind)
