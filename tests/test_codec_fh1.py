@@ -440,9 +440,11 @@ def test_make_codec_builtins_and_options() -> None:
     assert make_codec("lines", "c", None).max_line == 4096  # type: ignore[attr-defined]
     with pytest.raises(CodecOptionError, match="max_line"):
         make_codec("fh1", "imu0", {"max_line": 64})
-    with pytest.raises(CodecOptionError, match="positive int"):
+    with pytest.raises(
+        CodecOptionError, match=r"^codec 'fh1': option 'max_payload': expected an integer, got \"big\"$"
+    ):
         make_codec("fh1", "imu0", {"max_payload": "big"})
-    with pytest.raises(CodecOptionError):
+    with pytest.raises(CodecOptionError, match=r"^codec 'nmea': option 'max_line': expected an integer > 0, got 0$"):
         make_codec("nmea", "g", {"max_line": 0})
 
 

@@ -259,6 +259,16 @@ ERROR_CASES = {
     "flush_interval inf": ("[buffer]\nflush_interval = inf\n", "buffer.flush_interval", "finite"),
     "batch_size zero": ("[buffer]\nbatch_size = 0\n", "buffer.batch_size", "> 0"),
     "grace negative": ("[shutdown]\ngrace = -1\n", "shutdown.grace", ">= 0"),
+    "grace too large for a float": (
+        f"[shutdown]\ngrace = {'9' * 400}\n",
+        "shutdown.grace",
+        "expected a finite number >= 0, got a very large integer",
+    ),
+    "spool_sync unknown": (
+        '[buffer]\nspool_sync = "sometimes"\n',
+        "buffer.spool_sync",
+        'expected one of off, normal, full, got "sometimes"',
+    ),
     "buffer not a table": ("buffer = 3\n", "buffer", "expected a table"),
     "socket wrong type": ("[control]\nsocket = 3\n", "control.socket", "got 3"),
     "socket too long": (f'[control]\nsocket = "/{"s" * 200}"\n', "control.socket", "Unix socket limit"),

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from firmware_host.codecs.base import Codec, CodecFactory, check_options
+from firmware_host.codecs.base import Codec, CodecFactory
 from firmware_host.codecs.fh1 import Fh1Codec, encode_packet
 from firmware_host.codecs.lines import LinesCodec
 from firmware_host.codecs.nmea import NmeaCodec
+from firmware_host.config._check import check_options, describe, expected_kind, is_number
 from firmware_host.errors import CodecOptionError
 
 __all__ = [
@@ -61,9 +62,9 @@ def make_codec(
         known = sorted({*BUILTIN_CODECS, *(registry or {})})
         raise ValueError(f"unknown codec {name!r} (known: {', '.join(known)})")
     opts = dict(options or {})
-    allowed: dict[str, type] | None = getattr(factory, "options", None)
+    allowed: Mapping[str, type] | None = getattr(factory, "options", None)
     if allowed is not None:
-        check_options(name, opts, allowed)
+        _check_declared(name, opts, allowed)
     try:
         codec = factory(device, **opts)
     except TypeError as exc:
@@ -73,3 +74,18 @@ def make_codec(
     if not isinstance(codec, Codec):
         raise TypeError(f"codec factory {name!r} returned {type(codec).__name__}, not a Codec")
     return codec
+
+
+def _check_declared(name: str, options: Mapping[str, object], allowed: Mapping[str, type]) -> None:
+    """Check ``options`` against the types a codec declares: the shared option
+    check (unknown keys, types), and then > 0, since a codec option is a size."""
+
+    def error(key: str, message: str) -> CodecOptionError:
+        return CodecOptionError(f"codec {name!r}: option {key!r}: {message}")
+
+    # None as the default: an option not given is left to the factory's own default
+    checked = check_options(options, {key: (kind, None) for key, kind in allowed.items()}, error)
+    for key in options:
+        value = checked[key]
+        if is_number(value) and not value > 0:
+            raise error(key, f"expected {expected_kind(allowed[key])} > 0, got {describe(value)}")

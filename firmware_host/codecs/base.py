@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from firmware_host.errors import CodecOptionError
+# re-exported: the codec modules raise it for an option out of range
+from firmware_host.errors import CodecOptionError as CodecOptionError
 from firmware_host.frames import Frame
 
 
@@ -88,15 +89,3 @@ class DelimitedCodec(Codec):
 
 #: ``factory(device, **options) -> Codec``
 CodecFactory = Callable[..., Codec]
-
-
-def check_options(name: str, options: dict[str, Any], allowed: dict[str, type]) -> None:
-    """Validate codec options from a board or config (bounded, typed)."""
-    for key, value in options.items():
-        if key not in allowed:
-            raise CodecOptionError(
-                f"codec {name!r} has no option {key!r} (known: {', '.join(sorted(allowed)) or 'none'})"
-            )
-        expected = allowed[key]
-        if not isinstance(value, expected) or isinstance(value, bool) or not value > 0:  # type: ignore[operator]
-            raise CodecOptionError(f"codec {name!r} option {key!r} must be a positive {expected.__name__}")

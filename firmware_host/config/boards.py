@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firmware_host.config.schema import (
+from firmware_host.config._check import (
     CODEC_OPTION_KEYS,
     DEFAULT_BAUDRATE,
-    _Checker,
-    _describe,
-    _parse_toml,
-    _read_toml,
+    Checker,
+    describe,
+    parse_toml,
+    read_toml,
 )
 from firmware_host.errors import BoardError
 
@@ -115,7 +115,7 @@ class Board:
 
 def board_from_dict(data: Mapping[str, Any], *, source: str = "<board>") -> Board:
     """Validate one parsed board file. Raises :class:`BoardError`."""
-    check = _Checker(source, BoardError)
+    check = Checker(source, BoardError)
     table = check.table(data, None, "a table of board settings")
     check.keys(table, _BOARD_KEYS, None)
 
@@ -126,7 +126,7 @@ def board_from_dict(data: Mapping[str, Any], *, source: str = "<board>") -> Boar
     if "description" in table:
         description = table["description"]
         if not isinstance(description, str) or description != description.strip() or not description.isprintable():
-            check.fail("description", f"expected one line of text, got {_describe(description)}")
+            check.fail("description", f"expected one line of text, got {describe(description)}")
 
     vid = pid = None
     if "usb" in table:
@@ -156,9 +156,7 @@ def board_from_dict(data: Mapping[str, Any], *, source: str = "<board>") -> Boar
         if key not in emu:
             check.fail(f"emulator.{key}", "required key is missing")
     rate = check.number(emu["rate"], "emulator.rate", gt=0)
-    payload = emu["payload"]
-    if payload not in PAYLOAD_GENERATORS:
-        check.fail("emulator.payload", f"expected one of {', '.join(PAYLOAD_GENERATORS)}, got {_describe(payload)}")
+    payload = check.one_of(emu["payload"], "emulator.payload", PAYLOAD_GENERATORS)
     # A generator bigger than max_payload would make the emulator send frames
     # its own board definition rejects.
     size_limit = options.get("max_payload", FH1_DEFAULT_MAX_PAYLOAD) if codec == "fh1" else None
@@ -183,7 +181,7 @@ def board_from_dict(data: Mapping[str, Any], *, source: str = "<board>") -> Boar
     )
 
 
-def _replay_path(check: _Checker, value: object, codec: str, source: str) -> str:
+def _replay_path(check: Checker, value: object, codec: str, source: str) -> str:
     """A capture file for ``emulator.replay``, relative to the board file's directory."""
     text = check.string(value, "emulator.replay", "a path to a capture file (lines of text)")
     if codec not in REPLAY_CODECS:
@@ -198,7 +196,7 @@ def _replay_path(check: _Checker, value: object, codec: str, source: str) -> str
 
 def load_board_file(path: str | os.PathLike[str]) -> Board:
     """Read and validate one board file. Raises :class:`BoardError`."""
-    source, data = _read_toml(path, BoardError)
+    source, data = read_toml(path, BoardError)
     return board_from_dict(data, source=source)
 
 
@@ -277,6 +275,6 @@ def _load_shipped() -> dict[str, Board]:
         if not entry.name.endswith(".toml") or not entry.is_file():
             continue
         source = str(entry)
-        data = _parse_toml(source, entry.read_bytes(), BoardError)
+        data = parse_toml(source, entry.read_bytes(), BoardError)
         _add_unique(boards, board_from_dict(data, source=source))
     return boards

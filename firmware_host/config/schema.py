@@ -9,27 +9,38 @@ at start-up, not silently fall back to a default.
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
-import math
 import os
-import re
-import stat
 import tempfile
-import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any
 
+from firmware_host.config._check import (
+    BUILTIN_CODEC_OPTIONS,
+    CODEC_OPTION_KEYS,
+    DEFAULT_BAUDRATE,
+    MAX_CONFIG_BYTES,
+    NAME_EXPECTED,
+    NAME_PATTERN,
+    Checker,
+    describe,
+    number_text,
+    read_toml,
+)
+from firmware_host.config.boards import Board, load_boards
 from firmware_host.errors import ConfigError
 
-if TYPE_CHECKING:  # boards.py imports this module; import it lazily at run time
-    from firmware_host.config.boards import Board
-
+# The shared constants (defined in _check, which boards also builds on) stay
+# importable from here, where they were defined before.
 __all__ = [
+    "BUILTIN_CODEC_OPTIONS",
+    "CODEC_OPTION_KEYS",
+    "DEFAULT_BAUDRATE",
     "DEFAULT_CODECS",
     "DEFAULT_SINKS",
     "MAX_CONFIG_BYTES",
+    "NAME_EXPECTED",
+    "NAME_PATTERN",
     "BufferConfig",
     "Config",
     "ConfigError",
@@ -46,19 +57,6 @@ __all__ = [
 #: codecs and sinks that ship with the runtime; plugins add to these
 DEFAULT_CODECS: frozenset[str] = frozenset({"fh1", "nmea", "lines"})
 DEFAULT_SINKS: frozenset[str] = frozenset({"jsonl"})
-#: a config (or board) file is small; refusing big ones bounds memory and parse time
-MAX_CONFIG_BYTES = 1 << 20
-#: device and board names end up in file names, JSON keys and CLI arguments
-NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
-NAME_EXPECTED = "1 to 64 letters, digits, '.', '_' or '-'"
-#: options the first-party codecs take; plugin codecs' options pass through unchecked
-CODEC_OPTION_KEYS: tuple[str, ...] = ("max_line", "max_payload")
-BUILTIN_CODEC_OPTIONS: Mapping[str, frozenset[str]] = {
-    "fh1": frozenset({"max_payload"}),
-    "lines": frozenset({"max_line"}),
-    "nmea": frozenset(),  # NMEA 0183 fixes the line length; nothing to tune
-}
-DEFAULT_BAUDRATE = 115200
 # Linux sun_path is 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH = 107
 
@@ -147,170 +145,6 @@ class Config:
     source: str = "<config>"
 
 
-# --------------------------------------------------------------------- checking helpers
-# Shared with boards.py, which raises its own subclass of ConfigError.
-
-
-def _describe(value: object) -> str:
-    """Show a bad value briefly, in TOML-ish terms, on one line."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        text = json.dumps(value)  # ASCII-only: escapes newlines and other line breaks
-        return text if len(text) <= 60 else text[:56] + '..."'
-    if isinstance(value, int):
-        text = str(value) if abs(value) < 10**30 else "a very large integer"
-        return text
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, (list, tuple)):
-        return "an array"
-    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
-        return f"a date/time ({value.isoformat()})"
-    return f"a {type(value).__name__}"
-
-
-def _bound_text(ge: float | None, gt: float | None, le: float | None) -> str:
-    if ge is not None and le is not None:
-        return f" from {_num(ge)} to {_num(le)}"
-    if gt is not None:
-        return f" > {_num(gt)}"
-    if ge is not None:
-        return f" >= {_num(ge)}"
-    if le is not None:
-        return f" <= {_num(le)}"
-    return ""
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else repr(x)
-
-
-class _Checker:
-    """Type and range checks that fail with one line naming ``source`` and the key."""
-
-    def __init__(self, source: str, error: type[ConfigError] = ConfigError) -> None:
-        self.source = source
-        self.error = error
-
-    def fail(self, key: str | None, message: str) -> NoReturn:
-        # from None: the message says everything; a chained OSError/TOMLDecodeError is noise
-        raise self.error(message, source=self.source, key=key) from None
-
-    def table(self, value: object, key: str | None, expected: str = "a table") -> Mapping[str, Any]:
-        if not isinstance(value, Mapping):
-            self.fail(key, f"expected {expected}, got {_describe(value)}")
-        return value
-
-    def keys(self, table: Mapping[str, Any], known: Collection[str], where: str | None) -> None:
-        for key in table:
-            if key not in known:
-                place = f"in {where}" if where else "at the top level"
-                self.fail(None, f"unknown key {key!r} {place} (known: {', '.join(sorted(known))})")
-
-    def integer(
-        self, value: object, key: str, *, ge: int | None = None, gt: int | None = None, le: int | None = None
-    ) -> int:
-        # bool is a subclass of int in Python; `capacity = true` is a mistake, not 1.
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        if ok:
-            assert isinstance(value, int)
-            ok = (ge is None or value >= ge) and (gt is None or value > gt) and (le is None or value <= le)
-        if not ok:
-            self.fail(key, f"expected an integer{_bound_text(ge, gt, le)}, got {_describe(value)}")
-        assert isinstance(value, int)
-        return value
-
-    def number(self, value: object, key: str, *, ge: float | None = None, gt: float | None = None) -> float:
-        # TOML writes `grace = 5` as an int; accept it where a float is expected.
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok:
-            assert isinstance(value, (int, float))
-            # inf/nan would turn timers into busy loops or never-firing waits
-            ok = math.isfinite(value) and (ge is None or value >= ge) and (gt is None or value > gt)
-        if not ok:
-            self.fail(key, f"expected a finite number{_bound_text(ge, gt, None)}, got {_describe(value)}")
-        assert isinstance(value, (int, float))
-        return float(value)
-
-    def string(self, value: object, key: str, expected: str = "a non-empty string") -> str:
-        if not isinstance(value, str) or not value or "\x00" in value:
-            self.fail(key, f"expected {expected}, got {_describe(value)}")
-        return value
-
-    def name(self, value: object, key: str, what: str) -> str:
-        if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
-            self.fail(key, f"expected a {what} name ({NAME_EXPECTED}), got {_describe(value)}")
-        return value
-
-    def usb_id(self, value: object, key: str) -> int:
-        """A USB vendor/product id: an int 0..0xFFFF or a hex string like "0x0483"."""
-        expected = 'a USB id: an integer from 0 to 0xFFFF or a hex string like "0x0483"'
-        if isinstance(value, str):
-            digits = value[2:] if value[:2].lower() == "0x" else value
-            if re.fullmatch(r"[0-9A-Fa-f]{1,4}", digits):
-                return int(digits, 16)
-            self.fail(key, f"expected {expected}, got {_describe(value)}")
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0xFFFF:
-            return value
-        self.fail(key, f"expected {expected}, got {_describe(value)}")
-
-    def codec_option_keys(self, codec: str, options: Collection[str], prefix: str) -> None:
-        """Reject an option the first-party ``codec`` does not take (plugin codecs pass)."""
-        allowed = BUILTIN_CODEC_OPTIONS.get(codec)
-        if allowed is None:
-            return
-        for option in sorted(options):
-            if option not in allowed:
-                takes = ", ".join(sorted(allowed)) or "no options"
-                self.fail(f"{prefix}{option}", f"codec {codec!r} has no option {option!r} (it takes: {takes})")
-
-
-def _read_toml(path: str | os.PathLike[str], error: type[ConfigError] = ConfigError) -> tuple[str, dict[str, Any]]:
-    """Read and parse a small TOML file; returns (source, data)."""
-    source = os.fsdecode(os.fspath(path))
-    check = _Checker(source, error)
-    try:
-        # O_NONBLOCK: opening a FIFO given by mistake must not hang start-up
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        check.fail(None, "no such file")
-    except IsADirectoryError:
-        check.fail(None, "is a directory, expected a TOML file")
-    except OSError as exc:
-        check.fail(None, f"cannot open: {exc.strerror or exc}")
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            check.fail(None, "is a directory, expected a TOML file")
-        if not stat.S_ISREG(st.st_mode):
-            check.fail(None, "not a regular file, expected a TOML file")
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            raw = fh.read(MAX_CONFIG_BYTES + 1)  # bounded even if the file grows under us
-    except OSError as exc:
-        check.fail(None, f"cannot read: {exc.strerror or exc}")
-    finally:
-        os.close(fd)
-    return source, _parse_toml(source, raw, error)
-
-
-def _parse_toml(source: str, raw: bytes, error: type[ConfigError] = ConfigError) -> dict[str, Any]:
-    """Size-check, decode and parse the bytes of a TOML file."""
-    check = _Checker(source, error)
-    if len(raw) > MAX_CONFIG_BYTES:
-        check.fail(None, f"file is larger than 1 MiB; expected a TOML file of at most {MAX_CONFIG_BYTES} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        check.fail(None, f"not valid UTF-8 (byte {exc.start}); TOML files must be UTF-8")
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        check.fail(None, f"TOML syntax error: {exc}")
-
-
 # --------------------------------------------------------------------- public API
 
 
@@ -336,7 +170,7 @@ def load_config(
     boards: Mapping[str, Board] | None = None,
 ) -> Config:
     """Read, parse and validate a TOML config file. Raises :class:`ConfigError`."""
-    source, data = _read_toml(path)
+    source, data = read_toml(path)
     return config_from_dict(data, source=source, known_codecs=known_codecs, known_sinks=known_sinks, boards=boards)
 
 
@@ -352,10 +186,10 @@ def config_from_dict(
 
     ``known_codecs``/``known_sinks`` default to the first-party ones; pass the
     plugin registry's names to accept plugin codecs and sinks. ``boards``
-    defaults to :func:`firmware_host.boards.load_boards`, loaded only if a
+    defaults to :func:`firmware_host.config.boards.load_boards`, loaded only if a
     device names a board.
     """
-    check = _Checker(source)
+    check = Checker(source)
     top = check.table(data, None, "a table of settings")
     check.keys(top, _TOP_KEYS, None)
     codecs = frozenset(known_codecs) if known_codecs is not None else DEFAULT_CODECS
@@ -368,10 +202,8 @@ def config_from_dict(
 
     raw_devices = top.get("devices", [])
     if not isinstance(raw_devices, list):
-        check.fail("devices", f"expected an array of tables ([[devices]]), got {_describe(raw_devices)}")
+        check.fail("devices", f"expected an array of tables ([[devices]]), got {describe(raw_devices)}")
     if boards is None and any(isinstance(d, Mapping) and "board" in d for d in raw_devices):
-        from firmware_host.config.boards import load_boards  # lazy: boards.py imports this module
-
         boards = load_boards()
     devices: list[DeviceConfig] = []
     first_index: dict[str, int] = {}
@@ -384,7 +216,7 @@ def config_from_dict(
 
     raw_sinks = top.get("sinks", [])
     if not isinstance(raw_sinks, list):
-        check.fail("sinks", f"expected an array of tables ([[sinks]]), got {_describe(raw_sinks)}")
+        check.fail("sinks", f"expected an array of tables ([[sinks]]), got {describe(raw_sinks)}")
     sinks = [_parse_sink(check, raw, f"sinks[{i}]", sink_types) for i, raw in enumerate(raw_sinks)]
 
     raw_plugins = check.table(top.get("plugins", {}), "plugins", "a table of [plugins.NAME] tables")
@@ -408,7 +240,7 @@ def config_from_dict(
 # --------------------------------------------------------------------- sections
 
 
-def _parse_buffer(check: _Checker, value: object) -> BufferConfig:
+def _parse_buffer(check: Checker, value: object) -> BufferConfig:
     table = check.table(value, "buffer", "a table ([buffer])")
     check.keys(table, _BUFFER_KEYS, "[buffer]")
     d = BufferConfig()
@@ -423,23 +255,17 @@ def _parse_buffer(check: _Checker, value: object) -> BufferConfig:
             else None
         ),
         spool_max_bytes=check.integer(table.get("spool_max_bytes", d.spool_max_bytes), "buffer.spool_max_bytes", gt=0),
-        spool_sync=_spool_sync(check, table.get("spool_sync", d.spool_sync)),
+        spool_sync=check.one_of(table.get("spool_sync", d.spool_sync), "buffer.spool_sync", SPOOL_SYNC_MODES),
     )
 
 
-def _spool_sync(check: _Checker, value: object) -> str:
-    if value not in SPOOL_SYNC_MODES:
-        check.fail("buffer.spool_sync", f"expected one of {', '.join(SPOOL_SYNC_MODES)}, got {value!r}")
-    return str(value)
-
-
-def _parse_shutdown(check: _Checker, value: object) -> ShutdownConfig:
+def _parse_shutdown(check: Checker, value: object) -> ShutdownConfig:
     table = check.table(value, "shutdown", "a table ([shutdown])")
     check.keys(table, _SHUTDOWN_KEYS, "[shutdown]")
     return ShutdownConfig(grace=check.number(table.get("grace", ShutdownConfig.grace), "shutdown.grace", ge=0))
 
 
-def _parse_serial(check: _Checker, value: object) -> SerialConfig:
+def _parse_serial(check: Checker, value: object) -> SerialConfig:
     table = check.table(value, "serial", "a table ([serial])")
     check.keys(table, _SERIAL_KEYS, "[serial]")
     window = check.number(table.get("read_coalesce", SerialConfig.read_coalesce), "serial.read_coalesce", ge=0)
@@ -451,7 +277,7 @@ def _parse_serial(check: _Checker, value: object) -> SerialConfig:
     return SerialConfig(read_coalesce=window)
 
 
-def _parse_control(check: _Checker, value: object) -> ControlConfig:
+def _parse_control(check: Checker, value: object) -> ControlConfig:
     table = check.table(value, "control", "a table ([control])")
     check.keys(table, _CONTROL_KEYS, "[control]")
     if "socket" not in table:
@@ -463,7 +289,7 @@ def _parse_control(check: _Checker, value: object) -> ControlConfig:
     return ControlConfig(socket=socket)
 
 
-def _parse_match(check: _Checker, value: object, where: str) -> dict[str, object]:
+def _parse_match(check: Checker, value: object, where: str) -> dict[str, object]:
     table = check.table(value, where, 'a table like {vid = 0x0483, pid = 0x374B, serial = "..."}')
     check.keys(table, _MATCH_KEYS, where)
     if not table:
@@ -478,7 +304,7 @@ def _parse_match(check: _Checker, value: object, where: str) -> dict[str, object
 
 
 def _parse_device(
-    check: _Checker, value: object, where: str, codecs: frozenset[str], boards: Mapping[str, Board]
+    check: Checker, value: object, where: str, codecs: frozenset[str], boards: Mapping[str, Board]
 ) -> DeviceConfig:
     table = check.table(value, where, "a table ([[devices]])")
     check.keys(table, _DEVICE_KEYS, where)
@@ -536,8 +362,8 @@ def _parse_device(
     if backoff_max < backoff_initial:
         check.fail(
             f"{where}.backoff_max",
-            f"expected a number >= backoff_initial ({_num(backoff_initial)}), "
-            f"got {_describe(table.get('backoff_max', 5.0))}",
+            f"expected a number >= backoff_initial ({number_text(backoff_initial)}), "
+            f"got {describe(table.get('backoff_max', 5.0))}",
         )
 
     return DeviceConfig(
@@ -553,7 +379,7 @@ def _parse_device(
     )
 
 
-def _parse_sink(check: _Checker, value: object, where: str, sink_types: frozenset[str]) -> SinkConfig:
+def _parse_sink(check: Checker, value: object, where: str, sink_types: frozenset[str]) -> SinkConfig:
     table = check.table(value, where, "a table ([[sinks]])")
     if "type" not in table:
         check.fail(f"{where}.type", f"required key is missing (known sink types: {', '.join(sorted(sink_types))})")

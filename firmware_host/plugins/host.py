@@ -34,8 +34,15 @@ from typing import TYPE_CHECKING, Any
 
 from firmware_host.cancel import CancellationToken
 from firmware_host.codecs import BUILTIN_CODECS, CodecFactory
-from firmware_host.config._check import check_options
-from firmware_host.config.schema import DEFAULT_CODECS, DEFAULT_SINKS, Config, ConfigError, DeviceConfig
+from firmware_host.config._check import check_options, read_toml
+from firmware_host.config.schema import (
+    DEFAULT_CODECS,
+    DEFAULT_SINKS,
+    Config,
+    ConfigError,
+    DeviceConfig,
+    config_from_dict,
+)
 from firmware_host.errors import PluginOptionError
 from firmware_host.frames import Frame
 from firmware_host.plugins.scheduler import MissedTick, PeriodicTask, finish_tasks
@@ -117,9 +124,7 @@ def discover_plugins(group: str = ENTRY_POINT_GROUP) -> dict[str, PluginInfo]:
 def read_plugin_table(path: str) -> tuple[dict[str, dict[str, object]], str]:
     """The ``[plugins.NAME]`` tables of a config file, validated as the config
     loader does, without checking the rest (which may name plugin codecs)."""
-    from firmware_host.config.schema import _read_toml, config_from_dict  # one reader, one set of error messages
-
-    source, data = _read_toml(path)
+    source, data = read_toml(path)  # the config loader's reader: one set of error messages
     part = config_from_dict({"plugins": data.get("plugins", {})}, source=source)
     return part.plugins, source
 
