@@ -81,11 +81,6 @@ class SpoolBatch(Batch):
     ids: list[int] = field(default_factory=list)
 
 
-def _size(frame: Frame) -> int:
-    body = frame.payload if frame.payload is not None else (frame.text or "")
-    return len(body) + ROW_OVERHEAD
-
-
 class Spool:
     """The spool file, its counters, and the stage-2 source interface."""
 
@@ -191,7 +186,7 @@ class Spool:
     def _write(self, frames: Sequence[Frame]) -> list[tuple[str, int]]:
         db = self._db
         assert db is not None, "spool is not open"
-        rows = [(f.device, f.seq, f.type, f.ts, f.payload, f.text, _size(f)) for f in frames]
+        rows = [(f.device, f.seq, f.type, f.ts, f.payload, f.text, f.size + ROW_OVERHEAD) for f in frames]
         with db:  # one transaction: all of the batch or none of it
             db.executemany(
                 "INSERT INTO frames (device, seq, type, ts, payload, text, size) VALUES (?, ?, ?, ?, ?, ?, ?)", rows

@@ -23,6 +23,73 @@ def test_all_names_exist_and_nothing_public_is_unlisted():
     assert exported - set(firmware_host.__all__) == set()
 
 
+#: what firmware_host exported before the layout of issue 16 (0.1.0): every
+#: name stays importable from the package, wherever its module moved
+EXPORTED_IN_0_1_0 = [
+    "AggregatorHandle",
+    "Batch",
+    "CancellationToken",
+    "Codec",
+    "CodecFactory",
+    "Config",
+    "ConfigError",
+    "DeviceConfig",
+    "DropGuard",
+    "ENTRY_POINT_GROUP",
+    "FakeOpener",
+    "FakePort",
+    "Fh1Codec",
+    "Frame",
+    "FrameProcessor",
+    "LinesCodec",
+    "NmeaCodec",
+    "PeriodicTask",
+    "PluginContext",
+    "PluginHost",
+    "PluginInfo",
+    "PluginOptionError",
+    "Port",
+    "PortClosed",
+    "Runtime",
+    "Sink",
+    "SinkConfig",
+    "Summary",
+    "VirtualPort",
+    "__version__",
+    "config_from_dict",
+    "discover_plugins",
+    "encode_packet",
+    "encode_records",
+    "load_config",
+    "plugins_report",
+    "tune_gc",
+]
+
+
+def test_names_exported_before_the_new_layout_still_are():
+    assert sorted(set(EXPORTED_IN_0_1_0) - set(firmware_host.__all__)) == []
+    for name in EXPORTED_IN_0_1_0:
+        exec(f"from firmware_host import {name}", {})
+
+
+def test_the_export_list_is_the_type_checking_block():
+    """One list: the names type checkers see are the names __all__ gives and
+    the lazy lookup resolves (each from the module the block names)."""
+    import ast
+
+    tree = ast.parse(Path(firmware_host.__file__).read_text(encoding="utf-8"))
+    block = next(node for node in tree.body if isinstance(node, ast.If))
+    seen = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom)
+        for alias in node.names:
+            assert alias.asname == alias.name, "re-export explicitly: from x import A as A"
+            seen[alias.name] = node.module
+    assert sorted([*seen, "__version__"]) == sorted(firmware_host.__all__)
+    for name, module in seen.items():
+        assert getattr(firmware_host, name) is getattr(__import__(module, fromlist=[name]), name)
+
+
 def _unannotated(fn: object) -> list[str]:
     try:
         sig = inspect.signature(fn)  # type: ignore[arg-type]
