@@ -2,9 +2,9 @@
 supervises them, and the scheduler of their periodic tasks."""
 
 from firmware_host.errors import PluginOptionError as PluginOptionError
+from firmware_host.plugins.context import FrameProcessor as FrameProcessor
+from firmware_host.plugins.context import PluginContext as PluginContext
 from firmware_host.plugins.host import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
-from firmware_host.plugins.host import FrameProcessor as FrameProcessor
-from firmware_host.plugins.host import PluginContext as PluginContext
 from firmware_host.plugins.host import PluginHost as PluginHost
 from firmware_host.plugins.host import PluginInfo as PluginInfo
 from firmware_host.plugins.host import discover_plugins as discover_plugins

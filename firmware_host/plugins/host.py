@@ -26,38 +26,33 @@ import copy
 import inspect
 import logging
 import time
-import types
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from firmware_host.cancel import CancellationToken
-from firmware_host.codecs import BUILTIN_CODECS, CodecFactory
-from firmware_host.config._check import check_options, read_toml
+from firmware_host.codecs import CodecFactory
+from firmware_host.config._check import read_toml
 from firmware_host.config.schema import (
     DEFAULT_CODECS,
     DEFAULT_SINKS,
     Config,
     ConfigError,
-    DeviceConfig,
     config_from_dict,
 )
-from firmware_host.errors import PluginOptionError
 from firmware_host.frames import Frame
-from firmware_host.plugins.scheduler import MissedTick, PeriodicTask, finish_tasks
-from firmware_host.sinks import BUILTIN_SINKS, Sink, SinkFactory
+from firmware_host.plugins.context import PluginContext
+from firmware_host.plugins.scheduler import PeriodicTask, finish_tasks
+from firmware_host.sinks import Sink, SinkFactory
 
 if TYPE_CHECKING:
     from firmware_host.runtime import Runtime
 
 __all__ = [
     "ENTRY_POINT_GROUP",
-    "FrameProcessor",
-    "PluginContext",
     "PluginHost",
     "PluginInfo",
-    "PluginOptionError",
     "discover_plugins",
     "plugins_report",
     "read_plugin_table",
@@ -73,9 +68,6 @@ SETUP_TIMEOUT = 10.0
 CANCEL_WAIT = 1.0
 #: at most one log line per this many seconds for a plugin's processor failures
 PROCESSOR_LOG_EVERY = 10.0
-
-#: ``fn(frame) -> Frame | None``: None drops the frame, a Frame replaces it
-FrameProcessor = Callable[[Frame], "Frame | None"]
 
 
 # ----------------------------------------------------------------------- discovery
@@ -127,139 +119,6 @@ def read_plugin_table(path: str) -> tuple[dict[str, dict[str, object]], str]:
     source, data = read_toml(path)  # the config loader's reader: one set of error messages
     part = config_from_dict({"plugins": data.get("plugins", {})}, source=source)
     return part.plugins, source
-
-
-# ----------------------------------------------------------------------- the context
-
-
-class PluginContext:
-    """What ``setup(ctx)`` gets: register tasks, processors, sinks and codecs;
-    send downlink frames; read status. One per plugin."""
-
-    def __init__(self, host: PluginHost, name: str, options: Mapping[str, object]) -> None:
-        self._host = host
-        #: the plugin's name (its entry point name and ``[plugins.NAME]`` key)
-        self.name: str = name
-        #: the ``[plugins.NAME]`` table, read-only
-        self.options: Mapping[str, object] = types.MappingProxyType(copy.deepcopy(dict(options)))
-        #: logger ``firmware_host.plugins.NAME``
-        self.log: logging.Logger = logging.getLogger(f"firmware_host.plugins.{name}")
-        #: cancelled when the runtime starts shutting down (child of ``rt.tasks_token``)
-        self.token: CancellationToken = host._token.child_token()
-        #: anything JSON-able the plugin wants to show under its entry in ``status``
-        self.info: dict[str, Any] = {}
-        self._tasks: list[PeriodicTask] = []
-        self._frame_fns: list[FrameProcessor] = []
-        self._sinks: list[Sink] = []
-        self._sink_types: dict[str, SinkFactory] = {}
-        self._codecs: dict[str, CodecFactory] = {}
-        self._sealed = False
-
-    # -- registration (in setup) ------------------------------------------------
-
-    def every(
-        self,
-        interval: float,
-        fn: Callable[[], Awaitable[Any]],
-        *,
-        missed: MissedTick = "skip",
-        timeout: float | None = None,
-        name: str | None = None,
-    ) -> PeriodicTask:
-        """Run ``await fn()`` every ``interval`` seconds (see docs/plugins.md for
-        ``missed`` and the supervision rules). Returns the task (its ``stats``)."""
-        if inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn):
-            raise TypeError(f"plugin {self.name}: every() needs an async function, got {fn.__name__}()")
-        base = name or getattr(fn, "__name__", None) or "task"
-        taken = {t.name for t in self._tasks}
-        task_name, n = base, 1
-        while task_name in taken:
-            n += 1
-            task_name = f"{base}#{n}"
-        task = PeriodicTask(self.name, task_name, interval, fn, missed=missed, timeout=timeout, log=self.log)
-        self._tasks.append(task)
-        self._host._task_added(self, task)
-        return task
-
-    def on_frame(self, fn: FrameProcessor) -> FrameProcessor:
-        """Register a synchronous frame processor (usable as a decorator).
-
-        ``fn(frame)`` returns None to drop the frame or a Frame (the same or a
-        new one, for the same device) to keep it. It runs in the device's
-        reader for every decoded frame, so keep it fast. An exception is
-        counted against the plugin and the frame is kept unchanged.
-        """
-        self._check_open("on_frame")
-        if not callable(fn):
-            raise TypeError(f"plugin {self.name}: on_frame() needs a callable")
-        self._frame_fns.append(fn)
-        return fn
-
-    def add_sink(self, sink: Sink) -> None:
-        """Add a sink instance: it sees every flushed frame, like a ``[[sinks]]`` one."""
-        self._check_open("add_sink")
-        if not isinstance(sink, Sink):
-            raise TypeError(f"plugin {self.name}: add_sink() needs a firmware_host.Sink, got {type(sink).__name__}")
-        self._sinks.append(sink)
-
-    def add_sink_type(self, name: str, factory: SinkFactory) -> None:
-        """Make ``[[sinks]] type = NAME`` available (``factory(**options) -> Sink``)."""
-        self._check_open("add_sink_type")
-        if name in BUILTIN_SINKS or name in self._sink_types:
-            raise ValueError(f"plugin {self.name}: sink type {name!r} already exists")
-        self._sink_types[name] = factory
-
-    def add_codec(self, name: str, factory: CodecFactory) -> None:
-        """Make codec NAME available to devices (``factory(device, **options) -> Codec``)."""
-        self._check_open("add_codec")
-        if name in BUILTIN_CODECS or name in self._codecs:
-            raise ValueError(f"plugin {self.name}: codec {name!r} already exists")
-        self._codecs[name] = factory
-
-    def _check_open(self, what: str) -> None:
-        if self._sealed:
-            raise RuntimeError(f"plugin {self.name}: {what}() only works inside setup()")
-
-    # -- options ------------------------------------------------------------------
-
-    def option_error(self, key: str, message: str) -> PluginOptionError:
-        """A config error naming ``plugins.NAME.key`` (raise it from setup)."""
-        return PluginOptionError(message, source=self._host.source, key=f"plugins.{self.name}.{key}")
-
-    def take_options(self, spec: Mapping[str, tuple[type, Any]]) -> dict[str, Any]:
-        """Check ``ctx.options`` against ``{key: (type, default or ...)}``
-        (``...`` = required); unknown keys and wrong types raise PluginOptionError.
-        An int is accepted where a float is expected."""
-        return check_options(self.options, spec, self.option_error)
-
-    # -- while running ------------------------------------------------------------
-
-    def send(self, device: str, frame_type: int | None, payload: bytes | str, *, seq: int | None = None) -> bool:
-        """Encode with the device's codec and write a downlink frame.
-
-        ``seq`` defaults to a per-device downlink counter (shared by all
-        plugins, wrapping at 2**32). Returns False when the device is not
-        connected; raises KeyError for an unknown device.
-        """
-        rt = self._host._runtime("send")
-        if seq is None:
-            seq = self._host._next_seq(device)
-        return rt.send(device, frame_type, payload, seq)
-
-    async def status(self) -> dict[str, Any]:
-        """A fresh, deep-copied snapshot of ``status --json`` (safe to modify).
-        After the runtime has stopped it returns the final status."""
-        rt = self._host._runtime("status")
-        if rt.summary is None:
-            got = await rt.token.run_until_cancelled(rt.status())
-            if got is not None:
-                return copy.deepcopy(got)
-        return copy.deepcopy(rt.summary.status) if rt.summary is not None else {}
-
-    def devices(self) -> dict[str, DeviceConfig]:
-        """The runtime's current devices (name → DeviceConfig, codec included)."""
-        rt = self._host._runtime("devices")
-        return {name: e.config for name, e in rt.devices.items() if not e.removed}
 
 
 # ----------------------------------------------------------------------- the host
@@ -379,7 +238,7 @@ class PluginHost:
         except (Exception, SystemExit) as exc:
             self._fail(p, f"setup() failed: {type(exc).__name__}: {exc}", exc)
             return
-        ctx._sealed = True
+        ctx.seal()
         clash = self._clash(ctx)
         if clash:
             self._fail(p, clash, None)
@@ -391,8 +250,8 @@ class PluginHost:
         for other in self._ready():
             assert other.ctx is not None
             for kind, mine, theirs in (
-                ("codec", ctx._codecs, other.ctx._codecs),
-                ("sink type", ctx._sink_types, other.ctx._sink_types),
+                ("codec", ctx.registered.codecs, other.ctx.registered.codecs),
+                ("sink type", ctx.registered.sink_types, other.ctx.registered.sink_types),
             ):
                 for key in mine:
                     if key in theirs:
@@ -417,15 +276,15 @@ class PluginHost:
 
     @property
     def codecs(self) -> dict[str, CodecFactory]:
-        return {k: v for p in self._ready() for k, v in p.ctx._codecs.items()}  # type: ignore[union-attr]
+        return {k: v for p in self._ready() for k, v in p.ctx.registered.codecs.items()}  # type: ignore[union-attr]
 
     @property
     def sink_types(self) -> dict[str, SinkFactory]:
-        return {k: v for p in self._ready() for k, v in p.ctx._sink_types.items()}  # type: ignore[union-attr]
+        return {k: v for p in self._ready() for k, v in p.ctx.registered.sink_types.items()}  # type: ignore[union-attr]
 
     @property
     def sinks(self) -> list[Sink]:
-        return [s for p in self._ready() for s in p.ctx._sinks]  # type: ignore[union-attr]
+        return [s for p in self._ready() for s in p.ctx.registered.sinks]  # type: ignore[union-attr]
 
     def known_codecs(self) -> set[str]:
         """Codec names for config validation: built-in plus plugins'."""
@@ -436,12 +295,12 @@ class PluginHost:
 
     def processors(self) -> list[Callable[[list[Frame]], list[Frame]]]:
         """One batch processor per plugin with ``on_frame`` functions."""
-        return [self._batch_processor(p) for p in self._ready() if p.ctx and p.ctx._frame_fns]
+        return [self._batch_processor(p) for p in self._ready() if p.ctx and p.ctx.registered.frame_fns]
 
     @staticmethod
     def _batch_processor(p: _Plugin) -> Callable[[list[Frame]], list[Frame]]:
         assert p.ctx is not None
-        fns = tuple(p.ctx._frame_fns)
+        fns = tuple(p.ctx.registered.frame_fns)
 
         def process(frames: list[Frame]) -> list[Frame]:
             out: list[Frame] = []
@@ -488,20 +347,24 @@ class PluginHost:
         rt.on_stop.append(self._on_stop)
         rt.status_sections["plugins"] = self.report
 
-    def _runtime(self, what: str) -> Runtime:
+    @property
+    def token(self) -> CancellationToken:
+        return self._token
+
+    def runtime(self, what: str) -> Runtime:
         if self._rt is None:
             raise RuntimeError(f"ctx.{what}() works once the runtime runs (call it from a task, not setup)")
         return self._rt
 
-    def _next_seq(self, device: str) -> int:
+    def next_seq(self, device: str) -> int:
         seq = self._seqs.get(device, 0)
         self._seqs[device] = (seq + 1) % 2**32
         return seq
 
     def _tasks(self) -> list[PeriodicTask]:
-        return [t for p in self._ready() for t in p.ctx._tasks]  # type: ignore[union-attr]
+        return [t for p in self._ready() for t in p.ctx.registered.tasks]  # type: ignore[union-attr]
 
-    def _task_added(self, ctx: PluginContext, task: PeriodicTask) -> None:
+    def task_added(self, ctx: PluginContext, task: PeriodicTask) -> None:
         if self.state in ("stopping", "stopped"):
             raise RuntimeError(f"plugin {ctx.name}: the runtime is shutting down; no new tasks")
         if self.state == "running":
@@ -513,7 +376,7 @@ class PluginHost:
         self._link = asyncio.create_task(self._follow(rt.tasks_token), name="plugins:token")
         for p in self._ready():
             p.state = "running"
-            for task in p.ctx._tasks:  # type: ignore[union-attr]
+            for task in p.ctx.registered.tasks:  # type: ignore[union-attr]
                 task.notify = rt.changes.notify
                 task.start()
 
@@ -580,16 +443,16 @@ class PluginHost:
                 entry["state"], entry["error"] = p.state, p.error
                 if p.ctx is not None:
                     ctx = p.ctx
-                    tasks = [t.report() for t in ctx._tasks]
+                    tasks = [t.report() for t in ctx.registered.tasks]
                     entry.update(
                         {
                             "tasks": tasks,
-                            "processors": len(ctx._frame_fns),
+                            "processors": len(ctx.registered.frame_fns),
                             "processor_failures": p.processor_failures,
                             "frames_dropped": p.frames_dropped,
-                            "sinks": [getattr(s, "name", type(s).__name__) for s in ctx._sinks],
-                            "sink_types": sorted(ctx._sink_types),
-                            "codecs": sorted(ctx._codecs),
+                            "sinks": [s.name for s in ctx.registered.sinks],
+                            "sink_types": sorted(ctx.registered.sink_types),
+                            "codecs": sorted(ctx.registered.codecs),
                             "info": _copy_info(ctx.info),
                         }
                     )
