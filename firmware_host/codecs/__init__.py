@@ -46,10 +46,11 @@ def make_codec(
     """Build codec ``name`` for ``device`` with validated ``options``.
 
     ``registry`` (e.g. built-ins plus plugin codecs) is searched first, then
-    :data:`BUILTIN_CODECS`. A factory that declares the options it accepts as
-    an ``options`` attribute (``{"max_payload": int}``) has them checked here;
-    one that declares nothing gets them unchecked (as the config loader passes
-    them), and a TypeError it raises for them becomes CodecOptionError.
+    :data:`BUILTIN_CODECS`. A Codec class that declares the options it accepts
+    (``options = {"max_payload": int}``) has them checked here; a factory that
+    declares nothing (a function, or ``options = None``) gets them unchecked
+    (as the config loader passes them), and a TypeError it raises for them
+    becomes CodecOptionError.
     Raises ValueError for an unknown name and CodecOptionError (a ValueError)
     for a bad option, both with a message fit for a config error.
     """
@@ -62,7 +63,8 @@ def make_codec(
         known = sorted({*BUILTIN_CODECS, *(registry or {})})
         raise ValueError(f"unknown codec {name!r} (known: {', '.join(known)})")
     opts = dict(options or {})
-    allowed: Mapping[str, type] | None = getattr(factory, "options", None)
+    # a Codec class says which options it takes; a factory function is opaque
+    allowed = factory.options if isinstance(factory, type) and issubclass(factory, Codec) else None
     if allowed is not None:
         _check_declared(name, opts, allowed)
     try:

@@ -9,7 +9,7 @@ without any port.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 # re-exported: the codec modules raise it for an option out of range
@@ -22,6 +22,9 @@ class Codec(ABC):
 
     #: registry name, e.g. ``"fh1"``
     name: ClassVar[str] = ""
+    #: the options the class takes, ``{name: type}``, checked by ``make_codec``
+    #: (None: not declared, passed through unchecked)
+    options: ClassVar[Mapping[str, type] | None] = None
     #: True when frames carry ``text`` rather than ``payload``
     text: ClassVar[bool] = False
 

@@ -21,7 +21,7 @@ import struct
 import sys
 from array import array
 from binascii import crc_hqx
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 from firmware_host.codecs import cobs as _cobs
@@ -129,7 +129,7 @@ class Fh1Codec(DelimitedCodec):
 
     name: ClassVar[str] = "fh1"
     text: ClassVar[bool] = False
-    options: ClassVar[dict[str, type]] = {"max_payload": int}
+    options: ClassVar[Mapping[str, type] | None] = {"max_payload": int}
 
     def __init__(self, device: str = "", *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         if (

@@ -10,6 +10,7 @@ survives :meth:`reset`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 from firmware_host.codecs.base import DelimitedCodec
@@ -29,7 +30,7 @@ _CR = b"\r"
 class _LineFramedCodec(DelimitedCodec):
     """Splits input into ``\\n``-terminated lines, bounded; subclasses judge lines."""
 
-    options: ClassVar[dict[str, type]] = {"max_line": int}
+    options: ClassVar[Mapping[str, type] | None] = {"max_line": int}
     default_max_line: ClassVar[int] = DEFAULT_MAX_LINE
 
     def __init__(self, device: str = "", *, max_line: int | None = None) -> None:
