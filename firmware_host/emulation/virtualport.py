@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
+import struct
+import termios
 import tty
 
 
@@ -28,6 +31,7 @@ class VirtualPort:
         self.slave_name: str | None = None
         self.plugged = False
         self._waiters: set[asyncio.Future[None]] = set()
+        self._plug_waiters: set[asyncio.Future[None]] = set()
         self.plug()
 
     @property
@@ -53,6 +57,20 @@ class VirtualPort:
             os.symlink(self.slave_name, tmp)
             os.replace(tmp, self.link)  # atomic: the host never sees the link missing
         self.plugged = True
+        for waiter in self._plug_waiters:
+            wake(waiter)
+        self._plug_waiters.clear()
+
+    def when_plugged(self) -> asyncio.Future[None]:
+        """A future done once the port is plugged (at once if it is): a paused
+        board wakes on the replug instead of polling for it."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.plugged:
+            fut.set_result(None)
+        else:
+            self._plug_waiters.add(fut)
+            fut.add_done_callback(self._plug_waiters.discard)
+        return fut
 
     def unplug(self) -> None:
         """Remove the device: the host's next read fails."""
@@ -106,22 +124,35 @@ class VirtualPort:
                 return 0
             raise
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes) -> int:
         """Write all of ``data``, awaiting room in the pty buffer (never blocks the loop).
 
-        Returns early if the port is unplugged meanwhile: the rest is lost on
-        the wire, as with a real cable pulled mid-frame.
+        Returns the bytes written: fewer if the port is unplugged meanwhile.
+        The rest is lost on the wire, as with a real cable pulled mid-frame;
+        never written to the pty of a replug, which would start with half a frame.
         """
+        fd = self.master
         view = memoryview(data)
-        while view:
-            fd = self.master
-            if fd is None:
-                return
-            n = self.write_nowait(view)
+        written = 0
+        while written < len(view):
+            if fd is None or self.master != fd:
+                break
+            n = self.write_nowait(view[written:])
             if n:
-                view = view[n:]
+                written += n
                 continue
             await self._until_ready(fd, writable=True)
+        return written
+
+    def unread(self) -> int | None:
+        """Bytes written to the device that the host has not read yet; None
+        when unplugged or when the tty cannot tell."""
+        if self._slave is None:
+            return None
+        try:
+            return int(struct.unpack("i", fcntl.ioctl(self._slave, termios.FIONREAD, b"\0\0\0\0"))[0])
+        except OSError:
+            return None
 
     def read_nowait(self, limit: int = 65536) -> bytes:
         """Bytes the host wrote to the device (downlink), b"" if none."""
