@@ -21,7 +21,8 @@ from firmware_host.codecs import make_codec
 from firmware_host.config.boards import BOARDS_ENV_VAR, Board, load_boards
 from firmware_host.config.schema import config_from_dict
 from firmware_host.emulation.fleet import DEFAULT_FLEET, EmulatedDevice, FaultOptions, Fleet, parse_emulate_spec
-from firmware_host.emulation.generators import GnssGenerator, ReplayGenerator, Wire, make_generator
+from firmware_host.emulation.generators import GnssGenerator, ReplayGenerator, make_generator
+from firmware_host.emulation.wire import FaultWire, make_wire
 from firmware_host.runtime import Runtime
 
 pytestmark = pytest.mark.timeout(60)
@@ -254,14 +255,15 @@ def test_replay_groups_epochs(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", DEFAULT_FLEET)
 def test_corrupt_frames_are_rejected_exactly_once(boards: dict[str, Board], name: str) -> None:
     board = boards[name]
-    wire = Wire(board)
+    wire = make_wire(board.codec, board.codec_options, frame_type=board.emulator.frame_type)
+    assert isinstance(wire, FaultWire)
     gen = make_generator(board.emulator, board.codec, rate=board.emulator.rate, rng=random.Random(5))
     rng = random.Random(6)
     items = [item for k in range(60) for item in gen.tick(k)]
     for seq, item in enumerate(items):
         assert wire.effect(wire.frame(item, seq)) == (1, 0)
         assert wire.effect(wire.corrupt(item, seq, rng)) == (0, 1), item
-    noise = [wire.noise(rng) for _ in range(200)]
+    noise = [wire.noise(rng, rng.randint(2, 17)) for _ in range(200)]
     for got in noise:
         assert got is not None
         data, frames, rejected = got
