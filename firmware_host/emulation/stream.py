@@ -205,6 +205,7 @@ class Stream:
         self._wake = fut
         timer = loop.call_later(max(0.0, delay), done)
         readable = port.master if idle and self.host is not None else None
+        generation = port.generation
         plugged = port.when_plugged() if idle and not port.plugged else None
         if readable is not None:
             loop.add_reader(readable, done)
@@ -215,7 +216,7 @@ class Stream:
         finally:
             timer.cancel()
             self._wake = None
-            if readable is not None and port.master == readable:
+            if readable is not None and port.owns(readable, generation):
                 loop.remove_reader(readable)
             if plugged is not None:
                 plugged.cancel()

@@ -32,6 +32,8 @@ class VirtualPort:
         self.plugged = False
         self._waiters: set[asyncio.Future[None]] = set()
         self._plug_waiters: set[asyncio.Future[None]] = set()
+        #: plug() calls so far: which pty this is (a new one may reuse the old fd numbers)
+        self.generation = 0
         self.plug()
 
     @property
@@ -48,6 +50,7 @@ class VirtualPort:
         os.set_blocking(master, False)
         self.master, self._slave = master, slave
         self.slave_name = os.ttyname(slave)
+        self.generation += 1
         if self.link:
             tmp = f"{self.link}.{os.getpid()}.tmp"
             try:
@@ -131,11 +134,11 @@ class VirtualPort:
         The rest is lost on the wire, as with a real cable pulled mid-frame;
         never written to the pty of a replug, which would start with half a frame.
         """
-        fd = self.master
+        fd, generation = self.master, self.generation
         view = memoryview(data)
         written = 0
         while written < len(view):
-            if fd is None or self.master != fd:
+            if fd is None or not self.owns(fd, generation):
                 break
             n = self.write_nowait(view[written:])
             if n:
@@ -181,12 +184,18 @@ class VirtualPort:
         ready: asyncio.Future[None] = loop.create_future()
         add(fd, wake, ready)
         self._waiters.add(ready)
+        generation = self.generation
         try:
             await ready
         finally:
             self._waiters.discard(ready)
-            if self.master == fd:  # after an unplug the fd is closed and already unregistered
+            if self.owns(fd, generation):  # after an unplug the fd is closed and already unregistered
                 remove(fd)
+
+    def owns(self, fd: int, generation: int) -> bool:
+        """True while ``fd`` of plug ``generation`` is still this port's master
+        (a replug may hand out the same fd number for a new pty)."""
+        return self.plugged and self.generation == generation and self.master == fd
 
     def __repr__(self) -> str:
         return f"<VirtualPort {self.path} plugged={self.plugged}>"
