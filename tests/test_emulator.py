@@ -418,6 +418,17 @@ def test_fleet_links_and_configs(tmp_path: Path, boards: dict[str, Board]) -> No
 # --------------------------------------------------------------------- one emulator for the CLI and the test kit
 
 
+async def readable(fd: int) -> None:
+    """Await input on ``fd`` (no polling)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, wake, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
 class _Host:
     """The host's end of an emulated port, opened as pyserial opens it (with an
     input flush, which tells the device someone listens)."""
@@ -428,16 +439,10 @@ class _Host:
 
     async def read_until(self, delimiter: bytes, count: int, timeout: float = 5.0) -> bytes:
         """At least ``count`` delimiter-terminated frames, whole ones only."""
-        loop = asyncio.get_running_loop()
         data = b""
         async with asyncio.timeout(timeout):
             while data.count(delimiter) < count:
-                ready: asyncio.Future[None] = loop.create_future()
-                loop.add_reader(self.fd, wake, ready)
-                try:
-                    await ready
-                finally:
-                    loop.remove_reader(self.fd)
+                await readable(self.fd)
                 data += os.read(self.fd, 65536)
         return data[: data.rindex(delimiter) + 1]
 
@@ -576,15 +581,9 @@ def test_host_watch_counts_downlink(wait: bool) -> None:
         try:
             assert host.listening is not wait
             os.write(fd, b"hello")
-            loop = asyncio.get_running_loop()
             assert port.master is not None
-            readable: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(port.master, wake, readable)
-            try:
-                await readable
-            finally:
-                loop.remove_reader(port.master)
-            host.poll(loop.time())
+            await readable(port.master)
+            host.poll(asyncio.get_running_loop().time())
         finally:
             os.close(fd)
             port.close()
