@@ -9,20 +9,28 @@ import base64
 import dataclasses
 import json
 import math
+import os
 import random
 import struct
+import termios
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from firmware_host.codecs import make_codec
+from firmware_host.codecs import encode_packet, make_codec
+from firmware_host.codecs.nmea import nmea_checksum
 from firmware_host.config.boards import BOARDS_ENV_VAR, Board, load_boards
 from firmware_host.config.schema import config_from_dict
 from firmware_host.emulation.fleet import DEFAULT_FLEET, EmulatedDevice, FaultOptions, Fleet, parse_emulate_spec
-from firmware_host.emulation.generators import GnssGenerator, ReplayGenerator, Wire, make_generator
+from firmware_host.emulation.generators import GnssGenerator, ReplayGenerator, make_generator
+from firmware_host.emulation.hostwatch import HostWatch
+from firmware_host.emulation.stream import Pacer
+from firmware_host.emulation.virtualport import VirtualPort, wake
+from firmware_host.emulation.wire import FaultWire, make_wire
 from firmware_host.runtime import Runtime
+from firmware_host.testing import BoardSpec, EmulatedBoard, resolve_board
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -254,14 +262,15 @@ def test_replay_groups_epochs(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", DEFAULT_FLEET)
 def test_corrupt_frames_are_rejected_exactly_once(boards: dict[str, Board], name: str) -> None:
     board = boards[name]
-    wire = Wire(board)
+    wire = make_wire(board.codec, board.codec_options, frame_type=board.emulator.frame_type)
+    assert isinstance(wire, FaultWire)
     gen = make_generator(board.emulator, board.codec, rate=board.emulator.rate, rng=random.Random(5))
     rng = random.Random(6)
     items = [item for k in range(60) for item in gen.tick(k)]
     for seq, item in enumerate(items):
         assert wire.effect(wire.frame(item, seq)) == (1, 0)
         assert wire.effect(wire.corrupt(item, seq, rng)) == (0, 1), item
-    noise = [wire.noise(rng) for _ in range(200)]
+    noise = [wire.noise(rng, rng.randint(2, 17)) for _ in range(200)]
     for got in noise:
         assert got is not None
         data, frames, rejected = got
@@ -404,3 +413,181 @@ def test_fleet_links_and_configs(tmp_path: Path, boards: dict[str, Board]) -> No
         assert not directory.exists()
 
     asyncio.run(main())
+
+
+# --------------------------------------------------------------------- one emulator for the CLI and the test kit
+
+
+async def readable(fd: int) -> None:
+    """Await input on ``fd`` (no polling)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, wake, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+class _Host:
+    """The host's end of an emulated port, opened as pyserial opens it (with an
+    input flush, which tells the device someone listens)."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        termios.tcflush(self.fd, termios.TCIFLUSH)
+
+    async def read_until(self, delimiter: bytes, count: int, timeout: float = 5.0) -> bytes:
+        """At least ``count`` delimiter-terminated frames, whole ones only."""
+        data = b""
+        async with asyncio.timeout(timeout):
+            while data.count(delimiter) < count:
+                await readable(self.fd)
+                data += os.read(self.fd, 65536)
+        return data[: data.rindex(delimiter) + 1]
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("name", DEFAULT_FLEET)
+def test_fleet_bytes_are_the_test_kits_bytes(tmp_path: Path, boards: dict[str, Board], name: str) -> None:
+    """What a fleet device writes on its pty is, frame for frame, what the test
+    kit's EmulatedBoard encodes for the same board, seq and payload."""
+    board = boards[name]
+
+    async def main() -> tuple[bytes, bytes]:
+        async with Fleet([(board, 1)], tmp_path / "ports", rate=200.0, seed=7) as fleet:
+            dev = fleet.devices[0]
+            assert isinstance(dev.emulator, EmulatedBoard)  # the test kit's class, not a look-alike
+            host = _Host(dev.path)
+            try:
+                wire = await host.read_until(dev.emulator.wire.delimiter, 30)
+            finally:
+                host.close()
+        kit = EmulatedBoard(VirtualPort(), resolve_board(name))
+        try:
+            delimiter = kit.wire.delimiter
+            again = []
+            for chunk in wire.split(delimiter)[:-1]:
+                [frame] = kit.wire.decoder().feed(chunk + delimiter, 0.0)
+                if frame.text is None:  # fh1: the host's seq, type and payload
+                    again.append(kit.encode(frame.payload, type=frame.type, seq=frame.seq))
+                elif board.codec == "nmea":  # the sentence's body; the kit adds $ and the checksum
+                    again.append(kit.encode(frame.text[1 : frame.text.rindex("*")]))
+                else:
+                    again.append(kit.encode(frame.text))
+        finally:
+            kit.port.close()
+        return wire, b"".join(again)
+
+    wire, again = asyncio.run(main())
+    assert wire.count(b"\n" if board.codec != "fh1" else b"\x00") >= 30
+    assert again == wire
+
+
+class _Scripted(random.Random):
+    """A Random whose first ``choice`` calls return the bytes of ``first``."""
+
+    def __init__(self, first: bytes) -> None:
+        super().__init__(0)
+        self.first = list(first)
+
+    def choice(self, seq: Any) -> Any:
+        return self.first.pop(0) if self.first else super().choice(seq)
+
+
+@pytest.mark.parametrize(
+    ("codec", "decodes"),
+    [("fh1", encode_packet(1, 0, b"ok")[:-1]), ("nmea", b"$GPTXT*" + b"%02X" % nmea_checksum(b"GPTXT"))],
+    ids=["fh1", "nmea"],
+)
+def test_noise_that_would_decode_is_rolled_again(codec: str, decodes: bytes) -> None:
+    """Garbage that happens to be a valid frame never goes out as noise: the
+    first roll here is one, so the wire must roll again."""
+    wire = make_wire(codec)
+    assert wire.effect(decodes + wire.delimiter) == (1, 0)  # it would decode
+    noise = wire.noise(_Scripted(decodes), len(decodes) + 1)
+    assert noise is not None and noise.data != decodes + wire.delimiter
+    assert noise.frames == 0 and wire.effect(noise.data) == (0, noise.rejected)
+
+
+@pytest.mark.parametrize("codec", ["fh1", "nmea", "lines"])
+def test_the_kits_noise_is_the_wires(codec: str) -> None:
+    """The test kit's board.noise() is the fleet's Wire.noise, draw for draw."""
+
+    async def main() -> bytes:
+        kit = EmulatedBoard(VirtualPort(), BoardSpec(codec), seed=11)
+        try:
+            return b"".join([await kit.noise(n) for n in (1, 5, 40)])
+        finally:
+            kit.port.close()
+
+    rng, wire = random.Random(11), make_wire(codec)
+    expected = []
+    for n in (1, 5, 40):
+        noise = wire.noise(rng, n)
+        assert noise is not None and len(noise.data) == max(n, 1)
+        expected.append(noise.data)
+    assert asyncio.run(main()) == b"".join(expected)
+
+
+@pytest.mark.timeout(10)
+def test_a_write_cut_by_a_replug_stops_there() -> None:
+    """A write the cable cut ends there, for the kit's boards and the fleet's
+    alike (both write through EmulatedBoard): the rest never lands on the
+    replugged pty, which would start with half a frame."""
+
+    async def main() -> None:
+        board = EmulatedBoard(VirtualPort(), BoardSpec("fh1"))
+        try:
+            data = bytes(range(1, 256)) * 4096  # ~1 MB, far more than a pty holds: nobody reads
+            write = asyncio.create_task(board.write(data))
+            await asyncio.sleep(0)  # the write fills the pty and parks
+            assert not write.done()
+            board.unplug()
+            board.replug()
+            written = await asyncio.wait_for(write, 2.0)
+            assert 0 < written < len(data) and board.bytes_written == written
+            assert board.port.unread() == 0 and board.unplugs == 1
+        finally:
+            board.port.close()
+
+    asyncio.run(main())
+
+
+def test_pacer() -> None:
+    pacer = Pacer(100.0, burst=10)
+    assert [pacer.due(t) for t in (0.0, 0.099, 0.1, 0.25)] == [10, 10, 20, 30]
+    assert [pacer.time_of(k) for k in (0, 9, 10, 25)] == [0.0, 0.0, 0.1, 0.2]
+    assert pacer.lag_limit == 50 and Pacer(1.0, burst=4).lag_limit == 4
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="rate must be a positive number"):
+            Pacer(bad)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("wait", [True, False])
+def test_host_watch_counts_downlink(wait: bool) -> None:
+    """Downlink is counted exactly whether or not the device waits for the host
+    (the pty is in packet mode either way: without it, wait_for_host=False
+    took the host's bytes for packet headers)."""
+
+    async def main() -> HostWatch:
+        port = VirtualPort()
+        host = HostWatch(port, wait=wait)
+        fd = os.open(port.path, os.O_RDWR | os.O_NOCTTY)
+        try:
+            assert host.listening is not wait
+            os.write(fd, b"hello")
+            assert port.master is not None
+            await readable(port.master)
+            host.poll(asyncio.get_running_loop().time())
+        finally:
+            os.close(fd)
+            port.close()
+        return host
+
+    host = asyncio.run(main())
+    assert host.downlink_bytes == 5

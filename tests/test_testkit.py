@@ -8,8 +8,10 @@ from __future__ import annotations
 import pytest
 import serial
 
-from firmware_host import Fh1Codec, PortClosed, encode_packet
+from firmware_host import Codec, Fh1Codec, Frame, PortClosed, encode_packet
+from firmware_host.codecs import BUILTIN_CODECS
 from firmware_host.codecs.fh1 import TYPE_COMMAND
+from firmware_host.config import config_from_dict
 from firmware_host.testing import AccountingError, assert_accounting, resolve_board
 from firmware_host.transport.serial import open_serial
 from tests.conftest import read_jsonl
@@ -170,6 +172,71 @@ async def test_board_streams_at_a_rate(fh_board, fh_runtime):
         async with board.streaming(rate=500):
             status = await rt.wait_frames("env", 30)
     assert status["devices"]["env"]["gaps"] == 0 and board.sent >= 30
+
+
+async def test_board_streaming_across_a_replug(fh_board, fh_runtime):
+    """The kit streams on the emulator's paced loop: unplugged it sends nothing
+    and takes no seq, and it resumes by itself once replugged."""
+    board = fh_board("lines")
+    async with fh_runtime({"devices": [board.config("con", **FAST)]}) as rt:
+        async with board.streaming(rate=200):
+            await rt.wait_frames("con", 20)
+            board.unplug()
+            await rt.wait_state("con", "backoff")
+            seq = board.seq
+            board.replug()
+            await rt.wait_counter("con", "reconnects", 1)
+            frames = (await rt.wait_state("con", "connected"))["devices"]["con"]["frames"]
+            await rt.wait_frames("con", frames + 20)
+    assert board.unplugs == 1 and board.seq >= seq + 20
+    assert 0 < board.bytes_written <= sum(len(f"frame {i}\n") for i in range(board.seq))
+
+
+class KvCodec(Codec):
+    """A plugin's codec, none of the built-ins: ``key=value`` lines."""
+
+    name = "kv"
+    text = True
+
+    def __init__(self, device: str = "") -> None:
+        super().__init__(device)
+        self.seq = 0
+        self._pending = b""
+
+    def feed(self, data: bytes, ts: float) -> list[Frame]:
+        *lines, self._pending = (self._pending + data).split(b"\n")
+        self._pending = self._pending[-256:]
+        frames = []
+        for line in lines:
+            if line.count(b"=") != 1 or not line.isascii():
+                self.rejected += 1
+                continue
+            frames.append(Frame(self.device, self.seq, None, ts, None, line.decode()))
+            self.seq += 1
+        return frames
+
+    def reset(self) -> None:
+        self._pending = b""
+
+    def encode(self, frame_type: int | None, seq: int, body: bytes | str) -> bytes:
+        return (body.encode() if isinstance(body, str) else body) + b"\n"
+
+
+async def test_board_with_a_plugin_codec(fh_board, fh_runtime):
+    """A plugin codec gets the emulator's generic wire: its own encode, and
+    noise probed against it so that it never decodes."""
+    board = fh_board("kv", codecs={"kv": KvCodec})
+    # a Config, not a dict: fh_runtime validates a dict without the runtime's codecs
+    config = config_from_dict({"devices": [board.config("kv", **FAST)]}, known_codecs={"kv", *BUILTIN_CODECS})
+    async with fh_runtime(config, codecs={"kv": KvCodec}) as rt:
+        await rt.wait_state("kv", "connected")
+        assert await board.send_lines(["a=1", "b=2"]) == b"a=1\nb=2\n"
+        for _ in range(5):
+            await board.noise(40)
+        await board.send_frames(1, payload="c=3")
+        status = await rt.wait_frames("kv", 3)
+        await rt.wait_counter("kv", "rejected", 5)
+        assert status["devices"]["kv"]["frames"] == 3
 
 
 def test_resolve_board_errors():

@@ -111,10 +111,9 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
             from firmware_host.emulation.fleet import Fleet, parse_emulate_spec
 
             try:
-                plan = parse_emulate_spec(opts.emulate, boards)
-            except ValueError as exc:
+                fleet = Fleet(parse_emulate_spec(opts.emulate, boards))
+            except ValueError as exc:  # an unknown board, a bad count, a codec it cannot play
                 raise UsageError(f"--emulate: {exc}") from exc
-            fleet = Fleet(plan)
             await fleet.start()
             log.info("emulating %s (ports in %s)", ", ".join(d.name for d in fleet.devices), fleet.directory)
             taken = {d.name for d in cfg.devices}

@@ -1,3 +1,10 @@
-"""Emulated boards without hardware: pty pairs (``virtualport``), payload
-generators, and the fleet that ``run --emulate``, ``emulate`` and the test kit
-all use. Nothing on the data path imports this package."""
+"""Emulated boards without hardware, one emulator for the CLI and the test kit.
+
+``wire`` makes a board's bytes (frames per codec, damaged frames, noise),
+``virtualport`` the pty pair behind a stable link, ``stream`` the paced
+firmware loop, ``hostwatch`` notices a host opening the port, ``board`` is one
+emulated board built from those (the test kit's ``EmulatedBoard``), and
+``fleet`` plays many boards with payload ``generators`` and faults for
+``run --emulate`` and ``emulate``. Nothing on the data path imports this
+package, and it imports neither the test kit nor the CLI.
+"""

@@ -1,4 +1,4 @@
-"""Payload generators for the emulator, and the wire encoding of their items.
+"""Payload generators for the emulator (their wire encoding is ``wire.py``'s).
 
 A generator turns a tick index ``k`` (emulated time ``k / rate``) into the
 items of that tick: ``bytes`` for a binary payload, ``str`` for one line of
@@ -18,21 +18,14 @@ from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from firmware_host.codecs import make_codec
-from firmware_host.codecs.cobs import encode as cobs_encode
-from firmware_host.codecs.crc import crc16
 from firmware_host.codecs.nmea import nmea_checksum
-from firmware_host.config.boards import Board, EmulatorProfile
+from firmware_host.config.boards import EmulatorProfile
 
-__all__ = ["WIRE_CODECS", "Generator", "Item", "ReplayGenerator", "Wire", "make_generator", "nmea_sentence"]
+__all__ = ["Generator", "Item", "ReplayGenerator", "make_generator", "nmea_sentence"]
 
 #: one frame's content: a binary payload, or one line of text
 Item = bytes | str
 
-#: the codecs the emulator can put on the wire
-WIRE_CODECS = frozenset({"fh1", "nmea", "lines"})
-_SEQ_MASK = 0xFFFFFFFF
-_FH1_HEADER = struct.Struct("<BBI")
 #: a capture is read whole; captures are small, but a wrong path must not eat memory
 MAX_REPLAY_BYTES = 16 << 20
 
@@ -308,97 +301,3 @@ def make_generator(
     if name == "random":
         return RandomGenerator(rng, profile.payload_size)
     raise ValueError(f"unknown payload generator {name!r}")
-
-
-# --------------------------------------------------------------------- the wire
-
-
-class Wire:
-    """Encodes items for one board's codec, healthy or damaged, and works out
-    what the host will make of garbage (by feeding it to a scratch codec)."""
-
-    def __init__(self, board: Board) -> None:
-        if board.codec not in WIRE_CODECS:
-            raise ValueError(
-                f"board {board.name!r}: the emulator speaks {', '.join(sorted(WIRE_CODECS))}, not {board.codec!r}"
-            )
-        self.board = board
-        self.codec = make_codec(board.codec, board.name, dict(board.codec_options))
-        self.name = board.codec
-        self.frame_type = board.emulator.frame_type
-        self.max_payload: int = getattr(self.codec, "max_payload", 0)
-        self.max_line: int = getattr(self.codec, "max_line", 0)
-        self.delimiter = b"\x00" if self.name == "fh1" else b"\n"
-
-    def effect(self, data: bytes) -> tuple[int, int]:
-        """(frames, rejected) a fresh host codec gets from ``data`` (aligned, terminated)."""
-        scratch = make_codec(self.name, "scratch", dict(self.board.codec_options))
-        return len(scratch.feed(data, 0.0)), scratch.rejected
-
-    def _payload(self, item: Item) -> bytes:
-        data = item if isinstance(item, bytes) else item.encode("utf-8", "surrogateescape")
-        return data[: self.max_payload]
-
-    def _line(self, item: Item) -> bytes:
-        if isinstance(item, bytes):
-            item = item.hex()
-        line = item.replace("\n", " ").encode("utf-8", "surrogateescape")
-        return line[: self.max_line]
-
-    def _sentence(self, item: Item) -> bytes:
-        if isinstance(item, str) and item[:1] in ("$", "!"):
-            return item.encode("utf-8", "surrogateescape")
-        # not NMEA already: carry it in a proprietary sentence
-        text = item.hex() if isinstance(item, bytes) else item
-        body = "".join(c if c.isascii() and c.isprintable() and c not in "*$!" else "?" for c in text)
-        return self.codec.encode(None, 0, f"PFHTX,{body}"[: self.max_line - 6]).rstrip(b"\r\n")
-
-    def frame(self, item: Item, seq: int) -> bytes:
-        if self.name == "fh1":
-            return _fh1(self.frame_type, seq, self._payload(item))
-        if self.name == "nmea":
-            return self._sentence(item) + b"\r\n"
-        return self._line(item) + b"\n"
-
-    def corrupt(self, item: Item, seq: int, rng: random.Random) -> bytes:
-        """The frame, damaged so the host rejects exactly it (one ``rejected``)."""
-        if self.name == "fh1":
-            # flip one bit before COBS: framing stays intact, the CRC (which
-            # catches every 1-bit error) fails
-            packet = bytearray(_fh1_packet(self.frame_type, seq, self._payload(item)))
-            packet[rng.randrange(len(packet))] ^= 1 << rng.randrange(8)
-            return cobs_encode(packet) + b"\x00"
-        if self.name == "nmea":
-            line = bytearray(self._sentence(item))
-            star = line.rfind(b"*")
-            if star > 1:  # flip a bit of a body character: the XOR checksum no longer matches
-                i = rng.randrange(1, star)
-                for bit in rng.sample(range(5), 5):
-                    c = line[i] ^ (1 << bit)
-                    if 0x20 <= c < 0x7F and c not in b"*$!":
-                        line[i] = c
-                        return bytes(line) + b"\r\n"
-            return b"$" + bytes(line[1:]).replace(b"*", b"") + b"*ZZ\r\n"  # an unparseable checksum
-        # `lines` has no checksum: the only thing it rejects is a line run past
-        # max_line, as when a terminator is lost and garbage follows
-        unit = bytes(self._line(item) or b"#")
-        return (unit * (self.max_line // len(unit) + 2))[: self.max_line + 2] + b"\n"
-
-    def noise(self, rng: random.Random) -> tuple[bytes, int, int] | None:
-        """Random garbage plus a delimiter, and its effect on the host; None if no
-        garbage that leaves frames alone was found (fh1/nmea never decode noise)."""
-        for _ in range(8):
-            data = rng.randbytes(rng.randint(1, 16)) + self.delimiter
-            frames, rejected = self.effect(data)
-            if frames == 0 or self.name == "lines":
-                return data, frames, rejected
-        return None
-
-
-def _fh1_packet(frame_type: int, seq: int, payload: bytes) -> bytes:
-    packet = _FH1_HEADER.pack(1, frame_type, seq & _SEQ_MASK) + payload
-    return packet + struct.pack("<H", crc16(packet))
-
-
-def _fh1(frame_type: int, seq: int, payload: bytes) -> bytes:
-    return cobs_encode(_fh1_packet(frame_type, seq, payload)) + b"\x00"

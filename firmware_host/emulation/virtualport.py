@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
+import struct
+import termios
 import tty
 
 
@@ -28,6 +31,9 @@ class VirtualPort:
         self.slave_name: str | None = None
         self.plugged = False
         self._waiters: set[asyncio.Future[None]] = set()
+        self._plug_waiters: set[asyncio.Future[None]] = set()
+        #: plug() calls so far: which pty this is (a new one may reuse the old fd numbers)
+        self.generation = 0
         self.plug()
 
     @property
@@ -44,6 +50,7 @@ class VirtualPort:
         os.set_blocking(master, False)
         self.master, self._slave = master, slave
         self.slave_name = os.ttyname(slave)
+        self.generation += 1
         if self.link:
             tmp = f"{self.link}.{os.getpid()}.tmp"
             try:
@@ -53,6 +60,20 @@ class VirtualPort:
             os.symlink(self.slave_name, tmp)
             os.replace(tmp, self.link)  # atomic: the host never sees the link missing
         self.plugged = True
+        for waiter in self._plug_waiters:
+            wake(waiter)
+        self._plug_waiters.clear()
+
+    def when_plugged(self) -> asyncio.Future[None]:
+        """A future done once the port is plugged (at once if it is): a paused
+        board wakes on the replug instead of polling for it."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.plugged:
+            fut.set_result(None)
+        else:
+            self._plug_waiters.add(fut)
+            fut.add_done_callback(self._plug_waiters.discard)
+        return fut
 
     def unplug(self) -> None:
         """Remove the device: the host's next read fails."""
@@ -106,22 +127,35 @@ class VirtualPort:
                 return 0
             raise
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes) -> int:
         """Write all of ``data``, awaiting room in the pty buffer (never blocks the loop).
 
-        Returns early if the port is unplugged meanwhile: the rest is lost on
-        the wire, as with a real cable pulled mid-frame.
+        Returns the bytes written: fewer if the port is unplugged meanwhile.
+        The rest is lost on the wire, as with a real cable pulled mid-frame;
+        never written to the pty of a replug, which would start with half a frame.
         """
+        fd, generation = self.master, self.generation
         view = memoryview(data)
-        while view:
-            fd = self.master
-            if fd is None:
-                return
-            n = self.write_nowait(view)
+        written = 0
+        while written < len(view):
+            if fd is None or not self.owns(fd, generation):
+                break
+            n = self.write_nowait(view[written:])
             if n:
-                view = view[n:]
+                written += n
                 continue
             await self._until_ready(fd, writable=True)
+        return written
+
+    def unread(self) -> int | None:
+        """Bytes written to the device that the host has not read yet; None
+        when unplugged or when the tty cannot tell."""
+        if self._slave is None:
+            return None
+        try:
+            return int(struct.unpack("i", fcntl.ioctl(self._slave, termios.FIONREAD, b"\0\0\0\0"))[0])
+        except OSError:
+            return None
 
     def read_nowait(self, limit: int = 65536) -> bytes:
         """Bytes the host wrote to the device (downlink), b"" if none."""
@@ -150,12 +184,18 @@ class VirtualPort:
         ready: asyncio.Future[None] = loop.create_future()
         add(fd, wake, ready)
         self._waiters.add(ready)
+        generation = self.generation
         try:
             await ready
         finally:
             self._waiters.discard(ready)
-            if self.master == fd:  # after an unplug the fd is closed and already unregistered
+            if self.owns(fd, generation):  # after an unplug the fd is closed and already unregistered
                 remove(fd)
+
+    def owns(self, fd: int, generation: int) -> bool:
+        """True while ``fd`` of plug ``generation`` is still this port's master
+        (a replug may hand out the same fd number for a new pty)."""
+        return self.plugged and self.generation == generation and self.master == fd
 
     def __repr__(self) -> str:
         return f"<VirtualPort {self.path} plugged={self.plugged}>"
