@@ -3,7 +3,8 @@
 ``SerialBackend`` is what the runtime opens ports with (``await
 backend(url, baudrate) -> Port``). It owns the state its ports share, so no
 module holds any: the ``ReadClock`` every busy tty waits on (period from
-``[serial] read_coalesce``).
+``[serial] read_coalesce``) and the descriptor budget (``fds.py``) that keeps
+descriptors free for the control socket and the sinks.
 
 Which port a URL gets:
 
@@ -31,7 +32,7 @@ from serial.serialposix import Serial as PosixSerial
 from firmware_host._sync import ReadClock
 from firmware_host.errors import PortClosed
 from firmware_host.transport.base import Port
-from firmware_host.transport.fds import open_failed
+from firmware_host.transport.fds import FD_RESERVE, TTY_COST, FdBudget, open_failed
 from firmware_host.transport.handler import open_handler
 from firmware_host.transport.limits import READ_COALESCE
 from firmware_host.transport.tcp import is_socket_url, open_socket
@@ -44,17 +45,20 @@ class SerialBackend:
     """Opens ttys, ``socket://`` and pyserial URLs; a ``PortOpener``.
 
     ``read_coalesce``: seconds a busy tty waits between reads (0: read at
-    every readiness).
+    every readiness). ``fd_reserve``: descriptors an open must leave free.
     Use one backend per event loop (a runtime has one).
     """
 
-    def __init__(self, *, read_coalesce: float = READ_COALESCE) -> None:
+    def __init__(self, *, read_coalesce: float = READ_COALESCE, fd_reserve: int = FD_RESERVE) -> None:
         self.clock = ReadClock(read_coalesce)
+        self.fds = FdBudget(fd_reserve)
 
     async def __call__(self, url: str, baudrate: int) -> Port:
         loop = asyncio.get_running_loop()
         if is_socket_url(url):
-            return await open_socket(url)
+            with self.fds.connecting():
+                await loop.run_in_executor(None, self.fds.check, url)
+                return await open_socket(url)
         opening = loop.run_in_executor(None, functools.partial(self._open, url, baudrate))
         try:
             # shielded: if this open is abandoned, the Serial it makes is closed, not leaked
@@ -67,9 +71,12 @@ class SerialBackend:
         return await open_handler(url, ser)
 
     def _open(self, url: str, baudrate: int) -> Any:
-        """In the executor: pyserial's open."""
+        """In the executor: pyserial's open, if the descriptors allow it."""
         try:
-            ser = serial.serial_for_url(url, baudrate=baudrate, timeout=0)
+            with self.fds.opening(url, TTY_COST):
+                ser = serial.serial_for_url(url, baudrate=baudrate, timeout=0)
+        except PortClosed:  # the descriptor check, already in words
+            raise
         except (serial.SerialException, OSError, ValueError) as exc:
             raise open_failed(url, exc) from exc
         if type(ser) is PosixSerial:
@@ -89,7 +96,7 @@ def _close_abandoned(opening: asyncio.Future[Any]) -> None:
 
 
 async def open_serial(url: str, baudrate: int) -> Port:
-    """Open one port with a backend of its own (its own read clock): for
-    scripts and tests. A runtime opens through one
+    """Open one port with a backend of its own (its own read clock and
+    descriptor budget): for scripts and tests. A runtime opens through one
     shared ``SerialBackend``, so that its busy ttys wake on one tick."""
     return await SerialBackend()(url, baudrate)
