@@ -256,3 +256,33 @@ def test_control_socket_answers_while_devices_hold_every_other_descriptor(limit)
         for master in masters:
             os.close(master)
         shutil.rmtree(work, ignore_errors=True)
+
+
+# -- `firmware-host run` raises its own limit --------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_run_raises_the_soft_open_files_limit_to_the_hard_one():
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard <= 300:
+        pytest.skip(f"the hard limit on open files ({hard}) leaves nothing to raise")
+    work = Path(tempfile.mkdtemp(prefix="fh-lim-"))  # short: a Unix socket path is limited
+
+    def low_soft_limit() -> None:  # in the child, before it starts Python
+        resource.setrlimit(resource.RLIMIT_NOFILE, (300, hard))
+
+    try:
+        sock = str(work / "ctl.sock")
+        res = subprocess.run(
+            [sys.executable, "-m", "firmware_host", "run", "--duration", "0.1", "-q", "-vv", "--control", sock],
+            cwd=work,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            preexec_fn=low_soft_limit,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert res.returncode == 0, res.stderr
+    assert "DEBUG firmware_host: open files limit (RLIMIT_NOFILE) raised from 300 to " in res.stderr, res.stderr
