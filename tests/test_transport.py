@@ -5,9 +5,11 @@ the read clock the backend's ttys share."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import select
+from collections.abc import Iterator
 
 import pytest
 
@@ -288,6 +290,16 @@ async def test_read_coalesce_comes_from_the_config(fh_ports, fh_runtime, fh_json
         assert ticks.call_count == 0 and len(set(stamps[1:])) == 3
 
 
+@contextlib.contextmanager
+def same_tty(vp) -> Iterator[int]:
+    """A descriptor of our own on the tty the port reads (to watch its input)."""
+    fd = os.open(vp.slave_name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 async def tty_holds_input(fd: int) -> None:
     """Until the tty behind ``fd`` has bytes for its reader (a pty moves what
     the device side wrote in a kernel work item, not at once)."""
@@ -314,7 +326,8 @@ async def test_close_keeps_what_the_tty_still_holds(fh_ports):
         await asyncio.sleep(0)
         assert not reading.done() and backend.clock.waiting == 1
         await vp.write(b"arrived before the stop")
-        await tty_holds_input(vp._slave)  # the same tty the port reads
+        with same_tty(vp) as fd:
+            await tty_holds_input(fd)
         await port.close()
         assert await asyncio.wait_for(reading, 5) == b"arrived before the stop"
         with pytest.raises(PortClosed):
@@ -337,7 +350,8 @@ async def test_close_wakes_a_reader_waiting_for_readiness(fh_ports):
         os.write(vp.master, b"late")  # no await: the loop must not see the tty readable
         # a blocking wait on purpose: the loop must not run the port's own
         # readiness callback before close() takes the bytes
-        assert select.select([vp._slave], [], [], 5)[0]
+        with same_tty(vp) as fd:
+            assert select.select([fd], [], [], 5)[0]
         closing = asyncio.ensure_future(port.close())
         # the queued downlink keeps close() busy for CLOSE_TIMEOUT; the reader
         # must have its bytes well before that
