@@ -70,6 +70,13 @@ async def test_open_missing_port_is_portclosed(tmp_path):
         await open_serial(str(tmp_path / "nope"), 9600)
 
 
+async def test_a_pyserial_url_without_a_descriptor_is_refused_at_open():
+    """loop:// has nothing the event loop could wait on: a clear error, not a
+    port that never reads."""
+    with pytest.raises(PortClosed, match=r"^cannot open loop://: not supported \(pyserial gives it no file descriptor"):
+        await open_serial("loop://", 9600)
+
+
 async def test_open_runs_in_an_executor(mocker, fh_ports):
     """pyserial's open can block on real hardware: it must not run on the loop thread."""
     import threading

@@ -86,7 +86,8 @@ class SerialBackend:
             ser.fileno()  # the transport waits on it
         except Exception as exc:
             ser.close()
-            raise PortClosed(f"cannot open {url}: not supported (no file descriptor to wait on: {exc})") from exc
+            reason = "not supported (pyserial gives it no file descriptor to wait on)"
+            raise PortClosed(f"cannot open {url}: {reason}") from exc
         return ser
 
 
