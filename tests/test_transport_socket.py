@@ -151,6 +151,9 @@ async def test_socket_device_reconnects_when_its_server_returns(fh_runtime, fh_j
     first_done = asyncio.get_running_loop().create_future()
 
     async def first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # stop listening before the connection ends: the device's reconnects
+        # are refused until the second server comes (no second greeting here)
+        server.close()
         writer.write(b"".join(packets[:10]) + packets[10][:7])  # frame 10 cut in half
         await writer.drain()
         writer.close()
@@ -172,7 +175,6 @@ async def test_socket_device_reconnects_when_its_server_returns(fh_runtime, fh_j
     async with fh_runtime(config) as rt:
         await rt.wait_flushed("tcp", 10)
         await asyncio.wait_for(first_done, 5)
-        server.close()  # stops listening: reconnects are refused until the server returns
         await server.wait_closed()
         await rt.runtime.wait_until(lambda s: "refused" in (s["devices"]["tcp"]["last_error"] or ""), 10)
         server = await asyncio.start_server(second, "127.0.0.1", port_no)
