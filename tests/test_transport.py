@@ -175,6 +175,44 @@ async def test_downlink_is_bounded(fh_ports):
         await port.close()
 
 
+@pytest.mark.parametrize("loop_ends", [False, True])
+def test_an_abandoned_open_closes_what_it_opened(mocker, fh_ports, loop_ends):
+    """An open cancelled while pyserial is still opening (a reader stopping,
+    or asyncio.run ending) closes the Serial once it lands, also when the
+    loop's executor is already shut down."""
+    import threading
+
+    import serial
+
+    vp = fh_ports.new()
+    release, closed = threading.Event(), threading.Event()
+    real = serial.serial_for_url
+
+    def slow_open(*args, **kwargs):
+        release.wait(5)
+        ser = real(*args, **kwargs)
+        close = ser.close
+        ser.close = lambda: (close(), closed.set())  # the test's own Serial: see it close
+        return ser
+
+    mocker.patch("serial.serial_for_url", side_effect=slow_open)
+
+    async def main() -> None:
+        opening = asyncio.ensure_future(SerialBackend()(vp.path, 9600))
+        await asyncio.sleep(0)  # pyserial's open is under way in the executor
+        if loop_ends:  # left pending: asyncio.run cancels it, then drains the executor
+            threading.Timer(0.05, release.set).start()
+            return
+        opening.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        await asyncio.to_thread(closed.wait, 5)
+
+    asyncio.run(main())
+    assert closed.wait(5)
+
+
 async def test_fake_port_and_opener():
     first = FakePort([b"a", PortClosed("unplugged")])
     opener = FakeOpener({"fake://x": [first, OSError("busy"), FakePort([b"b"])]})

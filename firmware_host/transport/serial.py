@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from typing import Any
 
 import serial
@@ -92,8 +93,16 @@ class SerialBackend:
 
 
 def _close_abandoned(opening: asyncio.Future[Any]) -> None:
-    if not opening.cancelled() and opening.exception() is None:
-        asyncio.get_running_loop().run_in_executor(None, opening.result().close)
+    """Close the Serial an abandoned open made, off the loop."""
+    if opening.cancelled() or opening.exception() is not None:
+        return
+    ser = opening.result()
+    try:
+        asyncio.get_running_loop().run_in_executor(None, ser.close)
+    except RuntimeError:
+        # the executor is shut down: asyncio.run cancels a pending open as it
+        # ends, and the open lands while the executor drains
+        threading.Thread(target=ser.close, name="firmware-host-close", daemon=True).start()
 
 
 async def open_serial(url: str, baudrate: int) -> Port:
