@@ -14,10 +14,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import sys
-import weakref
 from typing import Generic, TypeVar
 
-__all__ = ["READ_GATE_MAX_WAIT", "Changes", "Mailbox", "ReadClock", "ReadGate", "read_clock"]
+__all__ = ["READ_GATE_MAX_WAIT", "Changes", "Mailbox", "ReadClock", "ReadGate"]
 
 #: the longest a reader waits at a closed ReadGate before reading anyway
 READ_GATE_MAX_WAIT = 0.05
@@ -152,19 +151,33 @@ class Mailbox(Generic[T]):
 # iteration, read, offer, and the aggregator takes all their messages in one
 # step. The clock runs only while someone waits: silent ports wait for
 # readiness instead, so an idle runtime schedules no timer at all.
+#
+# The serial backend (transport/serial.py) owns its clock, with the period
+# from ``[serial] read_coalesce``; a period of 0 means "do not coalesce".
 
 
 class ReadClock:
     """Hands out futures completed at the next tick (at most ``period`` away)."""
 
-    # No reference to the loop: the clock is the value of a weak-keyed map
-    # from its loop, and a strong one would keep every closed loop alive.
-    __slots__ = ("_timer", "_waiters", "period")
+    __slots__ = ("_loop", "_timer", "_waiters", "period")
 
     def __init__(self, period: float) -> None:
         self.period = period
         self._waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve ``loop`` from now on (a port calls this once, as it opens).
+
+        A clock outlives an event loop when its backend is reused by a later
+        ``asyncio.run``: the timer and waiters left by the old loop would
+        never fire there, so they are dropped (one event loop at a time).
+        """
+        if loop is not self._loop:
+            self._loop = loop
+            self._timer = None
+            self._waiters = []
 
     def tick(self) -> asyncio.Future[None]:
         """A future of the waiter's own: cancelling it (a reader stopping)
@@ -187,19 +200,10 @@ class ReadClock:
     def waiting(self) -> int:
         return len(self._waiters)
 
-
-_clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ReadClock] = weakref.WeakKeyDictionary()
-
-
-def read_clock(default: float) -> ReadClock:
-    """The running loop's clock (one per loop: tests run many loops), made
-    with period ``default`` on first use. The runtime sets its ``period`` from
-    ``[serial] read_coalesce``; a period of 0 means "do not coalesce"."""
-    loop = asyncio.get_running_loop()
-    clock = _clocks.get(loop)
-    if clock is None:
-        clock = _clocks[loop] = ReadClock(default)
-    return clock
+    @property
+    def scheduled(self) -> bool:
+        """A tick is due (someone waits for it)."""
+        return self._timer is not None
 
 
 class ReadGate:

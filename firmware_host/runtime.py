@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from firmware_host._sync import Changes, read_clock
+from firmware_host._sync import Changes
 from firmware_host.aggregator import Aggregator, BufferSnapshot, DeviceAccount, oldest_age
 from firmware_host.cancel import CancellationToken
 from firmware_host.codecs import BUILTIN_CODECS, CodecFactory, make_codec
@@ -28,7 +28,7 @@ from firmware_host.flusher import BatchSource, Flusher, FlushResult
 from firmware_host.sinks import BUILTIN_SINKS, Sink, SinkFactory
 from firmware_host.spool import Spool, Spooler
 from firmware_host.transport.base import PortOpener, UrlResolver
-from firmware_host.transport.serial import READ_COALESCE, open_serial
+from firmware_host.transport.serial import SerialBackend
 from firmware_host.uplink import Processor, UplinkReader, apply_processors, fixed_url
 
 log = logging.getLogger("firmware_host.runtime")
@@ -75,7 +75,8 @@ class Runtime:
         boards: Mapping[str, Board] | None = None,
     ) -> None:
         self.config = config
-        self.opener: PortOpener = opener or open_serial
+        # the real backend owns the read tick its busy ttys share
+        self.opener: PortOpener = opener or SerialBackend(read_coalesce=config.serial.read_coalesce)
         self.codecs: dict[str, CodecFactory] = {**BUILTIN_CODECS, **(codecs or {})}
         self.sink_types: dict[str, SinkFactory] = {**BUILTIN_SINKS, **(sink_types or {})}
         self.sinks: list[Sink] = list(sinks or [])
@@ -122,8 +123,6 @@ class Runtime:
     async def start(self) -> None:
         cfg = self.config
         self.started_at = time.monotonic()
-        # the tick every busy tty waits for (one clock per event loop)
-        read_clock(READ_COALESCE).period = cfg.serial.read_coalesce
         self.sinks.extend(self.build_sinks())  # before any task: a config error leaves nothing running
         self._agg_task = asyncio.create_task(self.aggregator.run(self._agg_token), name="aggregator")
         opened: list[Sink] = []

@@ -1,16 +1,22 @@
-"""The serial seam: pty ports and socket:// URLs through pyserial-asyncio,
-open failures as PortClosed, and reads that fail on unplug."""
+"""The serial seam: pty ports read through their descriptor, socket:// URLs
+through asyncio, open failures as PortClosed, reads that fail on unplug, and
+the read clock the backend's ttys share."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import select
+from collections.abc import Iterator
 
 import pytest
 
 from firmware_host import FakeOpener, FakePort, PortClosed
-from firmware_host.transport.serial import open_serial
+from firmware_host._sync import ReadClock
+from firmware_host.transport.limits import CLOSE_TIMEOUT
+from firmware_host.transport.serial import SerialBackend, open_serial
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -64,6 +70,13 @@ async def test_open_missing_port_is_portclosed(tmp_path):
         await open_serial(str(tmp_path / "nope"), 9600)
 
 
+async def test_a_pyserial_url_without_a_descriptor_is_refused_at_open():
+    """loop:// has nothing the event loop could wait on: a clear error, not a
+    port that never reads."""
+    with pytest.raises(PortClosed, match=r"^cannot open loop://: not supported \(pyserial gives it no file descriptor"):
+        await open_serial("loop://", 9600)
+
+
 async def test_open_runs_in_an_executor(mocker, fh_ports):
     """pyserial's open can block on real hardware: it must not run on the loop thread."""
     import threading
@@ -84,18 +97,120 @@ async def test_open_runs_in_an_executor(mocker, fh_ports):
     assert threads and threads[0] is not threading.main_thread()
 
 
-async def test_serial_exception_on_read_closes_port(mocker, fh_ports):
-    """A device that errors mid-read (pyserial raises) ends the port, never the loop."""
-    import serial
+async def test_read_error_fails_the_port_not_the_loop(mocker, fh_ports):
+    """A read the OS fails (EIO) ends the port with PortClosed, never the loop;
+    the port then closes cleanly."""
+    vp = fh_ports.new()
+    port = await open_serial(vp.path, 9600)
+    real_read = os.read
+
+    def failing(fd: int, n: int) -> bytes:
+        if fd == vp.master:  # the device side keeps working
+            return real_read(fd, n)
+        raise OSError(errno.EIO, "Input/output error")
+
+    mocker.patch("os.read", side_effect=failing)
+    await vp.write(b"x")  # readiness makes the port read
+    with pytest.raises(PortClosed, match=r"read failed: .*Input/output error"):
+        await port.read()
+    with pytest.raises(PortClosed):  # and stays failed
+        await port.read()
+    mocker.stopall()
+    await port.close()
+
+
+async def test_device_gone_fails_reads_and_writes(fh_ports):
+    """The device side closing (a real fault, as when a USB adapter goes):
+    the read sees readiness with no data, a write fails with EIO; both are
+    PortClosed."""
+    vp = fh_ports.new()
+    port = await open_serial(vp.path, 9600)
+    try:
+        reading = asyncio.ensure_future(port.read())
+        for _ in range(5):  # the tty is empty: the read parks on readiness
+            await asyncio.sleep(0)
+        assert not reading.done()
+        os.close(vp.master)  # the device side is gone; the pty slave hangs up
+        vp.master = None
+        with pytest.raises(PortClosed, match="disconnected"):
+            await asyncio.wait_for(reading, 5)
+        with pytest.raises(PortClosed):
+            port.write(b"downlink")
+    finally:
+        await port.close()
+
+
+async def test_write_to_a_dead_tty_is_portclosed_for_the_reader_too(fh_ports):
+    """A write that fails (EIO) breaks the port: the writer gets PortClosed,
+    and so does the reader, with the write's error."""
+    vp = fh_ports.new()
+    port = await open_serial(vp.path, 9600)
+    try:
+        reading = asyncio.ensure_future(port.read())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        os.close(vp.master)
+        vp.master = None
+        with pytest.raises(PortClosed, match="write failed"):
+            port.write(b"x")  # before the loop has seen the hang-up
+        with pytest.raises(PortClosed, match="write failed"):
+            await asyncio.wait_for(reading, 5)
+    finally:
+        await port.close()
+
+
+async def test_downlink_is_bounded(fh_ports):
+    """A device that does not take its input cannot make the host queue
+    without bound: a write past the limit is refused whole (ENOBUFS)."""
+    from firmware_host.transport.limits import WRITE_LIMIT
 
     vp = fh_ports.new()
     port = await open_serial(vp.path, 9600)
-    ser = port._transport.serial
-    mocker.patch.object(ser, "read", side_effect=serial.SerialException("device went away"))
-    await vp.write(b"x")  # readiness makes the transport call read()
-    with pytest.raises(PortClosed, match="device went away"):
-        await port.read()
-    await port.close()
+    try:
+        port.write(bytes(WRITE_LIMIT))  # the pty takes some; the rest is queued
+        with pytest.raises(OSError) as err:
+            port.write(bytes(WRITE_LIMIT))
+        assert err.value.errno == errno.ENOBUFS
+    finally:
+        await port.close()
+
+
+@pytest.mark.parametrize("loop_ends", [False, True])
+def test_an_abandoned_open_closes_what_it_opened(mocker, fh_ports, loop_ends):
+    """An open cancelled while pyserial is still opening (a reader stopping,
+    or asyncio.run ending) closes the Serial once it lands, also when the
+    loop's executor is already shut down."""
+    import threading
+
+    import serial
+
+    vp = fh_ports.new()
+    release, closed = threading.Event(), threading.Event()
+    real = serial.serial_for_url
+
+    def slow_open(*args, **kwargs):
+        release.wait(5)
+        ser = real(*args, **kwargs)
+        close = ser.close
+        ser.close = lambda: (close(), closed.set())  # the test's own Serial: see it close
+        return ser
+
+    mocker.patch("serial.serial_for_url", side_effect=slow_open)
+
+    async def main() -> None:
+        opening = asyncio.ensure_future(SerialBackend()(vp.path, 9600))
+        await asyncio.sleep(0)  # pyserial's open is under way in the executor
+        if loop_ends:  # left pending: asyncio.run cancels it, then drains the executor
+            threading.Timer(0.05, release.set).start()
+            return
+        opening.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        await asyncio.to_thread(closed.wait, 5)
+
+    asyncio.run(main())
+    assert closed.wait(5)
 
 
 async def test_fake_port_and_opener():
@@ -117,69 +232,71 @@ async def test_fake_port_and_opener():
 
 
 async def test_read_clock_wakes_waiters_together_and_idles_without_them():
-    from firmware_host._sync import read_clock
-
-    clock = read_clock(0.01)
-    assert read_clock(0.01) is clock  # one clock per loop
-    assert clock._timer is None  # nobody waits: no timer scheduled
+    clock = ReadClock(0.01)
+    assert not clock.scheduled  # nobody waits: no timer scheduled
     a, b, c = clock.tick(), clock.tick(), clock.tick()
     b.cancel()  # a reader that stops leaves the others waiting
     await a
     assert c.done() and not c.cancelled()  # the same tick completed both
-    assert clock.waiting == 0 and clock._timer is None
+    assert clock.waiting == 0 and not clock.scheduled
 
 
-def test_read_clocks_do_not_keep_closed_loops_alive():
-    import gc
-    import weakref
+def test_a_backend_reused_by_a_later_event_loop_still_ticks(fh_ports):
+    """The clock belongs to the backend, not to a loop: a backend whose first
+    loop ended with a tick pending serves the next loop's ports."""
+    backend = SerialBackend(read_coalesce=0.2)
+    vp = fh_ports.new()
 
-    from firmware_host import _sync as readclock
+    async def read_twice() -> list[bytes]:
+        port = await backend(vp.path, 115200)
+        os.write(vp.master, b"a")
+        got = [await port.read()]  # short: the next read waits for a tick
+        waiting = asyncio.ensure_future(port.read())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert backend.clock.waiting == 1
+        os.write(vp.master, b"b")
+        got.append(await asyncio.wait_for(waiting, 5))
+        reading = asyncio.ensure_future(port.read())  # left waiting for a tick as the loop ends
+        await asyncio.sleep(0)
+        reading.cancel()
+        await port.close()
+        return got
 
-    async def tick_once() -> weakref.ref[asyncio.AbstractEventLoop]:
-        await readclock.read_clock(0.001).tick()
-        return weakref.ref(asyncio.get_running_loop())
-
-    loops = [asyncio.run(tick_once()) for _ in range(3)]
-    gc.collect()
-    assert all(ref() is None for ref in loops)
+    assert asyncio.run(read_twice()) == [b"a", b"b"]
+    assert asyncio.run(read_twice()) == [b"a", b"b"]
 
 
-async def test_busy_ptys_are_read_once_per_tick(fh_ports, mocker):
-    """Several busy ports read on one shared tick: each read returns what
-    arrived since the last tick, and the reads of all ports land in the same
-    loop iteration rather than one timer each."""
-    from firmware_host.transport import serial as transport
-
+async def test_busy_ptys_are_read_once_per_tick(fh_ports):
+    """Several busy ports read on their backend's one tick: each read returns
+    what arrived since the last tick, and the reads of all ports land in the
+    same loop iteration rather than one timer each."""
     # a long tick, so the later readers surely start waiting within the first one
-    mocker.patch.object(transport, "READ_COALESCE", 0.5)
+    backend = SerialBackend(read_coalesce=0.5)
     vps = [fh_ports.new() for _ in range(3)]
-    ports = [await open_serial(vp.path, 115200) for vp in vps]
-    seen: list[float] = []
-    real = transport.SerialPort._read_now
+    ports = [await backend(vp.path, 115200) for vp in vps]
+    loop = asyncio.get_running_loop()
 
-    def spy(self, woken):
-        data = real(self, woken)
-        if data:
-            seen.append(asyncio.get_running_loop().time())
-        return data
+    async def timed_read(port) -> tuple[bytes, float]:
+        data = await port.read()
+        return data, loop.time()
 
-    mocker.patch.object(transport.SerialPort, "_read_now", spy)
     try:
         for vp in vps:
             await vp.write(b"x")
         firsts = [await p.read() for p in ports]  # each follows readiness at once
         assert firsts == [b"x"] * 3
-        seen.clear()
         for vp in vps:  # bytes that arrive while the readers wait for the tick
             await vp.write(b"abc")
             await vp.write(b"def")
-        first = asyncio.ensure_future(ports[0].read())
+        first = asyncio.ensure_future(timed_read(ports[0]))
         await asyncio.sleep(0.04)  # the others start waiting later...
-        got = await asyncio.gather(first, *(p.read() for p in ports[1:]))
-        assert got == [b"abcdef"] * 3  # one read each, coalesced
+        got = await asyncio.gather(first, *(timed_read(p) for p in ports[1:]))
+        assert [data for data, _ in got] == [b"abcdef"] * 3  # one read each, coalesced
         # ...and still wake on the first one's tick: timers of their own would
         # have read them 40 ms after it
-        assert len(seen) == 3 and max(seen) - min(seen) < 0.03
+        seen = [when for _, when in got]
+        assert max(seen) - min(seen) < 0.03
     finally:
         for p in ports:
             await p.close()
@@ -191,7 +308,6 @@ async def test_read_coalesce_comes_from_the_config(fh_ports, fh_runtime, fh_json
     that trickle in over 0.1 s are read at once on the next tick (one receive
     timestamp); with 0 a reader never waits for a tick."""
     from firmware_host import encode_packet
-    from firmware_host._sync import ReadClock
     from tests.conftest import read_jsonl
 
     ticks = mocker.spy(ReadClock, "tick")
@@ -219,6 +335,16 @@ async def test_read_coalesce_comes_from_the_config(fh_ports, fh_runtime, fh_json
         assert ticks.call_count == 0 and len(set(stamps[1:])) == 3
 
 
+@contextlib.contextmanager
+def same_tty(vp) -> Iterator[int]:
+    """A descriptor of our own on the tty the port reads (to watch its input)."""
+    fd = os.open(vp.slave_name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 async def tty_holds_input(fd: int) -> None:
     """Until the tty behind ``fd`` has bytes for its reader (a pty moves what
     the device side wrote in a kernel work item, not at once)."""
@@ -231,23 +357,22 @@ async def tty_holds_input(fd: int) -> None:
         loop.remove_reader(fd)
 
 
-async def test_close_keeps_what_the_tty_still_holds(fh_ports, mocker):
+async def test_close_keeps_what_the_tty_still_holds(fh_ports):
     """Bytes that arrived while the reader waited for its tick are not dropped
     with the file descriptor: close reads them, the pending read returns them
     at once (not a tick later), and only then the port reports closed."""
-    from firmware_host.transport import serial as transport
-
-    mocker.patch.object(transport, "READ_COALESCE", 30.0)  # a tick that never comes in this test
+    backend = SerialBackend(read_coalesce=30.0)  # a tick that never comes in this test
     vp = fh_ports.new()
-    port = await open_serial(vp.path, 115200)
+    port = await backend(vp.path, 115200)
     try:
         await vp.write(b"first")
         assert await port.read() == b"first"  # read on readiness; the next waits for the tick
         reading = asyncio.ensure_future(port.read())
         await asyncio.sleep(0)
-        assert not reading.done()
+        assert not reading.done() and backend.clock.waiting == 1
         await vp.write(b"arrived before the stop")
-        await tty_holds_input(vp._slave)  # the same tty the port reads
+        with same_tty(vp) as fd:
+            await tty_holds_input(fd)
         await port.close()
         assert await asyncio.wait_for(reading, 5) == b"arrived before the stop"
         with pytest.raises(PortClosed):
@@ -258,25 +383,25 @@ async def test_close_keeps_what_the_tty_still_holds(fh_ports, mocker):
 
 async def test_close_wakes_a_reader_waiting_for_readiness(fh_ports):
     """A reader parked on readiness gets the bytes close() took at once, not
-    after the queued downlink has drained and the transport reported lost."""
+    after the queued downlink has drained (or timed out)."""
     vp = fh_ports.new()
     port = await open_serial(vp.path, 115200)
     try:
         reading = asyncio.ensure_future(port.read())
-        for _ in range(10):  # a few loop iterations: until it waits for readiness (the tty is empty)
+        for _ in range(10):  # a few loop iterations: it waits for readiness (the tty is empty)
             await asyncio.sleep(0)
-            if port._protocol._waiter is not None:
-                break
-        assert port._protocol._waiter is not None and not reading.done()
-        port.write(bytes(1 << 20))  # nobody reads the device side: this stays queued
+        assert not reading.done()
+        port.write(bytes(1 << 20))  # nobody reads the device side: most of this stays queued
         os.write(vp.master, b"late")  # no await: the loop must not see the tty readable
         # a blocking wait on purpose: the loop must not run the port's own
         # readiness callback before close() takes the bytes
-        assert select.select([vp._slave], [], [], 5)[0]
-        lost_when_read: list[bool] = []
-        reading.add_done_callback(lambda _: lost_when_read.append(port._protocol.lost.is_set()))
-        await port.close()  # takes the bytes before the loop can see the tty readable
-        assert reading.result() == b"late"
-        assert lost_when_read == [False]  # woken while the downlink was still draining
+        with same_tty(vp) as fd:
+            assert select.select([fd], [], [], 5)[0]
+        closing = asyncio.ensure_future(port.close())
+        # the queued downlink keeps close() busy for CLOSE_TIMEOUT; the reader
+        # must have its bytes well before that
+        assert await asyncio.wait_for(asyncio.shield(reading), CLOSE_TIMEOUT / 2) == b"late"
+        assert not closing.done()  # woken while the downlink was still draining
+        await asyncio.wait_for(closing, CLOSE_TIMEOUT * 3)
     finally:
         await port.close()

@@ -56,6 +56,7 @@ def setup_logging(verbose: int) -> None:
 def run_main(opts: RunOptions) -> int:
     """Exit status: 0 ok, 1 runtime failure or frames lost, 2 usage/config error."""
     setup_logging(opts.verbose)
+    raise_fd_limit()
     try:
         code, final_status = _event_loop_run(_run(opts))
     except (ConfigError, UsageError) as exc:
@@ -76,6 +77,37 @@ def run_main(opts: RunOptions) -> int:
         print(f"firmware-host: {lost} frames lost (not delivered within the grace period)", file=sys.stderr)
         return 1
     return code
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE toward the hard limit, for this process.
+
+    Every tty costs five descriptors (pyserial's tty and its two cancel
+    pipes), so the usual soft limit of 1024 caps a gateway near 190 ports
+    while the hard limit (often 4096 or more) allows many more. Done here, at
+    process start, not in the library: a program that embeds the runtime
+    owns its own limits.
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return
+    # an unlimited hard limit is still capped by the kernel (fs.nr_open on
+    # Linux, OPEN_MAX on macOS): try the usual ceilings, highest first
+    for target in (hard, 1 << 20, 10240):
+        if target == resource.RLIM_INFINITY or target <= soft or (hard != resource.RLIM_INFINITY and target > hard):
+            continue
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            continue
+        log.debug("open files limit (RLIMIT_NOFILE) raised from %d to %d", soft, target)
+        return
+    shown = "unlimited" if hard == resource.RLIM_INFINITY else hard
+    log.debug("open files limit (RLIMIT_NOFILE) stays at %d (hard limit %s)", soft, shown)
 
 
 def _event_loop_run(coro: Coroutine[Any, Any, T]) -> T:

@@ -1,0 +1,77 @@
+"""``socket://host:port`` devices, connected by asyncio.
+
+Why not pyserial's socket handler: it waits with ``select()``, which cannot
+take a descriptor >= 1024; past that (a big fleet, a raised ``ulimit -n``)
+such a port spun a core and read nothing while its state said
+``connected``. ``loop.create_connection`` puts the socket in the event loop's
+own selector (epoll, or libuv under uvloop), which has no such limit, and
+delivers every byte from the moment of connection, so a device's greeting is
+kept (pyserial flushed it with the input buffer as it opened the port).
+
+The URL is parsed here: ``socket://HOST:PORT`` with HOST a name, an IPv4
+address or a bracketed IPv6 one (``socket://[::1]:7000``). pyserial's
+options (``?logging=...``) and anything else this module would silently
+ignore are refused at open with a clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import urllib.parse
+
+from firmware_host.errors import PortClosed
+from firmware_host.transport.fds import open_failed
+from firmware_host.transport.limits import CONNECT_TIMEOUT
+from firmware_host.transport.stream import ChunkProtocol, StreamPort
+
+__all__ = ["is_socket_url", "open_socket", "parse_socket_url"]
+
+_SCHEME = "socket://"
+_MAX_URL = 300  # a host name is at most 253 bytes; a URL longer than this is a mistake
+
+
+def is_socket_url(url: str) -> bool:
+    return url[: len(_SCHEME)].lower() == _SCHEME
+
+
+def parse_socket_url(url: str) -> tuple[str, int]:
+    """``(host, port)`` of ``socket://HOST:PORT``; ValueError says what is wrong."""
+    if len(url) > _MAX_URL:
+        raise ValueError(f"expected socket://HOST:PORT of at most {_MAX_URL} characters")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError("expected socket://HOST:PORT without spaces or control characters")
+    parts = urllib.parse.urlsplit(url)  # ValueError for an unbalanced [IPv6] bracket
+    if parts.query:
+        raise ValueError(f"options are not supported (?{parts.query}); expected socket://HOST:PORT")
+    if parts.fragment or parts.path not in ("", "/") or parts.username is not None or parts.password is not None:
+        raise ValueError("expected socket://HOST:PORT and nothing else")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = parts.hostname
+    if not host or port is None or not 1 <= port <= 65535:
+        raise ValueError("expected socket://HOST:PORT with a port from 1 to 65535")
+    return host, port
+
+
+async def open_socket(url: str) -> StreamPort:
+    """Connect to ``url`` (``socket://HOST:PORT``); PortClosed when it cannot."""
+    try:
+        host, port = parse_socket_url(url)
+    except ValueError as exc:
+        raise PortClosed(f"cannot open {url}: {exc}") from None
+    loop = asyncio.get_running_loop()
+    protocol = ChunkProtocol()
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            transport, _ = await loop.create_connection(lambda: protocol, host, port)
+    except TimeoutError:  # before OSError: it is one
+        raise PortClosed(f"cannot open {url}: no connection within {CONNECT_TIMEOUT:g} s") from None
+    except OSError as exc:  # refused, unreachable, unknown host, out of descriptors
+        if exc.errno is not None and exc.errno > 0:
+            # asyncio words it "Connect call failed (address)": say what failed
+            exc = OSError(exc.errno, os.strerror(exc.errno))
+        raise open_failed(url, exc) from None
+    return StreamPort(url, transport, protocol)
