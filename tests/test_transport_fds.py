@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from firmware_host import PortClosed, encode_packet
-from firmware_host.control.server import request_sync
+from firmware_host.control.client import request_sync
 from firmware_host.errors import ControlError
 from firmware_host.testing import assert_accounting
 from firmware_host.transport.serial import SerialBackend
