@@ -161,6 +161,10 @@ class Stop(NamedTuple):
     """Sent when the actor's token is cancelled: what was queued before it is served."""
 
 
+# Offer(device, frames) runs the Python-level __new__ namedtuple generates;
+# readers build one per read, and tuple.__new__ makes the same Offer in C
+_new_offer = tuple.__new__
+
 Request = Take | Trim | Ack | Pop | Mark | Register | Snapshot
 Message = Offer | Request | Stop
 _STOP = Stop()
@@ -545,7 +549,7 @@ class AggregatorHandle:
         """``offer`` without a coroutine: True if queued, False if the inbox
         is full (then nothing was sent; ``await offer(...)`` waits for room).
         The readers' path: one call per read."""
-        return self._inbox.put_nowait(Offer(device, frames))
+        return self._inbox.put_nowait(_new_offer(Offer, (device, frames)))
 
     def _reply(self) -> asyncio.Future[Any]:
         if self.stopped:

@@ -101,8 +101,9 @@ class ShutdownConfig:
 @dataclass(frozen=True)
 class SerialConfig:
     #: seconds between two reads of a busy tty (one shared tick for all the
-    #: ports of a runtime's serial backend); 0 reads at every readiness. Larger windows cost less CPU per frame and delay the
-    #: receive timestamp by up to the window.
+    #: ports of a runtime's serial backend); 0 reads at every readiness.
+    #: Larger windows cost less CPU per frame and delay the receive timestamp
+    #: by up to the window.
     read_coalesce: float = 0.02
 
 
