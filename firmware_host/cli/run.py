@@ -24,6 +24,7 @@ from firmware_host.config.schema import (
     config_from_dict,
     default_control_socket,
     load_config,
+    require_a_sink,
 )
 from firmware_host.errors import RuntimeFailure, UsageError
 from firmware_host.gctune import tune_gc
@@ -119,8 +120,9 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
             taken = {d.name for d in cfg.devices}
             extra = [d for d in fleet.device_configs() if d.name not in taken]
             cfg = dataclasses.replace(cfg, devices=[*cfg.devices, *extra])
-            if not cfg.sinks:
+            if not cfg.sinks and not plugins.sinks:  # the default only when nothing else is configured
                 cfg = dataclasses.replace(cfg, sinks=[SinkConfig("jsonl", {"path": DEFAULT_SINK_PATH})])
+        require_a_sink(cfg, len(plugins.sinks))
         control = (
             opts.control_path
             or cfg.control.socket
