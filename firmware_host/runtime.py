@@ -303,6 +303,18 @@ class Runtime:
             self.stop_reason = reason
         self.stopped.set()
 
+    async def reopen_sinks(self) -> None:
+        """Ask every sink to reopen its files by path (SIGHUP, log rotation);
+        each within its ``timeout``. A sink's failure is logged, never fatal."""
+
+        async def reopen(sink: Sink) -> None:
+            try:
+                await asyncio.wait_for(sink.reopen(), sink.timeout)
+            except Exception as exc:
+                log.warning("sink %s did not reopen: %s", sink.name, exc)
+
+        await asyncio.gather(*(reopen(s) for s in self.sinks))
+
     def abort(self) -> None:
         """Give up the drain now (a second signal): what is buffered is lost."""
         self._abort.cancel()

@@ -97,6 +97,9 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
     from firmware_host.config.boards import load_boards
     from firmware_host.runtime import Runtime
 
+    # SIGHUP never ends the run: ignored until the runtime can reopen sinks
+    # (_run_until_stopped), and again after it
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # files are read off the loop, like every other blocking call
     boards = await asyncio.to_thread(load_boards, opts.boards_dirs)
     # plugins first: the config may name their codecs and sink types
@@ -149,8 +152,17 @@ async def _tune_gc(rt: Any) -> None:
 
 
 async def _run_until_stopped(rt: Any, duration: float | None) -> Any:
-    """``rt.run``: the first SIGINT/SIGTERM drains, a second one abandons the drain."""
+    """``rt.run``: the first SIGINT/SIGTERM drains, a second one abandons the
+    drain; SIGHUP reopens the sinks' files (logrotate's convention) and never
+    stops the run."""
     loop = asyncio.get_running_loop()
+    reopening: set[asyncio.Task[None]] = set()  # held until done (the loop keeps only weak references)
+
+    def on_hangup() -> None:
+        log.info("SIGHUP: reopening the sinks' files")
+        task = loop.create_task(rt.reopen_sinks(), name="reopen-sinks")
+        reopening.add(task)
+        task.add_done_callback(reopening.discard)
 
     def on_signal(signame: str) -> None:
         if rt.stopped.is_set():
@@ -162,11 +174,13 @@ async def _run_until_stopped(rt: Any, duration: float | None) -> Any:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         return await rt.run(duration)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def _write_summary(path: str, status: dict[str, Any]) -> None:
