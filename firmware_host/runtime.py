@@ -495,6 +495,9 @@ class Runtime:
         }
         if spool is not None:
             out["spool"] = spool.summary()
+            # a fault of the disk (full, I/O error): retried, shown until it clears
+            errors = [f.source_error for f in (self.spooler, self.flusher) if f is not None and f.source_error]
+            out["spool"]["last_error"] = errors[0] if errors else None
         for key, section in self.status_sections.items():
             try:
                 out[key] = section()
