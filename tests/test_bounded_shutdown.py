@@ -45,13 +45,14 @@ codec = "fh1"
 """)
 
 
-async def start_stuck(fh_ports, short_tmp, tmp_path, grace):
+async def start_stuck(fh_ports, short_tmp, tmp_path, grace, quiet=True):
     """A run whose stdout pipe is full and never read: its sink write hangs."""
     port = fh_ports.new()
     sock, summary = str(short_tmp / "c.sock"), tmp_path / "summary.json"
     cfg = tmp_path / "run.toml"
     stuck_stdout_config(cfg, port.path, grace)
-    proc = cli_popen("run", "-c", str(cfg), "--control", sock, "--summary", str(summary), "-q", cwd=tmp_path)
+    args = ["run", "-c", str(cfg), "--control", sock, "--summary", str(summary), *(["-q"] if quiet else [])]
+    proc = cli_popen(*args, cwd=tmp_path)
     await wait_status(sock, lambda s: s["devices"]["imu0"]["state"] == "connected")
     await port.write(b"".join(encode_packet(0, s, bytes(64)) for s in range(FRAMES)))
     # every frame read; the sink took what the pipe holds and is now stuck
@@ -74,9 +75,12 @@ def finish(proc: subprocess.Popen[str]) -> str:
     return err
 
 
-async def test_sigterm_exits_within_grace_with_a_stuck_sink(fh_ports, short_tmp, tmp_path):
+@pytest.mark.parametrize("quiet", [True, False], ids=["quiet", "with-status-table"])
+async def test_sigterm_exits_within_grace_with_a_stuck_sink(fh_ports, short_tmp, tmp_path, quiet):
+    """Without -q the final status table goes to the same stuck stdout: it is
+    given up after half a second (PRINT_TIMEOUT), within the same bound."""
     grace = 1.0
-    proc, _sock, summary, _status = await start_stuck(fh_ports, short_tmp, tmp_path, grace)
+    proc, _sock, summary, _status = await start_stuck(fh_ports, short_tmp, tmp_path, grace, quiet)
     try:
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -71,7 +72,7 @@ def run_main(opts: RunOptions) -> int:
     if not opts.quiet:
         from firmware_host.cli.render import status_table
 
-        print(status_table(final_status), flush=True)
+        _print_bounded(status_table(final_status) + "\n")
     lost = sum(d["lost"] for d in final_status["devices"].values())
     if lost:
         print(f"firmware-host: {lost} frames lost (not delivered within the grace period)", file=sys.stderr)
@@ -181,6 +182,39 @@ async def _run_until_stopped(rt: Any, duration: float | None) -> Any:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+#: seconds the final status table may wait for a slow stdout reader
+PRINT_TIMEOUT = 0.5
+
+
+def _print_bounded(text: str) -> None:
+    """``text`` on stdout, given up after ``PRINT_TIMEOUT``: a pipe nobody reads
+    (the stdout sink's reader, stuck) must not hold the exit. Written to the
+    descriptor from a daemon thread, so no lock of ``sys.stdout`` is held if
+    it never returns."""
+    try:
+        sys.stdout.flush()
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # an in-memory stdout (tests): it cannot block
+        print(text, end="", flush=True)
+        return
+    data = text.encode(sys.stdout.encoding or "utf-8", "replace")
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            pass  # the reader left: nothing to tell it
+        finally:
+            done.set()
+
+    threading.Thread(target=write, name="status-table", daemon=True).start()
+    if not done.wait(PRINT_TIMEOUT):
+        log.warning("stdout is not being read: the final status table was not printed")
 
 
 def _write_summary(path: str, status: dict[str, Any]) -> None:
