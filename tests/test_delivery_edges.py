@@ -40,6 +40,7 @@ def stdout_config(tmp_path: Path) -> Path:
 
 
 def test_emulate_adds_no_default_sink_when_a_plugin_gives_one(tmp_path: Path, short_tmp: Path) -> None:
+    summary = tmp_path / "summary.json"
     result = cli(
         "run",
         "-c",
@@ -50,11 +51,17 @@ def test_emulate_adds_no_default_sink_when_a_plugin_gives_one(tmp_path: Path, sh
         "1",
         "--control",
         str(short_tmp / "c.sock"),
+        "--summary",
+        str(summary),
         "-q",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("\n") > 0  # the frames went to stdout
+    final = json.loads(summary.read_text())
+    assert_accounting(final)
+    flushed = sum(d["flushed"] for d in final["devices"].values())
+    assert flushed > 0 and result.stdout.count("\n") == flushed  # every frame went to stdout
+    assert [s["name"] for s in final["sinks"]] == ["stdout"]
     assert not (tmp_path / "frames.jsonl").exists()
 
 
@@ -109,10 +116,12 @@ def test_head_2_as_a_shell_pipeline(tmp_path: Path, short_tmp: Path) -> None:
 
     cmd = (
         f"{shlex.quote(sys.executable)} -m firmware_host run -c {shlex.quote(str(stdout_config(tmp_path)))}"
-        f" --emulate env-sensor -q --control {shlex.quote(str(short_tmp / 'c.sock'))} | head -2"
+        f" --emulate env-sensor -q --control {shlex.quote(str(short_tmp / 'c.sock'))}"
+        f" --summary {shlex.quote(str(tmp_path / 'summary.json'))} | head -2"
     )
     done = subprocess.run(
         ["bash", "-o", "pipefail", "-c", cmd], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 2
+    assert_accounting(json.loads((tmp_path / "summary.json").read_text()))
