@@ -4,7 +4,9 @@ Shutdown order (why): stop the readers first so no new frames arrive; then
 the plugin tasks; then stop the periodic flusher and run the final drain
 until the buffer is empty or ``grace`` runs out; close the sinks; stop the
 aggregator last so every message sent before it is served; the control
-socket stays up throughout so ``status`` works during a long drain.
+socket stays up throughout so ``status`` works during a long drain. No step
+waits on a sink beyond the grace: writes are abandoned at the deadline and
+sinks close by it plus ``CLOSE_MARGIN`` (docs/reliability.md, section 5).
 """
 
 from __future__ import annotations
