@@ -45,6 +45,8 @@ if _typing.TYPE_CHECKING:
     from firmware_host.runtime import Runtime as Runtime
     from firmware_host.runtime import Summary as Summary
     from firmware_host.sinks import Sink as Sink
+    from firmware_host.sinks import SinkClosed as SinkClosed
+    from firmware_host.sinks import WriterThread as WriterThread
     from firmware_host.sinks.jsonl import encode_records as encode_records
     from firmware_host.transport.base import Port as Port
     from firmware_host.transport.fake import FakeOpener as FakeOpener

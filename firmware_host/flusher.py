@@ -6,6 +6,13 @@ CLI flush racing the periodic one can neither lose nor duplicate a frame.
 A failing sink is retried with capped backoff; meanwhile its batch stays in
 the buffer, still subject to drop-oldest, and each retry sends only what
 survived.
+
+Every write has a deadline (the sink's ``timeout``, and the drain's): a
+write that does not finish in time is cancelled and counts as a failure. A
+cancelled token stops a write in progress at once (shutdown never waits for
+a sink). A sink that raises ``SinkClosed`` is left out from then on; a fault
+of the source itself (a spool on a full disk) is retried with backoff and
+shown in ``source_error``, never the end of the task.
 """
 
 from __future__ import annotations
@@ -13,14 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from firmware_host._sync import Changes, ReadGate
 from firmware_host.aggregator import Batch
 from firmware_host.cancel import CancellationToken
-from firmware_host.sinks.base import Sink
+from firmware_host.sinks.base import Sink, SinkClosed
 
 log = logging.getLogger("firmware_host.flusher")
 
@@ -62,6 +69,8 @@ class SinkStats:
     frames: int = 0
     failures: int = 0
     last_error: str | None = None
+    #: ok, retrying (its last write failed) or closed (``SinkClosed``)
+    state: str = "ok"
 
 
 @dataclass
@@ -88,6 +97,7 @@ class Flusher:
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
         changes: Changes | None = None,
+        on_all_closed: Callable[[], None] | None = None,
     ) -> None:
         self._agg = source
         self.changes = changes or Changes()
@@ -99,6 +109,13 @@ class Flusher:
         self.stats = {id(s): SinkStats(s.name) for s in self.sinks}
         self._lock = asyncio.Lock()
         self.flushes = 0
+        #: the sinks that raised SinkClosed: never written to again
+        self._closed: set[int] = set()
+        #: called once, when the last open sink has closed
+        self._on_all_closed = on_all_closed
+        #: the last failure of the source itself (take, trim, ack), until one succeeds
+        self.source_error: str | None = None
+        self.source_failures = 0
 
     # -- periodic loop --------------------------------------------------------
 
@@ -124,11 +141,15 @@ class Flusher:
                 ready_wait.cancel()
                 if token.is_cancelled:
                     break
-                if time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + self.interval
-                    await self.flush(token=token)
-                elif ready.is_set():
-                    await self._flush_full_batches(token)
+                try:
+                    if time.monotonic() >= next_tick:
+                        next_tick = time.monotonic() + self.interval
+                        await self.flush(token=token)
+                    elif ready.is_set():
+                        await self._flush_full_batches(token)
+                except Exception as exc:  # a source fault (disk full): retried, never the end of the task
+                    self._source_failed(exc)
+                    await self._backoff(self.backoff_max, None, token)
         finally:
             stop.cancel()
 
@@ -178,6 +199,9 @@ class Flusher:
                 result.add(counts)
                 if gate is not None and self._agg.batch_ready.is_set():
                     gate.close()  # behind by a full batch: readers wait (see ReadGate)
+        except Exception as exc:  # the source failed (take, mark): what is left stays buffered
+            self._source_failed(exc)
+            result.incomplete = True
         finally:
             if gate is not None:
                 gate.open()
@@ -204,36 +228,24 @@ class Flusher:
     async def _deliver(
         self, batch: Batch, *, deadline: float | None = None, token: CancellationToken | None = None
     ) -> dict[str, int] | None:
-        """Send ``batch`` to every sink, retrying failures; ack it.
+        """Send ``batch`` to every open sink, retrying failures; ack it.
 
         Returns the per-device flushed counts, or None when the deadline or
         token stopped the retries (the frames stay buffered).
         """
-        pending = list(self.sinks)
+        pending = self.open_sinks()
         delay = self.backoff_initial
         while True:
             failed: list[Sink] = []
             for sink in pending:
-                stats = self.stats[id(sink)]
-                try:
-                    if deadline is None:
-                        await sink.write(batch.frames)
-                    else:
-                        left = max(0.0, deadline - time.monotonic())
-                        await asyncio.wait_for(sink.write(batch.frames), left)
-                except Exception as exc:  # any sink bug is a failed delivery, not a crash
-                    stats.failures += 1
-                    stats.last_error = f"{type(exc).__name__}: {exc}"
-                    if stats.failures == 1 or stats.failures % 100 == 0:
-                        log.warning("sink %s failed (%d so far): %s", stats.name, stats.failures, stats.last_error)
+                accepted = await self._write(sink, batch, deadline, token)
+                if accepted is None:
+                    return None
+                if not accepted:
                     failed.append(sink)
-                    self.changes.notify()
-                else:
-                    stats.batches += 1
-                    stats.frames += len(batch.frames)
             if not failed:
-                return await self._agg.ack(batch)
-            pending = failed
+                break
+            pending = [s for s in failed if id(s) not in self._closed]
             if not await self._backoff(delay, deadline, token):
                 return None
             delay = min(delay * 2, self.backoff_max)
@@ -241,6 +253,102 @@ class Flusher:
             if not batch.frames:
                 # all of it was evicted meanwhile (counted dropped): nothing to retry
                 return {}
+        return await self._ack(batch, deadline, token)
+
+    def open_sinks(self) -> list[Sink]:
+        return [s for s in self.sinks if id(s) not in self._closed]
+
+    async def _write(
+        self, sink: Sink, batch: Batch, deadline: float | None, token: CancellationToken | None
+    ) -> bool | None:
+        """One write under its deadline: True accepted, False failed (counted,
+        to retry; a closed sink counts as accepted), None when the drain's
+        deadline or the token stopped it (not the sink's fault)."""
+        stats = self.stats[id(sink)]
+        limit, by_deadline = sink.timeout, False
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left < limit:
+                limit, by_deadline = max(0.0, left), True
+        # a task of its own, so a deadline or a cancelled token can abandon it
+        # without waiting (a coroutine cannot be interrupted otherwise)
+        work = asyncio.ensure_future(sink.write(batch.frames))
+        stop = asyncio.ensure_future(token.cancelled()) if token is not None else None
+        try:
+            await asyncio.wait(
+                (work,) if stop is None else (work, stop), timeout=limit, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if stop is not None:
+                stop.cancel()
+            if not work.done():
+                work.cancel()
+                work.add_done_callback(_retrieve)
+        if not work.done() or work.cancelled():
+            if by_deadline or (token is not None and token.is_cancelled):
+                return None
+            return self._failed(stats, f"timed out after {limit:g}s")
+        exc = work.exception()
+        if isinstance(exc, SinkClosed):
+            self._close(sink, stats, exc)
+            return True
+        if exc is not None:  # any sink bug is a failed delivery, not a crash
+            return self._failed(stats, f"{type(exc).__name__}: {exc}")
+        stats.batches += 1
+        stats.frames += len(batch.frames)
+        if stats.state == "retrying":
+            stats.state = "ok"
+            self.changes.notify()
+        return True
+
+    def _failed(self, stats: SinkStats, error: str) -> bool:
+        stats.failures += 1
+        stats.last_error = error
+        stats.state = "retrying"
+        if stats.failures == 1 or stats.failures % 100 == 0:
+            log.warning("sink %s failed (%d so far): %s", stats.name, stats.failures, error)
+        self.changes.notify()
+        return False
+
+    def _close(self, sink: Sink, stats: SinkStats, exc: SinkClosed) -> None:
+        self._closed.add(id(sink))
+        stats.state = "closed"
+        stats.last_error = f"closed: {exc}"
+        log.info("sink %s closed: %s", stats.name, exc)
+        self.changes.notify()
+        if not self.open_sinks() and self._on_all_closed is not None:
+            self._on_all_closed()
+
+    async def _ack(
+        self, batch: Batch, deadline: float | None, token: CancellationToken | None
+    ) -> dict[str, int] | None:
+        """Remove the accepted ``batch`` from the source, retrying a source
+        fault (a spool's delete on a full disk) with backoff: the sinks have
+        it, so only the ack is repeated, never the writes."""
+        delay = self.backoff_initial
+        while True:
+            try:
+                counts = await self._agg.ack(batch)
+            except Exception as exc:
+                self._source_failed(exc)
+            else:
+                if self.source_error is not None:
+                    self.source_error = None
+                    self.changes.notify()
+                return counts
+            if not await self._backoff(delay, deadline, token):
+                return None
+            delay = min(delay * 2, self.backoff_max)
+
+    def _source_failed(self, exc: BaseException) -> None:
+        self.source_failures += 1
+        self.source_error = f"{type(exc).__name__}: {exc}"
+        if self.source_failures == 1 or self.source_failures % 100 == 0:
+            log.error("%s failed (%d so far): %s", self._agg_name(), self.source_failures, self.source_error)
+        self.changes.notify()
+
+    def _agg_name(self) -> str:
+        return "spool" if self._agg.read_gate is None else "buffer"
 
     async def _backoff(self, delay: float, deadline: float | None, token: CancellationToken | None) -> bool:
         if deadline is not None:
@@ -255,3 +363,10 @@ class Flusher:
 
     def sink_status(self) -> list[dict[str, object]]:
         return [vars(s).copy() for s in self.stats.values()]
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """An abandoned write's outcome: nobody awaits it, so read it here (no
+    "exception was never retrieved" at exit)."""
+    if not task.cancelled():
+        task.exception()

@@ -4,7 +4,9 @@ Shutdown order (why): stop the readers first so no new frames arrive; then
 the plugin tasks; then stop the periodic flusher and run the final drain
 until the buffer is empty or ``grace`` runs out; close the sinks; stop the
 aggregator last so every message sent before it is served; the control
-socket stays up throughout so ``status`` works during a long drain.
+socket stays up throughout so ``status`` works during a long drain. No step
+waits on a sink beyond the grace: writes are abandoned at the deadline and
+sinks close by it plus ``CLOSE_MARGIN`` (docs/reliability.md, section 5).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from firmware_host.transport.serial import SerialBackend
 from firmware_host.uplink import Processor, UplinkReader, apply_processors, fixed_url
 
 log = logging.getLogger("firmware_host.runtime")
+
+#: seconds beyond the grace deadline that closing the sinks may take
+CLOSE_MARGIN = 0.5
 
 #: how a device with ``match`` (USB ids) becomes a URL; set by the boards module
 MatchResolver = Callable[[Mapping[str, object]], UrlResolver]
@@ -128,11 +133,12 @@ class Runtime:
         opened: list[Sink] = []
         for sink in self.sinks:
             try:
-                await sink.open()
+                await asyncio.wait_for(sink.open(), sink.timeout)
             except Exception as exc:
                 await self._close_sinks(opened)
                 await self._stop_aggregator()
-                raise RuntimeFailure(f"sink {sink.name!r} cannot open: {exc}") from exc
+                why = f"timed out after {sink.timeout:g}s" if isinstance(exc, TimeoutError) else str(exc)
+                raise RuntimeFailure(f"sink {sink.name!r} cannot open: {why}") from exc
             opened.append(sink)
         source: BatchSource = self.aggregator.handle
         if cfg.buffer.spool:
@@ -143,6 +149,7 @@ class Runtime:
             interval=cfg.buffer.flush_interval,
             batch_size=cfg.buffer.batch_size,
             changes=self.changes,
+            on_all_closed=self._all_sinks_closed,
         )
         self._flusher_task = asyncio.create_task(self.flusher.run(self.flusher_token), name="flusher")
         if self.control_path:
@@ -193,17 +200,31 @@ class Runtime:
             try:
                 if factory is None:
                     raise ValueError(f"unknown sink type {sc.type!r} (known: {', '.join(sorted(self.sink_types))})")
-                sinks.append(factory(**sc.options))
+                sink = factory(**sc.options)
             except (ValueError, TypeError) as exc:
                 raise ConfigError(str(exc), source=self.config.source, key=f"sinks[{i}]") from None
+            sink.timeout = sc.timeout
+            sinks.append(sink)
         return sinks
 
-    async def _close_sinks(self, sinks: list[Sink]) -> None:
-        for sink in sinks:
+    def _all_sinks_closed(self) -> None:
+        # like a Unix filter whose reader left (`run ... | head -2`): stop;
+        # with no sink left open, the drain has nowhere to wait for
+        self.request_stop("every sink has closed")
+
+    async def _close_sinks(self, sinks: list[Sink], deadline: float | None = None) -> None:
+        """Close ``sinks`` side by side, each within its ``timeout`` and by ``deadline``."""
+
+        async def close(sink: Sink) -> None:
+            limit = sink.timeout if deadline is None else min(sink.timeout, max(0.0, deadline - time.monotonic()))
             try:
-                await asyncio.wait_for(sink.close(), 5.0)
+                await asyncio.wait_for(sink.close(), limit)
+            except TimeoutError:
+                log.warning("sink %s did not close within %gs: left as it is", sink.name, limit)
             except Exception as exc:  # one sink's failure must not skip the others
                 log.warning("sink %s did not close cleanly: %s", sink.name, exc)
+
+        await asyncio.gather(*(close(s) for s in sinks))
 
     async def _abandon_start(self) -> None:
         self.flusher_token.cancel()
@@ -283,6 +304,18 @@ class Runtime:
             self.stop_reason = reason
         self.stopped.set()
 
+    async def reopen_sinks(self) -> None:
+        """Ask every sink to reopen its files by path (SIGHUP, log rotation);
+        each within its ``timeout``. A sink's failure is logged, never fatal."""
+
+        async def reopen(sink: Sink) -> None:
+            try:
+                await asyncio.wait_for(sink.reopen(), sink.timeout)
+            except Exception as exc:
+                log.warning("sink %s did not reopen: %s", sink.name, exc)
+
+        await asyncio.gather(*(reopen(s) for s in self.sinks))
+
     def abort(self) -> None:
         """Give up the drain now (a second signal): what is buffered is lost."""
         self._abort.cancel()
@@ -337,9 +370,13 @@ class Runtime:
                 await asyncio.gather(*readers, return_exceptions=True)
             self.tasks_token.cancel()
             self.flusher_token.cancel()
+            # a cancelled token abandons a write in progress: these end at once
             for task in (self._flusher_task, self._spooler_task):
                 if task is not None:
-                    await task
+                    try:
+                        await task
+                    except Exception:  # never expected (faults are retried inside); still drain
+                        log.exception("%s task failed", task.get_name())
             result = FlushResult()
             drained = True
             if self.spooler is not None:
@@ -353,7 +390,13 @@ class Runtime:
                 else:
                     result = got
                     drained = not got.incomplete
-            await self._close_sinks(self.sinks)
+            # sinks close in what is left of the grace (a moment at least); after
+            # a second signal, in that moment only
+            if self._abort.is_cancelled:
+                await self._close_sinks(self.sinks, time.monotonic() + CLOSE_MARGIN)
+            else:
+                close_by = max(deadline, time.monotonic()) + CLOSE_MARGIN
+                await self._abort.run_until_cancelled(self._close_sinks(self.sinks, close_by))
             status = await self.status(final=True)
             if self.spool is not None:
                 kept = status["spool"]["depth"]
@@ -453,6 +496,9 @@ class Runtime:
         }
         if spool is not None:
             out["spool"] = spool.summary()
+            # a fault of the disk (full, I/O error): retried, shown until it clears
+            errors = [f.source_error for f in (self.spooler, self.flusher) if f is not None and f.source_error]
+            out["spool"]["last_error"] = errors[0] if errors else None
         for key, section in self.status_sections.items():
             try:
                 out[key] = section()

@@ -192,7 +192,16 @@ class Spool:
                 "INSERT INTO frames (device, seq, type, ts, payload, text, size) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
             )
         self.bytes += sum(r[6] for r in rows)
-        return self._evict() if self.bytes > self.max_bytes else []
+        if self.bytes <= self.max_bytes:
+            return []
+        try:
+            return self._evict()
+        except (sqlite3.Error, OSError) as exc:
+            # the batch is committed: failing now would make the spooler write
+            # it a second time. The spool stays over its bound until the next
+            # write evicts (a full disk is the usual cause; deleting needs room)
+            log.error("spool over its bound, eviction failed (retried at the next write): %s", exc)
+            return []
 
     def _evict(self) -> list[tuple[str, int]]:
         """Delete the oldest rows until the spool is within its byte bound."""
@@ -348,12 +357,17 @@ class Spooler(Flusher):
         while True:
             try:
                 await self.spool.write(frames)
-                return counts
             except (sqlite3.Error, OSError) as exc:
                 self.write_failures += 1
+                self.source_error = f"{type(exc).__name__}: {exc}"
                 if self.write_failures == 1 or self.write_failures % 100 == 0:
                     log.error("spool write failed (%d so far): %s", self.write_failures, exc)
                 self.changes.notify()
+            else:
+                if self.source_error is not None:
+                    self.source_error = None
+                    self.changes.notify()
+                return counts
             if not await self._backoff(delay, deadline, token):
                 # the drain gave up: these stay "in transit", reported lost
                 return None

@@ -83,3 +83,45 @@ def short_tmp() -> Iterator[Path]:
     import shutil
 
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real filesystem of 2 MiB (a tmpfs), to fill up: ENOSPC as a full
+    disk gives it. Mounting needs root (CI runs as root); skipped otherwise."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Fill ``directory``'s filesystem to the last byte; returns the filler
+    file (delete it to give the space back)."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for size in (65536, 4096, 1):  # big steps, then the last bytes
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def kill_jsonl_path(path: Path) -> None:
+    """Make every later write of a running jsonl sink on ``path`` fail: the
+    file is moved away and a directory takes its place (the sink notices the
+    move before its next batch, and a directory cannot be reopened)."""
+    path.rename(path.with_name(path.name + ".gone"))
+    path.mkdir()

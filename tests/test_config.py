@@ -364,6 +364,11 @@ ERROR_CASES = {
         "sinks[1].type",
         "unknown sink type 'kafka' (known: jsonl)",
     ),
+    "sink timeout zero": ('[[sinks]]\ntype = "jsonl"\ntimeout = 0\n', "sinks[0].timeout", "> 0"),
+    "sink timeout negative": ('[[sinks]]\ntype = "jsonl"\ntimeout = -1.5\n', "sinks[0].timeout", "> 0"),
+    "sink timeout infinite": ('[[sinks]]\ntype = "jsonl"\ntimeout = inf\n', "sinks[0].timeout", "got inf"),
+    "sink timeout nan": ('[[sinks]]\ntype = "jsonl"\ntimeout = nan\n', "sinks[0].timeout", "got nan"),
+    "sink timeout text": ('[[sinks]]\ntype = "jsonl"\ntimeout = "5s"\n', "sinks[0].timeout", "expected"),
     "plugin not a table": ("[plugins]\nstats = 10\n", "plugins.stats", "expected a table"),
     "plugins not a table": ("plugins = 3\n", "plugins", "expected a table"),
     "toml syntax error": ("[buffer\ncapacity = 1\n", "TOML syntax error:", "line 1"),
@@ -475,3 +480,11 @@ def test_default_control_socket_falls_back_to_temp_dir(monkeypatch: pytest.Monke
         monkeypatch.setenv("XDG_RUNTIME_DIR", xdg)
     expected = os.path.join(tempfile.gettempdir(), f"firmware-host-{os.getuid()}", "firmware-host.sock")
     assert default_control_socket() == expected
+
+
+def test_sink_timeout_is_a_common_key_with_a_default() -> None:
+    """``timeout`` is the loader's (every sink type takes it), never passed to the sink."""
+    cfg = config_from_dict(
+        {"sinks": [{"type": "jsonl", "path": "a"}, {"type": "jsonl", "path": "b", "timeout": 2}]}, source="t"
+    )
+    assert [(s.options, s.timeout) for s in cfg.sinks] == [({"path": "a"}, 10.0), ({"path": "b"}, 2.0)]

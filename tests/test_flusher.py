@@ -152,3 +152,65 @@ async def test_flush_interval_zero_means_on_demand_only(fh_runtime):
         result = await rt.flush()
         assert result.flushed == 250
     assert len(sink.frames) == 250
+
+
+class HangingSink(Sink):
+    """Its first ``hangs`` writes never return (until cancelled); then it works."""
+
+    name = "hanging"
+
+    def __init__(self, hangs: int, timeout: float) -> None:
+        self.hangs = hangs
+        self.timeout = timeout
+        self.cancelled = 0
+        self.frames: list[tuple[str, int]] = []
+
+    async def write(self, frames: Sequence[Frame]) -> None:
+        if self.hangs > 0:
+            self.hangs -= 1
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+        self.frames.extend((f.device, f.seq) for f in frames)
+
+
+async def test_a_write_that_never_returns_times_out_and_is_retried(fh_runtime):
+    """Each write has a deadline (the sink's ``timeout``): a hung write is
+    cancelled, counted as a failure ("timed out after ...") and retried with
+    backoff; the other sink is not held up beyond that, and nothing is lost."""
+    hanging, good = HangingSink(hangs=2, timeout=0.2), FlakySink(0)
+    port = FakePort([packets(range(100))])
+    config = {
+        "buffer": {"flush_interval": 0.01, "batch_size": 50},
+        "devices": [{"name": "a", "port": "fake://a", "codec": "fh1"}],
+    }
+    async with fh_runtime(config, opener=FakeOpener({"fake://a": [port]}), sinks=[hanging, good]) as rt:
+        status = await rt.wait_until(lambda s: s["sinks"][0]["failures"] >= 1, 10)
+        assert status["sinks"][0]["last_error"] == "timed out after 0.2s"
+        assert status["sinks"][0]["state"] == "retrying"
+        status = await rt.wait_until(lambda s: s["devices"]["a"]["flushed"] == 100, 10)
+        assert status["sinks"][0]["failures"] == 2 and status["sinks"][0]["state"] == "ok"
+        assert_accounting(status)
+    assert hanging.cancelled == 2
+    assert hanging.frames == good.frames == [("a", s) for s in range(100)]
+
+
+async def test_shutdown_does_not_wait_for_a_hung_write(fh_runtime):
+    """A write that would take its whole (long) timeout is abandoned when the
+    drain's deadline comes: shutdown ends by the grace, the frames are lost."""
+    hanging = HangingSink(hangs=10**9, timeout=60.0)
+    port = FakePort([packets(range(10))])
+    config = {
+        "buffer": {"flush_interval": 0.01},
+        "shutdown": {"grace": 0.3},
+        "devices": [{"name": "a", "port": "fake://a", "codec": "fh1"}],
+    }
+    loop = asyncio.get_running_loop()
+    async with fh_runtime(config, opener=FakeOpener({"fake://a": [port]}), sinks=[hanging]) as rt:
+        await rt.wait_frames("a", 10)
+        started = loop.time()
+        summary = await rt.shutdown()
+        assert loop.time() - started < 0.3 + 1.0
+    assert summary.lost == 10 and not summary.drained

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import os
+import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +15,8 @@ from hypothesis import strategies as st
 
 from firmware_host import Frame
 from firmware_host.sinks.jsonl import JsonlSink, repair_tail
+from firmware_host.sinks.writer import WriterBusy
+from tests.conftest import fill, read_jsonl
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -62,11 +68,37 @@ async def test_open_repairs_then_appends(tmp_path):
     ]
 
 
-async def test_failed_write_leaves_no_partial_line(tmp_path):
-    sink = JsonlSink(path="/dev/full")
+async def test_failed_write_leaves_no_partial_line(tiny_fs):
+    """A real full filesystem: the batch that does not fit is taken back
+    whole, the lines before it stay, and once there is room the retry lands."""
+    path = tiny_fs / "out.jsonl"
+    sink = JsonlSink(path=str(path))
     await sink.open()
+    await sink.write([Frame("d", 0, 1, 1.0, payload=b"first")])
+    before = path.read_bytes()
+    filler = fill(tiny_fs)
     with pytest.raises(OSError):
-        await sink.write([Frame("d", 0, 1, 1.0, payload=b"x" * 10_000)] * 100)
+        await sink.write([Frame("d", i, 1, 1.0, payload=b"x" * 1000) for i in range(1, 101)])
+    assert path.read_bytes() == before
+    filler.unlink()
+    await sink.write([Frame("d", i, 1, 1.0, payload=b"x" * 1000) for i in range(1, 101)])
+    await sink.close()
+    assert [r["seq"] for r in read_jsonl(path)] == list(range(101))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+async def test_a_path_that_is_not_a_regular_file_is_refused_at_open(tmp_path, kind):
+    """Never a hang on a FIFO nobody reads, never a write into a device."""
+    path = tmp_path / "out.jsonl"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path = Path("/dev/null")
+    sink = JsonlSink(path=str(path))
+    with pytest.raises(OSError, match="not a regular file"):
+        await asyncio.wait_for(sink.open(), 5)
     await sink.close()
 
 
@@ -138,3 +170,62 @@ def test_every_line_spells_its_own_frame(runs: list[tuple[Frame, int]]) -> None:
             assert base64.b64decode(record["payload"]) == f.payload and "text" not in record
         else:
             assert record["text"] == f.text and "payload" not in record
+
+
+@pytest.mark.parametrize("how", ["deleted", "renamed"])
+async def test_a_path_that_no_longer_names_the_file_is_reopened(tmp_path, how):
+    """Deleted or rotated away while running: the next batch goes to the
+    path again, not into the unlinked (or renamed) inode."""
+    path = tmp_path / "out.jsonl"
+    sink = JsonlSink(path=str(path))
+    await sink.open()
+    await sink.write([Frame("d", 0, 1, 1.0, payload=b"a")])
+    if how == "deleted":
+        path.unlink()
+    else:
+        path.rename(tmp_path / "out.jsonl.1")
+    await sink.write([Frame("d", 1, 1, 1.0, payload=b"b")])
+    await sink.close()
+    assert [r["seq"] for r in read_jsonl(path)] == [1]
+    if how == "renamed":
+        assert [r["seq"] for r in read_jsonl(tmp_path / "out.jsonl.1")] == [0]
+    assert sink.reopens == 1
+
+
+async def test_reopen_takes_the_path_again_at_the_next_batch(tmp_path):
+    path = tmp_path / "out.jsonl"
+    sink = JsonlSink(path=str(path))
+    await sink.open()
+    await sink.write([Frame("d", 0, 1, 1.0, payload=b"a")])
+    await sink.reopen()
+    await sink.write([Frame("d", 1, 1, 1.0, payload=b"b")])
+    await sink.close()
+    assert sink.reopens == 1
+    assert [r["seq"] for r in read_jsonl(path)] == [0, 1]
+
+
+async def test_no_second_write_while_an_abandoned_one_still_runs(tmp_path):
+    """A thread cannot be cancelled: after a timed-out write the sink refuses
+    the next one until the thread has returned, so lines never interleave."""
+    path = tmp_path / "out.jsonl"
+    sink = JsonlSink(path=str(path))
+    await sink.open()
+    release = threading.Event()
+    real = sink._write_bytes
+
+    def slow(data: bytes) -> None:
+        release.wait(5)
+        real(data)
+
+    sink._write_bytes = slow  # type: ignore[method-assign]
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(sink.write([Frame("d", 0, 1, 1.0, payload=b"a")]), 0.05)
+    with pytest.raises(WriterBusy):
+        await sink.write([Frame("d", 1, 1, 1.0, payload=b"b")])
+    release.set()
+    while sink._writer.busy:  # the abandoned write lands on its own
+        await asyncio.sleep(0.01)
+    sink._write_bytes = real  # type: ignore[method-assign]
+    await sink.write([Frame("d", 1, 1, 1.0, payload=b"b")])
+    await sink.close()
+    assert [r["seq"] for r in read_jsonl(path)] == [0, 1]

@@ -13,7 +13,7 @@ import pytest
 
 from firmware_host import encode_packet
 from firmware_host.testing import assert_accounting
-from tests.conftest import cli_popen, read_jsonl
+from tests.conftest import cli_popen, kill_jsonl_path, read_jsonl
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -86,16 +86,17 @@ async def test_sigterm_drains_40k_buffered_frames(fh_ports, short_tmp, tmp_path)
 
 
 async def test_second_signal_exits_at_once_reporting_lost(fh_ports, short_tmp, tmp_path):
-    """A sink that never accepts (/dev/full: every write fails with ENOSPC) and
+    """A sink that never accepts (every write fails: see kill_jsonl_path) and
     a long grace: the first SIGTERM starts a drain that cannot finish, the
     second ends it at once and the buffered frames are reported lost."""
     port = fh_ports.new()
-    sock, summary_path = str(short_tmp / "c.sock"), tmp_path / "summary.json"
+    sock, summary_path, sink = str(short_tmp / "c.sock"), tmp_path / "summary.json", tmp_path / "out.jsonl"
     cfg = tmp_path / "run.toml"
-    write_config(cfg, port.path, "/dev/full", grace=60.0)
+    write_config(cfg, port.path, sink, grace=60.0)
     proc = cli_popen("run", "-c", str(cfg), "--control", sock, "--summary", str(summary_path), "-q", cwd=tmp_path)
     try:
         await wait_status(sock, lambda s: s["devices"]["imu0"]["state"] == "connected")
+        kill_jsonl_path(sink)
         await port.write(b"".join(encode_packet(0, s, b"x") for s in range(500)))
         await wait_status(sock, lambda s: s["devices"]["imu0"]["frames"] == 500)
         proc.send_signal(signal.SIGTERM)

@@ -15,7 +15,7 @@ import pytest
 
 from firmware_host import FakeOpener, FakePort, Frame, Sink, encode_packet
 from firmware_host.testing import assert_accounting
-from tests.conftest import cli, cli_popen, read_jsonl
+from tests.conftest import cli, cli_popen, kill_jsonl_path, read_jsonl
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -108,19 +108,21 @@ async def test_kill_9_under_load_then_restart_delivers_every_committed_frame(fh_
     sock = str(short_tmp / "c.sock")
     cfg = tmp_path / "run.toml"
     # two sinks: the real one is written under load when the kill lands; the
-    # second (/dev/full, every write fails) keeps each batch on the disk, so
-    # the spool certainly holds frames at the kill, whatever the timing
+    # second (every write fails: see kill_jsonl_path) keeps each batch on the
+    # disk, so the spool certainly holds frames at the kill, whatever the timing
+    dead = tmp_path / "dead.jsonl"
     cfg.write_text(
         f'[buffer]\nspool = "{spool}"\nflush_interval = 0.05\nbatch_size = 200\n'
         f'[[devices]]\nname = "imu0"\nport = "{port.path}"\ncodec = "fh1"\n'
         f'[[sinks]]\ntype = "jsonl"\npath = "{sink}"\n'
-        f'[[sinks]]\ntype = "jsonl"\npath = "/dev/full"\n'
+        f'[[sinks]]\ntype = "jsonl"\npath = "{dead}"\n'
     )
     proc = cli_popen("run", "-c", str(cfg), "--control", sock, "-q", cwd=tmp_path)
     from tests.test_shutdown import wait_status
 
     try:
         await wait_status(sock, lambda s: s["devices"]["imu0"]["state"] == "connected")
+        kill_jsonl_path(dead)
         for start in range(0, 20_000, 500):  # keep it busy: frames are moving through both stages
             await port.write(packets(range(start, start + 500)))
         await wait_status(sock, lambda s: s["devices"]["imu0"]["frames"] >= 10_000)
@@ -206,7 +208,7 @@ def test_spool_config_errors(tmp_path):
     assert result.returncode == 2 and "buffer.spool_sync" in result.stderr
     notdb = tmp_path / "not.db"
     notdb.write_bytes(b"this is not sqlite" * 100)
-    cfg.write_text(f'[buffer]\nspool = "{notdb}"\n')
+    cfg.write_text(f'[buffer]\nspool = "{notdb}"\n[[sinks]]\ntype = "jsonl"\npath = "{tmp_path / "o.jsonl"}"\n')
     result = cli("run", "-c", str(cfg), "--duration", "0", "--control", str(tmp_path / "s"))
     assert result.returncode == 1 and "not a usable spool" in result.stderr
     assert "Traceback" not in result.stderr

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ from firmware_host.config.schema import (
     config_from_dict,
     default_control_socket,
     load_config,
+    require_a_sink,
 )
 from firmware_host.errors import RuntimeFailure, UsageError
 from firmware_host.gctune import tune_gc
@@ -71,7 +73,7 @@ def run_main(opts: RunOptions) -> int:
     if not opts.quiet:
         from firmware_host.cli.render import status_table
 
-        print(status_table(final_status), flush=True)
+        _print_bounded(status_table(final_status) + "\n")
     lost = sum(d["lost"] for d in final_status["devices"].values())
     if lost:
         print(f"firmware-host: {lost} frames lost (not delivered within the grace period)", file=sys.stderr)
@@ -128,6 +130,9 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
     from firmware_host.config.boards import load_boards
     from firmware_host.runtime import Runtime
 
+    # SIGHUP never ends the run: ignored until the runtime can reopen sinks
+    # (_run_until_stopped), and again after it
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # files are read off the loop, like every other blocking call
     boards = await asyncio.to_thread(load_boards, opts.boards_dirs)
     # plugins first: the config may name their codecs and sink types
@@ -151,8 +156,9 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
             taken = {d.name for d in cfg.devices}
             extra = [d for d in fleet.device_configs() if d.name not in taken]
             cfg = dataclasses.replace(cfg, devices=[*cfg.devices, *extra])
-            if not cfg.sinks:
+            if not cfg.sinks and not plugins.sinks:  # the default only when nothing else is configured
                 cfg = dataclasses.replace(cfg, sinks=[SinkConfig("jsonl", {"path": DEFAULT_SINK_PATH})])
+        require_a_sink(cfg, len(plugins.sinks))
         control = (
             opts.control_path
             or cfg.control.socket
@@ -179,8 +185,17 @@ async def _tune_gc(rt: Any) -> None:
 
 
 async def _run_until_stopped(rt: Any, duration: float | None) -> Any:
-    """``rt.run``: the first SIGINT/SIGTERM drains, a second one abandons the drain."""
+    """``rt.run``: the first SIGINT/SIGTERM drains, a second one abandons the
+    drain; SIGHUP reopens the sinks' files (logrotate's convention) and never
+    stops the run."""
     loop = asyncio.get_running_loop()
+    reopening: set[asyncio.Task[None]] = set()  # held until done (the loop keeps only weak references)
+
+    def on_hangup() -> None:
+        log.info("SIGHUP: reopening the sinks' files")
+        task = loop.create_task(rt.reopen_sinks(), name="reopen-sinks")
+        reopening.add(task)
+        task.add_done_callback(reopening.discard)
 
     def on_signal(signame: str) -> None:
         if rt.stopped.is_set():
@@ -192,11 +207,46 @@ async def _run_until_stopped(rt: Any, duration: float | None) -> Any:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         return await rt.run(duration)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+#: seconds the final status table may wait for a slow stdout reader
+PRINT_TIMEOUT = 0.5
+
+
+def _print_bounded(text: str) -> None:
+    """``text`` on stdout, given up after ``PRINT_TIMEOUT``: a pipe nobody reads
+    (the stdout sink's reader, stuck) must not hold the exit. Written to the
+    descriptor from a daemon thread, so no lock of ``sys.stdout`` is held if
+    it never returns."""
+    try:
+        sys.stdout.flush()
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # an in-memory stdout (tests): it cannot block
+        print(text, end="", flush=True)
+        return
+    data = text.encode(sys.stdout.encoding or "utf-8", "replace")
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            pass  # the reader left: nothing to tell it
+        finally:
+            done.set()
+
+    threading.Thread(target=write, name="status-table", daemon=True).start()
+    if not done.wait(PRINT_TIMEOUT):
+        log.warning("stdout is not being read: the final status table was not printed")
 
 
 def _write_summary(path: str, status: dict[str, Any]) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_BAUDRATE",
     "DEFAULT_CODECS",
     "DEFAULT_SINKS",
+    "DEFAULT_SINK_TIMEOUT",
     "MAX_CONFIG_BYTES",
     "NAME_EXPECTED",
     "NAME_PATTERN",
@@ -52,11 +53,14 @@ __all__ = [
     "config_from_dict",
     "default_control_socket",
     "load_config",
+    "require_a_sink",
 ]
 
 #: codecs and sinks that ship with the runtime; plugins add to these
 DEFAULT_CODECS: frozenset[str] = frozenset({"fh1", "nmea", "lines"})
 DEFAULT_SINKS: frozenset[str] = frozenset({"jsonl"})
+#: ``[[sinks]] timeout``: seconds a sink's ``write`` may take (docs/reliability.md)
+DEFAULT_SINK_TIMEOUT = 10.0
 # Linux sun_path is 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH = 107
 
@@ -66,6 +70,8 @@ _BUFFER_KEYS = frozenset(
 )
 SPOOL_SYNC_MODES = ("off", "normal", "full")
 _SHUTDOWN_KEYS = frozenset({"grace"})
+#: keys of ``[[sinks]]`` that every sink type accepts (the rest go to the sink)
+_COMMON_SINK_KEYS = frozenset({"type", "timeout"})
 _SERIAL_KEYS = frozenset({"read_coalesce"})
 #: the longest read coalescing window accepted: past it, a busy 921600-baud
 #: port would outgrow the kernel's tty buffering (about 64 KiB) between reads
@@ -131,6 +137,8 @@ class DeviceConfig:
 class SinkConfig:
     type: str
     options: dict[str, object] = field(default_factory=dict)  # validated by the sink itself
+    #: seconds one ``write`` may take before it counts as a failed delivery
+    timeout: float = DEFAULT_SINK_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -386,4 +394,18 @@ def _parse_sink(check: Checker, value: object, where: str, sink_types: frozenset
     sink_type = check.string(table["type"], f"{where}.type", "a sink type name")
     if sink_type not in sink_types:
         check.fail(f"{where}.type", f"unknown sink type {sink_type!r} (known: {', '.join(sorted(sink_types))})")
-    return SinkConfig(type=sink_type, options={k: v for k, v in table.items() if k != "type"})
+    # keys every sink type takes are the loader's; the rest are the sink's own
+    timeout = check.number(table.get("timeout", DEFAULT_SINK_TIMEOUT), f"{where}.timeout", gt=0)
+    options = {k: v for k, v in table.items() if k not in _COMMON_SINK_KEYS}
+    return SinkConfig(type=sink_type, options=options, timeout=timeout)
+
+
+def require_a_sink(config: Config, plugin_sinks: int) -> None:
+    """A run with nowhere to deliver would read frames only to lose them:
+    refuse it (a config error), saying how to add a sink. ``plugin_sinks``
+    counts the sinks the enabled plugins added."""
+    if not config.sinks and not plugin_sinks:
+        raise ConfigError(
+            'no sinks: frames would go nowhere; add one, e.g. [[sinks]] type = "jsonl" path = "frames.jsonl"',
+            source=config.source,
+        )

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from firmware_host.config._check import OptionSpec, check_options
+from firmware_host.config.schema import DEFAULT_SINK_TIMEOUT
 from firmware_host.errors import SinkOptionError
 from firmware_host.frames import Frame
 
@@ -19,9 +20,16 @@ class Sink(ABC):
     Delivery is at least once, so a sink must tolerate seeing a frame again
     (it is identified by ``(device, seq, ts)``). Do blocking work in an
     executor: a sink runs on the event loop.
+
+    Each ``write`` has a deadline, ``timeout`` seconds (``[[sinks]] timeout``):
+    a write still running then is cancelled and counts as a failure. A sink
+    that hands the write to a thread must refuse the next write while that
+    thread still runs (see ``firmware_host.sinks.writer``).
     """
 
     name: str = "sink"
+    #: seconds one ``write`` (and ``open``, ``close``) may take
+    timeout: float = DEFAULT_SINK_TIMEOUT
 
     async def open(self) -> None:  # noqa: B027  (optional hook: most sinks open lazily)
         """Acquire resources; called once before the first write."""
@@ -30,8 +38,17 @@ class Sink(ABC):
     async def write(self, frames: Sequence[Frame]) -> None:
         """Accept ``frames`` (in buffer order) or raise."""
 
+    async def reopen(self) -> None:  # noqa: B027  (optional hook)
+        """Reopen files by their path (SIGHUP, after a log rotation)."""
+
     async def close(self) -> None:  # noqa: B027  (optional hook)
         """Release resources; called once after the final drain."""
+
+
+class SinkClosed(Exception):
+    """Raised by ``write`` when the sink is gone for good (its reader left:
+    EPIPE). The flusher stops writing to it, and never retries it; when every
+    sink has closed, the runtime stops like a Unix filter whose reader left."""
 
 
 #: ``factory(**options) -> Sink``

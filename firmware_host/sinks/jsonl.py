@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import binascii
-import concurrent.futures
 import json
+import logging
 import os
+import stat
 from collections.abc import Sequence
-from typing import Any, BinaryIO
+from typing import Any
 
 from firmware_host.frames import Frame
 from firmware_host.sinks.base import Sink, take_options
+from firmware_host.sinks.writer import WriterThread
+
+log = logging.getLogger("firmware_host.sinks.jsonl")
 
 _TAIL_CHUNK = 1 << 16
 #: batches up to this many frames are formatted on the event loop (under 1 ms
@@ -116,8 +119,20 @@ def encode_records(frames: Sequence[Frame]) -> bytes:
     return b"".join(out)
 
 
+class NotARegularFile(OSError):
+    """The jsonl path names a FIFO, a device or a directory."""
+
+
 class JsonlSink(Sink):
-    """Appends whole lines; writes and fsyncs run in an executor."""
+    """Appends whole lines; writes and fsyncs run in the sink's writer thread.
+
+    The file is a raw descriptor opened ``O_APPEND``: one ``os.write`` per
+    batch, no buffered file object whose lock a stuck writer thread would
+    hold at interpreter exit. Before each batch the path is checked against
+    the open file (one ``os.stat``): a file deleted or renamed away (log
+    rotation) is noticed and the path reopened, so frames never go on into
+    an unlinked inode.
+    """
 
     name = "jsonl"
 
@@ -125,56 +140,108 @@ class JsonlSink(Sink):
         opts = take_options("jsonl", options, {"path": (str, ...), "fsync": (bool, False)})
         self.path: str = opts["path"]
         self.fsync: bool = opts["fsync"]
-        self._file: BinaryIO | None = None
+        self._fd: int | None = None
+        #: (st_dev, st_ino) of the open file, to tell whether the path still names it
+        self._ident: tuple[int, int] = (0, 0)
+        #: set by ``reopen`` (SIGHUP); the writer thread honours it before its next batch
+        self._reopen_wanted = False
+        self._closed = True  # until open, and after close
+        self.reopens = 0
         # one thread of its own: a write that a deadline gave up on keeps
-        # running, and the retry must queue behind it, not race it on the file
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jsonl")
+        # running, and the next write is refused until it returns
+        self._writer = WriterThread("jsonl")
 
     async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._file = await loop.run_in_executor(self._executor, self._open)
+        await self._writer.run(self._open)
+        self._closed = False
 
-    def _open(self) -> BinaryIO:
+    def _open(self) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
+        # a FIFO would block open() until a reader comes (and repair_tail
+        # would read it): look first, and open non-blocking to close the race
+        try:
+            _check_regular(self.path, os.stat(self.path))
+        except FileNotFoundError:
+            pass
         repair_tail(self.path)
-        return open(self.path, "ab")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        try:
+            st = os.fstat(fd)
+            _check_regular(self.path, st)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._ident = fd, (st.st_dev, st.st_ino)
+
+    async def reopen(self) -> None:
+        self._reopen_wanted = True
+
+    def _moved(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != self._ident
+
+    def _reopen(self) -> None:
+        self._reopen_wanted = False
+        old, self._fd = self._fd, None
+        if old is not None:
+            os.close(old)
+        self._open()
+        self.reopens += 1
 
     async def write(self, frames: Sequence[Frame]) -> None:
-        if self._file is None:
+        if self._closed:
             raise RuntimeError("jsonl sink is not open")
-        loop = asyncio.get_running_loop()
         if len(frames) <= ENCODE_ON_LOOP_MAX:
             # formatting is pure CPU: doing it here spares a thread the GIL
-            # ping-pong with the loop; only the file I/O goes to the executor
-            await loop.run_in_executor(self._executor, self._write_bytes, encode_records(frames))
+            # ping-pong with the loop; only the file I/O goes to the thread
+            await self._writer.run(self._write_bytes, encode_records(frames))
         else:  # a huge batch would stall the loop for too long
-            await loop.run_in_executor(self._executor, self._write, frames)
+            await self._writer.run(self._write, frames)
 
     def _write(self, frames: Sequence[Frame]) -> None:
         self._write_bytes(encode_records(frames))
 
     def _write_bytes(self, data: bytes) -> None:
-        f = self._file
-        assert f is not None
-        start = f.tell()
+        if self._reopen_wanted or self._fd is None or self._moved():
+            self._reopen()
+        fd = self._fd
+        assert fd is not None
+        start = os.lseek(fd, 0, os.SEEK_END)
         try:
-            f.write(data)  # one write per batch: whole lines only
-            f.flush()
+            view = memoryview(data)
+            while view:  # one write per batch, but a short write must not cut a line
+                view = view[os.write(fd, view) :]
             if self.fsync:
-                os.fsync(f.fileno())
+                os.fsync(fd)
         except OSError:
             # disk full or similar: take back the partial batch so the retry
             # does not leave a torn line in the middle of the file
             try:
-                f.truncate(start)
-                f.seek(start)
+                os.ftruncate(fd, start)
             except OSError:
                 pass
             raise
 
     async def close(self) -> None:
-        if self._file is not None:
-            f, self._file = self._file, None
-            await asyncio.get_running_loop().run_in_executor(self._executor, f.close)
-        self._executor.shutdown(wait=False)
+        self._closed = True
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            if self._writer.busy:
+                # a write the flusher gave up on still holds the descriptor:
+                # closing it under that thread could let a new file reuse its
+                # number mid-write; the process exit closes it instead
+                log.warning("jsonl %s: a write is still in progress; the file is left open", self.path)
+            else:
+                await self._writer.run(os.close, fd)
+        self._writer.stop()
+
+
+def _check_regular(path: str, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a file"
+        raise NotARegularFile(f"{path} is {kind}, not a regular file (a jsonl sink appends to a file)")
