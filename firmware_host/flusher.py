@@ -8,11 +8,14 @@ the buffer, still subject to drop-oldest, and each retry sends only what
 survived.
 
 Every write has a deadline (the sink's ``timeout``, and the drain's): a
-write that does not finish in time is cancelled and counts as a failure. A
-cancelled token stops a write in progress at once (shutdown never waits for
-a sink). A sink that raises ``SinkClosed`` is left out from then on; a fault
-of the source itself (a spool on a full disk) is retried with backoff and
-shown in ``source_error``, never the end of the task.
+write that does not finish in time is cancelled and counts as a failure. The
+``abort`` token (a second signal) abandons a write in progress at once; the
+periodic loop's own token only stops it from starting new work, so a write
+under way when the shutdown begins is finished, not abandoned and sent again
+(the runtime bounds how long it waits for that by the grace). A sink that
+raises ``SinkClosed`` is left out from then on; a fault of the source
+itself (a spool on a full disk) is retried with backoff and shown in
+``source_error``, never the end of the task.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ class Flusher:
         backoff_max: float = 5.0,
         changes: Changes | None = None,
         on_all_closed: Callable[[], None] | None = None,
+        abort: CancellationToken | None = None,
     ) -> None:
         self._agg = source
         self.changes = changes or Changes()
@@ -113,6 +117,8 @@ class Flusher:
         self._closed: set[int] = set()
         #: called once, when the last open sink has closed
         self._on_all_closed = on_all_closed
+        #: cancelled to give up at once, even on a write in progress
+        self._abort = abort
         #: the last failure of the source itself (take, trim, ack), until one succeeds
         self.source_error: str | None = None
         self.source_failures = 0
@@ -238,7 +244,7 @@ class Flusher:
         while True:
             failed: list[Sink] = []
             for sink in pending:
-                accepted = await self._write(sink, batch, deadline, token)
+                accepted = await self._write(sink, batch, deadline)
                 if accepted is None:
                     return None
                 if not accepted:
@@ -258,22 +264,21 @@ class Flusher:
     def open_sinks(self) -> list[Sink]:
         return [s for s in self.sinks if id(s) not in self._closed]
 
-    async def _write(
-        self, sink: Sink, batch: Batch, deadline: float | None, token: CancellationToken | None
-    ) -> bool | None:
+    async def _write(self, sink: Sink, batch: Batch, deadline: float | None) -> bool | None:
         """One write under its deadline: True accepted, False failed (counted,
         to retry; a closed sink counts as accepted), None when the drain's
-        deadline or the token stopped it (not the sink's fault)."""
+        deadline or the abort token stopped it (not the sink's fault)."""
+        abort = self._abort
         stats = self.stats[id(sink)]
         limit, by_deadline = sink.timeout, False
         if deadline is not None:
             left = deadline - time.monotonic()
             if left < limit:
                 limit, by_deadline = max(0.0, left), True
-        # a task of its own, so a deadline or a cancelled token can abandon it
+        # a task of its own, so a deadline or the abort token can abandon it
         # without waiting (a coroutine cannot be interrupted otherwise)
         work = asyncio.ensure_future(sink.write(batch.frames))
-        stop = asyncio.ensure_future(token.cancelled()) if token is not None else None
+        stop = asyncio.ensure_future(abort.cancelled()) if abort is not None else None
         try:
             await asyncio.wait(
                 (work,) if stop is None else (work, stop), timeout=limit, return_when=asyncio.FIRST_COMPLETED
@@ -285,7 +290,7 @@ class Flusher:
                 work.cancel()
                 work.add_done_callback(_retrieve)
         if not work.done() or work.cancelled():
-            if by_deadline or (token is not None and token.is_cancelled):
+            if by_deadline or (abort is not None and abort.is_cancelled):
                 return None
             return self._failed(stats, f"timed out after {limit:g}s")
         exc = work.exception()

@@ -150,6 +150,7 @@ class Runtime:
             batch_size=cfg.buffer.batch_size,
             changes=self.changes,
             on_all_closed=self._all_sinks_closed,
+            abort=self._abort,
         )
         self._flusher_task = asyncio.create_task(self.flusher.run(self.flusher_token), name="flusher")
         if self.control_path:
@@ -370,11 +371,18 @@ class Runtime:
                 await asyncio.gather(*readers, return_exceptions=True)
             self.tasks_token.cancel()
             self.flusher_token.cancel()
-            # a cancelled token abandons a write in progress: these end at once
+            # a write in progress is finished, not abandoned (it would be sent
+            # again by the drain), but only until the deadline or a second signal
             for task in (self._flusher_task, self._spooler_task):
                 if task is not None:
+                    left = max(0.0, deadline - time.monotonic())
+                    await self._abort.run_until_cancelled(asyncio.wait((task,), timeout=left))
+                    if not task.done():
+                        task.cancel()  # gives up the write: those frames stay buffered
                     try:
                         await task
+                    except asyncio.CancelledError:
+                        pass
                     except Exception:  # never expected (faults are retried inside); still drain
                         log.exception("%s task failed", task.get_name())
             result = FlushResult()

@@ -4,6 +4,7 @@ drop-oldest keeps memory bounded during an outage; every sink sees every frame."
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -214,3 +215,52 @@ async def test_shutdown_does_not_wait_for_a_hung_write(fh_runtime):
         summary = await rt.shutdown()
         assert loop.time() - started < 0.3 + 1.0
     assert summary.lost == 10 and not summary.drained
+
+
+class SlowSink(Sink):
+    """Each write takes ``delay`` seconds (in a thread, as the jsonl sink's do);
+    ``writing`` is set while one is under way."""
+
+    name = "slow"
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.frames: list[int] = []
+        self.writing = asyncio.Event()
+
+    async def write(self, frames: Sequence[Frame]) -> None:
+        self.writing.set()
+        try:
+            # the thread writes whatever happens to the coroutine awaiting it
+            await asyncio.to_thread(self._write, [f.seq for f in frames])
+        finally:
+            self.writing.clear()
+
+    def _write(self, seqs: list[int]) -> None:
+        time.sleep(self.delay)
+        self.frames.extend(seqs)
+
+
+async def test_a_write_under_way_when_shutdown_begins_is_finished_not_sent_twice():
+    """The shutdown used to abandon the periodic flusher's write in progress and
+    let the final drain send the same frames again: each frame reached the sink
+    twice whenever a stop met a write."""
+    from firmware_host import Runtime, config_from_dict
+
+    sink = SlowSink(0.3)
+    port = FakePort([packets(range(200))])
+    cfg = config_from_dict(
+        {
+            "buffer": {"flush_interval": 0.01, "batch_size": 1000},
+            "shutdown": {"grace": 5},
+            "devices": [{"name": "a", "port": "fake://a", "codec": "fh1"}],
+        }
+    )
+    rt = Runtime(cfg, opener=FakeOpener({"fake://a": [port]}), sinks=[sink])
+    await rt.start()
+    await rt.wait_until(lambda s: s["devices"]["a"]["frames"] == 200, 10)
+    await asyncio.wait_for(sink.writing.wait(), 10)  # the periodic flush is writing now
+    summary = await rt.shutdown()
+    assert_accounting(summary.status)
+    assert sorted(sink.frames) == list(range(200)) and len(sink.frames) == 200  # each once
+    assert summary.status["devices"]["a"]["flushed"] == 200 and summary.lost == 0

@@ -273,8 +273,23 @@ def test_run_raises_the_soft_open_files_limit_to_the_hard_one():
 
     try:
         sock = str(work / "ctl.sock")
+        cfg = work / "run.toml"  # no devices; a sink, since a run with none is refused
+        cfg.write_text(f'[[sinks]]\ntype = "jsonl"\npath = "{work / "out.jsonl"}"\n')
         res = subprocess.run(
-            [sys.executable, "-m", "firmware_host", "run", "--duration", "0.1", "-q", "-vv", "--control", sock],
+            [
+                sys.executable,
+                "-m",
+                "firmware_host",
+                "run",
+                "-c",
+                str(cfg),
+                "--duration",
+                "0.1",
+                "-q",
+                "-vv",
+                "--control",
+                sock,
+            ],
             cwd=work,
             env=_env(),
             capture_output=True,
