@@ -128,7 +128,7 @@ class PyserialRfc2217Server:
     is the port it set (its baudrate is what the client asked for)."""
 
     def __init__(self, device: str) -> None:
-        self.serial = serial.serial_for_url(device, baudrate=9600, timeout=0.05)
+        self.serial = _PtySerial(device, baudrate=9600, timeout=0.05)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.listener.getsockname()[1])
         self.url = f"rfc2217://127.0.0.1:{self.port}"
@@ -179,6 +179,27 @@ class PyserialRfc2217Server:
         if self._conn is not None:
             self._conn.close()
         self.serial.close()
+
+
+class _PtySerial(serial.Serial):
+    """A pty has no modem lines (TIOCMGET fails on it): they read as low, so
+    PortManager's notification of them does not end its thread."""
+
+    @property
+    def cts(self) -> bool:
+        return False
+
+    @property
+    def dsr(self) -> bool:
+        return False
+
+    @property
+    def ri(self) -> bool:
+        return False
+
+    @property
+    def cd(self) -> bool:
+        return False
 
 
 class _Connection:
