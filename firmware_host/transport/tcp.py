@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import sys
 import urllib.parse
 
 from firmware_host.errors import PortClosed
 from firmware_host.transport.fds import open_failed
-from firmware_host.transport.limits import CONNECT_TIMEOUT
+from firmware_host.transport.limits import CONNECT_TIMEOUT, KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL
 from firmware_host.transport.stream import ChunkProtocol, StreamPort
 
-__all__ = ["connect", "is_socket_url", "open_socket", "parse_socket_url", "split_host_url"]
+__all__ = ["connect", "is_socket_url", "keep_alive", "open_socket", "parse_socket_url", "split_host_url"]
 
 _SCHEME = "socket://"
 _MAX_URL = 300  # a host name is at most 253 bytes; a URL longer than this is a mistake
@@ -78,7 +80,23 @@ async def connect(url: str, host: str, port: int, protocol: asyncio.Protocol) ->
             # asyncio words it "Connect call failed (address)": say what failed
             exc = OSError(exc.errno, os.strerror(exc.errno))
         raise open_failed(url, exc) from None
+    keep_alive(transport)
     return transport
+
+
+def keep_alive(transport: asyncio.BaseTransport) -> None:
+    """Probe an idle connection (TCP keepalive), so a network that drops
+    without a word (a cable pulled between gateway and device server) ends
+    it within ``KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL``
+    seconds and the device reconnects, instead of reading nothing forever."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if sys.platform == "linux":  # elsewhere the system's keepalive timing stands
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
 
 
 async def open_socket(url: str) -> StreamPort:
