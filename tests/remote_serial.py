@@ -134,14 +134,17 @@ class PyserialRfc2217Server:
         self.url = f"rfc2217://127.0.0.1:{self.port}"
         self._stop = threading.Event()
         self._conn: socket.socket | None = None
+        #: the client's address, once one connected
+        self.peer: tuple[str, int] | None = None
         self._thread = threading.Thread(target=self._serve, name="rfc2217-server", daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
         try:
-            conn, _ = self.listener.accept()
+            conn, peer = self.listener.accept()
         except OSError:  # closed before any client came
             return
+        self.peer = peer
         self._conn = conn
         manager = serial.rfc2217.PortManager(self.serial, _Connection(conn))
         reader = threading.Thread(target=self._to_network, args=(conn, manager), daemon=True)

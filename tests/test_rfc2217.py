@@ -21,6 +21,7 @@ from firmware_host.transport.serial import SerialBackend, open_serial
 from firmware_host.transport.telnet import COM_PORT_OPTION, DO, DONT, IAC, SB, SE, WILL, TelnetParser, escape
 from tests.conftest import read_jsonl
 from tests.remote_serial import Pty, PyserialRfc2217Server
+from tests.test_transport_fds import HIGH, descriptors_below_taken, socket_fd_bound_to, soft_nofile_at_least
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -195,3 +196,24 @@ def test_a_long_subnegotiation_is_dropped_and_the_data_after_it_kept():
 @given(st.binary(max_size=64))
 def test_escape_round_trips(data):
     assert TelnetParser(_Commands()).feed(escape(data)) == data
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+async def test_an_rfc2217_device_on_a_descriptor_above_1024(pty, pyserial_server, fh_runtime, fh_jsonl):
+    """pyserial's RFC 2217 client waits with select(), which cannot take a
+    descriptor >= 1024; ours is in the event loop's selector."""
+    config = {
+        "buffer": {"flush_interval": 0.02},
+        "devices": [{"name": "d", "port": pyserial_server.url, "codec": "fh1", "baudrate": 57600}],
+        "sinks": [{"type": "jsonl", "path": str(fh_jsonl)}],
+    }
+    with soft_nofile_at_least(4096), descriptors_below_taken(HIGH):
+        async with fh_runtime(config) as rt:
+            await rt.wait_state("d", "connected")
+            fd = socket_fd_bound_to(pyserial_server.peer)
+            assert fd is not None and fd >= HIGH  # the case select() cannot serve
+            assert pyserial_server.serial.baudrate == 57600
+            pty.write(b"".join(encode_packet(0, seq, bytes([0xFF]) * 8) for seq in range(300)))
+            await rt.wait_flushed("d", 300)
+            await rt.shutdown()
+    assert [r["seq"] for r in read_jsonl(fh_jsonl)] == list(range(300))
