@@ -99,7 +99,7 @@ class UplinkReader:
             return False
         try:
             port.write(data)
-        except (OSError, PortClosed):
+        except Exception:  # whatever a transport raises, the device did not take it
             return False
         return True
 
@@ -134,7 +134,7 @@ class UplinkReader:
         try:
             url = await self._resolve()
             self.url = url
-        except (OSError, PortClosed, LookupError) as exc:
+        except Exception as exc:  # any failure to find the port: backoff, never a dead reader
             self._note_error(exc)
             return None
         opening = asyncio.ensure_future(self._open(url, self._baudrate))
@@ -149,7 +149,7 @@ class UplinkReader:
             return None
         try:
             port = opening.result()
-        except (OSError, PortClosed) as exc:
+        except Exception as exc:  # PortClosed, OSError, or a transport's bug: backoff and retry
             self._note_error(exc)
             return None
         if token.is_cancelled:
@@ -158,9 +158,12 @@ class UplinkReader:
         return port
 
     def _note_error(self, exc: BaseException) -> None:
-        text = str(exc)
+        expected = isinstance(exc, (PortClosed, OSError, LookupError))
+        # an unexpected exception is named, so last_error says what failed
+        text = str(exc) if expected else f"{type(exc).__name__}: {exc}"
         if text != self.stats.last_error:  # log a change, not every retry
-            log.warning("%s: %s", self.name, text)
+            # the traceback of an unexpected one is what its bug report needs
+            log.warning("%s: %s", self.name, text, exc_info=None if expected else exc)
         self.stats.last_error = text
 
     async def _read_until_closed(self, port: Port, token: CancellationToken) -> None:
@@ -177,7 +180,9 @@ class UplinkReader:
                     await gate.wait()  # the flusher is catching up (bounded wait)
                 try:
                     data = await port.read()
-                except (PortClosed, OSError) as exc:
+                except Exception as exc:
+                    # not only PortClosed/OSError: whatever a transport raises
+                    # is a read error (backoff, reconnect), never a dead reader
                     if not token.is_cancelled:
                         self._note_error(exc)
                     break
@@ -204,7 +209,11 @@ class UplinkReader:
             self._port = None
             closer.cancel()
             codec.reset()
-            await port.close()
+            try:
+                await port.close()
+            except Exception as exc:  # a transport failing to close must not end the reader
+                if not token.is_cancelled:
+                    self._note_error(exc)
 
     def _close_when_opened(self, opening: asyncio.Future[Port]) -> None:
         if not opening.cancelled() and opening.exception() is None:

@@ -73,7 +73,9 @@ async def test_open_missing_port_is_portclosed(tmp_path):
 async def test_a_pyserial_url_without_a_descriptor_is_refused_at_open():
     """loop:// has nothing the event loop could wait on: a clear error, not a
     port that never reads."""
-    with pytest.raises(PortClosed, match=r"^cannot open loop://: not supported \(pyserial gives it no file descriptor"):
+    with pytest.raises(
+        PortClosed, match=r"^cannot open loop://: loop:// is not supported: pyserial's loop:// gives no file descriptor"
+    ):
         await open_serial("loop://", 9600)
 
 

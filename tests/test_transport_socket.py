@@ -185,3 +185,38 @@ async def test_socket_device_reconnects_when_its_server_returns(fh_runtime, fh_j
     server.close()
     await server.wait_closed()
     assert [r["seq"] for r in read_jsonl(fh_jsonl)] == list(range(20))
+
+
+@pytest.mark.parametrize("scheme", ["socket", "rfc2217"])
+async def test_connections_are_kept_alive(scheme):
+    """TCP keepalive is on, so a network that drops without a word ends the
+    connection (and the device reconnects) instead of reading nothing forever."""
+    from firmware_host.transport.limits import KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL
+    from firmware_host.transport.tcp import connect
+
+    accepted = asyncio.get_running_loop().create_future()
+    done = asyncio.get_running_loop().create_future()
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set_result(None)
+        await reader.read()  # until the host closes
+        writer.close()
+        await writer.wait_closed()
+        done.set_result(None)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port_no = server.sockets[0].getsockname()[1]
+    transport = await connect(f"{scheme}://127.0.0.1:{port_no}", "127.0.0.1", port_no, asyncio.Protocol())
+    try:
+        sock = transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == KEEPALIVE_INTERVAL
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == KEEPALIVE_COUNT
+        await asyncio.wait_for(accepted, 5)
+    finally:
+        transport.close()
+        await asyncio.wait_for(done, 5)
+        server.close()
+        await server.wait_closed()

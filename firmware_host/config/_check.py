@@ -36,6 +36,7 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "NAME_EXPECTED",
     "NAME_PATTERN",
+    "PORT_URL_SCHEMES",
     "Checker",
     "OptionSpec",
     "check_options",
@@ -45,6 +46,7 @@ __all__ = [
     "is_number",
     "number_text",
     "parse_toml",
+    "port_url_problem",
     "read_toml",
 ]
 
@@ -64,6 +66,30 @@ BUILTIN_CODEC_OPTIONS: Mapping[str, frozenset[str]] = {
 }
 #: a device's baudrate when neither it nor its board says
 DEFAULT_BAUDRATE = 115200
+#: pyserial's URL schemes: None for those the transport reads, else why it
+#: cannot. The transport routes by this table and refuses the rest at open
+#: (``transport.serial.supported_url``); the config checks a device's port
+#: against it at load. It lives here because the config layer may not import
+#: the transport (setup.cfg [importlinter] layers), while the transport may
+#: import this. Schemes pyserial does not know (a test's ``fake://`` served
+#: by a ``FakeOpener``) are the opener's business and pass.
+PORT_URL_SCHEMES: Mapping[str, str | None] = {
+    "socket": None,
+    "rfc2217": None,
+    "spy": None,
+    "hwgrep": None,
+    "alt": None,
+    "loop": "pyserial's loop:// gives no file descriptor to wait on",
+    "cp2110": "pyserial's cp2110:// (a HID device) gives no file descriptor to wait on",
+}
+
+
+def port_url_problem(port: str) -> str | None:
+    """Why the transport cannot read ``port`` (a path or pyserial URL), or None."""
+    scheme, sep, _ = port.partition("://")
+    reason = PORT_URL_SCHEMES.get(scheme.lower()) if sep else None
+    return f"{scheme}:// is not supported: {reason}" if reason else None
+
 
 # --------------------------------------------------------------------- values
 

@@ -25,6 +25,7 @@ from firmware_host.config._check import (
     Checker,
     describe,
     number_text,
+    port_url_problem,
     read_toml,
 )
 from firmware_host.config.boards import Board, load_boards
@@ -326,6 +327,9 @@ def _parse_device(
     if not has_port and not has_match:
         check.fail(where, "missing 'port' (a path or pyserial URL) or 'match' (a table of vid, pid, serial)")
     port = check.string(table["port"], f"{where}.port", "a port path or pyserial URL") if has_port else None
+    problem = port_url_problem(port) if port is not None else None
+    if problem is not None:
+        check.fail(f"{where}.port", problem)
     match = _parse_match(check, table["match"], f"{where}.match") if has_match else None
 
     board: Board | None = None

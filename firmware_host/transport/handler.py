@@ -1,7 +1,7 @@
 """Any Serial that is not a plain tty, through pyserial-asyncio's public API.
 
-pyserial's other URL handlers (``rfc2217://``, ``loop://``, ``spy://``,
-``alt://``, ``hwgrep://``, ...) and Serial objects that are not pyserial's
+pyserial's other URL handlers that give a descriptor to wait on
+(``spy://``, ``alt://``, ``hwgrep://``) and Serial objects that are not pyserial's
 PosixSerial (the test kit's ``MockSerial``) implement reading in their own
 ``read``; they are driven by pyserial-asyncio's transport, made with
 ``serial_asyncio.connection_for_serial`` and read through our

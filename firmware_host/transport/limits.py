@@ -20,6 +20,16 @@ MAX_READ_SIZE = 1 << 16
 CLOSE_TIMEOUT = 1.0
 #: how long a ``socket://`` connect may take (pyserial's socket handler waited 5 s too)
 CONNECT_TIMEOUT = 5.0
+#: TCP keepalive of ``socket://`` and ``rfc2217://`` connections: after this
+#: many seconds idle, probe every KEEPALIVE_INTERVAL s, and give up after
+#: KEEPALIVE_COUNT unanswered probes (a silent network drop ends the
+#: connection in about 25 s; a device that is merely quiet costs a probe each 10 s)
+KEEPALIVE_IDLE = 10
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 3
+#: how long an ``rfc2217://`` open waits for the server to acknowledge the
+#: line settings (pyserial's RFC 2217 client waited 3 s per option too)
+NEGOTIATION_TIMEOUT = 3.0
 #: After a read shorter than READ_COALESCE_BYTES, the next read of a tty waits
 #: for the next tick of the backend's ReadClock (every READ_COALESCE seconds
 #: unless ``[serial] read_coalesce`` says otherwise), like a USB-serial

@@ -3,18 +3,25 @@
 ``SerialBackend`` is what the runtime opens ports with (``await
 backend(url, baudrate) -> Port``). It owns the state its ports share, so no
 module holds any: the ``ReadClock`` every busy tty waits on (period from
-``[serial] read_coalesce``) and the descriptor budget (``fds.py``) that keeps
-descriptors free for the control socket and the sinks.
+``[serial] read_coalesce``), the descriptor budget (``fds.py``) that keeps
+descriptors free for the control socket and the sinks, and what RFC 2217
+servers were found not to acknowledge (``rfc2217.ServerQuirks``).
 
 Which port a URL gets:
 
 - ``socket://HOST:PORT``: a connection made by asyncio (``tcp.py``);
+- ``rfc2217://HOST:PORT``: the same, with our RFC 2217 client setting the
+  far end's line (``rfc2217.py``);
 - a tty, i.e. whatever pyserial opens as its plain PosixSerial: read and
   written through its descriptor on the event loop, with read coalescing
   (``tty.py``);
 - anything else pyserial opens (its other URL handlers, the test kit's
   MockSerial, which patches ``serial.serial_for_url``): pyserial-asyncio
   (``handler.py``).
+
+A URL whose scheme the transport cannot read (``loop://``, ``cp2110://``)
+is refused at open, in the words the config uses to refuse it at load
+(``supported_url``; the table is ``config._check.PORT_URL_SCHEMES``).
 
 pyserial's open runs in an executor: on real hardware it can block (a USB
 adapter mid-enumeration).
@@ -31,15 +38,22 @@ import serial
 from serial.serialposix import Serial as PosixSerial
 
 from firmware_host._sync import ReadClock
+from firmware_host.config._check import port_url_problem
 from firmware_host.errors import PortClosed
 from firmware_host.transport.base import Port
 from firmware_host.transport.fds import FD_RESERVE, TTY_COST, FdBudget, open_failed
 from firmware_host.transport.handler import open_handler
 from firmware_host.transport.limits import READ_COALESCE
+from firmware_host.transport.rfc2217 import ServerQuirks, is_rfc2217_url, open_rfc2217
 from firmware_host.transport.tcp import is_socket_url, open_socket
 from firmware_host.transport.tty import TtyPort
 
-__all__ = ["READ_COALESCE", "SerialBackend", "open_serial"]
+__all__ = ["READ_COALESCE", "SerialBackend", "open_serial", "supported_url"]
+
+
+def supported_url(url: str) -> str | None:
+    """Why the transport cannot read ``url`` (a path or pyserial URL), or None."""
+    return port_url_problem(url)
 
 
 class SerialBackend:
@@ -53,13 +67,20 @@ class SerialBackend:
     def __init__(self, *, read_coalesce: float = READ_COALESCE, fd_reserve: int = FD_RESERVE) -> None:
         self.clock = ReadClock(read_coalesce)
         self.fds = FdBudget(fd_reserve)
+        #: what RFC 2217 servers did not acknowledge, not waited for again
+        self.quirks = ServerQuirks()
 
     async def __call__(self, url: str, baudrate: int) -> Port:
         loop = asyncio.get_running_loop()
-        if is_socket_url(url):
+        problem = supported_url(url)
+        if problem is not None:
+            raise PortClosed(f"cannot open {url}: {problem}")
+        if is_socket_url(url) or is_rfc2217_url(url):
             with self.fds.connecting():
                 await loop.run_in_executor(None, self.fds.check, url)
-                return await open_socket(url)
+                if is_socket_url(url):
+                    return await open_socket(url)
+                return await open_rfc2217(url, baudrate, self.quirks)
         opening = loop.run_in_executor(None, functools.partial(self._open, url, baudrate))
         try:
             # shielded: if this open is abandoned, the Serial it makes is closed, not leaked
