@@ -117,7 +117,9 @@ def _event_loop_run(coro: Coroutine[Any, Any, T]) -> T:
         import uvloop  # optional extra [fast]
     except ImportError:
         return asyncio.run(coro)
-    return uvloop.run(coro)
+    # typed where uvloop is installed, Any where mypy cannot see it: either way T
+    result: T = uvloop.run(coro)
+    return result
 
 
 def build_config(opts: RunOptions, boards: Any, **known: Any) -> Config:
