@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from firmware_host._sync import Changes, Mailbox, ReadGate
 from firmware_host.cancel import CancellationToken
 from firmware_host.errors import AggregatorStopped
 from firmware_host.frames import Frame
+
+log = logging.getLogger("firmware_host.aggregator")
 
 INBOX_SIZE = 1024
 
@@ -193,6 +196,9 @@ class Aggregator:
         self._dropped = 0
         self._accounts: dict[str, DeviceAccount] = {}
         self._inbox: Mailbox[Message] = Mailbox(inbox_size)
+        #: messages taken but not served when a fault ended ``run``; the next
+        #: ``run`` (a supervisor's restart) serves them first, in order
+        self._backlog: list[Message] = []
         #: set while at least one full batch is buffered; the flusher awaits it
         self.batch_ready = asyncio.Event()
         self.handle = AggregatorHandle(self._inbox, self.batch_ready)
@@ -219,32 +225,79 @@ class Aggregator:
         stopper = asyncio.ensure_future(self._stop_when(token))
         try:
             while True:
-                await inbox.wait()
-                msgs = inbox.take_all()
+                if self._backlog:
+                    msgs, self._backlog = self._backlog, []
+                else:
+                    await inbox.wait()
+                    msgs = inbox.take_all()
                 changed = False
-                for msg in msgs:
-                    # offers are nearly every message: checked first, by identity
-                    if type(msg) is Offer:
-                        offer(msg.device, msg.frames)
-                        changed = True
-                    elif isinstance(msg, Stop):
-                        self.handle.stopped = True
-                        self._refuse(msgs[msgs.index(msg) + 1 :])
-                        self._refuse(inbox.take_all())
-                        if changed:
-                            notify()
-                        return
-                    elif not isinstance(msg, Offer):  # (a subclass of Offer is still an offer)
-                        changed |= self._serve(msg)
-                    else:
-                        offer(msg.device, msg.frames)
-                        changed = True
+                try:
+                    for msg in msgs:
+                        # offers are nearly every message: checked first, by identity
+                        if type(msg) is Offer:
+                            offer(msg.device, msg.frames)
+                            changed = True
+                        elif isinstance(msg, Stop):
+                            self.handle.stopped = True
+                            self._refuse(msgs[msgs.index(msg) + 1 :])
+                            self._refuse(inbox.take_all())
+                            if changed:
+                                notify()
+                            return
+                        elif not isinstance(msg, Offer):  # (a subclass of Offer is still an offer)
+                            changed |= self._serve(msg)
+                        else:
+                            offer(msg.device, msg.frames)
+                            changed = True
+                except Exception:
+                    # a bug, not a bad request (_serve answers those): keep what
+                    # was not served, mend the counters, and let the supervisor
+                    # log it and restart this loop
+                    self._recover(msgs, msg)
+                    notify()
+                    raise
                 # one poke per wakeup, and only for a change: an observer
                 # that asks for a snapshot must not wake itself
                 if changed:
                     notify()
         finally:
             stopper.cancel()
+
+    def _recover(self, msgs: list[Message], failed: Message) -> None:
+        """After a fault while serving ``failed``: what came after it waits in
+        the backlog; an offer's counters are rebuilt from the buffer itself."""
+        at = next((i for i, m in enumerate(msgs) if m is failed), len(msgs) - 1)
+        self._backlog = msgs[at + 1 :]
+        if isinstance(failed, Offer):
+            log.error(
+                "an offer of %d frames from %s failed; counters rebuilt from the buffer",
+                len(failed.frames),
+                failed.device,
+            )
+            self._rebuild_counts()
+        elif not isinstance(failed, Stop) and not failed.reply.done():
+            failed.reply.set_exception(RuntimeError("the aggregator failed serving this request"))
+
+    def _rebuild_counts(self) -> None:
+        """The chunks are the truth: depth, bytes and each device's ``buffered``
+        follow them, and frames counted but no longer buffered, nor flushed or
+        dropped, count as dropped, so the accounting law holds again."""
+        live: dict[str, int] = {}
+        for chunk in self._chunks:
+            live[chunk.device] = live.get(chunk.device, 0) + len(chunk)
+            chunk.bytes = _UNCOUNTED
+        self._depth = sum(live.values())
+        self._bytes = 0
+        self._count_bytes()
+        for name, acct in self._accounts.items():
+            acct.buffered = live.get(name, 0)
+            missing = acct.frames - acct.flushed - acct.dropped - acct.buffered
+            if missing > 0:
+                acct.dropped += missing
+                self._dropped += missing
+            elif missing < 0:  # buffered but never counted: count them now
+                acct.frames -= missing
+        self._update_ready()
 
     @staticmethod
     def _refuse(msgs: Iterable[Message]) -> None:

@@ -29,6 +29,7 @@ from firmware_host.errors import DeviceExists, RuntimeFailure, ShuttingDown, Spo
 from firmware_host.flusher import BatchSource, Flusher, FlushResult
 from firmware_host.sinks import BUILTIN_SINKS, Sink, SinkFactory
 from firmware_host.spool import Spool, Spooler
+from firmware_host.supervise import Supervisor
 from firmware_host.transport.base import PortOpener, UrlResolver
 from firmware_host.transport.serial import SerialBackend
 from firmware_host.uplink import Processor, UplinkReader, apply_processors, fixed_url
@@ -60,6 +61,8 @@ class Summary:
     drained: bool = True
     aborted: bool = False
     flush: FlushResult = field(default_factory=FlushResult)
+    #: why the runtime stopped on its own because a task could not continue (exit 1)
+    failure: str | None = None
 
 
 class Runtime:
@@ -99,6 +102,10 @@ class Runtime:
         self._abort = CancellationToken()
         #: poked on every buffer change and reader event; ``wait_until`` awaits it
         self.changes = Changes()
+        #: restarts the actor, the flusher and the spooler when they fail (``status["tasks"]``)
+        self.supervisor = Supervisor(self._task_gave_up, changes=self.changes)
+        #: set when a supervised task could not continue: the runtime stops, exit 1
+        self.failure: str | None = None
         self.aggregator = Aggregator(
             config.buffer.capacity, config.buffer.max_bytes, config.buffer.batch_size, changes=self.changes
         )
@@ -129,7 +136,7 @@ class Runtime:
         cfg = self.config
         self.started_at = time.monotonic()
         self.sinks.extend(self.build_sinks())  # before any task: a config error leaves nothing running
-        self._agg_task = asyncio.create_task(self.aggregator.run(self._agg_token), name="aggregator")
+        self._agg_task = self.supervisor.start("aggregator", self.aggregator.run, self._agg_token)
         opened: list[Sink] = []
         for sink in self.sinks:
             try:
@@ -152,7 +159,7 @@ class Runtime:
             on_all_closed=self._all_sinks_closed,
             abort=self._abort,
         )
-        self._flusher_task = asyncio.create_task(self.flusher.run(self.flusher_token), name="flusher")
+        self._flusher_task = self.supervisor.start("flusher", self.flusher.run, self.flusher_token)
         if self.control_path:
             self._control = ControlServer(self, self.control_path)
             try:
@@ -190,7 +197,7 @@ class Runtime:
         self.spooler = Spooler(
             self.aggregator.handle, spool, interval=cfg.flush_interval, batch_size=cfg.batch_size, changes=self.changes
         )
-        self._spooler_task = asyncio.create_task(self.spooler.run(self.flusher_token), name="spooler")
+        self._spooler_task = self.supervisor.start("spooler", self.spooler.run, self.flusher_token)
         return spool
 
     def build_sinks(self) -> list[Sink]:
@@ -293,12 +300,20 @@ class Runtime:
             try:
                 await reader.run(token)
                 return
-            except Exception:
+            except Exception as exc:
                 log.exception("reader %s crashed; restarting", reader.name)
+                reader.stats.last_error = f"reader crashed: {type(exc).__name__}: {exc}"
+                reader.changes.notify()
                 reader.codec.reset()
                 await token.run_until_cancelled(asyncio.sleep(1.0))
 
     # -- running ------------------------------------------------------------------
+
+    def _task_gave_up(self, name: str, error: str) -> None:
+        """A supervised task cannot continue: say so, and stop in order."""
+        self.failure = f"task {name} cannot continue ({error})"
+        log.error("%s: shutting down", self.failure)
+        self.request_stop(self.failure)
 
     def request_stop(self, reason: str = "stop requested") -> None:
         if self.stop_reason is None:
@@ -419,7 +434,7 @@ class Runtime:
                 await self._control.close()
             await self._stop_aggregator()
             self.token.cancel()
-            self.summary = Summary(status, lost, drained, self._abort.is_cancelled, result)
+            self.summary = Summary(status, lost, drained, self._abort.is_cancelled, result, self.failure)
             return self.summary
 
     async def _stop_aggregator(self) -> None:
@@ -501,6 +516,7 @@ class Runtime:
             },
             "devices": devices,
             "sinks": self.flusher.sink_status() if self.flusher else [],
+            "tasks": self.supervisor.report(),
         }
         if spool is not None:
             out["spool"] = spool.summary()

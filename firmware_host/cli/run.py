@@ -179,6 +179,9 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
         if fleet is not None:
             await fleet.stop()
         await plugins.aclose()  # runs still going at shutdown end by the grace deadline
+    if summary.failure is not None:
+        print(f"firmware-host: {summary.failure}", file=sys.stderr)
+        return 1, summary.status
     return 0, summary.status
 
 
