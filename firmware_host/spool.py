@@ -5,9 +5,11 @@ With ``[buffer] spool = "path.sqlite"`` the pipeline has two stages:
     aggregator (memory) ──Spooler──► Spool (disk) ──Flusher──► sinks
 
 Stage 1 (``Spooler``) moves batches out of memory into the spool, one SQLite
-transaction per batch. Stage 2 is the ordinary ``Flusher``: the spool offers
-the same ``BatchSource`` interface (``take / trim / ack / mark / batch_ready``) as the
-aggregator, so a frame leaves the spool only when every sink accepted it.
+transaction per batch, within ``spool_interval`` of their decoding whatever
+``flush_interval`` is (so kill -9 loses at most that window). Stage 2 is the
+ordinary ``Flusher``: the spool offers the same ``BatchSource`` interface
+(``take / trim / ack / mark / batch_ready``) as the aggregator, so a frame
+leaves the spool only when every sink accepted it.
 Frames committed to the spool survive a crash (kill -9, power loss with
 ``spool_sync = "full"``); on the next start they are the oldest rows and go
 out first, counted per device as ``recovered``. A full spool (more than

@@ -8,6 +8,7 @@ import asyncio
 import json
 import signal
 import sqlite3
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -76,6 +77,24 @@ async def test_an_idle_spooler_does_not_wake(fh_runtime, tmp_path):
         assert spooler.flushes - looks <= 1  # at most the look after the last commit, if it ran late
         port.feed(packets(range(10, 20)))  # and a change wakes it at once
         await rt.wait_until(lambda s: s["spool"]["depth"] == 20, 10)
+
+
+@pytest.mark.timeout(20)
+async def test_a_busy_spooler_commits_once_per_interval(fh_runtime, tmp_path):
+    """After a quiet spell the first frames go to disk at once; what follows
+    within spool_interval waits for the next commit (one transaction per
+    interval under a stream, not one per read), and is on disk soon after."""
+    port = FakePort()
+    async with fh_runtime(
+        config(str(tmp_path / "s.db"), spool_interval=2), opener=FakeOpener({"fake://d": [port]}), sinks=[Collect()]
+    ) as rt:
+        port.feed(packets(range(10)))
+        await rt.wait_until(lambda s: s["spool"]["depth"] == 10, 1.5)  # at once, not one interval later
+        fed = time.monotonic()
+        port.feed(packets(range(10, 20)))
+        await rt.wait_until(lambda s: s["spool"]["depth"] == 20, 10)
+        waited = time.monotonic() - fed
+        assert 1.2 <= waited < 6, waited  # the next look is due 2 s after the last one began
 
 
 @pytest.mark.parametrize(
