@@ -195,7 +195,7 @@ class Runtime:
             raise RuntimeFailure(f"spool: {exc}") from None
         self.spool = spool
         self.spooler = Spooler(
-            self.aggregator.handle, spool, interval=cfg.flush_interval, batch_size=cfg.batch_size, changes=self.changes
+            self.aggregator.handle, spool, interval=cfg.spool_interval, batch_size=cfg.batch_size, changes=self.changes
         )
         self._spooler_task = self.supervisor.start("spooler", self.spooler.run, self.flusher_token)
         return spool

@@ -5,9 +5,11 @@ With ``[buffer] spool = "path.sqlite"`` the pipeline has two stages:
     aggregator (memory) ──Spooler──► Spool (disk) ──Flusher──► sinks
 
 Stage 1 (``Spooler``) moves batches out of memory into the spool, one SQLite
-transaction per batch. Stage 2 is the ordinary ``Flusher``: the spool offers
-the same ``BatchSource`` interface (``take / trim / ack / mark / batch_ready``) as the
-aggregator, so a frame leaves the spool only when every sink accepted it.
+transaction per batch, within ``spool_interval`` of their decoding whatever
+``flush_interval`` is (so kill -9 loses at most that window). Stage 2 is the
+ordinary ``Flusher``: the spool offers the same ``BatchSource`` interface
+(``take / trim / ack / mark / batch_ready``) as the aggregator, so a frame
+leaves the spool only when every sink accepted it.
 Frames committed to the spool survive a crash (kill -9, power loss with
 ``spool_sync = "full"``); on the next start they are the oldest rows and go
 out first, counted per device as ``recovered``. A full spool (more than
@@ -320,7 +322,14 @@ def _batch(rows: Iterable[tuple[Any, ...]], device: str | None) -> SpoolBatch:
 
 
 class Spooler(Flusher):
-    """Stage 1: the Flusher's triggers and locking, delivering to the spool.
+    """Stage 1: the Flusher's locking and delivery, writing to the spool.
+
+    It runs on its own clock, not the flusher's: what memory holds is
+    committed at most ``interval`` (``[buffer] spool_interval``) after it was
+    decoded, whatever ``flush_interval`` is (0 included), and at once when a
+    full batch is waiting; a kill -9 loses at most that window. An idle
+    runtime costs nothing: with nothing buffered the spooler awaits the
+    ``Changes`` pulse (the aggregator pokes it when an offer lands), no timer.
 
     A batch is popped out of memory in one actor message (so nothing can be
     evicted between choosing and removing it), counted in transit, then
@@ -342,6 +351,48 @@ class Spooler(Flusher):
         self._memory = aggregator
         self.spool = spool
         self.write_failures = 0
+
+    async def run(self, token: CancellationToken) -> None:
+        """Commit memory to the spool until ``token`` is cancelled.
+
+        Idle (the last look found nothing): wait for a change, then look at
+        once, so a frame after a quiet spell goes to disk without delay.
+        Busy: look again one ``interval`` after the last look began, so a
+        steady stream costs one transaction per interval, plus one per full
+        batch. The final drain is separate (``drain``), as for the Flusher.
+        """
+        ready = self._memory.batch_ready
+        stop = asyncio.ensure_future(token.cancelled())
+        due: float | None = 0.0  # when the next look is due; None: idle until a change
+        try:
+            while not token.is_cancelled:
+                # taken before looking, so a change during the look is not missed
+                changed = self.changes.waiter()
+                try:
+                    if ready.is_set():
+                        await self._flush_full_batches(token)
+                    elif due is not None and time.monotonic() >= due:
+                        began = time.monotonic()
+                        result = await self.flush(token=token)
+                        due = began + self.interval if result.flushed or result.incomplete else None
+                except Exception as exc:  # a source fault: retried, never the end of the task
+                    self._source_failed(exc)
+                    await self._backoff(self.backoff_max, None, token)
+                    continue
+                ready_wait = asyncio.ensure_future(ready.wait())
+                # the shared pulse is awaited, never cancelled (other observers hold it)
+                waits: set[asyncio.Future[Any]] = {ready_wait, stop}
+                timeout = None
+                if due is None:
+                    waits.add(changed)
+                else:
+                    timeout = max(0.0, due - time.monotonic())
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                ready_wait.cancel()
+                if due is None and changed.done():
+                    due = time.monotonic()  # something changed (perhaps an offer): look now
+        finally:
+            stop.cancel()
 
     async def _deliver(
         self, batch: Batch, *, deadline: float | None = None, token: CancellationToken | None = None

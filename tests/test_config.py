@@ -390,7 +390,7 @@ def test_error_format_matches_the_contract(tmp_path: Path) -> None:
     path = write(tmp_path, "[buffer]\ncapcity = 5\n")
     assert load_error(path) == (
         f"{path}: unknown key 'capcity' in [buffer] (known: batch_size, capacity, flush_interval, max_bytes,"
-        " spool, spool_max_bytes, spool_sync)"
+        " spool, spool_interval, spool_max_bytes, spool_sync)"
     )
 
 

@@ -67,8 +67,20 @@ _MAX_SOCKET_PATH = 107
 
 _TOP_KEYS = frozenset({"buffer", "shutdown", "control", "serial", "devices", "sinks", "plugins"})
 _BUFFER_KEYS = frozenset(
-    {"capacity", "max_bytes", "flush_interval", "batch_size", "spool", "spool_max_bytes", "spool_sync"}
+    {
+        "capacity",
+        "max_bytes",
+        "flush_interval",
+        "batch_size",
+        "spool",
+        "spool_interval",
+        "spool_max_bytes",
+        "spool_sync",
+    }
 )
+#: the longest ``[buffer] spool_interval`` accepted: the window a kill -9 may
+#: lose is the point of the key, so a value of minutes is a mistake
+MAX_SPOOL_INTERVAL = 60.0
 SPOOL_SYNC_MODES = ("off", "normal", "full")
 _SHUTDOWN_KEYS = frozenset({"grace"})
 #: keys of ``[[sinks]]`` that every sink type accepts (the rest go to the sink)
@@ -96,6 +108,9 @@ class BufferConfig:
     flush_interval: float = 1.0  # 0: flush only on demand and at shutdown
     batch_size: int = 1000
     spool: str | None = None  # path of an SQLite disk spool; None: memory only
+    #: seconds between two commits of memory to the spool, whatever flush_interval is
+    #: (the window a kill -9 may lose); no effect without ``spool``
+    spool_interval: float = 0.1
     spool_max_bytes: int = 100 * 1024 * 1024
     spool_sync: str = "normal"  # off | normal | full (SQLite synchronous)
 
@@ -263,9 +278,20 @@ def _parse_buffer(check: Checker, value: object) -> BufferConfig:
             if "spool" in table
             else None
         ),
+        spool_interval=_spool_interval(check, table.get("spool_interval", d.spool_interval)),
         spool_max_bytes=check.integer(table.get("spool_max_bytes", d.spool_max_bytes), "buffer.spool_max_bytes", gt=0),
         spool_sync=check.one_of(table.get("spool_sync", d.spool_sync), "buffer.spool_sync", SPOOL_SYNC_MODES),
     )
+
+
+def _spool_interval(check: Checker, value: object) -> float:
+    window = check.number(value, "buffer.spool_interval", gt=0)
+    if window > MAX_SPOOL_INTERVAL:
+        check.fail(
+            "buffer.spool_interval",
+            f"expected a finite number > 0 and at most {MAX_SPOOL_INTERVAL:g} (seconds), got {window:g}",
+        )
+    return window
 
 
 def _parse_shutdown(check: Checker, value: object) -> ShutdownConfig:

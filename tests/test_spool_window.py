@@ -1,0 +1,178 @@
+"""The spool is written at ingest: with ``[buffer] spool``, frames reach the
+disk within ``spool_interval`` of being decoded, whatever ``flush_interval``
+is (0 included), so kill -9 loses at most that window."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from firmware_host import FakeOpener, FakePort, Frame, Sink, encode_packet
+from firmware_host.testing import assert_accounting
+from tests.conftest import cli, cli_popen, read_jsonl
+from tests.test_shutdown import wait_status
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Collect(Sink):
+    name = "collect"
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, int]] = []
+
+    async def write(self, frames: Sequence[Frame]) -> None:
+        self.frames.extend((f.device, f.seq) for f in frames)
+
+
+def packets(seqs: range) -> bytes:
+    return b"".join(encode_packet(0, s, bytes(16)) for s in seqs)
+
+
+def config(spool: str, **buffer: object) -> dict:
+    return {
+        "buffer": {"spool": spool, "flush_interval": 0, "batch_size": 100, **buffer},
+        "shutdown": {"grace": 0.5},
+        "devices": [{"name": "d", "port": "fake://d", "codec": "fh1"}],
+    }
+
+
+@pytest.mark.timeout(20)
+async def test_spool_depth_grows_without_any_flush(fh_runtime, tmp_path):
+    """flush_interval = 0: no flush runs, yet every decoded frame reaches the disk."""
+    path = str(tmp_path / "s.db")
+    sink = Collect()
+    port = FakePort()
+    async with fh_runtime(config(path), opener=FakeOpener({"fake://d": [port]}), sinks=[sink]) as rt:
+        for start, end in ((0, 30), (30, 80), (80, 250)):  # less than a batch, then past one
+            port.feed(packets(range(start, end)))
+        status = await rt.wait_until(lambda s: s["spool"]["depth"] == 250, 10)
+        assert status["devices"]["d"]["spooled"] == 250 and status["devices"]["d"]["buffered"] == 250
+        assert rt.runtime.flusher.flushes == 0 and sink.frames == []  # stage 2 waited, as flush_interval says
+        on_disk = sqlite3.connect(path).execute("SELECT seq FROM frames ORDER BY id").fetchall()
+        assert [s for (s,) in on_disk] == list(range(250))  # committed (another connection sees it), in order
+        assert_accounting(status)
+
+
+@pytest.mark.timeout(20)
+async def test_an_idle_spooler_does_not_wake(fh_runtime, tmp_path):
+    """No frames, no work: the spooler awaits a change instead of waking every
+    spool_interval (a polling loop would look about 25 times here)."""
+    port = FakePort()
+    async with fh_runtime(
+        config(str(tmp_path / "s.db"), spool_interval=0.02), opener=FakeOpener({"fake://d": [port]}), sinks=[Collect()]
+    ) as rt:
+        port.feed(packets(range(10)))
+        await rt.wait_until(lambda s: s["spool"]["depth"] == 10, 10)
+        spooler = rt.runtime.spooler
+        await asyncio.sleep(0.1)  # the look after the last commit (due 0.02 s later) finds nothing: idle
+        looks = spooler.flushes
+        await asyncio.sleep(0.5)  # measuring that nothing happens: there is no event to await
+        assert spooler.flushes - looks <= 1  # at most the look after the last commit, if it ran late
+        port.feed(packets(range(10, 20)))  # and a change wakes it at once
+        await rt.wait_until(lambda s: s["spool"]["depth"] == 20, 10)
+
+
+@pytest.mark.timeout(20)
+async def test_a_busy_spooler_commits_once_per_interval(fh_runtime, tmp_path):
+    """After a quiet spell the first frames go to disk at once; what follows
+    within spool_interval waits for the next commit (one transaction per
+    interval under a stream, not one per read), and is on disk soon after."""
+    port = FakePort()
+    async with fh_runtime(
+        config(str(tmp_path / "s.db"), spool_interval=2), opener=FakeOpener({"fake://d": [port]}), sinks=[Collect()]
+    ) as rt:
+        port.feed(packets(range(10)))
+        await rt.wait_until(lambda s: s["spool"]["depth"] == 10, 1.5)  # at once, not one interval later
+        fed = time.monotonic()
+        port.feed(packets(range(10, 20)))
+        await rt.wait_until(lambda s: s["spool"]["depth"] == 20, 10)
+        waited = time.monotonic() - fed
+        assert 1.2 <= waited < 6, waited  # the next look is due 2 s after the last one began
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("0", "expected a finite number > 0, got 0"),
+        ("-1", "> 0"),
+        ("inf", "finite"),
+        ('"fast"', 'got "fast"'),
+        ("61", "at most 60 (seconds), got 61"),
+    ],
+)
+def test_spool_interval_config_errors(tmp_path, value, fragment):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[buffer]\nspool_interval = {value}\n")
+    result = cli("run", "-c", str(cfg), "--duration", "0", "--control", str(tmp_path / "s"))
+    assert result.returncode == 2, result.stderr
+    assert "buffer.spool_interval" in result.stderr and fragment in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.timeout(90)
+async def test_kill_9_with_flush_interval_0_loses_nothing_older_than_the_window(fh_ports, short_tmp, tmp_path):
+    """A real process, a real pty, real files: frames decoded more than
+    spool_interval before a kill -9 are on the disk, and the restart delivers
+    every one of them."""
+    port = fh_ports.new()
+    spool, sink = tmp_path / "spool.db", tmp_path / "out.jsonl"
+    sock = str(short_tmp / "c.sock")
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(
+        f'[buffer]\nspool = "{spool}"\nflush_interval = 0\nspool_interval = 0.1\nbatch_size = 200\n'
+        f'[[devices]]\nname = "imu0"\nport = "{port.path}"\ncodec = "fh1"\n'
+        f'[[sinks]]\ntype = "jsonl"\npath = "{sink}"\n'
+    )
+    proc = cli_popen("run", "-c", str(cfg), "--control", sock, "-q", cwd=tmp_path)
+    total = 5000
+    try:
+        await wait_status(sock, lambda s: s["devices"]["imu0"]["state"] == "connected")
+        for start in range(0, total, 250):
+            await port.write(packets(range(start, start + 250)))
+        await wait_status(sock, lambda s: s["devices"]["imu0"]["frames"] == total)
+        # the window passes: the spool's depth catches up, nobody flushed
+        status = await wait_status(sock, lambda s: s["spool"]["depth"] == total, timeout=10)
+        assert status["devices"]["imu0"]["flushed"] == 0
+        late = range(total, total + 100)  # decoded inside the window (or not yet): may be lost, never invented
+        await port.write(packets(late))
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        await asyncio.to_thread(proc.communicate, None, 10)  # reaps it and closes its pipes
+    assert proc.returncode == -signal.SIGKILL
+    assert not sink.exists() or sink.stat().st_size == 0  # flush_interval = 0: nothing was delivered before
+
+    summary_path = tmp_path / "summary.json"
+    restart = tmp_path / "restart.toml"
+    restart.write_text(f'[buffer]\nspool = "{spool}"\nflush_interval = 0\n[[sinks]]\ntype = "jsonl"\npath = "{sink}"\n')
+    result = await asyncio.to_thread(
+        cli,
+        "run",
+        "-c",
+        str(restart),
+        "--duration",
+        "0.5",
+        "--control",
+        sock,
+        "--summary",
+        str(summary_path),
+        "-q",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    delivered = [r["seq"] for r in read_jsonl(sink)]
+    assert delivered[:total] == list(range(total))  # every frame older than the window, in order
+    assert set(delivered) <= set(range(total + len(late)))  # nothing invented
+    assert len(delivered) == len(set(delivered))  # nothing twice
+    final = json.loads(summary_path.read_text())
+    assert_accounting(final)
+    d = final["devices"]["imu0"]
+    assert d["recovered"] == len(delivered) == d["flushed"] and d["spooled"] == 0 and d["lost"] == 0
