@@ -77,6 +77,10 @@ class MqttSink(Sink):
         except ImportError as exc:
             raise ValueError("sink 'mqtt' needs the mqtt extra: pip install 'firmware-host[mqtt]'") from exc
         self.opts = check_options(options)
+        # one write connects (if need be), publishes and waits for every PUBACK,
+        # each wait bounded by the option: the write's own deadline must leave
+        # room for that (a [[sinks]] timeout, when given, still decides)
+        self.timeout = max(self.timeout, 2 * self.opts["timeout"])
         self._client: Any = None
         self._tls: ssl.SSLContext | None = None
         self.published = 0
