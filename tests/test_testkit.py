@@ -289,3 +289,17 @@ async def test_runtime_is_shut_down_when_the_test_fails(fh_serial_mock, fh_runti
 
 def test_fh_jsonl(fh_jsonl, tmp_path):
     assert fh_jsonl.parent == tmp_path and not fh_jsonl.exists()
+
+
+async def test_fh_runtime_takes_a_dict_config_that_names_a_codec_it_is_given(fh_runtime):
+    """A dict config may name a codec passed as ``codecs=`` (as a config file
+    may name a plugin's): it used to be refused as an unknown codec."""
+    from firmware_host import FakeOpener, FakePort, LinesCodec
+
+    class Shout(LinesCodec):
+        name = "shout"
+
+    port = FakePort([b"hello\nworld\n"])
+    config = {"devices": [{"name": "d", "port": "fake://d", "codec": "shout"}]}
+    async with fh_runtime(config, codecs={"shout": Shout}, opener=FakeOpener({"fake://d": [port]})) as rt:
+        await rt.wait_frames("d", 2)

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from firmware_host.config.schema import Config, config_from_dict
+from firmware_host.config import DEFAULT_CODECS, DEFAULT_SINKS, Config, config_from_dict
 from firmware_host.runtime import Runtime, Summary
 
 DEFAULT_TIMEOUT = 10.0
@@ -69,15 +69,30 @@ class RuntimeUnderTest:
         return self.summary
 
 
-def make_config(config: Config | Mapping[str, Any]) -> Config:
-    return config if isinstance(config, Config) else config_from_dict(config, source="<test config>")
+def make_config(
+    config: Config | Mapping[str, Any],
+    codecs: Mapping[str, object] | None = None,
+    sink_types: Mapping[str, object] | None = None,
+) -> Config:
+    """``config`` validated; a dict may name the codecs and sink types the
+    runtime is given (``codecs=``, ``sink_types=``), as a config file may name
+    a plugin's."""
+    if isinstance(config, Config):
+        return config
+    return config_from_dict(
+        config,
+        source="<test config>",
+        known_codecs={*DEFAULT_CODECS, *(codecs or {})},
+        known_sinks={*DEFAULT_SINKS, *(sink_types or {})},
+    )
 
 
 @contextlib.asynccontextmanager
 async def running_runtime(config: Config | Mapping[str, Any], **runtime_kwargs: Any) -> AsyncIterator[RuntimeUnderTest]:
     """``async with running_runtime({...}) as rt:`` — shut down in order on exit
     (also when the test fails) and check the accounting law."""
-    rt = RuntimeUnderTest(Runtime(make_config(config), **runtime_kwargs))
+    cfg = make_config(config, runtime_kwargs.get("codecs"), runtime_kwargs.get("sink_types"))
+    rt = RuntimeUnderTest(Runtime(cfg, **runtime_kwargs))
     await rt.runtime.start()
     failed = False
     try:
