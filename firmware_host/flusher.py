@@ -132,7 +132,7 @@ class Flusher:
         the readers have stopped before the last frames go out.
         """
         if self.interval <= 0:
-            # flush_interval = 0 means on demand and at shutdown only (design.md),
+            # flush_interval = 0 means on demand and at shutdown only (the config contract),
             # so not on batch-full either
             await token.cancelled()
             return

@@ -458,7 +458,7 @@ class Runtime:
         return await self.aggregator.handle.snapshot(oldest)
 
     async def status(self, final: bool = False) -> dict[str, Any]:
-        """The ``status --json`` shape (design.md)."""
+        """The ``status --json`` shape (docs/control.md)."""
         snap = await self.snapshot()
         uptime = 0.0 if self.started_at is None else time.monotonic() - self.started_at
         devices: dict[str, Any] = {}
@@ -531,7 +531,7 @@ class Runtime:
         return out
 
     async def buffers(self) -> dict[str, Any]:
-        """The ``buffers --json`` shape (design.md)."""
+        """The ``buffers --json`` shape (docs/control.md)."""
         snap = await self.snapshot(oldest=True)
         ages = oldest_age(snap)
         out: dict[str, Any] = {

@@ -2,7 +2,7 @@
 
     [plugins.stdout]       # no options
 
-The records are the ``jsonl`` sink's (design.md, "Sinks"). Writes run in the
+The records are the ``jsonl`` sink's (the jsonl record in the README). Writes run in the
 sink's own writer thread, straight to the file descriptor: a slow reader of
 the pipe must not block the event loop, and a write blocked for ever on a
 pipe nobody reads must not hold ``sys.stdout``'s lock when the process exits.

@@ -77,7 +77,7 @@ def _json_name(device: str) -> bytes:
 
 
 def encode_records(frames: Sequence[Frame]) -> bytes:
-    """The jsonl lines for ``frames`` (design.md, "Sinks").
+    """The jsonl lines for ``frames`` (the jsonl record in the README).
 
     Built as bytes with C-level %-formatting. The frames of one read share
     their device, their ``ts`` object and most often their type, so those are
