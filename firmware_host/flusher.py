@@ -23,9 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from firmware_host._sync import Changes, ReadGate
 from firmware_host.aggregator import Batch
@@ -33,6 +33,8 @@ from firmware_host.cancel import CancellationToken
 from firmware_host.sinks.base import Sink, SinkClosed
 
 log = logging.getLogger("firmware_host.flusher")
+
+T = TypeVar("T")
 
 
 class BatchSource(Protocol):
@@ -330,26 +332,40 @@ class Flusher:
         """Remove the accepted ``batch`` from the source, retrying a source
         fault (a spool's delete on a full disk) with backoff: the sinks have
         it, so only the ack is repeated, never the writes."""
+        return await self._retry_source(lambda: self._agg.ack(batch), (Exception,), deadline, token)
+
+    async def _retry_source(
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        faults: tuple[type[Exception], ...],
+        deadline: float | None,
+        token: CancellationToken | None,
+        what: str | None = None,
+    ) -> T | None:
+        """``attempt()`` until it succeeds: a fault of the source (one of
+        ``faults``) is counted, shown in ``source_error`` and retried with
+        backoff. None when the deadline or ``token`` stopped the retries."""
         delay = self.backoff_initial
         while True:
             try:
-                counts = await self._agg.ack(batch)
-            except Exception as exc:
-                self._source_failed(exc)
+                result = await attempt()
+            except faults as exc:
+                self._source_failed(exc, what)
             else:
                 if self.source_error is not None:
                     self.source_error = None
                     self.changes.notify()
-                return counts
+                return result
             if not await self._backoff(delay, deadline, token):
                 return None
             delay = min(delay * 2, self.backoff_max)
 
-    def _source_failed(self, exc: BaseException) -> None:
+    def _source_failed(self, exc: BaseException, what: str | None = None) -> None:
         self.source_failures += 1
         self.source_error = f"{type(exc).__name__}: {exc}"
         if self.source_failures == 1 or self.source_failures % 100 == 0:
-            log.error("%s failed (%d so far): %s", self._agg_name(), self.source_failures, self.source_error)
+            name = what or self._agg_name()
+            log.error("%s failed (%d so far): %s", name, self.source_failures, self.source_error)
         self.changes.notify()
 
     def _agg_name(self) -> str:

@@ -350,7 +350,6 @@ class Spooler(Flusher):
         #: the memory stage, typed as itself: the spooler also pops from it
         self._memory = aggregator
         self.spool = spool
-        self.write_failures = 0
 
     async def run(self, token: CancellationToken) -> None:
         """Commit memory to the spool until ``token`` is cancelled.
@@ -404,25 +403,15 @@ class Spooler(Flusher):
         if not frames:
             return counts
         self.spool.begin_transit(frames)
-        delay = self.backoff_initial
-        while True:
-            try:
-                await self.spool.write(frames)
-            except (sqlite3.Error, OSError) as exc:
-                self.write_failures += 1
-                self.source_error = f"{type(exc).__name__}: {exc}"
-                if self.write_failures == 1 or self.write_failures % 100 == 0:
-                    log.error("spool write failed (%d so far): %s", self.write_failures, exc)
-                self.changes.notify()
-            else:
-                if self.source_error is not None:
-                    self.source_error = None
-                    self.changes.notify()
-                return counts
-            if not await self._backoff(delay, deadline, token):
-                # the drain gave up: these stay "in transit", reported lost
-                return None
-            delay = min(delay * 2, self.backoff_max)
+
+        async def commit() -> bool:
+            await self.spool.write(frames)
+            return True
+
+        # a failed commit (disk full, I/O error) is retried like any source fault;
+        # if the drain gives up, these stay "in transit", reported lost
+        done = await self._retry_source(commit, (sqlite3.Error, OSError), deadline, token, "spool write")
+        return None if done is None else counts
 
 
 # -- the spool file outside a runtime (CLI: spool stats / export) -------------------------
