@@ -9,38 +9,22 @@ import json
 import signal
 import sqlite3
 import time
-from collections.abc import Sequence
 
 import pytest
 
-from firmware_host import FakeOpener, FakePort, Frame, Sink, encode_packet
+from firmware_host import FakeOpener, FakePort
 from firmware_host.testing import assert_accounting
 from tests.conftest import cli, cli_popen, read_jsonl
 from tests.test_shutdown import wait_status
+from tests.test_spool import Collect, packets
+from tests.test_spool import config as spool_config
 
 pytestmark = pytest.mark.timeout(60)
 
 
-class Collect(Sink):
-    name = "collect"
-
-    def __init__(self) -> None:
-        self.frames: list[tuple[str, int]] = []
-
-    async def write(self, frames: Sequence[Frame]) -> None:
-        self.frames.extend((f.device, f.seq) for f in frames)
-
-
-def packets(seqs: range) -> bytes:
-    return b"".join(encode_packet(0, s, bytes(16)) for s in seqs)
-
-
 def config(spool: str, **buffer: object) -> dict:
-    return {
-        "buffer": {"spool": spool, "flush_interval": 0, "batch_size": 100, **buffer},
-        "shutdown": {"grace": 0.5},
-        "devices": [{"name": "d", "port": "fake://d", "codec": "fh1"}],
-    }
+    """tests/test_spool.py's config with ``flush_interval = 0``: on demand only."""
+    return spool_config(spool, **{"flush_interval": 0, **buffer})
 
 
 @pytest.mark.timeout(20)
