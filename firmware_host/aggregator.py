@@ -9,14 +9,20 @@ Buffer bookkeeping: the buffer is a deque of chunks in arrival order, one per
 offer (one read of one device), each with its device and byte count, so the
 globally oldest frame is always first in the leftmost chunk. Offers, evictions
 and acks cost per chunk, not per frame: a read's frames are counted once as
-they arrive, and whole chunks leave with their counts. Frames leave only from
-the left (drop-oldest, or a global flush ack), except for a per-device flush,
-which rebuilds that device's chunks. ``_head`` is the global id of the oldest
-buffered frame; a global batch is therefore just an id range, and an ack after
-some of its frames were evicted counts only the survivors as flushed (the
-evicted ones already count as dropped), which keeps
-``frames == flushed + dropped + buffered`` exact. Frames count against the
-device that offered them.
+they arrive, and whole chunks leave with their counts.
+
+Every frame gets a stable id as it enters (consecutive within a chunk, rising
+in buffer order), so a batch is an id range whatever leaves meanwhile.
+
+Sinks consume the buffer through lanes (``add_lane``), one per sink, each
+with its own cursor: a lane's sink has accepted every buffered frame with an
+id below it. Lanes move at their own pace; a frame leaves the buffer when it
+is below every open lane's cursor (``flushed``), or when drop-oldest evicts
+it (``dropped``; ``missed`` for each lane that had not accepted it yet). Per
+lane and device: ``frames == delivered + missed + pending``. Without lanes
+(the spooler's use) a batch is taken from the oldest frame and leaves with an
+explicit ``ack`` on behalf of every consumer, as does a per-device flush.
+Frames count against the device that offered them.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import collections
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -52,11 +58,51 @@ class DeviceAccount:
 
 @dataclass(slots=True)
 class Batch:
-    """Frames handed to the flusher; they stay buffered until ``ack``."""
+    """Frames handed to the flusher; they stay buffered until ``ack``.
+
+    ``first_id`` and ``last_id`` are the ids of its first and last frame
+    (``last_id = first_id - 1`` when empty); ``lane`` is the lane it was taken
+    for (None: from the oldest frame, on behalf of every lane)."""
 
     frames: list[Frame]
     first_id: int
     device: str | None = None
+    last_id: int = -1
+    lane: int | None = None
+
+
+@dataclass(slots=True)
+class LaneAccount:
+    """One lane's (one sink's) counters for one device."""
+
+    delivered: int = 0
+    missed: int = 0
+    pending: int = 0
+
+
+@dataclass
+class LaneView:
+    """One lane in a snapshot: its counters per device."""
+
+    name: str
+    closed: bool
+    devices: dict[str, LaneAccount]
+
+
+@dataclass(slots=True, eq=False)
+class _Lane:
+    """A lane's state, owned by the actor."""
+
+    name: str
+    #: every buffered frame with an id below this is accepted by the lane's sink
+    cursor: int
+    #: set while at least a full batch waits for this lane
+    ready: asyncio.Event
+    #: frames at or above the cursor, over all devices
+    pending: int = 0
+    delivered: dict[str, int] = field(default_factory=dict)
+    missed: dict[str, int] = field(default_factory=dict)
+    closed: bool = False
 
 
 @dataclass
@@ -69,6 +115,8 @@ class BufferSnapshot:
     accounts: dict[str, DeviceAccount]
     #: device → receive time of its oldest buffered frame (only when asked for)
     oldest_ts: dict[str, float] = field(default_factory=dict)
+    #: the lanes, in the order they were added
+    lanes: list[LaneView] = field(default_factory=list)
 
 
 def _sizes(frames: Iterable[Frame]) -> int:
@@ -95,15 +143,27 @@ class _Chunk:
     """The frames of one offer; ``frames[start:]`` are still buffered, oldest
     first, and ``bytes`` is their size (or ``_UNCOUNTED``). The slots before
     ``start`` hold None (their frames are freed) until the list is compacted,
-    so removing frames costs per frame removed, not per chunk."""
+    so removing frames costs per frame removed, not per chunk. ``frames[i]``
+    has the id ``base + i``."""
 
-    __slots__ = ("bytes", "device", "frames", "start")
+    __slots__ = ("base", "bytes", "device", "frames", "start")
 
-    def __init__(self, frames: list[Frame], device: str, size: int) -> None:
+    def __init__(self, frames: list[Frame], device: str, size: int, base: int) -> None:
         self.frames = frames
         self.start = 0
         self.device = device
         self.bytes = size
+        self.base = base
+
+    @property
+    def first(self) -> int:
+        """The id of the oldest frame still buffered."""
+        return self.base + self.start
+
+    @property
+    def end(self) -> int:
+        """One past the id of the newest frame."""
+        return self.base + len(self.frames)
 
     def __len__(self) -> int:
         return len(self.frames) - self.start
@@ -129,6 +189,7 @@ class Take(NamedTuple):
     device: str | None
     upto: int | None
     reply: asyncio.Future[Batch]
+    lane: int | None = None
 
 
 class Trim(NamedTuple):
@@ -150,6 +211,18 @@ class Mark(NamedTuple):
     reply: asyncio.Future[int]
 
 
+class AddLane(NamedTuple):
+    name: str
+    reply: asyncio.Future[int]
+
+
+class CloseLane(NamedTuple):
+    """The lane's sink is gone for good: what it has pending counts missed."""
+
+    lane: int
+    reply: asyncio.Future[None]
+
+
 class Register(NamedTuple):
     device: str
     reply: asyncio.Future[None]
@@ -168,7 +241,7 @@ class Stop(NamedTuple):
 # readers build one per read, and tuple.__new__ makes the same Offer in C
 _new_offer = tuple.__new__
 
-Request = Take | Trim | Ack | Pop | Mark | Register | Snapshot
+Request = Take | Trim | Ack | Pop | Mark | Register | Snapshot | AddLane | CloseLane
 Message = Offer | Request | Stop
 _STOP = Stop()
 
@@ -191,17 +264,19 @@ class Aggregator:
         self.batch_size = batch_size
         self._chunks: collections.deque[_Chunk] = collections.deque()
         self._depth = 0  # frames buffered, over all chunks
-        self._head = 0  # global id of the oldest buffered frame
+        self._next_id = 0  # the id the next frame offered gets
         self._bytes = 0
         self._dropped = 0
         self._accounts: dict[str, DeviceAccount] = {}
+        #: one per sink (``add_lane``); empty: batches leave by explicit ack only
+        self._lanes: list[_Lane] = []
         self._inbox: Mailbox[Message] = Mailbox(inbox_size)
         #: messages taken but not served when a fault ended ``run``; the next
         #: ``run`` (a supervisor's restart) serves them first, in order
         self._backlog: list[Message] = []
         #: set while at least one full batch is buffered; the flusher awaits it
         self.batch_ready = asyncio.Event()
-        self.handle = AggregatorHandle(self._inbox, self.batch_ready)
+        self.handle = AggregatorHandle(self._inbox, self.batch_ready, self.lane_ready)
         self.changes = changes or Changes()
 
     @property
@@ -297,6 +372,13 @@ class Aggregator:
                 self._dropped += missing
             elif missing < 0:  # buffered but never counted: count them now
                 acct.frames -= missing
+        for lane in self._lanes:  # the same for each lane: what is unaccounted is missed
+            pending = self._lane_pending(lane)
+            lane.pending = sum(pending.values())
+            for name, acct in self._accounts.items():
+                have = lane.delivered.get(name, 0) + lane.missed.get(name, 0) + pending.get(name, 0)
+                if acct.frames > have:
+                    lane.missed[name] = lane.missed.get(name, 0) + acct.frames - have
         self._update_ready()
 
     @staticmethod
@@ -323,8 +405,8 @@ class Aggregator:
         try:
             result: object
             match msg:
-                case Take(limit, device, upto):
-                    result = self._take(limit, device, upto)
+                case Take(limit, device, upto, _, lane):
+                    result = self._take(limit, device, upto, lane)
                 case Ack(batch):
                     result = self._ack(batch)
                     changed = True
@@ -338,7 +420,15 @@ class Aggregator:
                 case Snapshot(oldest):
                     result = self._snapshot(oldest)
                 case Mark():
-                    result = self._head + self._depth - 1
+                    result = self._next_id - 1
+                case AddLane(name):
+                    result = self._add_lane(name)
+                    changed = True
+                case CloseLane(lane):
+                    self._close_lane(lane)
+                    self._update_ready()
+                    result = None
+                    changed = True
                 case Register(device):
                     self._accounts.setdefault(device, DeviceAccount())
                     result = None
@@ -359,6 +449,7 @@ class Aggregator:
         n = len(frames)
         acct.frames += n
         capacity = self.capacity
+        skip = 0
         if n > capacity:
             # the batch alone overflows: its own oldest frames never enter
             skip = n - capacity
@@ -366,6 +457,8 @@ class Aggregator:
             self._dropped += skip
             frames = frames[skip:]
             n = capacity
+        if self._lanes:
+            self._lanes_offer(device, n, skip)
         if n:
             max_bytes = self._max_bytes
             # Without a byte bound the size is only reported, so it is counted
@@ -377,7 +470,8 @@ class Aggregator:
             else:
                 size = _UNCOUNTED
             # a copy of our own: the sender may reuse its list
-            self._chunks.append(_Chunk(list(frames), device, size))
+            self._chunks.append(_Chunk(list(frames), device, size, self._next_id))
+            self._next_id += n
             acct.buffered += n
             self._depth += n
             excess = self._depth - capacity
@@ -387,54 +481,165 @@ class Aggregator:
                 self._evict_bytes(max_bytes)
         self._update_ready()
 
+    def _lanes_offer(self, device: str, n: int, skip: int) -> None:
+        for lane in self._lanes:
+            if lane.closed:  # its sink is gone: it will never have them
+                lane.missed[device] = lane.missed.get(device, 0) + n + skip
+            else:
+                lane.pending += n
+                if skip:
+                    lane.missed[device] = lane.missed.get(device, 0) + skip
+
     def _update_ready(self) -> None:
         # derived from the depth after every change: a byte-bound eviction can
         # take the buffer below a batch, and a stale "ready" would spin the flusher
-        if self._depth >= self.batch_size:
+        batch_size = self.batch_size
+        if self._depth >= batch_size:
             self.batch_ready.set()
         else:
             self.batch_ready.clear()
+        for lane in self._lanes:
+            if lane.pending >= batch_size and not lane.closed:
+                lane.ready.set()
+            else:
+                lane.ready.clear()
 
-    def _remove_oldest(self, count: int) -> dict[str, int]:
+    # -- lanes --------------------------------------------------------------------
+
+    def _add_lane(self, name: str) -> int:
+        """A new lane starts at the oldest buffered frame; what left the buffer
+        before it existed never reached its sink (counted missed)."""
+        lane = _Lane(name, self._head(), asyncio.Event())
+        for device, acct in self._accounts.items():
+            if acct.flushed or acct.dropped:
+                lane.missed[device] = acct.flushed + acct.dropped
+        lane.pending = self._depth
+        self._lanes.append(lane)
+        self._update_ready()
+        return len(self._lanes) - 1
+
+    def lane_ready(self, lane: int) -> asyncio.Event:
+        """Set while at least a full batch waits for ``lane``."""
+        return self._lanes[lane].ready
+
+    def _close_lane(self, index: int) -> None:
+        lane = self._lanes[index]
+        if lane.closed:
+            return
+        for device, k in self._lane_pending(lane).items():
+            lane.missed[device] = lane.missed.get(device, 0) + k
+        lane.closed, lane.pending, lane.cursor = True, 0, self._next_id
+        self._release()
+
+    def _lane_pending(self, lane: _Lane) -> dict[str, int]:
+        """Per device, the buffered frames at or above ``lane``'s cursor."""
+        counts: dict[str, int] = {}
+        if lane.closed:
+            return counts
+        cursor = lane.cursor
+        for chunk in self._chunks:
+            end = chunk.end
+            if end > cursor:
+                k = end - max(chunk.first, cursor)
+                counts[chunk.device] = counts.get(chunk.device, 0) + k
+        return counts
+
+    def _lanes_lose(self, device: str, first: int, end: int, delivered: bool) -> None:
+        """Frames ``first``..``end - 1`` of ``device`` leave the buffer: each
+        open lane that had not accepted them counts them delivered (every sink
+        accepted them: a per-device or explicit ack) or missed (evicted)."""
+        for lane in self._lanes:
+            cursor = lane.cursor
+            if lane.closed or cursor >= end:
+                continue
+            k = end - max(first, cursor)
+            lane.pending -= k
+            counts = lane.delivered if delivered else lane.missed
+            counts[device] = counts.get(device, 0) + k
+
+    def _release(self) -> dict[str, int]:
+        """Remove the frames every open lane has accepted (counted flushed)."""
+        open_lanes = [lane.cursor for lane in self._lanes if not lane.closed]
+        if not open_lanes:
+            return {}
+        upto = min(open_lanes)
+        count = 0
+        for chunk in self._chunks:
+            first = chunk.first
+            if first >= upto:
+                break
+            count += min(len(chunk), upto - first)
+        if not count:
+            return {}
+        return self._flushed(self._remove_oldest(count))
+
+    def _flushed(self, counts: dict[str, int]) -> dict[str, int]:
+        accounts = self._accounts
+        for name, k in counts.items():
+            acct = accounts[name]
+            acct.flushed += k
+            acct.buffered -= k
+        return counts
+
+    # -- removing frames ---------------------------------------------------------
+
+    def _head(self) -> int:
+        """The id of the oldest buffered frame (the next id when empty)."""
+        chunks = self._chunks
+        return chunks[0].first if chunks else self._next_id
+
+    def _remove_oldest(self, count: int, lanes: bool | None = None) -> dict[str, int]:
         """Take the ``count`` oldest frames out of the buffer; per-device counts.
 
+        ``lanes``: None when every lane has accepted them already; else they
+        count for the lanes that had not as delivered (True) or missed (False).
         Whole chunks go with their counts; in a chunk cut in two, the removed
         slots are cleared (so those frames are freed now) and the list is
         compacted once more than half of it is cleared.
         """
         chunks = self._chunks
         counts: dict[str, int] = {}
+        track = lanes is not None and bool(self._lanes)
         left, freed = count, 0
         while left:
             chunk = chunks[0]
             k = len(chunk)
+            if track:
+                first = chunk.first
+                self._lanes_lose(chunk.device, first, first + min(k, left), bool(lanes))
             if k <= left:
                 chunks.popleft()
                 if chunk.bytes != _UNCOUNTED:
                     freed += chunk.bytes
             else:
                 k = left
-                frames, start = chunk.frames, chunk.start
-                end = start + k
-                if chunk.bytes != _UNCOUNTED:
-                    size = _sizes(frames[start:end])
-                    chunk.bytes -= size
-                    freed += size
-                frames[start:end] = itertools.repeat(None, k)  # type: ignore[arg-type]  # cleared slots
-                if end * 2 > len(frames):
-                    del frames[:end]
-                    end = 0
-                chunk.start = end
+                freed += self._cut(chunk, k)
             counts[chunk.device] = counts.get(chunk.device, 0) + k
             left -= k
-        self._head += count
         self._depth -= count
         self._bytes -= freed
         return counts
 
+    @staticmethod
+    def _cut(chunk: _Chunk, k: int) -> int:
+        """Remove the ``k`` oldest live frames of ``chunk``; the bytes freed."""
+        frames, start = chunk.frames, chunk.start
+        end = start + k
+        freed = 0
+        if chunk.bytes != _UNCOUNTED:
+            freed = _sizes(frames[start:end])
+            chunk.bytes -= freed
+        frames[start:end] = itertools.repeat(None, k)  # type: ignore[arg-type]  # cleared slots
+        if end * 2 > len(frames):
+            del frames[:end]
+            chunk.base += end
+            end = 0
+        chunk.start = end
+        return freed
+
     def _evict(self, count: int) -> None:
         accounts = self._accounts
-        for name, k in self._remove_oldest(count).items():
+        for name, k in self._remove_oldest(count, lanes=False).items():
             acct = accounts[name]
             acct.dropped += k
             acct.buffered -= k
@@ -457,91 +662,108 @@ class Aggregator:
             count += len(chunk)
         self._evict(count)
 
-    def _frame_at(self, index: int) -> Frame | None:
-        """The buffered frame ``index`` places from the oldest (None: past the end)."""
-        for chunk in self._chunks:
-            k = len(chunk)
-            if index < k:
-                return chunk.frames[chunk.start + index]
-            index -= k
-        return None
+    # -- taking and acking -----------------------------------------------------------
 
-    def _take(self, limit: int, device: str | None, upto: int | None) -> Batch:
-        head = self._head
-        last = self._depth if upto is None else max(0, min(self._depth, upto - head + 1))
+    def _take(self, limit: int, device: str | None, upto: int | None, lane: int | None) -> Batch:
+        """The oldest ``limit`` frames (of ``device``, with id <= ``upto``) at
+        or above ``lane``'s cursor (from the oldest frame: no lane)."""
+        start = self._head() if lane is None else self._lanes[lane].cursor
+        stop = self._next_id if upto is None else min(self._next_id, upto + 1)
         picked: list[Frame] = []
-        seen = 0
+        first_id = last_id = -1
         for chunk in self._chunks:
-            want = min(limit - len(picked), last - seen)
+            want = limit - len(picked)
             if want <= 0:
                 break
-            k = len(chunk)
-            if device is None or chunk.device == device:
-                start = chunk.start
-                picked += chunk.frames[start : start + min(k, want)]
-            seen += k
-        return Batch(picked, head, device)
+            cfirst, cend = chunk.first, chunk.end
+            if cfirst >= stop:
+                break
+            if cend <= start or (device is not None and chunk.device != device):
+                continue
+            lo = max(cfirst, start)
+            hi = min(cend, stop, lo + want)
+            offset = chunk.base
+            picked += chunk.frames[lo - offset : hi - offset]
+            if first_id < 0:
+                first_id = lo
+            last_id = hi - 1
+        if first_id < 0:
+            first_id = max(start, self._head())
+            last_id = first_id - 1
+        return Batch(picked, first_id, device, last_id, lane)
 
     def _trim(self, batch: Batch) -> Batch:
-        """The part of ``batch`` still buffered (for a retry after a sink failed)."""
-        if batch.device is None:
-            gone = self._head - batch.first_id
-            return Batch(batch.frames[gone:], batch.first_id + gone) if gone > 0 else batch
-        live = {id(f) for c in self._chunks if c.device == batch.device for f in c.live()}
-        return Batch([f for f in batch.frames if id(f) in live], batch.first_id, batch.device)
+        """The part of ``batch`` still waiting for its lane (for a retry after
+        a sink failed): what drop-oldest took meanwhile is gone."""
+        if not batch.frames:
+            return batch
+        return self._take(len(batch.frames), batch.device, batch.last_id, batch.lane)
 
     def _ack(self, batch: Batch) -> dict[str, int]:
-        """Every sink accepted ``batch``: remove what is still buffered of it."""
-        if batch.device is None:
-            # ids below _head were evicted meanwhile (counted as dropped); the
-            # rest are the oldest n, unless a per-device ack moved frames since
-            # the take (the flusher's lock rules that out): then go by identity
-            n = batch.first_id + len(batch.frames) - self._head
-            if n <= 0:
-                counts: dict[str, int] = {}
-            elif self._frame_at(n - 1) is batch.frames[-1]:
-                counts = self._remove_oldest(n)
-            else:
-                counts = self._remove_frames(batch)
+        """A lane's sink accepted ``batch`` (or, with no lane, every sink did);
+        returns the per-device counts of frames that left as flushed."""
+        if batch.lane is not None:
+            counts = self._lane_ack(batch)
+        elif batch.device is None:
+            # everything up to the batch's edge that is still buffered
+            upto, count = batch.last_id + 1, 0
+            for chunk in self._chunks:
+                first = chunk.first
+                if first >= upto:
+                    break
+                count += min(len(chunk), upto - first)
+            counts = self._flushed(self._remove_oldest(count, lanes=True)) if count else {}
         else:
-            counts = self._remove_frames(batch)
-        accounts = self._accounts
-        for name, k in counts.items():
-            acct = accounts[name]
-            acct.flushed += k
-            acct.buffered -= k
+            counts = self._flushed(self._remove_device(batch.device, batch.last_id))
         self._update_ready()
         return counts
 
-    def _remove_frames(self, batch: Batch) -> dict[str, int]:
-        """Take the frames of ``batch`` out wherever they are (those of its
-        device only, for a per-device batch); per-device counts."""
-        ids = {id(f) for f in batch.frames}
-        device = batch.device
-        counts: dict[str, int] = {}
-        removed = freed = 0
-        kept: collections.deque[_Chunk] = collections.deque()
+    def _lane_ack(self, batch: Batch) -> dict[str, int]:
+        assert batch.lane is not None
+        lane = self._lanes[batch.lane]
+        if lane.closed or batch.device is not None:
+            # a closed lane's frames are counted missed; a per-lane batch of one
+            # device cannot move the cursor (frames of others lie between)
+            return {}
+        cursor, upto = lane.cursor, batch.last_id + 1
+        if upto <= cursor:
+            return {}
+        delivered = lane.delivered
         for chunk in self._chunks:
-            if device is None or chunk.device == device:
-                live = chunk.live()
-                rest = [f for f in live if id(f) not in ids]
-                gone = len(live) - len(rest)
-                if gone:
-                    if chunk.bytes == _UNCOUNTED:
-                        size = _UNCOUNTED
-                    else:
-                        size = _sizes(rest)
-                        freed += chunk.bytes - size
-                    counts[chunk.device] = counts.get(chunk.device, 0) + gone
-                    removed += gone
-                    if not rest:
-                        continue
-                    chunk.frames, chunk.start, chunk.bytes = rest, 0, size
-            kept.append(chunk)
-        self._chunks = kept
+            first, end = chunk.first, chunk.end
+            if first >= upto:
+                break
+            if end <= cursor:
+                continue
+            k = min(end, upto) - max(first, cursor)
+            delivered[chunk.device] = delivered.get(chunk.device, 0) + k
+            lane.pending -= k
+        lane.cursor = upto
+        return self._release()
+
+    def _remove_device(self, device: str, last_id: int) -> dict[str, int]:
+        """Every buffered frame of ``device`` with id <= ``last_id`` leaves
+        (a per-device flush, accepted by every sink): a prefix of each of
+        its chunks, so ids stay as they are."""
+        removed = freed = 0
+        emptied = False
+        for chunk in self._chunks:
+            first = chunk.first
+            if first > last_id:
+                break
+            if chunk.device != device:
+                continue
+            k = min(len(chunk), last_id + 1 - first)
+            if self._lanes:
+                self._lanes_lose(device, first, first + k, True)
+            freed += self._cut(chunk, k)
+            removed += k
+            emptied |= not len(chunk)
+        if emptied:
+            self._chunks = collections.deque(c for c in self._chunks if len(c))
         self._depth -= removed
         self._bytes -= freed
-        return counts
+        return {device: removed} if removed else {}
 
     def _count_bytes(self) -> None:
         """Count the chunks not counted yet. They are always the newest ones
@@ -569,6 +791,13 @@ class Aggregator:
                 if chunk.device in missing:
                     snap.oldest_ts[chunk.device] = chunk.frames[chunk.start].ts
                     missing.discard(chunk.device)
+        for lane in self._lanes:
+            pending = self._lane_pending(lane)
+            devices = {
+                name: LaneAccount(lane.delivered.get(name, 0), lane.missed.get(name, 0), pending.get(name, 0))
+                for name in self._accounts
+            }
+            snap.lanes.append(LaneView(lane.name, lane.closed, devices))
         return snap
 
 
@@ -581,8 +810,12 @@ class AggregatorHandle:
     overrides both.
     """
 
-    def __init__(self, inbox: Mailbox[Message], batch_ready: asyncio.Event) -> None:
+    def __init__(
+        self, inbox: Mailbox[Message], batch_ready: asyncio.Event, lane_ready: Callable[[int], asyncio.Event]
+    ) -> None:
         self._inbox = inbox
+        #: a lane's "full batch waiting" event (an Event, like ``batch_ready``)
+        self._lane_ready = lane_ready
         #: set while at least one full batch is buffered; the flusher awaits it
         self.batch_ready = batch_ready
         #: set by the actor when it stops; later requests fail at once
@@ -616,11 +849,31 @@ class AggregatorHandle:
         if not inbox.put_nowait(msg):
             await inbox.put(msg)
 
-    async def take(self, limit: int, device: str | None = None, upto: int | None = None) -> Batch:
-        """The oldest ``limit`` frames (of ``device``; with id ≤ ``upto``), left in place."""
+    async def take(
+        self, limit: int, device: str | None = None, upto: int | None = None, lane: int | None = None
+    ) -> Batch:
+        """The oldest ``limit`` frames (of ``device``; with id ≤ ``upto``) not
+        yet accepted by ``lane``'s sink (no lane: from the oldest), left in place."""
         reply: asyncio.Future[Batch] = self._reply()
-        await self._send(Take(limit, device, upto, reply))
+        await self._send(Take(limit, device, upto, reply, lane))
         return await reply
+
+    async def add_lane(self, name: str) -> int:
+        """A lane for one sink; returns its number (see the module's doc)."""
+        reply: asyncio.Future[int] = self._reply()
+        await self._send(AddLane(name, reply))
+        return await reply
+
+    def lane_ready(self, lane: int) -> asyncio.Event:
+        """Set while at least a full batch waits for ``lane``."""
+        return self._lane_ready(lane)
+
+    async def close_lane(self, lane: int) -> None:
+        """``lane``'s sink is gone for good: its pending frames count missed,
+        and it no longer holds frames in the buffer."""
+        reply: asyncio.Future[None] = self._reply()
+        await self._send(CloseLane(lane, reply))
+        await reply
 
     async def trim(self, batch: Batch) -> Batch:
         """What is still buffered of ``batch`` (for a retry after a sink failed)."""
@@ -629,7 +882,9 @@ class AggregatorHandle:
         return await reply
 
     async def ack(self, batch: Batch) -> dict[str, int]:
-        """Remove ``batch`` from the buffer as flushed; returns per-device counts.
+        """``batch``'s lane accepted it (no lane: every sink did): move the
+        lane's cursor past it; what every sink now has leaves the buffer as
+        flushed. Returns those per-device counts.
 
         Shielded: once the flusher delivered a batch, the ack must land even
         if the flusher is being cancelled, or the frames would be sent twice.
