@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from firmware_host._sync import Changes
-from firmware_host.aggregator import Aggregator, BufferSnapshot, DeviceAccount, oldest_age
+from firmware_host.aggregator import Aggregator, BufferSnapshot, DeviceAccount, LaneAccount, oldest_age
 from firmware_host.cancel import CancellationToken
 from firmware_host.codecs import BUILTIN_CODECS, CodecFactory, make_codec
 from firmware_host.config import Config, ConfigError, DeviceConfig
@@ -122,7 +122,8 @@ class Runtime:
         self.status_sections: dict[str, Callable[[], Any]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._agg_task: asyncio.Task[None] | None = None
-        self._flusher_task: asyncio.Task[None] | None = None
+        #: one delivery task per sink (its lane), each supervised on its own
+        self._lane_tasks: list[asyncio.Task[None]] = []
         #: with ``[buffer] spool``: memory → Spooler → spool → flusher → sinks
         self.spool: Spool | None = None
         self.spooler: Spooler | None = None
@@ -159,7 +160,20 @@ class Runtime:
             on_all_closed=self._all_sinks_closed,
             abort=self._abort,
         )
-        self._flusher_task = self.supervisor.start("flusher", self.flusher.run, self.flusher_token)
+        try:
+            await self.flusher.attach()  # before any device: each sink's counters start with theirs
+        except Exception:
+            await self._abandon_start()
+            raise
+        names: set[str] = set()
+        for lane in self.flusher.lanes:
+            name = f"sink {lane.sink.name}"
+            while name in names:  # two sinks of one type: tell their tasks apart
+                name += "'"
+            names.add(name)
+            self._lane_tasks.append(self.supervisor.start(name, lane.run, self.flusher_token))
+        if not self.flusher.lanes:  # no sink (a library use): the flusher's own loop
+            self._lane_tasks.append(self.supervisor.start("flusher", self.flusher.run, self.flusher_token))
         if self.control_path:
             self._control = ControlServer(self, self.control_path)
             try:
@@ -236,7 +250,7 @@ class Runtime:
 
     async def _abandon_start(self) -> None:
         self.flusher_token.cancel()
-        for task in (self._flusher_task, self._spooler_task):
+        for task in (*self._lane_tasks, self._spooler_task):
             if task:
                 await task
         await self._close_sinks(self.sinks)
@@ -388,7 +402,7 @@ class Runtime:
             self.flusher_token.cancel()
             # a write in progress is finished, not abandoned (it would be sent
             # again by the drain), but only until the deadline or a second signal
-            for task in (self._flusher_task, self._spooler_task):
+            for task in (*self._lane_tasks, self._spooler_task):
                 if task is not None:
                     left = max(0.0, deadline - time.monotonic())
                     await self._abort.run_until_cancelled(asyncio.wait((task,), timeout=left))
@@ -403,8 +417,8 @@ class Runtime:
             result = FlushResult()
             drained = True
             if self.spooler is not None:
-                got = await self._abort.run_until_cancelled(self.spooler.drain(deadline))
-                drained = got is not None and not got.incomplete
+                spooled = await self._abort.run_until_cancelled(self.spooler.drain(deadline))
+                drained = spooled is not None and not spooled.incomplete
             if self.flusher is not None:
                 left = max(0.0, deadline - time.monotonic())
                 got = await self._abort.run_until_cancelled(self.flusher.drain(time.monotonic() + left))
@@ -412,7 +426,7 @@ class Runtime:
                     drained = False
                 else:
                     result = got
-                    drained = not got.incomplete
+                    drained = drained and not got.incomplete
             # sinks close in what is left of the grace (a moment at least); after
             # a second signal, in that moment only
             if self._abort.is_cancelled:
@@ -515,7 +529,7 @@ class Runtime:
                 "dropped": snap.dropped,
             },
             "devices": devices,
-            "sinks": self.flusher.sink_status() if self.flusher else [],
+            "sinks": self._sink_status(snap, names, final),
             "tasks": self.supervisor.report(),
         }
         if spool is not None:
@@ -528,6 +542,47 @@ class Runtime:
                 out[key] = section()
             except Exception as exc:  # a plugin's status bug must not break status
                 out[key] = {"error": str(exc)}
+        return out
+
+    def _sink_status(self, snap: BufferSnapshot, names: list[str], final: bool) -> list[dict[str, Any]]:
+        """Per sink: its delivery state and, per device, ``frames == delivered
+        + missed + pending``. With a spool the two stages compose: what memory
+        dropped no sink had; what memory holds or is in transit waits for all."""
+        if self.flusher is None:
+            return []
+        views = self.spool.lane_views() if self.spool is not None else snap.lanes
+        out = []
+        for lane, view in zip(self.flusher.lanes, views, strict=True):
+            per_device: dict[str, dict[str, int]] = {}
+            lost = 0
+            for name in names:
+                got = view.devices.get(name, LaneAccount())
+                delivered, missed, pending = got.delivered, got.missed, got.pending
+                if self.spool is not None:
+                    mem = snap.accounts.get(name, DeviceAccount())
+                    missed += mem.dropped
+                    unspooled = mem.buffered + self.spool.account(name).in_transit
+                    pending += unspooled
+                    lost += unspooled  # what the spool holds is kept for the next run
+                else:
+                    lost += pending
+                per_device[name] = {"delivered": delivered, "missed": missed, "pending": pending}
+            stats = lane.stats
+            out.append(
+                {
+                    "name": stats.name,
+                    "state": stats.state,
+                    "delivered": sum(d["delivered"] for d in per_device.values()),
+                    "missed": sum(d["missed"] for d in per_device.values()),
+                    "pending": sum(d["pending"] for d in per_device.values()),
+                    "lost": lost if final else 0,
+                    "failures": stats.failures,
+                    "last_error": stats.last_error,
+                    "batches": stats.batches,
+                    "written": stats.written,
+                    "devices": per_device,
+                }
+            )
         return out
 
     async def buffers(self) -> dict[str, Any]:

@@ -7,9 +7,11 @@ With ``[buffer] spool = "path.sqlite"`` the pipeline has two stages:
 Stage 1 (``Spooler``) moves batches out of memory into the spool, one SQLite
 transaction per batch, within ``spool_interval`` of their decoding whatever
 ``flush_interval`` is (so kill -9 loses at most that window). Stage 2 is the
-ordinary ``Flusher``: the spool offers the same ``BatchSource`` interface
-(``take / trim / ack / mark / batch_ready``) as the aggregator, so a frame
-leaves the spool only when every sink accepted it.
+ordinary ``Flusher``: the spool offers the same ``BatchSource`` interface as
+the aggregator, one lane (a cursor over row ids) per sink, so each sink
+reads the spool at its own pace and a row leaves only when every sink
+accepted it (or when the full spool evicts it: ``missed`` for the sinks that
+did not have it yet).
 Frames committed to the spool survive a crash (kill -9, power loss with
 ``spool_sync = "full"``); on the next start they are the oldest rows and go
 out first, counted per device as ``recovered``. A full spool (more than
@@ -31,17 +33,18 @@ import fcntl
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from firmware_host._sync import Changes
-from firmware_host.aggregator import AggregatorHandle, Batch
+from firmware_host.aggregator import AggregatorHandle, Batch, LaneAccount, LaneView
 from firmware_host.cancel import CancellationToken
 from firmware_host.errors import SpoolBusy, SpoolError
-from firmware_host.flusher import Flusher
 from firmware_host.frames import Frame
+from firmware_host.retry import SourceFaults, backoff
 
 log = logging.getLogger("firmware_host.spool")
 
@@ -83,6 +86,25 @@ class SpoolBatch(Batch):
     ids: list[int] = field(default_factory=list)
 
 
+@dataclass(eq=False)
+class _SpoolLane:
+    """One sink's cursor over the spool's row ids and its counters; changed
+    only on the spool's thread (under ``Spool._lanes_lock``, so status can
+    read them from the loop)."""
+
+    name: str
+    ready: asyncio.Event
+    cursor: int = 0
+    delivered: dict[str, int] = field(default_factory=dict)
+    missed: dict[str, int] = field(default_factory=dict)
+    pending: dict[str, int] = field(default_factory=dict)
+    closed: bool = False
+
+
+def _add(into: dict[str, int], device: str, n: int) -> None:
+    into[device] = into.get(device, 0) + n
+
+
 class Spool:
     """The spool file, its counters, and the stage-2 source interface."""
 
@@ -103,6 +125,8 @@ class Spool:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool")
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._lanes: list[_SpoolLane] = []
+        self._lanes_lock = threading.Lock()
 
     @property
     def read_gate(self) -> None:
@@ -129,6 +153,12 @@ class Spool:
             self.batch_ready.set()
         else:
             self.batch_ready.clear()
+        with self._lanes_lock:
+            for lane in self._lanes:
+                if not lane.closed and sum(lane.pending.values()) >= self.batch_size:
+                    lane.ready.set()
+                else:
+                    lane.ready.clear()
         self.changes.notify()
 
     # -- open / close -----------------------------------------------------------------
@@ -194,6 +224,14 @@ class Spool:
                 "INSERT INTO frames (device, seq, type, ts, payload, text, size) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
             )
         self.bytes += sum(r[6] for r in rows)
+        if self._lanes:
+            per_device: dict[str, int] = {}
+            for f in frames:
+                _add(per_device, f.device, 1)
+            with self._lanes_lock:
+                for lane in self._lanes:
+                    for device, n in per_device.items():
+                        _add(lane.missed if lane.closed else lane.pending, device, n)
         if self.bytes <= self.max_bytes:
             return []
         try:
@@ -221,7 +259,20 @@ class Spool:
             counts = db.execute(
                 "SELECT device, COUNT(*) FROM frames WHERE id <= ? GROUP BY device", (cutoff,)
             ).fetchall()
+            missed = [
+                db.execute(
+                    "SELECT device, COUNT(*) FROM frames WHERE id <= ? AND id >= ? GROUP BY device",
+                    (cutoff, lane.cursor),
+                ).fetchall()
+                for lane in self._lanes
+            ]
             db.execute("DELETE FROM frames WHERE id <= ?", (cutoff,))
+        with self._lanes_lock:  # rows a sink had not read yet: missed by it
+            for lane, rows in zip(self._lanes, missed, strict=True):
+                if not lane.closed:
+                    for device, n in rows:
+                        _add(lane.missed, device, n)
+                        _add(lane.pending, device, -n)
         self.bytes -= freed
         self.evictions += 1
         if self.evictions == 1 or self.evictions % 100 == 0:  # a full spool evicts per batch: log sparsely
@@ -232,16 +283,76 @@ class Spool:
             )
         return [(device, n) for device, n in counts]
 
-    # -- stage 2: the aggregator-like source interface for the Flusher ------------------
+    # -- stage 2: the aggregator-like source interface for the sinks' lanes ------------
 
-    async def take(self, limit: int, device: str | None = None, upto: int | None = None) -> SpoolBatch:
-        return await self._run(self._take, limit, device, upto)
+    async def add_lane(self, name: str) -> int:
+        return await self._run(self._add_lane, name)
 
-    def _take(self, limit: int, device: str | None, upto: int | None) -> SpoolBatch:
+    def _add_lane(self, name: str) -> int:
+        """A sink's lane starts at the oldest row; rows that left before it
+        existed never reached its sink (counted missed)."""
+        db = self._db
+        assert db is not None
+        lane = _SpoolLane(name, asyncio.Event())
+        for device, n in db.execute("SELECT device, COUNT(*) FROM frames GROUP BY device"):
+            lane.pending[device] = n
+        for device, acct in list(self.accounts.items()):
+            if acct.delivered or acct.dropped:
+                lane.missed[device] = acct.delivered + acct.dropped
+        with self._lanes_lock:
+            self._lanes.append(lane)
+        return len(self._lanes) - 1
+
+    def lane_ready(self, lane: int) -> asyncio.Event:
+        return self._lanes[lane].ready
+
+    async def close_lane(self, lane: int) -> None:
+        counts = await asyncio.shield(self._run(self._close_lane, lane))
+        self._released(counts)
+
+    def _close_lane(self, index: int) -> dict[str, int]:
+        lane = self._lanes[index]
+        with self._lanes_lock:
+            if lane.closed:
+                return {}
+            for device, n in lane.pending.items():
+                _add(lane.missed, device, n)
+            lane.pending.clear()
+            lane.closed = True
+        try:
+            return self._release()
+        except (sqlite3.Error, OSError) as exc:  # the rows go with the next release
+            log.error("spool: rows no other sink needs stay for now: %s", exc)
+            return {}
+
+    def lane_views(self) -> list[LaneView]:
+        """Each lane's counters per device (delivered, missed, pending in the spool)."""
+        with self._lanes_lock:
+            return [
+                LaneView(
+                    lane.name,
+                    lane.closed,
+                    {
+                        d: LaneAccount(lane.delivered.get(d, 0), lane.missed.get(d, 0), lane.pending.get(d, 0))
+                        for d in {*lane.delivered, *lane.missed, *lane.pending}
+                    },
+                )
+                for lane in self._lanes
+            ]
+
+    async def take(
+        self, limit: int, device: str | None = None, upto: int | None = None, lane: int | None = None
+    ) -> SpoolBatch:
+        return await self._run(self._take, limit, device, upto, lane)
+
+    def _take(self, limit: int, device: str | None, upto: int | None, lane: int | None) -> SpoolBatch:
         db = self._db
         assert db is not None
         where: list[str] = []
         args: list[object] = []
+        if lane is not None:
+            where.append("id >= ?")
+            args.append(self._lanes[lane].cursor)
         if device is not None:
             where.append("device = ?")
             args.append(device)
@@ -250,7 +361,7 @@ class Spool:
             args.append(upto)
         sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id LIMIT ?"
         rows = db.execute(sql, (*args, limit)).fetchall()
-        return _batch(rows, device)
+        return _batch(rows, device, lane)
 
     async def trim(self, batch: Batch) -> SpoolBatch:
         return await self._run(self._trim, batch)
@@ -258,8 +369,11 @@ class Spool:
     def _trim(self, batch: Batch) -> SpoolBatch:
         assert isinstance(batch, SpoolBatch)
         live = self._existing(batch.ids)
-        keep = [(i, f) for i, f in zip(batch.ids, batch.frames) if i in live]
-        return SpoolBatch([f for _, f in keep], keep[0][0] if keep else 0, batch.device, [i for i, _ in keep])
+        floor = -1 if batch.lane is None else self._lanes[batch.lane].cursor
+        keep = [(i, f) for i, f in zip(batch.ids, batch.frames, strict=True) if i in live and i >= floor]
+        ids = [i for i, _ in keep]
+        first = ids[0] if ids else batch.first_id
+        return SpoolBatch([f for _, f in keep], first, batch.device, ids[-1] if ids else first - 1, batch.lane, ids=ids)
 
     def _existing(self, ids: Sequence[int]) -> dict[int, tuple[str, int]]:
         if not ids:
@@ -271,17 +385,22 @@ class Spool:
         return {i: (d, s) for i, d, s in rows if i in wanted}
 
     async def ack(self, batch: Batch) -> dict[str, int]:
-        # shielded: once the sinks accepted a batch, its delete must land
+        # shielded: once a sink accepted a batch, its cursor (and delete) must land
         counts = await asyncio.shield(self._run(self._ack, batch))
+        self._released(counts)
+        return counts
+
+    def _released(self, counts: dict[str, int]) -> None:
         for device, n in counts.items():
             acct = self.account(device)
             acct.delivered += n
             acct.pending -= n
         self._update_ready()
-        return counts
 
     def _ack(self, batch: Batch) -> dict[str, int]:
         assert isinstance(batch, SpoolBatch)
+        if batch.lane is not None:
+            return self._lane_ack(batch)
         db = self._db
         assert db is not None
         live = self._existing(batch.ids)
@@ -290,6 +409,53 @@ class Spool:
         counts: dict[str, int] = {}
         for device, size in live.values():
             counts[device] = counts.get(device, 0) + 1
+            self.bytes -= size
+        with self._lanes_lock:  # every sink has them now: delivered to those that had not
+            for lane in self._lanes:
+                if not lane.closed:
+                    for i, (device, _) in live.items():
+                        if i >= lane.cursor:
+                            _add(lane.delivered, device, 1)
+                            _add(lane.pending, device, -1)
+        return counts
+
+    def _lane_ack(self, batch: SpoolBatch) -> dict[str, int]:
+        assert batch.lane is not None
+        lane = self._lanes[batch.lane]
+        if lane.closed or batch.device is not None:
+            return {}
+        if batch.last_id < lane.cursor:  # (a retry after the delete failed: delete again)
+            return self._release()
+        db = self._db
+        assert db is not None
+        rows = db.execute(
+            "SELECT device, COUNT(*) FROM frames WHERE id >= ? AND id <= ? GROUP BY device",
+            (lane.cursor, batch.last_id),
+        ).fetchall()
+        with self._lanes_lock:
+            for device, n in rows:
+                _add(lane.delivered, device, n)
+                _add(lane.pending, device, -n)
+            lane.cursor = batch.last_id + 1
+        return self._release()
+
+    def _release(self) -> dict[str, int]:
+        """Delete the rows every open lane has passed (flushed)."""
+        cursors = [lane.cursor for lane in self._lanes if not lane.closed]
+        if not cursors:
+            return {}
+        db = self._db
+        assert db is not None
+        upto = min(cursors)
+        with db:
+            rows = db.execute(
+                "SELECT device, COUNT(*), SUM(size) FROM frames WHERE id < ? GROUP BY device", (upto,)
+            ).fetchall()
+            if rows:
+                db.execute("DELETE FROM frames WHERE id < ?", (upto,))
+        counts: dict[str, int] = {}
+        for device, n, size in rows:
+            counts[device] = n
             self.bytes -= size
         return counts
 
@@ -313,28 +479,47 @@ class Spool:
         }
 
 
-def _batch(rows: Iterable[tuple[Any, ...]], device: str | None) -> SpoolBatch:
+def _batch(rows: Iterable[tuple[Any, ...]], device: str | None, lane: int | None = None) -> SpoolBatch:
     ids, frames = [], []
     for row_id, dev, seq, ftype, ts, payload, text in rows:
         ids.append(row_id)
         frames.append(Frame(dev, seq, ftype, ts, payload, text))
-    return SpoolBatch(frames, ids[0] if ids else 0, device, ids)
+    first = ids[0] if ids else 0
+    return SpoolBatch(frames, first, device, ids[-1] if ids else first - 1, lane, ids=ids)
 
 
-class Spooler(Flusher):
-    """Stage 1: the Flusher's locking and delivery, writing to the spool.
+@dataclass
+class SpoolResult:
+    """What a spooler pass committed to the spool."""
 
-    It runs on its own clock, not the flusher's: what memory holds is
-    committed at most ``interval`` (``[buffer] spool_interval``) after it was
-    decoded, whatever ``flush_interval`` is (0 included), and at once when a
-    full batch is waiting; a kill -9 loses at most that window. An idle
-    runtime costs nothing: with nothing buffered the spooler awaits the
-    ``Changes`` pulse (the aggregator pokes it when an offer lands), no timer.
+    flushed: int = 0
+    devices: dict[str, int] = field(default_factory=dict)
+    #: True when the deadline or a cancel stopped it before it finished
+    incomplete: bool = False
+
+    def add(self, counts: dict[str, int]) -> None:
+        for name, n in counts.items():
+            self.devices[name] = self.devices.get(name, 0) + n
+            self.flushed += n
+
+
+class Spooler:
+    """Stage 1: moves what memory holds into the spool, the only consumer of
+    the memory buffer (no lanes there: the sinks' lanes are in the spool).
+
+    It runs on its own clock, not the sinks': what memory holds is committed
+    at most ``interval`` (``[buffer] spool_interval``) after it was decoded,
+    whatever ``flush_interval`` is (0 included), and at once when a full
+    batch is waiting; a kill -9 loses at most that window. An idle runtime
+    costs nothing: with nothing buffered the spooler awaits the ``Changes``
+    pulse (the aggregator pokes it when an offer lands), no timer.
 
     A batch is popped out of memory in one actor message (so nothing can be
     evicted between choosing and removing it), counted in transit, then
     committed; a failed commit (disk full, I/O error) is retried with backoff
-    while new frames wait in memory under drop-oldest.
+    while new frames wait in memory under drop-oldest. One pass runs at a
+    time (a lock), so an on-demand flush racing the loop neither loses nor
+    duplicates a frame.
     """
 
     def __init__(
@@ -345,11 +530,25 @@ class Spooler(Flusher):
         interval: float,
         batch_size: int,
         changes: Changes | None = None,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
     ) -> None:
-        super().__init__(aggregator, [], interval=interval, batch_size=batch_size, changes=changes)
-        #: the memory stage, typed as itself: the spooler also pops from it
         self._memory = aggregator
         self.spool = spool
+        self.interval = interval
+        self.batch_size = batch_size
+        self.changes = changes or Changes()
+        self.backoff_max = backoff_max
+        self.faults = SourceFaults(
+            "spool write", self.changes, backoff_initial=backoff_initial, backoff_max=backoff_max
+        )
+        self._lock = asyncio.Lock()
+        #: passes made (the loop's looks, on-demand flushes, the drain)
+        self.flushes = 0
+
+    @property
+    def source_error(self) -> str | None:
+        return self.faults.error
 
     async def run(self, token: CancellationToken) -> None:
         """Commit memory to the spool until ``token`` is cancelled.
@@ -358,7 +557,7 @@ class Spooler(Flusher):
         once, so a frame after a quiet spell goes to disk without delay.
         Busy: look again one ``interval`` after the last look began, so a
         steady stream costs one transaction per interval, plus one per full
-        batch. The final drain is separate (``drain``), as for the Flusher.
+        batch. The final drain is separate (``drain``).
         """
         ready = self._memory.batch_ready
         stop = asyncio.ensure_future(token.cancelled())
@@ -369,14 +568,14 @@ class Spooler(Flusher):
                 changed = self.changes.waiter()
                 try:
                     if ready.is_set():
-                        await self._flush_full_batches(token)
+                        await self.flush(token=token, full_only=True)
                     elif due is not None and time.monotonic() >= due:
                         began = time.monotonic()
                         result = await self.flush(token=token)
                         due = began + self.interval if result.flushed or result.incomplete else None
                 except Exception as exc:  # a source fault: retried, never the end of the task
-                    self._source_failed(exc)
-                    await self._backoff(self.backoff_max, None, token)
+                    self.faults.failed(exc)
+                    await backoff(self.backoff_max, None, token)
                     continue
                 ready_wait = asyncio.ensure_future(ready.wait())
                 # the shared pulse is awaited, never cancelled (other observers hold it)
@@ -393,8 +592,59 @@ class Spooler(Flusher):
         finally:
             stop.cancel()
 
-    async def _deliver(
-        self, batch: Batch, *, deadline: float | None = None, token: CancellationToken | None = None
+    async def flush(
+        self,
+        device: str | None = None,
+        *,
+        deadline: float | None = None,
+        token: CancellationToken | None = None,
+        full_only: bool = False,
+    ) -> SpoolResult:
+        """Commit what memory holds now (of ``device``; ``full_only``: whole
+        batches only) to the spool."""
+        result = SpoolResult()
+        if not await self._acquire(deadline):
+            result.incomplete = True
+            return result
+        memory = self._memory
+        gate = memory.read_gate
+        try:
+            upto = await memory.mark()
+            while not (full_only and (not memory.batch_ready.is_set() or (token and token.is_cancelled))):
+                batch = await memory.take(self.batch_size, device, upto)
+                if not batch.frames or (full_only and len(batch.frames) < self.batch_size):
+                    break
+                counts = await self._commit(batch, deadline, token)
+                if counts is None:
+                    result.incomplete = True
+                    break
+                result.add(counts)
+                if memory.batch_ready.is_set():
+                    gate.close()  # behind by a full batch: readers wait (see ReadGate)
+        except Exception as exc:  # the memory stage failed (take, mark): what is left stays buffered
+            self.faults.failed(exc)
+            result.incomplete = True
+        finally:
+            gate.open()
+            self._lock.release()
+        self.flushes += 1
+        return result
+
+    async def drain(self, deadline: float) -> SpoolResult:
+        return await self.flush(deadline=deadline)
+
+    async def _acquire(self, deadline: float | None) -> bool:
+        if deadline is None:
+            await self._lock.acquire()
+            return True
+        try:
+            await asyncio.wait_for(self._lock.acquire(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            return False
+        return True
+
+    async def _commit(
+        self, batch: Batch, deadline: float | None, token: CancellationToken | None
     ) -> dict[str, int] | None:
         frames = await self._memory.pop(batch)
         counts: dict[str, int] = {}
@@ -410,7 +660,7 @@ class Spooler(Flusher):
 
         # a failed commit (disk full, I/O error) is retried like any source fault;
         # if the drain gives up, these stay "in transit", reported lost
-        done = await self._retry_source(commit, (sqlite3.Error, OSError), deadline, token, "spool write")
+        done = await self.faults.retry(commit, (sqlite3.Error, OSError), deadline, token)
         return None if done is None else counts
 
 

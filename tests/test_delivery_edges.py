@@ -103,8 +103,13 @@ def test_head_2_ends_the_run_with_exit_0(tmp_path: Path, short_tmp: Path) -> Non
     print(f"exit {elapsed:.2f} s after the reader left")
     final = json.loads(summary.read_text())
     assert_accounting(final)
-    assert final["sinks"][0]["state"] == "closed"
-    assert all(d["lost"] == 0 for d in final["devices"].values())
+    sink = final["sinks"][0]
+    assert sink["state"] == "closed"
+    # what was left had nowhere to go: not delivered (lost), and missed by the sink, never "flushed"
+    lost = sum(d["lost"] for d in final["devices"].values())
+    assert lost == sink["missed"] and sink["pending"] == 0
+    if lost:
+        assert f"{lost} frames not delivered: every sink had closed" in err
 
 
 def test_head_2_as_a_shell_pipeline(tmp_path: Path, short_tmp: Path) -> None:

@@ -33,7 +33,7 @@ async def test_a_full_disk_under_the_spool_delays_delivery_and_loses_nothing(fh_
         status = await rt.wait_until(lambda s: s["spool"]["last_error"] is not None, 10)
         assert "full" in status["spool"]["last_error"], status["spool"]
         assert_accounting(status)
-        assert all(not t.done() for t in (rt.runtime._flusher_task, rt.runtime._spooler_task))
+        assert all(not t.done() for t in (*rt.runtime._lane_tasks, rt.runtime._spooler_task))
         filler.unlink()  # space returns: delivery resumes by itself
         status = await rt.wait_until(lambda s: s["devices"]["d"]["flushed"] == 3100, 30)
         assert status["spool"]["last_error"] is None

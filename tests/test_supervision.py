@@ -1,5 +1,5 @@
-"""No task dies silently: a supervised task (the actor, the flusher, the
-spooler) that raises is logged, shown in status (``tasks``) and restarted with
+"""No task dies silently: a supervised task (the actor, each sink's delivery,
+the spooler) that raises is logged, shown in status (``tasks``) and restarted with
 backoff; one that keeps failing is given up, and the runtime stops in order and
 says why (``run`` exits 1). Each failure here is injected with pytest-mock."""
 
@@ -17,7 +17,7 @@ import pytest
 from firmware_host import FakeOpener, FakePort, Frame, Runtime, Sink, config_from_dict, encode_packet
 from firmware_host.aggregator import Aggregator
 from firmware_host.cancel import CancellationToken
-from firmware_host.flusher import Flusher
+from firmware_host.sinklane import SinkLane
 from firmware_host.supervise import Supervisor
 from firmware_host.testing import assert_accounting
 
@@ -125,13 +125,13 @@ async def test_the_actor_rebuilds_its_counters_after_a_fault_inside_an_offer(moc
     await task
 
 
-async def test_the_flusher_restarts_after_a_fault(mocker):
-    calls = fail_first_calls(Flusher, "run", 2, mocker)
+async def test_a_sinks_delivery_task_restarts_after_a_fault(mocker):
+    calls = fail_first_calls(SinkLane, "run", 2, mocker)
     sink, port = ListSink(), FakePort([packets(range(200))])
     rt = runtime(port, sink)
     await rt.start()
     status = await rt.wait_until(lambda s: s["devices"]["a"]["flushed"] == 200, 10)
-    assert status["tasks"]["flusher"]["restarts"] == 2 and calls[0] == 3
+    assert status["tasks"]["sink list"]["restarts"] == 2 and calls[0] == 3
     summary = await rt.shutdown()
     assert_accounting(summary.status)
     assert sink.seqs == list(range(200)) and summary.failure is None
@@ -153,14 +153,14 @@ async def test_the_spooler_restarts_after_a_fault(mocker, tmp_path: Path):
 
 async def test_a_task_that_keeps_failing_is_given_up_and_the_runtime_stops_in_order(mocker):
     mocker.patch("firmware_host.runtime.Supervisor", lambda *a, **k: Supervisor(*a, **k, backoff_initial=0.001))
-    fail_first_calls(Flusher, "run", 10**9, mocker)
+    fail_first_calls(SinkLane, "run", 10**9, mocker)
     sink, port = ListSink(), FakePort([packets(range(100))])
     rt = runtime(port, sink)
     await rt.start()
     await asyncio.wait_for(rt.stopped.wait(), 10)
     summary = await rt.shutdown()
-    assert summary.failure is not None and "task flusher cannot continue" in summary.failure
-    assert summary.status["tasks"]["flusher"]["state"] == "failed"
+    assert summary.failure is not None and "task sink list cannot continue" in summary.failure
+    assert summary.status["tasks"]["sink list"]["state"] == "failed"
     assert_accounting(summary.status)
     assert summary.lost == 0 and sorted(sink.seqs) == list(range(100))  # the final drain still delivered
 
@@ -169,11 +169,11 @@ def test_run_exits_1_when_a_task_cannot_continue(mocker, tmp_path: Path, capsys)
     from firmware_host.cli.run import RunOptions, run_main
 
     mocker.patch("firmware_host.runtime.Supervisor", lambda *a, **k: Supervisor(*a, **k, backoff_initial=0.001))
-    fail_first_calls(Flusher, "run", 10**9, mocker)
+    fail_first_calls(SinkLane, "run", 10**9, mocker)
     cfg = tmp_path / "run.toml"
     cfg.write_text(f'[[sinks]]\ntype = "jsonl"\npath = "{tmp_path / "out.jsonl"}"\n')
     sock = tmp_path / "c.sock"
     code = run_main(RunOptions(config_path=str(cfg), duration=20, control_path=str(sock), quiet=True))
     assert code == 1
     err = capsys.readouterr().err
-    assert "task flusher cannot continue (RuntimeError: injected fault 10)" in err
+    assert "task sink jsonl cannot continue (RuntimeError: injected fault 10)" in err

@@ -18,7 +18,9 @@ class AccountingError(AssertionError):
 
 
 def assert_accounting(status: Mapping[str, Any]) -> None:
-    """The accounting law, for every device in a ``status`` dict."""
+    """The accounting laws in a ``status`` dict: for every device,
+    ``frames == flushed + dropped + buffered``; for every sink and device,
+    ``frames == delivered + missed + pending``."""
     bad = []
     for name, d in status["devices"].items():
         if d["frames"] != d["flushed"] + d["dropped"] + d["buffered"]:
@@ -26,6 +28,13 @@ def assert_accounting(status: Mapping[str, Any]) -> None:
                 f"{name}: frames {d['frames']} != flushed {d['flushed']} + dropped {d['dropped']}"
                 f" + buffered {d['buffered']}"
             )
+        for sink in status.get("sinks") or []:
+            c = sink.get("devices", {}).get(name)
+            if c is not None and d["frames"] != c["delivered"] + c["missed"] + c["pending"]:
+                bad.append(
+                    f"sink {sink['name']}, {name}: frames {d['frames']} != delivered {c['delivered']}"
+                    f" + missed {c['missed']} + pending {c['pending']}"
+                )
     if bad:
         raise AccountingError("accounting law broken: " + "; ".join(bad))
 
