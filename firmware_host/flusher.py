@@ -31,8 +31,9 @@ class FlushResult:
     #: frames that left the buffer as accepted by every sink
     flushed: int = 0
     devices: dict[str, int] = field(default_factory=dict)
-    #: per sink: frames written to it
-    sinks: dict[str, int] = field(default_factory=dict)
+    #: per sink, in the order of status's ``sinks``: name, frames written to
+    #: it, and whether it took everything it was asked to (``done``)
+    sinks: list[dict[str, object]] = field(default_factory=list)
     #: True when the deadline or a cancel stopped the flush before it finished
     incomplete: bool = False
 
@@ -133,7 +134,7 @@ class Flusher:
         to every sink. Frames arriving meanwhile wait for the next flush, so a
         flush under a steady stream still ends."""
         await self.attach()
-        result = FlushResult()
+        result = FlushResult(sinks=[{"name": ln.stats.name, "sent": 0, "done": not ln.closed} for ln in self.lanes])
         try:
             if not self.lanes:
                 await self._flush_device(device, result, deadline, token)
@@ -143,6 +144,7 @@ class Flusher:
                 done = await asyncio.gather(*(ln.deliver(upto, deadline=deadline, token=token) for ln in lanes))
                 for lane, got in zip(lanes, done, strict=True):
                     self._merge(result, lane, got)
+                    result.sinks[self.lanes.index(lane)]["done"] = not got.incomplete
             else:
                 await self._flush_device(device, result, deadline, token)
         except Exception as exc:  # the source failed (take, mark): what is left stays buffered
@@ -151,11 +153,14 @@ class Flusher:
         self.flushes += 1
         return result
 
-    @staticmethod
-    def _merge(result: FlushResult, lane: SinkLane, got: LaneResult) -> None:
-        result.sinks[lane.stats.name] = result.sinks.get(lane.stats.name, 0) + got.sent
+    def _merge(self, result: FlushResult, lane: SinkLane, got: LaneResult) -> None:
+        self._sent(result, lane, got.sent)
         result.add(got.flushed)
         result.incomplete |= got.incomplete
+
+    def _sent(self, result: FlushResult, lane: SinkLane, n: int) -> None:
+        entry = result.sinks[self.lanes.index(lane)]
+        entry["sent"] = int(str(entry["sent"])) + n
 
     async def _flush_device(
         self, device: str | None, result: FlushResult, deadline: float | None, token: CancellationToken | None
@@ -171,8 +176,10 @@ class Flusher:
             lanes = self.open_lanes()
             sent = await asyncio.gather(*(self._send_locked(ln, batch, deadline, token) for ln in lanes))
             for lane, n in zip(lanes, sent, strict=True):
-                if n is not None:
-                    result.sinks[lane.stats.name] = result.sinks.get(lane.stats.name, 0) + n
+                if n is None:
+                    result.sinks[self.lanes.index(lane)]["done"] = False
+                else:
+                    self._sent(result, lane, n)
             if any(n is None for n in sent):
                 result.incomplete = True
                 return

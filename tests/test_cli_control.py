@@ -218,7 +218,12 @@ def test_drop_oldest_flush_status_and_stop(workdir: Path) -> None:
             assert columns.index("dropped") + len("dropped") == row.index("900") + 3  # numbers right-aligned
 
             flushed = await cli("flush", "--json", control=run.sock)
-            assert flushed.json() == {"flushed": 100, "devices": {"dev0": 100}, "incomplete": False}
+            assert flushed.json() == {
+                "flushed": 100,
+                "devices": {"dev0": 100},
+                "sinks": [{"name": "jsonl", "sent": 100, "done": True}],
+                "incomplete": False,
+            }
             assert sink_seqs(workdir, "dev0") == list(range(900, 1000))
 
             await vp.write(packets(range(1000, 1050)))

@@ -127,9 +127,11 @@ def test_flush_all_and_one_device_and_unknown_device(sockdir: str) -> None:
         async with running(sockdir, {"a": [a], "b": [b]}) as (rt, sink, path):
             await rt.wait_until(lambda s: s["buffer"]["depth"] == 7, 5)
             got = await request(path, {"cmd": "flush", "device": "b"})
-            assert got == {"flushed": 4, "devices": {"b": 4}, "incomplete": False}
+            memory = [{"name": "memory", "sent": 4, "done": True}]
+            assert got == {"flushed": 4, "devices": {"b": 4}, "sinks": memory, "incomplete": False}
             got = await request(path, {"cmd": "flush", "timeout": 5})
-            assert got == {"flushed": 3, "devices": {"a": 3}, "incomplete": False}
+            memory = [{"name": "memory", "sent": 3, "done": True}]
+            assert got == {"flushed": 3, "devices": {"a": 3}, "sinks": memory, "incomplete": False}
             assert len(sink.frames) == 7
             with pytest.raises(ControlError) as err:
                 await request(path, {"cmd": "flush", "device": "nope"})

@@ -137,8 +137,10 @@ def test_run_emulate_default_fleet(runs: Runs) -> None:
     # the summary table: every device, nothing lost, nothing rejected
     lines = out.splitlines()
     assert lines[0].startswith("uptime ") and "0 dropped" in lines[0]
-    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    devices_part = lines[2 : lines.index("")]  # then one line per sink
+    rows = {line.split()[0]: line.split() for line in devices_part}
     assert set(rows) == set(per_device)
+    assert lines[lines.index("") + 1].split()[:2] == ["sink", "state"]
     for name, row in rows.items():
         frames, rejected, lost = int(row[2]), int(row[3]), int(row[9])
         assert (frames, rejected, lost) == (per_device[name], 0, 0)

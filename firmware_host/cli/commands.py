@@ -206,6 +206,8 @@ def flush(control_path: str | None, config_path: str | None, device: str | None,
     else:
         per = ", ".join(f"{k} {v}" for k, v in sorted(reply["devices"].items()))
         click.echo(f"flushed {reply['flushed']} frames" + (f" ({per})" if per else ""))
+        for sink in reply.get("sinks", []):
+            click.echo(f"  sink {sink['name']}: sent {sink['sent']}" + ("" if sink["done"] else ", not finished"))
         if reply.get("incomplete"):
             click.echo("flush incomplete: a sink did not accept the frames in time; they stay buffered")
 

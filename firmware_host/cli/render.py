@@ -63,7 +63,16 @@ def status_table(status: dict[str, Any]) -> str:
         f"{buf['bytes']} bytes, {buf['dropped']} dropped"
     )
     rows = [[name] + [d.get(c) for c in DEVICE_COLUMNS[1:]] for name, d in sorted(status["devices"].items())]
-    return head + "\n" + table(DEVICE_COLUMNS, rows)
+    out = head + "\n" + table(DEVICE_COLUMNS, rows)
+    sinks = status.get("sinks") or []
+    if sinks:
+        sink_rows = [[s["name"]] + [s.get(c) for c in SINK_COLUMNS[1:]] for s in sinks]
+        out += "\n\n" + table(SINK_COLUMNS, sink_rows)
+    return out
+
+
+#: one line per sink in the status table (each sink delivers at its own pace)
+SINK_COLUMNS = ("sink", "state", "delivered", "missed", "pending", "lost", "failures", "last_error")
 
 
 def buffers_table(buffers: dict[str, Any]) -> str:

@@ -3,7 +3,9 @@
 One request object per line, exactly one reply object per line::
 
     {"cmd": "status"}            -> {"ok": true, "uptime": ..., "buffer": ..., "devices": ...}
-    {"cmd": "flush", "device": "imu0"} -> {"ok": true, "flushed": 3, "devices": {"imu0": 3}, "incomplete": false}
+    {"cmd": "flush", "device": "imu0"} -> {"ok": true, "flushed": 3, "devices": {"imu0": 3},
+                                           "sinks": [{"name": "jsonl", "sent": 3, "done": true}],
+                                           "incomplete": false}
     {"cmd": "nope"}              -> {"ok": false, "error": "unknown command 'nope' ...", "code": 2}
 
 ``code`` in an error reply is the exit status the CLI should use. The server
@@ -382,7 +384,12 @@ class ControlServer:
         if device is not None and not await self._known_device(device):
             raise RequestError(f"unknown device {device!r}{self._known_text()}")
         result = await self.runtime.flush(device, float(min(timeout, MAX_FLUSH_TIMEOUT)))
-        return {"flushed": result.flushed, "devices": dict(result.devices), "incomplete": result.incomplete}
+        return {
+            "flushed": result.flushed,
+            "devices": dict(result.devices),
+            "sinks": [dict(s) for s in result.sinks],
+            "incomplete": result.incomplete,
+        }
 
     async def _known_device(self, name: str) -> bool:
         # a removed device keeps its account (and buffered frames) until they flush
