@@ -18,6 +18,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from firmware_host.config._check import READABLE_URL_SCHEMES
 from firmware_host.config.schema import (
     Config,
     ConfigError,
@@ -123,9 +124,11 @@ def _event_loop_run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def build_config(opts: RunOptions, boards: Any, **known: Any) -> Config:
+    # the serial transport opens every port of a run: a URL scheme it cannot
+    # read (a typo like sockt://) is a config error now, not a retry loop later
     if opts.config_path:
-        return load_config(opts.config_path, boards=boards, **known)
-    return config_from_dict({}, source="<no config>", boards=boards, **known)
+        return load_config(opts.config_path, boards=boards, url_schemes=READABLE_URL_SCHEMES, **known)
+    return config_from_dict({}, source="<no config>", boards=boards, url_schemes=READABLE_URL_SCHEMES, **known)
 
 
 async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
