@@ -381,6 +381,41 @@ def plugins(config_path: str | None, as_json: bool) -> None:
         click.echo(render_table(("plugin", "task", "interval", "missed", "timeout"), tasks))
 
 
+@main.group("config")
+def config_group() -> None:
+    """Check a config without running it, or print a sample."""
+
+
+@config_group.command("check")
+@click.option("-c", "--config", "config_path", required=True, metavar="FILE", help="Config file (TOML).")
+@control_option
+@click.option("--summary", "summary_path", metavar="FILE", help="Check that run --summary FILE could be written.")
+@click.option("--boards-dir", "boards_dirs", multiple=True, metavar="DIR", help="Extra board definitions.")
+def config_check(
+    config_path: str, control_path: str | None, summary_path: str | None, boards_dirs: Sequence[str]
+) -> None:
+    """Validate everything `run -c FILE` would (plugins, boards, codecs, sinks, device URLs,
+    the control socket path) without opening a port: exit 0, or 2 with one line per problem."""
+    from firmware_host.cli.configcmd import check_config_file
+
+    result = check_config_file(
+        config_path, control_path=control_path, summary_path=summary_path, boards_dirs=boards_dirs
+    )
+    if result.problems:
+        for problem in result.problems:
+            click.echo(f"firmware-host: {problem}", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(result.summary())
+
+
+@config_group.command("sample")
+def config_sample() -> None:
+    """Print a commented config that `config check` accepts."""
+    from firmware_host.cli.configcmd import SAMPLE
+
+    click.echo(SAMPLE, nl=False)
+
+
 @main.group()
 def spool() -> None:
     """Inspect a disk spool while no runtime uses it."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from firmware_host.config._check import (
     BUILTIN_CODEC_OPTIONS,
@@ -32,6 +33,8 @@ from firmware_host.config._check import (
 from firmware_host.config.boards import Board, load_boards
 from firmware_host.errors import ConfigError
 
+T = TypeVar("T")
+
 # The shared constants (defined in _check, which boards also builds on) stay
 # importable from here, where they were defined before.
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "LOG_FORMATS",
     "LOG_LEVELS",
     "MAX_CONFIG_BYTES",
+    "MAX_SOCKET_PATH",
     "NAME_EXPECTED",
     "NAME_PATTERN",
     "SECTION_KEYS",
@@ -57,6 +61,7 @@ __all__ = [
     "SerialConfig",
     "ShutdownConfig",
     "SinkConfig",
+    "check_config_dict",
     "config_from_dict",
     "default_control_socket",
     "load_config",
@@ -68,8 +73,8 @@ DEFAULT_CODECS: frozenset[str] = frozenset({"fh1", "nmea", "lines"})
 DEFAULT_SINKS: frozenset[str] = frozenset({"jsonl"})
 #: ``[[sinks]] timeout``: seconds a sink's ``write`` may take (docs/reliability.md)
 DEFAULT_SINK_TIMEOUT = 10.0
-# Linux sun_path is 108 bytes including the terminating NUL.
-_MAX_SOCKET_PATH = 107
+#: the longest control socket path: Linux sun_path is 108 bytes including the NUL
+MAX_SOCKET_PATH = 107
 
 TOP_KEYS = frozenset({"buffer", "shutdown", "control", "serial", "log", "devices", "sinks", "plugins"})
 _BUFFER_KEYS = frozenset(
@@ -270,44 +275,93 @@ def config_from_dict(
     with another scheme is refused. None refuses only the schemes pyserial has
     and the transport cannot read, and leaves the rest to the opener.
     """
+    config, problems = check_config_dict(
+        data,
+        source=source,
+        known_codecs=known_codecs,
+        known_sinks=known_sinks,
+        boards=boards,
+        url_schemes=url_schemes,
+    )
+    if problems:
+        raise problems[0]  # the one a fail-fast loader would have met first
+    return config
+
+
+def check_config_dict(
+    data: Mapping[str, Any],
+    *,
+    source: str = "<config>",
+    known_codecs: Collection[str] | None = None,
+    known_sinks: Collection[str] | None = None,
+    boards: Mapping[str, Board] | None = None,
+    url_schemes: Collection[str] | None = None,
+) -> tuple[Config, list[ConfigError]]:
+    """:func:`config_from_dict`, collecting problems instead of stopping at the
+    first: one per section, device, sink and plugin table (the first mistake in
+    each), in file order. Returns the config and the problems; with problems,
+    the config is partial (a bad section at its defaults, a bad device, sink
+    or plugin table left out), only good for checking the parts that loaded
+    (``firmware-host config check`` builds its codecs and sinks)."""
     check = Checker(source)
-    top = check.table(data, None, "a table of settings")
-    check.keys(top, TOP_KEYS, None)
+    try:
+        top = check.table(data, None, "a table of settings")
+        check.keys(top, TOP_KEYS, None)
+    except ConfigError as exc:  # nothing below can be read without the top level
+        return Config(source=source), [exc]
+    problems = _Problems()
     codecs = frozenset(known_codecs) if known_codecs is not None else DEFAULT_CODECS
     sink_types = frozenset(known_sinks) if known_sinks is not None else DEFAULT_SINKS
 
-    buffer = _parse_buffer(check, top.get("buffer", {}))
-    shutdown = _parse_shutdown(check, top.get("shutdown", {}))
-    control = _parse_control(check, top.get("control", {}))
-    serial = _parse_serial(check, top.get("serial", {}))
-    log = _parse_log(check, top.get("log", {}))
+    buffer = problems.attempt(lambda: _parse_buffer(check, top.get("buffer", {}))) or BufferConfig()
+    shutdown = problems.attempt(lambda: _parse_shutdown(check, top.get("shutdown", {}))) or ShutdownConfig()
+    control = problems.attempt(lambda: _parse_control(check, top.get("control", {}))) or ControlConfig()
+    serial = problems.attempt(lambda: _parse_serial(check, top.get("serial", {}))) or SerialConfig()
+    log = problems.attempt(lambda: _parse_log(check, top.get("log", {}))) or LogConfig()
 
     raw_devices = top.get("devices", [])
     if not isinstance(raw_devices, list):
-        check.fail("devices", f"expected an array of tables ([[devices]]), got {describe(raw_devices)}")
+        problems.note(check, "devices", f"expected an array of tables ([[devices]]), got {describe(raw_devices)}")
+        raw_devices = []
     if boards is None and any(isinstance(d, Mapping) and "board" in d for d in raw_devices):
-        boards = load_boards()
+        boards = problems.attempt(load_boards)
     devices: list[DeviceConfig] = []
     first_index: dict[str, int] = {}
     for index, raw in enumerate(raw_devices):
-        device = _parse_device(check, raw, f"devices[{index}]", codecs, boards or {}, url_schemes)
+        device = problems.attempt(
+            partial(_parse_device, check, raw, f"devices[{index}]", codecs, boards or {}, url_schemes)
+        )
+        if device is None:
+            continue
         if device.name in first_index:
-            check.fail(f"devices[{index}].name", f"duplicate device name {device.name!r}")
+            problems.note(check, f"devices[{index}].name", f"duplicate device name {device.name!r}")
+            continue
         first_index[device.name] = index
         devices.append(device)
 
     raw_sinks = top.get("sinks", [])
     if not isinstance(raw_sinks, list):
-        check.fail("sinks", f"expected an array of tables ([[sinks]]), got {describe(raw_sinks)}")
-    sinks = [_parse_sink(check, raw, f"sinks[{i}]", sink_types) for i, raw in enumerate(raw_sinks)]
+        problems.note(check, "sinks", f"expected an array of tables ([[sinks]]), got {describe(raw_sinks)}")
+        raw_sinks = []
+    sinks: list[SinkConfig] = []
+    for i, raw in enumerate(raw_sinks):
+        sink = problems.attempt(partial(_parse_sink, check, raw, f"sinks[{i}]", sink_types))
+        if sink is not None:
+            sinks.append(sink)
 
-    raw_plugins = check.table(top.get("plugins", {}), "plugins", "a table of [plugins.NAME] tables")
     plugins: dict[str, dict[str, object]] = {}
-    for name, options in raw_plugins.items():
+    raw_plugins = problems.attempt(
+        partial(check.table, top.get("plugins", {}), "plugins", "a table of [plugins.NAME] tables")
+    )
+    for name, options in (raw_plugins or {}).items():
         # The keys are the plugin's own options; the plugin validates them.
-        plugins[name] = dict(check.table(options, f"plugins.{name}", f"a table ([plugins.{name}]) of options"))
+        table = problems.attempt(
+            partial(check.table, options, f"plugins.{name}", f"a table ([plugins.{name}]) of options")
+        )
+        if table is not None:
+            plugins[name] = dict(table)
 
-    return Config(
+    config = Config(
         buffer=buffer,
         shutdown=shutdown,
         control=control,
@@ -318,6 +372,24 @@ def config_from_dict(
         plugins=plugins,
         source=source,
     )
+    return config, problems.found
+
+
+class _Problems:
+    """The problems met so far; ``attempt`` runs one check and keeps its error."""
+
+    def __init__(self) -> None:
+        self.found: list[ConfigError] = []
+
+    def attempt(self, check: Callable[[], T]) -> T | None:
+        try:
+            return check()
+        except ConfigError as exc:
+            self.found.append(exc)
+            return None
+
+    def note(self, check: Checker, key: str, message: str) -> None:
+        self.found.append(check.error(message, source=check.source, key=key))
 
 
 # --------------------------------------------------------------------- sections
@@ -385,8 +457,8 @@ def _parse_control(check: Checker, value: object) -> ControlConfig:
         return ControlConfig()
     socket = check.string(table["socket"], "control.socket", "a path for the control socket")
     # A longer path fails only at bind() time, long after start-up; say so now.
-    if len(os.fsencode(socket)) > _MAX_SOCKET_PATH:
-        check.fail("control.socket", f"expected a path of at most {_MAX_SOCKET_PATH} bytes (Unix socket limit)")
+    if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
+        check.fail("control.socket", f"expected a path of at most {MAX_SOCKET_PATH} bytes (Unix socket limit)")
     return ControlConfig(socket=socket)
 
 
