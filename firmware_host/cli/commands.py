@@ -121,8 +121,23 @@ def main() -> None:
 @control_option
 @click.option("--summary", "summary_path", metavar="FILE", help="Write the final counters as JSON at exit.")
 @click.option("--boards-dir", "boards_dirs", multiple=True, metavar="DIR", help="Extra board definitions.")
-@click.option("-q", "--quiet", is_flag=True, help="No live view or periodic summary.")
-@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.option(
+    "-q",
+    "--quiet",
+    count=True,
+    help="No live view, periodic summary or final table, and log one level less (-qq: errors only).",
+)
+@click.option("-v", "--verbose", count=True, help="Log one level more (from info: debug).")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Least severe messages logged (default: [log] level, else info); -v/-q step from it.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="text, or json: one JSON object per line (default: [log] format, else text).",
+)
 def run(
     config_path: str | None,
     emulate: Sequence[str],
@@ -130,8 +145,10 @@ def run(
     control_path: str | None,
     summary_path: str | None,
     boards_dirs: Sequence[str],
-    quiet: bool,
+    quiet: int,
     verbose: int,
+    log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """Run the runtime until stopped (SIGINT/SIGTERM drain in order; a second one exits at once)."""
     from firmware_host.cli.run import RunOptions, run_main
@@ -143,8 +160,11 @@ def run(
         control_path=control_path,
         summary_path=summary_path,
         boards_dirs=list(boards_dirs),
-        quiet=quiet,
+        quiet=quiet > 0,
         verbose=verbose,
+        quieter=quiet,
+        log_level=log_level,
+        log_format=log_format,
     )
     sys.exit(run_main(opts))
 

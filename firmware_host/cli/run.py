@@ -18,6 +18,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from firmware_host.cli.logs import choose_level, configured_log, run_logging
 from firmware_host.config._check import READABLE_URL_SCHEMES
 from firmware_host.config.schema import (
     Config,
@@ -45,20 +46,22 @@ class RunOptions:
     control_path: str | None = None
     summary_path: str | None = None
     boards_dirs: list[str] = field(default_factory=list)
-    quiet: bool = False
-    verbose: int = 0
-
-
-def setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose < 0 else (logging.INFO if verbose < 2 else logging.DEBUG)
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
+    quiet: bool = False  # no live view, no periodic summary, no final table
+    verbose: int = 0  # -v: log one level more per v
+    quieter: int = 0  # -q: log one level less per q
+    log_level: str | None = None  # --log-level, beats [log] level
+    log_format: str | None = None  # --log-format, beats [log] format
 
 
 def run_main(opts: RunOptions) -> int:
     """Exit status: 0 ok, 1 runtime failure or frames lost, 2 usage/config error."""
-    setup_logging(opts.verbose)
+    log_config = configured_log(opts.config_path)
+    level = choose_level(opts.log_level or log_config.level, opts.verbose, opts.quieter)
+    with run_logging(level, opts.log_format or log_config.format):
+        return _run_main(opts)
+
+
+def _run_main(opts: RunOptions) -> int:
     raise_fd_limit()
     try:
         code, final_status = _event_loop_run(_run(opts))
@@ -117,6 +120,12 @@ def _event_loop_run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop  # optional extra [fast]
     except ImportError:
+        fast = False
+    else:
+        fast = True
+    if not fast:
+        # outside the except block: an error logged during the run must not
+        # carry "No module named 'uvloop'" as its context
         return asyncio.run(coro)
     # typed where uvloop is installed, Any where mypy cannot see it: either way T
     result: T = uvloop.run(coro)
