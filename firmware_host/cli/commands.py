@@ -228,6 +228,8 @@ def flush(control_path: str | None, config_path: str | None, device: str | None,
         click.echo(f"flushed {reply['flushed']} frames" + (f" ({per})" if per else ""))
         if reply.get("incomplete"):
             click.echo("flush incomplete: a sink did not accept the frames in time; they stay buffered")
+    if reply.get("incomplete"):  # it gave up: a failure, whatever was printed
+        sys.exit(EXIT_FAILURE)
 
 
 @main.command()

@@ -18,6 +18,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from firmware_host.cli.configcmd import socket_path_problem, summary_path_problem
 from firmware_host.cli.logs import choose_level, configured_log, run_logging
 from firmware_host.config._check import READABLE_URL_SCHEMES
 from firmware_host.config.schema import (
@@ -62,6 +63,11 @@ def run_main(opts: RunOptions) -> int:
 
 
 def _run_main(opts: RunOptions) -> int:
+    # a summary that cannot be written would fail only after the whole run
+    problem = summary_path_problem(opts.summary_path) if opts.summary_path else None
+    if problem is not None:
+        print(f"firmware-host: {problem}", file=sys.stderr)
+        return 2
     raise_fd_limit()
     try:
         code, final_status = _event_loop_run(_run(opts))
@@ -73,7 +79,11 @@ def _run_main(opts: RunOptions) -> int:
         return 1
     # written after the event loop ended: no blocking file I/O on the loop
     if opts.summary_path:
-        _write_summary(opts.summary_path, final_status)
+        try:
+            _write_summary(opts.summary_path, final_status)
+        except OSError as exc:  # checked at start, but the directory may have gone since
+            print(f"firmware-host: cannot write --summary {opts.summary_path}: {exc.strerror or exc}", file=sys.stderr)
+            code = 1
     if not opts.quiet:
         from firmware_host.cli.render import status_table
 
@@ -158,6 +168,15 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
         cfg = await asyncio.to_thread(
             build_config, opts, boards, known_codecs=plugins.known_codecs(), known_sinks=plugins.known_sinks()
         )
+        control = (
+            opts.control_path
+            or cfg.control.socket
+            or os.environ.get("FIRMWARE_HOST_CONTROL")
+            or default_control_socket()
+        )
+        problem = socket_path_problem(control)
+        if problem is not None:  # before the emulator starts: bind() would refuse it later
+            raise UsageError(problem)
         if opts.emulate:
             from firmware_host.emulation.fleet import Fleet, parse_emulate_spec
 
@@ -173,12 +192,6 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
             if not cfg.sinks and not plugins.sinks:  # the default only when nothing else is configured
                 cfg = dataclasses.replace(cfg, sinks=[SinkConfig("jsonl", {"path": DEFAULT_SINK_PATH})])
         require_a_sink(cfg, len(plugins.sinks))
-        control = (
-            opts.control_path
-            or cfg.control.socket
-            or os.environ.get("FIRMWARE_HOST_CONTROL")
-            or default_control_socket()
-        )
         rt = Runtime(cfg, control_path=control, boards=boards)
         rt.on_start.append(_tune_gc)
         plugins.attach(rt)

@@ -22,6 +22,7 @@ from firmware_host.config._check import (
     DEFAULT_BAUDRATE,
     MAX_CONFIG_BYTES,
     MAX_SECONDS,
+    MIN_SECONDS,
     NAME_EXPECTED,
     NAME_PATTERN,
     Checker,
@@ -418,7 +419,14 @@ def _parse_buffer(check: Checker, value: object) -> BufferConfig:
 
 
 def _spool_interval(check: Checker, value: object) -> float:
-    return check.seconds(value, "buffer.spool_interval", most=MAX_SPOOL_INTERVAL)
+    window = check.number(value, "buffer.spool_interval", gt=0)
+    if not MIN_SECONDS <= window <= MAX_SPOOL_INTERVAL:  # below a millisecond: a busy loop
+        check.fail(
+            "buffer.spool_interval",
+            f"expected a finite number > 0, at least {MIN_SECONDS:g} and at most {MAX_SPOOL_INTERVAL:g} (seconds), "
+            f"got {window:g}",
+        )
+    return window
 
 
 def _parse_shutdown(check: Checker, value: object) -> ShutdownConfig:
