@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from firmware_host import VirtualPort
-from tests.conftest import cli
+from tests.conftest import cli, cli_popen
 from tests.test_cli_control import cli as acli
 from tests.test_cli_control import connected, packets, run_runtime, workdir
 
@@ -98,3 +98,37 @@ def test_flush_that_gives_up_exits_1(workdir: Path) -> None:
         vp.close()
 
     asyncio.run(main())
+
+
+def test_emulate_dir_on_an_existing_file_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    result = cli("emulate", "nucleo-imu", "--dir", str(tmp_path / "afile"), "--duration", "0.1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "exists and is not a directory" in one_line(result.stderr)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("aiomqtt") is None, reason="needs the [mqtt] extra (aiomqtt)")
+def test_spool_export_into_a_reader_that_leaves_ends_quietly(tmp_path: Path) -> None:
+    # a spool left with frames: the only sink (MQTT on a port nobody serves) never takes them
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "c.toml").write_text(
+        '[buffer]\nspool = "s.db"\nspool_interval = 0.05\n[shutdown]\ngrace = 0.3\n'
+        f'[plugins.mqtt]\nhost = "127.0.0.1"\nport = {port}\n'
+    )
+    made = cli(
+        "run", "-c", "c.toml", "--emulate", "nucleo-imu:4", "--duration", "2", "-q", "--control", "s", cwd=tmp_path
+    )
+    assert "stay in the spool" in made.stderr, made.stderr
+    # more frames than one export chunk (5000): a write after the reader left fails
+    assert int(made.stderr.split(" frames stay in the spool")[0].split()[-1]) > 5000, made.stderr
+    assert (tmp_path / "s.db").exists()
+    proc = cli_popen("spool", "export", "s.db", cwd=tmp_path)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()  # more than a pipe holds is on its way: the writer blocks
+    assert first.startswith('{"device": "nucleo-imu-0"')
+    proc.stdout.close()  # the reader leaves, like `| head -1`
+    code = proc.wait(timeout=30)
+    with proc.stderr:
+        assert (code, proc.stderr.read()) == (0, "")

@@ -26,6 +26,16 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def reader_left() -> NoReturn:
+    """Stdout's reader has gone (``| head``): end quietly, exit 0, as a Unix
+    filter does; stdout is pointed at /dev/null so the interpreter's own
+    flush at exit has nothing to complain about."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(EXIT_OK)
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=None, sort_keys=False))
 
@@ -485,6 +495,8 @@ def spool_export_cmd(path: str, output: str | None, device: str | None) -> None:
         else:
             count = spool_export(path, sys.stdout.buffer, device)
             sys.stdout.buffer.flush()
+    except BrokenPipeError:  # the reader left (`| head`): nothing more to say to anyone
+        reader_left()
     except (SpoolBusy, SpoolError, OSError) as exc:
         fail(str(exc), EXIT_USAGE)
     click.echo(f"exported {count} frames", err=True)
@@ -521,6 +533,9 @@ def emulate(
 ) -> None:
     """Virtual boards on pty pairs; prints the port paths and runs until stopped."""
     from firmware_host.emulation.fleet import emulate_main
+
+    if directory is not None and os.path.lexists(directory) and not os.path.isdir(directory):
+        fail(f"emulate --dir {directory}: exists and is not a directory", EXIT_USAGE)
 
     sys.exit(
         emulate_main(
