@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from firmware_host.config._check import READABLE_URL_SCHEMES, read_toml
 from firmware_host.config.boards import Board, load_boards
@@ -26,6 +26,9 @@ from firmware_host.config.schema import (
     default_control_socket,
     require_a_sink,
 )
+
+if TYPE_CHECKING:
+    from firmware_host.plugins.host import PluginHost
 
 __all__ = ["CheckResult", "check_config_file", "socket_path_problem", "summary_path_problem"]
 
@@ -121,7 +124,7 @@ def _boards(boards_dirs: Sequence[str], result: CheckResult) -> dict[str, Board]
         return {}
 
 
-def _plugins(data: Mapping[str, Any], source: str, result: CheckResult) -> Any:
+def _plugins(data: Mapping[str, Any], source: str, result: CheckResult) -> PluginHost | None:
     """The plugin host, set up as ``run`` sets it up; its failures are problems."""
     from firmware_host.plugins.host import PluginHost
 
