@@ -19,16 +19,24 @@ from typing import Any
 from firmware_host import PluginContext
 
 HEARTBEAT = 0xF2
+#: bounds of ``interval`` and ``stale_after``, seconds: a shorter timer is a
+#: busy loop; a longer one (more than a day, or three for the watchdog) is a typo
+MIN_INTERVAL, MAX_INTERVAL, MAX_STALE_AFTER = 0.01, 86400.0, 3 * 86400.0
 
 
 def setup(ctx: PluginContext) -> None:
     opts = ctx.take_options({"interval": (float, 5.0), "stale_after": (float, None)})
     interval: float = opts["interval"]
-    if not 0 < interval < float("inf"):
-        raise ctx.option_error("interval", f"expected a number of seconds > 0, got {interval!r}")
+    if not MIN_INTERVAL <= interval <= MAX_INTERVAL:
+        raise ctx.option_error(
+            "interval", f"expected a number from {MIN_INTERVAL:g} to {MAX_INTERVAL:g} (seconds), got {interval!r}"
+        )
     stale_after: float = opts["stale_after"] if opts["stale_after"] is not None else 3 * interval
-    if not 0 < stale_after < float("inf"):
-        raise ctx.option_error("stale_after", f"expected a number of seconds > 0, got {stale_after!r}")
+    if not MIN_INTERVAL <= stale_after <= MAX_STALE_AFTER:
+        raise ctx.option_error(
+            "stale_after",
+            f"expected a number from {MIN_INTERVAL:g} to {MAX_STALE_AFTER:g} (seconds), got {stale_after!r}",
+        )
 
     devices: dict[str, dict[str, Any]] = {}
     ctx.info["devices"] = devices

@@ -10,12 +10,17 @@ import time
 
 from firmware_host import PluginContext
 
+#: bounds of ``interval``, seconds: a shorter timer is a busy loop, a longer one a typo
+MIN_INTERVAL, MAX_INTERVAL = 0.01, 86400.0
+
 
 def setup(ctx: PluginContext) -> None:
     opts = ctx.take_options({"interval": (float, 10.0)})
     interval: float = opts["interval"]
-    if not 0 < interval < float("inf"):
-        raise ctx.option_error("interval", f"expected a number of seconds > 0, got {interval!r}")
+    if not MIN_INTERVAL <= interval <= MAX_INTERVAL:
+        raise ctx.option_error(
+            "interval", f"expected a number from {MIN_INTERVAL:g} to {MAX_INTERVAL:g} (seconds), got {interval!r}"
+        )
     # frames seen at the previous summary, for a rate over the last interval
     previous: dict[str, tuple[int, float]] = {}
     rates: dict[str, float] = {}

@@ -192,9 +192,12 @@ BAD_BOARDS = {
     "vid out of range": (_edit("vid = 0x1234", "vid = 0x12345"), "usb.vid: expected a USB id"),
     "baudrate string": (
         _edit("baudrate = 230400", 'baudrate = "fast"'),
-        'baudrate: expected an integer > 0, got "fast"',
+        'baudrate: expected an integer from 50 to 4000000, got "fast"',
     ),
-    "baudrate bool": (_edit("baudrate = 230400", "baudrate = true"), "baudrate: expected an integer > 0, got true"),
+    "baudrate bool": (
+        _edit("baudrate = 230400", "baudrate = true"),
+        "baudrate: expected an integer from 50 to 4000000, got true",
+    ),
     "rate zero": (_edit("rate = 20", "rate = 0"), "emulator.rate: expected a finite number > 0, got 0"),
     "rate nan": (_edit("rate = 20", "rate = nan"), "emulator.rate: expected a finite number > 0"),
     "unknown generator": (

@@ -236,8 +236,11 @@ def test_devices_add_remove_readd(sockdir: str) -> None:
     ("args", "expected"),
     [
         ({"codec": "bogus"}, "devices add: codec: unknown codec 'bogus' (known: fh1, lines, nmea)"),
-        ({"codec": "fh1", "baudrate": "fast"}, 'devices add: baudrate: expected an integer > 0, got "fast"'),
-        ({"codec": "fh1", "baudrate": 0}, "devices add: baudrate: expected an integer > 0, got 0"),
+        (
+            {"codec": "fh1", "baudrate": "fast"},
+            'devices add: baudrate: expected an integer from 50 to 4000000, got "fast"',
+        ),
+        ({"codec": "fh1", "baudrate": 0}, "devices add: baudrate: expected an integer from 50 to 4000000, got 0"),
         ({"codec": "fh1", "name": "bad name"}, "devices add: name: expected a device name"),
         ({}, "devices add: codec: required when no 'board' is given"),
         ({"board": "no-such-board"}, "devices add: board: unknown board 'no-such-board'"),

@@ -122,7 +122,9 @@ def test_stats_rejects_bad_options() -> None:
         host = PluginHost({"stats": options}, {"stats": PluginInfo.from_object("stats", first_party("stats"))})
         await host.setup()
 
-    with pytest.raises(ConfigError, match=r"plugins\.stats\.interval: expected a number of seconds > 0"):
+    with pytest.raises(
+        ConfigError, match=r"plugins\.stats\.interval: expected a number from 0.01 to 86400 \(seconds\), got 0"
+    ):
         asyncio.run(main({"interval": 0}))
     with pytest.raises(ConfigError, match=r"plugins\.stats\.every: unknown option"):
         asyncio.run(main({"every": 1}))

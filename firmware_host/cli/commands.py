@@ -26,6 +26,16 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def reader_left() -> NoReturn:
+    """Stdout's reader has gone (``| head``): end quietly, exit 0, as a Unix
+    filter does; stdout is pointed at /dev/null so the interpreter's own
+    flush at exit has nothing to complain about."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(EXIT_OK)
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=None, sort_keys=False))
 
@@ -121,8 +131,23 @@ def main() -> None:
 @control_option
 @click.option("--summary", "summary_path", metavar="FILE", help="Write the final counters as JSON at exit.")
 @click.option("--boards-dir", "boards_dirs", multiple=True, metavar="DIR", help="Extra board definitions.")
-@click.option("-q", "--quiet", is_flag=True, help="No live view or periodic summary.")
-@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.option(
+    "-q",
+    "--quiet",
+    count=True,
+    help="No live view, periodic summary or final table, and log one level less (-qq: errors only).",
+)
+@click.option("-v", "--verbose", count=True, help="Log one level more (from info: debug).")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Least severe messages logged (default: [log] level, else info); -v/-q step from it.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="text, or json: one JSON object per line (default: [log] format, else text).",
+)
 def run(
     config_path: str | None,
     emulate: Sequence[str],
@@ -130,8 +155,10 @@ def run(
     control_path: str | None,
     summary_path: str | None,
     boards_dirs: Sequence[str],
-    quiet: bool,
+    quiet: int,
     verbose: int,
+    log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """Run the runtime until stopped (SIGINT/SIGTERM drain in order; a second one exits at once)."""
     from firmware_host.cli.run import RunOptions, run_main
@@ -143,8 +170,11 @@ def run(
         control_path=control_path,
         summary_path=summary_path,
         boards_dirs=list(boards_dirs),
-        quiet=quiet,
+        quiet=quiet > 0,
         verbose=verbose,
+        quieter=quiet,
+        log_level=log_level,
+        log_format=log_format,
     )
     sys.exit(run_main(opts))
 
@@ -210,6 +240,8 @@ def flush(control_path: str | None, config_path: str | None, device: str | None,
             click.echo(f"  sink {sink['name']}: sent {sink['sent']}" + ("" if sink["done"] else ", not finished"))
         if reply.get("incomplete"):
             click.echo("flush incomplete: a sink did not accept the frames in time; they stay buffered")
+    if reply.get("incomplete"):  # it gave up: a failure, whatever was printed
+        sys.exit(EXIT_FAILURE)
 
 
 @main.command()
@@ -383,6 +415,41 @@ def plugins(config_path: str | None, as_json: bool) -> None:
         click.echo(render_table(("plugin", "task", "interval", "missed", "timeout"), tasks))
 
 
+@main.group("config")
+def config_group() -> None:
+    """Check a config without running it, or print a sample."""
+
+
+@config_group.command("check")
+@click.option("-c", "--config", "config_path", required=True, metavar="FILE", help="Config file (TOML).")
+@control_option
+@click.option("--summary", "summary_path", metavar="FILE", help="Check that run --summary FILE could be written.")
+@click.option("--boards-dir", "boards_dirs", multiple=True, metavar="DIR", help="Extra board definitions.")
+def config_check(
+    config_path: str, control_path: str | None, summary_path: str | None, boards_dirs: Sequence[str]
+) -> None:
+    """Validate everything `run -c FILE` would (plugins, boards, codecs, sinks, device URLs,
+    the control socket path) without opening a port: exit 0, or 2 with one line per problem."""
+    from firmware_host.cli.configcmd import check_config_file
+
+    result = check_config_file(
+        config_path, control_path=control_path, summary_path=summary_path, boards_dirs=boards_dirs
+    )
+    if result.problems:
+        for problem in result.problems:
+            click.echo(f"firmware-host: {problem}", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(result.summary())
+
+
+@config_group.command("sample")
+def config_sample() -> None:
+    """Print a commented config that `config check` accepts."""
+    from firmware_host.cli.configcmd import SAMPLE
+
+    click.echo(SAMPLE, nl=False)
+
+
 @main.group()
 def spool() -> None:
     """Inspect a disk spool while no runtime uses it."""
@@ -430,6 +497,8 @@ def spool_export_cmd(path: str, output: str | None, device: str | None) -> None:
         else:
             count = spool_export(path, sys.stdout.buffer, device)
             sys.stdout.buffer.flush()
+    except BrokenPipeError:  # the reader left (`| head`): nothing more to say to anyone
+        reader_left()
     except (SpoolBusy, SpoolError, OSError) as exc:
         fail(str(exc), EXIT_USAGE)
     click.echo(f"exported {count} frames", err=True)
@@ -466,6 +535,9 @@ def emulate(
 ) -> None:
     """Virtual boards on pty pairs; prints the port paths and runs until stopped."""
     from firmware_host.emulation.fleet import emulate_main
+
+    if directory is not None and os.path.lexists(directory) and not os.path.isdir(directory):
+        fail(f"emulate --dir {directory}: exists and is not a directory", EXIT_USAGE)
 
     sys.exit(
         emulate_main(

@@ -18,6 +18,9 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from firmware_host.cli.configcmd import socket_path_problem, summary_path_problem
+from firmware_host.cli.logs import choose_level, configured_log, run_logging
+from firmware_host.config._check import READABLE_URL_SCHEMES
 from firmware_host.config.schema import (
     Config,
     ConfigError,
@@ -44,20 +47,27 @@ class RunOptions:
     control_path: str | None = None
     summary_path: str | None = None
     boards_dirs: list[str] = field(default_factory=list)
-    quiet: bool = False
-    verbose: int = 0
-
-
-def setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose < 0 else (logging.INFO if verbose < 2 else logging.DEBUG)
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
+    quiet: bool = False  # no live view, no periodic summary, no final table
+    verbose: int = 0  # -v: log one level more per v
+    quieter: int = 0  # -q: log one level less per q
+    log_level: str | None = None  # --log-level, beats [log] level
+    log_format: str | None = None  # --log-format, beats [log] format
 
 
 def run_main(opts: RunOptions) -> int:
     """Exit status: 0 ok, 1 runtime failure or frames lost, 2 usage/config error."""
-    setup_logging(opts.verbose)
+    log_config = configured_log(opts.config_path)
+    level = choose_level(opts.log_level or log_config.level, opts.verbose, opts.quieter)
+    with run_logging(level, opts.log_format or log_config.format):
+        return _run_main(opts)
+
+
+def _run_main(opts: RunOptions) -> int:
+    # a summary that cannot be written would fail only after the whole run
+    problem = summary_path_problem(opts.summary_path) if opts.summary_path else None
+    if problem is not None:
+        print(f"firmware-host: {problem}", file=sys.stderr)
+        return 2
     raise_fd_limit()
     try:
         code, final_status = _event_loop_run(_run(opts))
@@ -69,7 +79,11 @@ def run_main(opts: RunOptions) -> int:
         return 1
     # written after the event loop ended: no blocking file I/O on the loop
     if opts.summary_path:
-        _write_summary(opts.summary_path, final_status)
+        try:
+            _write_summary(opts.summary_path, final_status)
+        except OSError as exc:  # checked at start, but the directory may have gone since
+            print(f"firmware-host: cannot write --summary {opts.summary_path}: {exc.strerror or exc}", file=sys.stderr)
+            code = 1
     if not opts.quiet:
         from firmware_host.cli.render import status_table
 
@@ -120,6 +134,12 @@ def _event_loop_run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop  # optional extra [fast]
     except ImportError:
+        fast = False
+    else:
+        fast = True
+    if not fast:
+        # outside the except block: an error logged during the run must not
+        # carry "No module named 'uvloop'" as its context
         return asyncio.run(coro)
     # typed where uvloop is installed, Any where mypy cannot see it: either way T
     result: T = uvloop.run(coro)
@@ -127,9 +147,11 @@ def _event_loop_run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def build_config(opts: RunOptions, boards: Any, **known: Any) -> Config:
+    # the serial transport opens every port of a run: a URL scheme it cannot
+    # read (a typo like sockt://) is a config error now, not a retry loop later
     if opts.config_path:
-        return load_config(opts.config_path, boards=boards, **known)
-    return config_from_dict({}, source="<no config>", boards=boards, **known)
+        return load_config(opts.config_path, boards=boards, url_schemes=READABLE_URL_SCHEMES, **known)
+    return config_from_dict({}, source="<no config>", boards=boards, url_schemes=READABLE_URL_SCHEMES, **known)
 
 
 async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
@@ -150,6 +172,15 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
         cfg = await asyncio.to_thread(
             build_config, opts, boards, known_codecs=plugins.known_codecs(), known_sinks=plugins.known_sinks()
         )
+        control = (
+            opts.control_path
+            or cfg.control.socket
+            or os.environ.get("FIRMWARE_HOST_CONTROL")
+            or default_control_socket()
+        )
+        problem = socket_path_problem(control)
+        if problem is not None:  # before the emulator starts: bind() would refuse it later
+            raise UsageError(problem)
         if opts.emulate:
             from firmware_host.emulation.fleet import Fleet, parse_emulate_spec
 
@@ -165,12 +196,6 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
             if not cfg.sinks and not plugins.sinks:  # the default only when nothing else is configured
                 cfg = dataclasses.replace(cfg, sinks=[SinkConfig("jsonl", {"path": DEFAULT_SINK_PATH})])
         require_a_sink(cfg, len(plugins.sinks))
-        control = (
-            opts.control_path
-            or cfg.control.socket
-            or os.environ.get("FIRMWARE_HOST_CONTROL")
-            or default_control_socket()
-        )
         rt = Runtime(cfg, control_path=control, boards=boards)
         rt.on_start.append(_tune_gc)
         plugins.attach(rt)

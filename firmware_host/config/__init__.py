@@ -14,6 +14,7 @@ from firmware_host.config.schema import BufferConfig as BufferConfig
 from firmware_host.config.schema import Config as Config
 from firmware_host.config.schema import ControlConfig as ControlConfig
 from firmware_host.config.schema import DeviceConfig as DeviceConfig
+from firmware_host.config.schema import LogConfig as LogConfig
 from firmware_host.config.schema import SerialConfig as SerialConfig
 from firmware_host.config.schema import ShutdownConfig as ShutdownConfig
 from firmware_host.config.schema import SinkConfig as SinkConfig

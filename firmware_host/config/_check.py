@@ -33,10 +33,16 @@ __all__ = [
     "BUILTIN_CODEC_OPTIONS",
     "CODEC_OPTION_KEYS",
     "DEFAULT_BAUDRATE",
+    "MAX_BAUDRATE",
+    "MAX_CODEC_SIZE",
     "MAX_CONFIG_BYTES",
+    "MAX_SECONDS",
+    "MIN_BAUDRATE",
+    "MIN_SECONDS",
     "NAME_EXPECTED",
     "NAME_PATTERN",
     "PORT_URL_SCHEMES",
+    "READABLE_URL_SCHEMES",
     "Checker",
     "OptionSpec",
     "check_options",
@@ -66,6 +72,20 @@ BUILTIN_CODEC_OPTIONS: Mapping[str, frozenset[str]] = {
 }
 #: a device's baudrate when neither it nor its board says
 DEFAULT_BAUDRATE = 115200
+#: the baudrates accepted (devices and boards): from the slowest standard rate
+#: to beyond the fastest USB-serial bridges; a larger number is a typo that the
+#: tty layer would refuse at every reconnect, long after start-up
+MIN_BAUDRATE, MAX_BAUDRATE = 50, 4_000_000
+#: the largest codec size option (``max_payload``, ``max_line``): a frame buffer
+#: of that size is allocated per device, so a typo must not ask for gigabytes
+MAX_CODEC_SIZE = 1 << 20
+#: the shortest duration accepted where a key is a number of seconds > 0: a
+#: timer below a millisecond is a busy loop, and a deadline that short expires
+#: before the work it bounds can begin
+MIN_SECONDS = 0.001
+#: the longest duration most keys accept (an hour): past it the value is a
+#: mistake (milliseconds written as seconds), and a wait that long looks hung
+MAX_SECONDS = 3600.0
 #: pyserial's URL schemes: None for those the transport reads, else why it
 #: cannot. The transport routes by this table and refuses the rest at open
 #: (``transport.serial.supported_url``); the config checks a device's port
@@ -84,11 +104,28 @@ PORT_URL_SCHEMES: Mapping[str, str | None] = {
 }
 
 
-def port_url_problem(port: str) -> str | None:
-    """Why the transport cannot read ``port`` (a path or pyserial URL), or None."""
+#: the URL schemes the serial transport reads (a plain path needs none)
+READABLE_URL_SCHEMES: frozenset[str] = frozenset(k for k, why in PORT_URL_SCHEMES.items() if why is None)
+
+
+def port_url_problem(port: str, schemes: Collection[str] | None = None) -> str | None:
+    """Why the transport cannot read ``port`` (a path or pyserial URL), or None.
+
+    ``schemes``: the URL schemes the opener in use reads (the CLI passes
+    :data:`READABLE_URL_SCHEMES`); then any other scheme, a typo like
+    ``sockt://``, is a problem too. None leaves schemes pyserial does not know
+    to the opener (a test's ``fake://``).
+    """
     scheme, sep, _ = port.partition("://")
-    reason = PORT_URL_SCHEMES.get(scheme.lower()) if sep else None
-    return f"{scheme}:// is not supported: {reason}" if reason else None
+    if not sep:
+        return None
+    reason = PORT_URL_SCHEMES.get(scheme.lower())
+    if reason:
+        return f"{scheme}:// is not supported: {reason}"
+    if schemes is not None and scheme.lower() not in schemes:
+        readable = ", ".join(f"{s}://" for s in sorted(schemes))
+        return f"unknown URL scheme {describe(scheme)} (expected a device path or one of {readable})"
+    return None
 
 
 # --------------------------------------------------------------------- values
@@ -198,11 +235,37 @@ class Checker:
             return value
         self.fail(key, f"expected {expected_kind(int)}{_bound_text(ge, gt, le)}, got {describe(value)}")
 
-    def number(self, value: object, key: str, *, ge: float | None = None, gt: float | None = None) -> float:
+    def number(
+        self, value: object, key: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None
+    ) -> float:
         # TOML writes `grace = 5` as an int; accept it where a float is expected.
-        if is_number(value) and _within(value, ge, gt, None):
+        if is_number(value) and _within(value, ge, gt, le):
             return float(value)
-        self.fail(key, f"expected {expected_kind(float)}{_bound_text(ge, gt, None)}, got {describe(value)}")
+        self.fail(key, f"expected {expected_kind(float)}{_bound_text(ge, gt, le)}, got {describe(value)}")
+
+    def seconds(
+        self,
+        value: object,
+        key: str,
+        *,
+        least: float = MIN_SECONDS,
+        most: float = MAX_SECONDS,
+        zero: bool = False,
+    ) -> float:
+        """A duration from ``least`` to ``most`` seconds; also exactly 0 when
+        ``zero`` (a key where 0 means "off")."""
+        if is_number(value) and (least <= value <= most or (zero and value == 0)):
+            return float(value)
+        span = f"from {number_text(least)} to {number_text(most)} (seconds)"
+        expected = f"0 (off) or a number {span}" if zero else f"a number {span}"
+        self.fail(key, f"expected {expected}, got {describe(value)}")
+
+    def baudrate(self, value: object, key: str) -> int:
+        return self.integer(value, key, ge=MIN_BAUDRATE, le=MAX_BAUDRATE)
+
+    def codec_size(self, value: object, key: str) -> int:
+        """``max_payload`` / ``max_line``: bytes, > 0 and at most 1 MiB."""
+        return self.integer(value, key, ge=1, le=MAX_CODEC_SIZE)
 
     def string(self, value: object, key: str, expected: str = "a non-empty string") -> str:
         if not isinstance(value, str) or not value or "\x00" in value:

@@ -139,13 +139,13 @@ def board_from_dict(data: Mapping[str, Any], *, source: str = "<board>") -> Boar
         vid = check.usb_id(usb["vid"], "usb.vid")
         pid = check.usb_id(usb["pid"], "usb.pid")
 
-    baudrate = check.integer(table.get("baudrate", DEFAULT_BAUDRATE), "baudrate", gt=0)
+    baudrate = check.baudrate(table.get("baudrate", DEFAULT_BAUDRATE), "baudrate")
     if "codec" not in table:
         check.fail("codec", "required key is missing (fh1, nmea, lines or a plugin's codec)")
     # Codec existence is checked where it is used (config), since plugin codecs
     # are only known once plugins are loaded.
     codec = check.name(table["codec"], "codec", "codec")
-    options = {key: check.integer(table[key], key, gt=0) for key in CODEC_OPTION_KEYS if key in table}
+    options = {key: check.codec_size(table[key], key) for key in CODEC_OPTION_KEYS if key in table}
     check.codec_option_keys(codec, options, "")
 
     if "emulator" not in table:

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from firmware_host.config._check import (
     BUILTIN_CODEC_OPTIONS,
     CODEC_OPTION_KEYS,
     DEFAULT_BAUDRATE,
     MAX_CONFIG_BYTES,
+    MAX_SECONDS,
+    MIN_SECONDS,
     NAME_EXPECTED,
     NAME_PATTERN,
     Checker,
@@ -31,6 +34,8 @@ from firmware_host.config._check import (
 from firmware_host.config.boards import Board, load_boards
 from firmware_host.errors import ConfigError
 
+T = TypeVar("T")
+
 # The shared constants (defined in _check, which boards also builds on) stay
 # importable from here, where they were defined before.
 __all__ = [
@@ -40,17 +45,24 @@ __all__ = [
     "DEFAULT_CODECS",
     "DEFAULT_SINKS",
     "DEFAULT_SINK_TIMEOUT",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
     "MAX_CONFIG_BYTES",
+    "MAX_SOCKET_PATH",
     "NAME_EXPECTED",
     "NAME_PATTERN",
+    "SECTION_KEYS",
+    "TOP_KEYS",
     "BufferConfig",
     "Config",
     "ConfigError",
     "ControlConfig",
     "DeviceConfig",
+    "LogConfig",
     "SerialConfig",
     "ShutdownConfig",
     "SinkConfig",
+    "check_config_dict",
     "config_from_dict",
     "default_control_socket",
     "load_config",
@@ -62,10 +74,10 @@ DEFAULT_CODECS: frozenset[str] = frozenset({"fh1", "nmea", "lines"})
 DEFAULT_SINKS: frozenset[str] = frozenset({"jsonl"})
 #: ``[[sinks]] timeout``: seconds a sink's ``write`` may take (docs/reliability.md)
 DEFAULT_SINK_TIMEOUT = 10.0
-# Linux sun_path is 108 bytes including the terminating NUL.
-_MAX_SOCKET_PATH = 107
+#: the longest control socket path: Linux sun_path is 108 bytes including the NUL
+MAX_SOCKET_PATH = 107
 
-_TOP_KEYS = frozenset({"buffer", "shutdown", "control", "serial", "devices", "sinks", "plugins"})
+TOP_KEYS = frozenset({"buffer", "shutdown", "control", "serial", "log", "devices", "sinks", "plugins"})
 _BUFFER_KEYS = frozenset(
     {
         "capacity",
@@ -90,10 +102,40 @@ _SERIAL_KEYS = frozenset({"read_coalesce"})
 #: port would outgrow the kernel's tty buffering (about 64 KiB) between reads
 MAX_READ_COALESCE = 0.5
 _CONTROL_KEYS = frozenset({"socket"})
+_LOG_KEYS = frozenset({"level", "format"})
+#: ``[log] level`` names, quietest last; ``run -v``/``-q`` step along them
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+#: the longest ``[shutdown] grace``, ``[[sinks]] timeout`` and reconnect backoff
+MAX_GRACE = MAX_SECONDS
+#: the shortest ``[shutdown] grace``: below it the stop hooks' own deadlines
+#: expire before they can run, which reads as a failure of the hooks
+MIN_GRACE = 0.01
+#: the shortest ``[[sinks]] timeout``: a write cannot start and finish faster
+MIN_SINK_TIMEOUT = 0.01
+#: bounds of ``[buffer]`` sizes: past them a value is a typo, not a plan
+MAX_CAPACITY = 100_000_000
+MAX_BATCH_SIZE = 1_000_000
+MAX_BUFFER_BYTES = 1 << 40
+MAX_SPOOL_BYTES = 1 << 44
 _DEVICE_KEYS = frozenset(
     {"name", "port", "match", "board", "codec", "baudrate", "backoff_initial", "backoff_max", *CODEC_OPTION_KEYS}
 )
 _MATCH_KEYS = frozenset({"vid", "pid", "serial"})
+
+#: every key of every section the loader itself reads, by section; the
+#: options of a sink type and of a plugin are theirs (docs/config.md lists both)
+SECTION_KEYS: Mapping[str, frozenset[str]] = {
+    "": TOP_KEYS,
+    "buffer": _BUFFER_KEYS,
+    "shutdown": _SHUTDOWN_KEYS,
+    "control": _CONTROL_KEYS,
+    "serial": _SERIAL_KEYS,
+    "log": _LOG_KEYS,
+    "devices": _DEVICE_KEYS,
+    "devices.match": _MATCH_KEYS,
+    "sinks": _COMMON_SINK_KEYS,
+}
 
 
 # --------------------------------------------------------------------- dataclasses
@@ -135,6 +177,14 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """How ``run`` logs; ``--log-level``, ``--log-format``, ``-v`` and ``-q`` override."""
+
+    level: str = "info"  # one of LOG_LEVELS
+    format: str = "text"  # text | json (one JSON object per line)
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     """One serial device, with its board's settings already merged in."""
 
@@ -163,6 +213,7 @@ class Config:
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     serial: SerialConfig = field(default_factory=SerialConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     devices: list[DeviceConfig] = field(default_factory=list)
     sinks: list[SinkConfig] = field(default_factory=list)
     plugins: dict[str, dict[str, object]] = field(default_factory=dict)
@@ -192,10 +243,18 @@ def load_config(
     known_codecs: Collection[str] | None = None,
     known_sinks: Collection[str] | None = None,
     boards: Mapping[str, Board] | None = None,
+    url_schemes: Collection[str] | None = None,
 ) -> Config:
     """Read, parse and validate a TOML config file. Raises :class:`ConfigError`."""
     source, data = read_toml(path)
-    return config_from_dict(data, source=source, known_codecs=known_codecs, known_sinks=known_sinks, boards=boards)
+    return config_from_dict(
+        data,
+        source=source,
+        known_codecs=known_codecs,
+        known_sinks=known_sinks,
+        boards=boards,
+        url_schemes=url_schemes,
+    )
 
 
 def config_from_dict(
@@ -205,60 +264,133 @@ def config_from_dict(
     known_codecs: Collection[str] | None = None,
     known_sinks: Collection[str] | None = None,
     boards: Mapping[str, Board] | None = None,
+    url_schemes: Collection[str] | None = None,
 ) -> Config:
     """Validate already-parsed TOML data (``tomllib`` output or an equivalent dict).
 
     ``known_codecs``/``known_sinks`` default to the first-party ones; pass the
     plugin registry's names to accept plugin codecs and sinks. ``boards``
     defaults to :func:`firmware_host.config.boards.load_boards`, loaded only if a
-    device names a board.
+    device names a board. ``url_schemes``: the URL schemes the port opener
+    reads (``READABLE_URL_SCHEMES`` for the serial transport); a device port
+    with another scheme is refused. None refuses only the schemes pyserial has
+    and the transport cannot read, and leaves the rest to the opener.
     """
+    config, problems = check_config_dict(
+        data,
+        source=source,
+        known_codecs=known_codecs,
+        known_sinks=known_sinks,
+        boards=boards,
+        url_schemes=url_schemes,
+    )
+    if problems:
+        raise problems[0]  # the one a fail-fast loader would have met first
+    return config
+
+
+def check_config_dict(
+    data: Mapping[str, Any],
+    *,
+    source: str = "<config>",
+    known_codecs: Collection[str] | None = None,
+    known_sinks: Collection[str] | None = None,
+    boards: Mapping[str, Board] | None = None,
+    url_schemes: Collection[str] | None = None,
+) -> tuple[Config, list[ConfigError]]:
+    """:func:`config_from_dict`, collecting problems instead of stopping at the
+    first: one per section, device, sink and plugin table (the first mistake in
+    each), in file order. Returns the config and the problems; with problems,
+    the config is partial (a bad section at its defaults, a bad device, sink
+    or plugin table left out), only good for checking the parts that loaded
+    (``firmware-host config check`` builds its codecs and sinks)."""
     check = Checker(source)
-    top = check.table(data, None, "a table of settings")
-    check.keys(top, _TOP_KEYS, None)
+    try:
+        top = check.table(data, None, "a table of settings")
+        check.keys(top, TOP_KEYS, None)
+    except ConfigError as exc:  # nothing below can be read without the top level
+        return Config(source=source), [exc]
+    problems = _Problems()
     codecs = frozenset(known_codecs) if known_codecs is not None else DEFAULT_CODECS
     sink_types = frozenset(known_sinks) if known_sinks is not None else DEFAULT_SINKS
 
-    buffer = _parse_buffer(check, top.get("buffer", {}))
-    shutdown = _parse_shutdown(check, top.get("shutdown", {}))
-    control = _parse_control(check, top.get("control", {}))
-    serial = _parse_serial(check, top.get("serial", {}))
+    buffer = problems.attempt(lambda: _parse_buffer(check, top.get("buffer", {}))) or BufferConfig()
+    shutdown = problems.attempt(lambda: _parse_shutdown(check, top.get("shutdown", {}))) or ShutdownConfig()
+    control = problems.attempt(lambda: _parse_control(check, top.get("control", {}))) or ControlConfig()
+    serial = problems.attempt(lambda: _parse_serial(check, top.get("serial", {}))) or SerialConfig()
+    log = problems.attempt(lambda: _parse_log(check, top.get("log", {}))) or LogConfig()
 
     raw_devices = top.get("devices", [])
     if not isinstance(raw_devices, list):
-        check.fail("devices", f"expected an array of tables ([[devices]]), got {describe(raw_devices)}")
+        problems.note(check, "devices", f"expected an array of tables ([[devices]]), got {describe(raw_devices)}")
+        raw_devices = []
     if boards is None and any(isinstance(d, Mapping) and "board" in d for d in raw_devices):
-        boards = load_boards()
+        boards = problems.attempt(load_boards)
     devices: list[DeviceConfig] = []
     first_index: dict[str, int] = {}
     for index, raw in enumerate(raw_devices):
-        device = _parse_device(check, raw, f"devices[{index}]", codecs, boards or {})
+        device = problems.attempt(
+            partial(_parse_device, check, raw, f"devices[{index}]", codecs, boards or {}, url_schemes)
+        )
+        if device is None:
+            continue
         if device.name in first_index:
-            check.fail(f"devices[{index}].name", f"duplicate device name {device.name!r}")
+            problems.note(check, f"devices[{index}].name", f"duplicate device name {device.name!r}")
+            continue
         first_index[device.name] = index
         devices.append(device)
 
     raw_sinks = top.get("sinks", [])
     if not isinstance(raw_sinks, list):
-        check.fail("sinks", f"expected an array of tables ([[sinks]]), got {describe(raw_sinks)}")
-    sinks = [_parse_sink(check, raw, f"sinks[{i}]", sink_types) for i, raw in enumerate(raw_sinks)]
+        problems.note(check, "sinks", f"expected an array of tables ([[sinks]]), got {describe(raw_sinks)}")
+        raw_sinks = []
+    sinks: list[SinkConfig] = []
+    for i, raw in enumerate(raw_sinks):
+        sink = problems.attempt(partial(_parse_sink, check, raw, f"sinks[{i}]", sink_types))
+        if sink is not None:
+            sinks.append(sink)
 
-    raw_plugins = check.table(top.get("plugins", {}), "plugins", "a table of [plugins.NAME] tables")
     plugins: dict[str, dict[str, object]] = {}
-    for name, options in raw_plugins.items():
+    raw_plugins = problems.attempt(
+        partial(check.table, top.get("plugins", {}), "plugins", "a table of [plugins.NAME] tables")
+    )
+    for name, options in (raw_plugins or {}).items():
         # The keys are the plugin's own options; the plugin validates them.
-        plugins[name] = dict(check.table(options, f"plugins.{name}", f"a table ([plugins.{name}]) of options"))
+        table = problems.attempt(
+            partial(check.table, options, f"plugins.{name}", f"a table ([plugins.{name}]) of options")
+        )
+        if table is not None:
+            plugins[name] = dict(table)
 
-    return Config(
+    config = Config(
         buffer=buffer,
         shutdown=shutdown,
         control=control,
         serial=serial,
+        log=log,
         devices=devices,
         sinks=sinks,
         plugins=plugins,
         source=source,
     )
+    return config, problems.found
+
+
+class _Problems:
+    """The problems met so far; ``attempt`` runs one check and keeps its error."""
+
+    def __init__(self) -> None:
+        self.found: list[ConfigError] = []
+
+    def attempt(self, check: Callable[[], T]) -> T | None:
+        try:
+            return check()
+        except ConfigError as exc:
+            self.found.append(exc)
+            return None
+
+    def note(self, check: Checker, key: str, message: str) -> None:
+        self.found.append(check.error(message, source=check.source, key=key))
 
 
 # --------------------------------------------------------------------- sections
@@ -269,27 +401,30 @@ def _parse_buffer(check: Checker, value: object) -> BufferConfig:
     check.keys(table, _BUFFER_KEYS, "[buffer]")
     d = BufferConfig()
     return BufferConfig(
-        capacity=check.integer(table.get("capacity", d.capacity), "buffer.capacity", gt=0),
-        max_bytes=check.integer(table.get("max_bytes", d.max_bytes), "buffer.max_bytes", ge=0),
-        flush_interval=check.number(table.get("flush_interval", d.flush_interval), "buffer.flush_interval", ge=0),
-        batch_size=check.integer(table.get("batch_size", d.batch_size), "buffer.batch_size", gt=0),
+        capacity=check.integer(table.get("capacity", d.capacity), "buffer.capacity", ge=1, le=MAX_CAPACITY),
+        max_bytes=check.integer(table.get("max_bytes", d.max_bytes), "buffer.max_bytes", ge=0, le=MAX_BUFFER_BYTES),
+        flush_interval=check.seconds(table.get("flush_interval", d.flush_interval), "buffer.flush_interval", zero=True),
+        batch_size=check.integer(table.get("batch_size", d.batch_size), "buffer.batch_size", ge=1, le=MAX_BATCH_SIZE),
         spool=(
             check.string(table["spool"], "buffer.spool", "a path for the disk spool (an SQLite file)")
             if "spool" in table
             else None
         ),
         spool_interval=_spool_interval(check, table.get("spool_interval", d.spool_interval)),
-        spool_max_bytes=check.integer(table.get("spool_max_bytes", d.spool_max_bytes), "buffer.spool_max_bytes", gt=0),
+        spool_max_bytes=check.integer(
+            table.get("spool_max_bytes", d.spool_max_bytes), "buffer.spool_max_bytes", ge=1, le=MAX_SPOOL_BYTES
+        ),
         spool_sync=check.one_of(table.get("spool_sync", d.spool_sync), "buffer.spool_sync", SPOOL_SYNC_MODES),
     )
 
 
 def _spool_interval(check: Checker, value: object) -> float:
     window = check.number(value, "buffer.spool_interval", gt=0)
-    if window > MAX_SPOOL_INTERVAL:
+    if not MIN_SECONDS <= window <= MAX_SPOOL_INTERVAL:  # below a millisecond: a busy loop
         check.fail(
             "buffer.spool_interval",
-            f"expected a finite number > 0 and at most {MAX_SPOOL_INTERVAL:g} (seconds), got {window:g}",
+            f"expected a finite number > 0, at least {MIN_SECONDS:g} and at most {MAX_SPOOL_INTERVAL:g} (seconds), "
+            f"got {window:g}",
         )
     return window
 
@@ -297,7 +432,18 @@ def _spool_interval(check: Checker, value: object) -> float:
 def _parse_shutdown(check: Checker, value: object) -> ShutdownConfig:
     table = check.table(value, "shutdown", "a table ([shutdown])")
     check.keys(table, _SHUTDOWN_KEYS, "[shutdown]")
-    return ShutdownConfig(grace=check.number(table.get("grace", ShutdownConfig.grace), "shutdown.grace", ge=0))
+    grace = check.seconds(table.get("grace", ShutdownConfig.grace), "shutdown.grace", least=MIN_GRACE, most=MAX_GRACE)
+    return ShutdownConfig(grace=grace)
+
+
+def _parse_log(check: Checker, value: object) -> LogConfig:
+    table = check.table(value, "log", "a table ([log])")
+    check.keys(table, _LOG_KEYS, "[log]")
+    d = LogConfig()
+    return LogConfig(
+        level=check.one_of(table.get("level", d.level), "log.level", LOG_LEVELS),
+        format=check.one_of(table.get("format", d.format), "log.format", LOG_FORMATS),
+    )
 
 
 def _parse_serial(check: Checker, value: object) -> SerialConfig:
@@ -319,8 +465,8 @@ def _parse_control(check: Checker, value: object) -> ControlConfig:
         return ControlConfig()
     socket = check.string(table["socket"], "control.socket", "a path for the control socket")
     # A longer path fails only at bind() time, long after start-up; say so now.
-    if len(os.fsencode(socket)) > _MAX_SOCKET_PATH:
-        check.fail("control.socket", f"expected a path of at most {_MAX_SOCKET_PATH} bytes (Unix socket limit)")
+    if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
+        check.fail("control.socket", f"expected a path of at most {MAX_SOCKET_PATH} bytes (Unix socket limit)")
     return ControlConfig(socket=socket)
 
 
@@ -339,7 +485,12 @@ def _parse_match(check: Checker, value: object, where: str) -> dict[str, object]
 
 
 def _parse_device(
-    check: Checker, value: object, where: str, codecs: frozenset[str], boards: Mapping[str, Board]
+    check: Checker,
+    value: object,
+    where: str,
+    codecs: frozenset[str],
+    boards: Mapping[str, Board],
+    url_schemes: Collection[str] | None,
 ) -> DeviceConfig:
     table = check.table(value, where, "a table ([[devices]])")
     check.keys(table, _DEVICE_KEYS, where)
@@ -353,7 +504,7 @@ def _parse_device(
     if not has_port and not has_match:
         check.fail(where, "missing 'port' (a path or pyserial URL) or 'match' (a table of vid, pid, serial)")
     port = check.string(table["port"], f"{where}.port", "a port path or pyserial URL") if has_port else None
-    problem = port_url_problem(port) if port is not None else None
+    problem = port_url_problem(port, url_schemes) if port is not None else None
     if problem is not None:
         check.fail(f"{where}.port", problem)
     match = _parse_match(check, table["match"], f"{where}.match") if has_match else None
@@ -386,17 +537,17 @@ def _parse_device(
     # A board's codec options describe the board's codec; they mean nothing to
     # another codec the device switched to, so they are dropped then.
     options: dict[str, int] = dict(board.codec_options) if board is not None and board.codec == codec else {}
-    own = {key: check.integer(table[key], f"{where}.{key}", gt=0) for key in CODEC_OPTION_KEYS if key in table}
+    own = {key: check.codec_size(table[key], f"{where}.{key}") for key in CODEC_OPTION_KEYS if key in table}
     check.codec_option_keys(codec, own, f"{where}.")
     options.update(own)
 
     if "baudrate" in table:
-        baudrate = check.integer(table["baudrate"], f"{where}.baudrate", gt=0)
+        baudrate = check.baudrate(table["baudrate"], f"{where}.baudrate")
     else:
         baudrate = board.baudrate if board is not None else DEFAULT_BAUDRATE
 
-    backoff_initial = check.number(table.get("backoff_initial", 0.1), f"{where}.backoff_initial", gt=0)
-    backoff_max = check.number(table.get("backoff_max", 5.0), f"{where}.backoff_max", gt=0)
+    backoff_initial = check.seconds(table.get("backoff_initial", 0.1), f"{where}.backoff_initial")
+    backoff_max = check.seconds(table.get("backoff_max", 5.0), f"{where}.backoff_max")
     if backoff_max < backoff_initial:
         check.fail(
             f"{where}.backoff_max",
@@ -425,7 +576,7 @@ def _parse_sink(check: Checker, value: object, where: str, sink_types: frozenset
     if sink_type not in sink_types:
         check.fail(f"{where}.type", f"unknown sink type {sink_type!r} (known: {', '.join(sorted(sink_types))})")
     # keys every sink type takes are the loader's; the rest are the sink's own
-    timeout = check.number(table.get("timeout", DEFAULT_SINK_TIMEOUT), f"{where}.timeout", gt=0)
+    timeout = check.seconds(table.get("timeout", DEFAULT_SINK_TIMEOUT), f"{where}.timeout", least=MIN_SINK_TIMEOUT)
     options = {k: v for k, v in table.items() if k not in _COMMON_SINK_KEYS}
     return SinkConfig(type=sink_type, options=options, timeout=timeout)
 
