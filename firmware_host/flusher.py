@@ -128,11 +128,17 @@ class Flusher:
     # -- on demand and at the end -----------------------------------------------
 
     async def flush(
-        self, device: str | None = None, *, deadline: float | None = None, token: CancellationToken | None = None
+        self,
+        device: str | None = None,
+        *,
+        deadline: float | None = None,
+        token: CancellationToken | None = None,
+        settle: Callable[[SinkLane], Awaitable[None]] | None = None,
     ) -> FlushResult:
         """Deliver every frame buffered when called (of ``device``, if given)
         to every sink. Frames arriving meanwhile wait for the next flush, so a
-        flush under a steady stream still ends."""
+        flush under a steady stream still ends. ``settle(lane)`` is awaited
+        before that lane's part (the drain: its own task's last write)."""
         await self.attach()
         result = FlushResult(sinks=[{"name": ln.stats.name, "sent": 0, "done": not ln.closed} for ln in self.lanes])
         try:
@@ -141,7 +147,7 @@ class Flusher:
             elif device is None:
                 upto = await self._source.mark()
                 lanes = self.open_lanes()
-                done = await asyncio.gather(*(ln.deliver(upto, deadline=deadline, token=token) for ln in lanes))
+                done = await asyncio.gather(*(self._deliver(ln, upto, deadline, token, settle) for ln in lanes))
                 for lane, got in zip(lanes, done, strict=True):
                     self._merge(result, lane, got)
                     result.sinks[self.lanes.index(lane)]["done"] = not got.incomplete
@@ -152,6 +158,18 @@ class Flusher:
             result.incomplete = True
         self.flushes += 1
         return result
+
+    @staticmethod
+    async def _deliver(
+        lane: SinkLane,
+        upto: int,
+        deadline: float | None,
+        token: CancellationToken | None,
+        settle: Callable[[SinkLane], Awaitable[None]] | None,
+    ) -> LaneResult:
+        if settle is not None:
+            await settle(lane)
+        return await lane.deliver(upto, deadline=deadline, token=token)
 
     def _merge(self, result: FlushResult, lane: SinkLane, got: LaneResult) -> None:
         self._sent(result, lane, got.sent)
@@ -203,9 +221,11 @@ class Flusher:
         finally:
             lane.lock.release()
 
-    async def drain(self, deadline: float) -> FlushResult:
-        """The final drain: everything buffered, until empty or ``deadline``."""
-        return await self.flush(deadline=deadline)
+    async def drain(self, deadline: float, settle: Callable[[SinkLane], Awaitable[None]] | None = None) -> FlushResult:
+        """The final drain: everything buffered, until empty or ``deadline``;
+        each sink's part starts once ``settle(lane)`` returns (its own task
+        has finished its last write), never waiting for another sink's."""
+        return await self.flush(deadline=deadline, settle=settle)
 
     def open_lanes(self) -> list[SinkLane]:
         return [lane for lane in self.lanes if not lane.closed]

@@ -27,6 +27,7 @@ from firmware_host.config.boards import Board
 from firmware_host.control.server import ControlServer
 from firmware_host.errors import DeviceExists, RuntimeFailure, ShuttingDown, SpoolBusy, SpoolError
 from firmware_host.flusher import BatchSource, Flusher, FlushResult
+from firmware_host.sinklane import SinkLane
 from firmware_host.sinks import BUILTIN_SINKS, Sink, SinkFactory
 from firmware_host.spool import Spool, Spooler
 from firmware_host.supervise import Supervisor
@@ -400,28 +401,24 @@ class Runtime:
                 await asyncio.gather(*readers, return_exceptions=True)
             self.tasks_token.cancel()
             self.flusher_token.cancel()
-            # a write in progress is finished, not abandoned (it would be sent
-            # again by the drain), but only until the deadline or a second signal
-            for task in (*self._lane_tasks, self._spooler_task):
-                if task is not None:
-                    left = max(0.0, deadline - time.monotonic())
-                    await self._abort.run_until_cancelled(asyncio.wait((task,), timeout=left))
-                    if not task.done():
-                        task.cancel()  # gives up the write: those frames stay buffered
-                    try:
-                        await task
-                    except asyncio.CancelledError:
-                        pass
-                    except Exception:  # never expected (faults are retried inside); still drain
-                        log.exception("%s task failed", task.get_name())
             result = FlushResult()
             drained = True
+            if self._spooler_task is not None:
+                await self._finish(self._spooler_task, deadline)
             if self.spooler is not None:
                 spooled = await self._abort.run_until_cancelled(self.spooler.drain(deadline))
                 drained = spooled is not None and not spooled.incomplete
+            tasks = dict(zip(self.flusher.lanes, self._lane_tasks, strict=False)) if self.flusher else {}
+            for extra in self._lane_tasks[len(tasks) :]:  # (no sink: the flusher's own loop)
+                await self._finish(extra, deadline)
+
+            async def settle(lane: SinkLane) -> None:
+                if lane in tasks:
+                    await self._finish(tasks[lane], deadline)
+
             if self.flusher is not None:
-                left = max(0.0, deadline - time.monotonic())
-                got = await self._abort.run_until_cancelled(self.flusher.drain(time.monotonic() + left))
+                # each sink drains once its own task is done: a stuck one delays no other
+                got = await self._abort.run_until_cancelled(self.flusher.drain(deadline, settle))
                 if got is None:
                     drained = False
                 else:
@@ -450,6 +447,20 @@ class Runtime:
             self.token.cancel()
             self.summary = Summary(status, lost, drained, self._abort.is_cancelled, result, self.failure)
             return self.summary
+
+    async def _finish(self, task: asyncio.Task[None], deadline: float) -> None:
+        """Let ``task`` finish a write in progress (a cancelled write would be
+        sent again by the drain), but only until the deadline or a second signal."""
+        left = max(0.0, deadline - time.monotonic())
+        await self._abort.run_until_cancelled(asyncio.wait((task,), timeout=left))
+        if not task.done():
+            task.cancel()  # gives up the write: those frames stay buffered
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # never expected (faults are retried inside); still drain
+            log.exception("%s task failed", task.get_name())
 
     async def _stop_aggregator(self) -> None:
         self._agg_token.cancel()

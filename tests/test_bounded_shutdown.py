@@ -27,7 +27,9 @@ SLACK = 1.5
 FRAMES = 3000  # ~170 bytes a line: several times what a pipe buffer holds
 
 
-def stuck_stdout_config(path, port, grace):
+def stuck_stdout_config(path, port, grace, live=None):
+    """The stdout plugin's sink (stuck on a full pipe), and a jsonl sink at ``live``."""
+    sinks = f'[[sinks]]\ntype = "jsonl"\npath = "{live}"\n' if live else ""
     path.write_text(f"""
 [buffer]
 flush_interval = 0.05
@@ -42,7 +44,8 @@ port = "{port}"
 codec = "fh1"
 
 [plugins.stdout]
-""")
+
+{sinks}""")
 
 
 async def start_stuck(fh_ports, short_tmp, tmp_path, grace, quiet=True):
@@ -50,7 +53,7 @@ async def start_stuck(fh_ports, short_tmp, tmp_path, grace, quiet=True):
     port = fh_ports.new()
     sock, summary = str(short_tmp / "c.sock"), tmp_path / "summary.json"
     cfg = tmp_path / "run.toml"
-    stuck_stdout_config(cfg, port.path, grace)
+    stuck_stdout_config(cfg, port.path, grace, live=tmp_path / "live.jsonl")
     args = ["run", "-c", str(cfg), "--control", sock, "--summary", str(summary), *(["-q"] if quiet else [])]
     proc = cli_popen(*args, cwd=tmp_path)
     await wait_status(sock, lambda s: s["devices"]["imu0"]["state"] == "connected")
@@ -95,6 +98,11 @@ async def test_sigterm_exits_within_grace_with_a_stuck_sink(fh_ports, short_tmp,
     d = final["devices"]["imu0"]
     assert d["lost"] == d["buffered"] > 0 and d["frames"] == FRAMES
     assert f"{d['lost']} frames lost" in err
+    # per sink: the stuck one lost what it never had; the live one lost nothing
+    stuck, live = final["sinks"]
+    assert (stuck["name"], live["name"]) == ("stdout", "jsonl")
+    assert stuck["lost"] == d["lost"] and live["lost"] == 0 and live["delivered"] == FRAMES
+    assert len((tmp_path / "live.jsonl").read_text().splitlines()) == FRAMES
 
 
 async def test_second_signal_exits_within_a_second_with_a_stuck_sink(fh_ports, short_tmp, tmp_path):
