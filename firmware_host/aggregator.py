@@ -103,6 +103,8 @@ class _Lane:
     delivered: dict[str, int] = field(default_factory=dict)
     missed: dict[str, int] = field(default_factory=dict)
     closed: bool = False
+    #: what ``ready`` is set to (read without a call)
+    is_ready: bool = False
 
 
 @dataclass
@@ -144,7 +146,9 @@ class _Chunk:
     first, and ``bytes`` is their size (or ``_UNCOUNTED``). The slots before
     ``start`` hold None (their frames are freed) until the list is compacted,
     so removing frames costs per frame removed, not per chunk. ``frames[i]``
-    has the id ``base + i``."""
+    has the id ``base + i``: the oldest buffered frame's is ``base + start``,
+    and ``base + len(frames)`` is one past the newest (written out where
+    used: a property call per chunk was a visible cost)."""
 
     __slots__ = ("base", "bytes", "device", "frames", "start")
 
@@ -154,16 +158,6 @@ class _Chunk:
         self.device = device
         self.bytes = size
         self.base = base
-
-    @property
-    def first(self) -> int:
-        """The id of the oldest frame still buffered."""
-        return self.base + self.start
-
-    @property
-    def end(self) -> int:
-        """One past the id of the newest frame."""
-        return self.base + len(self.frames)
 
     def __len__(self) -> int:
         return len(self.frames) - self.start
@@ -231,6 +225,8 @@ class Register(NamedTuple):
 class Snapshot(NamedTuple):
     oldest: bool
     reply: asyncio.Future[BufferSnapshot]
+    #: with each lane's counters per device (a walk of the buffer per lane)
+    lanes: bool = False
 
 
 class Stop(NamedTuple):
@@ -417,8 +413,8 @@ class Aggregator:
                     result = self._trim(batch).frames
                     self._ack(batch)
                     changed = True
-                case Snapshot(oldest):
-                    result = self._snapshot(oldest)
+                case Snapshot(oldest, _, lanes):
+                    result = self._snapshot(oldest, lanes)
                 case Mark():
                     result = self._next_id - 1
                 case AddLane(name):
@@ -457,8 +453,13 @@ class Aggregator:
             self._dropped += skip
             frames = frames[skip:]
             n = capacity
-        if self._lanes:
-            self._lanes_offer(device, n, skip)
+        lanes = self._lanes
+        if lanes:  # one lane per sink: inline, this runs once per read
+            for lane in lanes:
+                if lane.closed or skip:
+                    self._lane_missed_offer(lane, device, n, skip)
+                else:
+                    lane.pending += n
         if n:
             max_bytes = self._max_bytes
             # Without a byte bound the size is only reported, so it is counted
@@ -481,14 +482,13 @@ class Aggregator:
                 self._evict_bytes(max_bytes)
         self._update_ready()
 
-    def _lanes_offer(self, device: str, n: int, skip: int) -> None:
-        for lane in self._lanes:
-            if lane.closed:  # its sink is gone: it will never have them
-                lane.missed[device] = lane.missed.get(device, 0) + n + skip
-            else:
-                lane.pending += n
-                if skip:
-                    lane.missed[device] = lane.missed.get(device, 0) + skip
+    @staticmethod
+    def _lane_missed_offer(lane: _Lane, device: str, n: int, skip: int) -> None:
+        if lane.closed:  # its sink is gone: it will never have them
+            lane.missed[device] = lane.missed.get(device, 0) + n + skip
+        else:  # the offer alone overflowed: its oldest frames never entered
+            lane.pending += n
+            lane.missed[device] = lane.missed.get(device, 0) + skip
 
     def _update_ready(self) -> None:
         # derived from the depth after every change: a byte-bound eviction can
@@ -499,10 +499,13 @@ class Aggregator:
         else:
             self.batch_ready.clear()
         for lane in self._lanes:
-            if lane.pending >= batch_size and not lane.closed:
-                lane.ready.set()
-            else:
-                lane.ready.clear()
+            # Event.set and clear are Python calls: only on a change
+            if (lane.pending >= batch_size and not lane.closed) != lane.is_ready:
+                lane.is_ready = not lane.is_ready
+                if lane.is_ready:
+                    lane.ready.set()
+                else:
+                    lane.ready.clear()
 
     # -- lanes --------------------------------------------------------------------
 
@@ -538,9 +541,9 @@ class Aggregator:
             return counts
         cursor = lane.cursor
         for chunk in self._chunks:
-            end = chunk.end
+            end = chunk.base + len(chunk.frames)
             if end > cursor:
-                k = end - max(chunk.first, cursor)
+                k = end - max(chunk.base + chunk.start, cursor)
                 counts[chunk.device] = counts.get(chunk.device, 0) + k
         return counts
 
@@ -565,7 +568,7 @@ class Aggregator:
         upto = min(open_lanes)
         count = 0
         for chunk in self._chunks:
-            first = chunk.first
+            first = chunk.base + chunk.start
             if first >= upto:
                 break
             count += min(len(chunk), upto - first)
@@ -586,7 +589,7 @@ class Aggregator:
     def _head(self) -> int:
         """The id of the oldest buffered frame (the next id when empty)."""
         chunks = self._chunks
-        return chunks[0].first if chunks else self._next_id
+        return (chunks[0].base + chunks[0].start) if chunks else self._next_id
 
     def _remove_oldest(self, count: int, lanes: bool | None = None) -> dict[str, int]:
         """Take the ``count`` oldest frames out of the buffer; per-device counts.
@@ -605,7 +608,7 @@ class Aggregator:
             chunk = chunks[0]
             k = len(chunk)
             if track:
-                first = chunk.first
+                first = chunk.base + chunk.start
                 self._lanes_lose(chunk.device, first, first + min(k, left), bool(lanes))
             if k <= left:
                 chunks.popleft()
@@ -675,15 +678,15 @@ class Aggregator:
             want = limit - len(picked)
             if want <= 0:
                 break
-            cfirst, cend = chunk.first, chunk.end
+            base = chunk.base
+            cfirst, cend = base + chunk.start, base + len(chunk.frames)
             if cfirst >= stop:
                 break
             if cend <= start or (device is not None and chunk.device != device):
                 continue
             lo = max(cfirst, start)
             hi = min(cend, stop, lo + want)
-            offset = chunk.base
-            picked += chunk.frames[lo - offset : hi - offset]
+            picked += chunk.frames[lo - base : hi - base]
             if first_id < 0:
                 first_id = lo
             last_id = hi - 1
@@ -708,7 +711,7 @@ class Aggregator:
             # everything up to the batch's edge that is still buffered
             upto, count = batch.last_id + 1, 0
             for chunk in self._chunks:
-                first = chunk.first
+                first = chunk.base + chunk.start
                 if first >= upto:
                     break
                 count += min(len(chunk), upto - first)
@@ -729,16 +732,23 @@ class Aggregator:
         if upto <= cursor:
             return {}
         delivered = lane.delivered
+        accepted = 0
         for chunk in self._chunks:
-            first, end = chunk.first, chunk.end
+            base = chunk.base
+            first, end = base + chunk.start, base + len(chunk.frames)
             if first >= upto:
                 break
             if end <= cursor:
                 continue
             k = min(end, upto) - max(first, cursor)
             delivered[chunk.device] = delivered.get(chunk.device, 0) + k
-            lane.pending -= k
+            accepted += k
+        lane.pending -= accepted
         lane.cursor = upto
+        if len(self._lanes) == 1 and cursor <= self._head():
+            # the only sink, and it was at the oldest frame: what it accepted is
+            # exactly what leaves (one walk fewer per batch)
+            return self._flushed(self._remove_oldest(accepted)) if accepted else {}
         return self._release()
 
     def _remove_device(self, device: str, last_id: int) -> dict[str, int]:
@@ -748,7 +758,7 @@ class Aggregator:
         removed = freed = 0
         emptied = False
         for chunk in self._chunks:
-            first = chunk.first
+            first = chunk.base + chunk.start
             if first > last_id:
                 break
             if chunk.device != device:
@@ -777,7 +787,7 @@ class Aggregator:
             counted += chunk.bytes
         self._bytes += counted
 
-    def _snapshot(self, oldest: bool) -> BufferSnapshot:
+    def _snapshot(self, oldest: bool, lanes: bool = False) -> BufferSnapshot:
         self._count_bytes()
         accounts = {
             name: DeviceAccount(a.frames, a.flushed, a.dropped, a.buffered) for name, a in self._accounts.items()
@@ -791,7 +801,7 @@ class Aggregator:
                 if chunk.device in missing:
                     snap.oldest_ts[chunk.device] = chunk.frames[chunk.start].ts
                     missing.discard(chunk.device)
-        for lane in self._lanes:
+        for lane in self._lanes if lanes else ():
             pending = self._lane_pending(lane)
             devices = {
                 name: LaneAccount(lane.delivered.get(name, 0), lane.missed.get(name, 0), pending.get(name, 0))
@@ -914,9 +924,9 @@ class AggregatorHandle:
         await self._send(Register(device, reply))
         await reply
 
-    async def snapshot(self, oldest: bool = False) -> BufferSnapshot:
+    async def snapshot(self, oldest: bool = False, lanes: bool = False) -> BufferSnapshot:
         reply: asyncio.Future[BufferSnapshot] = self._reply()
-        await self._send(Snapshot(oldest, reply))
+        await self._send(Snapshot(oldest, reply, lanes))
         return await reply
 
 

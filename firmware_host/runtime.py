@@ -479,12 +479,12 @@ class Runtime:
 
     # -- views ------------------------------------------------------------------------
 
-    async def snapshot(self, oldest: bool = False) -> BufferSnapshot:
-        return await self.aggregator.handle.snapshot(oldest)
+    async def snapshot(self, oldest: bool = False, lanes: bool = False) -> BufferSnapshot:
+        return await self.aggregator.handle.snapshot(oldest, lanes)
 
     async def status(self, final: bool = False) -> dict[str, Any]:
         """The ``status --json`` shape (docs/control.md)."""
-        snap = await self.snapshot()
+        snap = await self.snapshot(lanes=self.spool is None)
         uptime = 0.0 if self.started_at is None else time.monotonic() - self.started_at
         devices: dict[str, Any] = {}
         spool = self.spool

@@ -269,7 +269,7 @@ async def drive(capacity: int, max_bytes: int, ops: list[tuple], batch_size: int
                 assert h.lane_ready(i).is_set() == (not lane.closed and waiting >= batch_size), i
             if not (look or step == len(ops) - 1):
                 continue
-            snap = await h.snapshot(oldest=True)
+            snap = await h.snapshot(oldest=True, lanes=True)
             assert snap.depth == len(model.slots)
             assert snap.bytes == sum(size_of(s.frame) for s in model.slots)
             assert snap.dropped == model.dropped

@@ -24,6 +24,9 @@ Scenarios (see docs/benchmarks.md for the numbers and the method):
               drain them all to jsonl and exit
 ``overload``  48 paced devices into a buffer that can deliver a tenth of them (drop-oldest);
               RSS sampled every second
+``sinks3``    48 paced devices, three sinks: jsonl, sqlite, and the stdout plugin's sink stuck
+              on a pipe nobody reads; the two live sinks must keep up (every frame sent, none
+              missed) while the stuck one holds the buffer at its bound
 """
 
 from __future__ import annotations
@@ -235,6 +238,8 @@ class RuntimeProc(Consumer):
         batch_size: int = 1000,
         grace: float = 30.0,
         read_coalesce: float | None = None,
+        extra: str = "",
+        stdout: int = subprocess.DEVNULL,
     ) -> None:
         self.work = work
         self.loop = loop
@@ -252,7 +257,7 @@ class RuntimeProc(Consumer):
         cfg.write_text(
             f"[buffer]\ncapacity = {capacity}\nflush_interval = {flush_interval}\n"
             f"batch_size = {batch_size}\n\n[shutdown]\ngrace = {grace}\n{serial}{devices}\n"
-            f'[[sinks]]\ntype = "jsonl"\npath = "{self.sink}"\n',
+            f'[[sinks]]\ntype = "jsonl"\npath = "{self.sink}"\n{extra}',
             encoding="utf-8",
         )
         self.stderr = open(work / "runtime.stderr", "wb")
@@ -272,7 +277,7 @@ class RuntimeProc(Consumer):
                 "-q",
             ],
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
+            stdout=stdout,
             stderr=self.stderr,
             cwd=work,
         )
@@ -633,6 +638,69 @@ def scenario_paced(variants: list[str], p: dict[str, Any], log: Callable[[str], 
     return out
 
 
+def scenario_sinks3(variant: str, p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """Per-sink delivery under the paced load: jsonl and sqlite beside a sink that
+    never returns (the stdout plugin writing to a pipe this bench never reads).
+
+    The live sinks must receive every frame sent, once each, none missed; the
+    stuck one shows ``retrying`` and what drop-oldest took from it as ``missed``;
+    memory stays bounded by ``capacity``. CPU is the runtime's over the window.
+    """
+    import sqlite3
+
+    seconds = p["paced_s"]
+    with Rig("sinks3", p["paced_devices"], "paced") as rig:
+        db = rig.work / "frames.sqlite"
+        extra = f'\n[[sinks]]\ntype = "sqlite"\npath = "{db}"\nmax_rows = 0\n\n[plugins.sqlite]\n\n[plugins.stdout]\n'
+        feeder = rig.feeder
+        cons = RuntimeProc(
+            rig.work, feeder.ports, variant, capacity=p["paced_capacity"], extra=extra, stdout=subprocess.PIPE
+        )
+        rig.cons = cons
+        cons.wait_ready()
+        feeder.send("go")
+        time.sleep(p["warmup_s"])
+        c0, t0 = cons.cpu(), time.monotonic()
+        time.sleep(seconds)
+        c1, t1 = cons.cpu(), time.monotonic()
+        mem = cons.mem()
+        total = sum(feeder.stop()["sent"])
+        time.sleep(cons.flush_interval + 0.1)
+        deadline = time.monotonic() + 30
+        while True:  # until both live sinks have every frame (or the deadline)
+            live = {s["name"]: s for s in cons.status()["sinks"] if s["name"] in ("jsonl", "sqlite")}
+            if all(s["delivered"] >= total for s in live.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        status = cons.status()
+        cons.proc.kill()  # the stuck sink would hold the drain for the whole grace
+        cons.proc.wait()
+        lines = count_lines(cons.sink)
+        (rows,) = sqlite3.connect(db).execute("SELECT COUNT(*) FROM frames").fetchone()
+    sinks = {
+        s["name"]: {k: s[k] for k in ("state", "delivered", "missed", "pending", "failures")} for s in status["sinks"]
+    }
+    res: dict[str, Any] = {
+        "devices": p["paced_devices"],
+        "seconds": round(t1 - t0, 2),
+        "cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 1),
+        "sent": total,
+        "jsonl_lines": lines,
+        "sqlite_rows": rows,
+        "live_sinks_have_every_frame": lines == rows == total
+        and all(sinks[n]["delivered"] == total and sinks[n]["missed"] == 0 for n in ("jsonl", "sqlite")),
+        "buffer_depth": status["buffer"]["depth"],
+        "capacity": status["buffer"]["capacity"],
+        "rss_mb": round(mem["rss_mb"], 1),
+        "sinks": sinks,
+    }
+    log(
+        f"  sinks3 {variant}: cpu {res['cpu_pct']}% of a core, sent {total}, jsonl {lines}, sqlite {rows}, "
+        f"stuck sink missed {sinks.get('stdout', {}).get('missed')}, depth {res['buffer_depth']}/{res['capacity']}"
+    )
+    return res
+
+
 def _ms(v: float | None) -> float | None:
     return None if v is None else round(v * 1000, 1)
 
@@ -828,7 +896,7 @@ QUICK = {
     "overload_warmup_s": 0.3,
     "startup_runs": 1,
 }
-SCENARIOS = ("startup", "flood", "paced", "idle", "memory", "overload")
+SCENARIOS = ("startup", "flood", "paced", "idle", "memory", "overload", "sinks3")
 
 
 def machine() -> dict[str, Any]:
@@ -1169,6 +1237,8 @@ def main(argv: list[str] | None = None) -> int:
         sc["memory"] = scenario_memory(loops, p, log)
     if "overload" in only:
         sc["overload"] = scenario_overload(primary, p, log)
+    if "sinks3" in only:
+        sc["sinks3"] = scenario_sinks3(primary, p, log)
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     result["targets"] = targets(result)
     print(table(result))

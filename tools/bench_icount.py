@@ -99,7 +99,14 @@ async def pipeline(reads: list[list[bytes]]) -> tuple[int, int]:
         feed()  # the first read of each port waits for readiness, not for a tick
         await done
         total = ports * sum(r.count(b"\x00") for r in reads[0])
-        await runtime.wait_until(lambda s: sum(d["frames"] for d in s["devices"].values()) >= total, 600)
+        # the buffer's counters, not the whole status: status also builds every
+        # device's and sink's view, a cost of the observer, not of the pipeline
+        while True:
+            changed = runtime.changes.waiter()
+            snap = await runtime.snapshot()
+            if sum(a.frames for a in snap.accounts.values()) >= total:
+                break
+            await asyncio.wait_for(changed, 600)
         status = (await runtime.shutdown()).status
     finally:
         setattr(ReadClock, "_fire", fire)  # noqa: B010
