@@ -563,7 +563,7 @@ class Runtime:
             return []
         views = self.spool.lane_views() if self.spool is not None else snap.lanes
         out = []
-        for lane, view in zip(self.flusher.lanes, views, strict=True):
+        for lane, view in zip(self.flusher.lanes, views, strict=False):  # (views: once attached)
             per_device: dict[str, dict[str, int]] = {}
             lost = 0
             for name in names:

@@ -286,7 +286,9 @@ class Spool:
     # -- stage 2: the aggregator-like source interface for the sinks' lanes ------------
 
     async def add_lane(self, name: str) -> int:
-        return await self._run(self._add_lane, name)
+        lane = await self._run(self._add_lane, name)
+        self._update_ready()  # rows from an earlier run may make a full batch already
+        return lane
 
     def _add_lane(self, name: str) -> int:
         """A sink's lane starts at the oldest row; rows that left before it

@@ -38,7 +38,7 @@ def test_bench_quick_writes_json(tmp_path):
     assert {"machine", "scenarios", "targets", "primary_loop", "elapsed_s"} <= set(result)
     assert {"nproc", "cpu_model", "python", "uvloop"} <= set(result["machine"])
     sc = result["scenarios"]
-    assert set(sc) == {"startup", "flood", "paced", "idle", "memory", "overload"}
+    assert set(sc) == {"startup", "flood", "paced", "idle", "memory", "overload", "sinks3"}
     primary = result["primary_loop"]
     flood = sc["flood"]["variants"]
     assert {primary, "baseline"} <= set(flood)
@@ -51,6 +51,10 @@ def test_bench_quick_writes_json(tmp_path):
     assert {"rss_full_mb", "shutdown_exit_s", "in_sink"} <= set(sc["memory"]["variants"][primary])
     assert {"rss_max_dev_pct", "samples", "overload_x"} <= set(sc["overload"])
     assert {"wall_ms_median", "cpu_ms_median"} <= set(sc["startup"]["help"])
+    three = sc["sinks3"]
+    assert three["live_sinks_have_every_frame"] and three["sent"] == three["jsonl_lines"] == three["sqlite_rows"] > 0
+    stuck = three["sinks"]["stdout"]  # its first write hangs (state "retrying" only after its timeout)
+    assert stuck["delivered"] < three["sent"] and stuck["pending"] > 0
     assert result["targets"] and all({"target", "goal", "value", "met"} <= set(t) for t in result["targets"])
     assert "scenario" in proc.stdout  # the table
 
