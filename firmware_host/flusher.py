@@ -20,27 +20,19 @@ from firmware_host._sync import Changes
 from firmware_host.aggregator import Batch
 from firmware_host.cancel import CancellationToken
 from firmware_host.retry import SourceFaults, backoff
-from firmware_host.sinklane import BatchSource, LaneResult, SinkLane, SinkStats
+from firmware_host.sinklane import BatchSource, LaneResult, Moved, SinkLane, SinkStats
 from firmware_host.sinks.base import Sink
 
 __all__ = ["BatchSource", "FlushResult", "Flusher", "SinkStats"]
 
 
 @dataclass
-class FlushResult:
-    #: frames that left the buffer as accepted by every sink
-    flushed: int = 0
-    devices: dict[str, int] = field(default_factory=dict)
+class FlushResult(Moved):
+    """``flushed``: frames that left the buffer as accepted by every sink."""
+
     #: per sink, in the order of status's ``sinks``: name, frames written to
     #: it, and whether it took everything it was asked to (``done``)
     sinks: list[dict[str, object]] = field(default_factory=list)
-    #: True when the deadline or a cancel stopped the flush before it finished
-    incomplete: bool = False
-
-    def add(self, counts: dict[str, int]) -> None:
-        for name, n in counts.items():
-            self.devices[name] = self.devices.get(name, 0) + n
-            self.flushed += n
 
 
 class Flusher:
@@ -173,7 +165,7 @@ class Flusher:
 
     def _merge(self, result: FlushResult, lane: SinkLane, got: LaneResult) -> None:
         self._sent(result, lane, got.sent)
-        result.add(got.flushed)
+        result.add(got.devices)
         result.incomplete |= got.incomplete
 
     def _sent(self, result: FlushResult, lane: SinkLane, n: int) -> None:

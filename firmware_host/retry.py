@@ -1,4 +1,5 @@
-"""Retrying a batch source's faults (a spool on a full disk) with backoff.
+"""Retrying a batch source's faults (a spool on a full disk) with backoff, and
+waiting for a lock or a backoff under a deadline.
 
 Shared by the sink lanes and the spooler: a fault of the source itself is
 counted, shown in status until an attempt succeeds, logged sparsely, and
@@ -19,6 +20,19 @@ from firmware_host.cancel import CancellationToken
 log = logging.getLogger("firmware_host.retry")
 
 T = TypeVar("T")
+
+
+async def acquire(lock: asyncio.Lock, deadline: float | None) -> bool:
+    """Take ``lock``, giving up at ``deadline`` (False): a delivery stuck
+    retrying a dead sink must not hang a CLI flush or the drain for ever."""
+    if deadline is None:
+        await lock.acquire()
+        return True
+    try:
+        await asyncio.wait_for(lock.acquire(), max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        return False
+    return True
 
 
 async def backoff(delay: float, deadline: float | None, token: CancellationToken | None) -> bool:

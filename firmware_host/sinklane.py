@@ -28,7 +28,7 @@ from typing import Protocol
 from firmware_host._sync import Changes, ReadGate
 from firmware_host.aggregator import Batch
 from firmware_host.cancel import CancellationToken
-from firmware_host.retry import SourceFaults, backoff
+from firmware_host.retry import SourceFaults, acquire, backoff
 from firmware_host.sinks.base import Sink, SinkClosed
 
 log = logging.getLogger("firmware_host.flusher")
@@ -90,17 +90,26 @@ class SinkStats:
 
 
 @dataclass
-class LaneResult:
-    """What one sink did during a flush."""
+class Moved:
+    """Frames that left a stage (per device), and whether the pass finished."""
 
-    sent: int = 0
-    #: frames that left the source as flushed when this sink's acks landed
-    flushed: dict[str, int] = field(default_factory=dict)
+    flushed: int = 0
+    devices: dict[str, int] = field(default_factory=dict)
+    #: True when the deadline or a cancel stopped it before it finished
     incomplete: bool = False
 
     def add(self, counts: dict[str, int]) -> None:
         for name, n in counts.items():
-            self.flushed[name] = self.flushed.get(name, 0) + n
+            self.devices[name] = self.devices.get(name, 0) + n
+            self.flushed += n
+
+
+@dataclass
+class LaneResult(Moved):
+    """What one sink did during a flush: ``sent`` frames written to it; the
+    frames that left the source as flushed when its acks landed."""
+
+    sent: int = 0
 
 
 class SinkLane:
@@ -221,16 +230,8 @@ class SinkLane:
         return result
 
     async def acquire(self, deadline: float | None) -> bool:
-        """Take the sink's lock, giving up at ``deadline`` (a sink stuck
-        retrying must not hang a CLI flush for ever)."""
-        if deadline is None:
-            await self.lock.acquire()
-            return True
-        try:
-            await asyncio.wait_for(self.lock.acquire(), max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            return False
-        return True
+        """Take the sink's lock, giving up at ``deadline``."""
+        return await acquire(self.lock, deadline)
 
     async def send(
         self, batch: Batch, *, deadline: float | None = None, token: CancellationToken | None = None

@@ -44,7 +44,8 @@ from firmware_host.aggregator import AggregatorHandle, Batch, LaneAccount, LaneV
 from firmware_host.cancel import CancellationToken
 from firmware_host.errors import SpoolBusy, SpoolError
 from firmware_host.frames import Frame
-from firmware_host.retry import SourceFaults, backoff
+from firmware_host.retry import SourceFaults, acquire, backoff
+from firmware_host.sinklane import Moved
 
 log = logging.getLogger("firmware_host.spool")
 
@@ -490,19 +491,8 @@ def _batch(rows: Iterable[tuple[Any, ...]], device: str | None, lane: int | None
     return SpoolBatch(frames, first, device, ids[-1] if ids else first - 1, lane, ids=ids)
 
 
-@dataclass
-class SpoolResult:
-    """What a spooler pass committed to the spool."""
-
-    flushed: int = 0
-    devices: dict[str, int] = field(default_factory=dict)
-    #: True when the deadline or a cancel stopped it before it finished
-    incomplete: bool = False
-
-    def add(self, counts: dict[str, int]) -> None:
-        for name, n in counts.items():
-            self.devices[name] = self.devices.get(name, 0) + n
-            self.flushed += n
+#: what a spooler pass committed to the spool
+SpoolResult = Moved
 
 
 class Spooler:
@@ -605,7 +595,7 @@ class Spooler:
         """Commit what memory holds now (of ``device``; ``full_only``: whole
         batches only) to the spool."""
         result = SpoolResult()
-        if not await self._acquire(deadline):
+        if not await acquire(self._lock, deadline):
             result.incomplete = True
             return result
         memory = self._memory
@@ -634,16 +624,6 @@ class Spooler:
 
     async def drain(self, deadline: float) -> SpoolResult:
         return await self.flush(deadline=deadline)
-
-    async def _acquire(self, deadline: float | None) -> bool:
-        if deadline is None:
-            await self._lock.acquire()
-            return True
-        try:
-            await asyncio.wait_for(self._lock.acquire(), max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            return False
-        return True
 
     async def _commit(
         self, batch: Batch, deadline: float | None, token: CancellationToken | None
