@@ -667,6 +667,24 @@ class Aggregator:
 
     # -- taking and acking -----------------------------------------------------------
 
+    def _from(self, fid: int) -> Iterable[_Chunk]:
+        """The chunks from the first one holding an id >= ``fid`` on. A lane far
+        ahead of a stuck one starts near the newest end: found by bisection
+        (chunks hold rising, disjoint id ranges), so its batches do not walk
+        the whole buffer each time."""
+        chunks = self._chunks
+        if not chunks or fid <= chunks[0].base + chunks[0].start:
+            return chunks
+        lo, hi = 0, len(chunks)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            chunk = chunks[mid]
+            if chunk.base + len(chunk.frames) <= fid:
+                lo = mid + 1
+            else:
+                hi = mid
+        return itertools.islice(chunks, lo, None)
+
     def _take(self, limit: int, device: str | None, upto: int | None, lane: int | None) -> Batch:
         """The oldest ``limit`` frames (of ``device``, with id <= ``upto``) at
         or above ``lane``'s cursor (from the oldest frame: no lane)."""
@@ -674,7 +692,7 @@ class Aggregator:
         stop = self._next_id if upto is None else min(self._next_id, upto + 1)
         picked: list[Frame] = []
         first_id = last_id = -1
-        for chunk in self._chunks:
+        for chunk in self._from(start):
             want = limit - len(picked)
             if want <= 0:
                 break
@@ -733,7 +751,7 @@ class Aggregator:
             return {}
         delivered = lane.delivered
         accepted = 0
-        for chunk in self._chunks:
+        for chunk in self._from(cursor):
             base = chunk.base
             first, end = base + chunk.start, base + len(chunk.frames)
             if first >= upto:
@@ -899,7 +917,7 @@ class AggregatorHandle:
         Shielded: once the flusher delivered a batch, the ack must land even
         if the flusher is being cancelled, or the frames would be sent twice.
         """
-        reply: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
+        reply: asyncio.Future[dict[str, int]] = self._reply()  # (fails at once once the actor stopped)
         # the put itself must survive a cancel; once queued, the actor serves
         # it even if we are cancelled while waiting for the answer
         await asyncio.shield(self._send(Ack(batch, reply)))

@@ -80,6 +80,8 @@ class Flusher:
         ]
         self.stats = {id(lane.sink): lane.stats for lane in self.lanes}
         self.flushes = 0
+        #: one per-device flush at a time (it holds every sink's lock)
+        self._device_flush = asyncio.Lock()
         #: called once, when the last open sink has closed
         self._on_all_closed = on_all_closed
         self._attached = False
@@ -151,17 +153,23 @@ class Flusher:
         self.flushes += 1
         return result
 
-    @staticmethod
     async def _deliver(
+        self,
         lane: SinkLane,
         upto: int,
         deadline: float | None,
         token: CancellationToken | None,
         settle: Callable[[SinkLane], Awaitable[None]] | None,
     ) -> LaneResult:
+        """One lane's part of a flush; a source fault ends that part only, so
+        the flush still waits for every other lane before it returns."""
         if settle is not None:
             await settle(lane)
-        return await lane.deliver(upto, deadline=deadline, token=token)
+        try:
+            return await lane.deliver(upto, deadline=deadline, token=token)
+        except Exception as exc:  # the source failed (take, trim): what is left stays for this sink
+            self.faults.failed(exc)
+            return LaneResult(incomplete=True)
 
     def _merge(self, result: FlushResult, lane: SinkLane, got: LaneResult) -> None:
         self._sent(result, lane, got.sent)
@@ -176,21 +184,58 @@ class Flusher:
         self, device: str | None, result: FlushResult, deadline: float | None, token: CancellationToken | None
     ) -> None:
         """One device's frames, batch after batch, to every sink at once; a
-        batch leaves when every sink has it. A sink whose cursor was already
-        past some of them sees those again (delivery is at least once)."""
+        batch leaves when every sink has it.
+
+        All or nothing: every open sink's lock is held from the first write to
+        the last ack, so no sink's own delivery can send the same frames in
+        between; a sink that is failing (``retrying``), or busy past the
+        deadline, means nothing is sent to any sink (the frames wait for each
+        sink's own delivery). A sink whose cursor was already past some of
+        them sees those again (delivery is at least once)."""
+        lanes = self.open_lanes()
+        async with self._device_flush:  # two at once could each hold some locks and wait for the rest
+            held = await asyncio.gather(*(lane.acquire(deadline) for lane in lanes))
+            try:
+                blocked = [ln for ln, ok in zip(lanes, held, strict=True) if not ok or ln.stats.state == "retrying"]
+                for lane in blocked:
+                    result.sinks[self.lanes.index(lane)]["done"] = False
+                if blocked:
+                    result.incomplete = True
+                    return
+                await self._device_batches(lanes, device, result, deadline, token)
+            finally:
+                for lane, ok in zip(lanes, held, strict=True):
+                    if ok:
+                        lane.lock.release()
+
+    async def _device_batches(
+        self,
+        lanes: list[SinkLane],
+        device: str | None,
+        result: FlushResult,
+        deadline: float | None,
+        token: CancellationToken | None,
+    ) -> None:
         upto = await self._source.mark()
         while True:
             batch = await self._source.take(self.batch_size, device, upto)
             if not batch.frames:
                 return
-            lanes = self.open_lanes()
-            sent = await asyncio.gather(*(self._send_locked(ln, batch, deadline, token) for ln in lanes))
+            sent = await asyncio.gather(
+                *(lane.send(batch, deadline=deadline, token=token) for lane in lanes), return_exceptions=True
+            )
+            failed = False
             for lane, n in zip(lanes, sent, strict=True):
-                if n is None:
+                if isinstance(n, BaseException) or n is None:
                     result.sinks[self.lanes.index(lane)]["done"] = False
+                    failed = True
+                    if isinstance(n, Exception):
+                        self.faults.failed(n)
+                    elif isinstance(n, BaseException):
+                        raise n  # a cancel
                 else:
                     self._sent(result, lane, n)
-            if any(n is None for n in sent):
+            if failed:
                 result.incomplete = True
                 return
             counts = await self.faults.retry(self._acker(batch), (Exception,), deadline, token)
@@ -201,17 +246,6 @@ class Flusher:
 
     def _acker(self, batch: Batch) -> Callable[[], Awaitable[dict[str, int]]]:
         return lambda: self._source.ack(batch)
-
-    @staticmethod
-    async def _send_locked(
-        lane: SinkLane, batch: Batch, deadline: float | None, token: CancellationToken | None
-    ) -> int | None:
-        if not await lane.acquire(deadline):
-            return None
-        try:
-            return await lane.send(batch, deadline=deadline, token=token)
-        finally:
-            lane.lock.release()
 
     async def drain(self, deadline: float, settle: Callable[[SinkLane], Awaitable[None]] | None = None) -> FlushResult:
         """The final drain: everything buffered, until empty or ``deadline``;

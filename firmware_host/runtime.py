@@ -510,8 +510,9 @@ class Runtime:
                 frames += sp.recovered
                 flushed = sp.delivered
                 dropped += sp.dropped
-                buffered += sp.pending + sp.in_transit
-                lost = acct.buffered + sp.in_transit  # what the spool holds is kept, not lost
+                transit = sp.transit(acct.flushed)
+                buffered += sp.pending + transit
+                lost = acct.buffered + transit  # what the spool holds is kept, not lost
                 extra = {"spooled": sp.pending, "recovered": sp.recovered}
             devices[name] = {
                 "state": reader.stats.state if reader else "closed",
@@ -572,9 +573,12 @@ class Runtime:
                 if self.spool is not None:
                     mem = snap.accounts.get(name, DeviceAccount())
                     missed += mem.dropped
-                    unspooled = mem.buffered + self.spool.account(name).in_transit
-                    pending += unspooled
-                    lost += unspooled  # what the spool holds is kept for the next run
+                    unspooled = mem.buffered + self.spool.account(name).transit(mem.flushed)
+                    if view.closed:  # a sink that left will never have them
+                        missed += unspooled
+                    else:
+                        pending += unspooled
+                        lost += unspooled  # what the spool holds is kept for the next run
                 else:
                     lost += pending
                 per_device[name] = {"delivered": delivered, "missed": missed, "pending": pending}

@@ -246,7 +246,7 @@ class SinkLane:
             if accepted is None:
                 return None
             if accepted:
-                return len(batch.frames)
+                return 0 if self.closed else len(batch.frames)  # (a sink that left wrote nothing)
             if not await backoff(delay, deadline, token):
                 return None
             delay = min(delay * 2, self.backoff_max)

@@ -80,6 +80,15 @@ class SpoolAccount:
     dropped: int = 0  # rows evicted because the spool was full
     pending: int = 0  # rows in the spool now
     in_transit: int = 0  # taken out of memory, not yet committed to disk
+    received: int = 0  # rows committed from memory in this run
+
+    def transit(self, popped: int) -> int:
+        """Frames on their way from memory to the disk, given how many memory
+        has handed over (its ``flushed``, from one snapshot). Counted this way,
+        not by ``in_transit``, status never sees a frame in neither stage:
+        memory lets go of a batch a loop step before the spooler calls
+        ``begin_transit``."""
+        return popped - self.received
 
 
 @dataclass
@@ -89,9 +98,10 @@ class SpoolBatch(Batch):
 
 @dataclass(eq=False)
 class _SpoolLane:
-    """One sink's cursor over the spool's row ids and its counters; changed
-    only on the spool's thread (under ``Spool._lanes_lock``, so status can
-    read them from the loop)."""
+    """One sink's cursor over the spool's row ids and its counters, always
+    changed under ``Spool._lanes_lock`` (status reads them from the loop): on
+    the spool's thread for acks and evictions (the cursor is the thread's
+    alone), on the loop for rows just committed."""
 
     name: str
     ready: asyncio.Event
@@ -206,10 +216,20 @@ class Spool:
     async def write(self, frames: Sequence[Frame]) -> None:
         """Commit ``frames`` (already counted in transit) in one transaction."""
         evicted = await self._run(self._write, frames)
+        per_device: dict[str, int] = {}
         for f in frames:
             acct = self.account(f.device)
             acct.in_transit -= 1
+            acct.received += 1
             acct.pending += 1
+            _add(per_device, f.device, 1)
+        # the sinks' lanes count the new rows here, on the loop, in the same step
+        # as they leave "in transit", so a status between the two never counts
+        # them twice (the thread's own changes to a lane are balanced)
+        with self._lanes_lock:
+            for lane in self._lanes:
+                for device, n in per_device.items():
+                    _add(lane.missed if lane.closed else lane.pending, device, n)
         for device, n in evicted:
             acct = self.account(device)
             acct.dropped += n
@@ -225,14 +245,6 @@ class Spool:
                 "INSERT INTO frames (device, seq, type, ts, payload, text, size) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
             )
         self.bytes += sum(r[6] for r in rows)
-        if self._lanes:
-            per_device: dict[str, int] = {}
-            for f in frames:
-                _add(per_device, f.device, 1)
-            with self._lanes_lock:
-                for lane in self._lanes:
-                    for device, n in per_device.items():
-                        _add(lane.missed if lane.closed else lane.pending, device, n)
         if self.bytes <= self.max_bytes:
             return []
         try:
@@ -310,8 +322,14 @@ class Spool:
         return self._lanes[lane].ready
 
     async def close_lane(self, lane: int) -> None:
-        counts = await asyncio.shield(self._run(self._close_lane, lane))
+        # shielded with its counting: a cancel must not leave rows deleted but counted
+        await asyncio.shield(self._counted(self._close_lane, lane))
+
+    async def _counted(self, fn: Callable[..., dict[str, int]], *args: Any) -> dict[str, int]:
+        """``fn`` on the spool's thread, then its released rows counted on the loop."""
+        counts = await self._run(fn, *args)
         self._released(counts)
+        return counts
 
     def _close_lane(self, index: int) -> dict[str, int]:
         lane = self._lanes[index]
@@ -388,10 +406,9 @@ class Spool:
         return {i: (d, s) for i, d, s in rows if i in wanted}
 
     async def ack(self, batch: Batch) -> dict[str, int]:
-        # shielded: once a sink accepted a batch, its cursor (and delete) must land
-        counts = await asyncio.shield(self._run(self._ack, batch))
-        self._released(counts)
-        return counts
+        # shielded, counting included: once a sink accepted a batch, its cursor
+        # (and delete) must land, and the counters must follow the rows
+        return await asyncio.shield(self._counted(self._ack, batch))
 
     def _released(self, counts: dict[str, int]) -> None:
         for device, n in counts.items():
