@@ -201,10 +201,19 @@ async def test_other_paths_and_methods(fh_board, fh_runtime, tmp_path: Path):
         await writer.wait_closed()
 
 
+async def dropped(reader: asyncio.StreamReader) -> bool:
+    """The server closed the connection without a byte (a FIN, or a reset when
+    it left a request unread)."""
+    try:
+        return await asyncio.wait_for(reader.read(), 5) == b""
+    except ConnectionResetError:
+        return True
+
+
 async def test_a_slowloris_does_not_block_scrapes_and_is_dropped(fh_board, fh_runtime, tmp_path: Path):
     board, out = fh_board("fh1"), tmp_path / "out.jsonl"
     async with fh_runtime(config(board, out, free_port())) as rt:
-        server = MetricsServer(rt.runtime, "127.0.0.1", 0, head_timeout=0.5)
+        server = MetricsServer(rt.runtime, "127.0.0.1", 0, head_timeout=2.0)
         await server.start()
         try:
             host, port = server.address
@@ -216,11 +225,11 @@ async def test_a_slowloris_does_not_block_scrapes_and_is_dropped(fh_board, fh_ru
             huge[1].write(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n")
             code, _, text = await get(f"http://{host}:{port}/metrics")  # served meanwhile
             assert code == 200 and "firmware_host_device_frames_total" in text
-            assert time.monotonic() - started < 0.5  # not after the slow ones' deadline
+            assert time.monotonic() - started < 2.0  # not after the slow ones' deadline
             for reader, writer in (silent, trickle, huge):
-                assert await asyncio.wait_for(reader.read(), 5) == b""  # dropped without a reply
+                assert await dropped(reader)  # without a reply
                 writer.close()
-            assert time.monotonic() - started >= 0.5
+            assert time.monotonic() - started >= 2.0
         finally:
             await server.close()
 
@@ -239,7 +248,7 @@ async def test_connections_over_the_cap_are_closed(fh_board, fh_runtime, tmp_pat
                 while server.connections < 2:
                     await asyncio.sleep(0)
             extra_reader, extra_writer = await asyncio.open_connection(host, port)
-            assert await asyncio.wait_for(extra_reader.read(), 5) == b""  # over the cap: closed at once
+            assert await dropped(extra_reader)  # over the cap: closed at once
             extra_writer.close()
             for reader, writer in held:
                 writer.write(b"\r\n")
