@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from firmware_host._sync import Changes
 from firmware_host.aggregator import Aggregator, BufferSnapshot, DeviceAccount, LaneAccount, oldest_age
@@ -34,6 +34,9 @@ from firmware_host.supervise import Supervisor
 from firmware_host.transport.base import PortOpener, UrlResolver
 from firmware_host.transport.serial import SerialBackend
 from firmware_host.uplink import Processor, UplinkReader, apply_processors, fixed_url
+
+if TYPE_CHECKING:
+    from firmware_host.control.http import MetricsServer
 
 log = logging.getLogger("firmware_host.runtime")
 
@@ -130,6 +133,8 @@ class Runtime:
         self.spooler: Spooler | None = None
         self._spooler_task: asyncio.Task[None] | None = None
         self._control: ControlServer | None = None
+        #: ``/metrics`` and ``/healthz`` with ``[metrics] listen`` (firmware_host.control.http)
+        self.metrics: MetricsServer | None = None
         self._shutdown_lock = asyncio.Lock()
 
     # -- start ------------------------------------------------------------------
@@ -137,6 +142,7 @@ class Runtime:
     async def start(self) -> None:
         cfg = self.config
         self.started_at = time.monotonic()
+        self.metrics = self._metrics_server()  # before any task: a missing extra leaves nothing running
         self.sinks.extend(self.build_sinks())  # before any task: a config error leaves nothing running
         self._agg_task = self.supervisor.start("aggregator", self.aggregator.run, self._agg_token)
         opened: list[Sink] = []
@@ -182,6 +188,14 @@ class Runtime:
             except Exception:
                 await self._abandon_start()
                 raise
+        if self.metrics is not None:
+            try:
+                await self.metrics.start()
+            except Exception:
+                if self._control is not None:
+                    await self._control.close()
+                await self._abandon_start()
+                raise
         try:
             for dc in cfg.devices:
                 await self.add_device(dc)
@@ -191,6 +205,20 @@ class Runtime:
             # readers, flusher and control are running: stop them in order
             await self.shutdown(grace=0)
             raise
+
+    def _metrics_server(self) -> MetricsServer | None:
+        address = self.config.metrics.address
+        if address is None:
+            return None
+        try:  # only now: prometheus_client is the optional extra [metrics]
+            from firmware_host.control.http import MetricsServer
+        except ImportError as exc:
+            raise ConfigError(
+                f"[metrics] listen needs prometheus_client ({exc}): pip install 'firmware-host[metrics]'",
+                source=self.config.source,
+                key="metrics.listen",
+            ) from None
+        return MetricsServer(self, *address)
 
     async def _open_spool(self, opened: list[Sink]) -> Spool:
         cfg = self.config.buffer
@@ -443,6 +471,8 @@ class Runtime:
             self.control_token.cancel()
             if self._control is not None:
                 await self._control.close()
+            if self.metrics is not None:
+                await self.metrics.close()
             await self._stop_aggregator()
             self.token.cancel()
             self.summary = Summary(status, lost, drained, self._abort.is_cancelled, result, self.failure)

@@ -222,7 +222,7 @@ ERROR_CASES = {
     "unknown top-level key": (
         "bufer = {}\n",
         "'bufer'",
-        "known: buffer, control, devices, log, plugins, serial, shutdown, sinks",
+        "known: buffer, control, devices, log, metrics, plugins, serial, shutdown, sinks",
     ),
     "unknown key in serial": ("[serial]\nread_colaesce = 0.1\n", "'read_colaesce' in [serial]", "known: read_coalesce"),
     "read_coalesce negative": ("[serial]\nread_coalesce = -0.01\n", "serial.read_coalesce", ">= 0"),

@@ -207,6 +207,9 @@ read_coalesce = 0.02      # seconds between reads of a busy tty; 0: read at ever
 level = "info"            # debug | info | warning | error (run -v / -q step from here)
 format = "text"           # text | json (one JSON object per line)
 
+[metrics]
+# listen = "127.0.0.1:9464"   # serve /metrics (Prometheus) and /healthz; needs the [metrics] extra
+
 [[devices]]
 name = "imu0"
 port = "/dev/ttyACM0"     # a tty, or socket://HOST:PORT, rfc2217://HOST:PORT

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from firmware_host.cli.configcmd import socket_path_problem, summary_path_problem
 from firmware_host.cli.logs import choose_level, configured_log, run_logging
+from firmware_host.cli.sdnotify import SdNotifier
 from firmware_host.config._check import READABLE_URL_SCHEMES
 from firmware_host.config.schema import (
     Config,
@@ -168,6 +169,10 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
 
     plugins = await start_plugins(opts.config_path)
     fleet = None
+    # under systemd (Type=notify): READY, STATUS, STOPPING and the watchdog's pings
+    notifier = SdNotifier.from_environ()
+    if notifier is not None:
+        notifier.start_watchdog()
     try:
         cfg = await asyncio.to_thread(
             build_config, opts, boards, known_codecs=plugins.known_codecs(), known_sinks=plugins.known_sinks()
@@ -203,11 +208,16 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
             from firmware_host.cli.liveview import attach_live_view
 
             attach_live_view(rt, sys.stdout)  # a live view on a terminal, else a log line every 10 s
+        if notifier is not None:
+            rt.on_start.append(notifier.ready)  # last: once every other part is up
+            rt.on_stop.insert(0, notifier.stopping)  # first: the moment the shutdown begins
         summary = await _run_until_stopped(rt, opts.duration)
     finally:
         if fleet is not None:
             await fleet.stop()
         await plugins.aclose()  # runs still going at shutdown end by the grace deadline
+        if notifier is not None:
+            await notifier.aclose()
     if summary.failure is not None:
         print(f"firmware-host: {summary.failure}", file=sys.stderr)
         return 1, summary.status

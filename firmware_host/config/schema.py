@@ -59,6 +59,7 @@ __all__ = [
     "ControlConfig",
     "DeviceConfig",
     "LogConfig",
+    "MetricsConfig",
     "SerialConfig",
     "ShutdownConfig",
     "SinkConfig",
@@ -67,6 +68,7 @@ __all__ = [
     "default_control_socket",
     "load_config",
     "require_a_sink",
+    "split_listen",
 ]
 
 #: codecs and sinks that ship with the runtime; plugins add to these
@@ -77,7 +79,7 @@ DEFAULT_SINK_TIMEOUT = 10.0
 #: the longest control socket path: Linux sun_path is 108 bytes including the NUL
 MAX_SOCKET_PATH = 107
 
-TOP_KEYS = frozenset({"buffer", "shutdown", "control", "serial", "log", "devices", "sinks", "plugins"})
+TOP_KEYS = frozenset({"buffer", "shutdown", "control", "serial", "log", "metrics", "devices", "sinks", "plugins"})
 _BUFFER_KEYS = frozenset(
     {
         "capacity",
@@ -103,6 +105,7 @@ _SERIAL_KEYS = frozenset({"read_coalesce"})
 MAX_READ_COALESCE = 0.5
 _CONTROL_KEYS = frozenset({"socket"})
 _LOG_KEYS = frozenset({"level", "format"})
+_METRICS_KEYS = frozenset({"listen"})
 #: ``[log] level`` names, quietest last; ``run -v``/``-q`` step along them
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -132,6 +135,7 @@ SECTION_KEYS: Mapping[str, frozenset[str]] = {
     "control": _CONTROL_KEYS,
     "serial": _SERIAL_KEYS,
     "log": _LOG_KEYS,
+    "metrics": _METRICS_KEYS,
     "devices": _DEVICE_KEYS,
     "devices.match": _MATCH_KEYS,
     "sinks": _COMMON_SINK_KEYS,
@@ -185,6 +189,33 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``/metrics`` and ``/healthz`` over HTTP (docs/service.md); off unless ``listen`` is set."""
+
+    listen: str | None = None  # "HOST:PORT" ("[::1]:9464" for IPv6); None: off
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """``(host, port)`` to bind, or None when off."""
+        return None if self.listen is None else split_listen(self.listen)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` -> ``(HOST, PORT)``; ValueError when it is not one.
+    An IPv6 host is bracketed (``[::1]:9464``); the port is 1..65535."""
+    host, sep, port = listen.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("an IPv6 host must be in brackets, e.g. [::1]:9464")
+    if not sep or not host or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("expected HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:9464")
+    if any(c.isspace() or c in "/[]" for c in host):
+        raise ValueError(f"not a host name or address: {host!r}")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     """One serial device, with its board's settings already merged in."""
 
@@ -214,6 +245,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     serial: SerialConfig = field(default_factory=SerialConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     devices: list[DeviceConfig] = field(default_factory=list)
     sinks: list[SinkConfig] = field(default_factory=list)
     plugins: dict[str, dict[str, object]] = field(default_factory=dict)
@@ -319,6 +351,7 @@ def check_config_dict(
     control = problems.attempt(lambda: _parse_control(check, top.get("control", {}))) or ControlConfig()
     serial = problems.attempt(lambda: _parse_serial(check, top.get("serial", {}))) or SerialConfig()
     log = problems.attempt(lambda: _parse_log(check, top.get("log", {}))) or LogConfig()
+    metrics = problems.attempt(lambda: _parse_metrics(check, top.get("metrics", {}))) or MetricsConfig()
 
     raw_devices = top.get("devices", [])
     if not isinstance(raw_devices, list):
@@ -368,6 +401,7 @@ def check_config_dict(
         control=control,
         serial=serial,
         log=log,
+        metrics=metrics,
         devices=devices,
         sinks=sinks,
         plugins=plugins,
@@ -444,6 +478,19 @@ def _parse_log(check: Checker, value: object) -> LogConfig:
         level=check.one_of(table.get("level", d.level), "log.level", LOG_LEVELS),
         format=check.one_of(table.get("format", d.format), "log.format", LOG_FORMATS),
     )
+
+
+def _parse_metrics(check: Checker, value: object) -> MetricsConfig:
+    table = check.table(value, "metrics", "a table ([metrics])")
+    check.keys(table, _METRICS_KEYS, "[metrics]")
+    if "listen" not in table:
+        return MetricsConfig()
+    listen = check.string(table["listen"], "metrics.listen", 'an address "HOST:PORT", e.g. "127.0.0.1:9464"')
+    try:
+        split_listen(listen)
+    except ValueError as exc:
+        check.fail("metrics.listen", f"{exc}, got {describe(listen)}")
+    return MetricsConfig(listen=listen)
 
 
 def _parse_serial(check: Checker, value: object) -> SerialConfig:
