@@ -386,6 +386,20 @@ class Aggregator:
             if not msg.reply.done():
                 msg.reply.set_exception(AggregatorStopped("the aggregator has stopped"))
 
+    def abandon(self) -> None:
+        """The actor task is gone for good (its supervisor gave it up): every
+        request queued or sent from now on fails at once instead of waiting
+        for an answer that will never come."""
+        self.handle.stopped = True
+        backlog, self._backlog = self._backlog, []
+        self._refuse(backlog)
+        self._refuse(self._inbox.take_all())
+
+    def snapshot_now(self, oldest: bool = False, lanes: bool = False) -> BufferSnapshot:
+        """The snapshot read directly, for when the actor task no longer runs
+        (``abandon``): nothing else touches the buffer then."""
+        return self._snapshot(oldest, lanes)
+
     async def _stop_when(self, token: CancellationToken) -> None:
         await token.cancelled()
         await self._inbox.put(_STOP)
@@ -857,6 +871,8 @@ class AggregatorHandle:
 
     async def offer(self, device: str, frames: Sequence[Frame]) -> None:
         """Hand one read's worth of frames to the buffer (waits if the inbox is full)."""
+        if self.stopped:  # (an actor given up never makes room again)
+            raise AggregatorStopped("the aggregator has stopped")
         await self._inbox.put(Offer(device, frames))
 
     def offer_nowait(self, device: str, frames: Sequence[Frame]) -> bool:

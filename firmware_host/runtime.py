@@ -357,6 +357,8 @@ class Runtime:
         self.failure = f"task {name} cannot continue ({error})"
         log.error("%s: shutting down", self.failure)
         self.request_stop(self.failure)
+        if name == "aggregator":
+            self.aggregator.abandon()
 
     def request_stop(self, reason: str = "stop requested") -> None:
         if self.stop_reason is None:
@@ -510,6 +512,8 @@ class Runtime:
     # -- views ------------------------------------------------------------------------
 
     async def snapshot(self, oldest: bool = False, lanes: bool = False) -> BufferSnapshot:
+        if self.aggregator.handle.stopped and self._agg_task is not None and self._agg_task.done():
+            return self.aggregator.snapshot_now(oldest, lanes)  # (the actor was given up)
         return await self.aggregator.handle.snapshot(oldest, lanes)
 
     async def status(self, final: bool = False) -> dict[str, Any]:

@@ -177,3 +177,24 @@ def test_run_exits_1_when_a_task_cannot_continue(mocker, tmp_path: Path, capsys)
     assert code == 1
     err = capsys.readouterr().err
     assert "task sink jsonl cannot continue (RuntimeError: injected fault 10)" in err
+
+
+@pytest.mark.timeout(20)
+async def test_an_actor_that_is_given_up_still_lets_the_runtime_stop_in_order(mocker):
+    """Every offer fails: the supervisor gives the actor up. Requests to it then
+    fail at once (nothing waits on an actor that is gone), the runtime stops in
+    order within its grace, and the summary still holds the law."""
+    mocker.patch("firmware_host.runtime.Supervisor", lambda *a, **k: Supervisor(*a, **k, backoff_initial=0.001))
+    fail_first_calls(Aggregator, "_offer", 10**9, mocker)
+    sink, port = ListSink(), FakePort([packets(range(10))])
+    rt = runtime(port, sink)
+    await rt.start()
+    for start in range(10, 200, 10):
+        port.feed(packets(range(start, start + 10)))
+    await asyncio.wait_for(rt.stopped.wait(), 10)
+    started = asyncio.get_running_loop().time()
+    summary = await asyncio.wait_for(rt.shutdown(grace=1), 10)
+    assert asyncio.get_running_loop().time() - started < 3
+    assert summary.failure is not None and "task aggregator cannot continue" in summary.failure
+    assert summary.status["tasks"]["aggregator"]["state"] == "failed"
+    assert_accounting(summary.status)
