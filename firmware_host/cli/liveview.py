@@ -212,8 +212,8 @@ class _LiveScreen:
         from rich.text import Text
 
         try:
-            # stop() redraws the last view uncut before erasing it: an empty one
-            # keeps a tall view from spilling into the scrollback
+            # stop() redraws the last view uncut before erasing it: were the
+            # terminal made smaller since, it would spill into the scrollback
             self.live.update(Text(""))
             self.live.stop()
         finally:
