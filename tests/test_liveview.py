@@ -165,6 +165,17 @@ def test_without_rich_a_terminal_gets_the_summary_lines(
     assert len(messages) >= 2 and messages[0].startswith("2 devices (1 connected)")
 
 
+def test_a_dumb_terminal_gets_the_summary_lines(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("TERM", "dumb")  # no cursor movement: a live view cannot redraw in place
+    stream = FakeTTY()
+    with caplog.at_level(logging.INFO, logger="firmware_host.liveview"):
+        run_view_until(stream, 3)
+    assert stream.getvalue() == ""
+    assert [r for r in caplog.records if r.name == "firmware_host.liveview"]
+
+
 # -------------------------------------------------- on a terminal, as a person sees it
 
 

@@ -240,8 +240,9 @@ async def run_live_view(
     ``logs`` print above it), else a log line every ``interval`` (default 1 s
     for the view, 10 s for the log line)."""
     stream = stream if stream is not None else sys.stdout
-    if _isatty(stream) and rich_available():
-        await _show_live(rt, token, _LiveScreen(stream, logs), TTY_INTERVAL if interval is None else interval)
+    screen = _LiveScreen(stream, logs) if _isatty(stream) and rich_available() else None
+    if screen is not None and not screen.console.is_dumb_terminal:  # TERM=dumb cannot move the cursor
+        await _show_live(rt, token, screen, TTY_INTERVAL if interval is None else interval)
     else:
         await _log_summaries(rt, token, LOG_INTERVAL if interval is None else interval)
 
