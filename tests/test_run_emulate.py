@@ -1,13 +1,11 @@
 """The out-of-the-box run: ``firmware-host run --emulate`` and ``emulate`` as a
-user runs them (subprocesses), ``boards``/``devices``, and the live view."""
+user runs them (subprocesses) and ``boards``/``devices``; the live view is in
+test_liveview.py."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import io
 import json
-import logging
 import os
 import shutil
 import signal
@@ -20,8 +18,6 @@ from typing import Any
 
 import pytest
 
-from firmware_host.cancel import CancellationToken
-from firmware_host.cli.liveview import attach_live_view, render_view, run_live_view, summary_line
 from firmware_host.config.boards import BOARDS_ENV_VAR
 from firmware_host.config.schema import config_from_dict
 from firmware_host.emulation.fleet import DEFAULT_FLEET
@@ -246,128 +242,3 @@ def test_usage_errors_are_one_line(tmp_path: Path, args: tuple[str, ...], start:
     assert result.returncode == 2
     assert result.stderr.startswith(start) and result.stderr.count("\n") == 1, result.stderr
     assert not (tmp_path / "frames.jsonl").exists()
-
-
-# --------------------------------------------------------------------- live view
-
-
-class FakeTTY(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-STATUS = {
-    "uptime": 3.2,
-    "buffer": {"capacity": 100, "depth": 4, "bytes": 40, "dropped": 1},
-    "devices": {
-        "b": {
-            "state": "connected",
-            "frames": 50,
-            "rejected": 1,
-            "gaps": 2,
-            "reconnects": 0,
-            "buffered": 4,
-            "dropped": 1,
-        },
-        "a": {"state": "backoff", "frames": 0, "rejected": 0, "gaps": 0, "reconnects": 3, "buffered": 0, "dropped": 0},
-    },
-}
-
-
-def test_render_view_and_summary_line() -> None:
-    lines = render_view(STATUS, {"a": None, "b": 12.5})
-    assert "buffer 4/100 frames" in lines[0] and "1 dropped" in lines[0]
-    assert lines[1].split()[:3] == ["device", "state", "frames/s"]
-    assert lines[2].split()[:3] == ["a", "backoff", "-"] and lines[3].split()[:3] == ["b", "connected", "12.5"]
-    line = summary_line(STATUS, {"a": None, "b": 12.5})
-    assert line.startswith("2 devices (1 connected): 12.5 frames/s, 50 frames, 1 rejected, 2 gaps")
-    assert line.endswith("not connected: a")
-
-
-class FakeRuntime:
-    def __init__(self) -> None:
-        self.calls = 0
-        self._called = asyncio.Event()
-
-    async def status(self) -> dict[str, Any]:
-        self.calls += 1
-        self._called.set()
-        status = json.loads(json.dumps(STATUS))
-        status["devices"]["b"]["frames"] = 50 * self.calls
-        return status
-
-    async def wait_calls(self, n: int, timeout: float = 10.0) -> None:
-        """Await the live view's ``n``th status call (an event, not a poll)."""
-        async with asyncio.timeout(timeout):
-            while self.calls < n:
-                self._called.clear()
-                await self._called.wait()
-
-
-def test_live_view_redraws_in_place() -> None:
-    stream = FakeTTY()
-    rt = FakeRuntime()
-
-    async def main() -> None:
-        token = CancellationToken()
-        task = asyncio.create_task(run_live_view(rt, token, stream, interval=0.01))
-        await rt.wait_calls(4)
-        token.cancel()
-        await task
-
-    asyncio.run(main())
-    text = stream.getvalue()
-    height = len(render_view(STATUS, {}))
-    assert text.count(f"\x1b[{height}A") >= 3  # moved up over the last view, not a new one below it
-    assert "\x1b[2J" not in text and "\x1b[H" not in text  # never a full-screen clear
-    assert text.count("\x1b[K\n") >= 4 * height
-    assert text.endswith(f"\x1b[{height}A\r\x1b[J")  # erased at the end; the final table replaces it
-
-
-def test_no_terminal_logs_a_summary_line(caplog: pytest.LogCaptureFixture) -> None:
-    stream = io.StringIO()
-    rt = FakeRuntime()
-
-    async def main() -> None:
-        token = CancellationToken()
-        task = asyncio.create_task(run_live_view(rt, token, stream, interval=0.01))
-        await rt.wait_calls(3)  # a baseline sample, then two logged ones
-        token.cancel()
-        await task
-
-    with caplog.at_level(logging.INFO, logger="firmware_host.liveview"):
-        asyncio.run(main())
-    assert stream.getvalue() == ""
-    messages = [r.getMessage() for r in caplog.records if r.name == "firmware_host.liveview"]
-    assert len(messages) >= 2 and messages[0].startswith("2 devices (1 connected)")
-    # the first line already has a rate: it was "0.0 frames/s" with no earlier sample to compare
-    assert "(1 connected): - frames/s" not in messages[0] and " 0.0 frames/s" not in messages[0]
-    assert "frames/s" in messages[1]
-
-
-def test_live_view_runs_with_the_runtime(tmp_path: Path) -> None:
-    from firmware_host.config.boards import load_boards
-    from firmware_host.emulation.fleet import Fleet
-
-    stream = FakeTTY()
-
-    async def main() -> dict[str, Any]:
-        fleet = Fleet([(load_boards()["env-sensor"], 1)], tmp_path / "ports", rate=100.0)
-        await fleet.start()
-        cfg = dataclasses.replace(config_from_dict({}, source="<test>"), devices=fleet.device_configs())
-        rt = Runtime(cfg)
-        attach_live_view(rt, stream, interval=0.02)
-        await rt.start()
-        try:
-            await rt.wait_until(
-                lambda s: s["devices"]["env-sensor-0"]["frames"] >= 20 and stream.getvalue().count("env-sensor-0") >= 3,
-                10,
-            )
-        finally:
-            summary = await rt.shutdown()
-            await fleet.stop()
-        return summary.status
-
-    law(asyncio.run(main()))
-    text = stream.getvalue()
-    assert "connected" in text and text.endswith("\r\x1b[J")

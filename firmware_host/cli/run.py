@@ -207,7 +207,8 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
         if not opts.quiet:
             from firmware_host.cli.liveview import attach_live_view
 
-            attach_live_view(rt, sys.stdout)  # a live view on a terminal, else a log line every 10 s
+            # a live view on a terminal (log lines to stderr print above it), else a log line every 10 s
+            attach_live_view(rt, sys.stdout, logs=sys.stderr)
         if notifier is not None:
             rt.on_start.append(notifier.ready)  # last: once every other part is up
             rt.on_stop.insert(0, notifier.stopping)  # first: the moment the shutdown begins
