@@ -136,6 +136,8 @@ class MqttSink(Sink):
         # when given, still decides)
         self.timeout = max(self.timeout, 2 * self.opts["timeout"])
         self._client: Any = None
+        #: ends (with the reason) when the connection is lost: writes wait on it beside their acknowledgements
+        self._watch: asyncio.Future[None] | None = None
         self._tls: ssl.SSLContext | None = None
         #: device -> its topic (device names are few; bounded like the jsonl sink's cache)
         self._topics: dict[str, str] = {}
@@ -179,11 +181,16 @@ class MqttSink(Sink):
         )
         await client.__aenter__()
         self._client = client
+        self._watch = asyncio.ensure_future(_until_disconnected(client))
         log.info("mqtt: connected to %s:%s", o["host"], o["port"])
         return client
 
     async def _disconnect(self) -> None:
         client, self._client = self._client, None
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+            watch.add_done_callback(_retrieve)
         if client is not None:
             try:
                 await asyncio.wait_for(client.__aexit__(None, None, None), 5)
@@ -236,6 +243,8 @@ class MqttSink(Sink):
     # -- publishing ----------------------------------------------------------------------
 
     async def write(self, frames: Sequence[Frame]) -> None:
+        if self._watch is not None and self._watch.done():  # lost since the last write
+            await self._disconnect()
         client = self._client or await self._connect()
         messages = self.messages_for(frames)
         try:
@@ -252,15 +261,19 @@ class MqttSink(Sink):
         acknowledgement came for ``timeout`` seconds (the connection is gone)."""
         progress = _Progress()
         work = asyncio.ensure_future(self._pipeline(client, messages, progress))
+        watch = self._watch
+        assert watch is not None  # set by _connect with the client
         timeout = self.opts["timeout"]
         try:
             seen = 0
             while True:
                 # one watchdog for the batch instead of a timer per message
-                done, _ = await asyncio.wait((work,), timeout=timeout)
-                if done:
+                done, _ = await asyncio.wait((work, watch), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if work in done:
                     work.result()
                     return
+                if watch in done:  # acknowledgements of a lost connection never come
+                    raise ConnectionError("mqtt: connection to the broker lost") from watch.exception()
                 if progress.acked == seen:
                     raise TimeoutError(f"mqtt: no acknowledgement from the broker for {timeout:g} s")
                 seen = progress.acked
@@ -294,6 +307,13 @@ class MqttSink(Sink):
 
     async def close(self) -> None:
         await self._disconnect()
+
+
+async def _until_disconnected(client: Any) -> None:
+    """Returns or raises when ``client``'s connection ends: aiomqtt's message
+    iterator is its public way to await that (a publisher receives nothing)."""
+    async for _ in client.messages:
+        pass
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
