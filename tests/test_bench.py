@@ -38,7 +38,7 @@ def test_bench_quick_writes_json(tmp_path):
     assert {"machine", "scenarios", "targets", "primary_loop", "elapsed_s"} <= set(result)
     assert {"nproc", "cpu_model", "python", "uvloop"} <= set(result["machine"])
     sc = result["scenarios"]
-    assert set(sc) == {"startup", "flood", "paced", "idle", "memory", "overload", "sinks3"}
+    assert set(sc) == {"startup", "flood", "paced", "idle", "memory", "overload", "sinks3", "mqtt"}
     primary = result["primary_loop"]
     flood = sc["flood"]["variants"]
     assert {primary, "baseline"} <= set(flood)
@@ -55,6 +55,9 @@ def test_bench_quick_writes_json(tmp_path):
     assert three["live_sinks_have_every_frame"] and three["sent"] == three["jsonl_lines"] == three["sqlite_rows"] > 0
     stuck = three["sinks"]["stdout"]  # its first write hangs (state "retrying" only after its timeout)
     assert stuck["delivered"] < three["sent"] and stuck["pending"] > 0
+    mqtt = sc["mqtt"]
+    assert mqtt["every_frame_acked_and_consumed"] and mqtt["with_mqtt"]["sent"] == mqtt["at_consumer"] > 0
+    assert {"cpu_pct", "cpu_pct_jsonl_only", "json_mode_frames_per_s_acked"} <= set(mqtt)
     assert result["targets"] and all({"target", "goal", "value", "met"} <= set(t) for t in result["targets"])
     assert "scenario" in proc.stdout  # the table
 

@@ -27,6 +27,10 @@ Scenarios (see docs/benchmarks.md for the numbers and the method):
 ``sinks3``    48 paced devices, three sinks: jsonl, sqlite, and the stdout plugin's sink stuck
               on a pipe nobody reads; the two live sinks must keep up (every frame sent, none
               missed) while the stuck one holds the buffer at its bound
+``mqtt``      48 paced devices, the jsonl sink plus the mqtt plugin (QoS 1, ``jsonl-batch``) to a
+              local Mosquitto with tools/mqtt_consume.py subscribed: frames acknowledged, at the
+              consumer, dropped, and the runtime's CPU beside the same run with the jsonl sink
+              alone; then tools/bench_mqtt.py for the per-frame ``json`` mode's frames/s
 """
 
 from __future__ import annotations
@@ -701,6 +705,131 @@ def scenario_sinks3(variant: str, p: dict[str, Any], log: Callable[[str], None])
     return res
 
 
+def _paced_mqtt_run(variant: str, p: dict[str, Any], extra: str, consumer: Path | None) -> dict[str, Any]:
+    """One paced run (jsonl sink, plus ``extra`` config): runtime CPU over the window,
+    frames sent, each sink's counters once every frame is delivered, and the lines
+    ``consumer`` (a jsonl file written by tools/mqtt_consume.py) reached."""
+    with Rig("mqtt", p["paced_devices"], "paced") as rig:
+        feeder = rig.feeder
+        cons = RuntimeProc(
+            rig.work, feeder.ports, variant, capacity=p["paced_capacity"], batch_size=p["mqtt_batch_size"], extra=extra
+        )
+        rig.cons = cons
+        cons.wait_ready()
+        feeder.send("go")
+        time.sleep(p["warmup_s"])
+        c0, t0 = cons.cpu(), time.monotonic()
+        time.sleep(p["paced_s"])
+        c1, t1 = cons.cpu(), time.monotonic()
+        total = sum(feeder.stop()["sent"])
+        time.sleep(cons.flush_interval + 0.1)
+        cons.flush()
+        deadline = time.monotonic() + 30
+        while True:  # until every sink has every frame (or the deadline)
+            status = cons.status()
+            if all(s["delivered"] >= total for s in status["sinks"]) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        counters = cons.counters()
+        final = cons.stop()
+        lines = count_lines(cons.sink)
+    at_consumer = None
+    if consumer is not None:
+        deadline = time.monotonic() + 30
+        while (at_consumer := count_lines(consumer)) < total and time.monotonic() < deadline:
+            time.sleep(0.05)  # acknowledged by the broker: on its way to the consumer
+    sinks = {s["name"]: {k: s[k] for k in ("delivered", "missed", "pending", "failures")} for s in status["sinks"]}
+    return {
+        "seconds": round(t1 - t0, 2),
+        "cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 1),
+        "sent": total,
+        "jsonl_lines": lines,
+        "at_consumer": at_consumer,
+        "dropped": counters["dropped"],
+        "sinks": sinks,
+        "exit": final["exit"],
+    }
+
+
+def scenario_mqtt(variant: str, p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """The mqtt sink at fleet rate: the paced load with ``payload = "jsonl-batch"``, QoS 1,
+    to a local Mosquitto, tools/mqtt_consume.py subscribed on the other side; and the
+    same run with the jsonl sink alone, for the CPU the MQTT sink adds. Then the
+    per-frame ``json`` mode's acknowledged frames/s from tools/bench_mqtt.py."""
+    import asyncio
+
+    sys.path.insert(0, str(TOOLS.parent))
+    from tools.mosquitto import Broker
+
+    work = scratch("mqtt-broker")
+    broker = Broker(work)
+    asyncio.run(broker.start())
+    consumer: subprocess.Popen[str] | None = None
+    try:
+        out = work / "consumed.jsonl"
+        command = [sys.executable, str(TOOLS / "mqtt_consume.py"), "--port", str(broker.port), "--group", "bench"]
+        consumer = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--out", str(out)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        read_line(consumer, 30)  # {"ready": true}: subscribed before the first publish
+        c_cpu0 = proc_cpu(consumer.pid)
+        extra = (
+            f'\n[plugins.mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ngateway = "bench"\n'
+            'payload = "jsonl-batch"\nqos = 1\n'
+        )
+        with_mqtt = _paced_mqtt_run(variant, p, extra, out)
+        consumer_cpu_s = proc_cpu(consumer.pid) - c_cpu0
+        consumer.send_signal(signal.SIGTERM)
+        consumer_summary = read_line(consumer, 30)
+        jsonl_only = _paced_mqtt_run(variant, p, "", None)
+    finally:
+        if consumer is not None and consumer.poll() is None:
+            consumer.kill()
+        if consumer is not None:
+            consumer.wait()
+        asyncio.run(broker.stop())
+        shutil.rmtree(work, ignore_errors=True)
+    per_frame = subprocess.run(
+        [sys.executable, str(TOOLS / "bench_mqtt.py"), "--frames", str(p["mqtt_json_frames"]), "--payload", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    json_mode = json.loads(per_frame.stdout)
+    m = with_mqtt["sinks"].get("mqtt", {})
+    res: dict[str, Any] = {
+        "devices": p["paced_devices"],
+        "payload": "jsonl-batch",
+        "qos": 1,
+        "batch_size": p["mqtt_batch_size"],
+        "with_mqtt": with_mqtt,
+        "jsonl_only": jsonl_only,
+        "acked": m.get("delivered"),
+        "at_consumer": with_mqtt["at_consumer"],
+        "every_frame_acked_and_consumed": m.get("delivered") == with_mqtt["sent"] == with_mqtt["at_consumer"]
+        and m.get("missed") == 0,
+        "dropped": with_mqtt["dropped"],
+        "cpu_pct": with_mqtt["cpu_pct"],
+        "cpu_pct_jsonl_only": jsonl_only["cpu_pct"],
+        "cpu_pct_added": round(with_mqtt["cpu_pct"] - jsonl_only["cpu_pct"], 1),
+        "consumer_cpu_pct": round(100 * consumer_cpu_s / with_mqtt["seconds"], 1) if with_mqtt["seconds"] else None,
+        "consumer": consumer_summary,
+        "json_mode_frames_per_s_acked": json_mode["frames_per_s_acked"],
+        "json_mode_frames": json_mode["frames"],
+        "before_frames_per_s_acked": 4375,  # issue 22: per-frame json, one publish awaited per frame
+    }
+    log(
+        f"  mqtt {variant}: sent {with_mqtt['sent']}, acked {res['acked']}, at consumer {res['at_consumer']}, "
+        f"dropped {res['dropped']}, cpu {res['cpu_pct']}% vs {res['cpu_pct_jsonl_only']}% jsonl only; "
+        f"json mode {res['json_mode_frames_per_s_acked']} frames/s acked"
+    )
+    return res
+
+
 def _ms(v: float | None) -> float | None:
     return None if v is None else round(v * 1000, 1)
 
@@ -880,6 +1009,10 @@ FULL = {
     "overload_s": 60.0,
     "overload_warmup_s": 5.0,
     "startup_runs": 5,
+    "mqtt_json_frames": 50_000,
+    # one message per device per batch: at 1000 (the paced runs' size) the lane, one
+    # batch in flight at a time, fell behind on the 2-core machine (docs/benchmarks.md)
+    "mqtt_batch_size": 5000,
 }
 QUICK = {
     "warmup_s": 0.2,
@@ -895,8 +1028,10 @@ QUICK = {
     "overload_s": 1.0,
     "overload_warmup_s": 0.3,
     "startup_runs": 1,
+    "mqtt_json_frames": 2_000,
+    "mqtt_batch_size": 1000,
 }
-SCENARIOS = ("startup", "flood", "paced", "idle", "memory", "overload", "sinks3")
+SCENARIOS = ("startup", "flood", "paced", "idle", "memory", "overload", "sinks3", "mqtt")
 
 
 def machine() -> dict[str, Any]:
@@ -988,6 +1123,21 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             "within ±10%",
             v["rss_max_dev_pct"],
             v["rss_max_dev_pct"] <= 10 and v["accounting_law_holds"],
+        )
+    if "mqtt" in sc:
+        v = sc["mqtt"]
+        add(
+            f"mqtt {v['devices']} dev, jsonl-batch QoS 1: every frame acked and at the consumer",
+            "sent == acked == consumed",
+            f"{v['with_mqtt']['sent']}/{v['acked']}/{v['at_consumer']}",
+            v["every_frame_acked_and_consumed"],
+        )
+        add(f"mqtt {v['devices']} dev: drops", "0", v["dropped"], v["dropped"] == 0)
+        add(
+            f"mqtt {v['devices']} dev: runtime CPU above jsonl alone",
+            "<= 10 points",
+            v["cpu_pct_added"],
+            v["cpu_pct_added"] <= 10,
         )
     if "startup" in sc:
         v = sc["startup"]["help"]
@@ -1092,6 +1242,35 @@ def table(r: dict[str, Any]) -> str:
                 "",
             )
         )
+    if "mqtt" in sc:
+        m = sc["mqtt"]
+        rows.append(
+            (
+                f"mqtt {m['devices']} dev",
+                "CPU % jsonl+mqtt / jsonl only",
+                f"{m['cpu_pct']} / {m['cpu_pct_jsonl_only']}",
+                "-",
+                f"+{m['cpu_pct_added']}",
+            )
+        )
+        rows.append(
+            (
+                "",
+                "sent / acked / consumed, dropped",
+                f"{m['with_mqtt']['sent']}/{m['acked']}/{m['at_consumer']}, {m['dropped']}",
+                "-",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "",
+                "json mode frames/s acked",
+                f"{m['json_mode_frames_per_s_acked']}",
+                f"before: {m['before_frames_per_s_acked']}",
+                "",
+            )
+        )
     if "startup" in sc:
         s = sc["startup"]
         rows.append(
@@ -1182,11 +1361,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--overload-seconds", type=float, help="override the overload duration")
     ap.add_argument("--no-baseline", action="store_true", help="skip the baseline runs")
+    ap.add_argument("--mqtt-batch-size", type=int, help="[buffer] batch_size of both mqtt scenario runs (default 5000)")
     args = ap.parse_args(argv)
 
     p = dict(QUICK if args.quick else FULL)
     if args.overload_seconds:
         p["overload_s"] = args.overload_seconds
+    if args.mqtt_batch_size:
+        p["mqtt_batch_size"] = args.mqtt_batch_size
     info = machine()
     if args.loops:
         loops = [x for x in args.loops.split(",") if x]
@@ -1239,6 +1421,8 @@ def main(argv: list[str] | None = None) -> int:
         sc["overload"] = scenario_overload(primary, p, log)
     if "sinks3" in only:
         sc["sinks3"] = scenario_sinks3(primary, p, log)
+    if "mqtt" in only:
+        sc["mqtt"] = scenario_mqtt(primary, p, log)
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     result["targets"] = targets(result)
     print(table(result))
