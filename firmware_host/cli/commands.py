@@ -132,6 +132,11 @@ def main() -> None:
 @click.option("--summary", "summary_path", metavar="FILE", help="Write the final counters as JSON at exit.")
 @click.option("--boards-dir", "boards_dirs", multiple=True, metavar="DIR", help="Extra board definitions.")
 @click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Start with no device (else a usage error); add them at run time with `devices add`.",
+)
+@click.option(
     "-q",
     "--quiet",
     count=True,
@@ -155,6 +160,7 @@ def run(
     control_path: str | None,
     summary_path: str | None,
     boards_dirs: Sequence[str],
+    allow_empty: bool,
     quiet: int,
     verbose: int,
     log_level: str | None,
@@ -175,6 +181,7 @@ def run(
         quieter=quiet,
         log_level=log_level,
         log_format=log_format,
+        allow_empty=allow_empty,
     )
     sys.exit(run_main(opts))
 
