@@ -184,7 +184,8 @@ class Runtime:
         if not self.flusher.lanes:  # no sink (a library use): the flusher's own loop
             self._lane_tasks.append(self.supervisor.start("flusher", self.flusher.run, self.flusher_token))
         if self.control_path:
-            self._control = ControlServer(self, self.control_path)
+            ctl = self.config.control
+            self._control = ControlServer(self, self.control_path, mode=ctl.mode_bits, group=ctl.group)
             try:
                 await self._control.start()
             except Exception:

@@ -269,10 +269,28 @@ def status(control_path: str | None, config_path: str | None, as_json: bool) -> 
 @main.command()
 @control_option
 @config_option
-def stop(control_path: str | None, config_path: str | None) -> None:
+@click.option("--wait", is_flag=True, help="Return once the runtime has exited (exit 1 at --timeout).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, max=86400),
+    default=60.0,
+    show_default=True,
+    metavar="S",
+    help="With --wait: give up after this many seconds.",
+)
+def stop(control_path: str | None, config_path: str | None, wait: bool, timeout: float) -> None:
     """Orderly shutdown of a running runtime."""
+    pid = ask(control_path, config_path, {"cmd": "ping"})["pid"] if wait else None
     ask(control_path, config_path, {"cmd": "stop"})
     click.echo("stopping: the runtime drains its buffer and exits")
+    if pid is None:
+        return
+    from firmware_host.cli.waitexit import wait_for_exit
+
+    path = resolve_control(control_path, config_path)
+    if not wait_for_exit(path, pid, timeout):
+        fail(f"the runtime (pid {pid}) is still running after {timeout:g} s", EXIT_FAILURE)
+    click.echo("stopped")
 
 
 # -- devices, boards, plugins -----------------------------------------------------------
