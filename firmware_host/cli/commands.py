@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from firmware_host.cli.brokenpipe import reader_left, stdout_reader_gone
+
 if TYPE_CHECKING:
     from firmware_host.config import Config
 
@@ -24,16 +26,6 @@ def fail(message: str, code: int) -> NoReturn:
     """One clear line on stderr and the design's exit status; never a traceback."""
     click.echo(f"firmware-host: {message}", err=True)
     sys.exit(code)
-
-
-def reader_left() -> NoReturn:
-    """Stdout's reader has gone (``| head``): end quietly, exit 0, as a Unix
-    filter does; stdout is pointed at /dev/null so the interpreter's own
-    flush at exit has nothing to complain about."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    sys.exit(EXIT_OK)
 
 
 def emit_json(data: Any) -> None:
@@ -104,6 +96,19 @@ class OneLineErrors(click.Group):
         except click.Abort:
             fail("aborted", EXIT_FAILURE)
         sys.exit(code if isinstance(code, int) else 0)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Every command runs here: a reader of stdout that left ends it
+        quietly (brokenpipe.py), whichever command was printing."""
+        try:
+            try:
+                return super().invoke(ctx)
+            finally:
+                sys.stdout.flush()  # also on sys.exit: the pipe's error surfaces here, not at exit
+        except BrokenPipeError:
+            if stdout_reader_gone():
+                reader_left()
+            raise
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
