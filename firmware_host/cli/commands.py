@@ -260,14 +260,32 @@ def flush(control_path: str | None, config_path: str | None, device: str | None,
 @control_option
 @config_option
 @json_option
-def status(control_path: str | None, config_path: str | None, as_json: bool) -> None:
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (on a terminal in place, else table after table).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=2.0,
+    show_default=True,
+    metavar="S",
+    help="With --watch: seconds between refreshes.",
+)
+def status(control_path: str | None, config_path: str | None, as_json: bool, watch: bool, interval: float) -> None:
     """Devices with state and counters, buffer, plugins, uptime."""
+    from firmware_host.cli.render import status_table
+
+    if watch:
+        from firmware_host.cli.watch import watch as watch_loop
+
+        def render() -> str:
+            reply = ask(control_path, config_path, {"cmd": "status"})
+            return json.dumps(reply) if as_json else status_table(reply)
+
+        watch_loop(render, interval, sys.stdout, terminal=sys.stdout.isatty(), lines=as_json)
+        return
     reply = ask(control_path, config_path, {"cmd": "status"})
     if as_json:
         emit_json(reply)
     else:
-        from firmware_host.cli.render import status_table
-
         click.echo(status_table(reply))
 
 
