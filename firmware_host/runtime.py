@@ -54,6 +54,8 @@ class DeviceEntry:
     token: CancellationToken
     task: asyncio.Task[None]
     removed: bool = False
+    #: an earlier reader of this name (before a remove and re-add) connected
+    connected_before: bool = False
 
 
 @dataclass
@@ -182,7 +184,8 @@ class Runtime:
         if not self.flusher.lanes:  # no sink (a library use): the flusher's own loop
             self._lane_tasks.append(self.supervisor.start("flusher", self.flusher.run, self.flusher_token))
         if self.control_path:
-            self._control = ControlServer(self, self.control_path)
+            ctl = self.config.control
+            self._control = ControlServer(self, self.control_path, mode=ctl.mode_bits, group=ctl.group)
             try:
                 await self._control.start()
             except Exception:
@@ -324,7 +327,9 @@ class Runtime:
         await self.aggregator.handle.register(dc.name)
         token = self.readers_token.child_token()
         task = asyncio.create_task(self._supervise(reader, token), name=f"uplink:{dc.name}")
-        self.devices[dc.name] = DeviceEntry(dc, reader, token, task)
+        # "never connected" is about the whole run, not this reader's life
+        connected_before = old is not None and (old.connected_before or old.reader.stats.connects > 0)
+        self.devices[dc.name] = DeviceEntry(dc, reader, token, task, connected_before=connected_before)
 
     async def remove_device(self, name: str) -> None:
         """Stop a device's reader in order; its buffered frames stay and flush."""
@@ -578,6 +583,10 @@ class Runtime:
             "sinks": self._sink_status(snap, names, final),
             "tasks": self.supervisor.report(),
         }
+        if final:  # at exit: the devices this run never once opened (reported, not fatal here)
+            out["never_connected"] = [
+                n for n, e in self.devices.items() if not (e.connected_before or e.reader.stats.connects)
+            ]
         if spool is not None:
             out["spool"] = spool.summary()
             # a fault of the disk (full, I/O error): retried, shown until it clears

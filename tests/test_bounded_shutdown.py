@@ -137,6 +137,17 @@ def test_a_jsonl_path_that_is_not_a_file_is_refused_at_start(tmp_path, short_tmp
         path.mkdir()
     cfg = tmp_path / "run.toml"
     cfg.write_text(f'[[sinks]]\ntype = "jsonl"\npath = "{path}"\n')
-    result = cli("run", "-c", str(cfg), "--duration", "5", "--control", str(short_tmp / "c.sock"), "-q", timeout=20)
+    result = cli(
+        "run",
+        "-c",
+        str(cfg),
+        "--allow-empty",
+        "--duration",
+        "5",
+        "--control",
+        str(short_tmp / "c.sock"),
+        "-q",
+        timeout=20,
+    )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "not a regular file" in result.stderr, result.stderr

@@ -44,6 +44,8 @@ def test_missing_config_file(tmp_path):
 def test_bad_sink_option_is_a_usage_error(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[[sinks]]\ntype = "jsonl"\n')  # no path
-    result = cli("run", "-c", str(path), "--duration", "0", "--control", str(tmp_path / "s"), cwd=tmp_path)
+    result = cli(
+        "run", "-c", str(path), "--allow-empty", "--duration", "0", "--control", str(tmp_path / "s"), cwd=tmp_path
+    )
     assert result.returncode == 2, result.stderr
     assert "path" in result.stderr and "Traceback" not in result.stderr

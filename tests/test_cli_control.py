@@ -127,6 +127,7 @@ async def run_runtime(workdir: Path, cfg: Path, sock: str | None = None) -> Asyn
             "run",
             "-c",
             str(cfg),
+            "--allow-empty",  # some start empty and add devices over the socket
             "--control",
             sock,
             "--summary",
@@ -413,7 +414,7 @@ def test_stale_socket_replaced_live_refused_mode_0600(workdir: Path) -> None:
         async with run_runtime(workdir, cfg, sock) as run:
             await run.status_until(lambda s: True)
             assert stat.S_IMODE(os.lstat(sock).st_mode) == 0o600
-            second = await cli("run", "-c", str(cfg), "-q", control=sock)
+            second = await cli("run", "-c", str(cfg), "--allow-empty", "-q", control=sock)
             assert second.rc == 1
             errors = [line for line in second.err.splitlines() if line.startswith("firmware-host: ")]
             assert errors == [f"firmware-host: another runtime is already listening on {sock}"], second.err
@@ -431,7 +432,7 @@ def test_symlink_at_the_socket_path_is_refused(workdir: Path) -> None:
         cfg = write_config(workdir, [])
         sock = str(workdir / "ctl.sock")
         os.symlink(workdir / "elsewhere", sock)
-        res = await cli("run", "-c", str(cfg), "-q", control=sock)
+        res = await cli("run", "-c", str(cfg), "--allow-empty", "-q", control=sock)
         assert res.rc == 1 and "Traceback" not in res.err
         errors = [line for line in res.err.splitlines() if line.startswith("firmware-host: ")]
         assert errors == [f"firmware-host: refusing the control socket {sock}: it is a symlink"], res.err

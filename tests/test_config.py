@@ -238,7 +238,7 @@ ERROR_CASES = {
         "known: batch_size, capacity, flush_interval, max_bytes",
     ),
     "unknown key in shutdown": ("[shutdown]\ngrac = 5\n", "'grac' in [shutdown]", "known: grace"),
-    "unknown key in control": ('[control]\nsock = "x"\n', "'sock' in [control]", "known: socket"),
+    "unknown key in control": ('[control]\nsock = "x"\n', "'sock' in [control]", "known: group, mode, socket"),
     "unknown key in device": (
         '[[devices]]\nname = "a"\nprot = "/dev/x"\ncodec = "fh1"\n',
         "'prot' in devices[0]",

@@ -147,6 +147,7 @@ async def test_kill_9_under_load_then_restart_delivers_every_committed_frame(fh_
         "run",
         "-c",
         str(empty),
+        "--allow-empty",  # a restart that only drains the spool
         "--duration",
         "1",
         "--control",
@@ -209,6 +210,6 @@ def test_spool_config_errors(tmp_path):
     notdb = tmp_path / "not.db"
     notdb.write_bytes(b"this is not sqlite" * 100)
     cfg.write_text(f'[buffer]\nspool = "{notdb}"\n[[sinks]]\ntype = "jsonl"\npath = "{tmp_path / "o.jsonl"}"\n')
-    result = cli("run", "-c", str(cfg), "--duration", "0", "--control", str(tmp_path / "s"))
+    result = cli("run", "-c", str(cfg), "--allow-empty", "--duration", "0", "--control", str(tmp_path / "s"))
     assert result.returncode == 1 and "not a usable spool" in result.stderr
     assert "Traceback" not in result.stderr

@@ -142,6 +142,7 @@ async def test_kill_9_with_flush_interval_0_loses_nothing_older_than_the_window(
         "run",
         "-c",
         str(restart),
+        "--allow-empty",  # a restart that only drains the spool
         "--duration",
         "0.5",
         "--control",

@@ -173,7 +173,7 @@ def test_run_exits_1_when_a_task_cannot_continue(mocker, tmp_path: Path, capsys)
     cfg = tmp_path / "run.toml"
     cfg.write_text(f'[[sinks]]\ntype = "jsonl"\npath = "{tmp_path / "out.jsonl"}"\n')
     sock = tmp_path / "c.sock"
-    code = run_main(RunOptions(config_path=str(cfg), duration=20, control_path=str(sock), quiet=True))
+    code = run_main(RunOptions(config_path=str(cfg), duration=20, control_path=str(sock), quiet=True, allow_empty=True))
     assert code == 1
     err = capsys.readouterr().err
     assert "task sink jsonl cannot continue (RuntimeError: injected fault 10)" in err

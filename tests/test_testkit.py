@@ -51,7 +51,7 @@ async def test_serial_mock_open_errors_and_unplug(fh_serial_mock):
         await open_serial("/dev/ttyUSB9", 9600)  # unregistered: never reaches real hardware
     dev = fh_serial_mock.device("/dev/ttyACM0")
     dev.open_error = PermissionError(13, "Permission denied")
-    with pytest.raises(PortClosed, match="Permission denied"):
+    with pytest.raises(PortClosed, match="permission denied: add the user to the dialout group"):
         await open_serial("/dev/ttyACM0", 9600)
     dev.open_error = None
     port = await open_serial("/dev/ttyACM0", 9600)
@@ -60,7 +60,7 @@ async def test_serial_mock_open_errors_and_unplug(fh_serial_mock):
     with pytest.raises(PortClosed, match="disconnected"):
         await port.read()
     await port.close()
-    with pytest.raises(PortClosed, match="No such file"):
+    with pytest.raises(PortClosed, match="no such port: `firmware-host devices`"):
         await open_serial("/dev/ttyACM0", 9600)
     dev.replug()
     port = await open_serial("/dev/ttyACM0", 9600)

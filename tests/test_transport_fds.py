@@ -273,7 +273,7 @@ def test_run_raises_the_soft_open_files_limit_to_the_hard_one():
 
     try:
         sock = str(work / "ctl.sock")
-        cfg = work / "run.toml"  # no devices; a sink, since a run with none is refused
+        cfg = work / "run.toml"  # no devices (--allow-empty); a sink, since a run with none is refused
         cfg.write_text(f'[[sinks]]\ntype = "jsonl"\npath = "{work / "out.jsonl"}"\n')
         res = subprocess.run(
             [
@@ -283,6 +283,7 @@ def test_run_raises_the_soft_open_files_limit_to_the_hard_one():
                 "run",
                 "-c",
                 str(cfg),
+                "--allow-empty",
                 "--duration",
                 "0.1",
                 "-q",

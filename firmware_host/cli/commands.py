@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from firmware_host.cli.brokenpipe import reader_left, stdout_reader_gone
+
 if TYPE_CHECKING:
     from firmware_host.config import Config
 
@@ -24,16 +26,6 @@ def fail(message: str, code: int) -> NoReturn:
     """One clear line on stderr and the design's exit status; never a traceback."""
     click.echo(f"firmware-host: {message}", err=True)
     sys.exit(code)
-
-
-def reader_left() -> NoReturn:
-    """Stdout's reader has gone (``| head``): end quietly, exit 0, as a Unix
-    filter does; stdout is pointed at /dev/null so the interpreter's own
-    flush at exit has nothing to complain about."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    sys.exit(EXIT_OK)
 
 
 def emit_json(data: Any) -> None:
@@ -105,6 +97,19 @@ class OneLineErrors(click.Group):
             fail("aborted", EXIT_FAILURE)
         sys.exit(code if isinstance(code, int) else 0)
 
+    def invoke(self, ctx: click.Context) -> Any:
+        """Every command runs here: a reader of stdout that left ends it
+        quietly (brokenpipe.py), whichever command was printing."""
+        try:
+            try:
+                return super().invoke(ctx)
+            finally:
+                sys.stdout.flush()  # also on sys.exit: the pipe's error surfaces here, not at exit
+        except BrokenPipeError:
+            if stdout_reader_gone():
+                reader_left()
+            raise
+
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="firmware-host")
@@ -132,6 +137,11 @@ def main() -> None:
 @click.option("--summary", "summary_path", metavar="FILE", help="Write the final counters as JSON at exit.")
 @click.option("--boards-dir", "boards_dirs", multiple=True, metavar="DIR", help="Extra board definitions.")
 @click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Start with no device (else a usage error); add them at run time with `devices add`.",
+)
+@click.option(
     "-q",
     "--quiet",
     count=True,
@@ -155,6 +165,7 @@ def run(
     control_path: str | None,
     summary_path: str | None,
     boards_dirs: Sequence[str],
+    allow_empty: bool,
     quiet: int,
     verbose: int,
     log_level: str | None,
@@ -175,6 +186,7 @@ def run(
         quieter=quiet,
         log_level=log_level,
         log_format=log_format,
+        allow_empty=allow_empty,
     )
     sys.exit(run_main(opts))
 
@@ -248,24 +260,60 @@ def flush(control_path: str | None, config_path: str | None, device: str | None,
 @control_option
 @config_option
 @json_option
-def status(control_path: str | None, config_path: str | None, as_json: bool) -> None:
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (on a terminal in place, else table after table).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=2.0,
+    show_default=True,
+    metavar="S",
+    help="With --watch: seconds between refreshes.",
+)
+def status(control_path: str | None, config_path: str | None, as_json: bool, watch: bool, interval: float) -> None:
     """Devices with state and counters, buffer, plugins, uptime."""
+    from firmware_host.cli.render import status_table
+
+    if watch:
+        from firmware_host.cli.watch import watch as watch_loop
+
+        def render() -> str:
+            reply = ask(control_path, config_path, {"cmd": "status"})
+            return json.dumps(reply) if as_json else status_table(reply)
+
+        watch_loop(render, interval, sys.stdout, terminal=sys.stdout.isatty(), lines=as_json)
+        return
     reply = ask(control_path, config_path, {"cmd": "status"})
     if as_json:
         emit_json(reply)
     else:
-        from firmware_host.cli.render import status_table
-
         click.echo(status_table(reply))
 
 
 @main.command()
 @control_option
 @config_option
-def stop(control_path: str | None, config_path: str | None) -> None:
+@click.option("--wait", is_flag=True, help="Return once the runtime has exited (exit 1 at --timeout).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, max=86400),
+    default=60.0,
+    show_default=True,
+    metavar="S",
+    help="With --wait: give up after this many seconds.",
+)
+def stop(control_path: str | None, config_path: str | None, wait: bool, timeout: float) -> None:
     """Orderly shutdown of a running runtime."""
+    pid = ask(control_path, config_path, {"cmd": "ping"})["pid"] if wait else None
     ask(control_path, config_path, {"cmd": "stop"})
     click.echo("stopping: the runtime drains its buffer and exits")
+    if pid is None:
+        return
+    from firmware_host.cli.waitexit import wait_for_exit
+
+    path = resolve_control(control_path, config_path)
+    if not wait_for_exit(path, pid, timeout):
+        fail(f"the runtime (pid {pid}) is still running after {timeout:g} s", EXIT_FAILURE)
+    click.echo("stopped")
 
 
 # -- devices, boards, plugins -----------------------------------------------------------

@@ -64,6 +64,12 @@ def status_table(status: dict[str, Any]) -> str:
     )
     rows = [[name] + [d.get(c) for c in DEVICE_COLUMNS[1:]] for name, d in sorted(status["devices"].items())]
     out = head + "\n" + table(DEVICE_COLUMNS, rows)
+    # a line each, not a column: the reasons are long, and a device in backoff must say why
+    errors = [
+        f"{name}: last_error: {d['last_error']}" for name, d in sorted(status["devices"].items()) if d.get("last_error")
+    ]
+    if errors:
+        out += "\n\n" + "\n".join(errors)
     sinks = status.get("sinks") or []
     if sinks:
         sink_rows = [[s["name"]] + [s.get(c) for c in SINK_COLUMNS[1:]] for s in sinks]

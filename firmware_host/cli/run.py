@@ -39,6 +39,12 @@ log = logging.getLogger("firmware_host")
 
 DEFAULT_SINK_PATH = "frames.jsonl"
 
+#: a run with nothing to read would wait forever, silently: say how to give it a device
+NO_DEVICE = (
+    "no device to read: add a [[devices]] table to the config (docs/config.md), or run with --emulate;"
+    " to start empty and add devices at run time (firmware-host devices add NAME PORT), pass --allow-empty"
+)
+
 
 @dataclass
 class RunOptions:
@@ -53,6 +59,7 @@ class RunOptions:
     quieter: int = 0  # -q: log one level less per q
     log_level: str | None = None  # --log-level, beats [log] level
     log_format: str | None = None  # --log-format, beats [log] format
+    allow_empty: bool = False  # --allow-empty: start with no device, add them over the control socket
 
 
 def run_main(opts: RunOptions) -> int:
@@ -85,6 +92,7 @@ def _run_main(opts: RunOptions) -> int:
         except OSError as exc:  # checked at start, but the directory may have gone since
             print(f"firmware-host: cannot write --summary {opts.summary_path}: {exc.strerror or exc}", file=sys.stderr)
             code = 1
+    _report_never_connected(final_status)
     if not opts.quiet:
         from firmware_host.cli.render import status_table
 
@@ -98,6 +106,13 @@ def _run_main(opts: RunOptions) -> int:
         print(f"firmware-host: {lost} frames lost (not delivered within the grace period)", file=sys.stderr)
         return 1
     return code
+
+
+def _report_never_connected(status: dict[str, Any]) -> None:
+    """A line on stderr per device that never connected during the run."""
+    for name in status.get("never_connected", []):
+        reason = status["devices"].get(name, {}).get("last_error") or "no error recorded"
+        print(f"firmware-host: device {name} never connected ({reason})", file=sys.stderr)
 
 
 def raise_fd_limit() -> None:
@@ -200,7 +215,12 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
             cfg = dataclasses.replace(cfg, devices=[*cfg.devices, *extra])
             if not cfg.sinks and not plugins.sinks:  # the default only when nothing else is configured
                 cfg = dataclasses.replace(cfg, sinks=[SinkConfig("jsonl", {"path": DEFAULT_SINK_PATH})])
+        no_device = not cfg.devices and not opts.allow_empty
+        if no_device and opts.config_path is None:
+            raise UsageError(NO_DEVICE)  # a bare `run` lacks devices first of all: say how to add one
         require_a_sink(cfg, len(plugins.sinks))
+        if no_device:
+            raise UsageError(NO_DEVICE)
         rt = Runtime(cfg, control_path=control, boards=boards)
         rt.on_start.append(_tune_gc)
         plugins.attach(rt)
@@ -221,6 +241,11 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
             await notifier.aclose()
     if summary.failure is not None:
         print(f"firmware-host: {summary.failure}", file=sys.stderr)
+        return 1, summary.status
+    never = summary.status.get("never_connected", [])
+    if opts.duration is not None and rt.devices and len(never) == len(rt.devices):
+        # a timed run that read nothing it was asked to: a failure, not "0 frames, ok"
+        print("firmware-host: no device connected during the run", file=sys.stderr)
         return 1, summary.status
     return 0, summary.status
 

@@ -103,7 +103,7 @@ _SERIAL_KEYS = frozenset({"read_coalesce"})
 #: the longest read coalescing window accepted: past it, a busy 921600-baud
 #: port would outgrow the kernel's tty buffering (about 64 KiB) between reads
 MAX_READ_COALESCE = 0.5
-_CONTROL_KEYS = frozenset({"socket"})
+_CONTROL_KEYS = frozenset({"socket", "group", "mode"})
 _LOG_KEYS = frozenset({"level", "format"})
 _METRICS_KEYS = frozenset({"listen"})
 #: ``[log] level`` names, quietest last; ``run -v``/``-q`` step along them
@@ -178,6 +178,14 @@ class SerialConfig:
 @dataclass(frozen=True)
 class ControlConfig:
     socket: str | None = None  # None: default_control_socket()
+    #: the socket's group (chowned to it at start), so its members can use the CLI
+    group: str | None = None
+    #: the socket's permission bits, as written (octal): the owner's rw always, the group's at most
+    mode: str = "0600"
+
+    @property
+    def mode_bits(self) -> int:
+        return int(self.mode, 8)
 
 
 @dataclass(frozen=True)
@@ -508,13 +516,45 @@ def _parse_serial(check: Checker, value: object) -> SerialConfig:
 def _parse_control(check: Checker, value: object) -> ControlConfig:
     table = check.table(value, "control", "a table ([control])")
     check.keys(table, _CONTROL_KEYS, "[control]")
-    if "socket" not in table:
-        return ControlConfig()
-    socket = check.string(table["socket"], "control.socket", "a path for the control socket")
-    # A longer path fails only at bind() time, long after start-up; say so now.
-    if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
-        check.fail("control.socket", f"expected a path of at most {MAX_SOCKET_PATH} bytes (Unix socket limit)")
-    return ControlConfig(socket=socket)
+    socket = None
+    if "socket" in table:
+        socket = check.string(table["socket"], "control.socket", "a path for the control socket")
+        # A longer path fails only at bind() time, long after start-up; say so now.
+        if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
+            check.fail("control.socket", f"expected a path of at most {MAX_SOCKET_PATH} bytes (Unix socket limit)")
+    group = None
+    if "group" in table:
+        group = check.string(table["group"], "control.group", "a group name")
+        if group_id(group) is None:  # found now, not when the socket is made
+            check.fail("control.group", f"no group named {group!r} on this host")
+    mode = _parse_socket_mode(check, table.get("mode", "0600"))
+    return ControlConfig(socket=socket, group=group, mode=mode)
+
+
+def group_id(name: str) -> int | None:
+    """The gid of the group ``name``, or None when this host has none."""
+    try:
+        import grp
+    except ImportError:  # not POSIX
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+#: what ``[control] mode`` may grant: the group's rw at most, never other users'
+SOCKET_MODE_ALLOWED = 0o660
+
+
+def _parse_socket_mode(check: Checker, value: object) -> str:
+    expected = 'an octal mode string such as "0660" (owner rw, group at most rw, nothing for others)'
+    if not isinstance(value, str) or not 3 <= len(value) <= 4 or any(c not in "01234567" for c in value):
+        check.fail("control.mode", f"expected {expected}, got {describe(value)}")
+    mode = int(value, 8)
+    if mode & ~SOCKET_MODE_ALLOWED or mode & 0o600 != 0o600:
+        check.fail("control.mode", f"expected {expected}, got {describe(value)}")
+    return value
 
 
 def _parse_match(check: Checker, value: object, where: str) -> dict[str, object]:

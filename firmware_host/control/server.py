@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from firmware_host.aggregator import BufferSnapshot
 from firmware_host.config import ConfigError, DeviceConfig, config_from_dict
 from firmware_host.config.boards import Board, load_boards
+from firmware_host.config.schema import group_id
 from firmware_host.control.client import is_listening
 from firmware_host.control.protocol import (
     FLUSH_TIMEOUT,
@@ -108,9 +109,14 @@ class ControlServer:
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout: float = IDLE_TIMEOUT,
         max_request: int = MAX_REQUEST,
+        mode: int = 0o600,
+        group: str | None = None,
     ) -> None:
         self.runtime = runtime
         self.path = path
+        #: ``[control] mode`` and ``group``: who besides the owner may connect
+        self.mode = mode
+        self.group = group
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.max_request = max_request
@@ -170,7 +176,7 @@ class ControlServer:
 
     def _check_path(self) -> bool:
         """Secure the directory; True when a socket (live or stale) is at the path."""
-        _secure_directory(os.path.dirname(os.path.abspath(self.path)))
+        _secure_directory(os.path.dirname(os.path.abspath(self.path)), self._gid())
         try:
             st = os.lstat(self.path)
         except FileNotFoundError:
@@ -195,6 +201,15 @@ class ControlServer:
             raise ControlError(f"cannot remove the stale control socket {self.path}: {exc.strerror or exc}") from None
         log.info("replaced a stale control socket at %s", self.path)
 
+    def _gid(self) -> int | None:
+        """The configured group's gid (looked up again: the config was checked earlier)."""
+        if self.group is None:
+            return None
+        gid = group_id(self.group)
+        if gid is None:
+            raise ControlError(f"control socket {self.path}: no group named {self.group!r} on this host")
+        return gid
+
     def _bind(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -205,7 +220,10 @@ class ControlServer:
                 sock.bind(self.path)
             finally:
                 os.umask(old)
-            os.chmod(self.path, 0o600)
+            gid = self._gid()
+            if gid is not None:  # before the chmod: the group gets access only once the socket is its
+                os.chown(self.path, -1, gid)
+            os.chmod(self.path, self.mode)
             st = os.lstat(self.path)
             self._inode = (st.st_dev, st.st_ino)
             sock.listen(128)
@@ -215,6 +233,11 @@ class ControlServer:
             self._unlink_if_ours()
             if exc.errno == errno.EADDRINUSE:
                 raise ControlError(f"another runtime is already listening on {self.path}") from None
+            if exc.errno == errno.EPERM and self.group is not None:
+                raise ControlError(
+                    f"cannot give the control socket {self.path} to group {self.group}: "
+                    "the runtime's user must be a member of it"
+                ) from None
             raise ControlError(f"cannot create the control socket {self.path}: {exc.strerror or exc}") from None
         return sock
 
@@ -464,20 +487,26 @@ class ControlServer:
         return {"removed": name}
 
 
-def _secure_directory(directory: str) -> None:
-    """Create ``directory`` 0700 if missing; refuse one other users could tamper with.
+def _secure_directory(directory: str, gid: int | None = None) -> None:
+    """Create ``directory`` 0700 if missing (0710 and of group ``gid`` when the
+    socket has a group: its members must reach it); refuse one other users
+    could tamper with.
 
     Fine: a directory we own (or root owns) that is not group/other-writable,
     or a sticky shared directory like /tmp (others cannot remove or rename
     our socket there). Anything else lets another user swap the socket.
     """
     try:
-        os.mkdir(directory, 0o700)
+        try:
+            os.mkdir(directory, 0o700)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(directory) or ".", exist_ok=True)
+            os.mkdir(directory, 0o700)
+        if gid is not None:  # ours, just made: the group may pass through, not list or write
+            os.chown(directory, -1, gid)
+            os.chmod(directory, 0o710)
     except FileExistsError:
         pass
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(directory) or ".", exist_ok=True)
-        os.mkdir(directory, 0o700)
     except OSError as exc:
         raise ControlError(
             f"cannot create the directory {directory} for the control socket: {exc.strerror or exc}"

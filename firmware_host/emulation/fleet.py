@@ -254,6 +254,8 @@ def emulate_main(
         return 2
     try:
         return asyncio.run(_emulate(fleet, duration))
+    except BrokenPipeError:
+        raise  # stdout's reader left: the CLI ends quietly (cli/brokenpipe.py)
     except OSError as exc:  # e.g. the link directory is not writable
         print(f"firmware-host: emulate: {exc}", file=sys.stderr)
         return 1

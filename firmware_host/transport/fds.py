@@ -23,14 +23,14 @@ EMFILE in the same words.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import threading
 from collections.abc import Iterator
 
 from firmware_host.errors import PortClosed
+from firmware_host.transport.openerror import EMFILE_ADVICE
 
-__all__ = ["FD_RESERVE", "SOCKET_COST", "TTY_COST", "FdBudget", "open_failed"]
+__all__ = ["FD_RESERVE", "SOCKET_COST", "TTY_COST", "FdBudget"]
 
 #: descriptors kept free for everything that is not a device: control
 #: connections, sink files and sockets, a spool's journal, DNS lookups
@@ -41,14 +41,6 @@ TTY_COST = 5
 SOCKET_COST = 1
 
 _FD_DIRS = ("/proc/self/fd", "/dev/fd")
-_ADVICE = "raise the limit: ulimit -n / LimitNOFILE="
-
-
-def open_failed(url: str, exc: BaseException) -> PortClosed:
-    """``PortClosed`` for a failed open; running out of descriptors says what to do."""
-    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
-        return PortClosed(f"cannot open {url}: too many open files ({exc}); {_ADVICE}")
-    return PortClosed(f"cannot open {url}: {exc}")
 
 
 def soft_limit() -> int | None:
@@ -130,5 +122,5 @@ class FdBudget:
             more = f", {pending} more being opened" if pending else ""
             raise PortClosed(
                 f"cannot open {url}: too many open files ({used} of {limit} descriptors in use{more},"
-                f" {self.reserve} kept free for the control socket and sinks); {_ADVICE}"
+                f" {self.reserve} kept free for the control socket and sinks); {EMFILE_ADVICE}"
             )

@@ -41,9 +41,10 @@ from firmware_host._sync import ReadClock
 from firmware_host.config._check import port_url_problem
 from firmware_host.errors import PortClosed
 from firmware_host.transport.base import Port
-from firmware_host.transport.fds import FD_RESERVE, TTY_COST, FdBudget, open_failed
+from firmware_host.transport.fds import FD_RESERVE, TTY_COST, FdBudget
 from firmware_host.transport.handler import open_handler
 from firmware_host.transport.limits import READ_COALESCE
+from firmware_host.transport.openerror import open_failed
 from firmware_host.transport.rfc2217 import ServerQuirks, is_rfc2217_url, open_rfc2217
 from firmware_host.transport.tcp import is_socket_url, open_socket
 from firmware_host.transport.tty import TtyPort

@@ -23,8 +23,8 @@ import sys
 import urllib.parse
 
 from firmware_host.errors import PortClosed
-from firmware_host.transport.fds import open_failed
 from firmware_host.transport.limits import CONNECT_TIMEOUT, KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL
+from firmware_host.transport.openerror import open_failed
 from firmware_host.transport.stream import ChunkProtocol, StreamPort
 
 __all__ = ["connect", "is_socket_url", "keep_alive", "open_socket", "parse_socket_url", "split_host_url"]

@@ -1,0 +1,105 @@
+"""Issue 19: a reader of stdout that leaves (``| head -1``) ends any command
+quietly: exit 0, nothing on stderr. Real shell pipelines, a real runtime."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, cli, cli_popen
+
+pytestmark = pytest.mark.timeout(90)
+
+#: a reader that leaves at once, long before Python has started to write:
+#: the command's first flush meets a pipe with no reader
+CLOSED_READER = "true"
+
+
+def pipeline(command: str, reader: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``firmware-host COMMAND | READER`` in bash; the status is the command's."""
+    fh = f"{shlex.quote(sys.executable)} -m firmware_host"
+    return subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {fh} {command} | {reader}"],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.fixture(scope="module")
+def runtime() -> Iterator[tuple[Path, Path]]:
+    """A running runtime on emulated boards: (its working directory, its socket)."""
+    work = Path(tempfile.mkdtemp(prefix="fh-pipe-"))
+    sock = work / "ctl.sock"
+    proc = cli_popen("run", "--emulate", "env-sensor:3", "--control", str(sock), "-q", cwd=work)
+    try:
+        deadline = time.monotonic() + 20
+        while cli("status", "--control", str(sock)).returncode != 0:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the runtime never answered"
+        yield work, sock
+    finally:
+        if proc.poll() is None:
+            cli("stop", "--control", str(sock))
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "status",
+        "status --json",
+        "buffers",
+        "flush",
+        "devices",
+        "boards",
+        "boards --json",
+        "plugins",
+        "config sample",
+        "emulate env-sensor -n 2 --duration 20",
+    ],
+)
+def test_a_reader_that_left_ends_the_command_quietly(runtime: tuple[Path, Path], command: str) -> None:
+    work, sock = runtime
+    if command.split()[0] in ("status", "buffers", "flush"):
+        command += f" --control {shlex.quote(str(sock))}"
+    started = time.monotonic()
+    res = pipeline(command, CLOSED_READER, work)
+    assert (res.returncode, res.stderr) == (0, ""), command
+    # emulate stops at its first write, not at --duration
+    assert time.monotonic() - started < 15
+    if command.startswith("emulate"):
+        return  # it writes its paths once, then runs: after `head -1` took them, nothing tells it to stop
+    # and `| head -1`, whether or not the write comes after head left: quiet either way
+    res = pipeline(command, "head -1", work)
+    assert (res.returncode, res.stderr) == (0, ""), command
+    assert res.stdout.count("\n") == 1
+
+
+def test_only_a_stdout_without_reader_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handler re-raises a broken pipe that is not stdout's (a socket to
+    the runtime): it asks stdout itself whether its reader left."""
+    from firmware_host.cli.brokenpipe import stdout_reader_gone
+
+    read, write = os.pipe()
+    with os.fdopen(write, "w") as out:
+        monkeypatch.setattr(sys, "stdout", out)
+        assert not stdout_reader_gone()  # a reader is there
+        os.close(read)
+        assert stdout_reader_gone()
