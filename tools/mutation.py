@@ -44,7 +44,29 @@ TABLE_HEAD = (
     "|---|---:|---:|---:|---:|---:|---:|\n"
 )
 # what the scratch copy needs: the package, its tests, and what they load
-COPY = ("firmware_host", "plugins", "boards", "tests", "tools", "setup.cfg", "pyproject.toml", "README.md")
+COPY = (
+    "firmware_host",
+    "plugins",
+    "boards",
+    "tests",
+    "tools",
+    "docs",
+    ".ci",
+    ".pre-commit-config.yaml",
+    "setup.cfg",
+    "pyproject.toml",
+    "README.md",
+)
+TRAMPOLINE_SHIM = """\
+# stand-in for mutmut's trampoline in child processes (tools/mutation.py): the original code
+from typing import Any
+
+MutantDict = dict
+
+
+def wrap_in_trampoline(mutants_dict: Any, is_classmethod: bool = False) -> Any:
+    return lambda func: func
+"""
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 
 
@@ -93,6 +115,16 @@ def scratch_copy(module_path: Path, tests: list[str]) -> Path:
             shutil.copytree(src, work / name, ignore=ignore)
         elif src.exists():
             shutil.copy2(src, work / name)
+    # Tests that start the package in a child process (the CLI tests) import the mutated
+    # copy there, whose trampolines import mutmut, which then looks for its configuration
+    # in the child's working directory and fails. This stand-in (copied into mutants/,
+    # first on the child's PYTHONPATH) runs the original code in children: those tests
+    # pass and never kill a mutant. mutmut's own process has the real mutmut imported.
+    shim = work / "mutmut" / "mutation"
+    shim.mkdir(parents=True)
+    (work / "mutmut" / "__init__.py").write_text("")
+    (shim / "__init__.py").write_text("")
+    (shim / "trampoline.py").write_text(TRAMPOLINE_SHIM)
     cfg = work / "setup.cfg"
     selection = "".join(f"\n    {t}" for t in tests)
     text = cfg.read_text().replace(
@@ -100,6 +132,7 @@ def scratch_copy(module_path: Path, tests: list[str]) -> Path:
         f"[mutmut]\nonly_mutate = {module_path.as_posix()}\npytest_add_cli_args_test_selection ={selection}\n",
         1,
     )
+    text = text.replace("also_copy =\n", "also_copy =\n    mutmut\n", 1)
     cfg.write_text(text)
     return work
 
@@ -173,6 +206,9 @@ def main(argv: list[str]) -> int:
     print(f"{module_path}: {len(tests)} tests cover it")
     work = scratch_copy(module_path, tests)
     status = run_mutmut(work, args.budget)
+    if not status or all(s == "not checked" for s in status.values()):
+        print(f"{module_path}: mutmut ran no mutant (see {work / 'mutmut.log'})", file=sys.stderr)
+        return 1
     eq = equivalents(set(status))
     killed = sum(1 for n, s in status.items() if s in KILLED and n not in eq)
     survivors = tuple(sorted(n for n, s in status.items() if s not in KILLED and n not in eq))
