@@ -14,8 +14,9 @@ Needs the ``[mutation]`` extra (``pip install -e '.[test,mqtt,mutation]'``).
    ``pytest_add_cli_args_test_selection``; ``mutmut run`` there. Each mutant is bounded
    by mutmut's per-mutant timeout (setup.cfg) and the whole run by ``--budget``.
 3. The verdict: mutmut's results, less the mutants listed as equivalent (with a reason)
-   in ``tools/mutation_equivalent.toml``. Score = killed / (all - equivalent); a timeout
-   counts as killed, "no tests" as survived. The module's row in the table in
+   in ``tools/mutation_equivalent.toml``. Score = killed / (all - equivalent - not run);
+   a timeout counts as killed, "no tests" as survived, and mutants the budget left
+   unchecked are counted apart ("not run"). The module's row in the table in
    ``docs/testing-internals.md`` is rewritten (its "before" cell is kept once set), and
    the survivors' diffs are written to ``build/mutation/<module>/survivors.diff``.
 """
@@ -23,8 +24,10 @@ Needs the ``[mutation]`` extra (``pip install -e '.[test,mqtt,mutation]'``).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tomllib
@@ -40,8 +43,8 @@ DOC = ROOT / "docs" / "testing-internals.md"
 TABLE_START = "<!-- mutation-table:start -->"
 TABLE_END = "<!-- mutation-table:end -->"
 TABLE_HEAD = (
-    "| module | mutants | killed | survived | equivalent | score before | score now |\n"
-    "|---|---:|---:|---:|---:|---:|---:|\n"
+    "| module | mutants | killed | survived | equivalent | not run | score before | score now |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|\n"
 )
 # what the scratch copy needs: the package, its tests, and what they load
 COPY = (
@@ -77,10 +80,12 @@ class Verdict:
     killed: int
     survivors: tuple[str, ...]
     equivalent: tuple[str, ...]
+    #: left unchecked when the run's budget ran out: in no column but this one
+    not_run: tuple[str, ...]
 
     @property
     def score(self) -> float:
-        real = self.total - len(self.equivalent)
+        real = self.total - len(self.equivalent) - len(self.not_run)
         return 100.0 * self.killed / real if real else 100.0
 
 
@@ -139,12 +144,21 @@ def scratch_copy(module_path: Path, tests: list[str]) -> Path:
 
 def run_mutmut(work: Path, budget: float) -> dict[str, str]:
     log = work / "mutmut.log"
-    try:
-        with log.open("w") as sink:
-            cmd = ["mutmut", "run", "--max-children", "2"]
-            subprocess.run(cmd, cwd=work, check=False, timeout=budget, stdout=sink, stderr=subprocess.STDOUT)
-    except subprocess.TimeoutExpired:
-        print(f"budget of {budget:.0f} s spent: the mutants not yet run count as survived", file=sys.stderr)
+    with log.open("w") as sink:
+        # its own process group, so a spent budget stops mutmut's forked workers too
+        proc = subprocess.Popen(
+            ["mutmut", "run", "--max-children", "2"],
+            cwd=work,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            proc.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+            print(f"budget of {budget:.0f} s spent: the mutants not yet run are reported as such", file=sys.stderr)
     out = subprocess.run(
         ["mutmut", "results", "--all", "true"], cwd=work, check=True, capture_output=True, text=True
     ).stdout
@@ -180,10 +194,12 @@ def update_table(v: Verdict) -> None:
     for r in rows:
         if r.startswith(key):
             cells = [c.strip() for c in r.strip("|").split("|")]
-            if cells[5] not in ("", "—"):
-                before = cells[5]
-    survived = v.total - v.killed - len(v.equivalent)
-    row = f"{key} {v.total} | {v.killed} | {survived} | {len(v.equivalent)} | {before} | {v.score:.1f}% |"
+            if cells[6] not in ("", "—"):
+                before = cells[6]
+    row = (
+        f"{key} {v.total} | {v.killed} | {len(v.survivors)} | {len(v.equivalent)} | {len(v.not_run)} "
+        f"| {before} | {v.score:.1f}% |"
+    )
     rows = sorted([r for r in rows if not r.startswith(key)] + [row])
     DOC.write_text(text[:start] + "\n" + TABLE_HEAD + "\n".join(rows) + "\n" + text[end:])
 
@@ -210,13 +226,14 @@ def main(argv: list[str]) -> int:
         print(f"{module_path}: mutmut ran no mutant (see {work / 'mutmut.log'})", file=sys.stderr)
         return 1
     eq = equivalents(set(status))
+    not_run = tuple(sorted(n for n, s in status.items() if s == "not checked" and n not in eq))
     killed = sum(1 for n, s in status.items() if s in KILLED and n not in eq)
-    survivors = tuple(sorted(n for n, s in status.items() if s not in KILLED and n not in eq))
-    verdict = Verdict(module_path.as_posix(), len(status), killed, survivors, eq)
+    survivors = tuple(sorted(n for n, s in status.items() if s not in KILLED and n not in eq and n not in not_run))
+    verdict = Verdict(module_path.as_posix(), len(status), killed, survivors, eq, not_run)
     diff = write_survivors(work, survivors)
     print(
         f"{verdict.module}: {verdict.total} mutants, {killed} killed, {len(survivors)} survived, "
-        f"{len(eq)} equivalent: score {verdict.score:.1f}% (survivors: {diff})"
+        f"{len(eq)} equivalent, {len(not_run)} not run: score {verdict.score:.1f}% (survivors: {diff})"
     )
     if not args.no_table:
         update_table(verdict)
