@@ -214,6 +214,8 @@ def test_cobs_decode_errors_name_the_problem() -> None:
         cobs.decode(b"")
     with pytest.raises(cobs.CobsDecodeError, match=r"^0x00 at offset 2 inside a packet$"):
         cobs.decode(b"\x03\x11\x00\x22")
+    with pytest.raises(cobs.CobsDecodeError, match=r"^0x00 at offset 1 inside a packet$"):
+        cobs.decode(b"\x03\x00\x11\x00")  # the first zero is named
     with pytest.raises(cobs.CobsDecodeError, match=r"^last block runs 3 bytes past the end$"):
         cobs.decode(b"\x02\x11\x05\x01")
     with pytest.raises(cobs.CobsDecodeError, match=r"^block at offset 255 claims 8 bytes, 1 left$"):
@@ -405,3 +407,21 @@ def test_nmea_encode_limits_and_start_characters() -> None:
     for nonascii in ("é", b"\xc3\xa9"):
         with pytest.raises(ValueError, match=r"^an NMEA sentence must be ASCII$"):
             codec.encode(None, 0, nonascii)
+
+
+def test_codecs_default_to_no_device_name() -> None:
+    assert LinesCodec().device == "" and NmeaCodec().device == "" and Fh1Codec().device == ""
+    assert LinesCodec().feed(b"x\n", 0.0)[0].device == ""
+
+
+def test_reset_adds_to_the_rejected_count() -> None:
+    codec = LinesCodec("d", max_line=3)
+    codec.feed(b"toolong\n", 0.0)
+    codec.feed(b"part", 0.0)
+    codec.reset()
+    assert codec.rejected == 2
+    fh1 = Fh1Codec("d")
+    fh1.feed(b"\x05\x01\x00", 0.0)  # a bad packet
+    fh1.feed(b"\x05\x01", 0.0)
+    fh1.reset()
+    assert fh1.rejected == 2
