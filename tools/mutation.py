@@ -70,6 +70,8 @@ MutantDict = dict
 def wrap_in_trampoline(mutants_dict: Any, is_classmethod: bool = False) -> Any:
     return lambda func: func
 """
+#: how many times a run is retried without the tests that failed with no mutant
+RETRIES = 3
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 
 
@@ -170,6 +172,13 @@ def run_mutmut(work: Path, budget: float) -> dict[str, str]:
     return status
 
 
+def failing_tests(log: Path, tests: list[str]) -> list[str]:
+    """The selected tests named in the failure headers (``____ test_x ____``) of a mutmut log."""
+    text = log.read_text(errors="replace").replace("\r", "\n")
+    names = set(re.findall(r"^_{3,} (\S+?)(?:\[[^\]]*\])? _{3,}$", text, flags=re.MULTILINE))
+    return [t for t in tests if t.rsplit("::", 1)[-1] in names]
+
+
 def equivalents(names: set[str]) -> tuple[str, ...]:
     listed: dict[str, str] = tomllib.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
     return tuple(sorted(n for n in names if n in listed))
@@ -220,9 +229,23 @@ def main(argv: list[str]) -> int:
         subprocess.run([sys.executable, str(ROOT / "tools" / "coverage_report.py")], cwd=ROOT, check=False)
     tests = covering_tests(module_path)
     print(f"{module_path}: {len(tests)} tests cover it")
-    work = scratch_copy(module_path, tests)
-    status = run_mutmut(work, args.budget)
-    if not status or all(s == "not checked" for s in status.values()):
+    left_out: list[str] = []
+    for _attempt in range(RETRIES + 1):
+        work = scratch_copy(module_path, tests)
+        status = run_mutmut(work, args.budget)
+        if status and any(s != "not checked" for s in status.values()):
+            break
+        # mutmut runs the tests in its own (forked) processes first, with no mutant; a
+        # test that fails there (a pty test whose descriptors a sibling worker holds)
+        # would stop the run: leave it out, say so, and try again
+        failed = failing_tests(work / "mutmut.log", tests)
+        if not failed:
+            print(f"{module_path}: mutmut ran no mutant (see {work / 'mutmut.log'})", file=sys.stderr)
+            return 1
+        left_out += failed
+        tests = [t for t in tests if t not in failed]
+        print(f"{module_path}: left out (fail under mutmut with no mutant): {', '.join(failed)}", file=sys.stderr)
+    else:
         print(f"{module_path}: mutmut ran no mutant (see {work / 'mutmut.log'})", file=sys.stderr)
         return 1
     eq = equivalents(set(status))
@@ -231,6 +254,8 @@ def main(argv: list[str]) -> int:
     survivors = tuple(sorted(n for n, s in status.items() if s not in KILLED and n not in eq and n not in not_run))
     verdict = Verdict(module_path.as_posix(), len(status), killed, survivors, eq, not_run)
     diff = write_survivors(work, survivors)
+    if left_out:
+        print(f"{verdict.module}: run without {', '.join(left_out)}")
     print(
         f"{verdict.module}: {verdict.total} mutants, {killed} killed, {len(survivors)} survived, "
         f"{len(eq)} equivalent, {len(not_run)} not run: score {verdict.score:.1f}% (survivors: {diff})"
