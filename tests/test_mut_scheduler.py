@@ -12,8 +12,10 @@ from the end of the failed run, then runs at the next tick.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
+import time
 from collections import deque
 from typing import Any
 
@@ -115,7 +117,7 @@ def test_overrun_is_cancelled_counted_and_backs_off() -> None:
     run_task(task, 3, calls)
     assert calls == [4.0, 8.0, 16.0]  # second overrun: pause 1 interval from 9.5
     assert cancelled[:2] == [5.5, 9.5]
-    assert task.stats.overruns >= 2 and task.stats.failures == 0
+    assert task.stats.overruns == 3 and task.stats.failures == 0
     assert task.stats.last_error == "run exceeded its timeout of 1.5 s"
     assert task.stats.last_duration == pytest.approx(1.5)
 
@@ -424,3 +426,197 @@ def test_finish_tasks_returns_at_once_when_all_ended(caplog: pytest.LogCaptureFi
         return virtual_loop().time()
 
     assert run_virtual(main()) == 0.0
+
+
+def test_burst_limit_counts_from_the_first_late_tick_and_again_after_a_limit() -> None:
+    calls: list[float] = []
+
+    async def fn() -> None:
+        calls.append(virtual_loop().time())
+        if len(calls) == 101:
+            virtual_loop().block(150.0)  # the limit's run blocks again: a second burst
+
+    async def main() -> PeriodicTask:
+        task = PeriodicTask("p", "t", 1.0, fn, missed="burst")
+        inner = task.fn
+
+        async def stop_after() -> None:
+            await inner()
+            if len(calls) >= 204:
+                task.stop()
+
+        task.fn = stop_after
+        # the loop is blocked from 0.25 to 150.5, before the first tick
+        virtual_loop().call_later(0.25, virtual_loop().block, 150.25)
+        await task.start()
+        return task
+
+    task = run_virtual(main())
+    # woken at 150.5 with ticks 1..150 due: the run for tick 1 and 100 catch-up runs
+    # (ticks 2..101) at once; ticks 102..150 are missed; the next run is tick 151 -- but
+    # the 101st run blocked until 300.5, so the same again: ticks 151..251 run at 300.5,
+    # 252..300 are missed, then tick 301 on the grid
+    assert calls[:101] == [150.5] * 101
+    assert calls[101:202] == [300.5] * 101
+    assert calls[202:] == [301.0, 302.0]
+    assert task.stats.missed == 49 + 49
+
+
+def test_missed_ticks_add_up_over_two_late_wakes() -> None:
+    for policy, expected in (("skip", [1.0, 4.5, 5.0, 8.5, 9.0]), ("delay", [1.0, 4.5, 5.5, 9.0, 10.0])):
+        calls: list[float] = []
+
+        async def fn(calls: list[float] = calls) -> None:
+            calls.append(virtual_loop().time())
+            if len(calls) in (1, 3):
+                virtual_loop().block(3.5)  # 2 further ticks come due each time
+
+        task = PeriodicTask("p", "t", 1.0, fn, missed=policy)  # type: ignore[arg-type]
+        run_task(task, 5, calls)
+        assert calls == expected, policy
+        assert task.stats.missed == 4, policy
+
+
+def test_one_failure_is_no_backoff_even_after_a_long_run() -> None:
+    calls: list[float] = []
+
+    async def fn() -> None:
+        calls.append(virtual_loop().time())
+        if len(calls) == 1:
+            await asyncio.sleep(2.5)  # past the next two ticks
+            raise OSError("once")
+
+    task = PeriodicTask("p", "t", 1.0, fn)
+    run_task(task, 3, calls)
+    # one failure sits nothing out: the late tick runs at once (tick 2 at 3.5, tick 3 missed)
+    assert calls == [1.0, 3.5, 4.0]
+    assert task.stats.backed_off == 0 and task.stats.missed == 1
+
+
+def test_lateness_keeps_the_last_1024_samples() -> None:
+    calls: list[float] = []
+    task = PeriodicTask("p", "t", 1.0, recorder(calls))
+    run_task(task, 1100, calls)
+    assert len(task.lateness) == 1024
+    assert task.report()["jitter_ms"]["samples"] == 1024
+
+
+def test_the_loop_task_is_named_after_the_plugin_and_task() -> None:
+    async def main() -> str:
+        task = PeriodicTask("plug", "job", 1.0, recorder([]))
+        assert task.task is None
+        task.cancel()  # before start: nothing to cancel, no error
+        loop_task = task.start()
+        assert task.task is loop_task
+        task.stop()
+        await loop_task
+        return loop_task.get_name()
+
+    assert run_virtual(main()) == "plugin:plug:job"
+
+
+def test_an_overrun_is_logged_and_counted_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    calls: list[float] = []
+
+    async def fn() -> None:
+        calls.append(virtual_loop().time())
+        await asyncio.sleep(10)
+
+    task = PeriodicTask("plug", "job", 4.0, fn, timeout=1.5, log=logging.getLogger("mut.over"))
+    run_task(task, 1, calls)
+    assert task.stats.overruns == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "mut.over"] == [
+        "plugin plug: task job ran past its timeout of 1.5 s; cancelled (overruns: 1)"
+    ]
+
+
+def test_an_error_raised_while_cancelling_an_overrun_is_retrieved() -> None:
+    unretrieved: list[dict[str, object]] = []
+
+    async def fn() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise ValueError("late error while cancelling") from None
+
+    async def main() -> PeriodicTask:
+        loop = virtual_loop()
+        loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+        task = PeriodicTask("p", "t", 1.0, fn, timeout=0.5)
+        loop_task = task.start()
+        await asyncio.sleep(1.75)
+        task.stop()
+        await loop_task
+        gc.collect()
+        await asyncio.sleep(0)
+        return task
+
+    task = run_virtual(main())
+    gc.collect()
+    assert task.stats.overruns == 1 and task.stats.failures == 0
+    assert unretrieved == []
+
+
+def test_a_sync_function_error_names_what_it_returned() -> None:
+    def fn() -> int:
+        return 5
+
+    async def main() -> PeriodicTask:
+        task = PeriodicTask("p", "t", 1.0, fn)  # type: ignore[arg-type]
+        loop_task = task.start()
+        await asyncio.sleep(1.5)
+        task.stop()
+        await loop_task
+        return task
+
+    assert run_virtual(main()).stats.last_error == "TypeError: task 't' must be async (it returned int)"
+
+
+def test_report_rounds_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(time, "time", lambda: 1234.56789)
+    calls: list[float] = []
+    task = PeriodicTask("p", "t", 1.0, recorder(calls, duration=0.123456789))
+    run_task(task, 1, calls)
+    report = task.report()
+    assert report["last_run"] == 1234.568
+    assert report["last_duration"] == 0.123457
+
+
+def test_jitter_ms_rounds_to_microseconds_and_uses_rank_99() -> None:
+    samples = deque([i / 1000 + 0.00000042 for i in range(1, 201)])  # 1.00042 .. 200.00042 ms
+    assert jitter_ms(samples) == {"p50": 100.0, "p99": 198.0, "max": 200.0, "samples": 200}
+    odd = deque([0.00123456, 0.00234567])
+    assert jitter_ms(odd) == {"p50": 1.235, "p99": 2.346, "max": 2.346, "samples": 2}
+
+
+def test_percentile_rank_is_q_percent_of_the_count() -> None:
+    xs = [float(i) for i in range(1, 201)]
+    assert percentile(xs, 99) == 198.0  # rank ceil(0.99 * 200) = 198
+    assert percentile(xs, 50) == 100.0
+
+
+def test_finish_tasks_waits_one_second_after_cancelling_by_default(caplog: pytest.LogCaptureFixture) -> None:
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await asyncio.sleep(100)
+            except asyncio.CancelledError:
+                pass
+
+    async def main() -> float:
+        loop = virtual_loop()
+        task = PeriodicTask("p", "x", 1.0, stubborn)
+        loop_task = task.start()
+        await asyncio.sleep(1.5)
+        task.stop()
+        await finish_tasks([task], deadline=loop.time() + 2.0)
+        ended = loop.time()
+        release.set()
+        task.cancel()
+        await asyncio.wait({loop_task})
+        return ended
+
+    assert run_virtual(main()) == 1.5 + 2.0 + 1.0
