@@ -471,7 +471,7 @@ def test_missed_ticks_add_up_over_two_late_wakes() -> None:
             if len(calls) in (1, 3):
                 virtual_loop().block(3.5)  # 2 further ticks come due each time
 
-        task = PeriodicTask("p", "t", 1.0, fn, missed=policy)  # type: ignore[arg-type]
+        task = PeriodicTask("p", "t", 1.0, fn, missed=policy)
         run_task(task, 5, calls)
         assert calls == expected, policy
         assert task.stats.missed == 4, policy
