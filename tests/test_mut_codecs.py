@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from firmware_host.codecs import cobs
+from firmware_host.codecs import cobs, fh1
 from firmware_host.codecs.fh1 import Fh1Codec, encode_packet
 from firmware_host.codecs.lines import LinesCodec
 from firmware_host.codecs.nmea import NmeaCodec, nmea_checksum
@@ -425,3 +425,28 @@ def test_reset_adds_to_the_rejected_count() -> None:
     fh1.feed(b"\x05\x01", 0.0)
     fh1.reset()
     assert fh1.rejected == 2
+
+
+def crc_ccitt_false(data: bytes, crc: int = 0xFFFF) -> int:
+    """Bitwise CRC-16/CCITT-FALSE (poly 0x1021, no reflection, no final XOR)."""
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def test_fh1_residue_table_is_the_crc_of_each_stored_crc() -> None:
+    # the table is built once at import; built again here, so a changed builder shows
+    table = fh1._residue_table()
+    assert len(table) == 65536
+    for s in (*range(0, 65536, 97), 0xFFFF, 0x00FF, 0xFF00, 0x1234):
+        assert table[s] == crc_ccitt_false(s.to_bytes(2, "little"), s), hex(s)
+
+
+def test_fh1_splitter_unpacks_header_payload_and_crc() -> None:
+    packet = bytes([1, 0x42]) + (0x01020304).to_bytes(4, "little") + b"hello" + b"\xcd\xab"
+    split = fh1._splitter.__wrapped__(len(packet))  # past the cache: the function itself
+    assert split(packet) == (1, 0x42, 0x01020304, b"hello", 0xABCD)
+    assert fh1._splitter.__wrapped__(8)(packet[:6] + b"\x01\x00") == (1, 0x42, 0x01020304, b"", 1)
