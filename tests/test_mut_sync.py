@@ -372,3 +372,9 @@ def test_disarming_twice_is_a_bug_named_as_such() -> None:
     # (pytest may append its assertion rewrite explanation after the message)
     with pytest.raises(AssertionError, match=r"^guard already disarmed"):
         guard.disarm()
+
+
+def test_a_mailbox_is_unbounded_by_default() -> None:
+    box: Mailbox[int] = Mailbox()
+    assert box.maxsize == 0
+    assert all(box.put_nowait(i) for i in range(1000)) and not box.full()
