@@ -303,7 +303,10 @@ def test_cancel_while_a_port_is_opening_closes_it_when_it_lands() -> None:
         landed = virtual_loop().create_future()
         return await landed
 
+    errors: list[dict[str, object]] = []
+
     async def main() -> UplinkReader:
+        virtual_loop().set_exception_handler(lambda _loop, context: errors.append(context))
         r = reader(slow_open)
         await run_for(r, 0.5)
         assert r.stats.state == "closed" and virtual_loop().time() == 0.5
@@ -315,6 +318,35 @@ def test_cancel_while_a_port_is_opening_closes_it_when_it_lands() -> None:
     r = run_virtual(main())
     assert port.closed
     assert r.stats.connects == 0
+    assert not r._late_closes  # the close task was held until it ended, then let go
+    assert errors == []
+
+
+@pytest.mark.parametrize("outcome", ["fails", "is cancelled"])
+def test_an_open_that_fails_or_is_cancelled_after_the_reader_gave_up_is_no_error(outcome: str) -> None:
+    landed: asyncio.Future[Port] | None = None
+    errors: list[dict[str, object]] = []
+
+    async def slow_open(url: str, baudrate: int) -> Port:
+        nonlocal landed
+        landed = virtual_loop().create_future()
+        return await landed
+
+    async def main() -> UplinkReader:
+        virtual_loop().set_exception_handler(lambda _loop, context: errors.append(context))
+        r = reader(slow_open)
+        await run_for(r, 0.5)
+        assert landed is not None
+        if outcome == "fails":
+            landed.set_exception(OSError("no such port"))
+        else:
+            landed.cancel()
+        await asyncio.sleep(0.1)
+        return r
+
+    r = run_virtual(main())
+    assert not r._late_closes
+    assert errors == []
 
 
 def test_a_port_opened_as_the_token_is_cancelled_is_closed_not_read() -> None:
