@@ -450,3 +450,35 @@ def test_fh1_splitter_unpacks_header_payload_and_crc() -> None:
     split = fh1._splitter.__wrapped__(len(packet))  # past the cache: the function itself
     assert split(packet) == (1, 0x42, 0x01020304, b"hello", 0xABCD)
     assert fh1._splitter.__wrapped__(8)(packet[:6] + b"\x01\x00") == (1, 0x42, 0x01020304, b"", 1)
+
+
+def test_fh1_a_packet_opening_with_a_full_cobs_block(cobs_path: str) -> None:
+    # no zero in the first 254 bytes (version 1, type 9, seq 0x01010101, payload of 0x01):
+    # the encoding opens with a full block (0xFF), which implies no zero after it
+    codec = Fh1Codec("d")
+    wire = encode_packet(9, 0x01010101, b"\x01" * 300)
+    assert wire[0] == 0xFF
+    frames = codec.feed(wire + encode_packet(9, 0x01010102, b"\x01" * 248 + b"\x00" + b"\x01" * 5), 0.0)
+    assert [(f.seq, len(f.payload or b"")) for f in frames] == [(0x01010101, 300), (0x01010102, 254)]
+    assert codec.rejected == 0
+
+
+def test_fh1_every_bad_packet_in_one_read_is_counted_and_the_rest_decoded(cobs_path: str) -> None:
+    codec = Fh1Codec("d")
+    full = b"\xff" + b"\x01" * 254
+    bad = [
+        full + b"\x09\x01",  # a full block, then one running past the end
+        full + b"\x09\x01",
+        b"\x02\x01\x09\x01",  # a short block, then one running past the end
+        b"\x02\x01\x09\x01",
+        raw_packet(2, 1, 1, b"v")[:-1],  # version 2
+        raw_packet(2, 1, 1, b"v")[:-1],
+        raw_packet(1, 1, 1, b"c", crc_delta=0x8000)[:-1],  # bad CRC
+        raw_packet(1, 1, 1, b"c", crc_delta=0x8000)[:-1],
+        cobs.encode(b"\x01\x01\x01"),  # too short
+        cobs.encode(b"\x01\x01\x01"),
+    ]
+    wire = b"\x00".join(bad) + b"\x00" + encode_packet(1, 50, b"good")
+    frames = codec.feed(wire, 0.0)
+    assert [f.payload for f in frames] == [b"good"]
+    assert codec.rejected == 10
