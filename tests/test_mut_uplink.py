@@ -216,7 +216,8 @@ def test_a_failing_codec_counts_the_read_as_rejected_and_reading_goes_on(caplog:
     assert inlet.nowait == [(0.0, "dev", ["ok"])]  # the partial "par" was reset, not glued on
     assert r.rejected == 2  # the reset of "par", and the failed read
     assert r.gaps == 0
-    assert "dev: codec lines failed; input counted as rejected" in caplog.text
+    logged = [rec.getMessage() for rec in caplog.records if rec.name == "firmware_host.uplink"]
+    assert "dev: codec lines failed; input counted as rejected" in logged
 
 
 def test_send_only_while_connected() -> None:
@@ -426,3 +427,21 @@ def test_fixed_url() -> None:
         return await fixed_url("fake://x")()
 
     assert run_virtual(main()) == "fake://x"
+
+
+def test_the_state_is_connecting_while_a_port_opens() -> None:
+    seen: list[str] = []
+    holder: list[UplinkReader] = []
+
+    async def open_and_look(url: str, baudrate: int) -> Port:
+        seen.append(holder[0].stats.state)
+        raise PortClosed("no device")
+
+    async def main() -> None:
+        r = reader(open_and_look)
+        holder.append(r)
+        assert r.url is None and r.stats.state == "connecting"
+        await run_for(r, 0.25)
+
+    run_virtual(main())
+    assert seen == ["connecting", "connecting"]  # at 0 and, after backoff, at 0.1
