@@ -1,6 +1,6 @@
 """Mutation testing of one module against the tests that cover it, with mutmut.
 
-    python tools/mutation.py firmware_host/cancel.py [--recollect] [--budget SECONDS] [--no-table]
+    python tools/mutation.py firmware_host/cancel.py [--recollect] [--budget SECONDS] [--no-table] [--rescore]
 
 Needs the ``[mutation]`` extra (``pip install -e '.[test,mqtt,mutation]'``).
 
@@ -111,8 +111,12 @@ def covering_tests(module_path: Path) -> list[str]:
     return [t for t in tests if (ROOT / t.split("::")[0]).is_file()]
 
 
+def work_dir(module_path: Path) -> Path:
+    return ROOT / "build" / "mutation" / module_path.with_suffix("").as_posix().replace("/", ".")
+
+
 def scratch_copy(module_path: Path, tests: list[str]) -> Path:
-    work = ROOT / "build" / "mutation" / module_path.with_suffix("").as_posix().replace("/", ".")
+    work = work_dir(module_path)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".hypothesis", "mutants")
@@ -161,6 +165,11 @@ def run_mutmut(work: Path, budget: float) -> dict[str, str]:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
             print(f"budget of {budget:.0f} s spent: the mutants not yet run are reported as such", file=sys.stderr)
+    return results(work)
+
+
+def results(work: Path) -> dict[str, str]:
+    """mutmut's verdict on every mutant of the run in ``work``."""
     out = subprocess.run(
         ["mutmut", "results", "--all", "true"], cwd=work, check=True, capture_output=True, text=True
     ).stdout
@@ -219,12 +228,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--recollect", action="store_true", help="rerun the suite under coverage first")
     parser.add_argument("--budget", type=float, default=1800.0, help="seconds for the whole mutmut run")
     parser.add_argument("--no-table", action="store_true", help="leave docs/testing-internals.md alone")
+    parser.add_argument(
+        "--rescore", action="store_true", help="no new run: score the last run again (after editing the equivalents)"
+    )
     args = parser.parse_args(argv)
     module_path = Path(args.module)
     if module_path.is_absolute():
         module_path = module_path.relative_to(ROOT)
     if not (ROOT / module_path).is_file() or module_path.parts[0] != "firmware_host":
         parser.error(f"{args.module}: not a module file under firmware_host/")
+    if args.rescore:
+        return report(module_path, work_dir(module_path), results(work_dir(module_path)), [], args.no_table)
     if args.recollect or not COVERAGE_DATA.exists():
         subprocess.run([sys.executable, str(ROOT / "tools" / "coverage_report.py")], cwd=ROOT, check=False)
     tests = covering_tests(module_path)
@@ -248,6 +262,11 @@ def main(argv: list[str]) -> int:
     else:
         print(f"{module_path}: mutmut ran no mutant (see {work / 'mutmut.log'})", file=sys.stderr)
         return 1
+    return report(module_path, work, status, left_out, args.no_table)
+
+
+def report(module_path: Path, work: Path, status: dict[str, str], left_out: list[str], no_table: bool) -> int:
+    """Score a run's results, print the verdict and (unless no_table) rewrite its table row."""
     eq = equivalents(set(status))
     not_run = tuple(sorted(n for n, s in status.items() if s == "not checked" and n not in eq))
     killed = sum(1 for n, s in status.items() if s in KILLED and n not in eq)
@@ -260,7 +279,7 @@ def main(argv: list[str]) -> int:
         f"{verdict.module}: {verdict.total} mutants, {killed} killed, {len(survivors)} survived, "
         f"{len(eq)} equivalent, {len(not_run)} not run: score {verdict.score:.1f}% (survivors: {diff})"
     )
-    if not args.no_table:
+    if not no_table:
         update_table(verdict)
     return 0
 
