@@ -620,3 +620,19 @@ def test_finish_tasks_waits_one_second_after_cancelling_by_default(caplog: pytes
         return ended
 
     assert run_virtual(main()) == 1.5 + 2.0 + 1.0
+
+
+def test_finish_tasks_past_its_deadline_cancels_at_once() -> None:
+    async def slow() -> None:
+        await asyncio.sleep(100)
+
+    async def main() -> tuple[float, bool]:
+        loop = virtual_loop()
+        task = PeriodicTask("p", "s", 1.0, slow)
+        loop_task = task.start()
+        await asyncio.sleep(1.5)
+        task.stop()
+        await finish_tasks([task], deadline=loop.time() - 5.0)
+        return loop.time(), loop_task.cancelled()
+
+    assert run_virtual(main()) == (1.5, True)
