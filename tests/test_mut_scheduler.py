@@ -636,3 +636,27 @@ def test_finish_tasks_past_its_deadline_cancels_at_once() -> None:
         return loop.time(), loop_task.cancelled()
 
     assert run_virtual(main()) == (1.5, True)
+
+
+def test_finish_tasks_logs_a_crashed_task_loop_once_with_its_error(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    log = logging.getLogger("mut.crash")
+
+    def broken_notify() -> None:
+        raise RuntimeError("observer bug")
+
+    async def main() -> None:
+        crashing = PeriodicTask("plug", "bad", 1.0, recorder([]), log=log)
+        crashing.notify = broken_notify  # raises out of the task's own loop after its first run
+        clean = PeriodicTask("plug", "good", 1.0, recorder([]), log=log)
+        crashing.start()
+        clean.start()
+        await asyncio.sleep(1.5)
+        clean.stop()
+        await finish_tasks([crashing, clean], deadline=virtual_loop().time() + 1.0)
+
+    run_virtual(main())
+    records = [r for r in caplog.records if r.name == "mut.crash"]
+    assert [r.getMessage() for r in records] == ["plugin plug: task bad crashed"]
+    assert records[0].levelno == logging.ERROR
+    assert records[0].exc_info is not None and str(records[0].exc_info[1]) == "observer bug"
