@@ -124,10 +124,25 @@ def test_cobs_round_trip_around_block_boundaries() -> None:
 
 
 def test_cobs_max_encoded_len_is_reached_but_not_exceeded() -> None:
-    # Worst case of the minimal encoding: no zeros at all.
-    for n in (0, 1, 253, 254, 255, 508, 1032):
-        assert len(cobs.encode(b"\x01" * n)) <= cobs.max_encoded_len(n)
-    assert cobs.max_encoded_len(1032) == 1032 + 4 + 1
+    # The bound by hand: n bytes with no zero need ceil(n / 254) code bytes (at least
+    # one); when n is a non-zero multiple of 254 some encoders add a trailing 0x01 block.
+    bounds = {0: 1, 1: 2, 253: 254, 254: 256, 255: 257, 508: 511, 1032: 1037}
+    for n, bound in bounds.items():
+        assert cobs.max_encoded_len(n) == bound, n
+        worst = cobs.encode(b"\x01" * n)  # no zeros: the longest minimal encoding
+        if n and n % 254 == 0:
+            # the minimal encoding is one byte short of it; the trailing-0x01 variant reaches it
+            assert len(worst) == bound - 1, n
+            variant = worst + b"\x01"
+            assert len(variant) == bound and cobs.decode(variant) == b"\x01" * n
+        else:
+            assert len(worst) == bound, n  # reached
+    # not exceeded: any mix of zeros stays within it
+    rng = random.Random(11)
+    for n in (1, 253, 254, 255, 508, 1032):
+        for _ in range(20):
+            raw = bytes(rng.choice((0, rng.randrange(1, 256))) for _ in range(n))
+            assert len(cobs.encode(raw)) <= cobs.max_encoded_len(n)
 
 
 def test_cobs_decode_accepts_trailing_empty_block_variant() -> None:
