@@ -75,7 +75,14 @@ def watch(sock: Path, *extra: str, stdout: int) -> subprocess.Popen[bytes]:
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=stdout,
         stderr=subprocess.PIPE,
+        # Ctrl-C as a terminal delivers it: a runner that started us in the
+        # background (SIGINT ignored, inherited) must not make the child deaf to it
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def interrupt(proc: subprocess.Popen[bytes]) -> tuple[int, bytes]:
