@@ -3,10 +3,14 @@ own test kit, firmware_host.testing, loaded through its pytest11 entry point).""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +58,30 @@ def cli_popen(
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@contextlib.contextmanager
+def cli_runtime(emulate: str, prefix: str) -> Iterator[tuple[Path, Path]]:
+    """A ``firmware-host run --emulate EMULATE`` in the background, answering on
+    its control socket: (its working directory, its socket); stopped in order after."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    sock = work / "ctl.sock"
+    proc = cli_popen("run", "--emulate", emulate, "--control", str(sock), "-q", cwd=work)
+    try:
+        deadline = time.monotonic() + 20
+        while cli("status", "--control", str(sock)).returncode != 0:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the runtime never answered"
+        yield work, sock
+    finally:
+        if proc.poll() is None:
+            cli("stop", "--control", str(sock))
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, cli, cli_popen
+from tests.conftest import REPO, cli_runtime
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -40,24 +38,8 @@ def pipeline(command: str, reader: str, cwd: Path) -> subprocess.CompletedProces
 @pytest.fixture(scope="module")
 def runtime() -> Iterator[tuple[Path, Path]]:
     """A running runtime on emulated boards: (its working directory, its socket)."""
-    work = Path(tempfile.mkdtemp(prefix="fh-pipe-"))
-    sock = work / "ctl.sock"
-    proc = cli_popen("run", "--emulate", "env-sensor:3", "--control", str(sock), "-q", cwd=work)
-    try:
-        deadline = time.monotonic() + 20
-        while cli("status", "--control", str(sock)).returncode != 0:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the runtime never answered"
-        yield work, sock
-    finally:
-        if proc.poll() is None:
-            cli("stop", "--control", str(sock))
-            try:
-                proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-        shutil.rmtree(work, ignore_errors=True)
+    with cli_runtime("env-sensor:3", "fh-pipe-") as running:
+        yield running
 
 
 @pytest.mark.parametrize(

@@ -7,41 +7,24 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, cli, cli_popen
+from tests.conftest import REPO, cli, cli_runtime
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(scope="module")
 def sock() -> Iterator[Path]:
-    work = Path(tempfile.mkdtemp(prefix="fh-watch-"))
-    path = work / "ctl.sock"
-    proc = cli_popen("run", "--emulate", "env-sensor:2", "--control", str(path), "-q", cwd=work)
-    try:
-        deadline = time.monotonic() + 20
-        while cli("status", "--control", str(path)).returncode != 0:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the runtime never answered"
+    with cli_runtime("env-sensor:2", "fh-watch-") as (_, path):
         yield path
-    finally:
-        cli("stop", "--control", str(path))
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def read_until(fd: int, done: Callable[[str], bool], timeout: float = 20) -> str:
