@@ -78,7 +78,6 @@ class Flusher:
             )
             for sink in self.sinks
         ]
-        self.stats = {id(lane.sink): lane.stats for lane in self.lanes}
         self.flushes = 0
         #: one per-device flush at a time (it holds every sink's lock)
         self._device_flush = asyncio.Lock()
@@ -256,12 +255,6 @@ class Flusher:
     def open_lanes(self) -> list[SinkLane]:
         return [lane for lane in self.lanes if not lane.closed]
 
-    def open_sinks(self) -> list[Sink]:
-        return [lane.sink for lane in self.open_lanes()]
-
     def _lane_closed(self) -> None:
         if not self.open_lanes() and self._on_all_closed is not None:
             self._on_all_closed()
-
-    def sink_status(self) -> list[dict[str, object]]:
-        return [vars(lane.stats).copy() for lane in self.lanes]

@@ -79,15 +79,13 @@ class SpoolAccount:
     delivered: int = 0  # rows every sink accepted
     dropped: int = 0  # rows evicted because the spool was full
     pending: int = 0  # rows in the spool now
-    in_transit: int = 0  # taken out of memory, not yet committed to disk
     received: int = 0  # rows committed from memory in this run
 
     def transit(self, popped: int) -> int:
-        """Frames on their way from memory to the disk, given how many memory
-        has handed over (its ``flushed``, from one snapshot). Counted this way,
-        not by ``in_transit``, status never sees a frame in neither stage:
-        memory lets go of a batch a loop step before the spooler calls
-        ``begin_transit``."""
+        """Frames on their way from memory to the disk (taken out of memory, not
+        yet committed), given how many memory has handed over (its ``flushed``,
+        from one snapshot). Derived, not counted as the spooler goes, so status
+        never sees a frame in neither stage nor in both."""
         return popped - self.received
 
 
@@ -132,7 +130,6 @@ class Spool:
         self.accounts: dict[str, SpoolAccount] = {}
         self.bytes = 0
         self.evictions = 0
-        self.batch_ready = asyncio.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool")
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
@@ -160,10 +157,6 @@ class Spool:
         return sum(a.pending for a in self.accounts.values())
 
     def _update_ready(self) -> None:
-        if self.depth >= self.batch_size:
-            self.batch_ready.set()
-        else:
-            self.batch_ready.clear()
         with self._lanes_lock:
             for lane in self._lanes:
                 if not lane.closed and sum(lane.pending.values()) >= self.batch_size:
@@ -209,23 +202,18 @@ class Spool:
 
     # -- stage 1: commit frames taken out of memory ---------------------------------------
 
-    def begin_transit(self, frames: Sequence[Frame]) -> None:
-        for f in frames:
-            self.account(f.device).in_transit += 1
-
     async def write(self, frames: Sequence[Frame]) -> None:
-        """Commit ``frames`` (already counted in transit) in one transaction."""
+        """Commit ``frames`` (taken out of memory) in one transaction."""
         evicted = await self._run(self._write, frames)
         per_device: dict[str, int] = {}
         for f in frames:
             acct = self.account(f.device)
-            acct.in_transit -= 1
             acct.received += 1
             acct.pending += 1
             _add(per_device, f.device, 1)
         # the sinks' lanes count the new rows here, on the loop, in the same step
-        # as they leave "in transit", so a status between the two never counts
-        # them twice (the thread's own changes to a lane are balanced)
+        # as ``received`` (so they leave transit), so a status between the two
+        # never counts them twice (the thread's own changes to a lane are balanced)
         with self._lanes_lock:
             for lane in self._lanes:
                 for device, n in per_device.items():
@@ -524,8 +512,7 @@ class Spooler:
     pulse (the aggregator pokes it when an offer lands), no timer.
 
     A batch is popped out of memory in one actor message (so nothing can be
-    evicted between choosing and removing it), counted in transit, then
-    committed; a failed commit (disk full, I/O error) is retried with backoff
+    evicted between choosing and removing it), then committed; a failed commit (disk full, I/O error) is retried with backoff
     while new frames wait in memory under drop-oldest. One pass runs at a
     time (a lock), so an on-demand flush racing the loop neither loses nor
     duplicates a frame.
@@ -651,7 +638,6 @@ class Spooler:
             counts[f.device] = counts.get(f.device, 0) + 1
         if not frames:
             return counts
-        self.spool.begin_transit(frames)
 
         async def commit() -> bool:
             await self.spool.write(frames)

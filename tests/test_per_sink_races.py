@@ -129,7 +129,6 @@ async def test_a_cancelled_spool_ack_still_counts_the_rows_it_deleted(tmp_path: 
     await spool.open()
     lane = await spool.add_lane("a")
     rows = frames("d", range(5))
-    spool.begin_transit(rows)
     await spool.write(rows)
     batch = await spool.take(5, lane=lane)
     ack = asyncio.ensure_future(spool.ack(batch))
