@@ -512,8 +512,9 @@ class Spooler:
     pulse (the aggregator pokes it when an offer lands), no timer.
 
     A batch is popped out of memory in one actor message (so nothing can be
-    evicted between choosing and removing it), then committed; a failed commit (disk full, I/O error) is retried with backoff
-    while new frames wait in memory under drop-oldest. One pass runs at a
+    evicted between choosing and removing it), then committed; a failed
+    commit (disk full, I/O error) is retried with backoff while new frames
+    wait in memory under drop-oldest. One pass runs at a
     time (a lock), so an on-demand flush racing the loop neither loses nor
     duplicates a frame.
     """

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,10 +68,14 @@ class Subscriber:
 
 
 @contextlib.asynccontextmanager
-async def broker_and_subscriber(tmp_path: Path) -> AsyncIterator[tuple[Broker, Subscriber]]:
+async def broker_and_subscriber(
+    tmp_path: Path, subscriber: Callable[[int], Any] = Subscriber
+) -> AsyncIterator[tuple[Broker, Any]]:
+    """A broker on a free port and ``subscriber(port)`` subscribed to it (its
+    ``run()`` a task, its ``subscribed`` set); both stopped after."""
     broker = Broker(tmp_path)
     await broker.start()
-    sub = Subscriber(broker.port)
+    sub = subscriber(broker.port)
     task = asyncio.ensure_future(sub.run())
     try:
         await asyncio.wait_for(sub.subscribed.wait(), 10)

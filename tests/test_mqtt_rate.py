@@ -12,7 +12,6 @@ import asyncio
 import collections
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ pytestmark = [
 ]
 
 from firmware_host_plugins.mqtt import MqttSink, split_lines  # noqa: E402
+from tests.test_mqtt import broker_and_subscriber as shared_broker_and_subscriber  # noqa: E402
 
 
 class LineSubscriber:
@@ -76,20 +76,8 @@ class LineSubscriber:
                 await self.changed.wait()
 
 
-@contextlib.asynccontextmanager
-async def broker_and_subscriber(tmp_path: Path) -> AsyncIterator[tuple[Broker, LineSubscriber]]:
-    broker = Broker(tmp_path)
-    await broker.start()
-    sub = LineSubscriber(broker.port, f"fh-rate-{tmp_path.name}")
-    task = asyncio.ensure_future(sub.run())
-    try:
-        await asyncio.wait_for(sub.subscribed.wait(), 10)
-        yield broker, sub
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await broker.stop()
+def broker_and_subscriber(tmp_path: Path) -> contextlib.AbstractAsyncContextManager[tuple[Broker, LineSubscriber]]:
+    return shared_broker_and_subscriber(tmp_path, lambda port: LineSubscriber(port, f"fh-rate-{tmp_path.name}"))
 
 
 def packets(seqs: range, size: int = 16) -> bytes:
