@@ -1,6 +1,7 @@
 """Run the whole suite under coverage and print the combined line and branch figures.
 
     python tools/coverage_report.py [--html] [PYTEST ARGS...]
+    python tools/coverage_report.py --append tests/test_new.py   # measure these, add to the data
 
 Needs the ``[dev]`` extra (``pip install -e '.[test,mqtt,dev]'``). The configuration is
 ``[coverage:run]`` in setup.cfg: ``coverage run -m pytest`` starts measuring before pytest
@@ -8,7 +9,9 @@ loads our pytest11 plugin (which imports the package), and ``patch = subprocess`
 the CLI tests into their child processes. The data lands in ``build/coverage/`` (absolute
 path through ``COVERAGE_FILE``, so children started in a tmp dir write there too); each
 line carries the tests that ran it (``dynamic_context = test_function``), which is what
-``tools/mutation.py`` selects its tests from. Exit status: pytest's.
+``tools/mutation.py`` selects its tests from. ``--append`` keeps the data there and adds
+what the given tests run (new tests, without measuring the whole suite again).
+Exit status: pytest's.
 """
 
 from __future__ import annotations
@@ -26,14 +29,17 @@ DATA_FILE = DATA_DIR / ".coverage"
 JSON_REPORT = DATA_DIR / "coverage.json"
 
 
-def run_suite(pytest_args: list[str]) -> int:
-    """Measure one pytest run (fresh data), combine the parallel files; pytest's exit status."""
-    shutil.rmtree(DATA_DIR, ignore_errors=True)
-    DATA_DIR.mkdir(parents=True)
+def run_suite(pytest_args: list[str], *, append: bool = False) -> int:
+    """Measure one pytest run (fresh data, or ``append``: added to the data
+    already there), combine the parallel files; pytest's exit status."""
+    if not append:
+        shutil.rmtree(DATA_DIR, ignore_errors=True)
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, COVERAGE_FILE=str(DATA_FILE))
     cmd = [sys.executable, "-m", "coverage", "run", "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args]
     status = subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
-    subprocess.run([sys.executable, "-m", "coverage", "combine", "-q"], cwd=ROOT, env=env, check=True)
+    combine = [sys.executable, "-m", "coverage", "combine", "-q", *(["--append"] if append else [])]
+    subprocess.run(combine, cwd=ROOT, env=env, check=True)
     return status
 
 
@@ -61,7 +67,8 @@ def summary(t: dict[str, int]) -> str:
 
 def main(argv: list[str]) -> int:
     html = "--html" in argv
-    status = run_suite([a for a in argv if a != "--html"])
+    append = "--append" in argv
+    status = run_suite([a for a in argv if a not in ("--html", "--append")], append=append)
     if html:
         env = dict(os.environ, COVERAGE_FILE=str(DATA_FILE))
         subprocess.run(

@@ -1,13 +1,15 @@
 """Mutation testing of one module against the tests that cover it, with mutmut.
 
-    python tools/mutation.py firmware_host/cancel.py [--recollect] [--budget SECONDS] [--no-table] [--rescore]
+    python tools/mutation.py firmware_host/cancel.py [--recollect | --measure TESTS...]
+                             [--budget SECONDS] [--no-table] [--rescore]
 
 Needs the ``[mutation]`` extra (``pip install -e '.[test,mqtt,mutation]'``).
 
 1. The tests: every test whose coverage context (``dynamic_context = test_function``,
    setup.cfg) ran a line of MODULE, read from ``build/coverage/.coverage``. That data
    comes from ``tools/coverage_report.py`` (the whole suite under coverage, a few
-   minutes); it is made when missing or with ``--recollect``. Tests are picked by what
+   minutes); it is made when missing or with ``--recollect``; ``--measure TESTS`` adds
+   what new tests run without measuring the whole suite again. Tests are picked by what
    they execute, never by file name.
 2. The run: a scratch copy of the repository in ``build/mutation/<module>/`` whose
    ``[mutmut]`` section (setup.cfg) gains ``only_mutate = MODULE`` and those tests as
@@ -226,6 +228,13 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("module", help="a file under firmware_host/, e.g. firmware_host/cancel.py")
     parser.add_argument("--recollect", action="store_true", help="rerun the suite under coverage first")
+    parser.add_argument(
+        "--measure",
+        nargs="+",
+        default=[],
+        metavar="TESTS",
+        help="measure these tests (new ones) under coverage and add them to the data first",
+    )
     parser.add_argument("--budget", type=float, default=1800.0, help="seconds for the whole mutmut run")
     parser.add_argument("--no-table", action="store_true", help="leave docs/testing-internals.md alone")
     parser.add_argument(
@@ -241,6 +250,9 @@ def main(argv: list[str]) -> int:
         return report(module_path, work_dir(module_path), results(work_dir(module_path)), [], args.no_table)
     if args.recollect or not COVERAGE_DATA.exists():
         subprocess.run([sys.executable, str(ROOT / "tools" / "coverage_report.py")], cwd=ROOT, check=False)
+    if args.measure:
+        measure = [sys.executable, str(ROOT / "tools" / "coverage_report.py"), "--append", *args.measure]
+        subprocess.run(measure, cwd=ROOT, check=False)
     tests = covering_tests(module_path)
     print(f"{module_path}: {len(tests)} tests cover it")
     left_out: list[str] = []
