@@ -105,6 +105,8 @@ class _Lane:
     closed: bool = False
     #: what ``ready`` is set to (read without a call)
     is_ready: bool = False
+    #: how many pending frames make a full batch for this lane's sink
+    batch_size: int = 1000
 
 
 @dataclass
@@ -207,6 +209,8 @@ class Mark(NamedTuple):
 
 class AddLane(NamedTuple):
     name: str
+    #: a full batch for this lane; None: the aggregator's ``batch_size``
+    batch_size: int | None
     reply: asyncio.Future[int]
 
 
@@ -431,8 +435,8 @@ class Aggregator:
                     result = self._snapshot(oldest, lanes)
                 case Mark():
                     result = self._next_id - 1
-                case AddLane(name):
-                    result = self._add_lane(name)
+                case AddLane(name, batch_size):
+                    result = self._add_lane(name, batch_size)
                     changed = True
                 case CloseLane(lane):
                     self._close_lane(lane)
@@ -514,7 +518,7 @@ class Aggregator:
             self.batch_ready.clear()
         for lane in self._lanes:
             # Event.set and clear are Python calls: only on a change
-            if (lane.pending >= batch_size and not lane.closed) != lane.is_ready:
+            if (lane.pending >= lane.batch_size and not lane.closed) != lane.is_ready:
                 lane.is_ready = not lane.is_ready
                 if lane.is_ready:
                     lane.ready.set()
@@ -523,10 +527,12 @@ class Aggregator:
 
     # -- lanes --------------------------------------------------------------------
 
-    def _add_lane(self, name: str) -> int:
+    def _add_lane(self, name: str, batch_size: int | None = None) -> int:
         """A new lane starts at the oldest buffered frame; what left the buffer
         before it existed never reached its sink (counted missed)."""
-        lane = _Lane(name, self._head(), asyncio.Event())
+        # never above capacity: a full buffer is always a full batch
+        full = min(batch_size or self.batch_size, self.capacity)
+        lane = _Lane(name, self._head(), asyncio.Event(), batch_size=full)
         for device, acct in self._accounts.items():
             if acct.flushed or acct.dropped:
                 lane.missed[device] = acct.flushed + acct.dropped
@@ -902,10 +908,11 @@ class AggregatorHandle:
         await self._send(Take(limit, device, upto, reply, lane))
         return await reply
 
-    async def add_lane(self, name: str) -> int:
-        """A lane for one sink; returns its number (see the module's doc)."""
+    async def add_lane(self, name: str, batch_size: int | None = None) -> int:
+        """A lane for one sink, whose ready event is set from ``batch_size``
+        pending frames (None: the aggregator's); returns its number."""
         reply: asyncio.Future[int] = self._reply()
-        await self._send(AddLane(name, reply))
+        await self._send(AddLane(name, batch_size, reply))
         return await reply
 
     def lane_ready(self, lane: int) -> asyncio.Event:

@@ -258,6 +258,8 @@ class Runtime:
             except (ValueError, TypeError) as exc:
                 raise ConfigError(str(exc), source=self.config.source, key=f"sinks[{i}]") from None
             sink.timeout = sc.timeout
+            if sc.batch_size is not None:
+                sink.batch_size = sc.batch_size
             sinks.append(sink)
         return sinks
 

@@ -44,8 +44,9 @@ class BatchSource(Protocol):
         None for a source that no reader feeds directly."""
         ...
 
-    async def add_lane(self, name: str) -> int:
-        """A lane (a cursor) for one sink; returns its number."""
+    async def add_lane(self, name: str, batch_size: int | None = None) -> int:
+        """A lane (a cursor) for one sink, ready from ``batch_size`` waiting
+        frames (None: the source's own batch size); returns its number."""
         ...
 
     def lane_ready(self, lane: int) -> asyncio.Event:
@@ -131,7 +132,8 @@ class SinkLane:
     ) -> None:
         self.sink = sink
         self.source = source
-        self.batch_size = batch_size
+        #: the sink's own (``[[sinks]] batch_size``) or the buffer's
+        self.batch_size = sink.batch_size or batch_size
         self.interval = interval
         self.faults = faults
         self.changes = changes
@@ -146,7 +148,7 @@ class SinkLane:
         self._on_closed = on_closed
 
     async def attach(self) -> None:
-        self.lane = await self.source.add_lane(self.sink.name)
+        self.lane = await self.source.add_lane(self.sink.name, self.batch_size)
 
     # -- the sink's own loop --------------------------------------------------------------
 
@@ -207,7 +209,9 @@ class SinkLane:
                 if full_only and (not ready.is_set() or (token is not None and token.is_cancelled)):
                     break
                 batch = await self.source.take(self.batch_size, None, upto, self.lane)
-                if not batch.frames or (full_only and len(batch.frames) < self.batch_size):
+                # full_only trusts the source's ready event (its idea of a full
+                # batch may be smaller: a lane's batch is capped at capacity)
+                if not batch.frames:
                     break
                 sent = await self.send(batch, deadline=deadline, token=token)
                 if sent is None:

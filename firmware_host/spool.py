@@ -108,6 +108,8 @@ class _SpoolLane:
     missed: dict[str, int] = field(default_factory=dict)
     pending: dict[str, int] = field(default_factory=dict)
     closed: bool = False
+    #: how many pending rows make a full batch for this lane's sink
+    batch_size: int = 1000
 
 
 def _add(into: dict[str, int], device: str, n: int) -> None:
@@ -159,7 +161,7 @@ class Spool:
     def _update_ready(self) -> None:
         with self._lanes_lock:
             for lane in self._lanes:
-                if not lane.closed and sum(lane.pending.values()) >= self.batch_size:
+                if not lane.closed and sum(lane.pending.values()) >= lane.batch_size:
                     lane.ready.set()
                 else:
                     lane.ready.clear()
@@ -286,17 +288,17 @@ class Spool:
 
     # -- stage 2: the aggregator-like source interface for the sinks' lanes ------------
 
-    async def add_lane(self, name: str) -> int:
-        lane = await self._run(self._add_lane, name)
+    async def add_lane(self, name: str, batch_size: int | None = None) -> int:
+        lane = await self._run(self._add_lane, name, batch_size or self.batch_size)
         self._update_ready()  # rows from an earlier run may make a full batch already
         return lane
 
-    def _add_lane(self, name: str) -> int:
+    def _add_lane(self, name: str, batch_size: int) -> int:
         """A sink's lane starts at the oldest row; rows that left before it
         existed never reached its sink (counted missed)."""
         db = self._db
         assert db is not None
-        lane = _SpoolLane(name, asyncio.Event())
+        lane = _SpoolLane(name, asyncio.Event(), batch_size=batch_size)
         for device, n in db.execute("SELECT device, COUNT(*) FROM frames GROUP BY device"):
             lane.pending[device] = n
         for device, acct in list(self.accounts.items()):

@@ -14,7 +14,10 @@ Topic: ``<topic_prefix>/<gateway>/<device>``. Payload:
   and ts as MQTT 5 user properties;
 - ``jsonl-batch``: one message per device per delivered batch, the jsonl
   records of that device's frames in the batch (whole lines, the jsonl sink's
-  own bytes), split into several messages above ``max_message_bytes``.
+  own bytes), split into several messages above ``max_message_bytes``. Its
+  writes take up to ``JSONL_BATCH_SIZE`` frames (``batch_size`` to change):
+  each write waits for its acknowledgements, so more per write is more per
+  round trip.
 
 Delivery is at least once: consumers de-duplicate on (device, seq, ts)
 (``tools/mqtt_consume.py`` does).
@@ -60,7 +63,14 @@ OPTIONS: dict[str, tuple[type, Any]] = {
     "timeout": (float, 10.0),  # seconds a batch may wait without any acknowledgement
     "max_inflight": (int, 100),
     "max_message_bytes": (int, 256 * 1024),  # jsonl-batch: the cap on one message's body
+    "batch_size": (int, 0),  # the most frames per write; 0: JSONL_BATCH_SIZE for jsonl-batch, else the buffer's
 }
+#: jsonl-batch's frames per write by default. Each write waits for its PUBACKs
+#: (one round trip) before the next: at the buffer's 1000 that round trip, not
+#: the CPU, held 48 devices at 921600 baud below their rate (docs/scale-out.md).
+JSONL_BATCH_SIZE = 5000
+#: as [buffer] batch_size
+MAX_BATCH_SIZE = 1_000_000
 
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +93,8 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("sink 'mqtt': option 'max_inflight' must be 1..65535")
     if not 1024 <= opts["max_message_bytes"] <= MAX_MESSAGE_BYTES:
         raise ValueError(f"sink 'mqtt': option 'max_message_bytes' must be 1024..{MAX_MESSAGE_BYTES}")
+    if not 0 <= opts["batch_size"] <= MAX_BATCH_SIZE:
+        raise ValueError(f"sink 'mqtt': option 'batch_size' must be 0..{MAX_BATCH_SIZE} (0: the default)")
     opts["gateway"] = opts["gateway"] or socket.gethostname()
     for key in ("gateway", "topic_prefix"):
         if any(c in opts[key] for c in "+#/") or not opts[key]:
@@ -135,6 +147,10 @@ class MqttSink(Sink):
         # write's own deadline must leave room for that (a [[sinks]] timeout,
         # when given, still decides)
         self.timeout = max(self.timeout, 2 * self.opts["timeout"])
+        if self.opts["batch_size"]:
+            self.batch_size = self.opts["batch_size"]
+        elif self.opts["payload"] == "jsonl-batch":
+            self.batch_size = JSONL_BATCH_SIZE
         self._client: Any = None
         #: ends (with the reason) when the connection is lost: writes wait on it beside their acknowledgements
         self._watch: asyncio.Future[None] | None = None

@@ -243,3 +243,31 @@ async def test_reader_offers_nowait_and_awaits_offer_only_when_the_inbox_is_full
     await task
     assert inlet.nowait == [0, 1, 2, 3, 4, 5]
     assert inlet.awaited == [1, 3, 5]
+
+
+async def test_each_lane_is_ready_at_its_own_batch_size_capped_at_capacity():
+    agg, token, task = await start(capacity=10, batch_size=4)
+    h = agg.handle
+    default, small, large = await h.add_lane("default"), await h.add_lane("small", 2), await h.add_lane("large", 500)
+
+    async def ready() -> list[bool]:
+        await h.mark()  # a request answered after the offers before it were handled
+        return [h.lane_ready(n).is_set() for n in (default, small, large)]
+
+    await h.offer("a", frames("a", range(1)))
+    assert await ready() == [False, False, False]
+    await h.offer("a", frames("a", range(1, 2)))
+    assert await ready() == [False, True, False]  # 2 waiting: the small lane's batch
+    await h.offer("a", frames("a", range(2, 4)))
+    assert await ready() == [True, True, False]  # 4: the buffer's batch_size
+    await h.offer("a", frames("a", range(4, 9)))
+    assert await ready() == [True, True, False]
+    # 500 can never wait in a buffer of 10: a full buffer is the large lane's full batch
+    await h.offer("a", frames("a", range(9, 10)))
+    assert await ready() == [True, True, True]
+    batch = await h.take(10, lane=large)
+    await h.ack(batch)
+    assert await ready() == [True, True, False]
+    await law(agg)
+    token.cancel()
+    await task

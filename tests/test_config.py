@@ -377,6 +377,13 @@ ERROR_CASES = {
     "sink timeout infinite": ('[[sinks]]\ntype = "jsonl"\ntimeout = inf\n', "sinks[0].timeout", "got inf"),
     "sink timeout nan": ('[[sinks]]\ntype = "jsonl"\ntimeout = nan\n', "sinks[0].timeout", "got nan"),
     "sink timeout text": ('[[sinks]]\ntype = "jsonl"\ntimeout = "5s"\n', "sinks[0].timeout", "expected"),
+    "sink batch_size zero": ('[[sinks]]\ntype = "jsonl"\nbatch_size = 0\n', "sinks[0].batch_size", "got 0"),
+    "sink batch_size huge": (
+        '[[sinks]]\ntype = "jsonl"\nbatch_size = 1000001\n',
+        "sinks[0].batch_size",
+        "got 1000001",
+    ),
+    "sink batch_size text": ('[[sinks]]\ntype = "jsonl"\nbatch_size = "5k"\n', "sinks[0].batch_size", "expected"),
     "plugin not a table": ("[plugins]\nstats = 10\n", "plugins.stats", "expected a table"),
     "plugins not a table": ("plugins = 3\n", "plugins", "expected a table"),
     "toml syntax error": ("[buffer\ncapacity = 1\n", "TOML syntax error:", "line 1"),
@@ -496,3 +503,11 @@ def test_sink_timeout_is_a_common_key_with_a_default() -> None:
         {"sinks": [{"type": "jsonl", "path": "a"}, {"type": "jsonl", "path": "b", "timeout": 2}]}, source="t"
     )
     assert [(s.options, s.timeout) for s in cfg.sinks] == [({"path": "a"}, 10.0), ({"path": "b"}, 2.0)]
+
+
+def test_sink_batch_size_is_a_common_key_and_optional() -> None:
+    """``batch_size`` is the loader's too; absent, the sink's own or the buffer's applies."""
+    cfg = config_from_dict(
+        {"sinks": [{"type": "jsonl", "path": "a"}, {"type": "jsonl", "path": "b", "batch_size": 7}]}, source="t"
+    )
+    assert [(s.options, s.batch_size) for s in cfg.sinks] == [({"path": "a"}, None), ({"path": "b"}, 7)]

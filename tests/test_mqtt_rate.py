@@ -194,6 +194,19 @@ def test_new_options_are_validated():
     with pytest.raises(ValueError, match="timeout"):
         MqttSink(timeout=0)
     assert MqttSink(payload="jsonl-batch").opts["max_message_bytes"] == 256 * 1024
+    with pytest.raises(ValueError, match="batch_size"):
+        MqttSink(batch_size=-1)
+    with pytest.raises(ValueError, match="batch_size"):
+        MqttSink(batch_size=1_000_001)
+
+
+def test_batch_size_defaults_to_larger_writes_for_jsonl_batch():
+    # each write waits for its PUBACKs: jsonl-batch takes 5000 frames per write
+    # unless told otherwise; the per-frame modes take the buffer's batch_size
+    assert MqttSink(payload="jsonl-batch").batch_size == 5000
+    assert MqttSink(payload="jsonl-batch", batch_size=800).batch_size == 800
+    assert MqttSink(payload="json").batch_size is None
+    assert MqttSink(payload="raw", batch_size=300).batch_size == 300
 
 
 def test_cli_bad_max_message_bytes_is_exit_2(tmp_path):

@@ -179,3 +179,38 @@ async def test_per_sink_delivery_from_the_spool(fh_board, fh_runtime, tmp_path: 
         assert sink_named(status, "stuck")["delivered"] == 200
         assert status["devices"]["b"]["flushed"] == 200
         assert_accounting(status)
+
+
+class RecordingSink(Sink):
+    """Records each write's seqs; prefers ``batch_size`` frames per write."""
+
+    name = "recording"
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.writes: list[list[int]] = []
+
+    async def write(self, frames: Sequence[Frame]) -> None:
+        self.writes.append([f.seq for f in frames])
+
+
+@pytest.mark.parametrize("spooled", [False, True], ids=["memory", "spool"])
+async def test_each_sink_writes_at_its_own_batch_size(fh_board, fh_runtime, tmp_path: Path, spooled: bool):
+    # the buffer's batch is 1000 and its interval a minute: only a sink's own batch
+    # size (the sink's preference, or [[sinks]] batch_size) makes it write before shutdown
+    board, out, rec = fh_board("fh1"), tmp_path / "out.jsonl", RecordingSink(3)
+    spool = {"spool": str(tmp_path / "spool.db"), "spool_interval": 0.02} if spooled else {}
+    cfg = config(board, out, flush_interval=60, batch_size=1000, **spool)
+    cfg["sinks"][0]["batch_size"] = 2
+    async with fh_runtime(cfg, sinks=[rec]) as rt:
+        await rt.wait_state("b", "connected")
+        await board.send_frames(7)
+        status = await rt.wait_until(
+            lambda s: sink_named(s, "recording")["delivered"] == 6 and sink_named(s, "jsonl")["delivered"] == 6, 15
+        )
+        assert rec.writes == [[0, 1, 2], [3, 4, 5]]
+        assert jsonl_seqs(out) == list(range(6))
+        assert sink_named(status, "recording")["pending"] == 1 and sink_named(status, "jsonl")["pending"] == 1
+        await rt.shutdown()
+    assert rec.writes[2:] == [[6]]  # the rest at the drain
+    assert jsonl_seqs(out) == list(range(7))

@@ -230,6 +230,7 @@ type = "jsonl"            # one JSON object per frame and line
 path = "frames.jsonl"
 fsync = false
 timeout = 10.0            # seconds one write may take before it counts as failed
+# batch_size = 1000       # frames per write to this sink (default: [buffer] batch_size)
 
 # [plugins.stats]         # a summary line per device in the log
 # interval = 10

@@ -98,7 +98,7 @@ MAX_SPOOL_INTERVAL = 60.0
 SPOOL_SYNC_MODES = ("off", "normal", "full")
 _SHUTDOWN_KEYS = frozenset({"grace"})
 #: keys of ``[[sinks]]`` that every sink type accepts (the rest go to the sink)
-_COMMON_SINK_KEYS = frozenset({"type", "timeout"})
+_COMMON_SINK_KEYS = frozenset({"type", "timeout", "batch_size"})
 _SERIAL_KEYS = frozenset({"read_coalesce"})
 #: the longest read coalescing window accepted: past it, a busy 921600-baud
 #: port would outgrow the kernel's tty buffering (about 64 KiB) between reads
@@ -244,6 +244,9 @@ class SinkConfig:
     options: dict[str, object] = field(default_factory=dict)  # validated by the sink itself
     #: seconds one ``write`` may take before it counts as a failed delivery
     timeout: float = DEFAULT_SINK_TIMEOUT
+    #: the most frames in one ``write`` to this sink; None: the sink's own
+    #: preference, else ``[buffer] batch_size``
+    batch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -664,8 +667,11 @@ def _parse_sink(check: Checker, value: object, where: str, sink_types: frozenset
         check.fail(f"{where}.type", f"unknown sink type {sink_type!r} (known: {', '.join(sorted(sink_types))})")
     # keys every sink type takes are the loader's; the rest are the sink's own
     timeout = check.seconds(table.get("timeout", DEFAULT_SINK_TIMEOUT), f"{where}.timeout", least=MIN_SINK_TIMEOUT)
+    batch_size = None
+    if "batch_size" in table:
+        batch_size = check.integer(table["batch_size"], f"{where}.batch_size", ge=1, le=MAX_BATCH_SIZE)
     options = {k: v for k, v in table.items() if k not in _COMMON_SINK_KEYS}
-    return SinkConfig(type=sink_type, options=options, timeout=timeout)
+    return SinkConfig(type=sink_type, options=options, timeout=timeout, batch_size=batch_size)
 
 
 def require_a_sink(config: Config, plugin_sinks: int) -> None:

@@ -30,6 +30,10 @@ class Sink(ABC):
     name: str = "sink"
     #: seconds one ``write`` (and ``open``, ``close``) may take
     timeout: float = DEFAULT_SINK_TIMEOUT
+    #: the most frames one ``write`` takes (``[[sinks]] batch_size``); None:
+    #: ``[buffer] batch_size``. A sink whose every write waits for a round trip
+    #: (a broker's acknowledgements) prefers more per write.
+    batch_size: int | None = None
 
     async def open(self) -> None:  # noqa: B027  (optional hook: most sinks open lazily)
         """Acquire resources; called once before the first write."""
