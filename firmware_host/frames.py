@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 # slots: a busy gateway holds 100k of these; a dict per frame would double RSS.
@@ -12,7 +13,9 @@ class Frame:
 
     Binary codecs (``fh1``) fill ``payload`` and ``type``; text codecs
     (``nmea``, ``lines``) fill ``text`` and leave ``type`` as None.
-    ``ts`` is the host's receive time (seconds since the epoch).
+    ``ts`` is the host's receive time (seconds since the epoch). ``fields``
+    holds the payload's named values where the device's board has a schema
+    for it (``firmware_host.values``), else None.
     """
 
     device: str
@@ -21,6 +24,7 @@ class Frame:
     ts: float
     payload: bytes | None = None
     text: str | None = None
+    fields: dict[str, Any] | None = None
 
     @property
     def size(self) -> int:

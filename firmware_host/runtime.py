@@ -34,6 +34,7 @@ from firmware_host.supervise import Supervisor
 from firmware_host.transport.base import PortOpener, UrlResolver
 from firmware_host.transport.serial import SerialBackend
 from firmware_host.uplink import Processor, UplinkReader, apply_processors, fixed_url
+from firmware_host.values.decoder import PayloadDecoder
 
 if TYPE_CHECKING:
     from firmware_host.control.http import MetricsServer
@@ -309,9 +310,12 @@ class Runtime:
         if self.readers_token.is_cancelled:
             raise ShuttingDown("the runtime is shutting down")
         codec = make_codec(dc.codec, dc.name, dict(dc.codec_options), self.codecs)
+        decoder = PayloadDecoder(dc.schema) if dc.schema is not None else None
         if old is not None:
             # a re-added device keeps counting where it left off
             codec.rejected, codec.gaps = old.reader.codec.rejected, old.reader.codec.gaps
+            if decoder is not None:
+                decoder.undecoded = old.reader.undecoded
         reader = UplinkReader(
             dc.name,
             self._resolver(dc),
@@ -320,6 +324,7 @@ class Runtime:
             self.aggregator.handle,
             self.opener,
             process=apply_processors(self.processors),
+            decoder=decoder,
             changes=self.changes,
             backoff_initial=dc.backoff_initial,
             backoff_max=dc.backoff_max,
@@ -561,6 +566,7 @@ class Runtime:
                 "frames": frames,
                 "rejected": reader.rejected if reader else 0,
                 "gaps": reader.gaps if reader else 0,
+                "undecoded": reader.undecoded if reader else 0,
                 "reconnects": reader.stats.reconnects if reader else 0,
                 "flushed": flushed,
                 "dropped": dropped,

@@ -1,4 +1,4 @@
-"""UplinkReader: one task per device, port → codec → processors → aggregator."""
+"""UplinkReader: one task per device, port → codec → decoder → processors → aggregator."""
 
 from __future__ import annotations
 
@@ -38,6 +38,15 @@ class FrameInlet(Protocol):
     async def offer(self, device: str, frames: Sequence[Frame]) -> None: ...
 
 
+class FieldDecoder(Protocol):
+    """Sets ``Frame.fields`` from a device's payloads (``values.decoder``),
+    counting those that do not fit their schema as ``undecoded``."""
+
+    undecoded: int
+
+    def decode(self, frames: Sequence[Frame]) -> None: ...
+
+
 @dataclass(slots=True)
 class ReaderStats:
     state: str = "connecting"  # connecting | connected | backoff | closed
@@ -64,6 +73,7 @@ class UplinkReader:
         opener: PortOpener,
         *,
         process: Processor | None = None,
+        decoder: FieldDecoder | None = None,
         changes: Changes | None = None,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
@@ -77,6 +87,7 @@ class UplinkReader:
         self._agg = aggregator
         self._open = opener
         self._process = process
+        self.decoder = decoder
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._port: Port | None = None
@@ -91,6 +102,10 @@ class UplinkReader:
     @property
     def gaps(self) -> int:
         return self.codec.gaps
+
+    @property
+    def undecoded(self) -> int:
+        return self.decoder.undecoded if self.decoder is not None else 0
 
     def send(self, data: bytes) -> bool:
         """Write downlink bytes if connected; False when the device is not."""
@@ -170,6 +185,7 @@ class UplinkReader:
         """Read until the port fails or the token is cancelled (which closes it)."""
         self._port = port
         stats, codec, offer, name, process = self.stats, self.codec, self._agg.offer, self.name, self._process
+        decode = self.decoder.decode if self.decoder is not None else None
         offer_nowait = self._agg.offer_nowait
         notify = self.changes.notify
         gate = self._agg.read_gate
@@ -198,6 +214,8 @@ class UplinkReader:
                     frames = []
                 notify()
                 if frames:
+                    if decode is not None:  # before processors: they may filter on values
+                        decode(frames)
                     if process is not None:
                         before = len(frames)
                         frames = process(frames)

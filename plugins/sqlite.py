@@ -9,7 +9,8 @@
     type = "sqlite"
     path = "other.db"
 
-Table ``frames(device, seq, ts, type, payload BLOB, text)`` with primary key
+Table ``frames(device, seq, ts, type, payload BLOB, text, fields)`` (``fields``:
+the decoded values as JSON text, for ``json_extract``; NULL without) with primary key
 ``(device, seq, ts)``; rows go in with INSERT OR IGNORE, so a batch delivered
 twice (delivery is at least once) stores each frame once. One transaction per
 batch. All database work runs on one dedicated thread: a sqlite3 connection
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from firmware_host import ConfigError, Frame, PluginContext, Sink
+from firmware_host import ConfigError, Frame, PluginContext, Sink, fields_json
 
 DEFAULT_MAX_ROWS = 1_000_000
 
@@ -37,10 +38,11 @@ CREATE TABLE IF NOT EXISTS frames (
     type    INTEGER,
     payload BLOB,
     text    TEXT,
+    fields  TEXT,
     PRIMARY KEY (device, seq, ts)
 )
 """
-INSERT = "INSERT OR IGNORE INTO frames (device, seq, ts, type, payload, text) VALUES (?, ?, ?, ?, ?, ?)"
+INSERT = "INSERT OR IGNORE INTO frames (device, seq, ts, type, payload, text, fields) VALUES (?, ?, ?, ?, ?, ?, ?)"
 # rowid order is insertion order: the oldest rows are the lowest rowids
 TRIM = "DELETE FROM frames WHERE rowid IN (SELECT rowid FROM frames ORDER BY rowid LIMIT ?)"
 
@@ -83,6 +85,9 @@ class SqliteSink(Sink):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes
             conn.execute(SCHEMA)
+            # a database made before decoded values existed gains their column
+            if "fields" not in {row[1] for row in conn.execute("PRAGMA table_info(frames)")}:
+                conn.execute("ALTER TABLE frames ADD COLUMN fields TEXT")
             self.rows = conn.execute("SELECT COUNT(*) FROM frames").fetchone()[0]
         except BaseException:
             conn.close()
@@ -92,7 +97,19 @@ class SqliteSink(Sink):
     async def write(self, frames: Sequence[Frame]) -> None:
         if self._conn is None:
             raise RuntimeError("sqlite sink is not open")
-        await self._call(self._write, [(f.device, f.seq, f.ts, f.type, f.payload, f.text) for f in frames])
+        rows = [
+            (
+                f.device,
+                f.seq,
+                f.ts,
+                f.type,
+                f.payload,
+                f.text,
+                None if f.fields is None else fields_json(f.fields).decode(),
+            )
+            for f in frames
+        ]
+        await self._call(self._write, rows)
 
     def _write(self, rows: list[tuple[Any, ...]]) -> None:
         conn = self._conn

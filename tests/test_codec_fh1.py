@@ -138,9 +138,15 @@ def test_frames_carry_device_and_ts() -> None:
 def test_decoded_frames_equal_frames_built_by_init() -> None:
     """The decoder builds frames without Frame.__init__: a field added to
     Frame must be added there too, or decoded frames would lack it."""
-    assert [f.name for f in dataclasses.fields(Frame)] == ["device", "seq", "type", "ts", "payload", "text"], (
-        "Frame's fields changed: update Fh1Codec._packets, which sets each one"
-    )
+    assert [f.name for f in dataclasses.fields(Frame)] == [
+        "device",
+        "seq",
+        "type",
+        "ts",
+        "payload",
+        "text",
+        "fields",
+    ], "Frame's fields changed: update Fh1Codec._packets, which sets each one"
     (frame,) = Fh1Codec("d1").feed(encode_packet(0xF3, 0x01020304, b"log"), TS)
     expected = Frame("d1", 0x01020304, 0xF3, TS, b"log")
     assert type(frame) is Frame

@@ -260,6 +260,7 @@ class Fh1Codec(DelimitedCodec):
                 frame.ts = ts
                 frame.payload = payload
                 frame.text = None
+                frame.fields = None
                 append(frame)
         finally:
             self._last_seq = None if expect is None else expect - 1

@@ -25,7 +25,9 @@ from firmware_host.config._check import (
     parse_toml,
     read_toml,
 )
+from firmware_host.config.payloads import TEXT_CODECS, layout_size, parse_schema
 from firmware_host.errors import BoardError
+from firmware_host.values.layout import PayloadSchema
 
 __all__ = [
     "BOARDS_ENV_VAR",
@@ -42,7 +44,7 @@ __all__ = [
 #: os.pathsep-separated directories of user boards, loaded after the shipped ones
 BOARDS_ENV_VAR = "FIRMWARE_HOST_BOARDS"
 #: the emulator's payload generators a board may name
-PAYLOAD_GENERATORS: tuple[str, ...] = ("imu", "env", "gnss", "csv", "random")
+PAYLOAD_GENERATORS: tuple[str, ...] = ("imu", "env", "gnss", "csv", "random", "schema")
 #: fh1 max_payload when a board does not set it (the codec's default)
 FH1_DEFAULT_MAX_PAYLOAD = 1024
 #: fh1 types 0xF0-0xFF are reserved for the runtime (commands, acks, heartbeats, logs)
@@ -52,7 +54,7 @@ _PACKAGE = "firmware_host_boards"
 # Before installation (tests in a checkout) the data sits next to the package.
 _REPO_BOARDS_DIR = Path(__file__).resolve().parents[2] / "boards"
 
-_BOARD_KEYS = frozenset({"name", "description", "usb", "baudrate", "codec", "emulator", *CODEC_OPTION_KEYS})
+_BOARD_KEYS = frozenset({"name", "description", "usb", "baudrate", "codec", "emulator", "schema", *CODEC_OPTION_KEYS})
 _USB_KEYS = frozenset({"vid", "pid"})
 _EMULATOR_KEYS = frozenset({"rate", "payload", "payload_size", "frame_type", "replay"})
 #: codecs whose captures are lines of text the emulator can replay
@@ -90,6 +92,8 @@ class Board:
     codec_options: dict[str, int]  # max_payload / max_line
     emulator: EmulatorProfile
     source: str = ""  # the file it came from
+    #: the payloads' named fields ([schema]); None: frames carry bytes or text only
+    schema: PayloadSchema | None = None
 
     @property
     def vid_pid(self) -> str | None:
@@ -109,6 +113,7 @@ class Board:
             "codec": self.codec,
             "codec_options": dict(self.codec_options),
             "emulator": self.emulator.to_dict(),
+            "schema": self.schema.to_dict() if self.schema is not None else None,
             "source": self.source,
         }
 
@@ -165,6 +170,24 @@ def board_from_dict(data: Mapping[str, Any], *, source: str = "<board>") -> Boar
     replay = None
     if "replay" in emu:
         replay = _replay_path(check, emu["replay"], codec, source)
+    schema = None
+    if "schema" in table:
+        max_payload = options.get("max_payload", FH1_DEFAULT_MAX_PAYLOAD) if codec == "fh1" else None
+        schema = parse_schema(check, table["schema"], codec, max_payload)
+        layout = schema.layout(frame_type)
+        if layout is not None and payload_size and payload_size != layout_size(layout):
+            # the emulator would send frames its own board cannot decode
+            check.fail(
+                "emulator.payload_size",
+                f"{payload_size} bytes, but the schema's layout of frame type {frame_type:#04x} "
+                f"is {layout_size(layout)} bytes",
+            )
+
+    if payload == "schema":
+        text = codec in TEXT_CODECS
+        if schema is None or (schema.csv is None if text else schema.layout(frame_type) is None):
+            what = "a [schema.csv]" if text else f"a [[schema.frames]] layout of frame type {frame_type:#04x}"
+            check.fail("emulator.payload", f'"schema" generates payloads from the board\'s schema, which needs {what}')
 
     return Board(
         name=name,
@@ -178,6 +201,7 @@ def board_from_dict(data: Mapping[str, Any], *, source: str = "<board>") -> Boar
             rate=rate, payload=payload, payload_size=payload_size, frame_type=frame_type, replay=replay
         ),
         source=source,
+        schema=schema,
     )
 
 

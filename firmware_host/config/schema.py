@@ -33,6 +33,7 @@ from firmware_host.config._check import (
 )
 from firmware_host.config.boards import Board, load_boards
 from firmware_host.errors import ConfigError
+from firmware_host.values.layout import PayloadSchema
 
 T = TypeVar("T")
 
@@ -122,7 +123,18 @@ MAX_BATCH_SIZE = 1_000_000
 MAX_BUFFER_BYTES = 1 << 40
 MAX_SPOOL_BYTES = 1 << 44
 _DEVICE_KEYS = frozenset(
-    {"name", "port", "match", "board", "codec", "baudrate", "backoff_initial", "backoff_max", *CODEC_OPTION_KEYS}
+    {
+        "name",
+        "port",
+        "match",
+        "board",
+        "codec",
+        "baudrate",
+        "backoff_initial",
+        "backoff_max",
+        "decode",
+        *CODEC_OPTION_KEYS,
+    }
 )
 _MATCH_KEYS = frozenset({"vid", "pid", "serial"})
 
@@ -236,6 +248,9 @@ class DeviceConfig:
     baudrate: int = DEFAULT_BAUDRATE
     backoff_initial: float = 0.1
     backoff_max: float = 5.0
+    #: the board's payload schema (None: bytes only: no board schema, another
+    #: codec than the board's, or ``decode = false``)
+    schema: PayloadSchema | None = None
 
 
 @dataclass(frozen=True)
@@ -645,6 +660,12 @@ def _parse_device(
             f"got {describe(table.get('backoff_max', 5.0))}",
         )
 
+    decode = table.get("decode", True)
+    if not isinstance(decode, bool):
+        check.fail(f"{where}.decode", f"expected true or false, got {describe(decode)}")
+    # like its codec options, a board's schema describes the board's codec only
+    schema = board.schema if decode and board is not None and board.codec == codec else None
+
     return DeviceConfig(
         name=name,
         port=port,
@@ -655,6 +676,7 @@ def _parse_device(
         baudrate=baudrate,
         backoff_initial=backoff_initial,
         backoff_max=backoff_max,
+        schema=schema,
     )
 
 

@@ -43,7 +43,17 @@ STATUS_TIMEOUT = 5.0
 MAX_CONNECTIONS = 16
 
 #: per-device counters of ``status["devices"][name]`` (monotonic for a run)
-DEVICE_COUNTERS = ("frames", "rejected", "gaps", "reconnects", "flushed", "dropped", "bytes", "filtered")
+DEVICE_COUNTERS = (
+    "frames",
+    "rejected",
+    "gaps",
+    "undecoded",
+    "reconnects",
+    "flushed",
+    "dropped",
+    "bytes",
+    "filtered",
+)
 #: per-device levels
 DEVICE_GAUGES = ("buffered",)
 SINK_COUNTERS = ("delivered", "missed", "failures", "batches", "written")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from firmware_host.codecs import Codec, CodecFactory
-from firmware_host.config.boards import Board
+from firmware_host.config.boards import Board, load_boards
 from firmware_host.config.schema import DEFAULT_BAUDRATE
 from firmware_host.emulation.stream import Stream
 from firmware_host.emulation.virtualport import VirtualPort
@@ -78,6 +78,11 @@ def device_config(name: str, path: str, spec: BoardSpec, **overrides: Any) -> di
         "baudrate": spec.baudrate,
         **spec.codec_options,
     }
+    board = spec.board
+    # a board the runtime's config knows by name brings its payload schema along;
+    # one loaded from elsewhere (a .toml path) cannot be named there
+    if board is not None and board.schema is not None and load_boards().get(board.name) == board:
+        entry["board"] = board.name
     entry.update(overrides)
     return entry
 

@@ -154,7 +154,12 @@ class FleetPlayer:
         self.payload_rng = random.Random(f"{seed}:{dev.name}:payload") if seeded else random.Random()
         self.fault_rng = random.Random(f"{seed}:{dev.name}:faults") if seeded else random.Random()
         self.gen: Generator = make_generator(
-            dev.board.emulator, dev.board.codec, rate=rate, rng=self.payload_rng, base_time=base_time
+            dev.board.emulator,
+            dev.board.codec,
+            rate=rate,
+            rng=self.payload_rng,
+            base_time=base_time,
+            schema=dev.board.schema,
         )
         self._effects: dict[str, tuple[int, int]] = {}  # replayed line -> host effect
 

@@ -187,6 +187,7 @@ class Fleet:
                 codec=d.board.codec,
                 codec_options=dict(d.board.codec_options),
                 baudrate=d.board.baudrate,
+                schema=d.board.schema,
             )
             for d in self.devices
         ]

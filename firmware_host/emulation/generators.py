@@ -16,10 +16,13 @@ import struct
 import time
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from firmware_host.codecs.nmea import nmea_checksum
 from firmware_host.config.boards import EmulatorProfile
+from firmware_host.config.payloads import TEXT_CODECS
+from firmware_host.values.decoder import struct_format
+from firmware_host.values.layout import FLOAT_TYPES, INTEGER_TYPES, CsvLayout, FieldSpec, FrameLayout, PayloadSchema
 
 __all__ = ["Generator", "Item", "ReplayGenerator", "make_generator", "nmea_sentence"]
 
@@ -283,13 +286,97 @@ class ReplayGenerator(Generator):
         return list(self.epochs[k % len(self.epochs)])
 
 
+def _field_value(spec: FieldSpec, t: float, phase: float, rng: random.Random) -> Any:
+    """One plausible raw value of ``spec`` at time ``t``: a slow wave within the
+    type's range (a float's is ±100), so successive frames differ like a sensor's."""
+    wave = math.sin(2 * math.pi * (t / 10 + phase))  # -1..1, a 10 s period
+    kind = spec.type
+    if kind in FLOAT_TYPES:
+        return 100 * wave + rng.gauss(0, 0.01)
+    if kind in INTEGER_TYPES:
+        bits = int(kind[1:])
+        lo, hi = (0, (1 << bits) - 1) if kind[0] == "u" else (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+        span = min(hi - lo, 1 << 20)  # a sensor's counts, not the whole u64 range
+        return max(lo, min(hi, lo + int((wave + 1) / 2 * span) if kind[0] == "u" else int(wave * span / 2)))
+    if kind == "bool":
+        return wave > 0
+    if kind == "bytes":
+        return rng.randbytes(spec.size)
+    return f"{spec.name[:4]}{int(t) % 1000}".encode()[: spec.size]  # str
+
+
+class _FieldWaves:
+    """Each field of a schema as a slow wave of its own phase."""
+
+    def __init__(self, rate: float, rng: random.Random, specs: tuple[FieldSpec, ...]) -> None:
+        self.rate, self.rng, self.specs = rate, rng, specs
+        self._phases = [rng.random() for _ in specs]
+
+    def values(self, k: int) -> list[tuple[FieldSpec, list[Any]]]:
+        t, rng = k / self.rate, self.rng
+        return [
+            (spec, [_field_value(spec, t + i, phase, rng) for i in range(spec.count)])
+            for spec, phase in zip(self.specs, self._phases, strict=True)
+        ]
+
+
+class SchemaGenerator(Generator):
+    """Binary payloads from the board's own schema (``payload = "schema"``):
+    the frame type's layout packed as the firmware would."""
+
+    def __init__(self, rate: float, rng: random.Random, layout: FrameLayout) -> None:
+        self._waves = _FieldWaves(rate, rng, layout.fields)
+        self._struct = struct.Struct(struct_format(layout))
+
+    def tick(self, k: int) -> list[Item]:
+        return [self._struct.pack(*(v for _spec, values in self._waves.values(k) for v in values))]
+
+
+class CsvSchemaGenerator(Generator):
+    """csv rows from the board's ``[schema.csv]``, the header line first (as on boot)."""
+
+    text = True
+
+    def __init__(self, rate: float, rng: random.Random, layout: CsvLayout) -> None:
+        self._waves = _FieldWaves(rate, rng, layout.fields)
+        self._delimiter = layout.delimiter
+        self._header = layout.delimiter.join(spec.name for spec in layout.fields)
+
+    @staticmethod
+    def _cell(spec: FieldSpec, value: Any) -> str:
+        if spec.type == "str":
+            return str(value.decode("utf-8", "replace"))
+        return str(int(value)) if spec.type == "bool" else str(value)
+
+    def tick(self, k: int) -> list[Item]:
+        row = self._delimiter.join(self._cell(spec, value) for spec, (value,) in self._waves.values(k))
+        return [self._header, row] if k == 0 else [row]
+
+
 def make_generator(
-    profile: EmulatorProfile, codec: str, *, rate: float, rng: random.Random, base_time: float | None = None
+    profile: EmulatorProfile,
+    codec: str,
+    *,
+    rate: float,
+    rng: random.Random,
+    base_time: float | None = None,
+    schema: PayloadSchema | None = None,
 ) -> Generator:
     """The generator a board's emulator profile names (or its capture replay)."""
     if profile.replay:
         return ReplayGenerator(os.fspath(profile.replay), nmea=codec == "nmea")
     name = profile.payload
+    if name == "schema":
+        if schema is None:
+            raise ValueError('payload "schema" needs the board to have a [schema]')
+        if codec in TEXT_CODECS:
+            if schema.csv is None:
+                raise ValueError('payload "schema" on a text codec needs a [schema.csv]')
+            return CsvSchemaGenerator(rate, rng, schema.csv)
+        layout = schema.layout(profile.frame_type)
+        if layout is None:
+            raise ValueError(f'payload "schema": the schema has no layout for frame type {profile.frame_type:#04x}')
+        return SchemaGenerator(rate, rng, layout)
     if name == "imu":
         return ImuGenerator(rate, rng, profile.payload_size)
     if name == "env":

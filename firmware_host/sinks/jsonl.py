@@ -5,6 +5,7 @@ from __future__ import annotations
 import binascii
 import json
 import logging
+import math
 import os
 import stat
 from collections.abc import Sequence
@@ -106,17 +107,41 @@ def encode_records(frames: Sequence[Frame]) -> bytes:
             # a '%' in a device name must not become a conversion of the template
             line = _PAYLOAD_RUN % (name.replace(b"%", b"%%"), ftype, ts_bytes) if ftype.__class__ is int else None
         payload = f.payload
+        fields = f.fields
         if payload is None:
             text = json.dumps(f.text if f.text is not None else "", ensure_ascii=False).encode("utf-8")
-            append(_TEXT_LINE % (name, f.seq, ts_bytes, text))
+            record = _TEXT_LINE % (name, f.seq, ts_bytes, text)
         elif line is not None:
-            append(line % (f.seq, b64(payload, newline=False)))
+            if fields is None:  # the common case: straight out
+                append(line % (f.seq, b64(payload, newline=False)))
+                continue
+            record = line % (f.seq, b64(payload, newline=False))
         else:  # not an fh1-style int type: spell it as before
-            append(
+            record = (
                 f'{{"device": {name.decode()}, "seq": {f.seq}, "type": {ftype}, '
                 f'"ts": {ts:.6f}, "payload": "{b64(payload, newline=False).decode("ascii")}"}}\n'.encode()
             )
+        append(record if fields is None else record[:-2] + b', "fields": ' + fields_json(fields) + b"}\n")
     return b"".join(out)
+
+
+def fields_json(fields: dict[str, Any]) -> bytes:
+    """A frame's decoded fields as JSON. A float that is not finite (a sensor's
+    NaN) is written as null: JSON has no NaN."""
+    try:
+        return json.dumps(fields, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except ValueError:
+        return json.dumps(_finite(fields), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 class NotARegularFile(OSError):

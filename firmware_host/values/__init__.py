@@ -1,0 +1,1 @@
+"""Values from frames: payload schemas (``layout``) and their decoder (``decoder``)."""

@@ -1,0 +1,168 @@
+"""Decoding payloads into ``Frame.fields``, per device, counted.
+
+Each binary layout is compiled once into a ``struct.Struct`` and a builder: a
+layout of plain scalars (no arrays, scaling or sized fields) builds its dict
+with one ``dict(zip(names, values))``; any other goes field by field. A
+payload whose size is not its layout's, or a csv line that does not parse,
+keeps its bytes or text, gets no fields and counts as ``undecoded``: a
+device's mistake is counted, never raised.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from firmware_host.frames import Frame
+from firmware_host.values.layout import (
+    BYTE_ORDERS,
+    FLOAT_TYPES,
+    INTEGER_TYPES,
+    SCALAR_CODES,
+    CsvLayout,
+    FieldSpec,
+    FrameLayout,
+    PayloadSchema,
+)
+
+Fields = dict[str, Any]
+#: unpacked values → the frame's fields
+Builder = Callable[[tuple[Any, ...]], Fields]
+
+
+def struct_format(layout: FrameLayout) -> str:
+    """The ``struct`` format of ``layout`` (packed, in its byte order)."""
+    parts = [BYTE_ORDERS[layout.byte_order]]
+    for spec in layout.fields:
+        if spec.type in SCALAR_CODES:
+            parts.append(f"{spec.count}{SCALAR_CODES[spec.type]}" if spec.count != 1 else SCALAR_CODES[spec.type])
+        else:  # bytes, str: one value of `size` bytes per element
+            parts.append(f"{spec.size}s" * spec.count)
+    return "".join(parts)
+
+
+def _convert(spec: FieldSpec) -> Callable[[Any], Any] | None:
+    """The per-element conversion of ``spec``'s raw value, or None (as unpacked)."""
+    if spec.type == "str":
+        return lambda raw: raw.rstrip(b"\0").decode("utf-8", "replace")
+    if spec.type == "bytes":
+        return lambda raw: raw.hex()
+    if spec.scale is not None or spec.offset is not None:
+        scale = 1.0 if spec.scale is None else spec.scale
+        offset = 0.0 if spec.offset is None else spec.offset
+        return lambda raw: raw * scale + offset
+    return None
+
+
+def _builder(layout: FrameLayout) -> Builder:
+    specs = layout.fields
+    names = tuple(spec.name for spec in specs)
+    if all(spec.count == 1 and _convert(spec) is None for spec in specs):
+        return lambda values: dict(zip(names, values, strict=True))
+    plan = []
+    start = 0
+    for spec in specs:
+        plan.append((spec.name, start, spec.count, spec.is_array, _convert(spec)))
+        start += spec.count
+
+    def build(values: tuple[Any, ...]) -> Fields:
+        fields: Fields = {}
+        for name, i, count, is_array, convert in plan:
+            if is_array:
+                items = values[i : i + count]
+                fields[name] = list(items) if convert is None else [convert(v) for v in items]
+            else:
+                fields[name] = values[i] if convert is None else convert(values[i])
+        return fields
+
+    return build
+
+
+class _Binary:
+    __slots__ = ("build", "size", "unpack")
+
+    def __init__(self, layout: FrameLayout) -> None:
+        compiled = struct.Struct(struct_format(layout))
+        self.unpack = compiled.unpack
+        self.size = compiled.size
+        self.build = _builder(layout)
+
+
+def _csv_value(spec: FieldSpec) -> Callable[[str], Any]:
+    if spec.type in INTEGER_TYPES:
+        convert: Callable[[str], Any] = int
+    elif spec.type in FLOAT_TYPES:
+        convert = float
+    elif spec.type == "bool":
+        convert = _csv_bool
+    else:  # str (bytes are refused for csv where the schema is read)
+        return str
+    if spec.scale is not None or spec.offset is not None:
+        scale = 1.0 if spec.scale is None else spec.scale
+        offset = 0.0 if spec.offset is None else spec.offset
+        raw = convert
+        return lambda text: raw(text) * scale + offset
+    return convert
+
+
+def _csv_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+class _Csv:
+    __slots__ = ("converters", "delimiter", "header", "names")
+
+    def __init__(self, layout: CsvLayout) -> None:
+        self.delimiter = layout.delimiter
+        self.names = tuple(spec.name for spec in layout.fields)
+        self.converters = tuple(_csv_value(spec) for spec in layout.fields)
+        self.header = self.delimiter.join(self.names)
+
+    def fields(self, text: str) -> Fields | None:
+        """The line's fields; None for the header line. Raises ValueError."""
+        line = text.strip()
+        if line == self.header:
+            return None
+        cells = line.split(self.delimiter)
+        if len(cells) != len(self.names):
+            raise ValueError("wrong number of cells")
+        return {name: convert(cell) for name, convert, cell in zip(self.names, self.converters, cells, strict=True)}
+
+
+class PayloadDecoder:
+    """One device's decoder: sets ``Frame.fields`` on the frames its schema
+    describes and counts those it cannot decode (``undecoded``)."""
+
+    def __init__(self, schema: PayloadSchema) -> None:
+        self.schema = schema
+        #: frames of a declared type (or csv lines) that did not fit their schema
+        self.undecoded = 0
+        self._binary = {layout.type: _Binary(layout) for layout in schema.frames}
+        self._csv = _Csv(schema.csv) if schema.csv is not None else None
+
+    def decode(self, frames: Sequence[Frame]) -> None:
+        binary, csv = self._binary, self._csv
+        bad = 0
+        for frame in frames:
+            payload = frame.payload
+            if payload is not None:
+                compiled = binary.get(frame.type)  # type: ignore[arg-type]  # None: no layout
+                if compiled is None:
+                    continue  # a type the schema does not describe: bytes only, not a fault
+                if len(payload) != compiled.size:
+                    bad += 1
+                    continue
+                frame.fields = compiled.build(compiled.unpack(payload))
+            elif csv is not None and frame.text is not None:
+                try:
+                    frame.fields = csv.fields(frame.text)
+                except ValueError:
+                    bad += 1
+        if bad:
+            self.undecoded += bad
