@@ -34,7 +34,7 @@ from firmware_host.supervise import Supervisor
 from firmware_host.transport.base import PortOpener, UrlResolver
 from firmware_host.transport.serial import SerialBackend
 from firmware_host.uplink import Processor, UplinkReader, apply_processors, fixed_url
-from firmware_host.values.decoder import PayloadDecoder
+from firmware_host.values.decoder import decoder_for
 
 if TYPE_CHECKING:
     from firmware_host.control.http import MetricsServer
@@ -310,7 +310,7 @@ class Runtime:
         if self.readers_token.is_cancelled:
             raise ShuttingDown("the runtime is shutting down")
         codec = make_codec(dc.codec, dc.name, dict(dc.codec_options), self.codecs)
-        decoder = PayloadDecoder(dc.schema) if dc.schema is not None else None
+        decoder = decoder_for(dc.codec, dc.schema, dc.decode)
         if old is not None:
             # a re-added device keeps counting where it left off
             codec.rejected, codec.gaps = old.reader.codec.rejected, old.reader.codec.gaps

@@ -251,6 +251,8 @@ class DeviceConfig:
     #: the board's payload schema (None: bytes only: no board schema, another
     #: codec than the board's, or ``decode = false``)
     schema: PayloadSchema | None = None
+    #: False: frames keep bytes and text only (``[[devices]] decode = false``)
+    decode: bool = True
 
 
 @dataclass(frozen=True)
@@ -677,6 +679,7 @@ def _parse_device(
         backoff_initial=backoff_initial,
         backoff_max=backoff_max,
         schema=schema,
+        decode=decode,
     )
 
 

@@ -166,3 +166,11 @@ class PayloadDecoder:
                     bad += 1
         if bad:
             self.undecoded += bad
+
+
+def decoder_for(codec: str, schema: PayloadSchema | None, decode: bool = True) -> PayloadDecoder | None:
+    """The decoder of a device with ``codec`` and its board's ``schema``; None
+    when its frames stay bytes and text (no schema, or ``decode = false``)."""
+    if not decode or schema is None:
+        return None
+    return PayloadDecoder(schema)
