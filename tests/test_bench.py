@@ -38,7 +38,7 @@ def test_bench_quick_writes_json(tmp_path):
     assert {"machine", "scenarios", "targets", "primary_loop", "elapsed_s"} <= set(result)
     assert {"nproc", "cpu_model", "python", "uvloop"} <= set(result["machine"])
     sc = result["scenarios"]
-    assert set(sc) == {"startup", "flood", "paced", "idle", "memory", "overload", "sinks3", "mqtt"}
+    assert set(sc) == {"startup", "flood", "paced", "idle", "memory", "overload", "sinks3", "mqtt", "decode"}
     primary = result["primary_loop"]
     flood = sc["flood"]["variants"]
     assert {primary, "baseline"} <= set(flood)
@@ -58,6 +58,9 @@ def test_bench_quick_writes_json(tmp_path):
     mqtt = sc["mqtt"]
     assert mqtt["every_frame_acked_and_consumed"] and mqtt["with_mqtt"]["sent"] == mqtt["at_consumer"] > 0
     assert {"cpu_pct", "cpu_pct_jsonl_only", "json_mode_frames_per_s_acked"} <= set(mqtt)
+    for run in sc["decode"]["rates"].values():  # --quick: at 921600 baud only
+        assert run["decode"]["fields_in_sink"] and not run["no_decode"]["fields_in_sink"]
+        assert run["decode"]["undecoded"] == 0 and run["decode"]["in_sink"] == run["decode"]["sent"] > 0
     assert result["targets"] and all({"target", "goal", "value", "met"} <= set(t) for t in result["targets"])
     assert "scenario" in proc.stdout  # the table
 

@@ -142,7 +142,15 @@ def pct(values: list[float] | array.array[float], p: float) -> float | None:
 
 class Feeder:
     def __init__(
-        self, devices: int, mode: str, *, frames: int = 0, stamp: bool = False, payload: int = 64, tick: float = 0.005
+        self,
+        devices: int,
+        mode: str,
+        *,
+        frames: int = 0,
+        stamp: bool = False,
+        payload: int = 64,
+        tick: float = 0.005,
+        baud: int = BAUD,
     ) -> None:
         cmd = [
             sys.executable,
@@ -154,7 +162,7 @@ class Feeder:
             "--payload",
             str(payload),
             "--baud",
-            str(BAUD),
+            str(baud),
             "--tick",
             str(tick),
         ]
@@ -243,6 +251,8 @@ class RuntimeProc(Consumer):
         grace: float = 30.0,
         read_coalesce: float | None = None,
         extra: str = "",
+        device_extra: str = "",
+        env: dict[str, str] | None = None,
         stdout: int = subprocess.DEVNULL,
     ) -> None:
         self.work = work
@@ -253,7 +263,7 @@ class RuntimeProc(Consumer):
         self.summary_path = work / "summary.json"
         self.flush_interval = flush_interval
         devices = "".join(
-            f'\n[[devices]]\nname = "{n}"\nport = "{p}"\ncodec = "fh1"\nbaudrate = {BAUD}\n'
+            f'\n[[devices]]\nname = "{n}"\nport = "{p}"\ncodec = "fh1"\nbaudrate = {BAUD}\n{device_extra}'
             for n, p in zip(self.names, ports)
         )
         cfg = work / "bench.toml"
@@ -284,6 +294,7 @@ class RuntimeProc(Consumer):
             stdout=stdout,
             stderr=self.stderr,
             cwd=work,
+            env=None if env is None else {**os.environ, **env},
         )
 
     def status(self) -> dict[str, Any]:
@@ -749,6 +760,94 @@ def _paced_mqtt_run(variant: str, p: dict[str, Any], extra: str, consumer: Path 
     }
 
 
+#: an env-sensor-like board for the decode scenario: the feeder's frames (type 0)
+#: with 12-byte payloads read as three little-endian floats
+BENCH_ENV_BOARD = """
+name = "bench-env"
+codec = "fh1"
+[emulator]
+rate = 10
+payload = "schema"
+[schema]
+[[schema.frames]]
+type = 0
+fields = [{name = "temperature", type = "f32"}, {name = "humidity", type = "f32"}, {name = "pressure", type = "f32"}]
+"""
+#: fh1 wire bytes of a frame with a 12-byte payload (feeder: payload + 10)
+_ENV_FRAME_LEN = 22
+
+
+def _decode_run(variant: str, p: dict[str, Any], boards: Path, baud: int, decode: bool) -> dict[str, Any]:
+    """One paced run of env-sensor-like frames, decoding on or off."""
+    with Rig("decode", p["paced_devices"], "paced", payload=12, baud=baud) as rig:
+        feeder = rig.feeder
+        cons = RuntimeProc(
+            rig.work,
+            feeder.ports,
+            variant,
+            # 921600 baud of 22-byte frames is 4,190 frames/s a device: room for a
+            # second of all of them, so a lagging second shows as CPU, not drops
+            capacity=max(p["paced_capacity"], 5000 * p["paced_devices"]),
+            device_extra=f'board = "bench-env"\ndecode = {"true" if decode else "false"}\n',
+            env={"FIRMWARE_HOST_BOARDS": str(boards)},
+        )
+        rig.cons = cons
+        cons.wait_ready()
+        feeder.send("go")
+        time.sleep(p["warmup_s"])
+        c0, t0 = cons.cpu(), time.monotonic()
+        time.sleep(p["paced_s"])
+        c1, t1 = cons.cpu(), time.monotonic()
+        total = sum(feeder.stop()["sent"])
+        time.sleep(cons.flush_interval + 0.1)
+        cons.flush()
+        deadline = time.monotonic() + 30
+        counters = cons.counters()
+        while counters["flushed"] < total and time.monotonic() < deadline:
+            time.sleep(0.05)
+            counters = cons.counters()
+        undecoded = sum(d.get("undecoded", 0) for d in cons.status()["devices"].values())
+        final = cons.stop()
+        with open(cons.sink, "rb") as f:
+            first = f.readline()
+        lines = count_lines(cons.sink)
+    return {
+        "seconds": round(t1 - t0, 2),
+        "cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 1),
+        "sent": total,
+        "in_sink": lines,
+        "dropped": counters["dropped"],
+        "undecoded": undecoded,
+        "fields_in_sink": b'"fields": {"temperature"' in first,
+        "exit": final["exit"],
+    }
+
+
+def scenario_decode(variant: str, p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """Schema decoding's CPU: 48 env-sensor-like devices (three f32 per frame) at the
+    board's rate (10 frames/s) and at 921600 baud, each run with ``decode`` on and
+    off; the CPU decoding adds, in percent of the run without."""
+    boards = scratch("decode-boards")
+    (boards / "bench-env.toml").write_text(BENCH_ENV_BOARD)
+    out: dict[str, Any] = {"devices": p["paced_devices"], "payload": 12, "rates": {}}
+    try:
+        rates = {"board_rate": 10 * _ENV_FRAME_LEN * 10, "line_rate": BAUD}
+        for label in p["decode_rates"]:
+            baud = rates[label]
+            on = _decode_run(variant, p, boards, baud, True)
+            off = _decode_run(variant, p, boards, baud, False)
+            added = round(100 * (on["cpu_pct"] - off["cpu_pct"]) / off["cpu_pct"], 1) if off["cpu_pct"] else None
+            out["rates"][label] = {"baud": baud, "decode": on, "no_decode": off, "cpu_added_pct": added}
+            log(
+                f"  decode {label}: cpu {on['cpu_pct']}% decoding vs {off['cpu_pct']}% not (+{added}%), "
+                f"sent {on['sent']}/{off['sent']}, in sink {on['in_sink']}/{off['in_sink']}, "
+                f"undecoded {on['undecoded']}, fields {on['fields_in_sink']}"
+            )
+    finally:
+        shutil.rmtree(boards, ignore_errors=True)
+    return out
+
+
 def scenario_mqtt(variant: str, p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     """The mqtt sink at fleet rate: the paced load with ``payload = "jsonl-batch"``, QoS 1,
     to a local Mosquitto, tools/mqtt_consume.py subscribed on the other side; and the
@@ -1012,6 +1111,7 @@ FULL = {
     # the mqtt plugin's batch_size option; 0: its default (5000 frames per write for
     # jsonl-batch). [buffer] batch_size stays the paced runs' 1000 for the jsonl sink
     "mqtt_batch_size": 0,
+    "decode_rates": ("board_rate", "line_rate"),
 }
 QUICK = {
     "warmup_s": 0.2,
@@ -1029,8 +1129,9 @@ QUICK = {
     "startup_runs": 1,
     "mqtt_json_frames": 2_000,
     "mqtt_batch_size": 0,
+    "decode_rates": ("line_rate",),
 }
-SCENARIOS = ("startup", "flood", "paced", "idle", "memory", "overload", "sinks3", "mqtt")
+SCENARIOS = ("startup", "flood", "paced", "idle", "memory", "overload", "sinks3", "mqtt", "decode")
 
 
 def machine() -> dict[str, Any]:
@@ -1138,6 +1239,21 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             v["cpu_pct_added"],
             v["cpu_pct_added"] <= 10,
         )
+    if "decode" in sc:
+        for label, v in sc["decode"]["rates"].items():
+            on = v["decode"]
+            add(
+                f"decode {sc['decode']['devices']} dev, {label}: CPU decoding adds",
+                "<= 15%",
+                v["cpu_added_pct"],
+                None if v["cpu_added_pct"] is None else v["cpu_added_pct"] <= 15,
+            )
+            add(
+                f"decode {sc['decode']['devices']} dev, {label}: every frame decoded and in the sink",
+                "sent == lines, 0 undecoded, 0 dropped",
+                f"{on['in_sink']}/{on['sent']}, {on['undecoded']}, {on['dropped']}",
+                on["in_sink"] == on["sent"] and on["undecoded"] == 0 and on["dropped"] == 0 and on["fields_in_sink"],
+            )
     if "startup" in sc:
         v = sc["startup"]["help"]
         add("startup: firmware-host --help (median wall)", "<= 150 ms", v["wall_ms_median"], v["wall_ms_median"] <= 150)
@@ -1270,6 +1386,17 @@ def table(r: dict[str, Any]) -> str:
                 "",
             )
         )
+    if "decode" in sc:
+        for label, v in sc["decode"]["rates"].items():
+            rows.append(
+                (
+                    f"decode {sc['decode']['devices']} dev, {label}",
+                    "CPU % decoding / not",
+                    f"{v['decode']['cpu_pct']} / {v['no_decode']['cpu_pct']}",
+                    "-",
+                    f"+{v['cpu_added_pct']}%",
+                )
+            )
     if "startup" in sc:
         s = sc["startup"]
         rows.append(
@@ -1424,6 +1551,8 @@ def main(argv: list[str] | None = None) -> int:
         sc["sinks3"] = scenario_sinks3(primary, p, log)
     if "mqtt" in only:
         sc["mqtt"] = scenario_mqtt(primary, p, log)
+    if "decode" in only:
+        sc["decode"] = scenario_decode(primary, p, log)
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     result["targets"] = targets(result)
     print(table(result))
