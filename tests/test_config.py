@@ -97,6 +97,7 @@ def test_design_example_round_trips(tmp_path: Path) -> None:
                 baudrate=921600,
                 backoff_initial=0.1,
                 backoff_max=5.0,
+                schema=nucleo.schema,
             )
         ],
         sinks=[SinkConfig(type="jsonl", options={"path": "frames.jsonl"})],
