@@ -30,6 +30,7 @@ import asyncio
 import concurrent.futures
 import errno
 import fcntl
+import json
 import logging
 import os
 import sqlite3
@@ -46,6 +47,7 @@ from firmware_host.errors import SpoolBusy, SpoolError
 from firmware_host.frames import Frame
 from firmware_host.retry import SourceFaults, acquire, backoff
 from firmware_host.sinklane import Moved
+from firmware_host.values.encode import fields_json
 
 log = logging.getLogger("firmware_host.spool")
 
@@ -62,10 +64,11 @@ CREATE TABLE IF NOT EXISTS frames (
     ts REAL NOT NULL,
     payload BLOB,
     text TEXT,
-    size INTEGER NOT NULL
+    size INTEGER NOT NULL,
+    fields TEXT  -- the decoded values as JSON (NULL: none)
 )
 """
-_SELECT = "SELECT id, device, seq, type, ts, payload, text FROM frames"
+_SELECT = "SELECT id, device, seq, type, ts, payload, text, fields FROM frames"
 #: spool_sync → PRAGMA synchronous. NORMAL in WAL mode survives a process crash
 #: (kill -9); only FULL also survives power loss, at an fsync per batch.
 _SYNC = {"off": "OFF", "normal": "NORMAL", "full": "FULL"}
@@ -229,10 +232,16 @@ class Spool:
     def _write(self, frames: Sequence[Frame]) -> list[tuple[str, int]]:
         db = self._db
         assert db is not None, "spool is not open"
-        rows = [(f.device, f.seq, f.type, f.ts, f.payload, f.text, f.size + ROW_OVERHEAD) for f in frames]
+        rows = []
+        for f in frames:
+            fields = None if f.fields is None else fields_json(f.fields).decode()
+            size = f.size + ROW_OVERHEAD + (0 if fields is None else len(fields))
+            rows.append((f.device, f.seq, f.type, f.ts, f.payload, f.text, size, fields))
         with db:  # one transaction: all of the batch or none of it
             db.executemany(
-                "INSERT INTO frames (device, seq, type, ts, payload, text, size) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+                "INSERT INTO frames (device, seq, type, ts, payload, text, size, fields)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
             )
         self.bytes += sum(r[6] for r in rows)
         if self.bytes <= self.max_bytes:
@@ -491,9 +500,9 @@ class Spool:
 
 def _batch(rows: Iterable[tuple[Any, ...]], device: str | None, lane: int | None = None) -> SpoolBatch:
     ids, frames = [], []
-    for row_id, dev, seq, ftype, ts, payload, text in rows:
+    for row_id, dev, seq, ftype, ts, payload, text, fields in rows:
         ids.append(row_id)
-        frames.append(Frame(dev, seq, ftype, ts, payload, text))
+        frames.append(Frame(dev, seq, ftype, ts, payload, text, None if fields is None else json.loads(fields)))
     first = ids[0] if ids else 0
     return SpoolBatch(frames, first, device, ids[-1] if ids else first - 1, lane, ids=ids)
 
@@ -661,6 +670,9 @@ def connect(path: str, sync: str = "normal") -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={_SYNC[sync]}")
         db.execute(_SCHEMA)
+        # a spool written before decoded values existed gains their column (its rows: none)
+        if "fields" not in {row[1] for row in db.execute("PRAGMA table_info(frames)")}:
+            db.execute("ALTER TABLE frames ADD COLUMN fields TEXT")
         db.execute(_SELECT + " LIMIT 0")  # an old or foreign table fails here, not mid-run
     except sqlite3.DatabaseError as exc:
         raise SpoolError(f"{path}: not a usable spool ({exc})") from None

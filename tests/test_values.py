@@ -375,3 +375,34 @@ def test_run_emulate_a_board_of_your_own_writes_its_fields(tmp_path):
     recs = records(tmp_path / "frames.jsonl")
     assert len(recs) > 50 and {r["device"] for r in recs} == {"my-probe-0", "my-probe-1"}
     assert all(set(r["fields"]) == {"t", "counts", "raw", "ok", "tag", "id"} for r in recs)
+
+
+async def test_fields_survive_the_disk_spool(fh_board, fh_runtime, tmp_path):
+    board, out = fh_board("env-sensor"), tmp_path / "out.jsonl"
+    cfg = {
+        "buffer": {"flush_interval": 0.02, "spool": str(tmp_path / "spool.db"), "spool_interval": 0.02},
+        "devices": [board.config("env")],
+        "sinks": [{"type": "jsonl", "path": str(out)}],
+    }
+    async with fh_runtime(cfg) as rt:
+        await rt.wait_state("env", "connected")
+        await board.send_frames(1, payload=struct.pack("<3f", 1.5, 2.5, 1000.0))
+        await rt.wait_until(lambda s: s["sinks"][0]["delivered"] == 1, 10)
+    assert records(out)[0]["fields"] == {"temperature": 1.5, "humidity": 2.5, "pressure": 1000.0}
+
+
+def test_an_old_spool_file_gains_the_fields_column(tmp_path):
+    from firmware_host.spool import connect
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the spool's table before decoded values existed
+        conn.execute(
+            "CREATE TABLE frames (id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, seq INTEGER NOT NULL,"
+            " type INTEGER, ts REAL NOT NULL, payload BLOB, text TEXT, size INTEGER NOT NULL)"
+        )
+        conn.execute("INSERT INTO frames (device, seq, type, ts, payload, size) VALUES ('d', 0, 2, 1.0, x'00', 65)")
+    db = connect(str(path))
+    try:
+        assert db.execute("SELECT device, seq, fields FROM frames").fetchall() == [("d", 0, None)]
+    finally:
+        db.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import binascii
 import json
 import logging
-import math
 import os
 import stat
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from typing import Any
 from firmware_host.frames import Frame
 from firmware_host.sinks.base import Sink, take_options
 from firmware_host.sinks.writer import WriterThread
+from firmware_host.values.encode import fields_json
 
 log = logging.getLogger("firmware_host.sinks.jsonl")
 
@@ -123,25 +123,6 @@ def encode_records(frames: Sequence[Frame]) -> bytes:
             )
         append(record if fields is None else record[:-2] + b', "fields": ' + fields_json(fields) + b"}\n")
     return b"".join(out)
-
-
-def fields_json(fields: dict[str, Any]) -> bytes:
-    """A frame's decoded fields as JSON. A float that is not finite (a sensor's
-    NaN) is written as null: JSON has no NaN."""
-    try:
-        return json.dumps(fields, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    except ValueError:
-        return json.dumps(_finite(fields), ensure_ascii=False, allow_nan=False).encode("utf-8")
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 class NotARegularFile(OSError):
