@@ -50,3 +50,15 @@ def test_import_contracts_are_kept() -> None:
     proc = run(tool("lint-imports"), "--no-cache")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 broken" in proc.stdout, proc.stdout
+
+
+def test_every_subpackage_is_installed() -> None:
+    """A subpackage missing from setup.cfg's ``packages`` works in an editable
+    install and is gone from a wheel."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    listed = set(cfg["options"]["packages"].split())
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "firmware_host").rglob("__init__.py")}
+    assert found - listed == set()
