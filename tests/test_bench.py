@@ -4,6 +4,8 @@ its JSON with every scenario and target (a smoke test: no timing is asserted).""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -14,9 +16,25 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.timeout(60)
 
 
+def run_all(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``cmd`` in a session of its own, so a timeout ends the runtimes, feeders and
+    brokers it started too (killing the bench alone leaves them running, holding ptys)."""
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@pytest.mark.timeout(120)
 def test_bench_quick_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
+    proc = run_all(
         [
             sys.executable,
             "-m",
@@ -28,10 +46,7 @@ def test_bench_quick_writes_json(tmp_path):
             "--png",
             str(tmp_path / "bench.png"),
         ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=50,
+        timeout=100,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())

@@ -56,12 +56,16 @@ async def start_stuck(fh_ports, short_tmp, tmp_path, grace, quiet=True):
     stuck_stdout_config(cfg, port.path, grace, live=tmp_path / "live.jsonl")
     args = ["run", "-c", str(cfg), "--control", sock, "--summary", str(summary), *(["-q"] if quiet else [])]
     proc = cli_popen(*args, cwd=tmp_path)
-    await wait_status(sock, lambda s: s["devices"]["imu0"]["state"] == "connected")
-    await port.write(b"".join(encode_packet(0, s, bytes(64)) for s in range(FRAMES)))
-    # every frame read; the sink took what the pipe holds and is now stuck
-    status = await wait_status(
-        sock, lambda s: s["devices"]["imu0"]["frames"] == FRAMES and s["devices"]["imu0"]["buffered"] > 0
-    )
+    try:
+        await wait_status(sock, lambda s: s["devices"]["imu0"]["state"] == "connected")
+        await port.write(b"".join(encode_packet(0, s, bytes(64)) for s in range(FRAMES)))
+        # every frame read; the sink took what the pipe holds and is now stuck
+        status = await wait_status(
+            sock, lambda s: s["devices"]["imu0"]["frames"] == FRAMES and s["devices"]["imu0"]["buffered"] > 0
+        )
+    except BaseException:
+        finish(proc)  # a run left behind stays stuck for ever, holding its pty
+        raise
     return proc, sock, summary, status
 
 
