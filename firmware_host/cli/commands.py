@@ -382,11 +382,15 @@ def devices_remove(name: str, control_path: str | None, config_path: str | None)
     click.echo(f"removed {name}")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--boards-dir", "boards_dirs", multiple=True, metavar="DIR", help="Extra board definitions.")
 @json_option
-def boards(boards_dirs: Sequence[str], as_json: bool) -> None:
-    """Known board definitions."""
+@click.pass_context
+def boards(ctx: click.Context, boards_dirs: Sequence[str], as_json: bool) -> None:
+    """Known board definitions; `boards header BOARD` prints a board's C header."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = tuple(boards_dirs)  # `boards --boards-dir DIR header ...` finds DIR's boards too
+        return
     from firmware_host.config.boards import load_boards
     from firmware_host.config.schema import ConfigError
 
@@ -415,6 +419,33 @@ def boards(boards_dirs: Sequence[str], as_json: bool) -> None:
             ],
         )
     )
+
+
+@boards.command("header")
+@click.argument("board")
+@click.option("--boards-dir", "boards_dirs", multiple=True, metavar="DIR", help="Extra board definitions.")
+@click.pass_obj
+def boards_header(group_dirs: tuple[str, ...], board: str, boards_dirs: Sequence[str]) -> None:
+    """A C header from BOARD's payload schema: per frame type, a packed struct
+    and an encode function on tools/c/fh1_encoder.h."""
+    from firmware_host.config.boards import load_boards
+    from firmware_host.config.schema import ConfigError
+    from firmware_host.values.cheader import c_header
+
+    try:
+        known = load_boards([*group_dirs, *boards_dirs])
+        found = known.get(board)
+        if found is None:
+            fail(f"unknown board {board!r} (boards: {', '.join(sorted(known))})", EXIT_USAGE)
+        schema = found.schema
+        if schema is None or not schema.frames:
+            what = "its schema is csv (text lines)" if schema is not None else "it has no [schema]"
+            fail(f"board {board!r}: {what}; the C header is for binary layouts ([[schema.frames]])", EXIT_USAGE)
+        if found.codec != "fh1":
+            fail(f"board {board!r} uses the {found.codec} codec; the C header encodes fh1 frames", EXIT_USAGE)
+        click.echo(c_header(found.name, schema.frames, source=found.source), nl=False)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
 
 
 @main.command()

@@ -27,13 +27,19 @@
  *     n = fh1_end(&enc);              (0 if out was too small)
  *
  * Multi-byte fields in the payload are the application's business; the host
- * decodes fh1 payloads as bytes. Types 0xF0-0xFF are reserved for the runtime.
+ * decodes fh1 payloads as bytes (or by a board's payload schema). To write a
+ * field in a declared byte order whatever the MCU's own, use fh1_write_u16le,
+ * fh1_write_u32be, fh1_write_f32le and the like below; the header that
+ * `firmware-host boards header BOARD` generates is built on them.
+ * Types 0xF0-0xFF are reserved for the runtime.
  */
 #ifndef FH1_ENCODER_H
 #define FH1_ENCODER_H
 
+#include <float.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -157,6 +163,98 @@ static inline void fh1_write(fh1_encoder_t *e, const void *data, size_t len)
         fh1__put(e, *p++);
     }
 }
+
+/* --- fields in a declared byte order --------------------------------------
+ * Byte by byte with shifts: the wire is the same whatever the MCU's own
+ * endianness and whatever layout its compiler gives a struct. Signed values
+ * go through the unsigned type of their width (two's complement bytes). */
+
+static inline void fh1_write_u8(fh1_encoder_t *e, uint8_t v)
+{
+    fh1_write(e, &v, 1u);
+}
+
+static inline void fh1_write_u16le(fh1_encoder_t *e, uint16_t v)
+{
+    uint8_t b[2];
+    b[0] = (uint8_t)(v & 0xFFu);
+    b[1] = (uint8_t)(v >> 8);
+    fh1_write(e, b, sizeof b);
+}
+
+static inline void fh1_write_u16be(fh1_encoder_t *e, uint16_t v)
+{
+    uint8_t b[2];
+    b[0] = (uint8_t)(v >> 8);
+    b[1] = (uint8_t)(v & 0xFFu);
+    fh1_write(e, b, sizeof b);
+}
+
+static inline void fh1_write_u32le(fh1_encoder_t *e, uint32_t v)
+{
+    uint8_t b[4];
+    b[0] = (uint8_t)(v & 0xFFu);
+    b[1] = (uint8_t)((v >> 8) & 0xFFu);
+    b[2] = (uint8_t)((v >> 16) & 0xFFu);
+    b[3] = (uint8_t)(v >> 24);
+    fh1_write(e, b, sizeof b);
+}
+
+static inline void fh1_write_u32be(fh1_encoder_t *e, uint32_t v)
+{
+    uint8_t b[4];
+    b[0] = (uint8_t)(v >> 24);
+    b[1] = (uint8_t)((v >> 16) & 0xFFu);
+    b[2] = (uint8_t)((v >> 8) & 0xFFu);
+    b[3] = (uint8_t)(v & 0xFFu);
+    fh1_write(e, b, sizeof b);
+}
+
+static inline void fh1_write_u64le(fh1_encoder_t *e, uint64_t v)
+{
+    fh1_write_u32le(e, (uint32_t)(v & 0xFFFFFFFFu));
+    fh1_write_u32le(e, (uint32_t)(v >> 32));
+}
+
+static inline void fh1_write_u64be(fh1_encoder_t *e, uint64_t v)
+{
+    fh1_write_u32be(e, (uint32_t)(v >> 32));
+    fh1_write_u32be(e, (uint32_t)(v & 0xFFFFFFFFu));
+}
+
+/* Floats as their IEEE-754 bits; only where the compiler's float/double is
+ * IEEE binary32/binary64 (avr-gcc's default 32-bit double is not: -mdouble=64). */
+#if FLT_MANT_DIG == 24
+static inline void fh1_write_f32le(fh1_encoder_t *e, float v)
+{
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    fh1_write_u32le(e, bits);
+}
+
+static inline void fh1_write_f32be(fh1_encoder_t *e, float v)
+{
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    fh1_write_u32be(e, bits);
+}
+#endif
+
+#if DBL_MANT_DIG == 53
+static inline void fh1_write_f64le(fh1_encoder_t *e, double v)
+{
+    uint64_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    fh1_write_u64le(e, bits);
+}
+
+static inline void fh1_write_f64be(fh1_encoder_t *e, double v)
+{
+    uint64_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    fh1_write_u64be(e, bits);
+}
+#endif
 
 /* Appends the CRC and the 0x00 delimiter. Returns the bytes to send, or 0
  * if the buffer was too small (nothing in it is then valid to send). */
