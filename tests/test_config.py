@@ -327,7 +327,7 @@ ERROR_CASES = {
     "unknown codec": (
         '[[devices]]\nname = "a"\nport = "/dev/x"\ncodec = "fh2"\n',
         "devices[0].codec",
-        "unknown codec 'fh2' (known: fh1, lines, nmea)",
+        "unknown codec 'fh2' (known: fh1, lines, nmea, ubx)",
     ),
     "codec missing without board": (
         '[[devices]]\nname = "a"\nport = "/dev/x"\n',
