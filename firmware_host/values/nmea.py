@@ -25,8 +25,11 @@ _TEMPORAL = (datetime.datetime, datetime.date, datetime.time)
 
 def json_value(value: object) -> object:
     """``value`` as JSON can hold it: ISO text for times, None for an empty field."""
-    if value == "":
-        return None
+    kind = type(value)
+    if kind is float or kind is int:  # the common case first: one type check
+        return value
+    if kind is str:
+        return value or None
     if isinstance(value, _TEMPORAL):
         return value.isoformat()
     if value is None or isinstance(value, (bool, int, float, str)):
