@@ -115,6 +115,15 @@ def test_damage_counts_one_rejected_each_and_decoding_resumes():
         assert codec.rejected == 6, step  # bad ubx, nmea, rtcm, huge, the stray run, the cut sentence
 
 
+def test_stray_bytes_right_after_a_damaged_packet_count_on_their_own():
+    bad = bytearray(pvt())
+    bad[30] ^= 0x10
+    codec = UbxCodec()
+    frames = codec.feed(bytes(bad) + b"stray" + posllh() + bytes(bad) + posllh(), 0.0)
+    assert [wire(f) for f in frames] == [posllh(), posllh()]
+    assert codec.rejected == 3  # the damaged packet, the stray run after it, the damaged packet
+
+
 def test_a_good_packet_inside_a_damaged_ones_claimed_length_is_found():
     head = b"\xb5\x62\x01\x07\x40\x00"  # claims 64 bytes; what follows is another packet
     stream = head + posllh() + bytes(64)
