@@ -93,16 +93,18 @@ def test_packets_between_stray_bytes_come_back_one_rejected_per_run(items, tail,
 
 @PROPERTY
 @given(packets=st.lists(st.one_of(ubx_st, rtcm_st), min_size=1, max_size=8), which=st.integers(0, 7),
-       at=st.integers(0, 10**6), bit=st.integers(0, 7), cuts=cuts_st)  # fmt: skip
-def test_one_damaged_packet_costs_exactly_one_rejected(packets, which, at, bit, cuts):
+       at=st.integers(0, 10**6), bit=st.integers(0, 7), stray=st.one_of(st.just(b""), stray_st),
+       cuts=cuts_st)  # fmt: skip
+def test_one_damaged_packet_costs_exactly_one_rejected(packets, which, at, bit, stray, cuts):
+    """A damaged packet costs exactly one rejected, and stray bytes right after it one more."""
     which %= len(packets)
     damaged = bytearray(packets[which])
     # a bit of the payload or the checksum: the header (and so the length) stays
     head = 6 if damaged[0] == 0xB5 else 3
     at = head + at % (len(damaged) - head)
     damaged[at] ^= 1 << bit
-    stream = b"".join(bytes(damaged) if k == which else p for k, p in enumerate(packets))
+    stream = b"".join(bytes(damaged) + stray if k == which else p for k, p in enumerate(packets))
     codec = UbxCodec("g", max_payload=MAX_PAYLOAD)
     frames = feed(codec, stream, cuts)
     assert [wire(f) for f in frames] == [p for k, p in enumerate(packets) if k != which]
-    assert codec.rejected == 1
+    assert codec.rejected == 1 + (1 if stray else 0)
