@@ -122,6 +122,12 @@ def test_stray_bytes_right_after_a_damaged_packet_count_on_their_own():
     frames = codec.feed(bytes(bad) + b"stray" + posllh() + bytes(bad) + posllh(), 0.0)
     assert [wire(f) for f in frames] == [posllh(), posllh()]
     assert codec.rejected == 3  # the damaged packet, the stray run after it, the damaged packet
+    # a false '$' inside a damaged frame, cut short, says nothing about the stray byte after the frame
+    bad = bytearray(rtcm3_frame(b"$\x00"))
+    bad[4] ^= 0x01
+    codec = UbxCodec()
+    assert codec.feed(bytes(bad) + b"\x00" + posllh(), 0.0)[0].payload == posllh()
+    assert codec.rejected == 2
 
 
 def test_a_good_packet_inside_a_damaged_ones_claimed_length_is_found():

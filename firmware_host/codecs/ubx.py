@@ -185,7 +185,8 @@ class UbxCodec(Codec):
         if at >= self._shadow:
             self.rejected += 1
             self._shadow = claimed_end
-        self._junk = open_ended
+            self._junk = open_ended
+        # else: a false sync byte inside a damaged packet, which says nothing about what follows
 
     def _packet(self, buf: bytes, i: int, ts: float, frames: list[Frame]) -> int | None:
         """Judge the candidate at ``buf[i]`` (a sync byte): where decoding goes
