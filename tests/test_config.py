@@ -322,7 +322,7 @@ ERROR_CASES = {
     "unknown board": (
         '[[devices]]\nname = "a"\nport = "/dev/x"\nboard = "nucleo"\n',
         "devices[0].board",
-        "unknown board 'nucleo' (known: csv-uart, env-sensor, gnss-nmea, nucleo-imu)",
+        "unknown board 'nucleo' (known: csv-uart, env-sensor, gnss-nmea, gnss-ubx, nucleo-imu)",
     ),
     "unknown codec": (
         '[[devices]]\nname = "a"\nport = "/dev/x"\ncodec = "fh2"\n',
