@@ -93,6 +93,8 @@ class Runtime:
         # the real backend owns the read tick its busy ttys share
         self.opener: PortOpener = opener or SerialBackend(read_coalesce=config.serial.read_coalesce)
         self.codecs: dict[str, CodecFactory] = {**BUILTIN_CODECS, **(codecs or {})}
+        # codecs whose missing value decoder was reported (once per runtime)
+        self._undecoded_codecs: set[str] = set()
         self.sink_types: dict[str, SinkFactory] = {**BUILTIN_SINKS, **(sink_types or {})}
         self.sinks: list[Sink] = list(sinks or [])
         self.processors: list[Processor] = list(processors or [])
@@ -310,7 +312,7 @@ class Runtime:
         if self.readers_token.is_cancelled:
             raise ShuttingDown("the runtime is shutting down")
         codec = make_codec(dc.codec, dc.name, dict(dc.codec_options), self.codecs)
-        decoder = decoder_for(dc.codec, dc.schema, dc.decode)
+        decoder = decoder_for(dc.codec, dc.schema, dc.decode, reported=self._undecoded_codecs)
         if old is not None:
             # a re-added device keeps counting where it left off
             codec.rejected, codec.gaps = old.reader.codec.rejected, old.reader.codec.gaps

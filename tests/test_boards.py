@@ -25,7 +25,7 @@ from firmware_host.config.schema import DEFAULT_CODECS, ConfigError
 
 pytestmark = pytest.mark.timeout(30)
 
-SHIPPED = {"nucleo-imu", "env-sensor", "gnss-nmea", "csv-uart"}
+SHIPPED = {"nucleo-imu", "env-sensor", "gnss-nmea", "gnss-ubx", "csv-uart"}
 
 MINIMAL_BOARD = """\
 name = "{name}"
@@ -263,7 +263,8 @@ def test_board_from_dict_minimal_and_plugin_codec() -> None:
 def test_match_board() -> None:
     boards = load_boards()
     assert match_board(0x0483, 0x374B, boards) is boards["nucleo-imu"]
-    assert match_board(0x1546, 0x01A8, boards) is boards["gnss-nmea"]
+    # gnss-nmea and gnss-ubx share u-blox's ids: the one loaded last (file name order) names the port
+    assert match_board(0x1546, 0x01A8, boards) is boards["gnss-ubx"]
     assert match_board(0x2E8A, 0x000A, boards) is boards["csv-uart"]
     assert match_board(0x0483, 0x0000, boards) is None
     assert match_board(None, None, boards) is None

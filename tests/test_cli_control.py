@@ -339,7 +339,7 @@ def test_cli_errors_against_a_running_runtime(workdir: Path) -> None:
             assert all(r.rc == 2 for r in ours), ours
             assert lines[0] == "firmware-host: unknown device 'nope' (no devices)"
             assert lines[1] == "firmware-host: unknown device 'nope' (no devices)"
-            assert lines[2] == "firmware-host: devices add: codec: unknown codec 'bogus' (known: fh1, lines, nmea)"
+            assert lines[2] == "firmware-host: devices add: codec: unknown codec 'bogus' (known: fh1, lines, nmea, ubx)"
             assert lines[3].startswith("firmware-host: devices add: name: expected a device name")
             assert lines[4].startswith("firmware-host: devices add: codec: required when no 'board' is given")
             # click's own usage errors: exit 2, an "Error:" line, no traceback

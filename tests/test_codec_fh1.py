@@ -18,6 +18,7 @@ from firmware_host.codecs import (
     Fh1Codec,
     LinesCodec,
     NmeaCodec,
+    UbxCodec,
     cobs,
     encode_packet,
     fh1,
@@ -438,7 +439,7 @@ def test_bad_max_payload(bad: object) -> None:
 
 
 def test_make_codec_builtins_and_options() -> None:
-    assert {"fh1": Fh1Codec, "nmea": NmeaCodec, "lines": LinesCodec} == BUILTIN_CODECS
+    assert {"fh1": Fh1Codec, "nmea": NmeaCodec, "lines": LinesCodec, "ubx": UbxCodec} == BUILTIN_CODECS
     codec = make_codec("fh1", "imu0", {"max_payload": 64})
     assert isinstance(codec, Fh1Codec) and codec.device == "imu0" and codec.max_payload == 64
     assert isinstance(make_codec("nmea", "g", {}), NmeaCodec)
@@ -455,7 +456,7 @@ def test_make_codec_builtins_and_options() -> None:
 
 
 def test_make_codec_unknown_name() -> None:
-    with pytest.raises(ValueError, match=r"unknown codec 'mavlink' \(known: fh1, lines, nmea\)") as info:
+    with pytest.raises(ValueError, match=r"unknown codec 'mavlink' \(known: fh1, lines, nmea, ubx\)") as info:
         make_codec("mavlink", "d", {})
     assert not isinstance(info.value, KeyError)
 

@@ -323,12 +323,12 @@ ERROR_CASES = {
     "unknown board": (
         '[[devices]]\nname = "a"\nport = "/dev/x"\nboard = "nucleo"\n',
         "devices[0].board",
-        "unknown board 'nucleo' (known: csv-uart, env-sensor, gnss-nmea, nucleo-imu)",
+        "unknown board 'nucleo' (known: csv-uart, env-sensor, gnss-nmea, gnss-ubx, nucleo-imu)",
     ),
     "unknown codec": (
         '[[devices]]\nname = "a"\nport = "/dev/x"\ncodec = "fh2"\n',
         "devices[0].codec",
-        "unknown codec 'fh2' (known: fh1, lines, nmea)",
+        "unknown codec 'fh2' (known: fh1, lines, nmea, ubx)",
     ),
     "codec missing without board": (
         '[[devices]]\nname = "a"\nport = "/dev/x"\n',

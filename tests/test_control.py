@@ -235,7 +235,7 @@ def test_devices_add_remove_readd(sockdir: str) -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        ({"codec": "bogus"}, "devices add: codec: unknown codec 'bogus' (known: fh1, lines, nmea)"),
+        ({"codec": "bogus"}, "devices add: codec: unknown codec 'bogus' (known: fh1, lines, nmea, ubx)"),
         (
             {"codec": "fh1", "baudrate": "fast"},
             'devices add: baudrate: expected an integer from 50 to 4000000, got "fast"',

@@ -55,7 +55,7 @@ def test_list_devices_names_boards(mocker: MockerFixture) -> None:
             "description": "u-blox GNSS receiver",
             "vid_pid": "1546:01a8",
             "serial": None,
-            "board": "gnss-nmea",
+            "board": "gnss-ubx",
         },
         {
             "port": "/dev/ttyACM1",

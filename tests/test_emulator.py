@@ -143,7 +143,7 @@ def test_parse_emulate_spec(boards: dict[str, Board]) -> None:
 @pytest.mark.parametrize(
     ("spec", "fragment"),
     [
-        ("nope", "unknown board 'nope' (known: csv-uart, env-sensor, gnss-nmea, nucleo-imu)"),
+        ("nope", "unknown board 'nope' (known: csv-uart, env-sensor, gnss-nmea, gnss-ubx, nucleo-imu)"),
         ("nucleo-imu:0", "bad count '0'"),
         ("nucleo-imu:x", "bad count 'x'"),
         ("nucleo-imu:2:3", "bad count '2:3'"),

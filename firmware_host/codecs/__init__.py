@@ -1,7 +1,8 @@
 """Codecs: turn a device's byte stream into frames (and frames into bytes).
 
-Built in: ``fh1`` (binary, COBS + CRC-16), ``nmea`` (NMEA 0183) and
-``lines`` (newline-delimited text). Plugins add codecs through a registry of
+Built in: ``fh1`` (binary, COBS + CRC-16), ``nmea`` (NMEA 0183),
+``lines`` (newline-delimited text) and ``ubx`` (a u-blox receiver's UBX,
+NMEA and RTCM3). Plugins add codecs through a registry of
 factories; :func:`make_codec` builds any of them with validated options.
 """
 
@@ -14,6 +15,7 @@ from firmware_host.codecs.base import Codec, CodecFactory
 from firmware_host.codecs.fh1 import Fh1Codec, encode_packet
 from firmware_host.codecs.lines import LinesCodec
 from firmware_host.codecs.nmea import NmeaCodec
+from firmware_host.codecs.ubx import UbxCodec
 from firmware_host.config._check import check_options, describe, expected_kind, is_number
 from firmware_host.errors import CodecOptionError
 
@@ -25,6 +27,7 @@ __all__ = [
     "Fh1Codec",
     "LinesCodec",
     "NmeaCodec",
+    "UbxCodec",
     "encode_packet",
     "make_codec",
 ]
@@ -34,6 +37,7 @@ BUILTIN_CODECS: dict[str, CodecFactory] = {
     Fh1Codec.name: Fh1Codec,
     NmeaCodec.name: NmeaCodec,
     LinesCodec.name: LinesCodec,
+    UbxCodec.name: UbxCodec,
 }
 
 

@@ -69,6 +69,7 @@ BUILTIN_CODEC_OPTIONS: Mapping[str, frozenset[str]] = {
     "fh1": frozenset({"max_payload"}),
     "lines": frozenset({"max_line"}),
     "nmea": frozenset(),  # NMEA 0183 fixes the line length; nothing to tune
+    "ubx": frozenset({"max_payload"}),
 }
 #: a device's baudrate when neither it nor its board says
 DEFAULT_BAUDRATE = 115200

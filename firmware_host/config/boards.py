@@ -44,7 +44,7 @@ __all__ = [
 #: os.pathsep-separated directories of user boards, loaded after the shipped ones
 BOARDS_ENV_VAR = "FIRMWARE_HOST_BOARDS"
 #: the emulator's payload generators a board may name
-PAYLOAD_GENERATORS: tuple[str, ...] = ("imu", "env", "gnss", "csv", "random", "schema")
+PAYLOAD_GENERATORS: tuple[str, ...] = ("imu", "env", "gnss", "ubx", "csv", "random", "schema")
 #: fh1 max_payload when a board does not set it (the codec's default)
 FH1_DEFAULT_MAX_PAYLOAD = 1024
 #: fh1 types 0xF0-0xFF are reserved for the runtime (commands, acks, heartbeats, logs)

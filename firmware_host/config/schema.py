@@ -73,7 +73,7 @@ __all__ = [
 ]
 
 #: codecs and sinks that ship with the runtime; plugins add to these
-DEFAULT_CODECS: frozenset[str] = frozenset({"fh1", "nmea", "lines"})
+DEFAULT_CODECS: frozenset[str] = frozenset({"fh1", "nmea", "lines", "ubx"})
 DEFAULT_SINKS: frozenset[str] = frozenset({"jsonl"})
 #: ``[[sinks]] timeout``: seconds a sink's ``write`` may take (docs/reliability.md)
 DEFAULT_SINK_TIMEOUT = 10.0

@@ -167,7 +167,7 @@ class FleetPlayer:
         """Ticks k..end-1 happen with nobody to hear them: seqs advance, nothing is written."""
         dev = self.dev
         n = sum(len(self.gen.tick(i)) for i in range(k, end))
-        if not self.wire.text:
+        if not (self.wire.text or self.wire.host_seq):
             dev.seq = (dev.seq + n) & _SEQ_MASK
         if overrun:
             dev.overrun += n
@@ -181,7 +181,7 @@ class FleetPlayer:
 
     async def send(self, k: int, end: int) -> None:
         dev, wire, faults, rng = self.dev, self.wire, self.faults, self.fault_rng
-        fh1 = not wire.text
+        fh1 = not (wire.text or wire.host_seq)  # the device numbers its frames
         chunks: list[bytes] = []
         # (end offset, kind, seq, host frames, host rejected) per piece, to count
         # only what was fully written

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from firmware_host.codecs.nmea import nmea_checksum
+from firmware_host.codecs.ubx import rtcm3_frame, ubx_packet
 from firmware_host.config.boards import EmulatorProfile
 from firmware_host.config.payloads import TEXT_CODECS
 from firmware_host.values.decoder import struct_format
@@ -243,6 +244,59 @@ class GnssGenerator(Generator):
         return out
 
 
+class UbxGenerator(GnssGenerator):
+    """A u-blox receiver on USB in its default mix: per fix one UBX NAV-PVT,
+    the NMEA sentences of ``gnss`` and one RTCM3 1005 (the reference station's
+    position, as a base station sends it). Items are whole packets (bytes) and
+    sentences (str); the NAV-PVT and the sentences carry the same position."""
+
+    text = False
+    #: NAV-PVT's payload, u-blox 8 protocol spec (UBX-13003221) 32.17.14: 92 bytes
+    _PVT = struct.Struct("<IHBBBBBBIiBBBBiiiiIIiiiiiIIHB5sihH")
+
+    def __init__(self, rate: float, rng: random.Random, base_time: float) -> None:
+        super().__init__(rate, rng, base_time)
+        #: the base station's antenna: where the walk starts
+        self.base_ecef = _ecef(self.lat, self.lon, self.alt + 44.8)
+
+    def tick(self, k: int) -> list[Item]:
+        sentences = super().tick(k)  # moves the fix first
+        now = datetime.fromtimestamp(self.base_time + k / self.rate, UTC)
+        used = sum(1 for s in self.gps + self.glonass if s.snr is not None)
+        itow = ((now.weekday() + 1) % 7 * 86400 + now.hour * 3600 + now.minute * 60 + now.second) * 1000
+        pvt = self._PVT.pack(
+            itow + now.microsecond // 1000, now.year, now.month, now.day, now.hour, now.minute, now.second,
+            0x07, 50, now.microsecond * 1000 % 1_000_000_000, 3, 0x01, 0xE0, used,
+            round(self.lon * 1e7), round(self.lat * 1e7), round((self.alt + 44.8) * 1000), round(self.alt * 1000),
+            2500, 4000, 0, 0, 0, 1400, round(self.heading * 1e5) % 36_000_000, 300, 500_000, 150, 0, bytes(5),
+            0, 0, 0,
+        )  # fmt: skip
+        return [ubx_packet(0x01, 0x07, pvt), *sentences, rtcm3_frame(_rtcm1005(self.base_ecef))]
+
+
+def _rtcm1005(ecef: tuple[float, float, float], station: int = 1) -> bytes:
+    """RTCM 1005 (stationary antenna reference point): 152 bits, RTCM 10403.3 3.5.3."""
+    x, y, z = (round(v * 10_000) & ((1 << 38) - 1) for v in ecef)  # 0.1 mm, 38-bit two's complement
+    fields = [(1005, 12), (station, 12), (0, 6), (1, 1), (1, 1), (0, 1), (1, 1), (x, 38), (0, 1), (0, 1),
+              (y, 38), (0, 2), (z, 38)]  # fmt: skip
+    bits = 0
+    for value, width in fields:
+        bits = (bits << width) | value
+    return bits.to_bytes(19, "big")
+
+
+def _ecef(lat: float, lon: float, height: float) -> tuple[float, float, float]:
+    """WGS84 geodetic (degrees, metres) to earth-centred x, y, z in metres."""
+    a, e2 = 6_378_137.0, 6.69437999014e-3
+    phi, lam = math.radians(lat), math.radians(lon)
+    n = a / math.sqrt(1 - e2 * math.sin(phi) ** 2)
+    return (
+        (n + height) * math.cos(phi) * math.cos(lam),
+        (n + height) * math.cos(phi) * math.sin(lam),
+        (n * (1 - e2) + height) * math.sin(phi),
+    )
+
+
 class ReplayGenerator(Generator):
     """Replays a capture's lines (``#`` comments and blank lines skipped), looping.
 
@@ -385,6 +439,8 @@ def make_generator(
         return CsvGenerator(rate, rng)
     if name == "gnss":
         return GnssGenerator(rate, rng, time.time() if base_time is None else base_time)
+    if name == "ubx":
+        return UbxGenerator(rate, rng, time.time() if base_time is None else base_time)
     if name == "random":
         return RandomGenerator(rng, profile.payload_size)
     raise ValueError(f"unknown payload generator {name!r}")

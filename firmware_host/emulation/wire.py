@@ -17,9 +17,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import ClassVar, NamedTuple
 
-from firmware_host.codecs import Codec, CodecFactory, Fh1Codec, LinesCodec, NmeaCodec, make_codec
+from firmware_host.codecs import Codec, CodecFactory, Fh1Codec, LinesCodec, NmeaCodec, UbxCodec, make_codec
 from firmware_host.codecs.cobs import decode as cobs_decode
 from firmware_host.codecs.cobs import encode as cobs_encode
+from firmware_host.codecs.ubx import RTCM3_TYPE, UBX_TYPE, ubx_packet
 
 __all__ = ["WIRE_CODECS", "Body", "FaultWire", "Noise", "Wire", "make_wire"]
 
@@ -28,7 +29,7 @@ __all__ = ["WIRE_CODECS", "Body", "FaultWire", "Noise", "Wire", "make_wire"]
 Body = bytes | str
 
 #: the codecs the fleet can play (generators, faults): those with a FaultWire
-WIRE_CODECS = frozenset({"fh1", "nmea", "lines"})
+WIRE_CODECS = frozenset({"fh1", "nmea", "lines", "ubx"})
 #: a noise run is re-rolled at most this often if it happens to decode
 NOISE_TRIES = 16
 
@@ -46,6 +47,8 @@ class Wire:
 
     #: True when any garbage line is a valid frame (``lines``): noise then decodes, by design
     accepts_garbage: ClassVar[bool] = False
+    #: True when a binary codec's seqs are the host's (``ubx``), as a text codec's always are
+    host_seq: ClassVar[bool] = False
 
     def __init__(self, codec: Codec, fresh: Callable[[str], Codec], frame_type: int = 0) -> None:
         #: encodes the frames (its options bound what may be sent)
@@ -182,6 +185,54 @@ class LinesWire(FaultWire):
         return (unit * (self.max_line // len(unit) + 2))[: self.max_line + 2] + b"\n"
 
 
+class UbxWire(FaultWire):
+    """A u-blox stream: a generator's whole UBX and RTCM3 packets and NMEA
+    sentences go out as they are; anything else rides in a UBX packet."""
+
+    host_seq = True
+    #: the class of packets that carry other bytes (0x7F: no u-blox class uses it)
+    CARRIER_CLASS = 0x7F
+
+    def __init__(self, codec: UbxCodec, fresh: Callable[[str], Codec], frame_type: int = 0) -> None:
+        super().__init__(codec, fresh, frame_type)
+        # noise holds no sync byte either: a stray run, one rejected, never a packet's start
+        self._alphabet = bytes(b for b in self._alphabet if b not in (UBX_TYPE, RTCM3_TYPE, 0x24))
+
+    def sample(self, seq: int, size: int = 0) -> Body:
+        body = super().sample(seq, size)
+        return ubx_packet(self.CARRIER_CLASS, 0, body if isinstance(body, bytes) else body.encode())
+
+    def encode(self, body: Body, seq: int, frame_type: int | None = None) -> bytes:
+        if isinstance(body, bytes) and frame_type is None and self.effect(body) == (1, 0):
+            return body  # a whole packet already
+        return super().encode(body, seq, frame_type)
+
+    def frame(self, item: Body, seq: int) -> bytes:
+        if isinstance(item, str):
+            return self.codec.encode(None, seq, item if item[:1] != "$" else item.rsplit("*", 1)[0])
+        if self.effect(item) == (1, 0):
+            return item
+        return ubx_packet(self.CARRIER_CLASS, 0, item[:0xFFFF])
+
+    def corrupt(self, item: Body, seq: int, rng: random.Random) -> bytes:
+        # flip one bit after the header (payload or checksum): the length stays,
+        # the checksum fails, and the packet costs exactly one rejected
+        packet = bytearray(self.frame(item, seq))
+        if packet[:1] == b"$":
+            star = packet.rfind(b"*")
+            i = rng.randrange(1, star)
+            for bit in rng.sample(range(5), 5):
+                c = packet[i] ^ (1 << bit)
+                if 0x20 <= c < 0x7F and c not in b"*$":
+                    packet[i] = c
+                    return bytes(packet)
+            packet[star + 1 : star + 3] = b"ZZ"
+            return bytes(packet)
+        head = 6 if packet[0] == UBX_TYPE else 3
+        packet[rng.randrange(head, len(packet))] ^= 1 << rng.randrange(8)
+        return bytes(packet)
+
+
 def make_wire(
     codec: str,
     options: Mapping[str, int] | None = None,
@@ -207,4 +258,6 @@ def make_wire(
         return NmeaWire(encoder, fresh, frame_type)
     if isinstance(encoder, LinesCodec):
         return LinesWire(encoder, fresh, frame_type)
+    if isinstance(encoder, UbxCodec):
+        return UbxWire(encoder, fresh, frame_type)
     return Wire(encoder, fresh, frame_type)

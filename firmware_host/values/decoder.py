@@ -10,6 +10,7 @@ device's mistake is counted, never raised.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +26,10 @@ from firmware_host.values.layout import (
     FrameLayout,
     PayloadSchema,
 )
+from firmware_host.values.nmea import NmeaDecoder, pynmeagps_parser
+from firmware_host.values.ubx import UbxDecoder, ubx_decoder
+
+log = logging.getLogger("firmware_host.values")
 
 Fields = dict[str, Any]
 #: unpacked values → the frame's fields
@@ -168,9 +173,43 @@ class PayloadDecoder:
             self.undecoded += bad
 
 
-def decoder_for(codec: str, schema: PayloadSchema | None, decode: bool = True) -> PayloadDecoder | None:
+#: the extra each codec's value decoder needs (``pip install 'firmware-host[gnss]'``)
+CODEC_EXTRAS: dict[str, str] = {"nmea": "gnss", "ubx": "gnss"}
+
+
+def decoder_for(
+    codec: str,
+    schema: PayloadSchema | None,
+    decode: bool = True,
+    *,
+    reported: set[str] | None = None,
+) -> PayloadDecoder | NmeaDecoder | UbxDecoder | None:
     """The decoder of a device with ``codec`` and its board's ``schema``; None
-    when its frames stay bytes and text (no schema, or ``decode = false``)."""
-    if not decode or schema is None:
+    when its frames stay bytes and text (``decode = false``, or nothing to
+    decode them with). A board's schema wins; else ``nmea`` and ``ubx``
+    devices decode by what their protocol says, with the ``[gnss]`` extra.
+    Without it, a warning is logged once per caller: ``reported`` is the set
+    of codecs its owner (the runtime) has already warned about."""
+    if not decode:
         return None
-    return PayloadDecoder(schema)
+    if schema is not None:
+        return PayloadDecoder(schema)
+    if codec not in CODEC_EXTRAS:
+        return None
+    decoder: NmeaDecoder | UbxDecoder | None = None
+    if codec == "nmea":
+        parse = pynmeagps_parser()
+        decoder = NmeaDecoder(parse) if parse is not None else None
+    else:
+        decoder = ubx_decoder()
+    if decoder is None and (reported is None or codec not in reported):
+        if reported is not None:
+            reported.add(codec)
+        log.warning(
+            "%s frames flow as bytes and text only: their values are not decoded without the [%s] extra "
+            "(pip install 'firmware-host[%s]')",
+            codec,
+            CODEC_EXTRAS[codec],
+            CODEC_EXTRAS[codec],
+        )
+    return decoder
