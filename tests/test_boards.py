@@ -202,7 +202,7 @@ BAD_BOARDS = {
     "rate nan": (_edit("rate = 20", "rate = nan"), "emulator.rate: expected a finite number > 0"),
     "unknown generator": (
         _edit('payload = "random"', 'payload = "noise"'),
-        'emulator.payload: expected one of imu, env, gnss, csv, random, schema, got "noise"',
+        'emulator.payload: expected one of imu, env, gnss, ubx, csv, random, schema, got "noise"',
     ),
     "payload beyond max_payload": (
         _edit("payload_size = 16", "payload_size = 65"),
