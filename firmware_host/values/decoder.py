@@ -125,7 +125,8 @@ class _Csv:
         self.header = self.delimiter.join(self.names)
 
     def fields(self, text: str) -> Fields | None:
-        """The line's fields; None for the header line. Raises ValueError."""
+        """The line's fields; None for the header line. Raises ValueError, or
+        OverflowError (an integer cell too large to scale as a float)."""
         line = text.strip()
         if line == self.header:
             return None
@@ -162,7 +163,7 @@ class PayloadDecoder:
             elif csv is not None and frame.text is not None:
                 try:
                     frame.fields = csv.fields(frame.text)
-                except ValueError:
+                except (ValueError, OverflowError):  # the device's line, not our fault
                     bad += 1
         if bad:
             self.undecoded += bad

@@ -1,0 +1,55 @@
+"""Payload schemas, second look: a device's garbage is counted, never a crash;
+a declared type means its range; counters stay monotonic; fields reach every path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firmware_host.config.boards import Board, board_from_dict
+from firmware_host.config.schema import config_from_dict
+from firmware_host.testing import assert_accounting
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def csv_board(fields: list[dict[str, Any]], name: str = "scaled") -> Board:
+    return board_from_dict(
+        {
+            "name": name,
+            "codec": "lines",
+            "emulator": {"rate": 10.0, "payload": "csv"},
+            "schema": {"csv": {"fields": fields}},
+        }
+    )
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_an_integer_cell_too_big_to_scale_counts_undecoded_not_a_dead_reader(fh_board, fh_runtime, tmp_path):
+    """int("9" * 400) parses; times a float scale it overflows: that line is the
+    device's mistake (undecoded), and the next line still decodes."""
+    pty = fh_board("csv-uart")
+    board = csv_board([{"name": "v", "type": "u32", "scale": 0.5}])
+    out = tmp_path / "out.jsonl"
+    cfg = config_from_dict(
+        {
+            "buffer": {"flush_interval": 0.02},
+            "devices": [{"name": "d", "port": pty.path, "board": "scaled"}],
+            "sinks": [{"type": "jsonl", "path": str(out)}],
+        },
+        boards={"scaled": board},
+    )
+    async with fh_runtime(cfg) as rt:
+        await rt.wait_state("d", "connected")
+        await pty.send_lines(["9" * 400, "8"])
+        status = await rt.wait_until(lambda s: s["devices"]["d"]["flushed"] == 2, 10)
+        assert status["devices"]["d"]["undecoded"] == 1
+        assert status["devices"]["d"]["reconnects"] == 0
+        assert_accounting(status)
+    assert [r.get("fields") for r in records(out)] == [None, {"v": 4.0}]
