@@ -53,3 +53,37 @@ async def test_an_integer_cell_too_big_to_scale_counts_undecoded_not_a_dead_read
         assert status["devices"]["d"]["reconnects"] == 0
         assert_accounting(status)
     assert [r.get("fields") for r in records(out)] == [None, {"v": 4.0}]
+
+
+def decode_line(board: Board, text: str) -> tuple[Any, int]:
+    from firmware_host import Frame
+    from firmware_host.values.decoder import PayloadDecoder
+
+    assert board.schema is not None
+    decoder = PayloadDecoder(board.schema)
+    frame = Frame("d", 0, None, 0.0, None, text)
+    decoder.decode([frame])
+    return frame.fields, decoder.undecoded
+
+
+@pytest.mark.parametrize(
+    ("kind", "cell", "fits"),
+    [
+        ("u8", "255", True),
+        ("u8", "256", False),
+        ("u8", "-1", False),
+        ("i8", "-128", True),
+        ("i8", "127", True),
+        ("i8", "128", False),
+        ("i8", "-129", False),
+        ("u16", "65536", False),
+        ("i32", "-2147483649", False),
+        ("u64", "18446744073709551615", True),
+        ("u64", "18446744073709551616", False),
+    ],
+)
+def test_a_csv_integer_cell_outside_its_types_range_is_undecoded(kind, cell, fits):
+    """A binary u8 cannot hold 300; a csv u8 cell of 300 (or -1) is a line
+    that does not fit its schema, like a cell that does not parse."""
+    board = csv_board([{"name": "v", "type": kind}])
+    assert decode_line(board, cell) == (({"v": int(cell)}, 0) if fits else (None, 1))

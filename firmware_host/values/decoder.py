@@ -91,7 +91,7 @@ class _Binary:
 
 def _csv_value(spec: FieldSpec) -> Callable[[str], Any]:
     if spec.type in INTEGER_TYPES:
-        convert: Callable[[str], Any] = int
+        convert: Callable[[str], Any] = _csv_int(spec.type)
     elif spec.type in FLOAT_TYPES:
         convert = float
     elif spec.type == "bool":
@@ -103,6 +103,21 @@ def _csv_value(spec: FieldSpec) -> Callable[[str], Any]:
         offset = 0.0 if spec.offset is None else spec.offset
         raw = convert
         return lambda text: raw(text) * scale + offset
+    return convert
+
+
+def _csv_int(kind: str) -> Callable[[str], int]:
+    """``int`` within ``kind``'s range: a u8 cell of 300 or -1 does not fit,
+    as a binary u8 could not hold it."""
+    bits = int(kind[1:])
+    lo, hi = (0, (1 << bits) - 1) if kind[0] == "u" else (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+
+    def convert(text: str) -> int:
+        value = int(text)
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} is out of range for {kind}")
+        return value
+
     return convert
 
 
