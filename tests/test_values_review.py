@@ -87,3 +87,28 @@ def test_a_csv_integer_cell_outside_its_types_range_is_undecoded(kind, cell, fit
     that does not fit its schema, like a cell that does not parse."""
     board = csv_board([{"name": "v", "type": kind}])
     assert decode_line(board, cell) == (({"v": int(cell)}, 0) if fits else (None, 1))
+
+
+async def test_undecoded_stays_counted_when_a_device_is_readded_without_its_schema(fh_board, fh_runtime):
+    """``undecoded`` is a monotonic counter (status, /metrics): re-adding a
+    device with no schema (``devices add NAME PORT --codec fh1``) keeps it, as
+    ``rejected`` and ``gaps`` are kept, rather than falling back to 0."""
+    board = fh_board("env-sensor")
+    cfg = {"buffer": {"flush_interval": 0.02}, "devices": [board.config("env")], "sinks": []}
+    async with fh_runtime(cfg) as rt:
+        await rt.wait_state("env", "connected")
+        await board.send_frames(1, payload=b"\x01\x02\x03")  # not the layout's 12 bytes
+        await rt.wait_counter("env", "undecoded", 1)
+        await rt.remove_device("env")
+        bare = config_from_dict({"devices": [{"name": "env", "port": board.path, "codec": "fh1"}]}).devices[0]
+        assert bare.schema is None
+        await rt.add_device(bare)
+        status = await rt.wait_state("env", "connected")
+        assert status["devices"]["env"]["undecoded"] == 1
+        # and back with its schema: counting on from 1
+        await rt.remove_device("env")
+        await rt.add_device(config_from_dict({"devices": [board.config("env")]}).devices[0])
+        await rt.wait_state("env", "connected")
+        await board.send_frames(1, payload=b"\x01\x02\x03")
+        status = await rt.wait_counter("env", "undecoded", 2)
+        assert_accounting(status)
