@@ -112,3 +112,26 @@ async def test_undecoded_stays_counted_when_a_device_is_readded_without_its_sche
         await board.send_frames(1, payload=b"\x01\x02\x03")
         status = await rt.wait_counter("env", "undecoded", 2)
         assert_accounting(status)
+
+
+def test_emulated_csv_str_cells_are_not_empty():
+    """``payload = "schema"`` on a csv board: a str cell has no size to cut to
+    (csv takes none), so it must not come out as an empty cell."""
+    import random
+
+    from firmware_host.emulation.generators import make_generator
+
+    board = board_from_dict(
+        {
+            "name": "tagged",
+            "codec": "lines",
+            "emulator": {"rate": 10.0, "payload": "schema"},
+            "schema": {"csv": {"fields": [{"name": "tag", "type": "str"}, {"name": "n", "type": "u8"}]}},
+        }
+    )
+    gen = make_generator(board.emulator, board.codec, rate=10.0, rng=random.Random(1), schema=board.schema)
+    rows = [item for k in range(3) for item in gen.tick(k)]
+    assert rows[0] == "tag,n"
+    for row in rows[1:]:
+        fields, undecoded = decode_line(board, str(row))
+        assert undecoded == 0 and fields is not None and fields["tag"] != "", row
