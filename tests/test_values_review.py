@@ -11,6 +11,7 @@ import pytest
 
 from firmware_host.config.boards import Board, board_from_dict
 from firmware_host.config.schema import config_from_dict
+from firmware_host.errors import BoardError
 from firmware_host.testing import assert_accounting
 
 pytestmark = pytest.mark.timeout(30)
@@ -135,3 +136,28 @@ def test_emulated_csv_str_cells_are_not_empty():
     for row in rows[1:]:
         fields, undecoded = decode_line(board, str(row))
         assert undecoded == 0 and fields is not None and fields["tag"] != "", row
+
+
+@pytest.mark.parametrize(
+    ("payload", "size", "words"),
+    [
+        ("imu", 0, "48 bytes"),  # the imu generator's own size, not the layout's 12
+        ("random", 0, "varying size"),  # 1 to 32 random bytes
+        ("gnss", 0, "varying size"),  # text as a payload
+    ],
+)
+def test_the_emulator_must_send_what_its_schema_decodes_at_its_own_size(payload, size, words):
+    """payload_size 0 means the generator's own size: the board's emulator must
+    not send frames of a declared type that its own schema cannot decode."""
+    data = {
+        "name": "mism",
+        "codec": "fh1",
+        "emulator": {"rate": 10.0, "payload": payload, "payload_size": size, "frame_type": 2},
+        "schema": {"frames": [{"type": 2, "fields": [{"name": "t", "type": "f32", "count": 3}]}]},
+    }
+    with pytest.raises(BoardError, match=r"emulator\.payload_size") as caught:
+        board_from_dict(data)
+    assert words in str(caught.value) and "12 bytes" in str(caught.value)
+    # its generator's size, or payload_size, matching the layout is fine
+    board_from_dict({**data, "emulator": {**data["emulator"], "payload_size": 12}})
+    board_from_dict({**data, "emulator": {**data["emulator"], "payload": "env"}})
