@@ -316,8 +316,6 @@ class Runtime:
         if old is not None:
             # a re-added device keeps counting where it left off
             codec.rejected, codec.gaps = old.reader.codec.rejected, old.reader.codec.gaps
-            if decoder is not None:
-                decoder.undecoded = old.reader.undecoded
         reader = UplinkReader(
             dc.name,
             self._resolver(dc),
@@ -333,6 +331,7 @@ class Runtime:
         )
         if old is not None:
             reader.stats.bytes, reader.stats.reconnects = old.reader.stats.bytes, old.reader.stats.reconnects
+            reader.undecoded_before = old.reader.undecoded
         await self.aggregator.handle.register(dc.name)
         token = self.readers_token.child_token()
         task = asyncio.create_task(self._supervise(reader, token), name=f"uplink:{dc.name}")

@@ -88,6 +88,9 @@ class UplinkReader:
         self._open = opener
         self._process = process
         self.decoder = decoder
+        #: undecoded frames of this device's earlier readers (a re-added device
+        #: keeps counting, whether or not it decodes now)
+        self.undecoded_before = 0
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._port: Port | None = None
@@ -105,7 +108,7 @@ class UplinkReader:
 
     @property
     def undecoded(self) -> int:
-        return self.decoder.undecoded if self.decoder is not None else 0
+        return self.undecoded_before + (self.decoder.undecoded if self.decoder is not None else 0)
 
     def send(self, data: bytes) -> bool:
         """Write downlink bytes if connected; False when the device is not."""

@@ -45,6 +45,9 @@ __all__ = [
 BOARDS_ENV_VAR = "FIRMWARE_HOST_BOARDS"
 #: the emulator's payload generators a board may name
 PAYLOAD_GENERATORS: tuple[str, ...] = ("imu", "env", "gnss", "ubx", "csv", "random", "schema")
+#: binary payload bytes of the generators whose size is fixed, at payload_size 0
+#: (the emulator's ImuGenerator and EnvGenerator); the others' sizes vary
+_NATURAL_SIZES = {"imu": 48, "env": 12}
 #: fh1 max_payload when a board does not set it (the codec's default)
 FH1_DEFAULT_MAX_PAYLOAD = 1024
 #: fh1 types 0xF0-0xFF are reserved for the runtime (commands, acks, heartbeats, logs)
@@ -175,13 +178,17 @@ def board_from_dict(data: Mapping[str, Any], *, source: str = "<board>") -> Boar
         max_payload = options.get("max_payload", FH1_DEFAULT_MAX_PAYLOAD) if codec == "fh1" else None
         schema = parse_schema(check, table["schema"], codec, max_payload)
         layout = schema.layout(frame_type)
-        if layout is not None and payload_size and payload_size != layout_size(layout):
-            # the emulator would send frames its own board cannot decode
-            check.fail(
-                "emulator.payload_size",
-                f"{payload_size} bytes, but the schema's layout of frame type {frame_type:#04x} "
-                f"is {layout_size(layout)} bytes",
-            )
+        if layout is not None:
+            size = layout_size(layout)
+            # payload_size 0 is the generator's own size (None: it varies)
+            sent = payload_size or (size if payload == "schema" else _NATURAL_SIZES.get(payload))
+            if sent != size:
+                # the emulator would send frames its own board cannot decode
+                what = f"{sent} bytes" if sent else f'"{payload}" payloads of varying size (set payload_size)'
+                check.fail(
+                    "emulator.payload_size",
+                    f"{what}, but the schema's layout of frame type {frame_type:#04x} is {size} bytes",
+                )
 
     if payload == "schema":
         text = codec in TEXT_CODECS

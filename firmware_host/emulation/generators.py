@@ -356,7 +356,8 @@ def _field_value(spec: FieldSpec, t: float, phase: float, rng: random.Random) ->
         return wave > 0
     if kind == "bytes":
         return rng.randbytes(spec.size)
-    return f"{spec.name[:4]}{int(t) % 1000}".encode()[: spec.size]  # str
+    text = f"{spec.name[:4]}{int(t) % 1000}".encode()
+    return text[: spec.size] if spec.size else text  # str; a csv cell has no size
 
 
 class _FieldWaves:

@@ -96,7 +96,7 @@ class _Binary:
 
 def _csv_value(spec: FieldSpec) -> Callable[[str], Any]:
     if spec.type in INTEGER_TYPES:
-        convert: Callable[[str], Any] = int
+        convert: Callable[[str], Any] = _csv_int(spec.type)
     elif spec.type in FLOAT_TYPES:
         convert = float
     elif spec.type == "bool":
@@ -108,6 +108,21 @@ def _csv_value(spec: FieldSpec) -> Callable[[str], Any]:
         offset = 0.0 if spec.offset is None else spec.offset
         raw = convert
         return lambda text: raw(text) * scale + offset
+    return convert
+
+
+def _csv_int(kind: str) -> Callable[[str], int]:
+    """``int`` within ``kind``'s range: a u8 cell of 300 or -1 does not fit,
+    as a binary u8 could not hold it."""
+    bits = int(kind[1:])
+    lo, hi = (0, (1 << bits) - 1) if kind[0] == "u" else (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+
+    def convert(text: str) -> int:
+        value = int(text)
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} is out of range for {kind}")
+        return value
+
     return convert
 
 
@@ -130,7 +145,8 @@ class _Csv:
         self.header = self.delimiter.join(self.names)
 
     def fields(self, text: str) -> Fields | None:
-        """The line's fields; None for the header line. Raises ValueError."""
+        """The line's fields; None for the header line. Raises ValueError, or
+        OverflowError (an integer cell too large to scale as a float)."""
         line = text.strip()
         if line == self.header:
             return None
@@ -167,7 +183,7 @@ class PayloadDecoder:
             elif csv is not None and frame.text is not None:
                 try:
                     frame.fields = csv.fields(frame.text)
-                except ValueError:
+                except (ValueError, OverflowError):  # the device's line, not our fault
                     bad += 1
         if bad:
             self.undecoded += bad
