@@ -92,6 +92,11 @@ def test_an_iac_at_the_very_start_and_end_of_a_chunk():
     assert feed_cut(bytes([IAC, IAC]), []) == (b"\xff", [])
 
 
+def test_data_between_commands_in_one_chunk_is_all_kept():
+    stream = b"ab" + bytes([IAC, IAC]) + b"cd" + bytes([IAC, WILL, 1]) + b"ef" + bytes([IAC, NOP]) + b"gh"
+    assert feed_cut(stream, []) == (b"ab\xffcdefgh", [("neg", WILL, 1)])
+
+
 def test_one_byte_commands_are_swallowed():
     for command in (NOP, GA, BRK, SE, 200):
         assert feed_cut(b"a" + bytes([IAC, command]) + b"b", []) == (b"ab", [])
