@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import socket
+import struct
 import time
 
 import pytest
@@ -87,15 +89,16 @@ class Peer:
 
 
 class Server:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.peers: asyncio.Queue[Peer] = asyncio.Queue()
         self.all: list[Peer] = []
         self.server: asyncio.Server | None = None
         self.url = ""
 
     async def __aenter__(self) -> Server:
-        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.url = f"rfc2217://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        self.server = await asyncio.start_server(self._accept, self.host, 0)
+        self.url = f"rfc2217://{self.host}:{self.server.sockets[0].getsockname()[1]}"
         return self
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -166,9 +169,10 @@ def test_a_bad_timeout_is_refused_in_words(value):
 
 
 @pytest.mark.parametrize("item", ["ign_set_control=1", "timeout", "logging=debug", "x"])
-def test_an_unknown_option_is_refused_in_words(item):
+@pytest.mark.parametrize("before", ["", "timeout=1&", "ign_set_control&"])
+def test_an_unknown_option_is_refused_in_words(item, before):
     with pytest.raises(ValueError) as info:
-        parse_rfc2217_url(f"rfc2217://h:7?{item}")
+        parse_rfc2217_url(f"rfc2217://h:7?{before}{item}")
     assert str(info.value) == (
         f"option {item!r} is not supported (rfc2217:// takes timeout=SECONDS and ign_set_control)"
     )
@@ -184,6 +188,11 @@ async def test_a_bad_url_fails_the_open_in_one_line():
         await open_rfc2217("rfc2217://h:7?timeout=0", 9600, ServerQuirks())
     assert str(info.value) == "cannot open rfc2217://h:7?timeout=0: expected timeout=SECONDS from 0 to 60, got '0'"
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_the_baudrate_is_an_unsigned_32_bit_number():
+    assert line_settings(0x80000000)[1] == b"\x80\x00\x00\x00"
+    assert line_settings(0xFFFFFFFF)[1] == b"\xff\xff\xff\xff"
 
 
 def test_line_settings_are_8n1_without_flow_control():
@@ -519,3 +528,63 @@ async def test_the_writer_reports_the_transports_queue():
                 await asyncio.sleep(0)
         assert info.value.errno == errno.ENOBUFS
         await port.close()
+
+
+async def test_a_refused_connect_names_the_url():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port_no = s.getsockname()[1]  # bound, not listening: refused
+        url = f"rfc2217://127.0.0.1:{port_no}"
+        with pytest.raises(PortClosed) as info:
+            await open_rfc2217(url, 9600, ServerQuirks())
+    assert str(info.value) == f"cannot open {url}: [Errno 111] Connection refused"
+
+
+async def test_the_connection_goes_to_the_host_in_the_url():
+    async with Server("127.0.0.2") as server:  # all of 127/8 is loopback on Linux
+        opening = asyncio.ensure_future(open_rfc2217(server.url, 9600, ServerQuirks()))
+        peer = await server.peer()
+        await peer.expect(GREETING)
+        peer.send(cmd(DO, CPO) + acks_for(9600))
+        port = await asyncio.wait_for(opening, 5)
+        await port.close()
+
+
+async def test_a_reset_while_negotiating_fails_the_open_with_the_reason():
+    async with Server() as server:
+        opening = asyncio.ensure_future(open_rfc2217(server.url + "?timeout=10", 9600, ServerQuirks()))
+        peer = await server.peer()
+        await peer.expect(GREETING)
+        sock = peer.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
+        peer.writer.transport.abort()
+        with pytest.raises(PortClosed) as info:
+            await asyncio.wait_for(opening, 5)
+        assert str(info.value) == f"cannot open {server.url}?timeout=10: [Errno 104] Connection reset by peer"
+
+
+async def test_writes_on_a_closing_connection_are_not_attempted(caplog):
+    caplog.set_level(logging.DEBUG, logger="asyncio")
+    async with Server() as server:
+        protocol, transport, peer = await connected_protocol(server)
+        await peer.expect(GREETING)
+        transport.close()
+        for _ in range(8):  # asyncio warns from the fifth write to a closed connection
+            protocol.negotiation(DO, ECHO)
+        assert await peer.ended() == b""
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
+async def test_reading_pauses_when_a_mebibyte_is_unread():
+    async with Server() as server:
+        protocol, transport, peer = await connected_protocol(server)
+        await peer.expect(GREETING)
+        peer.send(bytes(1 << 20) + b"!")
+        await peer.writer.drain()
+        async with asyncio.timeout(5):
+            while transport.is_reading():
+                await asyncio.sleep(0.01)  # no event says "paused": the transport is polled, with a deadline
+        data = await protocol.chunks.read()
+        assert data[-1:] == b"!" and len(data) == (1 << 20) + 1
+        assert transport.is_reading()
+        transport.close()

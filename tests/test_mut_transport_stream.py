@@ -111,6 +111,9 @@ async def test_reads_return_everything_since_the_last_in_one_piece():
         protocol.data_received(b"bc")
         protocol.data_received(b"d")
         assert await protocol.read() == b"abcd"
+        protocol.data_received(b"x")
+        protocol.data_received(b"yz")
+        assert await protocol.read() == b"xyz"
         assert protocol.lost() is None
         transport.close()
         await asyncio.wait_for(protocol.wait_lost(), 5)
@@ -361,6 +364,29 @@ async def test_an_unknown_host_keeps_the_resolvers_words():
         await open_socket("socket://no-such-host.invalid:7")
     message = str(info.value)
     assert message.startswith("cannot open socket://no-such-host.invalid:7: [Errno -")
+    assert "Unknown error" not in message  # the resolver's words, not strerror of a negative number
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        # several addresses failed differently: asyncio's summary has no errno
+        (
+            OSError("Multiple exceptions: [Errno 111] a, [Errno 113] b"),
+            "Multiple exceptions: [Errno 111] a, [Errno 113] b",
+        ),
+        (OSError(errno.EHOSTUNREACH, "Connect call failed ('10.0.0.9', 7)"), "[Errno 113] No route to host"),
+        (OSError(0, "odd"), "[Errno 0] odd"),
+    ],
+)
+async def test_a_failed_connect_is_said_by_its_errno_or_its_words(monkeypatch, error, reason):
+    async def failing(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", failing)
+    with pytest.raises(PortClosed) as info:
+        await connect("socket://h:7", "h", 7, ChunkProtocol())
+    assert str(info.value) == f"cannot open socket://h:7: {reason}"
 
 
 def test_a_connect_that_never_completes_gives_up_after_five_seconds():

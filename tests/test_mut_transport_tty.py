@@ -20,6 +20,7 @@ import asyncio
 import errno
 import fcntl
 import os
+import socket
 import struct
 import termios
 from collections.abc import Iterator
@@ -161,11 +162,14 @@ def test_without_coalescing_no_read_waits(pty):
         loop = virtual_loop()
         clock = ReadClock(0)
         port = TtyPort("p", pty.ser, clock)
+        assert port.url == "p"
         try:
             for data in (b"a", b"bc", b"d"):
                 pty.send(data)
-                assert await port.read() == data
-                assert clock.waiting == 0
+                reading = asyncio.ensure_future(port.read())
+                await asyncio.sleep(0)
+                assert clock.waiting == 0  # not parked on a tick, even one of 0 s
+                assert await reading == data
             assert loop.time() == 0.0
         finally:
             await port.close()
@@ -183,8 +187,8 @@ def test_a_read_of_an_empty_tty_waits_for_readiness_not_a_timer(pty):
             for _ in range(5):
                 await asyncio.sleep(0)
             assert not reading.done() and clock.waiting == 0
-            os.write(pty.master, b"hi")
-            assert await asyncio.wait_for(reading, 5) == b"hi"
+            pty.send(b"hi")
+            assert await reading == b"hi"
             assert loop.time() == 0.0
             assert not loop.remove_reader(pty.ser.fd)  # unregistered once woken
         finally:
@@ -217,7 +221,7 @@ def test_a_hung_up_tty_fails_reads_with_the_gone_error(pty):
                 await asyncio.sleep(0)
             os.close(pty.master)
             with pytest.raises(PortClosed) as info:
-                await asyncio.wait_for(reading, 5)
+                await reading  # the suite's timeout guards it: a virtual timer would jump ahead
             assert str(info.value) == GONE
             # the error stays; writes see it too
             with pytest.raises(PortClosed) as again:
@@ -240,8 +244,8 @@ def test_an_empty_tty_is_not_gone_until_the_selector_said_readable(pty):
             await asyncio.sleep(0)
             await asyncio.sleep(0)
             assert not reading.done()  # the first empty read (VMIN=0) is not a hang-up
-            os.write(pty.master, b"k")
-            assert await asyncio.wait_for(reading, 5) == b"k"
+            pty.send(b"k")
+            assert await reading == b"k"
         finally:
             await port.close()
 
@@ -281,7 +285,7 @@ def test_eagain_on_read_waits_for_readiness():
                 await asyncio.sleep(0)
             assert not reading.done()
             os.write(w, b"late")
-            assert await asyncio.wait_for(reading, 5) == b"late"
+            assert await reading == b"late"
             assert loop.time() == 0.0
         finally:
             await port.close()
@@ -514,6 +518,46 @@ def test_close_takes_at_most_64_kib():
         os.close(w)
 
 
+def test_close_keeps_what_it_read_before_the_descriptor_ran_dry():
+    r, w = os.pipe()
+    ser = PipeSerial(r)  # an empty pipe reads EAGAIN (an error), not b""
+    os.write(w, b"the last bytes")
+
+    async def main() -> None:
+        port = TtyPort("p", ser, ReadClock(0))
+        await port.close()
+        assert await port.read() == b"the last bytes"
+
+    try:
+        run_virtual(main())
+    finally:
+        os.close(w)
+
+
+def test_close_takes_several_reads_up_to_64_kib_in_all():
+    """A datagram socket returns one datagram per read (cut to the size asked
+    for), so the final read takes three reads here: 40,000 + 25,536 bytes."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    grams = [bytes([n]) * 40_000 for n in (1, 2, 3)]
+    for gram in grams:
+        theirs.send(gram)
+    ser = PipeSerial(ours.detach())
+
+    async def main() -> None:
+        port = TtyPort("p", ser, ReadClock(0))
+        await port.close()
+        final = await port.read()
+        assert final == grams[0] + grams[1][: FINAL_MAX - 40_000]
+        with pytest.raises(PortClosed):
+            await port.read()
+
+    try:
+        run_virtual(main())
+    finally:
+        theirs.close()
+
+
 def test_close_of_a_failed_port_takes_nothing_more(pty):
     async def main() -> None:
         port = TtyPort("p", pty.ser, ReadClock(0))
@@ -542,7 +586,7 @@ def test_close_wakes_a_reader_waiting_for_the_tick(pty):
         assert clock.waiting == 1
         pty.send(b"b")
         closing = asyncio.ensure_future(port.close())
-        assert await asyncio.wait_for(reading, 5) == b"b"
+        assert await reading == b"b"
         assert loop.time() == 0.0  # not at the tick (30)
         await closing
 
