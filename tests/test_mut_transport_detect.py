@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 from pytest_mock import MockerFixture
@@ -90,3 +91,16 @@ def test_the_resolver_takes_the_first_match_by_path_and_says_what_it_wanted(mock
         assert str(info.value) == "no port matches vid=0x0009"
 
     asyncio.run(main())
+
+
+def test_an_entry_without_usb_attributes_is_a_port_without_ids(mocker: MockerFixture) -> None:
+    """Entries are read by what they have: one with no vid, pid or serial_number
+    attribute at all (not a USB device) lists with none and matches nothing."""
+    bare = SimpleNamespace(device="/dev/ttyS9", description="16550A")
+    mocker.patch("firmware_host.transport.detect.comports", return_value=[bare])
+    assert list_devices({}) == [
+        {"port": "/dev/ttyS9", "description": "16550A", "vid_pid": None, "serial": None, "board": None}
+    ]
+    assert not port_matches(bare, {"serial": "X"})
+    assert not port_matches(bare, {"vid": 1})
+    assert port_matches(bare, {})

@@ -108,6 +108,7 @@ async def test_a_pyserial_url_handler_gets_a_stream_port(pty):
     port = await open_serial(f"spy://{pty.name}", 57600)
     try:
         assert type(port) is StreamPort
+        assert port.url == f"spy://{pty.name}"
         os.write(pty.master, b"hello")
         assert await read_some(port, 5) == b"hello"
         port.write(b"\x00\xffdown")
