@@ -16,6 +16,7 @@ import contextlib
 import errno
 import os
 import resource
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -25,7 +26,7 @@ from firmware_host.errors import PortClosed
 from firmware_host.transport.fds import open_descriptors
 from firmware_host.transport.handler import SerialAdapter
 from firmware_host.transport.rfc2217 import ServerQuirks
-from firmware_host.transport.serial import SerialBackend, open_serial, supported_url
+from firmware_host.transport.serial import SerialBackend, _close_abandoned, open_serial, supported_url
 from firmware_host.transport.stream import StreamPort
 from firmware_host.transport.tty import TtyPort
 
@@ -251,10 +252,64 @@ async def test_the_open_asks_pyserial_for_a_non_blocking_port(mocker, pty):
         seen.append((url, kwargs))
         return real(url, **kwargs)
 
-    mocker.patch("firmware_host.transport.serial.serial.serial_for_url", side_effect=spy)
+    made = []
+
+    def keep(url, **kwargs):
+        made.append(spy(url, **kwargs))
+        return made[-1]
+
+    mocker.patch("firmware_host.transport.serial.serial.serial_for_url", side_effect=keep)
     port = await SerialBackend()(pty.name, 38400)
     await port.close()
     assert seen == [(pty.name, {"baudrate": 38400, "timeout": 0})]
+    # a tty is left as pyserial opened it (setting write_timeout would reconfigure it)
+    assert made[0].write_timeout is None
+
+
+async def test_an_abandoned_open_that_failed_or_was_cancelled_leaves_nothing_to_close():
+    loop = asyncio.get_running_loop()
+    failed = loop.create_future()
+    failed.set_exception(PortClosed("cannot open /dev/x: gone"))
+    _close_abandoned(failed)  # nothing raised, nothing to close
+    cancelled = loop.create_future()
+    cancelled.cancel()
+    _close_abandoned(cancelled)
+
+
+class Closing:
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def close(self) -> None:
+        self.thread = threading.current_thread()
+        self.closed.set()
+
+
+async def test_an_abandoned_open_is_closed_in_the_executor():
+    loop = asyncio.get_running_loop()
+    opened = loop.create_future()
+    ser = Closing()
+    opened.set_result(ser)
+    _close_abandoned(opened)
+    assert await asyncio.to_thread(ser.closed.wait, 5)
+    assert ser.thread is not threading.main_thread()
+
+
+def test_an_abandoned_open_without_a_loop_is_closed_by_a_daemon_thread_of_its_own():
+    """As asyncio.run ends: no running loop (its executor is shut down)."""
+    loop = asyncio.new_event_loop()
+    try:
+        opened = loop.create_future()
+        ser = Closing()
+        opened.set_result(ser)
+        _close_abandoned(opened)  # called with no loop running
+        assert ser.closed.wait(5)
+        assert ser.thread is not None
+        assert ser.thread.name == "firmware-host-close"
+        assert ser.thread.daemon  # a wedged close cannot hold the process open
+    finally:
+        loop.close()
 
 
 # -- SerialAdapter -----------------------------------------------------------------------
