@@ -270,6 +270,40 @@ def test_close_aborts_after_one_second_when_the_peer_takes_nothing():
     run_virtual(main())
 
 
+async def test_a_write_while_closing_is_refused():
+    stub = Stub()
+    port = StreamPort("s://x", stub, ChunkProtocol())
+    closing = asyncio.ensure_future(port.close())
+    await asyncio.sleep(0)  # closing has begun; the transport has not reported the loss
+    with pytest.raises(PortClosed) as info:
+        port.write(b"x")
+    assert str(info.value) == "port closed"
+    assert stub.written == []
+    closing.cancel()
+
+
+def test_close_gives_up_after_two_seconds_when_the_loss_is_never_reported():
+    """A transport that reports no loss even after abort (the bound is a guard):
+    close waits 1 s, aborts, waits 1 s more, raises TimeoutError, and still runs on_closed."""
+
+    async def main() -> None:
+        loop = virtual_loop()
+        stub = Stub()
+        ran: list[float] = []
+
+        async def on_closed() -> None:
+            ran.append(loop.time())
+
+        port = StreamPort("s://x", stub, ChunkProtocol(), on_closed=on_closed)
+        with pytest.raises(TimeoutError):
+            await port.close()
+        assert loop.time() == 2.0
+        assert stub.calls == ["close", "abort"]
+        assert ran == [2.0]
+
+    run_virtual(main())
+
+
 async def test_a_cancelled_close_still_closes():
     stub = Stub()
     protocol = ChunkProtocol()
