@@ -177,3 +177,34 @@ def test_opens_from_threads_are_counted_under_the_lock():
         finally:
             release.set()
             thread.join(5)
+
+
+def test_no_soft_limit_means_nothing_to_respect(monkeypatch):
+    """RLIM_INFINITY (a limit the kernel cannot report lower): the check passes.
+    getrlimit is replaced: the hard limit here is finite, so the soft one cannot be raised to it."""
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert soft_limit() is None
+    with FdBudget(reserve=1 << 30).opening("/dev/a", 5):
+        pass
+
+
+def test_the_count_falls_back_to_dev_fd_and_then_to_none(monkeypatch):
+    real = os.listdir
+    expected = len(real("/dev/fd"))
+
+    def no_proc(path):
+        if path == "/proc/self/fd":
+            raise FileNotFoundError(path)
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", no_proc)
+    assert open_descriptors() == expected
+
+    def nothing(path):
+        raise PermissionError(path)
+
+    monkeypatch.setattr(os, "listdir", nothing)
+    assert open_descriptors() is None
+    # without a count the check passes (a failed open would still say EMFILE in words)
+    with FdBudget(reserve=1 << 30).opening("/dev/a", 5):
+        pass
