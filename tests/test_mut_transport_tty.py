@@ -61,9 +61,12 @@ class PtyDevice:
         os.write(self.master, data)
         deadline_poll(lambda: waiting_bytes(self.ser.fd) >= before + len(data), 5, "the pty to pass the bytes")
 
-    def close(self) -> None:
-        os.close(self.master)
-        self.ser.close()
+    def hang_up(self) -> None:
+        """The device side goes (its descriptor closed once: a number closed twice
+        could by then belong to something else)."""
+        if self.master >= 0:
+            os.close(self.master)
+            self.master = -1
 
 
 class PipeSerial:
@@ -87,10 +90,7 @@ class PipeSerial:
 def pty() -> Iterator[PtyDevice]:
     dev = PtyDevice()
     yield dev
-    try:
-        os.close(dev.master)
-    except OSError:
-        pass
+    dev.hang_up()
     dev.ser.close()
 
 
@@ -219,7 +219,7 @@ def test_a_hung_up_tty_fails_reads_with_the_gone_error(pty):
             reading = asyncio.ensure_future(port.read())
             for _ in range(5):
                 await asyncio.sleep(0)
-            os.close(pty.master)
+            pty.hang_up()
             with pytest.raises(PortClosed) as info:
                 await reading  # the suite's timeout guards it: a virtual timer would jump ahead
             assert str(info.value) == GONE
@@ -564,7 +564,7 @@ def test_close_of_a_failed_port_takes_nothing_more(pty):
         reading = asyncio.ensure_future(port.read())
         for _ in range(3):
             await asyncio.sleep(0)
-        os.close(pty.master)
+        pty.hang_up()
         with pytest.raises(PortClosed, match="disconnected"):
             await reading
         await port.close()
