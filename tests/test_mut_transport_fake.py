@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(10)
 async def test_a_fake_port_replays_its_items_and_an_error_closes_it():
     port = FakePort([b"a", b"b", OSError("boom")])
     assert port.url == "fake://"
-    assert not port.closed
+    assert port.closed is False
     assert await port.read() == b"a"
     assert await port.read() == b"b"
     with pytest.raises(OSError, match=r"^boom$"):

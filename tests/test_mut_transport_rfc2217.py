@@ -461,6 +461,16 @@ async def test_a_different_baudrate_in_the_ack_is_warned_about(caplog):
     ]
 
 
+async def test_an_acknowledged_baudrate_is_read_unsigned(caplog):
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    async with Server() as server:
+        opening = asyncio.ensure_future(open_rfc2217(server.url, 57600, ServerQuirks()))
+        await negotiated(server, sub(101, 0x80, 0, 0, 0) + acks_for(57600)[10:])
+        port = await asyncio.wait_for(opening, 5)
+        await port.close()
+    assert [r.getMessage() for r in caplog.records] == [f"{server.url}: the server set 2147483648 baud, not 57600"]
+
+
 async def test_a_short_baudrate_ack_is_not_read_as_a_rate(caplog):
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     async with Server() as server:
