@@ -17,7 +17,6 @@ ignore are refused at open with a clear error.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import sys
 import urllib.parse
@@ -76,9 +75,7 @@ async def connect(url: str, host: str, port: int, protocol: asyncio.Protocol) ->
     except TimeoutError:  # before OSError: it is one
         raise PortClosed(f"cannot open {url}: no connection within {CONNECT_TIMEOUT:g} s") from None
     except OSError as exc:  # refused, unreachable, unknown host, out of descriptors
-        if exc.errno is not None and exc.errno > 0:
-            # asyncio words it "Connect call failed (address)": say what failed
-            exc = OSError(exc.errno, os.strerror(exc.errno))
+        # open_failed words an errno in the system's words (not asyncio's "Connect call failed (address)")
         raise open_failed(url, exc) from None
     keep_alive(transport)
     return transport
