@@ -1,0 +1,704 @@
+"""The disk spool on its own, on real files (tests written from mutation testing,
+docs/testing-internals.md): what each write, eviction, take, trim, ack and release
+leaves in the file, and what the counters say about it.
+
+The oracle is the file itself, read by a connection of the test's own (``on_disk``),
+never the spool's counters; expected rows and sizes are worked out by hand (every
+frame here has a 16-byte payload, so a row costs 16 + 64 = 80 bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firmware_host._sync import Changes, ReadGate
+from firmware_host.aggregator import Aggregator, LaneAccount
+from firmware_host.cancel import CancellationToken
+from firmware_host.errors import SpoolBusy, SpoolError
+from firmware_host.frames import Frame
+from firmware_host.spool import Spool, SpoolAccount, SpoolBatch, Spooler, connect, lock_spool, spool_export, spool_stats
+from firmware_host.testing import assert_accounting
+from firmware_host.transport.fake import FakeOpener, FakePort
+from tests.test_spool import Collect, packets
+
+pytestmark = pytest.mark.timeout(20)
+
+ROW = 80  # a row's cost: 16 payload bytes + 64 overhead (the documented ROW_OVERHEAD)
+
+
+def frames(device: str, seqs: range, size: int = 16) -> list[Frame]:
+    return [Frame(device, s, 1, 1000.0 + s, bytes(size)) for s in seqs]
+
+
+def on_disk(path: Path) -> list[tuple[int, str, int, int]]:
+    """(id, device, seq, size) of every row in the file, oldest first: the oracle."""
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT id, device, seq, size FROM frames ORDER BY id").fetchall()
+    finally:
+        db.close()
+
+
+def ids(path: Path) -> list[int]:
+    return [r[0] for r in on_disk(path)]
+
+
+@contextlib.asynccontextmanager
+async def opened(path: Path, max_bytes: int = 10**9, **kwargs: Any) -> AsyncIterator[Spool]:
+    spool = Spool(str(path), max_bytes=max_bytes, **kwargs)
+    await spool.open()
+    try:
+        yield spool
+    finally:
+        await spool.close()
+
+
+def lane(spool: Spool, index: int) -> tuple[str, bool, dict[str, LaneAccount]]:
+    view = spool.lane_views()[index]
+    return view.name, view.closed, view.devices
+
+
+def acct(spool: Spool, device: str) -> tuple[int, int, int, int, int]:
+    """(received, pending, delivered, dropped, recovered)"""
+    a = spool.accounts[device]
+    return a.received, a.pending, a.delivered, a.dropped, a.recovered
+
+
+# -- writing and the byte bound ---------------------------------------------------------
+
+
+async def test_write_commits_each_row_with_its_size(tmp_path):
+    path = tmp_path / "s.db"
+    async with opened(path) as spool:
+        await spool.write(frames("a", range(3)))
+        text = [Frame("b", 7, None, 5.0, None, "hello"), Frame("b", 8, None, 6.0)]
+        await spool.write(text)
+        assert on_disk(path) == [
+            (1, "a", 0, ROW),
+            (2, "a", 1, ROW),
+            (3, "a", 2, ROW),
+            (4, "b", 7, 5 + 64),  # a text frame costs its text
+            (5, "b", 8, 64),  # an empty frame only the overhead
+        ]
+        assert spool.bytes == 3 * ROW + 69 + 64
+        assert acct(spool, "a") == (3, 3, 0, 0, 0) and acct(spool, "b") == (2, 2, 0, 0, 0)
+        assert spool.depth == 5 and spool.evictions == 0
+        assert spool.summary() == {
+            "path": str(path),
+            "depth": 5,
+            "bytes": 3 * ROW + 69 + 64,
+            "max_bytes": 10**9,
+            "dropped": 0,
+            "recovered": 0,
+        }
+        assert spool.read_gate is None  # nothing feeds the spool but the spooler
+
+
+async def test_a_spool_exactly_full_keeps_everything_and_one_row_more_evicts_the_oldest(tmp_path):
+    path = tmp_path / "s.db"
+    async with opened(path, max_bytes=10 * ROW) as spool:
+        await spool.write(frames("d", range(10)))  # exactly the bound: nothing goes
+        assert ids(path) == list(range(1, 11)) and spool.evictions == 0
+        await spool.write(frames("d", range(10, 11)))
+        assert ids(path) == list(range(2, 12))  # only the oldest row left the file
+        assert spool.bytes == 10 * ROW == sum(r[3] for r in on_disk(path))
+        assert acct(spool, "d") == (11, 10, 0, 1, 0) and spool.evictions == 1
+        assert spool.summary()["dropped"] == 1
+
+
+async def test_eviction_deletes_the_excess_not_more(tmp_path):
+    """The excess is 164 bytes (one row of a 100-byte payload): two 80-byte rows
+    free 160 (not enough), three free 240 — exactly three go, oldest first."""
+    path = tmp_path / "s.db"
+    async with opened(path, max_bytes=10 * ROW) as spool:
+        await spool.write(frames("a", range(5)) + frames("b", range(5)))
+        await spool.write([Frame("b", 99, 1, 0.0, bytes(100))])
+        assert ids(path) == list(range(4, 12))
+        assert spool.bytes == 10 * ROW + 164 - 3 * ROW == sum(r[3] for r in on_disk(path))
+        assert acct(spool, "a") == (5, 2, 0, 3, 0) and acct(spool, "b") == (6, 6, 0, 0, 0)
+        # two rows over the bound: exactly two go (freed == excess stops it)
+        await spool.write(frames("c", range(2)))
+        assert ids(path) == list(range(6, 14))
+        assert acct(spool, "a") == (5, 0, 0, 5, 0) and spool.evictions == 2
+
+
+async def test_eviction_counts_missed_only_for_the_lanes_that_had_not_read_the_rows(tmp_path):
+    path = tmp_path / "s.db"
+    async with opened(path, max_bytes=10 * ROW) as spool:
+        assert await spool.add_lane("fast") == 0
+        assert await spool.add_lane("slow") == 1
+        assert await spool.add_lane("gone") == 2
+        await spool.close_lane(2)
+        await spool.write(frames("d", range(6)))
+        batch = await spool.take(4, lane=0)
+        assert batch.ids == [1, 2, 3, 4]
+        assert await spool.ack(batch) == {}  # "slow" still needs them: nothing leaves
+        assert ids(path) == list(range(1, 7))
+        await spool.write(frames("d", range(6, 15)))  # 15 rows: the oldest 5 go
+        assert ids(path) == list(range(6, 16))
+        assert lane(spool, 0) == ("fast", False, {"d": LaneAccount(4, 1, 10)})  # it had 1..4; 5 it missed
+        assert lane(spool, 1) == ("slow", False, {"d": LaneAccount(0, 5, 10)})
+        assert lane(spool, 2) == ("gone", True, {"d": LaneAccount(0, 15, 0)})  # closed: all missed, once
+        assert acct(spool, "d") == (15, 10, 0, 5, 0)
+
+
+async def test_evictions_are_logged_sparsely(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, "firmware_host.spool")
+    async with opened(tmp_path / "s.db", max_bytes=ROW) as spool:
+        for seq in range(101):  # the first write fits; each later one evicts once
+            await spool.write(frames("d", range(seq, seq + 1)))
+        assert spool.evictions == 100
+    warnings = [r.getMessage() for r in caplog.records if r.name == "firmware_host.spool"]
+    assert warnings == [
+        f"spool full ({ROW} bytes): dropping the oldest frames (1 evictions so far)",
+        f"spool full ({ROW} bytes): dropping the oldest frames (100 evictions so far)",
+    ]
+
+
+@pytest.mark.parametrize("fault", [sqlite3.OperationalError("database or disk is full"), OSError(28, "No space")])
+async def test_a_failed_eviction_keeps_the_batch_and_the_next_write_evicts(tmp_path, mocker, caplog, fault):
+    """The batch is committed before the eviction: a failing delete must not fail
+    the write (the spooler would commit the batch a second time)."""
+    path = tmp_path / "s.db"
+    real = Spool._evict
+    calls = {"n": 0}
+
+    def evict_once_failing(self: Spool) -> list[tuple[str, int]]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise fault
+        return real(self)
+
+    mocker.patch.object(Spool, "_evict", evict_once_failing)
+    async with opened(path, max_bytes=10 * ROW) as spool:
+        await spool.write(frames("d", range(12)))
+        assert ids(path) == list(range(1, 13))  # over the bound, for now
+        assert acct(spool, "d") == (12, 12, 0, 0, 0) and spool.bytes == 12 * ROW
+        assert "eviction failed (retried at the next write)" in caplog.text
+        await spool.write(frames("d", range(12, 13)))
+        assert ids(path) == list(range(4, 14))
+        assert acct(spool, "d") == (13, 10, 0, 3, 0) and spool.bytes == 10 * ROW
+
+
+# -- open, close, the lock ----------------------------------------------------------------
+
+
+async def test_rows_of_an_earlier_run_are_recovered(tmp_path, caplog):
+    caplog.set_level(logging.INFO, "firmware_host.spool")
+    path = tmp_path / "s.db"
+    async with opened(path) as first:
+        await first.write(frames("a", range(3)) + frames("b", range(2)))
+    async with opened(path, batch_size=5) as spool:
+        assert acct(spool, "a") == (0, 3, 0, 0, 3) and acct(spool, "b") == (0, 2, 0, 0, 2)
+        assert spool.bytes == 5 * ROW and spool.depth == 5
+        assert spool.summary()["recovered"] == 5
+        assert await spool.add_lane("s") == 0
+        assert spool.lane_ready(0).is_set()  # a full batch from the last run waits already
+        assert lane(spool, 0)[2] == {"a": LaneAccount(0, 0, 3), "b": LaneAccount(0, 0, 2)}
+    assert "spool " + str(path) + ": 5 frames from an earlier run go out first" in caplog.text
+
+
+async def test_one_user_at_a_time(tmp_path):
+    path = tmp_path / "sub" / "dir" / "s.db"  # the directory is made
+    async with opened(path):
+        with pytest.raises(SpoolBusy, match="in use by a running runtime"):
+            await Spool(str(path), max_bytes=1).open()
+    async with opened(path):  # closing released the lock
+        pass
+
+
+async def test_a_foreign_file_is_refused_and_the_lock_released(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(SpoolError, match="not a usable spool"):
+        await Spool(str(junk), max_bytes=1).open()
+    os.close(lock_spool(str(junk)))  # not left locked by the failed open
+    other = tmp_path / "other.db"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE frames (id INTEGER PRIMARY KEY, stuff TEXT)")
+    db.commit()
+    db.close()
+    with pytest.raises(SpoolError, match="not a usable spool"):
+        connect(str(other))
+
+
+@pytest.mark.parametrize(("sync", "level"), [("off", 0), ("normal", 1), ("full", 2)])
+def test_connect_sets_wal_and_the_sync_level(tmp_path, sync, level):
+    db = connect(str(tmp_path / "s.db"), sync)
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("PRAGMA synchronous").fetchone() == (level,)
+    finally:
+        db.close()
+
+
+def test_lock_spool_refuses_a_held_lock_and_reraises_other_errors(tmp_path):
+    path = str(tmp_path / "s.db")
+    fd = lock_spool(path)
+    try:
+        with pytest.raises(SpoolBusy):
+            lock_spool(path)
+    finally:
+        os.close(fd)
+    (tmp_path / "d.db.lock").mkdir()  # the lock file cannot be opened: not "busy"
+    with pytest.raises(IsADirectoryError):
+        lock_spool(str(tmp_path / "d.db"))
+
+
+async def test_all_sqlite_work_runs_on_one_spool_thread(tmp_path):
+    """sqlite3 refuses a connection used from another thread: concurrent requests
+    must queue on the one thread that opened it."""
+    async with opened(tmp_path / "s.db") as spool:
+        await spool.write(frames("d", range(20)))
+        batches = await asyncio.gather(*(spool.take(1 + i % 5) for i in range(20)))
+        assert all(b.ids == list(range(1, 2 + i % 5)) for i, b in enumerate(batches))
+        assert any(t.name.startswith("spool") for t in threading.enumerate())
+
+
+async def test_the_default_changes_is_notified(tmp_path):
+    async with opened(tmp_path / "a.db") as spool:
+        await spool.write(frames("d", range(1)))  # its own Changes: no error
+    changes = Changes()
+    async with opened(tmp_path / "b.db", changes=changes) as spool:
+        waiter = changes.waiter()
+        await spool.write(frames("d", range(1)))
+        assert waiter.done()
+
+
+# -- lanes: take, trim, ack, release --------------------------------------------------------
+
+
+async def test_take_by_limit_device_upto_and_lane(tmp_path):
+    async with opened(tmp_path / "s.db") as spool:
+        assert await spool.mark() == 0
+        await spool.add_lane("s")
+        await spool.write([f for pair in zip(frames("a", range(4)), frames("b", range(4))) for f in pair])
+        assert await spool.mark() == 8
+        b = await spool.take(3)
+        assert (b.ids, [(f.device, f.seq) for f in b.frames]) == ([1, 2, 3], [("a", 0), ("b", 0), ("a", 1)])
+        assert (b.first_id, b.last_id, b.device, b.lane) == (1, 3, None, None)
+        f = b.frames[0]
+        assert (f.type, f.ts, f.payload, f.text) == (1, 1000.0, bytes(16), None)
+        b = await spool.take(10, device="b")
+        assert (b.ids, b.first_id, b.last_id, b.device) == ([2, 4, 6, 8], 2, 8, "b")
+        b = await spool.take(10, upto=5)
+        assert b.ids == [1, 2, 3, 4, 5]
+        b = await spool.take(10, device="a", upto=5)
+        assert b.ids == [1, 3, 5]
+        await spool.ack(await spool.take(3, lane=0))
+        b = await spool.take(2, lane=0)
+        assert (b.ids, b.lane) == ([4, 5], 0)
+        empty = await spool.take(10, device="c")
+        assert (empty.ids, empty.frames, empty.first_id, empty.last_id) == ([], [], 0, -1)
+
+
+async def test_trim_keeps_what_is_still_there_and_not_yet_past_the_lane(tmp_path):
+    path = tmp_path / "s.db"
+    async with opened(path, max_bytes=6 * ROW) as spool:
+        await spool.add_lane("s")
+        await spool.write(frames("d", range(4)))
+        batch = await spool.take(3, lane=0)  # 1, 2, 3
+        await spool.write(frames("d", range(4, 7)))  # 7 rows: row 1 is evicted
+        t = await spool.trim(batch)
+        assert isinstance(t, SpoolBatch)
+        assert (t.ids, [f.seq for f in t.frames], t.first_id, t.last_id, t.lane) == ([2, 3], [1, 2], 2, 3, 0)
+        again = await spool.take(2, lane=0)  # 2, 3, accepted by the sink this time
+        await spool.ack(again)
+        gone = await spool.trim(batch)  # all of it is behind the lane's cursor now
+        assert (gone.ids, gone.frames, gone.first_id, gone.last_id) == ([], [], 1, 0)
+        # no lane: whatever is still in the file
+        t = await spool.trim(SpoolBatch(frames("d", range(2, 5)), 3, last_id=5, ids=[3, 4, 5]))
+        assert (t.ids, [f.seq for f in t.frames], t.first_id, t.last_id, t.lane) == ([4, 5], [3, 4], 4, 5, None)
+
+
+async def test_a_device_flush_deletes_only_that_devices_rows(tmp_path):
+    """An ack with no lane (one device flushed to every sink at once): exactly the
+    batch's rows go, the other device's rows between them stay; each lane counts
+    delivered what it had not read yet."""
+    path = tmp_path / "s.db"
+    async with opened(path) as spool:
+        await spool.add_lane("x")
+        await spool.add_lane("y")
+        await spool.write([f for pair in zip(frames("a", range(4)), frames("b", range(4))) for f in pair])
+        # lane x has read up to row 3 already (rows stay: y has not)
+        assert await spool.ack(await spool.take(3, lane=0)) == {}
+        batch = await spool.take(10, device="b")  # rows 2, 4, 6, 8
+        assert await spool.ack(batch) == {"b": 4}
+        assert [(i, d) for i, d, _, _ in on_disk(path)] == [(1, "a"), (3, "a"), (5, "a"), (7, "a")]
+        assert spool.bytes == 4 * ROW
+        assert acct(spool, "b") == (4, 0, 4, 0, 0) and acct(spool, "a") == (4, 4, 0, 0, 0)
+        # x had row 2 (counted when it acked), 4, 6, 8 are new to it
+        assert lane(spool, 0)[2] == {"a": LaneAccount(2, 0, 2), "b": LaneAccount(4, 0, 0)}
+        assert lane(spool, 1)[2] == {"a": LaneAccount(0, 0, 4), "b": LaneAccount(4, 0, 0)}
+        assert await spool.ack(batch) == {}  # again: nothing left of it
+
+
+async def test_a_lane_ack_moves_its_cursor_and_rows_leave_once_every_lane_passed(tmp_path):
+    path = tmp_path / "s.db"
+    async with opened(path, batch_size=2) as spool:
+        await spool.add_lane("x")
+        await spool.add_lane("y")
+        await spool.write(frames("d", range(5)))
+        assert spool.lane_ready(0).is_set() and spool.lane_ready(1).is_set()
+        assert await spool.ack(await spool.take(4, lane=0)) == {}  # y still needs 1..4
+        assert ids(path) == [1, 2, 3, 4, 5]
+        assert not spool.lane_ready(0).is_set() and spool.lane_ready(1).is_set()  # x: one row left
+        assert await spool.ack(await spool.take(2, lane=1)) == {"d": 2}  # rows both passed: 1, 2
+        assert ids(path) == [3, 4, 5] and spool.bytes == 3 * ROW
+        # single-row batches, each one row past the cursor
+        for expect in ([3], [4]):
+            one = await spool.take(1, lane=1)
+            assert one.ids == expect
+            assert await spool.ack(one) == {"d": 1}
+        assert ids(path) == [5]
+        assert lane(spool, 0)[2] == {"d": LaneAccount(4, 0, 1)}
+        assert lane(spool, 1)[2] == {"d": LaneAccount(4, 0, 1)}
+        assert acct(spool, "d") == (5, 1, 4, 0, 0)
+        # a lane's batch of one device is not this lane's progress (a device flush's)
+        assert await spool.ack(await spool.take(5, device="d", lane=0)) == {}
+        assert ids(path) == [5] and lane(spool, 0)[2] == {"d": LaneAccount(4, 0, 1)}
+
+
+async def test_a_failed_release_is_retried_by_acking_the_batch_again(tmp_path, mocker):
+    """The sink accepted the batch; deleting the rows failed. The cursor has
+    moved (the sink is not written again); acking the same batch deletes them."""
+    path = tmp_path / "s.db"
+    real = Spool._release
+    calls = {"n": 0}
+
+    def release_once_failing(self: Spool) -> dict[str, int]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(self)
+
+    async with opened(path) as spool:
+        await spool.add_lane("s")
+        await spool.write(frames("d", range(3)))
+        batch = await spool.take(10, lane=0)
+        mocker.patch.object(Spool, "_release", release_once_failing)
+        with pytest.raises(sqlite3.OperationalError):
+            await spool.ack(batch)
+        assert ids(path) == [1, 2, 3] and lane(spool, 0)[2] == {"d": LaneAccount(3, 0, 0)}
+        assert await spool.ack(batch) == {"d": 3}
+        assert ids(path) == [] and spool.bytes == 0
+        assert acct(spool, "d") == (3, 0, 3, 0, 0) and lane(spool, 0)[2] == {"d": LaneAccount(3, 0, 0)}
+
+
+async def test_closing_a_lane_counts_its_pending_missed_and_releases_rows(tmp_path):
+    path = tmp_path / "s.db"
+    async with opened(path, batch_size=1) as spool:
+        await spool.add_lane("x")
+        await spool.add_lane("y")
+        await spool.write(frames("d", range(4)))
+        await spool.ack(await spool.take(3, lane=0))
+        assert ids(path) == [1, 2, 3, 4]
+        await spool.close_lane(1)  # y's 4 pending: missed; x has passed 1..3, so they leave
+        assert ids(path) == [4]
+        assert lane(spool, 1) == ("y", True, {"d": LaneAccount(0, 4, 0)})
+        assert not spool.lane_ready(1).is_set() and spool.lane_ready(0).is_set()
+        assert acct(spool, "d") == (4, 1, 3, 0, 0)
+        await spool.close_lane(1)  # twice: nothing more
+        assert lane(spool, 1) == ("y", True, {"d": LaneAccount(0, 4, 0)}) and acct(spool, "d") == (4, 1, 3, 0, 0)
+        await spool.write(frames("d", range(4, 5)))  # a closed lane misses what comes later
+        assert lane(spool, 1)[2] == {"d": LaneAccount(0, 5, 0)}
+        await spool.close_lane(0)  # the last lane: no sink reads on, the rows stay for the next run
+        assert ids(path) == [4, 5] and acct(spool, "d") == (5, 2, 3, 0, 0)
+
+
+async def test_a_close_whose_release_fails_leaves_the_rows_for_the_next_release(tmp_path, mocker, caplog):
+    path = tmp_path / "s.db"
+    async with opened(path) as spool:
+        for name in "xyz":
+            await spool.add_lane(name)
+        await spool.write(frames("d", range(2)))
+        await spool.ack(await spool.take(2, lane=0))
+        await spool.ack(await spool.take(2, lane=1))
+        failing = mocker.patch.object(Spool, "_release", side_effect=OSError(28, "No space left on device"))
+        await spool.close_lane(2)
+        mocker.stop(failing)
+        assert "rows no other sink needs stay for now" in caplog.text
+        assert ids(path) == [1, 2] and lane(spool, 2)[1]
+        await spool.write(frames("d", range(2, 3)))
+        assert await spool.ack(await spool.take(1, lane=0)) == {"d": 2}  # the next release takes them
+        assert ids(path) == [3]
+
+
+async def test_a_lane_added_later_counts_what_left_before_as_missed(tmp_path):
+    path = tmp_path / "s.db"
+    async with opened(path, max_bytes=3 * ROW) as spool:
+        await spool.add_lane("x")
+        await spool.write(frames("a", range(4)) + frames("b", range(1)))  # 2 rows of a evicted
+        await spool.ack(await spool.take(1, lane=0))  # a's row 3 delivered and gone
+        assert await spool.add_lane("late") == 1
+        assert lane(spool, 1)[2] == {"a": LaneAccount(0, 3, 1), "b": LaneAccount(0, 0, 1)}
+        assert acct(spool, "a") == (4, 1, 1, 2, 0)
+
+
+def test_transit_is_what_memory_handed_over_less_what_was_committed():
+    assert SpoolAccount(received=3).transit(10) == 7
+
+
+# -- the spool file outside a runtime --------------------------------------------------------
+
+
+async def test_stats_and_export_of_a_spool_not_in_use(tmp_path):
+    path = tmp_path / "s.db"
+    async with opened(path) as spool:
+        await spool.write(frames("a", range(3)) + frames("b", range(2)))
+        with pytest.raises(SpoolBusy):
+            spool_stats(str(path))
+    stats = spool_stats(str(path))
+    assert stats["frames"] == 5 and stats["bytes"] == 5 * ROW
+    assert stats["devices"] == {
+        "a": {"frames": 3, "bytes": 3 * ROW, "oldest_ts": 1000.0, "newest_ts": 1002.0},
+        "b": {"frames": 2, "bytes": 2 * ROW, "oldest_ts": 1000.0, "newest_ts": 1001.0},
+    }
+    assert stats["file_bytes"] == os.path.getsize(path) and stats["path"] == str(path)
+
+    class Out:
+        def __init__(self) -> None:
+            self.chunks: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.chunks.append(data)
+
+    import json
+
+    out = Out()
+    assert spool_export(str(path), out, chunk=2) == 5
+    assert len(out.chunks) == 3  # 2 + 2 + 1
+    records = [json.loads(line) for chunk in out.chunks for line in chunk.splitlines()]
+    assert [(r["device"], r["seq"]) for r in records] == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1)]
+    out = Out()
+    assert spool_export(str(path), out, device="b", chunk=1) == 2
+    assert [json.loads(c)["seq"] for c in out.chunks] == [0, 1]
+    assert ids(path) == [1, 2, 3, 4, 5]  # left as it was
+    for fn in (spool_stats, lambda p: spool_export(p, Out())):
+        with pytest.raises(SpoolError, match="no such spool"):
+            fn(str(tmp_path / "nope.db"))
+    assert not (tmp_path / "nope.db").exists()
+
+
+# -- the spooler: memory → spool ----------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def memory(batch_size: int, changes: Changes | None = None) -> AsyncIterator[Aggregator]:
+    agg = Aggregator(10_000, batch_size=batch_size, changes=changes)
+    token = CancellationToken()
+    task = asyncio.ensure_future(agg.run(token))
+    try:
+        yield agg
+    finally:
+        token.cancel()
+        await task
+
+
+class FailingSpool(Spool):
+    """A spool whose commits fail ``failures`` times (then work), noting whether
+    the readers' gate was closed during each commit."""
+
+    def __init__(self, path: str, failures: int = 0, fault: Exception | None = None, **kwargs: Any) -> None:
+        super().__init__(path, max_bytes=10**9, **kwargs)
+        self.failures = failures
+        self.fault = fault or sqlite3.OperationalError("disk I/O error")
+        self.gate: ReadGate | None = None
+        self.gate_closed: list[bool] = []
+
+    async def write(self, frames: Sequence[Frame]) -> None:
+        if self.gate is not None:
+            self.gate_closed.append(self.gate.closed)
+        await super().write(frames)
+
+    def _write(self, frames: Sequence[Frame]) -> list[tuple[str, int]]:
+        if self.failures:
+            self.failures -= 1
+            raise self.fault
+        return super()._write(frames)
+
+
+async def buffered(agg: Aggregator) -> dict[str, tuple[int, int]]:
+    """(buffered, flushed) per device, as memory counts them."""
+    snap = await agg.handle.snapshot()
+    return {d: (a.buffered, a.flushed) for d, a in snap.accounts.items()}
+
+
+async def test_a_flush_moves_what_memory_holds_batch_by_batch(tmp_path):
+    path = tmp_path / "s.db"
+    async with memory(3) as agg, opened(path) as spool:
+        await agg.handle.offer("a", frames("a", range(5)))
+        await agg.handle.offer("b", frames("b", range(2)))
+        spooler = Spooler(agg.handle, spool, interval=1, batch_size=3)
+        result = await spooler.flush()
+        assert (result.flushed, result.devices, result.incomplete) == (7, {"a": 5, "b": 2}, False)
+        assert [(d, s) for _, d, s, _ in on_disk(path)] == [("a", i) for i in range(5)] + [("b", 0), ("b", 1)]
+        assert await buffered(agg) == {"a": (0, 5), "b": (0, 2)}
+        assert spooler.flushes == 1 and spooler.source_error is None
+        assert not agg.handle.read_gate.closed
+
+
+async def test_a_flush_of_one_device_leaves_the_others_in_memory(tmp_path):
+    path = tmp_path / "s.db"
+    async with memory(100) as agg, opened(path) as spool:
+        await agg.handle.offer("a", frames("a", range(3)))
+        await agg.handle.offer("b", frames("b", range(2)))
+        result = await Spooler(agg.handle, spool, interval=1, batch_size=100).flush("b")
+        assert (result.flushed, result.devices) == (2, {"b": 2})
+        assert [(d, s) for _, d, s, _ in on_disk(path)] == [("b", 0), ("b", 1)]
+        assert await buffered(agg) == {"a": (3, 0), "b": (0, 2)}
+
+
+async def test_full_only_moves_whole_batches_and_closes_the_gate_while_behind(tmp_path):
+    path = tmp_path / "s.db"
+    async with memory(3) as agg:
+        spool = FailingSpool(str(path))
+        await spool.open()
+        try:
+            spool.gate = agg.handle.read_gate
+            await agg.handle.offer("d", frames("d", range(7)))
+            spooler = Spooler(agg.handle, spool, interval=1, batch_size=3)
+            result = await spooler.flush(full_only=True)
+            assert result.flushed == 6 and ids(path) == list(range(1, 7))
+            assert spool.gate_closed == [False, True]  # behind by a full batch after the first
+            assert not agg.handle.read_gate.closed  # and open again after
+            assert await buffered(agg) == {"d": (1, 6)}
+            token = CancellationToken()
+            await agg.handle.offer("d", frames("d", range(7, 10)))
+            token.cancel()
+            assert (await spooler.flush(full_only=True, token=token)).flushed == 0  # cancelled: no more
+            assert (await spooler.flush(full_only=True)).flushed == 3
+            assert (await spooler.flush(full_only=True)).flushed == 0  # one left: not a batch
+        finally:
+            await spool.close()
+
+
+@pytest.mark.parametrize("fault", [sqlite3.OperationalError("disk I/O error"), OSError(28, "No space left")])
+async def test_a_failed_commit_is_retried_and_commits_each_frame_once(tmp_path, caplog, fault):
+    path = tmp_path / "s.db"
+    async with memory(100) as agg:
+        spool = FailingSpool(str(path), failures=2, fault=fault)
+        await spool.open()
+        try:
+            await agg.handle.offer("d", frames("d", range(5)))
+            spooler = Spooler(agg.handle, spool, interval=1, batch_size=100, backoff_initial=0.01)
+            result = await spooler.flush()
+            assert (result.flushed, result.incomplete) == (5, False)
+            assert [s for _, _, s, _ in on_disk(path)] == [0, 1, 2, 3, 4]
+            assert spooler.faults.failures == 2 and spooler.source_error is None
+            assert "spool write failed" in caplog.text
+        finally:
+            await spool.close()
+
+
+async def test_a_commit_failing_past_the_deadline_leaves_the_batch_in_transit(tmp_path):
+    path = tmp_path / "s.db"
+    async with memory(100) as agg:
+        spool = FailingSpool(str(path), failures=1000)
+        await spool.open()
+        try:
+            await agg.handle.offer("d", frames("d", range(4)))
+            spooler = Spooler(agg.handle, spool, interval=1, batch_size=100, backoff_initial=0.01)
+            result = await spooler.drain(time.monotonic() + 0.1)
+            assert (result.flushed, result.incomplete) == (0, True)
+            assert spooler.source_error == "OperationalError: disk I/O error"
+            assert ids(path) == []
+            assert await buffered(agg) == {"d": (0, 4)}  # out of memory ...
+            assert spool.account("d").transit(4) == 4  # ... not on disk: in transit
+        finally:
+            await spool.close()
+
+
+async def test_a_second_flush_gives_up_at_its_deadline_while_one_holds_the_lock(tmp_path):
+    async with memory(100) as agg:
+        spool = FailingSpool(str(tmp_path / "s.db"), failures=1000)
+        await spool.open()
+        try:
+            await agg.handle.offer("d", frames("d", range(2)))
+            spooler = Spooler(agg.handle, spool, interval=1, batch_size=100, backoff_initial=0.01)
+            token = CancellationToken()
+            stuck = asyncio.ensure_future(spooler.flush(token=token))
+            while spooler.faults.failures == 0:
+                await spooler.changes.waiter()
+            second = await spooler.flush(deadline=time.monotonic() + 0.05)
+            assert (second.flushed, second.incomplete) == (0, True)
+            assert spooler.flushes == 0  # no pass was made
+            token.cancel()
+            assert (await stuck).incomplete and spooler.flushes == 1
+        finally:
+            await spool.close()
+
+
+async def test_a_failing_memory_stage_is_a_fault_not_the_end(tmp_path):
+    async with opened(tmp_path / "s.db") as spool:
+        async with memory(100) as agg:
+            spooler = Spooler(agg.handle, spool, interval=1, batch_size=100)
+        # the actor has stopped: mark and take fail
+        result = await spooler.flush()
+        assert result.incomplete and spooler.flushes == 1
+        assert spooler.source_error is not None and spooler.source_error.startswith("AggregatorStopped")
+        assert (await spooler.flush()).incomplete and spooler.flushes == 2  # the lock was released
+
+
+async def test_the_spooler_loop_commits_on_an_offer_and_on_a_full_batch(tmp_path):
+    """Idle, an offer is committed at once; busy (the next look an interval away,
+    60 s here), a full batch is committed at once anyway."""
+    changes = Changes()
+    async with memory(3, changes) as agg, opened(tmp_path / "s.db", changes=changes) as spool:
+        spooler = Spooler(agg.handle, spool, interval=60, batch_size=3, changes=changes)
+        token = CancellationToken()
+        task = asyncio.ensure_future(spooler.run(token))
+        try:
+
+            async def depth(n: int) -> None:
+                while spool.depth < n:
+                    await asyncio.wait_for(changes.waiter(), 5)
+
+            await depth(0)
+            await agg.handle.offer("d", frames("d", range(1)))
+            await depth(1)  # idle → at once
+            await agg.handle.offer("d", frames("d", range(1, 4)))
+            await depth(4)  # a full batch, though the next look is a minute away
+            assert not task.done()
+        finally:
+            token.cancel()
+            await asyncio.wait_for(task, 5)
+
+
+# -- through a runtime --------------------------------------------------------------------
+
+
+async def test_flushing_one_device_through_a_spool(fh_runtime, tmp_path):
+    """flush_interval = 0: only on demand. A flush of device a sends a's frames
+    (memory → disk → every sink) and deletes exactly a's rows; b's wait on disk."""
+    path = tmp_path / "s.db"
+    sinks = [Collect(), Collect()]
+    ports = {"a": FakePort([packets(range(30))]), "b": FakePort([packets(range(20))])}
+    cfg = {
+        "buffer": {"spool": str(path), "flush_interval": 0, "batch_size": 8},
+        "shutdown": {"grace": 0.5},
+        "devices": [{"name": n, "port": f"fake://{n}", "codec": "fh1"} for n in ports],
+    }
+    opener = FakeOpener({f"fake://{n}": [p] for n, p in ports.items()})
+    async with fh_runtime(cfg, opener=opener, sinks=sinks) as rt:
+        await rt.wait_until(lambda s: s["spool"]["depth"] == 50, 10)
+        result = await rt.runtime.flush("a", timeout=10)
+        assert (result.flushed, result.devices, result.incomplete) == (30, {"a": 30}, False)
+        for sink in sinks:
+            assert sink.frames == [("a", s) for s in range(30)]
+        assert sorted((d, s) for _, d, s, _ in on_disk(path)) == [("b", s) for s in range(20)]
+        status = await rt.status()
+        assert status["devices"]["a"]["flushed"] == 30 and status["devices"]["b"]["flushed"] == 0
+        assert status["spool"]["depth"] == 20 and status["spool"]["bytes"] == 20 * ROW
+        assert_accounting(status)
