@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from firmware_host.spool import Spool, SpoolAccount, SpoolBatch, Spooler, connec
 from firmware_host.testing import assert_accounting
 from firmware_host.transport.fake import FakeOpener, FakePort
 from tests.test_spool import Collect, packets
+from tests.virtual_time import run_virtual
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -247,6 +249,7 @@ def test_lock_spool_refuses_a_held_lock_and_reraises_other_errors(tmp_path):
     path = str(tmp_path / "s.db")
     fd = lock_spool(path)
     try:
+        assert os.stat(path + ".lock").st_mode & 0o777 == 0o600  # the owner's alone
         with pytest.raises(SpoolBusy):
             lock_spool(path)
     finally:
@@ -290,6 +293,9 @@ async def test_take_by_limit_device_upto_and_lane(tmp_path):
         assert (b.first_id, b.last_id, b.device, b.lane) == (1, 3, None, None)
         f = b.frames[0]
         assert (f.type, f.ts, f.payload, f.text) == (1, 1000.0, bytes(16), None)
+        await spool.write([Frame("t", 3, None, 9.5, None, "$GPGGA")])
+        (t,) = (await spool.take(1, device="t")).frames
+        assert (t.device, t.seq, t.type, t.ts, t.payload, t.text) == ("t", 3, None, 9.5, None, "$GPGGA")
         b = await spool.take(10, device="b")
         assert (b.ids, b.first_id, b.last_id, b.device) == ([2, 4, 6, 8], 2, 8, "b")
         b = await spool.take(10, upto=5)
@@ -485,6 +491,11 @@ async def test_stats_and_export_of_a_spool_not_in_use(tmp_path):
     assert spool_export(str(path), out, device="b", chunk=1) == 2
     assert [json.loads(c)["seq"] for c in out.chunks] == [0, 1]
     assert ids(path) == [1, 2, 3, 4, 5]  # left as it was
+    async with opened(path) as spool:  # 5001 frames: the default chunk is 5000
+        await spool.write(frames("c", range(4996)))
+    out = Out()
+    assert spool_export(str(path), out) == 5001
+    assert [chunk.count(b"\n") for chunk in out.chunks] == [5000, 1]
     for fn in (spool_stats, lambda p: spool_export(p, Out())):
         with pytest.raises(SpoolError, match="no such spool"):
             fn(str(tmp_path / "nope.db"))
@@ -702,3 +713,209 @@ async def test_flushing_one_device_through_a_spool(fh_runtime, tmp_path):
         assert status["devices"]["a"]["flushed"] == 30 and status["devices"]["b"]["flushed"] == 0
         assert status["spool"]["depth"] == 20 and status["spool"]["bytes"] == 20 * ROW
         assert_accounting(status)
+
+
+class TimedFailingSpool(FailingSpool):
+    """Notes the loop's time of every commit attempt."""
+
+    def __init__(self, path: str, failures: int) -> None:
+        super().__init__(path, failures=failures)
+        self.attempts: list[float] = []
+
+    async def write(self, frames: Sequence[Frame]) -> None:
+        self.attempts.append(round(asyncio.get_running_loop().time(), 6))
+        await super().write(frames)
+
+
+@pytest.mark.parametrize(
+    ("backoff", "expected"),
+    [
+        # the defaults: 0.1 s, doubling, at most 5 s
+        ({}, [0, 0.1, 0.3, 0.7, 1.5, 3.1, 6.3, 11.3, 16.3]),
+        ({"backoff_initial": 0.5, "backoff_max": 1.5}, [0, 0.5, 1.5, 3.0, 4.5, 6.0, 7.5, 9.0, 10.5]),
+    ],
+)
+def test_failed_commits_are_retried_on_the_backoff_schedule(tmp_path, backoff, expected):
+    """Exact attempt times on a virtual clock (tests/virtual_time.py): eight
+    failures, then the ninth attempt commits."""
+
+    async def main() -> list[float]:
+        async with memory(100) as agg:
+            spool = TimedFailingSpool(str(tmp_path / "s.db"), failures=8)
+            await spool.open()
+            try:
+                await agg.handle.offer("d", frames("d", range(3)))
+                start = asyncio.get_running_loop().time()
+                result = await Spooler(agg.handle, spool, interval=1, batch_size=100, **backoff).flush()
+                assert result.flushed == 3 and ids(tmp_path / "s.db") == [1, 2, 3]
+                return [round(t - start, 6) for t in spool.attempts]
+            finally:
+                await spool.close()
+
+    assert run_virtual(main()) == pytest.approx(expected)
+
+
+# -- the spooler's own loop, on a virtual clock ------------------------------------------
+
+
+class MemorySpool(Spool):
+    """A spool that notes its commits (loop time, seqs) instead of writing a file:
+    no SQLite thread, so the spooler's loop runs wholly on the virtual clock.
+    ``hold`` (while set to an unset Event) keeps a commit waiting; ``failing``
+    makes every commit fail."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:", max_bytes=10**9)  # never opened: no file, no thread
+        self.commits: list[tuple[float, list[int]]] = []
+        self.hold: asyncio.Event | None = None
+        self.failing = False
+        self.entered = asyncio.Event()
+
+    async def write(self, frames: Sequence[Frame]) -> None:
+        self.entered.set()
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.failing:
+            raise sqlite3.OperationalError("disk I/O error")
+        self.commits.append((round(asyncio.get_running_loop().time(), 6), [f.seq for f in frames]))
+        for f in frames:
+            self.account(f.device).received += 1
+
+
+@pytest.fixture
+def loop_clock(mocker):
+    """The spooler's ``time.monotonic`` is the (virtual) loop's clock."""
+    clock = SimpleNamespace(monotonic=lambda: asyncio.get_running_loop().time(), time=time.time)
+    mocker.patch("firmware_host.spool.time", clock)
+
+
+def spooler_run(
+    spool: MemorySpool, script: Any, *, batch_size: int = 100, seed: int = 0, **kwargs: Any
+) -> tuple[Spooler, float]:
+    """Start ``Spooler.run`` on a virtual clock over a memory holding ``seed``
+    frames, run ``script(agg, spooler, token)``, then cancel; returns the spooler
+    and the loop time at which ``run`` returned."""
+
+    async def main() -> tuple[Spooler, float]:
+        changes = Changes()
+        async with memory(batch_size, changes) as agg:
+            spooler = Spooler(agg.handle, spool, batch_size=batch_size, changes=changes, **kwargs)
+            if seed:
+                await agg.handle.offer("d", frames("d", range(seed)))
+            token = CancellationToken()
+            task = asyncio.ensure_future(spooler.run(token))
+            await script(agg, spooler, token)
+            token.cancel()
+            await asyncio.wait_for(task, 30)
+            return spooler, asyncio.get_running_loop().time()
+
+    return run_virtual(main())
+
+
+async def offer_at(agg: Aggregator, t: float, seqs: range) -> None:
+    await asyncio.sleep(t - asyncio.get_running_loop().time())
+    await agg.handle.offer("d", frames("d", seqs))
+
+
+def test_the_spooler_looks_at_once_when_idle_and_once_per_interval_when_busy(loop_clock):
+    """What memory holds at the start goes at once; then idle until an offer,
+    which goes at once; an offer while busy waits for the look one interval
+    after the last one began; a look that finds nothing makes it idle again."""
+    spool = MemorySpool()
+
+    async def script(agg: Aggregator, spooler: Spooler, token: CancellationToken) -> None:
+        await offer_at(agg, 3.0, range(2, 3))
+        await offer_at(agg, 3.2, range(3, 4))
+        await offer_at(agg, 10.0, range(4, 5))
+        await asyncio.sleep(1)
+
+    spooler, _ = spooler_run(spool, script, interval=0.5, seed=2)
+    assert spool.commits == [(0.0, [0, 1]), (3.0, [2]), (3.5, [3]), (10.0, [4])]
+    # looks: 0, 0.5 (nothing: idle), 3.0, 3.5, 4.0 (nothing), 10.0, 10.5 (nothing)
+    assert spooler.flushes == 7
+
+
+def test_a_full_batch_goes_at_once_and_a_cancel_stops_after_the_batch_under_way(loop_clock):
+    """Three full batches wait; the first commit is held while the token is
+    cancelled: that batch is committed, the rest stay in memory for the drain."""
+    spool = MemorySpool()
+    spool.hold = asyncio.Event()
+    left: dict[str, tuple[int, int]] = {}
+
+    async def script(agg: Aggregator, spooler: Spooler, token: CancellationToken) -> None:
+        await asyncio.sleep(1)  # the first commit is waiting on the hold
+        token.cancel()
+        assert spool.hold is not None
+        spool.hold.set()
+        await asyncio.sleep(1)
+        left.update(await buffered(agg))
+
+    spooler_run(spool, script, interval=100, batch_size=2, seed=7)
+    assert spool.commits == [(1.0, [0, 1])]
+    assert left == {"d": (5, 2)}
+
+
+def test_a_commit_retrying_for_ever_ends_with_the_token(loop_clock):
+    spool = MemorySpool()
+    spool.failing = True
+
+    async def script(agg: Aggregator, spooler: Spooler, token: CancellationToken) -> None:
+        await asyncio.sleep(1.05)
+
+    spooler, ended = spooler_run(spool, script, interval=100, seed=3, backoff_initial=0.1)
+    assert ended == pytest.approx(1.05) and spool.commits == []
+    assert spooler.faults.failures == 4  # at 0, 0.1, 0.3 and 0.7; the cancel cut the wait for 1.5
+
+
+def test_a_fault_of_a_whole_pass_is_counted_and_the_loop_goes_on(loop_clock, mocker, caplog):
+    """flush() catches what its sources raise; should a pass raise all the same,
+    the loop counts it and looks again after backoff_max, never ends."""
+    real = Spooler.flush
+    calls = {"n": 0}
+
+    async def flaky(self: Spooler, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return await real(self, *args, **kwargs)
+
+    mocker.patch.object(Spooler, "flush", flaky)
+    spool = MemorySpool()
+
+    async def script(agg: Aggregator, spooler: Spooler, token: CancellationToken) -> None:
+        await asyncio.sleep(4)
+
+    spooler, _ = spooler_run(spool, script, interval=100, seed=2, backoff_max=3)
+    assert spool.commits == [(3.0, [0, 1])]
+    assert spooler.faults.failures == 1
+    assert "spool write failed (1 so far): RuntimeError: boom" in caplog.text
+
+
+def test_a_cancel_during_the_backoff_after_a_fault_ends_the_loop_at_once(loop_clock, mocker):
+    async def broken(self: Spooler, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    mocker.patch.object(Spooler, "flush", broken)
+
+    async def script(agg: Aggregator, spooler: Spooler, token: CancellationToken) -> None:
+        await asyncio.sleep(1)
+
+    _, ended = spooler_run(MemorySpool(), script, interval=100, backoff_max=3)
+    assert ended == 1.0
+
+
+async def test_a_flush_takes_only_what_memory_held_when_it_began():
+    """Frames offered while a flush is under way wait for the next one, so a
+    flush under a steady stream ends."""
+    spool = MemorySpool()
+    spool.hold = asyncio.Event()
+    async with memory(2) as agg:
+        await agg.handle.offer("d", frames("d", range(3)))
+        spooler = Spooler(agg.handle, spool, interval=1, batch_size=2)
+        flush = asyncio.ensure_future(spooler.flush())
+        await asyncio.wait_for(spool.entered.wait(), 5)
+        await agg.handle.offer("d", frames("d", range(3, 5)))
+        spool.hold.set()
+        result = await asyncio.wait_for(flush, 5)
+        assert (result.flushed, [seqs for _, seqs in spool.commits]) == (3, [[0, 1], [2]])
+        assert await buffered(agg) == {"d": (2, 3)}
