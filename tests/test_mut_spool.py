@@ -214,8 +214,10 @@ async def test_rows_of_an_earlier_run_are_recovered(tmp_path, caplog):
 async def test_one_user_at_a_time(tmp_path):
     path = tmp_path / "sub" / "dir" / "s.db"  # the directory is made
     async with opened(path):
+        refused = Spool(str(path), max_bytes=1)
         with pytest.raises(SpoolBusy, match="in use by a running runtime"):
-            await Spool(str(path), max_bytes=1).open()
+            await refused.open()
+        await refused.close()  # a refused spool closes cleanly (nothing of it was opened)
     async with opened(path):  # closing released the lock
         pass
 
@@ -261,12 +263,17 @@ def test_lock_spool_refuses_a_held_lock_and_reraises_other_errors(tmp_path):
 
 async def test_all_sqlite_work_runs_on_one_spool_thread(tmp_path):
     """sqlite3 refuses a connection used from another thread: concurrent requests
-    must queue on the one thread that opened it."""
+    must queue on the one thread that opened it, named for the spool, which
+    ends when the spool closes."""
+    before = set(threading.enumerate())
     async with opened(tmp_path / "s.db") as spool:
         await spool.write(frames("d", range(20)))
         batches = await asyncio.gather(*(spool.take(1 + i % 5) for i in range(20)))
         assert all(b.ids == list(range(1, 2 + i % 5)) for i, b in enumerate(batches))
-        assert any(t.name.startswith("spool") for t in threading.enumerate())
+        new = [t for t in threading.enumerate() if t not in before]
+        assert [t.name for t in new] == ["spool_0"]
+    await asyncio.to_thread(new[0].join, 5)
+    assert not new[0].is_alive()
 
 
 async def test_the_default_changes_is_notified(tmp_path):
@@ -820,7 +827,8 @@ async def offer_at(agg: Aggregator, t: float, seqs: range) -> None:
 def test_the_spooler_looks_at_once_when_idle_and_once_per_interval_when_busy(loop_clock):
     """What memory holds at the start goes at once; then idle until an offer,
     which goes at once; an offer while busy waits for the look one interval
-    after the last one began; a look that finds nothing makes it idle again."""
+    after the last one began (unless it makes a full batch); a look that finds
+    nothing makes it idle again."""
     spool = MemorySpool()
 
     async def script(agg: Aggregator, spooler: Spooler, token: CancellationToken) -> None:
@@ -833,6 +841,16 @@ def test_the_spooler_looks_at_once_when_idle_and_once_per_interval_when_busy(loo
     assert spool.commits == [(0.0, [0, 1]), (3.0, [2]), (3.5, [3]), (10.0, [4])]
     # looks: 0, 0.5 (nothing: idle), 3.0, 3.5, 4.0 (nothing), 10.0, 10.5 (nothing)
     assert spooler.flushes == 7
+
+    # busy, a full batch goes at once, and what is left of it at the next look
+    spool = MemorySpool()
+
+    async def busy(agg: Aggregator, spooler: Spooler, token: CancellationToken) -> None:
+        await offer_at(agg, 1.0, range(1, 4))  # a full batch and one more; the next look is due at 10
+        await asyncio.sleep(15)
+
+    spooler_run(spool, busy, interval=10, batch_size=2, seed=1)
+    assert spool.commits == [(0.0, [0]), (1.0, [1, 2]), (10.0, [3])]
 
 
 def test_a_full_batch_goes_at_once_and_a_cancel_stops_after_the_batch_under_way(loop_clock):
