@@ -278,7 +278,11 @@ async def test_all_sqlite_work_runs_on_one_spool_thread(tmp_path):
 
 async def test_the_default_changes_is_notified(tmp_path):
     async with opened(tmp_path / "a.db") as spool:
-        await spool.write(frames("d", range(1)))  # its own Changes: no error
+        await spool.add_lane("s")
+        await spool.write(frames("d", range(999)))  # its own Changes: no error
+        assert not spool.lane_ready(0).is_set()
+        await spool.write(frames("d", range(999, 1000)))
+        assert spool.lane_ready(0).is_set()  # a batch is 1000 frames unless told otherwise
     changes = Changes()
     async with opened(tmp_path / "b.db", changes=changes) as spool:
         waiter = changes.waiter()
