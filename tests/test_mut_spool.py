@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+import firmware_host.spool as spool_module
 from firmware_host._sync import Changes, ReadGate
 from firmware_host.aggregator import Aggregator, LaneAccount
 from firmware_host.cancel import CancellationToken
@@ -80,7 +81,7 @@ def acct(spool: Spool, device: str) -> tuple[int, int, int, int, int]:
 # -- writing and the byte bound ---------------------------------------------------------
 
 
-async def test_write_commits_each_row_with_its_size(tmp_path):
+async def test_write_commits_each_row_with_its_size(tmp_path, mocker):
     path = tmp_path / "s.db"
     async with opened(path) as spool:
         await spool.write(frames("a", range(3)))
@@ -105,6 +106,11 @@ async def test_write_commits_each_row_with_its_size(tmp_path):
             "recovered": 0,
         }
         assert spool.read_gate is None  # nothing feeds the spool but the spooler
+    connect_spy = mocker.spy(spool_module, "connect")
+    async with opened(tmp_path / "full.db", sync="full"):
+        connect_spy.assert_called_once_with(str(tmp_path / "full.db"), "full")
+    with pytest.raises(AssertionError, match=r"^spool is not open$"):
+        await Spool(str(tmp_path / "never.db"), max_bytes=1).write(frames("d", range(1)))
 
 
 async def test_a_spool_exactly_full_keeps_everything_and_one_row_more_evicts_the_oldest(tmp_path):
@@ -187,7 +193,9 @@ async def test_a_failed_eviction_keeps_the_batch_and_the_next_write_evicts(tmp_p
         await spool.write(frames("d", range(12)))
         assert ids(path) == list(range(1, 13))  # over the bound, for now
         assert acct(spool, "d") == (12, 12, 0, 0, 0) and spool.bytes == 12 * ROW
-        assert "eviction failed (retried at the next write)" in caplog.text
+        assert f"spool over its bound, eviction failed (retried at the next write): {fault}" in [
+            r.getMessage() for r in caplog.records
+        ]
         await spool.write(frames("d", range(12, 13)))
         assert ids(path) == list(range(4, 14))
         assert acct(spool, "d") == (13, 10, 0, 3, 0) and spool.bytes == 10 * ROW
@@ -208,7 +216,7 @@ async def test_rows_of_an_earlier_run_are_recovered(tmp_path, caplog):
         assert await spool.add_lane("s") == 0
         assert spool.lane_ready(0).is_set()  # a full batch from the last run waits already
         assert lane(spool, 0)[2] == {"a": LaneAccount(0, 0, 3), "b": LaneAccount(0, 0, 2)}
-    assert "spool " + str(path) + ": 5 frames from an earlier run go out first" in caplog.text
+    assert f"spool {path}: 5 frames from an earlier run go out first" in [r.getMessage() for r in caplog.records]
 
 
 async def test_one_user_at_a_time(tmp_path):
@@ -225,8 +233,10 @@ async def test_one_user_at_a_time(tmp_path):
 async def test_a_foreign_file_is_refused_and_the_lock_released(tmp_path):
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not sqlite at all" * 100)
+    refused = Spool(str(junk), max_bytes=1)
     with pytest.raises(SpoolError, match="not a usable spool"):
-        await Spool(str(junk), max_bytes=1).open()
+        await refused.open()
+    await refused.close()  # and it closes cleanly after
     os.close(lock_spool(str(junk)))  # not left locked by the failed open
     other = tmp_path / "other.db"
     db = sqlite3.connect(other)
@@ -324,6 +334,7 @@ async def test_trim_keeps_what_is_still_there_and_not_yet_past_the_lane(tmp_path
     path = tmp_path / "s.db"
     async with opened(path, max_bytes=6 * ROW) as spool:
         await spool.add_lane("s")
+        await spool.add_lane("other")  # holds the rows in the file while lane 0 moves on
         await spool.write(frames("d", range(4)))
         batch = await spool.take(3, lane=0)  # 1, 2, 3
         await spool.write(frames("d", range(4, 7)))  # 7 rows: row 1 is evicted
@@ -334,9 +345,14 @@ async def test_trim_keeps_what_is_still_there_and_not_yet_past_the_lane(tmp_path
         await spool.ack(again)
         gone = await spool.trim(batch)  # all of it is behind the lane's cursor now
         assert (gone.ids, gone.frames, gone.first_id, gone.last_id) == ([], [], 1, 0)
+        assert ids(path)[:2] == [2, 3]  # though still in the file, for the other lane
+        fresh = await spool.take(3, lane=0)  # 4, 5, 6: the first one is at the cursor
+        t = await spool.trim(fresh)
+        assert (t.ids, t.first_id, t.last_id) == ([4, 5, 6], 4, 6)
         # no lane: whatever is still in the file
-        t = await spool.trim(SpoolBatch(frames("d", range(2, 5)), 3, last_id=5, ids=[3, 4, 5]))
-        assert (t.ids, [f.seq for f in t.frames], t.first_id, t.last_id, t.lane) == ([4, 5], [3, 4], 4, 5, None)
+        t = await spool.trim(SpoolBatch(frames("d", range(2, 5)), 3, "d", last_id=5, ids=[3, 4, 5]))
+        assert (t.ids, [f.seq for f in t.frames], t.first_id, t.last_id, t.lane) == ([3, 4, 5], [2, 3, 4], 3, 5, None)
+        assert t.device == "d"
 
 
 async def test_a_device_flush_deletes_only_that_devices_rows(tmp_path):
@@ -445,7 +461,9 @@ async def test_a_close_whose_release_fails_leaves_the_rows_for_the_next_release(
         failing = mocker.patch.object(Spool, "_release", side_effect=OSError(28, "No space left on device"))
         await spool.close_lane(2)
         mocker.stop(failing)
-        assert "rows no other sink needs stay for now" in caplog.text
+        assert "spool: rows no other sink needs stay for now: [Errno 28] No space left on device" in [
+            r.getMessage() for r in caplog.records
+        ]
         assert ids(path) == [1, 2] and lane(spool, 2)[1]
         await spool.write(frames("d", range(2, 3)))
         assert await spool.ack(await spool.take(1, lane=0)) == {"d": 2}  # the next release takes them
@@ -456,11 +474,19 @@ async def test_a_lane_added_later_counts_what_left_before_as_missed(tmp_path):
     path = tmp_path / "s.db"
     async with opened(path, max_bytes=3 * ROW) as spool:
         await spool.add_lane("x")
+        await spool.write(frames("e", range(1)))
+        await spool.ack(await spool.take(1, lane=0))  # e: delivered only
         await spool.write(frames("a", range(4)) + frames("b", range(1)))  # 2 rows of a evicted
         await spool.ack(await spool.take(1, lane=0))  # a's row 3 delivered and gone
+        await spool.write(frames("c", range(3)))  # a's last row and b's evicted: b dropped only
         assert await spool.add_lane("late") == 1
-        assert lane(spool, 1)[2] == {"a": LaneAccount(0, 3, 1), "b": LaneAccount(0, 0, 1)}
-        assert acct(spool, "a") == (4, 1, 1, 2, 0)
+        assert lane(spool, 1)[2] == {
+            "a": LaneAccount(0, 4, 0),
+            "b": LaneAccount(0, 1, 0),
+            "c": LaneAccount(0, 0, 3),
+            "e": LaneAccount(0, 1, 0),
+        }
+        assert acct(spool, "a") == (4, 0, 1, 3, 0) and acct(spool, "b") == (1, 0, 0, 1, 0)
 
 
 def test_transit_is_what_memory_handed_over_less_what_was_committed():
@@ -476,7 +502,9 @@ async def test_stats_and_export_of_a_spool_not_in_use(tmp_path):
         await spool.write(frames("a", range(3)) + frames("b", range(2)))
         with pytest.raises(SpoolBusy):
             spool_stats(str(path))
+    began = time.time()
     stats = spool_stats(str(path))
+    assert began <= stats["at"] <= time.time()
     assert stats["frames"] == 5 and stats["bytes"] == 5 * ROW
     assert stats["devices"] == {
         "a": {"frames": 3, "bytes": 3 * ROW, "oldest_ts": 1000.0, "newest_ts": 1002.0},
@@ -801,16 +829,18 @@ def loop_clock(mocker):
 
 
 def spooler_run(
-    spool: MemorySpool, script: Any, *, batch_size: int = 100, seed: int = 0, **kwargs: Any
+    spool: MemorySpool, script: Any, *, batch_size: int = 100, seed: int = 0, shared: bool = True, **kwargs: Any
 ) -> tuple[Spooler, float]:
     """Start ``Spooler.run`` on a virtual clock over a memory holding ``seed``
     frames, run ``script(agg, spooler, token)``, then cancel; returns the spooler
-    and the loop time at which ``run`` returned."""
+    and the loop time at which ``run`` returned. ``shared=False``: the spooler
+    does not see memory's changes (only its full batches)."""
 
     async def main() -> tuple[Spooler, float]:
         changes = Changes()
         async with memory(batch_size, changes) as agg:
-            spooler = Spooler(agg.handle, spool, batch_size=batch_size, changes=changes, **kwargs)
+            own = changes if shared else Changes()
+            spooler = Spooler(agg.handle, spool, batch_size=batch_size, changes=own, **kwargs)
             if seed:
                 await agg.handle.offer("d", frames("d", range(seed)))
             token = CancellationToken()
@@ -911,6 +941,28 @@ def test_a_fault_of_a_whole_pass_is_counted_and_the_loop_goes_on(loop_clock, moc
     assert spool.commits == [(3.0, [0, 1])]
     assert spooler.faults.failures == 1
     assert "spool write failed (1 so far): RuntimeError: boom" in caplog.text
+
+    # idle, woken by a full batch (not by a change), the pass commits it and
+    # then raises: after the backoff the loop waits again, it does not look
+    calls["n"] = 0
+
+    async def commits_then_fails(self: Spooler, *args: Any, **kwargs: Any) -> Any:
+        result = await real(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("boom")
+        return result
+
+    mocker.patch.object(Spooler, "flush", commits_then_fails)
+    spool = MemorySpool()
+
+    async def full_batch(agg: Aggregator, spooler: Spooler, token: CancellationToken) -> None:
+        await offer_at(agg, 1.0, range(2))
+        await asyncio.sleep(10)
+
+    spooler, _ = spooler_run(spool, full_batch, interval=100, batch_size=2, shared=False, backoff_max=3)
+    assert spool.commits == [(1.0, [0, 1])]
+    assert spooler.faults.failures == 1 and calls["n"] == 2
 
 
 def test_a_cancel_during_the_backoff_after_a_fault_ends_the_loop_at_once(loop_clock, mocker):
