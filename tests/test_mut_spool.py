@@ -109,7 +109,7 @@ async def test_write_commits_each_row_with_its_size(tmp_path, mocker):
     connect_spy = mocker.spy(spool_module, "connect")
     async with opened(tmp_path / "full.db", sync="full"):
         connect_spy.assert_called_once_with(str(tmp_path / "full.db"), "full")
-    with pytest.raises(AssertionError, match=r"^spool is not open$"):
+    with pytest.raises(AssertionError, match=r"^spool is not open"):
         await Spool(str(tmp_path / "never.db"), max_bytes=1).write(frames("d", range(1)))
 
 
