@@ -90,16 +90,32 @@ async def test_full_spool_drops_oldest_and_counts(fh_runtime, tmp_path):
     ) as rt:
         for start in range(0, 1000, 50):  # paced: each read moves on to the disk
             port.feed(packets(range(start, start + 50)))
-            await rt.wait_until(lambda s, n=start + 50: s["devices"]["d"]["spooled"] + s["spool"]["dropped"] == n, 10)
+            n = start + 50
+            await rt.wait_until(lambda s, n=n: s["devices"]["d"]["spooled"] + s["spool"]["dropped"] == n, 10)
+            # after every write, the file holds the newest frames that fit, no fewer
+            assert seqs_on_disk(path) == list(range(max(0, n - 100), n))
+        # paced, memory never dropped (or the wait above could not end); each write
+        # evicts exactly the excess, in whole 80-byte rows: 100 stay, 900 go
         status = await rt.status()
-        assert status["spool"]["depth"] <= 100 and status["spool"]["dropped"] >= 900
-        assert status["spool"]["bytes"] <= 8000
+        assert status["spool"]["depth"] == 100 and status["spool"]["dropped"] == 900
+        assert status["spool"]["bytes"] == 8000
         assert_accounting(status)
         summary = await rt.shutdown()
     d = summary.status["devices"]["d"]
-    assert d["dropped"] >= 900 and d["flushed"] == 0 and d["dropped"] + d["spooled"] == 1000
-    rows = sqlite3.connect(path).execute("SELECT seq FROM frames ORDER BY id").fetchall()
-    assert [r[0] for r in rows] == list(range(1000 - len(rows), 1000))  # the newest survive
+    assert (d["dropped"], d["flushed"], d["spooled"]) == (900, 0, 100)
+    # the file itself: the evicted rows are gone, not only counted
+    assert seqs_on_disk(path) == list(range(900, 1000))  # the newest survive
+    assert seqs_on_disk(path, "SUM(size)") == [8000]
+
+
+def seqs_on_disk(path: str, what: str = "seq") -> list[int]:
+    """``what`` of every row in the spool file, oldest first, read by a connection
+    of the test's own (the oracle: not the spool's counters)."""
+    db = sqlite3.connect(path)
+    try:
+        return [v for (v,) in db.execute(f"SELECT {what} FROM frames ORDER BY id")]
+    finally:
+        db.close()
 
 
 async def test_kill_9_under_load_then_restart_delivers_every_committed_frame(fh_ports, short_tmp, tmp_path):
