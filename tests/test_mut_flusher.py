@@ -556,3 +556,129 @@ def test_no_one_to_tell() -> None:
         await r.stop()
 
     run_virtual(main())
+
+
+# -- what reaches the lanes: the flush's edge, its deadline, its token ---------------------
+
+
+def test_a_lane_settled_late_still_stops_at_the_flushs_edge() -> None:
+    a, b = sink("a"), sink("b")
+
+    async def settle(lane: SinkLane) -> None:
+        if lane.sink.name == "a":
+            await asyncio.sleep(1.0)
+
+    async def main() -> FlushResult:
+        r = await rig([a, b])
+        await r.offer(range(5))
+        virtual_loop().call_later(0.5, lambda: r.agg.handle.offer_nowait("d", frames(range(5, 8))))
+        result = await r.flusher.drain(10.0, settle)
+        assert r.depth() == {"d": 3}
+        await r.stop()
+        return result
+
+    result = run_virtual(main())
+    assert a.accepted == b.accepted == [0, 1, 2, 3, 4] and result.flushed == 5
+
+
+def test_a_source_fault_of_the_only_lane_stays_shown() -> None:
+    async def main() -> FlushResult:
+        r = await rig([sink("a")], source=lambda agg: FaultySource(agg, take_faults=1))
+        await r.offer(range(5))
+        result = await r.flusher.flush()
+        assert (r.flusher.source_failures, r.flusher.source_error) == (1, "OSError: disk I/O error")
+        await r.stop()
+        return result
+
+    assert entries(run_virtual(main())) == [("a", 0, False)]
+
+
+@pytest.mark.parametrize("device", [None, "d"])
+def test_a_cancel_ends_a_flushs_write_retries(device: str | None) -> None:
+    a = sink("a", [ConnectionError("down")] * 100)
+
+    async def main() -> FlushResult:
+        r = await rig([a], backoff_initial=1.0)
+        await r.offer(range(5))
+        token = CancellationToken()
+        virtual_loop().call_later(1.5, token.cancel)
+        result = await r.flusher.flush(device, deadline=100.0, token=token)
+        assert now() == 1.5 and not r.flusher.lanes[0].lock.locked()
+        await r.stop()
+        return result
+
+    result = run_virtual(main())
+    assert a.times() == [0.0, 1.0] and result.incomplete and entries(result) == [("a", 0, False)]
+
+
+@pytest.mark.parametrize("sinks", [1, 0])
+def test_a_cancel_ends_a_device_flushs_ack_retries(sinks: int) -> None:
+    async def main() -> FlushResult:
+        r = await rig([sink("a")][:sinks], source=lambda agg: FaultySource(agg, ack_faults=10**6), backoff_initial=1.0)
+        await r.offer(range(5))
+        token = CancellationToken()
+        virtual_loop().call_later(2.5, token.cancel)
+        result = await r.flusher.flush("d", deadline=100.0, token=token)
+        assert now() == 2.5
+        await r.stop()
+        return result
+
+    result = run_virtual(main())
+    assert (result.flushed, result.incomplete) == (0, True)
+
+
+def test_with_no_sink_a_flush_gives_up_on_its_ack_at_the_deadline() -> None:
+    async def main() -> FlushResult:
+        r = await rig([], source=lambda agg: FaultySource(agg, ack_faults=10**6), backoff_initial=1.0)
+        await r.offer(range(5))
+        result = await r.flusher.flush(deadline=2.5)
+        assert now() == 2.5 and r.depth() == {"d": 5}
+        await r.stop()
+        return result
+
+    result = run_virtual(main())
+    assert (result.flushed, result.incomplete) == (0, True)
+
+
+def test_with_no_sink_a_device_flush_takes_only_that_device() -> None:
+    async def main() -> FlushResult:
+        r = await rig([])
+        await r.offer(range(5), "x")
+        await r.offer(range(3), "d")
+        result = await r.flusher.flush("d")
+        assert r.depth() == {"x": 5, "d": 0}
+        await r.stop()
+        return result
+
+    result = run_virtual(main())
+    assert (result.flushed, result.devices) == (3, {"d": 3})
+
+
+def test_with_no_sink_a_short_interval_flushes() -> None:
+    async def main() -> None:
+        r = await rig([], interval=0.5)
+        stop = CancellationToken()
+        run = asyncio.ensure_future(r.flusher.run(stop))
+        await r.offer(range(5))
+        await at(0.7)
+        assert r.depth() == {"d": 0} and r.flusher.flushes == 1
+        stop.cancel()
+        await run
+        await r.stop()
+
+    run_virtual(main())
+
+
+def test_with_no_sink_the_interval_flush_stops_retrying_on_cancel() -> None:
+    async def main() -> None:
+        r = await rig([], interval=1.0, source=lambda agg: FaultySource(agg, ack_faults=10**6), backoff_initial=1.0)
+        stop = CancellationToken()
+        run = asyncio.ensure_future(r.flusher.run(stop))
+        await r.offer(range(5))
+        virtual_loop().call_later(2.5, stop.cancel)
+        await at(2.5)
+        done, _ = await asyncio.wait({run}, timeout=0.5)
+        assert run in done and now() == 2.5
+        await r.stop()
+
+    run_virtual(main())

@@ -149,6 +149,17 @@ def test_moved_adds_up_per_device_and_in_total() -> None:
     assert LaneResult().sent == 0
 
 
+def test_a_lane_has_no_number_until_attached() -> None:
+    async def main() -> None:
+        agg = Aggregator(10, batch_size=10)
+        lane = SinkLane(
+            ScriptSink(), agg.handle, batch_size=10, interval=1, faults=SourceFaults("b", Changes()), changes=Changes()
+        )
+        assert (lane.lane, lane.closed) == (-1, False)
+
+    run_virtual(main())
+
+
 # -- the lane's own loop -------------------------------------------------------------
 
 
@@ -322,7 +333,69 @@ def test_a_source_fault_backoff_ends_with_the_shutdown() -> None:
     assert sink.calls == []
 
 
+def stops_on_cancel(sink: ScriptSink, seqs: range, **kw: Any) -> None:
+    """The lane's loop, its sink failing for ever, stops within 0.5 s of its
+    token's cancel at 2.5 (the token reaches the retries)."""
+
+    async def main() -> None:
+        r = await rig(sink, backoff_initial=1.0, backoff_max=1.0, **kw)
+        stop = CancellationToken()
+        run = asyncio.ensure_future(r.lane.run(stop))
+        await r.offer(seqs)
+        virtual_loop().call_later(2.5 - now(), stop.cancel)
+        await at(2.5)
+        done, _ = await asyncio.wait({run}, timeout=0.5)
+        assert run in done and now() == 2.5
+        await r.stop()
+
+    run_virtual(main())
+
+
+def test_a_cancel_ends_the_retries_of_a_timed_delivery() -> None:
+    sink = ScriptSink([ConnectionError("down")] * 100)
+    stops_on_cancel(sink, range(3), interval=1.0)
+    assert sink.times() == [1.0, 2.0]
+
+
+def test_a_cancel_ends_the_retries_of_a_full_batch() -> None:
+    sink = ScriptSink([ConnectionError("down")] * 100)
+    stops_on_cancel(sink, range(10), interval=100.0)
+    assert sink.times() == [0.0, 1.0, 2.0]
+
+
 # -- a delivery -------------------------------------------------------------------------
+
+
+def test_a_cancel_ends_a_deliverys_write_retries() -> None:
+    sink = ScriptSink([ConnectionError("down")] * 100)
+
+    async def main() -> None:
+        r = await rig(sink, backoff_initial=1.0)
+        await r.offer(range(5))
+        token = CancellationToken()
+        virtual_loop().call_later(1.5, token.cancel)
+        result = await r.lane.deliver(deadline=100.0, token=token)
+        assert result.incomplete and result.sent == 0 and now() == 1.5
+        await r.stop()
+
+    run_virtual(main())
+    assert sink.times() == [0.0, 1.0]
+
+
+def test_a_cancel_ends_a_deliverys_ack_retries() -> None:
+    sink = ScriptSink()
+
+    async def main() -> None:
+        faults = SourceFaults("spool", Changes(), backoff_initial=1.0)
+        r = await rig(sink, source=lambda agg: FaultySource(agg, ack_faults=10**6), faults=faults)
+        await r.offer(range(5))
+        token = CancellationToken()
+        virtual_loop().call_later(2.5, token.cancel)
+        result = await r.lane.deliver(deadline=100.0, token=token)
+        assert (result.incomplete, result.sent, result.flushed, now()) == (True, 5, 0, 2.5)
+        await r.stop()
+
+    run_virtual(main())
 
 
 def test_deliver_up_to_an_id_in_batches() -> None:
@@ -333,6 +406,7 @@ def test_deliver_up_to_an_id_in_batches() -> None:
         await r.offer(range(10))
         result = await r.lane.deliver(4)
         assert not r.lane.lock.locked()
+        assert (r.lane.stats.batches, r.lane.stats.written) == (2, 5)
         await r.stop()
         return result
 
@@ -787,8 +861,8 @@ def test_a_sink_that_closes_is_never_written_again(caplog: pytest.LogCaptureFixt
         assert lanes(r.agg) == [("rec", True, {"d": (0, 15, 0)})]
         again = await r.lane.deliver()
         assert again == LaneResult()
-        batch = Batch(frames(range(3)), 0)
-        assert await r.lane.send(batch) == 0
+        batch = Batch(frames(range(3)), 0, None, 2)
+        assert await r.lane.send(batch) == 0 and now() == 0.0  # at once: no retry
         await r.lane.close(SinkClosed("twice"))
         assert r.lane.stats.last_error == "closed: reader gone"
         await r.stop()
@@ -831,7 +905,7 @@ def test_a_closed_lane_writes_nothing() -> None:
         r = await rig(sink)
         await r.lane.close(SinkClosed("gone"))
         await r.offer(range(5))
-        assert await r.lane.send(Batch(frames(range(5)), 0)) == 0
+        assert await r.lane.send(Batch(frames(range(5)), 0, None, 4)) == 0 and now() == 0.0
         await r.stop()
 
     run_virtual(main())
