@@ -168,6 +168,8 @@ class Runtime:
             self.sinks,
             interval=cfg.buffer.flush_interval,
             batch_size=cfg.buffer.batch_size,
+            # memory holds at most capacity frames: no lane's batch is larger
+            max_batch=None if cfg.buffer.spool else cfg.buffer.capacity,
             changes=self.changes,
             on_all_closed=self._all_sinks_closed,
             abort=self._abort,

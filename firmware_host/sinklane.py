@@ -124,6 +124,7 @@ class SinkLane:
         batch_size: int,
         interval: float,
         faults: SourceFaults,
+        max_batch: int | None = None,
         changes: Changes,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
@@ -132,8 +133,10 @@ class SinkLane:
     ) -> None:
         self.sink = sink
         self.source = source
-        #: the sink's own (``[[sinks]] batch_size``) or the buffer's
-        self.batch_size = sink.batch_size or batch_size
+        #: the sink's own (``[[sinks]] batch_size``) or the buffer's, at most
+        #: ``max_batch`` (the buffer's capacity: the source caps its lane alike)
+        own = sink.batch_size or batch_size
+        self.batch_size = own if max_batch is None else min(own, max_batch)
         self.interval = interval
         self.faults = faults
         self.changes = changes
@@ -209,9 +212,7 @@ class SinkLane:
                 if full_only and (not ready.is_set() or (token is not None and token.is_cancelled)):
                     break
                 batch = await self.source.take(self.batch_size, None, upto, self.lane)
-                # full_only trusts the source's ready event (its idea of a full
-                # batch may be smaller: a lane's batch is capped at capacity)
-                if not batch.frames:
+                if not batch.frames or (full_only and len(batch.frames) < self.batch_size):
                     break
                 sent = await self.send(batch, deadline=deadline, token=token)
                 if sent is None:

@@ -256,7 +256,7 @@ class FaultySource:
     def read_gate(self) -> ReadGate | None:
         return self.inner.read_gate if self.gate else None
 
-    async def add_lane(self, name: str) -> int:
+    async def add_lane(self, name: str, batch_size: int | None = None) -> int:
         self.names.append(name)
         return await self.inner.add_lane(name)
 

@@ -214,3 +214,14 @@ async def test_each_sink_writes_at_its_own_batch_size(fh_board, fh_runtime, tmp_
         await rt.shutdown()
     assert rec.writes[2:] == [[6]]  # the rest at the drain
     assert jsonl_seqs(out) == list(range(7))
+
+
+async def test_a_sink_batch_larger_than_the_buffer_writes_a_full_buffer(fh_board, fh_runtime, tmp_path: Path):
+    # 500 frames can never wait in a buffer of 10: a full buffer is that sink's full batch
+    # (without the cap its lane would be ready for ever with never a batch to take)
+    board, out, rec = fh_board("fh1"), tmp_path / "out.jsonl", RecordingSink(500)
+    async with fh_runtime(config(board, out, flush_interval=60, batch_size=5, capacity=10), sinks=[rec]) as rt:
+        await rt.wait_state("b", "connected")
+        await board.send_frames(10)
+        await rt.wait_until(lambda s: sink_named(s, "recording")["delivered"] == 10, 15)
+        assert rec.writes == [list(range(10))]
