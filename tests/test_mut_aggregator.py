@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware_host import CancellationToken, Frame
-from firmware_host._sync import Changes
+from firmware_host._sync import Changes, ReadGate
 from firmware_host.aggregator import (
     Ack,
     AddLane,
@@ -285,9 +285,9 @@ async def test_the_stop_serves_what_came_before_and_refuses_what_came_after() ->
             fut.result()
     assert changes.count == 1  # the offer before the stop is a change, told once
     assert h.stopped
-    with pytest.raises(AggregatorStopped):
+    with pytest.raises(AggregatorStopped, match=r"^the aggregator has stopped$"):
         await h.offer("a", frames("a", range(3, 4)))
-    with pytest.raises(AggregatorStopped):
+    with pytest.raises(AggregatorStopped, match=r"^the aggregator has stopped$"):
         await h.mark()
 
 
@@ -458,3 +458,40 @@ def test_oldest_age_is_now_minus_the_oldest_receive_time_never_negative() -> Non
     assert oldest_age(snap, now=100.25) == {"a": 0.25, "b": 0.75, "c": 0.0}
     snap.oldest_ts = {"a": time.time() - 30.0}
     assert oldest_age(snap)["a"] == pytest.approx(30.0, abs=5.0)  # now: the wall clock
+
+
+async def test_the_handles_snapshot_asks_only_for_what_it_is_told() -> None:
+    actor = Actor(capacity=10, batch_size=5)
+    h = actor.h
+    await h.add_lane("x")
+    await h.offer("a", frames("a", range(5, 7)))
+    snap = await h.snapshot()
+    assert books(snap) == {"a": (2, 0, 0, 2)}
+    assert snap.oldest_ts == {} and snap.lanes == []
+    snap = await h.snapshot(oldest=True)
+    assert snap.oldest_ts == {"a": 5.0} and snap.lanes == []
+    snap = await h.snapshot(lanes=True)
+    assert snap.oldest_ts == {} and lanes(snap) == [("x", False, {"a": (0, 0, 2)})]
+    assert isinstance(h.read_gate, ReadGate) and h.read_gate is h.read_gate
+    await actor.close()
+
+
+# ------------------------------------------------------------------- chunks
+
+
+def test_a_cut_frees_its_frames_at_once_and_compacts_past_half() -> None:
+    """The removed slots are cleared (the frames freed now) and the list is
+    compacted once more than half of it is cleared; ids do not change."""
+    agg = Aggregator(capacity=10, max_bytes=100, batch_size=5)
+    agg._offer("a", frames("a", range(8), size=3))  # one chunk, ids 0..7
+    chunk = agg._chunks[0]
+    assert agg._cut(chunk, 3) == 9  # 3 frames of 3 bytes
+    assert (chunk.base, chunk.start, chunk.bytes) == (0, 3, 15)
+    assert chunk.frames[:3] == [None, None, None] and len(chunk.frames) == 8
+    assert agg._cut(chunk, 1) == 3  # 4 of 8 cleared: half, not more
+    assert (chunk.base, chunk.start, len(chunk.frames)) == (0, 4, 8)
+    assert agg._cut(chunk, 1) == 3  # 5 of 8: compacted
+    assert (chunk.base, chunk.start, len(chunk.frames), chunk.bytes) == (5, 0, 3, 9)
+    assert [f.seq for f in chunk.frames] == [5, 6, 7] and len(chunk) == 3
+    agg._chunks[0].bytes = -1  # uncounted (no byte bound): nothing to free
+    assert agg._cut(chunk, 1) == 0 and chunk.bytes == -1
