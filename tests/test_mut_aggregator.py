@@ -471,6 +471,35 @@ def test_a_cut_frees_its_frames_at_once_and_compacts_past_half() -> None:
     assert agg._cut(chunk, 1) == 0 and chunk.bytes == -1
 
 
+def test_the_bounds_are_checked_at_construction_and_default_to_no_byte_bound() -> None:
+    for bad in ({"capacity": 0}, {"capacity": 5, "batch_size": 0}, {"capacity": 5, "max_bytes": -1}):
+        with pytest.raises(ValueError, match=r"^capacity and batch_size must be > 0, max_bytes >= 0$"):
+            Aggregator(**bad)
+    agg = Aggregator(capacity=1, max_bytes=0, batch_size=1)  # the smallest allowed
+    assert (agg.capacity, agg.max_bytes, agg.batch_size) == (1, 0, 1)
+    agg = Aggregator(5)
+    assert (agg.max_bytes, agg.batch_size, agg.handle._inbox.maxsize) == (0, 1000, 1024)
+
+
+async def test_an_empty_batch_sits_at_its_lanes_cursor() -> None:
+    """Nothing to take: the batch is empty at the take's start (the lane's
+    cursor), ``last_id = first_id - 1``, even when the next buffered frame
+    lies further on (frames in between left by a per-device flush)."""
+    actor = Actor(capacity=20, batch_size=100)
+    h = actor.h
+    x, _ = await h.add_lane("x"), await h.add_lane("y")
+    await h.offer("a", frames("a", range(3)))  # ids 0..2
+    await h.offer("b", frames("b", range(2)))  # ids 3, 4
+    await h.offer("a", frames("a", range(3, 5)))  # ids 5, 6
+    assert await h.ack(await h.take(3, lane=x)) == {}  # x at 3; y holds them
+    assert await h.ack(await h.take(10, device="b")) == {"b": 2}  # ids 3, 4 leave
+    batch = await h.take(10, upto=4, lane=x)
+    assert (batch.frames, batch.first_id, batch.last_id) == ([], 3, 2)
+    batch = await h.take(10, lane=x)
+    assert ([f.seq for f in batch.frames], batch.first_id, batch.last_id) == ([3, 4], 5, 6)
+    await actor.close()
+
+
 # ------------------------------------------------------------------- the model
 
 
