@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, TypeVar
 
 import pytest
 from hypothesis import Phase, given, settings
@@ -40,7 +40,9 @@ from firmware_host.aggregator import (
 from firmware_host.errors import AggregatorStopped
 from tests.test_aggregator_model import drive, operations
 
-pytestmark = pytest.mark.timeout(20)
+pytestmark = pytest.mark.timeout(10)
+
+T = TypeVar("T")
 
 
 def frames(device: str, seqs: range, size: int = 1) -> list[Frame]:
@@ -98,6 +100,16 @@ class Actor:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         assert self.agg._inbox.put_nowait(build(fut))
         return fut
+
+    async def ask(self, request: Awaitable[T]) -> T:
+        """``request``'s answer, or an error at once if the actor task ended
+        (a fault) instead of waiting for an answer that will never come."""
+        answer = asyncio.ensure_future(request)
+        await asyncio.wait({answer, self.task}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        if not answer.done():
+            answer.cancel()
+            raise AssertionError(f"no answer; the actor task: {self.task!r}")
+        return answer.result()
 
     async def close(self) -> None:
         self.token.cancel()
@@ -500,6 +512,42 @@ async def test_an_empty_batch_sits_at_its_lanes_cursor() -> None:
     await actor.close()
 
 
+#: (device, frame sizes) offered in turn under a 10-byte bound, and the frames
+#: buffered after each (device + index), worked by hand: the oldest go until the
+#: rest fit, whole chunks first, then frame by frame in the chunk crossing the bound
+BYTE_STEPS = [
+    ("a", [2, 2, 2], "a0 a1 a2"),  # 6 bytes
+    ("b", [4], "a0 a1 a2 b0"),  # exactly 10: nothing goes
+    ("c", [4], "a2 b0 c0"),  # 4 over: a0 a1, which end exactly there (a2 stays)
+    ("d", [3, 1, 1, 1], "c0 d0 d1 d2 d3"),  # 6 over: all of a (2), then b0 (4), exactly
+    ("e", [4], "d0 d1 d2 d3 e0"),  # 4 over: c0
+    ("f", [5], "d3 e0 f0"),  # 5 over: d0 d1 (1 left over) and d2
+    ("g", [10], "g0"),  # 10 over: two whole chunks (d3, e0), then f0
+    ("h", [1, 1, 1, 1, 1], "h0 h1 h2 h3 h4"),  # 5 over: g0
+    ("i", [2], "h0 h1 h2 h3 h4 i0"),
+    ("j", [3], "h0 h1 h2 h3 h4 i0 j0"),
+    ("k", [2], "h2 h3 h4 i0 j0 k0"),  # 2 over: h0 h1 (h's list keeps its cleared slots)
+    ("l", [1], "h3 h4 i0 j0 k0 l0"),  # 1 over: h2, counted from where h now starts
+]
+
+
+async def test_the_byte_bound_drops_the_oldest_until_the_rest_fit_and_no_more() -> None:
+    actor = Actor(capacity=100, max_bytes=10, batch_size=100)
+    h = actor.h
+    dropped = 0
+    for device, sizes, left in BYTE_STEPS:
+        before = (await actor.ask(h.snapshot())).depth
+        await h.offer(device, [Frame(device, i, 0, 0.0, payload=bytes(n)) for i, n in enumerate(sizes)])
+        snap = await actor.ask(h.snapshot())
+        dropped += before + len(sizes) - snap.depth
+        buffered = (await actor.ask(h.take(100))).frames
+        assert " ".join(f"{f.device}{f.seq}" for f in buffered) == left, device
+        assert snap.bytes == sum(f.size for f in buffered) <= 10
+        assert snap.dropped == dropped
+    assert dropped == 15
+    await actor.close()
+
+
 # ------------------------------------------------------------------- the model
 
 
@@ -523,10 +571,11 @@ async def test_an_empty_batch_sits_at_its_lanes_cursor() -> None:
 def _agrees_with_the_model(
     capacity: int, max_bytes: int, ops: list[tuple[Any, ...]], batch_size: int, lanes: int
 ) -> None:
-    asyncio.run(drive(capacity, max_bytes, ops, batch_size, lanes))
+    # a mutant that kills the actor leaves drive() waiting: fail that example at once
+    asyncio.run(asyncio.wait_for(drive(capacity, max_bytes, ops, batch_size, lanes), 5))
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(30)
 def test_the_model_test_under_a_fixed_seed() -> None:
     """tests/test_aggregator_model.py, derandomized. Run from a test of its own
     because coverage names a Hypothesis test's context after Hypothesis's
