@@ -575,7 +575,7 @@ def _agrees_with_the_model(
     asyncio.run(asyncio.wait_for(drive(capacity, max_bytes, ops, batch_size, lanes), 5))
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(60)
 def test_the_model_test_under_a_fixed_seed() -> None:
     """tests/test_aggregator_model.py, derandomized. Run from a test of its own
     because coverage names a Hypothesis test's context after Hypothesis's
