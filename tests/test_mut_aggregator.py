@@ -332,6 +332,15 @@ async def test_abandon_answers_every_request_waiting_and_every_later_one() -> No
     assert books(snap) == {"a": (2, 0, 0, 2)} and snap.oldest_ts == {"a": 0.0}
 
 
+async def test_abandon_refuses_what_is_queued_when_nothing_ever_failed() -> None:
+    agg = Aggregator(capacity=10, batch_size=5)  # its actor never ran
+    reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    assert agg._inbox.put_nowait(Take(1, None, None, reply))
+    agg.abandon()
+    with pytest.raises(AggregatorStopped):
+        reply.result()
+
+
 # ------------------------------------------------------------------- the pulse
 
 
