@@ -557,6 +557,18 @@ async def test_the_byte_bound_drops_the_oldest_until_the_rest_fit_and_no_more() 
     await actor.close()
 
 
+async def test_what_every_lane_accepted_leaves_across_chunks() -> None:
+    actor = Actor(capacity=20, batch_size=100)
+    h = actor.h
+    x, y = await h.add_lane("x"), await h.add_lane("y")
+    await h.offer("a", frames("a", range(2)))
+    await h.offer("b", frames("b", range(2)))
+    assert await actor.ask(h.ack(await h.take(10, lane=x))) == {}  # y holds all four
+    assert await actor.ask(h.ack(await h.take(10, lane=y))) == {"a": 2, "b": 2}  # both chunks leave
+    assert (await h.snapshot()).depth == 0
+    await actor.close()
+
+
 # ------------------------------------------------------------------- the model
 
 
