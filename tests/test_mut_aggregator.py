@@ -569,6 +569,21 @@ async def test_what_every_lane_accepted_leaves_across_chunks() -> None:
     await actor.close()
 
 
+async def test_a_trim_keeps_to_its_lane_and_a_device_flush_to_its_frames() -> None:
+    actor = Actor(capacity=5, batch_size=100)
+    h = actor.h
+    x, _ = await h.add_lane("x"), await h.add_lane("y")
+    await h.offer("a", frames("a", range(4)))  # ids 0..3, one chunk
+    await actor.ask(h.ack(await h.take(2, lane=x)))  # x at 2; y holds a0 a1
+    batch = await h.take(2, lane=x)
+    assert [f.seq for f in (await actor.ask(h.trim(batch))).frames] == [2, 3]  # not a0 a1
+    await h.offer("b", frames("b", range(2)))  # 6 > 5: a0 goes, a's chunk is cut at its start
+    flush = await h.take(1, device="a")
+    assert [f.seq for f in flush.frames] == [1]
+    assert await actor.ask(h.ack(flush)) == {"a": 1}  # a1 only, not the rest of the chunk
+    await actor.close()
+
+
 # ------------------------------------------------------------------- the model
 
 
