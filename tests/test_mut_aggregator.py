@@ -403,7 +403,7 @@ async def test_a_fault_while_stopping_is_the_faults_own() -> None:
 async def test_requests_without_an_answer_are_answered_with_none() -> None:
     actor = Actor(capacity=10, batch_size=5)
     await settle()
-    add = actor.request(lambda r: AddLane("x", r))
+    add = actor.request(lambda r: AddLane("x", None, r))
     close = actor.request(lambda r: CloseLane(0, r))
     register = actor.request(lambda r: Register("d", r))
     assert await asyncio.wait_for(add, 5) == 0
