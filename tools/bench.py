@@ -716,6 +716,22 @@ def scenario_sinks3(variant: str, p: dict[str, Any], log: Callable[[str], None])
     return res
 
 
+def _paced_window(cons: RuntimeProc, feeder: Feeder, p: dict[str, Any]) -> tuple[float, float, float, float, int]:
+    """Start the paced feed, measure the runtime's CPU over ``paced_s`` after the
+    warm-up, stop the feed and flush: (cpu at start, at end, time at start, at end,
+    frames sent)."""
+    cons.wait_ready()
+    feeder.send("go")
+    time.sleep(p["warmup_s"])
+    c0, t0 = cons.cpu(), time.monotonic()
+    time.sleep(p["paced_s"])
+    c1, t1 = cons.cpu(), time.monotonic()
+    total = sum(feeder.stop()["sent"])
+    time.sleep(cons.flush_interval + 0.1)
+    cons.flush()
+    return c0, c1, t0, t1, total
+
+
 def _paced_mqtt_run(variant: str, p: dict[str, Any], extra: str, consumer: Path | None) -> dict[str, Any]:
     """One paced run (jsonl sink, plus ``extra`` config): runtime CPU over the window,
     frames sent, each sink's counters once every frame is delivered, and the lines
@@ -724,15 +740,7 @@ def _paced_mqtt_run(variant: str, p: dict[str, Any], extra: str, consumer: Path 
         feeder = rig.feeder
         cons = RuntimeProc(rig.work, feeder.ports, variant, capacity=p["paced_capacity"], batch_size=1000, extra=extra)
         rig.cons = cons
-        cons.wait_ready()
-        feeder.send("go")
-        time.sleep(p["warmup_s"])
-        c0, t0 = cons.cpu(), time.monotonic()
-        time.sleep(p["paced_s"])
-        c1, t1 = cons.cpu(), time.monotonic()
-        total = sum(feeder.stop()["sent"])
-        time.sleep(cons.flush_interval + 0.1)
-        cons.flush()
+        c0, c1, t0, t1, total = _paced_window(cons, feeder, p)
         deadline = time.monotonic() + 30
         while True:  # until every sink has every frame (or the deadline)
             status = cons.status()
@@ -792,15 +800,7 @@ def _decode_run(variant: str, p: dict[str, Any], boards: Path, baud: int, decode
             env={"FIRMWARE_HOST_BOARDS": str(boards)},
         )
         rig.cons = cons
-        cons.wait_ready()
-        feeder.send("go")
-        time.sleep(p["warmup_s"])
-        c0, t0 = cons.cpu(), time.monotonic()
-        time.sleep(p["paced_s"])
-        c1, t1 = cons.cpu(), time.monotonic()
-        total = sum(feeder.stop()["sent"])
-        time.sleep(cons.flush_interval + 0.1)
-        cons.flush()
+        c0, c1, t0, t1, total = _paced_window(cons, feeder, p)
         deadline = time.monotonic() + 30
         counters = cons.counters()
         while counters["flushed"] < total and time.monotonic() < deadline:
