@@ -406,3 +406,18 @@ def test_an_old_spool_file_gains_the_fields_column(tmp_path):
         assert db.execute("SELECT device, seq, fields FROM frames").fetchall() == [("d", 0, None)]
     finally:
         db.close()
+
+
+async def test_a_spooled_rows_bytes_count_its_fields(tmp_path):
+    from firmware_host.spool import ROW_OVERHEAD, Spool
+
+    spool = Spool(str(tmp_path / "s.db"), max_bytes=1 << 20)
+    await spool.open()
+    try:
+        await spool.write([Frame("d", 0, 2, 1.0, b"abcd", fields={"t": 1.5})])
+        text = '{"t": 1.5}'  # the JSON the row holds, worked by hand
+        assert spool.bytes == 4 + ROW_OVERHEAD + len(text)
+        with sqlite3.connect(tmp_path / "s.db") as conn:
+            assert conn.execute("SELECT size, fields FROM frames").fetchall() == [(4 + ROW_OVERHEAD + len(text), text)]
+    finally:
+        await spool.close()
