@@ -153,3 +153,11 @@ def kill_jsonl_path(path: Path) -> None:
     move before its next batch, and a directory cannot be reopened)."""
     path.rename(path.with_name(path.name + ".gone"))
     path.mkdir()
+
+
+def c_compiler(purpose: str) -> str:
+    """The system C compiler; without one the test skips, saying what it could not build."""
+    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if found is None:
+        pytest.skip(f"no C compiler (cc, gcc or clang) on PATH: cannot build {purpose}")
+    return found

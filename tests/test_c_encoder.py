@@ -3,7 +3,6 @@ C compiler, its packets must decode on the host to exactly what was encoded."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from firmware_host.codecs import Fh1Codec, encode_packet
 from firmware_host.codecs.crc import CRC16_CHECK
+from tests.conftest import c_compiler
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -19,9 +19,7 @@ C_DIR = Path(__file__).resolve().parents[1] / "tools" / "c"
 
 @pytest.fixture(scope="module")
 def example_output(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        pytest.skip("no C compiler (cc, gcc or clang) on PATH: cannot build tools/c/example.c")
+    cc = c_compiler("tools/c/example.c")
     exe = tmp_path_factory.mktemp("c") / "example"
     # strict C99 and warnings as errors: the header must build cleanly in firmware projects
     build = subprocess.run(

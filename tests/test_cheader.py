@@ -28,7 +28,7 @@ from firmware_host.testing import assert_accounting
 from firmware_host.values.cheader import c_header, member_name
 from firmware_host.values.decoder import PayloadDecoder
 from firmware_host.values.layout import FieldSpec, FrameLayout
-from tests.conftest import REPO, cli
+from tests.conftest import REPO, c_compiler, cli
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,10 +39,7 @@ CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", "-Wconversion"
 
 @pytest.fixture(scope="module")
 def cc() -> str:
-    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if found is None:
-        pytest.skip("no C compiler (cc, gcc or clang) on PATH: cannot build the generated headers")
-    return found
+    return c_compiler("the generated headers")
 
 
 def header(directory: Path, board: str, *boards_dirs: Path) -> Path:
