@@ -48,6 +48,7 @@ if _typing.TYPE_CHECKING:
     from firmware_host.sinks import SinkClosed as SinkClosed
     from firmware_host.sinks import WriterThread as WriterThread
     from firmware_host.sinks.jsonl import encode_records as encode_records
+    from firmware_host.tap import Subscription as Subscription
     from firmware_host.transport.base import Port as Port
     from firmware_host.transport.fake import FakeOpener as FakeOpener
     from firmware_host.transport.fake import FakePort as FakePort
