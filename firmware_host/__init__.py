@@ -54,6 +54,7 @@ if _typing.TYPE_CHECKING:
     from firmware_host.transport.fake import FakePort as FakePort
     from firmware_host.values.decoder import PayloadDecoder as PayloadDecoder
     from firmware_host.values.encode import fields_json as fields_json
+    from firmware_host.values.encode import fields_text as fields_text
     from firmware_host.values.layout import CsvLayout as CsvLayout
     from firmware_host.values.layout import FieldSpec as FieldSpec
     from firmware_host.values.layout import FrameLayout as FrameLayout
