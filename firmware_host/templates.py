@@ -152,11 +152,14 @@ class TemplateWatcher:
         self.trigger.close()
 
     async def _run(self) -> None:
-        while not self._token.is_cancelled:
-            await self._token.run_until_cancelled(self._wait())
-            if self._token.is_cancelled:
-                return
-            await self._scan_logged()
+        try:
+            while not self._token.is_cancelled:
+                await self._token.run_until_cancelled(self._wait())
+                if self._token.is_cancelled:
+                    return
+                await self._scan_logged()
+        except Exception:  # a bug (or a trigger that broke): the devices made so far keep running
+            log.exception("device templates: the watcher stopped; no device comes or goes any more")
 
     async def _wait(self) -> None:
         """Until the trigger fires, or the next removal is due."""
@@ -258,6 +261,9 @@ class TemplateWatcher:
                 self._warn(key, f"template {template.name!r}: port {info.path} left alone: device {name!r} exists")
                 return None
             except ShuttingDown:
+                return None
+            except (ValueError, TypeError) as exc:  # its codec refused its options (a plugin codec's)
+                self._warn(key, f"template {template.name!r}: port {info.path} left alone: {exc}")
                 return None
             claim = Claim(dc)
             self.claims[key] = claim
