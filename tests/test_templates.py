@@ -19,6 +19,7 @@ import pytest
 from firmware_host.config import ConfigError, config_from_dict
 from firmware_host.testing import assert_accounting
 from firmware_host.transport.ports import PortInfo, SystemPorts
+from tests.conftest import cli
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -224,3 +225,22 @@ def test_two_templates_with_one_pattern_are_refused() -> None:
     t = {"name": "gps-{n}", "match": {"vid": 1}, "codec": "lines"}
     with pytest.raises(ConfigError, match=r"devices\[1\].name: duplicate device name 'gps-\{n\}'"):
         config_from_dict({"devices": [t, t]})
+
+
+# -- the command line ------------------------------------------------------------------
+
+
+def test_config_check_and_run_take_a_config_of_templates_only(tmp_path: Path) -> None:
+    (tmp_path / "ports").mkdir()
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        '[serial]\nhotplug = "scan"\n\n'
+        f'[[devices]]\nname = "gps-{{n}}"\ncodec = "lines"\nmatch = {{ path = "{tmp_path}/ports/*" }}\n\n'
+        f'[[sinks]]\ntype = "jsonl"\npath = "{tmp_path}/frames.jsonl"\n'
+    )
+    checked = cli("config", "check", "-c", str(config), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert "OK (0 devices, 1 device templates, 1 sinks" in checked.stdout
+    # no device yet is not "no device to read": the template waits for boards
+    ran = cli("run", "-q", "-c", str(config), "--control", str(tmp_path / "s.sock"), "--duration", "0.3", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
