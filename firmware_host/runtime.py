@@ -32,7 +32,9 @@ from firmware_host.sinks import BUILTIN_SINKS, Sink, SinkFactory
 from firmware_host.spool import Spool, Spooler
 from firmware_host.supervise import Supervisor
 from firmware_host.tap import DEFAULT_LIMIT, Subscription
+from firmware_host.templates import TemplateWatcher, watcher_for
 from firmware_host.transport.base import PortOpener, UrlResolver
+from firmware_host.transport.ports import PortLister
 from firmware_host.transport.serial import SerialBackend
 from firmware_host.uplink import Processor, UplinkReader, apply_processors, fixed_url
 from firmware_host.values.decoder import decoder_for
@@ -89,6 +91,7 @@ class Runtime:
         match_resolver: MatchResolver | None = None,
         control_path: str | None = None,
         boards: Mapping[str, Board] | None = None,
+        ports: PortLister | None = None,
     ) -> None:
         self.config = config
         # the real backend owns the read tick its busy ttys share
@@ -141,6 +144,10 @@ class Runtime:
         self._control: ControlServer | None = None
         #: ``/metrics`` and ``/healthz`` with ``[metrics] listen`` (firmware_host.control.http)
         self.metrics: MetricsServer | None = None
+        #: where device templates find ports (None: this host's); tests present ptys
+        self.ports = ports
+        #: makes and removes the devices of ``[[devices]]`` templates (None without any)
+        self.hotplug: TemplateWatcher | None = None
         self._shutdown_lock = asyncio.Lock()
 
     # -- start ------------------------------------------------------------------
@@ -149,6 +156,7 @@ class Runtime:
         cfg = self.config
         self.started_at = time.monotonic()
         self.metrics = self._metrics_server()  # before any task: a missing extra leaves nothing running
+        self.hotplug = watcher_for(self, cfg, self.ports, self.changes)  # likewise ([serial] hotplug = "udev")
         self.sinks.extend(self.build_sinks())  # before any task: a config error leaves nothing running
         self._agg_task = self.supervisor.start("aggregator", self.aggregator.run, self._agg_token)
         opened: list[Sink] = []
@@ -208,6 +216,8 @@ class Runtime:
         try:
             for dc in cfg.devices:
                 await self.add_device(dc)
+            if self.hotplug is not None:  # after the plain devices: their names and ports are theirs
+                await self.hotplug.start()
             for hook in self.on_start:
                 await hook(self)
         except BaseException:
@@ -448,6 +458,8 @@ class Runtime:
                     await asyncio.wait_for(hook(self), max(0.0, deadline - time.monotonic()))
                 except Exception:
                     log.exception("stop hook failed")
+            if self.hotplug is not None:  # no device comes or goes once the readers stop
+                await self.hotplug.stop()
             self.readers_token.cancel()
             readers = [e.task for e in self.devices.values()]
             if readers:
@@ -589,6 +601,8 @@ class Runtime:
                 "removed": bool(entry and entry.removed),
                 "last_error": reader.stats.last_error if reader else None,
             }
+            if entry is not None and entry.config.template is not None:
+                devices[name]["template"] = entry.config.template
         out: dict[str, Any] = {
             "uptime": round(uptime, 3),
             "buffer": {
