@@ -72,6 +72,19 @@ async def test_a_late_ack_to_an_earlier_copy_ends_the_request(fh_board, fh_runti
         assert answers.commands == 2  # the first ack arrived during the second attempt
 
 
+async def test_a_stale_ack_to_an_earlier_request_is_not_taken(fh_board, fh_runtime):
+    board = fh_board("fh1")
+    async with fh_runtime({"devices": [board.config("b", **FAST)]}) as rt:
+        await rt.wait_state("b", "connected")
+        async with board.answering(delay=0.3) as answers:
+            with pytest.raises(RequestTimeout):
+                await rt.request("b", body=b"first", timeout=0.05, retries=0)
+            # seq 0's ack comes while this one waits: only seq 1's ends it
+            ack = await rt.request("b", body=b"second", timeout=2.0, retries=0)
+            assert (acked_seq(ack), ack_reply(ack)) == (1, b"second")
+            assert answers.acked == 2
+
+
 async def test_no_ack_at_all_raises_request_timeout(fh_board, fh_runtime):
     board = fh_board("fh1")
     async with fh_runtime({"devices": [board.config("b", **FAST)]}) as rt:
