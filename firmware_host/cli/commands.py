@@ -744,6 +744,16 @@ def spool_export_cmd(path: str, output: str | None, device: str | None) -> None:
 @click.option("--duration", type=click.FloatRange(min=0), metavar="S", help="Stop after S seconds.")
 @click.option("--seed", type=int, help="Random seed for reproducible faults.")
 @click.option("--boards-dir", "boards_dirs", multiple=True, metavar="DIR", help="Extra board definitions.")
+@click.option("--acks/--no-acks", default=True, show_default=True, help="fh1 boards ack the host's commands.")
+@click.option(
+    "--ack-drop-first", type=click.IntRange(min=0), default=0, metavar="N", help="Leave the first N commands unacked."
+)
+@click.option(
+    "--ack-drop", type=click.FloatRange(0, 1), default=0.0, metavar="P", help="Then lose each ack with probability P."
+)
+@click.option(
+    "--ack-delay", type=click.FloatRange(0, 60), default=0.0, metavar="S", help="Send each ack S seconds late."
+)
 def emulate(
     board: str,
     count: int,
@@ -757,6 +767,10 @@ def emulate(
     duration: float | None,
     seed: int | None,
     boards_dirs: Sequence[str],
+    acks: bool,
+    ack_drop_first: int,
+    ack_drop: float,
+    ack_delay: float,
 ) -> None:
     """Virtual boards on pty pairs; prints the port paths and runs until stopped."""
     from firmware_host.emulation.fleet import emulate_main
@@ -778,6 +792,10 @@ def emulate(
             duration=duration,
             seed=seed,
             boards_dirs=list(boards_dirs),
+            acks=acks,
+            ack_drop_first=ack_drop_first,
+            ack_drop=ack_drop,
+            ack_delay=ack_delay,
         )
     )
 

@@ -49,8 +49,10 @@ class AckPolicy:
 class Answerer:
     """Per downlink frame: the ack payload to write, or None (not a command, or dropped)."""
 
-    def __init__(self, policy: AckPolicy, seed: object = 0) -> None:
+    def __init__(self, policy: AckPolicy, seed: object = 0, *, max_payload: int | None = None) -> None:
         self.policy = policy
+        #: the longest reply an ack can carry (the board's max_payload less the seq): longer ones are cut
+        self.max_reply = None if max_payload is None else max(0, max_payload - ACK_SEQ.size)
         self._rng = random.Random(f"{seed}:acks")
         #: every frame the host sent, in order (commands and anything else)
         self.received: list[Frame] = []
@@ -70,4 +72,6 @@ class Answerer:
             return None
         self.acked += 1
         reply = policy.reply if policy.reply is not None else (frame.payload or b"")
+        if self.max_reply is not None:
+            reply = reply[: self.max_reply]
         return ACK_SEQ.pack(frame.seq) + reply

@@ -242,7 +242,8 @@ class EmulatedBoard:
         host sends lands in ``answers.received`` (so ``read_downlink`` is not used meanwhile)."""
         if not isinstance(self.codec, Fh1Codec):
             raise TypeError(f"codec {self.spec.codec!r} has no commands to answer (fh1 has)")
-        answers = Answers(self, Answerer(policy or AckPolicy(**options), self._seed))
+        answerer = Answerer(policy or AckPolicy(**options), self._seed, max_payload=self.codec.max_payload)
+        answers = Answers(self, answerer)
         tasks = [
             asyncio.create_task(answers.read(), name=f"answer-read:{self.path}"),
             asyncio.create_task(answers.write(), name=f"answer-write:{self.path}"),
