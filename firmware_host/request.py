@@ -136,9 +136,12 @@ class Requester:
         sub = self.downlink.subscribe([device], _WATCH_LIMIT)  # before the first write: a fast ack is seen
         try:
             for attempt in range(retries + 1):
+                found = None
                 if self.downlink.send(device, frame_type, data, seq):
                     written += 1
-                found = await _watch(sub, seq, loop.time() + timeout)
+                    found = await _watch(sub, seq, loop.time() + timeout)
+                # (an attempt that could not be written waits only the backoff:
+                # a device that is not connected is reported without the timeouts)
                 if found is None and attempt < retries:
                     # still listening: a late ack to an earlier copy ends the wait
                     pause = min(backoff * 2**attempt, MAX_BACKOFF)
