@@ -160,3 +160,16 @@ async def test_expect_a_predicate_and_a_regex(fh_board, fh_runtime):
         assert got.text is not None and got.text.endswith("7")
         with pytest.raises(TimeoutError, match="no frame of 'l' matched"):
             await rt.expect("l", rb"never", timeout=0.1)
+
+
+async def test_acks_interleave_with_streamed_frames_without_a_gap(fh_board, fh_runtime):
+    board = fh_board("nucleo-imu")
+    async with fh_runtime({"devices": [board.config("imu", **FAST)]}) as rt:
+        await rt.wait_state("imu", "connected")
+        async with board.streaming(rate=500), board.answering(reply=b"ok") as answers:
+            for i in range(20):
+                ack = await rt.request("imu", body=bytes([i]), timeout=2.0)
+                assert (acked_seq(ack), ack_reply(ack)) == (i, b"ok")
+        status = await rt.wait_frames("imu", board.seq)  # streamed frames and acks: one seq line
+        assert (status["devices"]["imu"]["gaps"], status["devices"]["imu"]["rejected"]) == (0, 0)
+        assert answers.acked == 20
