@@ -22,11 +22,14 @@ from firmware_host._sync import Changes
 from firmware_host.aggregator import Aggregator, BufferSnapshot, DeviceAccount, LaneAccount, oldest_age
 from firmware_host.cancel import CancellationToken
 from firmware_host.codecs import BUILTIN_CODECS, CodecFactory, make_codec
+from firmware_host.codecs.fh1 import TYPE_COMMAND
 from firmware_host.config import Config, ConfigError, DeviceConfig
 from firmware_host.config.boards import Board
 from firmware_host.control.server import ControlServer
 from firmware_host.errors import DeviceExists, RuntimeFailure, ShuttingDown, SpoolBusy, SpoolError
 from firmware_host.flusher import BatchSource, Flusher, FlushResult
+from firmware_host.frames import Frame
+from firmware_host.request import DEFAULT_BACKOFF, DEFAULT_RETRIES, DEFAULT_TIMEOUT, Requester
 from firmware_host.sinklane import SinkLane
 from firmware_host.sinks import BUILTIN_SINKS, Sink, SinkFactory
 from firmware_host.spool import Spool, Spooler
@@ -149,6 +152,8 @@ class Runtime:
         #: makes and removes the devices of ``[[devices]]`` templates (None without any)
         self.hotplug: TemplateWatcher | None = None
         self._shutdown_lock = asyncio.Lock()
+        #: commands and their acks (``request``); owns each device's command seq
+        self.requester = Requester(self)
 
     # -- start ------------------------------------------------------------------
 
@@ -428,6 +433,27 @@ class Runtime:
         if entry is None or entry.removed:
             raise KeyError(device)
         return entry.reader.send(entry.reader.codec.encode(frame_type, seq, body))
+
+    async def request(
+        self,
+        device: str,
+        frame_type: int = TYPE_COMMAND,
+        body: bytes | str = b"",
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+    ) -> Frame:
+        """Send an fh1 command and return the device's ack (``TYPE_COMMAND_ACK``,
+        its payload the command's seq then the reply), retrying ``retries``
+        times after a doubling ``backoff``. KeyError: unknown device; errors
+        RequestTimeout, NotConnected, RequestUnsupported (firmware_host.request)."""
+        entry = self.devices.get(device)
+        if entry is None or entry.removed:
+            raise KeyError(device)
+        return await self.requester.request(
+            device, entry.reader.codec, frame_type, body, timeout=timeout, retries=retries, backoff=backoff
+        )
 
     def subscribe(self, devices: Iterable[str] | None = None, limit: int = DEFAULT_LIMIT) -> Subscription:
         """Watch the frames the buffer accepts from now on (of ``devices``;

@@ -316,6 +316,152 @@ def stop(control_path: str | None, config_path: str | None, wait: bool, timeout:
     click.echo("stopped")
 
 
+# -- talking to a board: send, request ---------------------------------------------------
+
+
+class FrameTypeParam(click.ParamType[int]):
+    """A frame type: 0..255, decimal or 0x hex."""
+
+    name = "TYPE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            number = value
+        else:
+            try:
+                number = int(str(value), 0)
+            except ValueError:
+                self.fail(f"{value!r} is not a number (e.g. 240 or 0xf0)", param, ctx)
+        if not 0 <= number <= 0xFF:
+            self.fail(f"{value!r} is not a frame type from 0 to 255 (0xff)", param, ctx)
+        return number
+
+
+def body_options(fn: Any) -> Any:
+    for option in (
+        click.option("--file", "body_file", metavar="F", help="The body: the bytes of file F ('-': stdin)."),
+        click.option("--text", metavar="S", help="The body: S (UTF-8; a line for text codecs)."),
+        click.option("--hex", "hex_body", metavar="H", help="The body as hex digits, e.g. 01ff."),
+        click.option("--type", "frame_type", type=FrameTypeParam(), help="fh1 frame type (default 0xf0, a command)."),
+    ):
+        fn = option(fn)
+    return fn
+
+
+def frame_body(hex_body: str | None, text: str | None, body_file: str | None, *, required: bool) -> dict[str, str]:
+    """The request's body arguments from --hex, --text or --file (one of them); exit 2 for a bad one."""
+    from firmware_host.control.protocol import MAX_BODY
+
+    given = [name for name, v in (("--hex", hex_body), ("--text", text), ("--file", body_file)) if v is not None]
+    if len(given) > 1:
+        fail(f"give one of --hex, --text, --file, not {' and '.join(given)}", EXIT_USAGE)
+    if required and not given:
+        fail("give the body with --hex H, --text S or --file F", EXIT_USAGE)
+    if text is not None:
+        return {"text": text}
+    if hex_body is not None:
+        try:
+            data = bytes.fromhex(hex_body)
+        except ValueError:
+            fail(f"--hex {hex_body[:40]!r}: expected hex digits, two per byte (e.g. 01ff)", EXIT_USAGE)
+    elif body_file is not None:
+        try:
+            if body_file == "-":
+                data = sys.stdin.buffer.read(MAX_BODY + 1)
+            else:
+                with open(body_file, "rb") as f:
+                    data = f.read(MAX_BODY + 1)  # bounded: never more than one over the limit
+        except OSError as exc:
+            fail(f"--file {body_file}: {exc.strerror or exc}", EXIT_USAGE)
+    else:
+        return {}
+    if len(data) > MAX_BODY:
+        fail(f"the body is longer than {MAX_BODY} bytes", EXIT_USAGE)
+    return {"hex": data.hex()}
+
+
+@main.command("send")
+@click.argument("device")
+@body_options
+@control_option
+@config_option
+@json_option
+def send_cmd(
+    device: str,
+    frame_type: int | None,
+    hex_body: str | None,
+    text: str | None,
+    body_file: str | None,
+    control_path: str | None,
+    config_path: str | None,
+    as_json: bool,
+) -> None:
+    """Send one downlink frame to DEVICE through its codec (a running runtime)."""
+    request: dict[str, Any] = {"cmd": "send", "device": device, **frame_body(hex_body, text, body_file, required=True)}
+    if frame_type is not None:
+        request["type"] = frame_type
+    reply = ask(control_path, config_path, request)
+    if as_json:
+        emit_json(reply)
+    else:
+        click.echo(f"sent {reply['bytes']} bytes to {device} (type 0x{reply['type']:02x}, seq {reply['seq']})")
+
+
+@main.command("request")
+@click.argument("device")
+@body_options
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds to wait for the ack of each attempt (at most 60).",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    metavar="N",
+    help="Send again this many times when no ack comes (at most 10), backing off.",
+)
+@control_option
+@config_option
+@json_option
+def request_cmd(
+    device: str,
+    frame_type: int | None,
+    hex_body: str | None,
+    text: str | None,
+    body_file: str | None,
+    timeout: float,
+    retries: int,
+    control_path: str | None,
+    config_path: str | None,
+    as_json: bool,
+) -> None:
+    """Send an fh1 command to DEVICE and print its ack's reply as hex (exit 1: no ack)."""
+    request: dict[str, Any] = {
+        "cmd": "request",
+        "device": device,
+        "timeout": timeout,
+        "retries": retries,
+        **frame_body(hex_body, text, body_file, required=False),
+    }
+    if frame_type is not None:
+        request["type"] = frame_type
+    # the runtime bounds the attempts (and refuses more than it allows at once)
+    wait = (min(retries, 10) + 1) * (min(timeout, 60.0) + 5.0) + 5.0
+    reply = ask(control_path, config_path, request, timeout=wait)
+    if as_json:
+        emit_json(reply)
+        return
+    click.echo(reply["reply"])
+    if reply.get("fields"):
+        click.echo(json.dumps(reply["fields"], default=str))
+
+
 # -- devices, boards, plugins -----------------------------------------------------------
 
 
@@ -598,6 +744,16 @@ def spool_export_cmd(path: str, output: str | None, device: str | None) -> None:
 @click.option("--duration", type=click.FloatRange(min=0), metavar="S", help="Stop after S seconds.")
 @click.option("--seed", type=int, help="Random seed for reproducible faults.")
 @click.option("--boards-dir", "boards_dirs", multiple=True, metavar="DIR", help="Extra board definitions.")
+@click.option("--acks/--no-acks", default=True, show_default=True, help="fh1 boards ack the host's commands.")
+@click.option(
+    "--ack-drop-first", type=click.IntRange(min=0), default=0, metavar="N", help="Leave the first N commands unacked."
+)
+@click.option(
+    "--ack-drop", type=click.FloatRange(0, 1), default=0.0, metavar="P", help="Then lose each ack with probability P."
+)
+@click.option(
+    "--ack-delay", type=click.FloatRange(0, 60), default=0.0, metavar="S", help="Send each ack S seconds late."
+)
 def emulate(
     board: str,
     count: int,
@@ -611,6 +767,10 @@ def emulate(
     duration: float | None,
     seed: int | None,
     boards_dirs: Sequence[str],
+    acks: bool,
+    ack_drop_first: int,
+    ack_drop: float,
+    ack_delay: float,
 ) -> None:
     """Virtual boards on pty pairs; prints the port paths and runs until stopped."""
     from firmware_host.emulation.fleet import emulate_main
@@ -632,6 +792,10 @@ def emulate(
             duration=duration,
             seed=seed,
             boards_dirs=list(boards_dirs),
+            acks=acks,
+            ack_drop_first=ack_drop_first,
+            ack_drop=ack_drop,
+            ack_delay=ack_delay,
         )
     )
 

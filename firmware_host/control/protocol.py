@@ -71,3 +71,54 @@ def device_name(req: dict[str, Any], key: str = "name", *, required: bool = True
     if value is not None and len(value) > 256:
         raise RequestError(f"{req['cmd']}: {key!r} is too long")
     return value
+
+
+#: the longest frame body ``send`` and ``request`` take (bytes; its hex is twice that)
+MAX_BODY = 16 * 1024
+
+
+def number_arg(req: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+    """A number of seconds in ``(low, high]`` (``low`` excluded), or ``default`` when absent."""
+    value = req.get(key, default)
+    # isfinite() of an int beyond the float range raises OverflowError: compare by value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
+        raise RequestError(f"{req['cmd']}: {key!r} must be a number of seconds above {low:g} and at most {high:g}")
+    return float(value)
+
+
+def int_arg(req: dict[str, Any], key: str, default: int | None, low: int, high: int) -> int | None:
+    """An int in ``[low, high]``, or ``default`` when absent (or null)."""
+    value = req.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise RequestError(f"{req['cmd']}: {key!r} must be an integer from {low} to {high}")
+    return value
+
+
+def body_arg(req: dict[str, Any], *, max_bytes: int = MAX_BODY) -> bytes | str:
+    """A frame body: ``hex`` (bytes) or ``text`` (a str, for the codec to encode), not both;
+    empty when neither is given."""
+    cmd = req["cmd"]
+    hex_text, text = req.get("hex"), req.get("text")
+    if hex_text is not None and text is not None:
+        raise RequestError(f"{cmd}: give 'hex' or 'text', not both")
+    if text is not None:
+        if not isinstance(text, str) or "\x00" in text:
+            raise RequestError(f"{cmd}: 'text' must be a string without NUL")
+        if len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+            raise RequestError(f"{cmd}: 'text' is longer than {max_bytes} bytes")
+        return text
+    if hex_text is None:
+        return b""
+    if not isinstance(hex_text, str):
+        raise RequestError(f"{cmd}: 'hex' must be a string of hex digits")
+    if len(hex_text) > 3 * max_bytes:  # (spaces between bytes allowed)
+        raise RequestError(f"{cmd}: 'hex' is longer than {max_bytes} bytes")
+    try:
+        body = bytes.fromhex(hex_text)
+    except ValueError:
+        raise RequestError(f"{cmd}: 'hex' must be hex digits (two per byte), e.g. \"01ff\"") from None
+    if len(body) > max_bytes:
+        raise RequestError(f"{cmd}: 'hex' is longer than {max_bytes} bytes")
+    return body

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from firmware_host.aggregator import BufferSnapshot
+from firmware_host.codecs.fh1 import TYPE_COMMAND
 from firmware_host.config import ConfigError, DeviceConfig, config_from_dict
 from firmware_host.config.boards import Board, load_boards
 from firmware_host.config.schema import group_id
@@ -41,14 +42,28 @@ from firmware_host.control.protocol import (
     MAX_FLUSH_TIMEOUT,
     MAX_REQUEST,
     RequestError,
+    body_arg,
     device_name,
     encode_reply,
     error_reply,
+    int_arg,
+    number_arg,
     only,
     str_arg,
 )
-from firmware_host.errors import EXIT_FAILURE, ControlError, DeviceExists, RuntimeFailure, ShuttingDown
+from firmware_host.errors import (
+    EXIT_FAILURE,
+    ControlError,
+    DeviceExists,
+    NotConnected,
+    RequestTimeout,
+    RequestUnsupported,
+    RuntimeFailure,
+    ShuttingDown,
+)
 from firmware_host.flusher import FlushResult
+from firmware_host.frames import Frame
+from firmware_host.request import DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_RETRIES, MAX_TIMEOUT, ack_reply, acked_seq
 from firmware_host.tap import DEFAULT_LIMIT, Subscription
 
 log = logging.getLogger("firmware_host.control")
@@ -60,6 +75,12 @@ class DeviceState(Protocol):
     @property
     def removed(self) -> bool:
         """The device was removed (its frames may still be buffered)."""
+        ...
+
+
+class CommandSeqs(Protocol):
+    def next_seq(self, device: str) -> int:
+        """The next command seq for ``device`` (``send`` numbers its frames with it too)."""
         ...
 
 
@@ -93,6 +114,15 @@ class RuntimeControl(Protocol):
     async def remove_device(self, name: str) -> None: ...
 
     def subscribe(self, devices: Iterable[str] | None = None, limit: int = DEFAULT_LIMIT) -> Subscription: ...
+
+    @property
+    def requester(self) -> CommandSeqs: ...
+
+    def send(self, device: str, frame_type: int | None, body: bytes | str, seq: int = 0) -> bool: ...
+
+    async def request(
+        self, device: str, frame_type: int = ..., body: bytes | str = b"", *, timeout: float = ..., retries: int = ...
+    ) -> Frame: ...
 
 
 # -- the server --------------------------------------------------------------------------
@@ -143,6 +173,8 @@ class ControlServer:
             "stop": self._stop,
             "devices.add": self._devices_add,
             "devices.remove": self._devices_remove,
+            "send": self._send_frame,
+            "request": self._request,
         }
 
     # -- lifecycle ----------------------------------------------------------------
@@ -497,6 +529,63 @@ class ControlServer:
         except KeyError:  # removed meanwhile by another request
             raise RequestError(f"unknown device {name!r}") from None
         return {"removed": name}
+
+    # -- send and request: talking to a board -------------------------------------------
+
+    def _live_device(self, req: dict[str, Any]) -> str:
+        device = device_name(req, "device")
+        assert device is not None
+        entry = self.runtime.devices.get(device)
+        if entry is None or entry.removed:
+            raise RequestError(f"unknown device {device!r}{self._known_text()}")
+        return device
+
+    async def _send_frame(self, req: dict[str, Any]) -> dict[str, Any]:
+        only(req, "device", "type", "hex", "text")
+        device = self._live_device(req)
+        frame_type = int_arg(req, "type", TYPE_COMMAND, 0, 0xFF)
+        body = body_arg(req)
+        seq = self.runtime.requester.next_seq(device)
+        try:
+            # text codecs ignore the type: the default is fh1's command type
+            sent = self.runtime.send(device, frame_type, body, seq)
+        except KeyError:  # removed meanwhile
+            raise RequestError(f"unknown device {device!r}") from None
+        except ValueError as exc:  # the codec refuses the body (too long, a newline in a line)
+            raise RequestError(f"send: {exc}") from None
+        if not sent:
+            raise RequestError(f"send: device {device!r} is not connected", EXIT_FAILURE)
+        size = len(body.encode("utf-8")) if isinstance(body, str) else len(body)
+        return {"device": device, "type": frame_type, "seq": seq, "bytes": size}
+
+    async def _request(self, req: dict[str, Any]) -> dict[str, Any]:
+        only(req, "device", "type", "hex", "text", "timeout", "retries")
+        device = self._live_device(req)
+        frame_type = int_arg(req, "type", TYPE_COMMAND, 0, 0xFF)
+        assert frame_type is not None
+        body = body_arg(req)
+        timeout = number_arg(req, "timeout", DEFAULT_TIMEOUT, 0.0, MAX_TIMEOUT)
+        retries = int_arg(req, "retries", DEFAULT_RETRIES, 0, MAX_RETRIES)
+        assert retries is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            ack = await self.runtime.request(device, frame_type, body, timeout=timeout, retries=retries)
+        except KeyError:
+            raise RequestError(f"unknown device {device!r}") from None
+        except (RequestTimeout, NotConnected, ShuttingDown) as exc:
+            raise RequestError(f"request: {exc}", EXIT_FAILURE) from None
+        except (RequestUnsupported, ValueError) as exc:
+            raise RequestError(f"request: {exc}") from None
+        return {
+            "device": device,
+            "seq": acked_seq(ack),
+            "type": frame_type,
+            "reply": ack_reply(ack).hex(),
+            "fields": ack.fields,
+            "ack_seq": ack.seq,
+            "elapsed": round(loop.time() - started, 3),
+        }
 
 
 def _secure_directory(directory: str, gid: int | None = None) -> None:

@@ -158,7 +158,8 @@ class BoardFactory:
 def fh_board(fh_ports: VirtualPorts) -> BoardFactory:
     """``board = fh_board("nucleo-imu" | "fh1" | "nmea" | ..., name=None, **codec_options)``:
     an emulated board on a pty; ``await board.send_frames(n)``, ``send_lines``,
-    ``noise``, ``unplug``/``replug``, ``read_downlink``, ``streaming()``."""
+    ``noise``, ``unplug``/``replug``, ``read_downlink``, ``streaming()``,
+    ``answering(drop_first=, drop=, delay=, reply=)`` (acks to fh1 commands)."""
     return BoardFactory(fh_ports)
 
 
