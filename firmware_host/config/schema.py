@@ -760,11 +760,13 @@ def _parse_device(
             f"got {describe(table.get('backoff_max', 5.0))}",
         )
 
-    decode = table.get("decode", True)
+    # the board's say, for the board's codec (like its schema); the device's own wins
+    own_board = board is not None and board.codec == codec
+    decode = table.get("decode", board.decode if board is not None and own_board else True)
     if not isinstance(decode, bool):
         check.fail(f"{where}.decode", f"expected true or false, got {describe(decode)}")
     # like its codec options, a board's schema describes the board's codec only
-    schema = board.schema if decode and board is not None and board.codec == codec else None
+    schema = board.schema if decode and board is not None and own_board else None
 
     return DeviceConfig(
         name=name,
