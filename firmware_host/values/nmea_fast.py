@@ -184,8 +184,8 @@ def _expression(spec: Spec, i: int) -> str:
 
 def _compile(msg: str, spec: Spec) -> Build:
     """One function building ``spec``'s fields as a single dict display: no
-    loop, no call per text or number field (a third of the time of a loop
-    over converters). Its source is made only of ``SPECS``'s names (as
+    loop, no call per text or number field (measured against a loop over
+    converters: GGA 6.1 -> 4.3 µs, VTG 2.0 -> 1.4 µs). Its source is made only of ``SPECS``'s names (as
     ``repr``) and this module's converters, never of a sentence's text."""
     items = "".join(f"{name!r}: {_expression(spec, i)}, " for i, (name, _) in enumerate(spec))
     source = f"def build(talker, c):\n    return {{'msg': {msg!r}, 'talker': talker, {items}}}\n"
