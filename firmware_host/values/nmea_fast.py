@@ -199,11 +199,13 @@ class NmeaFastPath:
     first time a sentence of that shape comes (about 0.3 ms), so importing
     costs nothing and a device compiles only the few shapes it sends."""
 
-    __slots__ = ("_builders",)
+    __slots__ = ("_heads",)
 
     def __init__(self) -> None:
         #: per type, its builders by payload length (None: not compiled yet)
-        self._builders: dict[str, list[Build | None]] = {msg: [None] * (n + 1) for msg, n in _MAX_CELLS.items()}
+        builders: dict[str, list[Build | None]] = {msg: [None] * (n + 1) for msg, n in _MAX_CELLS.items()}
+        #: "GPGGA" -> ("GP", "GGA", GGA's builders): one lookup checks talker and type
+        self._heads = {talker + msg: (talker, msg, builders[msg]) for talker in TALKERS for msg in builders}
 
     def fields(self, text: str) -> Fields | None:
         """``text``'s fields as pynmeagps and ``message_fields`` give them, or
@@ -215,11 +217,10 @@ class NmeaFastPath:
         if star < 6 or text[0] != "$" or text.find("*") != star or not text.isascii():
             return None
         cells = text[1:star].split(",")
-        head = cells[0]
-        msg = head[2:]
-        builders = self._builders.get(msg)
-        if builders is None or len(head) != 5 or head[:2] not in TALKERS:
+        known = self._heads.get(cells[0])
+        if known is None:
             return None
+        talker, msg, builders = known
         payload = len(cells) - 1
         if payload >= len(builders):
             if msg == "GSV":
@@ -230,6 +231,6 @@ class NmeaFastPath:
             spec = gsv_spec(payload) if msg == "GSV" else SPECS[msg][:payload]
             build = builders[payload] = _compile(msg, spec)
         try:
-            return build(head[:2], cells)
+            return build(talker, cells)
         except ValueError:  # a number pynmeagps would refuse: let it
             return None
