@@ -1,7 +1,7 @@
 """The NMEA fast path (``values.nmea_fast``) against pynmeagps, field for field.
 
 The oracle is pynmeagps itself, through the decoder's library-only path
-(``NmeaDecoder(parse, fast=None)``): for every sentence of every capture in
+(``NmeaDecoder(parse, fast=False)``): for every sentence of every capture in
 ``tests/data``, of the emulated receiver, and of edge and fuzzed sentences,
 the decoder with the fast path gives the same fields (keys, order, types and
 values) and the same ``undecoded`` count as without it.
