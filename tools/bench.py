@@ -1231,20 +1231,21 @@ def _gpsd_run(data: bytes, loops: int, sentences: int, timeout: float) -> dict[s
     work = scratch("gpsd")
     feed = PtyFeed(GPSD_DEVICES, data, loops)
     port = str(_free_port())
+    reports = work / "gpspipe.jsonl"
+    logs = [open(work / "gpsd.stderr", "wb"), open(reports, "wb")]
     gpsd = subprocess.Popen(
         ["gpsd", "-N", "-n", "-b", "-S", port, "-P", str(work / "gpsd.pid"), *feed.paths],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
-        stderr=open(work / "gpsd.stderr", "wb"),
+        stderr=logs[0],
     )
     pipe: subprocess.Popen[Any] | None = None
     try:
-        reports = work / "gpspipe.jsonl"
         deadline = time.monotonic() + 10
         while True:  # gpspipe connects once gpsd listens; its DEVICES report lists the 4 ptys
             if pipe is None or pipe.poll() is not None:
                 pipe = subprocess.Popen(
-                    ["gpspipe", "-w", f"127.0.0.1:{port}"], stdout=open(reports, "wb"), stderr=subprocess.DEVNULL
+                    ["gpspipe", "-w", f"127.0.0.1:{port}"], stdout=logs[1], stderr=subprocess.DEVNULL
                 )
             time.sleep(0.1)
             text = reports.read_text(errors="replace") if reports.exists() else ""
@@ -1263,6 +1264,8 @@ def _gpsd_run(data: bytes, loops: int, sentences: int, timeout: float) -> dict[s
         _stop(gpsd)
         if pipe is not None:
             _stop(pipe)
+        for f in logs:
+            f.close()
         shutil.rmtree(work, ignore_errors=True)
     gpsd_cpu, pipe_cpu = c1 - c0, p1 - p0
     return {
