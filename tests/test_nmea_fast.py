@@ -161,6 +161,7 @@ EDGES = [
     "GPGSV,1,1,01,05,,,,1,extra",
     "GPGSV,3,1,11,01,02,003,04,05,06,007,08,09,10,011,12,13,14,015,16,17,18,019,20,1",
     "GPGSV,1",
+    "GPGSV,1,1,36," + ",".join(f"{i:02d},10,100,30" for i in range(1, 10)) + ",1",  # 9 groups: the library's
     "GPZDA,,,,,,",
     "GPZDA,171926.00,18,03,2015",
     # odd talkers: known to pynmeagps or not
