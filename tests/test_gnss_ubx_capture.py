@@ -24,7 +24,7 @@ pyubx2 = pytest.importorskip("pyubx2")
 
 pytestmark = pytest.mark.timeout(30)
 
-DATA = Path(__file__).parent / "data" / "gpsd"
+DATA = Path(__file__).parent / "data" / "gpsd" / "ubx"
 
 
 def capture(name: str) -> bytes:
