@@ -256,7 +256,7 @@ CELLS = st.one_of(
 )
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=600, deadline=None)  # more finds nothing new and costs the suite 20 s
 @given(
     talker=st.sampled_from(["GP", "GN", "GL", "GA", "BD", "GB", "XX"]),
     msg=st.sampled_from(sorted(FAST_TYPES)),
