@@ -49,6 +49,7 @@ from firmware_host.control.protocol import (
 )
 from firmware_host.errors import EXIT_FAILURE, ControlError, DeviceExists, RuntimeFailure, ShuttingDown
 from firmware_host.flusher import FlushResult
+from firmware_host.recorder import DEFAULT_BUFFER, MAX_BUFFER, MIN_BUFFER, RawSubscription, send_recording
 from firmware_host.tap import DEFAULT_LIMIT, Subscription
 
 log = logging.getLogger("firmware_host.control")
@@ -93,6 +94,8 @@ class RuntimeControl(Protocol):
     async def remove_device(self, name: str) -> None: ...
 
     def subscribe(self, devices: Iterable[str] | None = None, limit: int = DEFAULT_LIMIT) -> Subscription: ...
+
+    def record(self, device: str, limit: int = DEFAULT_BUFFER) -> RawSubscription: ...
 
 
 # -- the server --------------------------------------------------------------------------
@@ -143,6 +146,7 @@ class ControlServer:
             "stop": self._stop,
             "devices.add": self._devices_add,
             "devices.remove": self._devices_remove,
+            "record": self._record,
         }
 
     # -- lifecycle ----------------------------------------------------------------
@@ -497,6 +501,34 @@ class ControlServer:
         except KeyError:  # removed meanwhile by another request
             raise RequestError(f"unknown device {name!r}") from None
         return {"removed": name}
+
+    async def _record(self, req: dict[str, Any]) -> dict[str, Any]:
+        only(req, "device", "buffer")
+        name = device_name(req, "device")
+        assert name is not None
+        limit = req.get("buffer", DEFAULT_BUFFER)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not MIN_BUFFER <= limit <= MAX_BUFFER:
+            raise RequestError(f"record: 'buffer' must be a whole number of bytes from {MIN_BUFFER} to {MAX_BUFFER}")
+        entry = self.runtime.devices.get(name)
+        if entry is None or entry.removed:
+            raise RequestError(f"unknown device {name!r}{self._known_text()}")
+        try:
+            # attached now, so every read after the reply is in it
+            sub = self.runtime.record(name, limit)
+        except KeyError:
+            raise RequestError(f"unknown device {name!r}") from None
+        except ShuttingDown as exc:
+            raise RequestError(f"record: {exc}", EXIT_FAILURE) from None
+        idle_timeout = self.idle_timeout
+        # a client that never got the reply never starts the stream: the
+        # recording then ends by itself (bounded meanwhile, like any)
+        orphan = asyncio.get_running_loop().call_later(idle_timeout, sub.close, "the client never came")
+
+        async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            orphan.cancel()
+            await send_recording(sub, reader, writer, idle_timeout)
+
+        return {"recording": sub.header.to_dict(), "buffer": limit, "_stream": stream}
 
 
 def _secure_directory(directory: str, gid: int | None = None) -> None:
