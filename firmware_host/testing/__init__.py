@@ -7,6 +7,9 @@ use the kit outside pytest. Reference: docs/testing.md.
 from firmware_host.testing.emulated import BoardSpec as BoardSpec
 from firmware_host.testing.emulated import DeviceUnderTest as DeviceUnderTest
 from firmware_host.testing.emulated import EmulatedBoard as EmulatedBoard
+from firmware_host.testing.emulated import Expected as Expected
+from firmware_host.testing.emulated import Replay as Replay
+from firmware_host.testing.emulated import ReplayFaults as ReplayFaults
 from firmware_host.testing.emulated import resolve_board as resolve_board
 from firmware_host.testing.harness import AccountingError as AccountingError
 from firmware_host.testing.harness import RuntimeUnderTest as RuntimeUnderTest
@@ -21,8 +24,11 @@ __all__ = [
     "BoardSpec",
     "DeviceUnderTest",
     "EmulatedBoard",
+    "Expected",
     "MockDevice",
     "MockSerial",
+    "Replay",
+    "ReplayFaults",
     "RuntimeUnderTest",
     "SerialMock",
     "assert_accounting",
