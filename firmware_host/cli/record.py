@@ -80,6 +80,7 @@ def record_device_main(control: str, device: str, output: str, duration: float |
             _say(str(exc))
             return exc.exit_code
         with sock:
+            _say(f"recording {device} to {output} (Ctrl-C to stop)")
             got = _Received(out)
             reason = got.copy(sock, duration)
             if not got.ended:
@@ -280,6 +281,7 @@ async def _record_port(source: PortSource, output: str, duration: float | None, 
         writer = FileRecorder(output, sub)
         writing = asyncio.ensure_future(writer.run())
         reading = asyncio.ensure_future(_read(port, sub))
+        _say(f"recording {source.url} to {output} (Ctrl-C to stop)")
         stopping = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait((reading, stopping, writing), timeout=duration, return_when=asyncio.FIRST_COMPLETED)
