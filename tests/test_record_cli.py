@@ -153,6 +153,7 @@ async def test_recording_an_unknown_device_is_one_line_exit_2(fh_board, fh_runti
         code, err = await finish(proc)
     assert code == 2
     assert err.strip().splitlines() == ["firmware-host: record: unknown device 'nope' (known: b)"]
+    assert not (tmp_path / "x").exists()  # a refused request leaves no file
 
 
 def test_a_truncated_recording_is_said_and_replayed_as_far_as_it_goes(tmp_path: Path):
@@ -179,6 +180,7 @@ def test_a_truncated_recording_is_said_and_replayed_as_far_as_it_goes(tmp_path: 
         (["emulate"], "give a BOARD, or --replay FILE"),
         (["emulate", "fh1", "--speed", "2"], "--speed goes with --replay FILE"),
         (["record", "{tmp}/no-such-tty", "-o", "{tmp}/nodir/x.fhrec"], "no such directory"),
+        (["record", "dev0", "-o", "{tmp}/nodir/x.fhrec"], "no such directory"),
         (["record", "dev0", "-o", "{tmp}/x", "--codec", "fh1"], "--codec is for a PORT"),
         (["record", "/dev/ttyX", "-o", "{tmp}/x", "--board", "nope"], "unknown board 'nope'"),
     ],

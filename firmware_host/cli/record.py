@@ -65,21 +65,25 @@ def _say(text: str) -> None:
 
 def record_device_main(control: str, device: str, output: str, duration: float | None, buffer: int) -> int:
     """Record ``device`` of the runtime on ``control`` into ``output``."""
-    try:
-        out = open(output, "wb", buffering=0)  # noqa: SIM115  (its with follows: the error must be ours)
-    except OSError as exc:
-        _say(f"cannot write {output}: {exc.strerror or exc}")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        _say(f"cannot write {output}: no such directory")
         return EXIT_USAGE
-    with out:
+    try:
+        # the request first: a refused one leaves no empty file behind
+        sock = _connect(control, {"cmd": "record", "device": device, "buffer": buffer})
+    except NoRuntime as exc:
+        _say(f"{exc} (start one with: firmware-host run --control {control} ...)")
+        return EXIT_NO_RUNTIME
+    except ControlError as exc:
+        _say(str(exc))
+        return exc.exit_code
+    with sock:
         try:
-            sock = _connect(control, {"cmd": "record", "device": device, "buffer": buffer})
-        except NoRuntime as exc:
-            _say(f"{exc} (start one with: firmware-host run --control {control} ...)")
-            return EXIT_NO_RUNTIME
-        except ControlError as exc:
-            _say(str(exc))
-            return exc.exit_code
-        with sock:
+            out = open(output, "wb", buffering=0)  # noqa: SIM115  (its with follows: the error must be ours)
+        except OSError as exc:
+            _say(f"cannot write {output}: {exc.strerror or exc}")
+            return EXIT_USAGE
+        with out:
             _say(f"recording {device} to {output} (Ctrl-C to stop)")
             got = _Received(out)
             reason = got.copy(sock, duration)
