@@ -358,3 +358,25 @@ def test_read_recording_refuses_a_file_too_large(tmp_path: Path, monkeypatch: py
     with pytest.raises(RecordingError, match="too large"):
         read_recording(str(path))
     assert stat.S_ISREG(path.stat().st_mode)
+
+
+@pytest.mark.parametrize(("speed", "low", "high"), [(1.0, 0.4, None), (4.0, 0.1, 0.35), (0.0, 0.0, 0.35)])
+async def test_a_replay_keeps_the_recorded_pace_or_a_multiple_of_it(
+    fh_board, fh_runtime, tmp_path: Path, speed: float, low: float, high: float | None
+):
+    wire = make_codec("fh1", "x")
+    path = tmp_path / "paced.fhrec"
+    path.write_bytes(
+        encode_header(HEADER) + b"".join(encode_data(i * 200_000, wire.encode(0, i, b"ab")) for i in range(3))
+    )
+    replay = fh_board.replay(path, speed=speed)
+    async with fh_runtime({"devices": [replay.config("x", **FAST)]}) as rt:
+        await replay.wait_for_host()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await replay.play()
+        took = loop.time() - started
+        await rt.wait_frames("x", 3)
+    assert took >= low  # never early: the reads 0.4 s apart in the recording, divided by the speed
+    if high is not None:
+        assert took < high
