@@ -122,40 +122,37 @@ async def test_a_writer_that_cannot_keep_up_loses_reads_counted_and_marked_never
     fifo = tmp_path / "slow"
     os.mkfifo(fifo)
     drain_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the far end, not reading yet
+    os.set_blocking(drain_fd, True)
+    # a second writer held open until the end: the reader sees EOF only once
+    # the recorder has closed, however late its thread opened the FIFO
+    keep_fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
     sub = RawSubscription(None, HEADER, limit=8192)
     writer = FileRecorder(str(fifo), sub)
     task = asyncio.create_task(writer.run())
     chunk = bytes(range(256)) * 4
     loop = asyncio.get_running_loop()
     puts = 0
-    while sub.lost_chunks < 50:  # the pipe (64 KiB) and the buffer (8 KiB) fill, then reads are lost
+    # 300 KiB: more than the pipe (64 KiB) and the buffer (8 KiB) hold, so reads are lost
+    while sub.lost_chunks < 50 or puts < 300:
         before = loop.time()
         sub.put(chunk, 0.0)
         puts += 1
         assert loop.time() - before < 0.05  # never waits on the writer
-        if puts % 8 == 0:
-            await asyncio.sleep(0.001)  # let the writer take what it can
+        await asyncio.sleep(0)  # the writer takes what it can between reads, as between a reader's reads
         assert puts < 10_000, "nothing was ever lost"
     sub.close("done")
-    got = bytearray()
-    while not task.done() or True:
-        try:
-            data = os.read(drain_fd, 65536)
-        except BlockingIOError:
-            if task.done():
-                break
-            await asyncio.sleep(0.005)
-            continue
-        if not data:
-            if task.done():
-                break
-            await asyncio.sleep(0.005)
-            continue
-        got += data
-    await task
-    while data := os.read(drain_fd, 65536):
-        got += data
-    os.close(drain_fd)
+    os.close(keep_fd)
+
+    def read_to_eof() -> bytes:  # the disk comes back: everything is written, then the END record
+        out = bytearray()
+        while data := os.read(drain_fd, 65536):
+            out += data
+        return bytes(out)
+
+    try:
+        got, _ = await asyncio.gather(asyncio.to_thread(read_to_eof), task)
+    finally:
+        os.close(drain_fd)
     rec = parse_recording(bytes(got))
     assert writer.error is None
     assert puts == sub.chunks + sub.lost_chunks
