@@ -203,9 +203,10 @@ class RawTap:
 class FileRecorder:
     """Drains a subscription into a file, written by a thread of its own (the
     loop never waits on the disk; while a write is slow, the subscription's
-    bound applies and reads are lost, counted). Runs until the subscription
-    is closed, then writes the END record. A failed write ends the recording
-    (``error`` says why)."""
+    bound applies and reads are lost, counted: memory holds at most its
+    ``limit`` waiting plus the one batch being written). Runs until the
+    subscription is closed, then writes the END record. A failed write ends
+    the recording (``error`` says why)."""
 
     def __init__(self, path: str, sub: RawSubscription) -> None:
         self.path = path

@@ -33,7 +33,7 @@ from firmware_host.recordfile import (
     read_recording,
 )
 from firmware_host.testing import ReplayFaults, assert_accounting
-from tests.conftest import read_jsonl
+from tests.conftest import fill, read_jsonl
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -159,6 +159,24 @@ async def test_a_writer_that_cannot_keep_up_loses_reads_counted_and_marked_never
     assert len(rec.chunks) == sub.chunks and rec.lost_chunks == sub.lost_chunks > 0
     assert rec.lost_bytes == sub.lost_bytes == sub.lost_chunks * len(chunk)
     assert rec.end is not None and rec.end["lost_chunks"] == sub.lost_chunks and rec.end["reason"] == "done"
+
+
+async def test_a_full_disk_ends_the_recording_with_the_reason(tiny_fs: Path):
+    filler = fill(tiny_fs)
+    try:
+        sub = RawSubscription(None, HEADER)
+        writer = FileRecorder(str(tiny_fs / "x.fhrec"), sub)
+        task = asyncio.create_task(writer.run())
+        for _ in range(100):
+            sub.put(bytes(4096), 0.0)
+            await asyncio.sleep(0)
+        await asyncio.wait_for(task, 10)  # it ends by itself: nothing more can be written
+        assert writer.error is not None and "No space left" in writer.error
+        assert sub.closed and sub.reason is not None and sub.reason.startswith("write failed")
+        sub.put(b"more", 0.0)  # a closed recording takes nothing (the reader goes on)
+        assert sub.chunks + sub.lost_chunks <= 100
+    finally:
+        filler.unlink()
 
 
 async def test_buffer_bounds_are_checked():
