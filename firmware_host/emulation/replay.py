@@ -305,7 +305,13 @@ def replay_main(
         except ValueError as exc:
             print(f"firmware-host: emulate --replay: {exc}", file=sys.stderr)
             return 2
-        return asyncio.run(_replay(name, replay, duration))
+        try:
+            return asyncio.run(_replay(name, replay, duration))
+        except BrokenPipeError:
+            raise  # stdout's reader left: the CLI ends quietly (cli/brokenpipe.py)
+        except OSError as exc:  # the pty failed under us
+            print(f"firmware-host: emulate --replay: {exc}", file=sys.stderr)
+            return 1
     finally:
         port.close()
         if made:
