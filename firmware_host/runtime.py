@@ -29,6 +29,8 @@ from firmware_host.control.server import ControlServer
 from firmware_host.errors import DeviceExists, RuntimeFailure, ShuttingDown, SpoolBusy, SpoolError
 from firmware_host.flusher import BatchSource, Flusher, FlushResult
 from firmware_host.frames import Frame
+from firmware_host.recorder import DEFAULT_BUFFER, RawSubscription, RawTap
+from firmware_host.recordfile import Header
 from firmware_host.request import DEFAULT_BACKOFF, DEFAULT_RETRIES, DEFAULT_TIMEOUT, Requester
 from firmware_host.sinklane import SinkLane
 from firmware_host.sinks import BUILTIN_SINKS, Sink, SinkFactory
@@ -63,6 +65,8 @@ class DeviceEntry:
     removed: bool = False
     #: an earlier reader of this name (before a remove and re-add) connected
     connected_before: bool = False
+    #: recordings of the reader's raw bytes (``Runtime.record``)
+    raw: RawTap | None = None
 
 
 @dataclass
@@ -355,7 +359,9 @@ class Runtime:
         task = asyncio.create_task(self._supervise(reader, token), name=f"uplink:{dc.name}")
         # "never connected" is about the whole run, not this reader's life
         connected_before = old is not None and (old.connected_before or old.reader.stats.connects > 0)
-        self.devices[dc.name] = DeviceEntry(dc, reader, token, task, connected_before=connected_before)
+        self.devices[dc.name] = DeviceEntry(
+            dc, reader, token, task, connected_before=connected_before, raw=RawTap(reader)
+        )
 
     async def remove_device(self, name: str) -> None:
         """Stop a device's reader in order; its buffered frames stay and flush."""
@@ -364,9 +370,13 @@ class Runtime:
             raise KeyError(name)
         entry.removed = True
         entry.token.cancel()
-        # shielded: a caller that gives up (a client disconnect) must not
-        # cancel the reader half way through closing its port
-        await asyncio.shield(entry.task)
+        try:
+            # shielded: a caller that gives up (a client disconnect) must not
+            # cancel the reader half way through closing its port
+            await asyncio.shield(entry.task)
+        finally:
+            if entry.raw is not None:
+                entry.raw.close_all("the device was removed")
 
     async def _supervise(self, reader: UplinkReader, token: CancellationToken) -> None:
         # a bug in a reader (or a plugin codec) restarts that reader, never the runtime
@@ -462,6 +472,29 @@ class Runtime:
         or use it as an async context manager."""
         return self.aggregator.tap.subscribe(devices, limit)
 
+    def record(self, device: str, limit: int = DEFAULT_BUFFER) -> RawSubscription:
+        """Record the raw bytes ``device``'s reader receives from now on, at
+        most ``limit`` bytes held for a writer that falls behind (beyond it
+        reads are lost, counted: firmware_host.recorder). Drain it with a
+        writer; close it to stop. KeyError for an unknown or removed device."""
+        entry = self.devices.get(device)
+        if entry is None or entry.removed or entry.raw is None:
+            raise KeyError(device)
+        if self.readers_token.is_cancelled:
+            raise ShuttingDown("the runtime is shutting down")
+        dc = entry.config
+        header = Header(
+            device=device,
+            port=entry.reader.url or dc.port,
+            baudrate=dc.baudrate,
+            codec=dc.codec,
+            codec_options=dict(dc.codec_options),
+            board=dc.board,
+            started=time.time(),
+            source="runtime",
+        )
+        return entry.raw.subscribe(header, limit)
+
     async def flush(self, device: str | None = None, timeout: float | None = None) -> FlushResult:
         if self.flusher is None:
             return FlushResult()
@@ -490,6 +523,9 @@ class Runtime:
             readers = [e.task for e in self.devices.values()]
             if readers:
                 await asyncio.gather(*readers, return_exceptions=True)
+            for entry in self.devices.values():
+                if entry.raw is not None:
+                    entry.raw.close_all("the runtime stopped")
             self.tasks_token.cancel()
             self.flusher_token.cancel()
             result = FlushResult()

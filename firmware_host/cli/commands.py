@@ -730,7 +730,7 @@ def spool_export_cmd(path: str, output: str | None, device: str | None) -> None:
 
 
 @main.command()
-@click.argument("board")
+@click.argument("board", required=False)
 @click.option("-n", "count", type=click.IntRange(1, 256), default=1, show_default=True, help="How many boards.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="HZ", help="Frames per second each.")
 @click.option("--dir", "directory", metavar="DIR", help="Where to put the stable port symlinks.")
@@ -754,8 +754,14 @@ def spool_export_cmd(path: str, output: str | None, device: str | None) -> None:
 @click.option(
     "--ack-delay", type=click.FloatRange(0, 60), default=0.0, metavar="S", help="Send each ack S seconds late."
 )
+@click.option("--replay", "replay_path", metavar="FILE", help="Play a recording (`record`) instead of a board.")
+@click.option("--speed", metavar="X", help="With --replay: X times the recorded pace; 0 or max: as fast as possible.")
+@click.option("--drop", type=click.FloatRange(0, 1), help="With --replay: probability of a byte lost per frame.")
+@click.option("--codec", metavar="NAME", help="With --replay: the device's codec (default: the recording's).")
+@click.pass_context
 def emulate(
-    board: str,
+    ctx: click.Context,
+    board: str | None,
     count: int,
     rate: float | None,
     directory: str | None,
@@ -771,12 +777,25 @@ def emulate(
     ack_drop_first: int,
     ack_drop: float,
     ack_delay: float,
+    replay_path: str | None,
+    speed: str | None,
+    drop: float | None,
+    codec: str | None,
 ) -> None:
-    """Virtual boards on pty pairs; prints the port paths and runs until stopped."""
-    from firmware_host.emulation.fleet import emulate_main
-
+    """Virtual boards on pty pairs, or a recording played on one (--replay);
+    prints the port paths and runs until stopped."""
     if directory is not None and os.path.lexists(directory) and not os.path.isdir(directory):
         fail(f"emulate --dir {directory}: exists and is not a directory", EXIT_USAGE)
+    if replay_path is not None:
+        sys.exit(
+            replay_command(ctx, board, replay_path, speed, directory, noise, corrupt, skip, drop, seed, codec, duration)
+        )
+    if board is None:
+        fail("emulate: give a BOARD, or --replay FILE (see: firmware-host emulate --help)", EXIT_USAGE)
+    for name, value in (("--speed", speed), ("--drop", drop), ("--codec", codec)):
+        if value is not None:
+            fail(f"emulate: {name} goes with --replay FILE", EXIT_USAGE)
+    from firmware_host.emulation.fleet import emulate_main
 
     sys.exit(
         emulate_main(
@@ -798,6 +817,109 @@ def emulate(
             ack_delay=ack_delay,
         )
     )
+
+
+# -- record and replay ------------------------------------------------------------------
+
+
+def replay_command(
+    ctx: click.Context,
+    board: str | None,
+    path: str,
+    speed: str | None,
+    directory: str | None,
+    noise: float,
+    corrupt: float,
+    skip: float,
+    drop: float | None,
+    seed: int | None,
+    codec: str | None,
+    duration: float | None,
+) -> int:
+    """``emulate --replay FILE``: the options that make sense with it, checked."""
+    from click.core import ParameterSource
+
+    if board is not None:
+        fail(f"emulate: --replay plays a recording, not a board ({board!r})", EXIT_USAGE)
+    for param in ("count", "rate", "burst", "unplug_every", "boards_dirs"):
+        if ctx.get_parameter_source(param) is ParameterSource.COMMANDLINE:
+            fail(f"emulate --replay: --{param.replace('_', '-')} does not apply to a replay", EXIT_USAGE)
+    from firmware_host.emulation.replay import ReplayFaults, replay_main, speed_value
+
+    try:
+        factor = 1.0 if speed is None else speed_value(speed)
+        faults = ReplayFaults(noise=noise, corrupt=corrupt, drop=drop or 0.0, skip=skip, seed=seed or 0)
+    except ValueError as exc:
+        fail(f"emulate --replay: {exc}", EXIT_USAGE)
+    return replay_main(path, speed=factor, faults=faults, codec=codec, directory=directory, duration=duration)
+
+
+@main.command()
+@click.argument("target", metavar="DEVICE|PORT")
+@click.option("-o", "--output", required=True, metavar="FILE", help="The recording file to write.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="S", help="Stop after S seconds.")
+@click.option(
+    "--buffer",
+    type=click.IntRange(4096, 64 * 1024 * 1024),
+    default=1024 * 1024,
+    show_default=True,
+    metavar="BYTES",
+    help="Bytes held for a writer that falls behind (beyond: reads lost, counted).",
+)
+@click.option("--baudrate", type=click.IntRange(50, 4_000_000), help="PORT only: the line speed (default: 115200).")
+@click.option("--codec", metavar="NAME", help="PORT only: the device's codec, written in the header for replays.")
+@click.option("--board", metavar="NAME", help="PORT only: the device's board (codec, options, baudrate).")
+@control_option
+@config_option
+def record(
+    target: str,
+    output: str,
+    duration: float | None,
+    buffer: int,
+    baudrate: int | None,
+    codec: str | None,
+    board: str | None,
+    control_path: str | None,
+    config_path: str | None,
+) -> None:
+    """Record a port's raw bytes with their receive times (docs/recording.md):
+    a DEVICE of the running runtime, or a PORT (a path or URL) no runtime holds.
+    Stops on Ctrl-C or --duration."""
+    from firmware_host.cli.record import PortSource, is_port, record_device_main, record_port_main
+
+    if not is_port(target):
+        for name, value in (("--baudrate", baudrate), ("--codec", codec), ("--board", board)):
+            if value is not None:
+                fail(f"record: {name} is for a PORT; the runtime knows its device {target!r}", EXIT_USAGE)
+        path = resolve_control(control_path, config_path)
+        sys.exit(record_device_main(path, target, output, duration, buffer))
+    source = PortSource(url=target, baudrate=baudrate or 115200, codec=codec)
+    if board is not None:
+        from firmware_host.config.boards import load_boards
+        from firmware_host.errors import ConfigError
+
+        try:
+            known = load_boards()
+        except ConfigError as exc:
+            fail(str(exc), EXIT_USAGE)
+        spec = known.get(board)
+        if spec is None:
+            fail(f"record: unknown board {board!r} (known: {', '.join(sorted(known)) or 'none'})", EXIT_USAGE)
+        if codec is not None and codec != spec.codec:
+            fail(f"record: board {board!r} speaks {spec.codec}, not {codec}", EXIT_USAGE)
+        source = PortSource(
+            url=target,
+            baudrate=baudrate or spec.baudrate,
+            codec=spec.codec,
+            codec_options=dict(spec.codec_options),
+            board=board,
+        )
+    elif codec is not None:
+        from firmware_host.codecs import BUILTIN_CODECS
+
+        if codec not in BUILTIN_CODECS:
+            fail(f"record: unknown codec {codec!r} (known: {', '.join(sorted(BUILTIN_CODECS))})", EXIT_USAGE)
+    sys.exit(record_port_main(source, output, duration, buffer))
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)

@@ -63,6 +63,7 @@ from firmware_host.errors import (
 )
 from firmware_host.flusher import FlushResult
 from firmware_host.frames import Frame
+from firmware_host.recorder import DEFAULT_BUFFER, MAX_BUFFER, MIN_BUFFER, RawSubscription, send_recording
 from firmware_host.request import DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_RETRIES, MAX_TIMEOUT, ack_reply, acked_seq
 from firmware_host.tap import DEFAULT_LIMIT, Subscription
 
@@ -123,6 +124,7 @@ class RuntimeControl(Protocol):
     async def request(
         self, device: str, frame_type: int = ..., body: bytes | str = b"", *, timeout: float = ..., retries: int = ...
     ) -> Frame: ...
+    def record(self, device: str, limit: int = DEFAULT_BUFFER) -> RawSubscription: ...
 
 
 # -- the server --------------------------------------------------------------------------
@@ -175,6 +177,7 @@ class ControlServer:
             "devices.remove": self._devices_remove,
             "send": self._send_frame,
             "request": self._request,
+            "record": self._record,
         }
 
     # -- lifecycle ----------------------------------------------------------------
@@ -586,6 +589,34 @@ class ControlServer:
             "ack_seq": ack.seq,
             "elapsed": round(loop.time() - started, 3),
         }
+
+    async def _record(self, req: dict[str, Any]) -> dict[str, Any]:
+        only(req, "device", "buffer")
+        name = device_name(req, "device")
+        assert name is not None
+        limit = req.get("buffer", DEFAULT_BUFFER)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not MIN_BUFFER <= limit <= MAX_BUFFER:
+            raise RequestError(f"record: 'buffer' must be a whole number of bytes from {MIN_BUFFER} to {MAX_BUFFER}")
+        entry = self.runtime.devices.get(name)
+        if entry is None or entry.removed:
+            raise RequestError(f"unknown device {name!r}{self._known_text()}")
+        try:
+            # attached now, so every read after the reply is in it
+            sub = self.runtime.record(name, limit)
+        except KeyError:
+            raise RequestError(f"unknown device {name!r}") from None
+        except ShuttingDown as exc:
+            raise RequestError(f"record: {exc}", EXIT_FAILURE) from None
+        idle_timeout = self.idle_timeout
+        # a client that never got the reply never starts the stream: the
+        # recording then ends by itself (bounded meanwhile, like any)
+        orphan = asyncio.get_running_loop().call_later(idle_timeout, sub.close, "the client never came")
+
+        async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            orphan.cancel()
+            await send_recording(sub, reader, writer, idle_timeout)
+
+        return {"recording": sub.header.to_dict(), "buffer": limit, "_stream": stream}
 
 
 def _secure_directory(directory: str, gid: int | None = None) -> None:

@@ -8,6 +8,9 @@ from firmware_host.emulation.acks import AckPolicy as AckPolicy
 from firmware_host.testing.emulated import BoardSpec as BoardSpec
 from firmware_host.testing.emulated import DeviceUnderTest as DeviceUnderTest
 from firmware_host.testing.emulated import EmulatedBoard as EmulatedBoard
+from firmware_host.testing.emulated import Expected as Expected
+from firmware_host.testing.emulated import Replay as Replay
+from firmware_host.testing.emulated import ReplayFaults as ReplayFaults
 from firmware_host.testing.emulated import resolve_board as resolve_board
 from firmware_host.testing.harness import AccountingError as AccountingError
 from firmware_host.testing.harness import Expectation as Expectation
@@ -26,9 +29,12 @@ __all__ = [
     "DeviceUnderTest",
     "EmulatedBoard",
     "Expectation",
+    "Expected",
     "FramePattern",
     "MockDevice",
     "MockSerial",
+    "Replay",
+    "ReplayFaults",
     "RuntimeUnderTest",
     "SerialMock",
     "assert_accounting",
