@@ -68,7 +68,9 @@ class Claim:
 
 
 def identity(info: PortInfo) -> Identity:
-    return ("usb", info.vid, info.pid, info.serial) if info.serial else ("path", info.path)
+    # a board by its serial number (and interface: two ports of one chip share the number),
+    # wherever it enumerates; a board without one by its path
+    return ("usb", info.vid, info.pid, info.serial, info.interface) if info.serial else ("path", info.path)
 
 
 def fits(template: DeviceConfig, info: PortInfo) -> bool:
@@ -200,12 +202,15 @@ class TemplateWatcher:
         now = loop.time()
         seen: set[tuple[int, Identity]] = set()
         present: set[tuple[int, Identity]] = set()
+        await self._release_reused(ports)
         for index, template in enumerate(self.templates):
             for info in ports:
                 # a port is one device's: the first template (in file order) that fits takes it
                 if info.real in taken or not fits(template, info):
                     continue
                 key = (index, identity(info))
+                if key in seen:  # a second port with the same serial and no interface to tell them apart
+                    key = (index, ("path", info.path))
                 present.add(key)
                 claim = self.claims.get(key)
                 if claim is None:
@@ -237,6 +242,25 @@ class TemplateWatcher:
                 log.info("device %s removed: its port was gone for %gs", claim.name, self.remove_after)
         if self._state() != before:
             self.changes.notify()
+
+    async def _release_reused(self, ports: list[PortInfo]) -> None:
+        """A gone board's device whose path another board now has goes at once:
+        its reader, still retrying that path, would read the new board's bytes
+        beside the new board's own device (the kernel hands the next board the
+        lowest free ``ttyACMn``, often the one just freed)."""
+        listed = {info.path: identity(info) for info in ports}
+        for key, claim in list(self.claims.items()):
+            path = claim.config.port or ""
+            now_there = listed.get(path)
+            # a claim by path (no serial, or a second port sharing one) is whatever is there
+            if now_there is None or now_there == key[1] or key[1] == ("path", path):
+                continue
+            del self.claims[key]
+            try:
+                await self.host.remove_device(claim.name)
+            except KeyError:  # removed by hand already
+                continue
+            log.info("device %s removed: its port %s is now another board's", claim.name, claim.config.port)
 
     def _state(self) -> dict[tuple[int, Identity], tuple[str | None, bool]]:
         return {key: (c.config.port, c.missing_since is None) for key, c in self.claims.items()}

@@ -123,8 +123,13 @@ class Ports:
         return list(self.ports)
 
 
-def usb_port(path: str, serial: str | None, vid: int = 0x1546, pid: int = 0x01A8) -> PortInfo:
-    return PortInfo(path, os.path.realpath(path), vid, pid, serial)
+FASTER = {"backoff_initial": 0.02, "backoff_max": 0.05}
+
+
+def usb_port(
+    path: str, serial: str | None, vid: int = 0x1546, pid: int = 0x01A8, interface: str | None = None
+) -> PortInfo:
+    return PortInfo(path, os.path.realpath(path), vid, pid, serial, interface=interface)
 
 
 async def test_usb_ids_name_devices_and_a_moved_board_follows(fh_ports, fh_runtime, fh_jsonl):
@@ -244,3 +249,82 @@ def test_config_check_and_run_take_a_config_of_templates_only(tmp_path: Path) ->
     # no device yet is not "no device to read": the template waits for boards
     ran = cli("run", "-q", "-c", str(config), "--control", str(tmp_path / "s.sock"), "--duration", "0.3", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
+
+
+async def test_a_gone_boards_device_lets_go_of_its_path_when_another_board_gets_it(fh_ports, fh_runtime, fh_jsonl):
+    """The kernel gives the next board the lowest free ttyACMn: the device of the
+    board that left must not go on reading it beside the new board's device."""
+    listing = Ports()
+    config = {
+        "serial": {"scan_interval": 0.05, "remove_after": 30, "hotplug": "scan"},
+        "devices": [{"name": "gps-{serial}", "match": {"vid": 0x1546}, "codec": "lines", **FASTER}],
+        "sinks": [{"type": "jsonl", "path": str(fh_jsonl)}],
+    }
+    acm0 = fh_ports.new("ttyACM0")
+    listing.ports = [usb_port(acm0.path, "SA")]
+    async with fh_runtime(config, ports=listing) as rt:
+        await rt.wait_state("gps-SA", "connected")
+        acm0.unplug()
+        listing.ports = []
+        await rt.wait_state("gps-SA", "backoff")
+        acm0.plug()
+        listing.ports = [usb_port(acm0.path, "SB")]  # another board, the same path
+        await rt.wait_until(lambda s: s["devices"]["gps-SA"]["removed"], 5)  # at once, not after remove_after
+        await rt.wait_state("gps-SB", "connected")
+        await acm0.write(b"".join(b"B line %d\n" % i for i in range(20)))
+        status = await rt.wait_frames("gps-SB", 20)
+        assert status["devices"]["gps-SA"]["frames"] == 0
+
+
+async def test_two_ports_of_one_usb_chip_are_two_devices(fh_ports, fh_runtime, fh_jsonl):
+    """An FT2232, a CP2105 or a two-port CDC board gives both ttys one serial
+    number; the interface (or, without one, the path) tells them apart."""
+    listing = Ports()
+    config = {
+        "serial": {"scan_interval": 0.05, "remove_after": 30, "hotplug": "scan"},
+        "devices": [{"name": "ft-{n}", "match": {"vid": 0x0403}, "codec": "lines", **FASTER}],
+        "sinks": [{"type": "jsonl", "path": str(fh_jsonl)}],
+    }
+    a, b, c, d = (fh_ports.new(f"usb{i}") for i in range(4))
+    listing.ports = [
+        usb_port(a.path, "FT1", vid=0x0403, pid=0x6010, interface="1.0"),
+        usb_port(b.path, "FT1", vid=0x0403, pid=0x6010, interface="1.1"),
+        usb_port(c.path, "FT2", vid=0x0403, pid=0x6010),  # a lister that gives no interface
+        usb_port(d.path, "FT2", vid=0x0403, pid=0x6010),
+    ]
+    async with fh_runtime(config, ports=listing) as rt:
+        for name in ("ft-1", "ft-2", "ft-3", "ft-4"):
+            await rt.wait_state(name, "connected")
+        for _ in range(5):  # and stays so, scan after scan
+            await rt.hotplug.scan()
+        status = await rt.status()
+        assert {n: (dev["port"], dev["removed"], dev["reconnects"]) for n, dev in status["devices"].items()} == {
+            "ft-1": (a.path, False, 0),
+            "ft-2": (b.path, False, 0),
+            "ft-3": (c.path, False, 0),
+            "ft-4": (d.path, False, 0),
+        }
+        # the first chip re-enumerates on other paths: each device follows its interface
+        e, f = fh_ports.new("usb4"), fh_ports.new("usb5")
+        listing.ports[:2] = [
+            usb_port(f.path, "FT1", vid=0x0403, pid=0x6010, interface="1.1"),
+            usb_port(e.path, "FT1", vid=0x0403, pid=0x6010, interface="1.0"),
+        ]
+        await rt.hotplug.scan()
+        status = await rt.status()
+        live = {n: dev["port"] for n, dev in status["devices"].items() if not dev["removed"]}
+        assert live == {"ft-1": e.path, "ft-2": f.path, "ft-3": c.path, "ft-4": d.path}
+
+
+def test_the_interface_is_read_from_pyserials_location():
+    from types import SimpleNamespace
+
+    from firmware_host.transport.ports import _from_comport
+
+    def info(location):
+        return SimpleNamespace(device="/dev/ttyUSB0", vid=0x0403, pid=0x6010, serial_number="FT1", location=location)
+
+    assert _from_comport(info("1-1.2:1.0")).interface == "1.0"
+    assert _from_comport(info("1-1.2:1.1")).interface == "1.1"
+    assert _from_comport(info("1-1.2")).interface is None  # no interface part
+    assert _from_comport(info(None)).interface is None

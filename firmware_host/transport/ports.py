@@ -35,6 +35,9 @@ class PortInfo:
     serial: str | None = None
     #: the ``match.path`` glob that found it; None: the system's serial port listing
     glob: str | None = None
+    #: the USB interface (``"1.0"``, from ``location``): a dual-port chip (FT2232, CP2105) or a
+    #: two-port CDC board gives both ttys one serial number and tells them apart by this
+    interface: str | None = None
 
 
 class PortLister(Protocol):
@@ -64,6 +67,7 @@ class SystemPorts:
                         ids.pid if ids else None,
                         ids.serial if ids else None,
                         glob=pattern,
+                        interface=ids.interface if ids else None,
                     )
                 )
         return found
@@ -72,11 +76,14 @@ class SystemPorts:
 def _from_comport(info: Any) -> PortInfo:
     # a pyserial ListPortInfo (untyped): each field checked for what it must be
     path = str(info.device)
-    vid, pid, serial = info.vid, info.pid, info.serial_number
+    vid, pid, serial, location = info.vid, info.pid, info.serial_number, info.location
+    # "1-1.2:1.0": the bus path, then the configuration and interface after the colon
+    interface = (location.rpartition(":")[2] or None) if isinstance(location, str) and ":" in location else None
     return PortInfo(
         path,
         os.path.realpath(path),
         vid if isinstance(vid, int) else None,
         pid if isinstance(pid, int) else None,
         serial if isinstance(serial, str) and serial else None,
+        interface=interface,
     )
