@@ -137,7 +137,11 @@ class Requester:
         try:
             for attempt in range(retries + 1):
                 found = None
-                if self.downlink.send(device, frame_type, data, seq):
+                try:
+                    sent = self.downlink.send(device, frame_type, data, seq)
+                except KeyError:  # removed meanwhile (by hand, or a template's board moved): not a bad argument
+                    raise NotConnected(f"device {device!r} was removed during the request") from None
+                if sent:
                     written += 1
                     found = await _watch(sub, seq, loop.time() + timeout)
                 # (an attempt that could not be written waits only the backoff:

@@ -173,3 +173,42 @@ async def test_acks_interleave_with_streamed_frames_without_a_gap(fh_board, fh_r
         status = await rt.wait_frames("imu", board.seq)  # streamed frames and acks: one seq line
         assert (status["devices"]["imu"]["gaps"], status["devices"]["imu"]["rejected"]) == (0, 0)
         assert answers.acked == 20
+
+
+async def test_a_device_removed_during_a_request_is_not_connected_not_a_bad_argument(fh_board, fh_runtime):
+    board = fh_board("fh1")
+    async with fh_runtime({"devices": [board.config("b", **FAST)]}) as rt:
+        await rt.wait_state("b", "connected")
+        pending = asyncio.create_task(rt.request("b", timeout=0.3, retries=2, backoff=0.01))
+        await board.read_downlink()  # the first attempt is out; no ack will come
+        await rt.remove_device("b")
+        with pytest.raises(NotConnected, match="'b' was removed during the request"):
+            await asyncio.wait_for(pending, 5)
+
+
+async def test_expect_still_sees_what_came_before_the_runtime_stopped(fh_board, fh_runtime):
+    board = fh_board("fh1")
+    async with fh_runtime({"devices": [board.config("b", **FAST)]}) as rt:
+        await rt.wait_state("b", "connected")
+        async with rt.expecting("b") as exp:
+            await board.send_frames(3, type=1, payload=b"x")
+            await rt.wait_flushed("b", 3)
+            await rt.shutdown()
+            assert (await exp.match(lambda f: f.seq == 2, timeout=5)).seq == 2
+            with pytest.raises(TimeoutError, match="the runtime stopped"):
+                await exp.match(lambda f: f.seq == 3, timeout=5)
+        with pytest.raises(TimeoutError, match="the runtime stopped"):  # at once, not after the timeout
+            async with asyncio.timeout(2):
+                await rt.expect("b", lambda f: True, timeout=30)
+
+
+def test_a_fleet_boards_answerer_keeps_no_frames():
+    from firmware_host.emulation.acks import Answerer
+    from firmware_host.frames import Frame
+
+    kept, fleet = Answerer(AckPolicy()), Answerer(AckPolicy(), keep=False)
+    for seq in range(100):
+        for answerer in (kept, fleet):
+            assert answerer.answer(Frame("h", seq, TYPE_COMMAND, 0.0, b"x")) is not None
+    assert (len(kept.received), len(fleet.received)) == (100, 0)
+    assert fleet.commands == fleet.acked == 100

@@ -7,6 +7,7 @@ control-plane commands start fast on a Raspberry Pi.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -20,6 +21,17 @@ if TYPE_CHECKING:
     from firmware_host.config import Config
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NO_RUNTIME = 0, 1, 2, 3
+
+
+class FiniteRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses nan and inf: nan passes every
+    bound check (each comparison is false) and became a traceback further on."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        result = super().convert(value, param, ctx)
+        if not math.isfinite(result):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return result
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -132,7 +144,7 @@ def main() -> None:
     metavar="[BOARD[:N],…]",
     help="Run on emulated boards (no hardware). Alone: a default mixed fleet.",
 )
-@click.option("--duration", type=click.FloatRange(min=0), metavar="S", help="Stop after S seconds.")
+@click.option("--duration", type=FiniteRange(min=0), metavar="S", help="Stop after S seconds.")
 @control_option
 @click.option("--summary", "summary_path", metavar="FILE", help="Write the final counters as JSON at exit.")
 @click.option("--boards-dir", "boards_dirs", multiple=True, metavar="DIR", help="Extra board definitions.")
@@ -231,7 +243,7 @@ def buffers(control_path: str | None, config_path: str | None, as_json: bool) ->
 @click.option("--device", metavar="NAME", help="Flush only this device's frames.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0),
+    type=FiniteRange(min=0),
     default=30.0,
     show_default=True,
     help="Give up after this many seconds (a sink may be down).",
@@ -263,7 +275,7 @@ def flush(control_path: str | None, config_path: str | None, device: str | None,
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (on a terminal in place, else table after table).")
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.1, max=3600),
+    type=FiniteRange(min=0.1, max=3600),
     default=2.0,
     show_default=True,
     metavar="S",
@@ -295,7 +307,7 @@ def status(control_path: str | None, config_path: str | None, as_json: bool, wat
 @click.option("--wait", is_flag=True, help="Return once the runtime has exited (exit 1 at --timeout).")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, max=86400),
+    type=FiniteRange(min=0, max=86400),
     default=60.0,
     show_default=True,
     metavar="S",
@@ -412,7 +424,7 @@ def send_cmd(
 @body_options
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteRange(min=0, min_open=True),
     default=1.0,
     show_default=True,
     metavar="S",
@@ -732,16 +744,16 @@ def spool_export_cmd(path: str, output: str | None, device: str | None) -> None:
 @main.command()
 @click.argument("board", required=False)
 @click.option("-n", "count", type=click.IntRange(1, 256), default=1, show_default=True, help="How many boards.")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="HZ", help="Frames per second each.")
+@click.option("--rate", type=FiniteRange(min=0, min_open=True), metavar="HZ", help="Frames per second each.")
 @click.option("--dir", "directory", metavar="DIR", help="Where to put the stable port symlinks.")
-@click.option("--noise", type=click.FloatRange(0, 1), default=0.0, help="Probability of line noise per frame.")
-@click.option("--corrupt", type=click.FloatRange(0, 1), default=0.0, help="Probability of a corrupted frame.")
-@click.option("--skip", type=click.FloatRange(0, 1), default=0.0, help="Probability of a skipped seq.")
+@click.option("--noise", type=FiniteRange(0, 1), default=0.0, help="Probability of line noise per frame.")
+@click.option("--corrupt", type=FiniteRange(0, 1), default=0.0, help="Probability of a corrupted frame.")
+@click.option("--skip", type=FiniteRange(0, 1), default=0.0, help="Probability of a skipped seq.")
 @click.option("--burst", type=click.IntRange(min=0), default=0, help="Send frames in bursts of this many.")
 @click.option(
-    "--unplug-every", type=click.FloatRange(min=0), default=0.0, metavar="S", help="Unplug and replug every S seconds."
+    "--unplug-every", type=FiniteRange(min=0), default=0.0, metavar="S", help="Unplug and replug every S seconds."
 )
-@click.option("--duration", type=click.FloatRange(min=0), metavar="S", help="Stop after S seconds.")
+@click.option("--duration", type=FiniteRange(min=0), metavar="S", help="Stop after S seconds.")
 @click.option("--seed", type=int, help="Random seed for reproducible faults.")
 @click.option("--boards-dir", "boards_dirs", multiple=True, metavar="DIR", help="Extra board definitions.")
 @click.option("--acks/--no-acks", default=True, show_default=True, help="fh1 boards ack the host's commands.")
@@ -749,14 +761,12 @@ def spool_export_cmd(path: str, output: str | None, device: str | None) -> None:
     "--ack-drop-first", type=click.IntRange(min=0), default=0, metavar="N", help="Leave the first N commands unacked."
 )
 @click.option(
-    "--ack-drop", type=click.FloatRange(0, 1), default=0.0, metavar="P", help="Then lose each ack with probability P."
+    "--ack-drop", type=FiniteRange(0, 1), default=0.0, metavar="P", help="Then lose each ack with probability P."
 )
-@click.option(
-    "--ack-delay", type=click.FloatRange(0, 60), default=0.0, metavar="S", help="Send each ack S seconds late."
-)
+@click.option("--ack-delay", type=FiniteRange(0, 60), default=0.0, metavar="S", help="Send each ack S seconds late.")
 @click.option("--replay", "replay_path", metavar="FILE", help="Play a recording (`record`) instead of a board.")
 @click.option("--speed", metavar="X", help="With --replay: X times the recorded pace; 0 or max: as fast as possible.")
-@click.option("--drop", type=click.FloatRange(0, 1), help="With --replay: probability of a byte lost per frame.")
+@click.option("--drop", type=FiniteRange(0, 1), help="With --replay: probability of a byte lost per frame.")
 @click.option("--codec", metavar="NAME", help="With --replay: the device's codec (default: the recording's).")
 @click.pass_context
 def emulate(
@@ -857,7 +867,7 @@ def replay_command(
 @main.command()
 @click.argument("target", metavar="DEVICE|PORT")
 @click.option("-o", "--output", required=True, metavar="FILE", help="The recording file to write.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="S", help="Stop after S seconds.")
+@click.option("--duration", type=FiniteRange(min=0, min_open=True), metavar="S", help="Stop after S seconds.")
 @click.option(
     "--buffer",
     type=click.IntRange(4096, 64 * 1024 * 1024),

@@ -49,20 +49,25 @@ class AckPolicy:
 class Answerer:
     """Per downlink frame: the ack payload to write, or None (not a command, or dropped)."""
 
-    def __init__(self, policy: AckPolicy, seed: object = 0, *, max_payload: int | None = None) -> None:
+    def __init__(
+        self, policy: AckPolicy, seed: object = 0, *, max_payload: int | None = None, keep: bool = True
+    ) -> None:
         self.policy = policy
         #: the longest reply an ack can carry (the board's max_payload less the seq): longer ones are cut
         self.max_reply = None if max_payload is None else max(0, max_payload - ACK_SEQ.size)
         self._rng = random.Random(f"{seed}:acks")
-        #: every frame the host sent, in order (commands and anything else)
+        #: every frame the host sent, in order (commands and anything else); kept only with
+        #: ``keep`` (a test's board), not by a fleet board that may run for weeks
         self.received: list[Frame] = []
+        self._keep = keep
         #: commands seen, acks written (or due), acks dropped
         self.commands = 0
         self.acked = 0
         self.dropped = 0
 
     def answer(self, frame: Frame) -> bytes | None:
-        self.received.append(frame)
+        if self._keep:
+            self.received.append(frame)
         if frame.type != TYPE_COMMAND:
             return None
         self.commands += 1

@@ -272,7 +272,7 @@ class DeviceAcks:
         self.dev = dev
         codec = dev.emulator.codec
         max_payload = codec.max_payload if isinstance(codec, Fh1Codec) else None
-        self.answerer = Answerer(policy, f"{seed}:{dev.name}", max_payload=max_payload)
+        self.answerer = Answerer(policy, f"{seed}:{dev.name}", max_payload=max_payload, keep=False)
         self._decoder = dev.emulator.wire.decoder("downlink")
         self._due: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 

@@ -90,6 +90,12 @@ class Expectation:
                 if found:
                     self.last_match = found if isinstance(found, re.Match) else None
                     return frame
+            # what the subscription holds first: frames that came before the runtime stopped count
+            frames, lost = self._sub.take()
+            self.lost += lost
+            if frames:
+                self._pending.extend(frames)
+                continue
             left = deadline - loop.time()
             if self._sub.closed or left <= 0 or not await self._sub.wait(left):
                 shown = pattern if isinstance(pattern, (str, bytes, re.Pattern)) else "the predicate"
@@ -97,9 +103,6 @@ class Expectation:
                 raise TimeoutError(
                     f"no frame of {self.device!r} matched {shown!r} {why} ({self.seen} frames looked at)"
                 )
-            frames, lost = self._sub.take()
-            self.lost += lost
-            self._pending.extend(frames)
 
 
 class RuntimeUnderTest:
