@@ -40,15 +40,21 @@ from firmware_host.control.protocol import (
     MAX_CONNECTIONS,
     MAX_FLUSH_TIMEOUT,
     MAX_REQUEST,
+    MAX_TAIL_LIMIT,
+    TAIL_LIMIT,
     RequestError,
     device_name,
+    device_names,
     encode_reply,
     error_reply,
+    int_arg,
     only,
     str_arg,
 )
 from firmware_host.errors import EXIT_FAILURE, ControlError, DeviceExists, RuntimeFailure, ShuttingDown
 from firmware_host.flusher import FlushResult
+from firmware_host.frames import Frame
+from firmware_host.sinks.jsonl import encode_records
 from firmware_host.tap import DEFAULT_LIMIT, Subscription
 
 log = logging.getLogger("firmware_host.control")
@@ -135,6 +141,8 @@ class ControlServer:
         #: admitted connections (what the cap counts) and every handler task (what close() ends)
         self._conns: set[asyncio.Task[Any]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: set by close(): streams (``tail``) end on it, also if its cancel went astray
+        self._closing = asyncio.Event()
         self._handlers: dict[str, Handler] = {
             "ping": self._ping,
             "status": self._status,
@@ -143,6 +151,7 @@ class ControlServer:
             "stop": self._stop,
             "devices.add": self._devices_add,
             "devices.remove": self._devices_remove,
+            "tail": self._tail,
         }
 
     # -- lifecycle ----------------------------------------------------------------
@@ -250,6 +259,7 @@ class ControlServer:
 
     async def close(self) -> None:
         """Stop listening, end open connections, remove the socket if it is still ours."""
+        self._closing.set()
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -497,6 +507,128 @@ class ControlServer:
         except KeyError:  # removed meanwhile by another request
             raise RequestError(f"unknown device {name!r}") from None
         return {"removed": name}
+
+    async def _tail(self, req: dict[str, Any]) -> dict[str, Any]:
+        only(req, "devices", "limit")
+        names = device_names(req)
+        limit = int_arg(req, "limit", 1, MAX_TAIL_LIMIT) or TAIL_LIMIT
+        for name in names or ():
+            if not await self._known_device(name):
+                raise RequestError(f"unknown device {name!r}{self._known_text()}")
+        devices = None if names is None else sorted(set(names))
+        # subscribed before the reply: every frame accepted after it is in the stream
+        sub = self.runtime.subscribe(devices, limit)
+        idle_timeout, closing = self.idle_timeout, self._closing
+        streaming = False
+
+        async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal streaming
+            streaming = True
+            async with sub:
+                await tail_stream(sub, reader, writer, idle_timeout, closing)
+
+        def unclaimed() -> None:
+            if not streaming:
+                sub.close()  # the reply could not be sent, so no stream will ever close it
+
+        loop = asyncio.get_running_loop()
+        # _after runs once the reply is out (or failed); a stream starts in that same step
+        return {
+            "tail": {"devices": devices, "limit": limit},
+            "_stream": stream,
+            "_after": lambda: loop.call_soon(unclaimed),
+        }
+
+
+# -- tail: the first streaming command ---------------------------------------------------
+
+#: the line that ends a tail whose runtime stopped
+TAIL_END = b'{"end":"stopped"}\n'
+#: seconds a tail waits for frames before it looks again (nothing waits without a deadline)
+TAIL_WAIT = 5.0
+#: frames encoded between two yields to the loop (about a millisecond's work)
+TAIL_ENCODE_SLICE = 1000
+
+
+async def tail_stream(
+    sub: Subscription,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    idle_timeout: float,
+    closing: asyncio.Event,
+) -> None:
+    """Write ``sub``'s frames to a tail client as jsonl records, one write per
+    take, a ``{"lost": N}`` line before frames that followed a loss, and
+    ``TAIL_END`` when the runtime stops (``sub`` closes) or the server
+    closes (``closing``).
+
+    Nothing here can slow the pipeline: the subscription sheds the oldest
+    frames (counted) while a write waits for the client; a write the client
+    does not take within ``idle_timeout`` ends the stream, and so does the
+    client leaving (EOF on its side, or an error on ours).
+    """
+    gone = asyncio.ensure_future(_until_eof(reader))
+    # besides the cancel from ControlServer.close: on 3.11 a wait_for whose
+    # inner future finishes as the cancel comes swallows it, and a stream
+    # that missed it would hold the server's close for ever
+    stopping = asyncio.ensure_future(closing.wait())
+    ready: asyncio.Future[bool] | None = None
+    try:
+        while True:
+            closed = sub.closed or stopping.done()  # before the take: nothing arrives after
+            frames, lost = sub.take()
+            if frames or lost or closed:
+                data = await _tail_lines(frames, lost)
+                if closed:
+                    # no waiting on the client now: the close sends what it can
+                    writer.write(data + TAIL_END)
+                    return
+                writer.write(data)
+                # bounded: a client that stops reading must not pin us
+                await asyncio.wait_for(writer.drain(), idle_timeout)
+            elif gone.done():
+                return
+            else:
+                ready = asyncio.ensure_future(sub.wait(TAIL_WAIT))
+                await asyncio.wait((ready, gone, stopping), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        # the server is closing (the runtime stops): what is held, then the end,
+        # left in the transport to go out as it closes
+        frames, lost = sub.take()
+        if not writer.is_closing():
+            writer.write((b'{"lost":%d}\n' % lost if lost else b"") + encode_records(frames) + TAIL_END)
+        raise
+    except TimeoutError:
+        # a client that stopped reading: drop what waits for it at once rather
+        # than hold it (and the connection) until it reads again
+        writer.transport.abort()
+    except (ConnectionError, OSError):
+        return  # the client left
+    finally:
+        for task in (gone, stopping, ready):
+            if task is not None:
+                task.cancel()
+
+
+async def _tail_lines(frames: list[Frame], lost: int) -> bytes:
+    """One take as stream lines. A big take (what a client that stalled
+    finds held) is encoded a slice at a time, yielding between slices, so it
+    never holds the loop for long."""
+    parts = [b'{"lost":%d}\n' % lost] if lost else []
+    for start in range(0, len(frames), TAIL_ENCODE_SLICE):
+        if start:
+            await asyncio.sleep(0)
+        parts.append(encode_records(frames[start : start + TAIL_ENCODE_SLICE]))
+    return b"".join(parts)
+
+
+async def _until_eof(reader: asyncio.StreamReader) -> None:
+    """Return when the client closes its side; what it sends meanwhile is discarded."""
+    try:
+        while await reader.read(4096):
+            pass
+    except (ConnectionError, OSError, ValueError):
+        pass
 
 
 def _secure_directory(directory: str, gid: int | None = None) -> None:
