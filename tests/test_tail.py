@@ -204,13 +204,14 @@ async def test_a_client_that_leaves_takes_its_subscription_with_it(fh_board, fh_
             await board.send_frames(2)
             await c.records(2)
             (sub,) = rt.aggregator.tap.subscribers
+            assert (await rt.status())["control"]["tails"] == 1
         # the board is silent: the server is waiting for frames when the client goes
         while not sub.closed:
             assert await sub.wait(10)
             sub.take()
         assert rt.aggregator.tap.subscribers == []
         status = await rt.status()
-        assert status["control"]["connections"] == 0
+        assert status["control"]["connections"] == 0 and status["control"]["tails"] == 0
 
 
 async def test_a_client_that_stops_reading_is_let_go_after_the_idle_timeout(fh_board, fh_runtime, fh_jsonl, sockdir):
@@ -263,9 +264,10 @@ async def test_a_tail_whose_reply_was_not_sent_leaves_no_subscription(fh_board, 
         # the reply failed: the server runs the after-reply action, never the stream
         reply, after, stream = await server.handle_line(b'{"cmd": "tail"}\n')
         assert reply["ok"] and len(tap.subscribers) == 1 and after is not None and stream is not None
+        assert server.stats()["tails"] == 1
         after()
         await asyncio.sleep(0)  # one turn of the loop: what call_soon scheduled has run
-        assert tap.subscribers == []
+        assert tap.subscribers == [] and server.stats()["tails"] == 0
         # the reply went out: the stream starts in the same step and keeps it
         _, after, stream = await server.handle_line(b'{"cmd": "tail"}\n')
         assert after is not None and stream is not None

@@ -31,6 +31,9 @@ Scenarios (see docs/benchmarks.md for the numbers and the method):
               local Mosquitto with tools/mqtt_consume.py subscribed: frames acknowledged, at the
               consumer, dropped, and the runtime's CPU beside the same run with the jsonl sink
               alone; then tools/bench_mqtt.py for the per-frame ``json`` mode's frames/s
+``tail``      (only with ``--tail`` or ``--only tail``) the paced 48 devices with a
+              ``firmware-host tail --json`` client attached, beside the same run without:
+              the runtime CPU the subscriber adds, and frames streamed + lost == sent
 """
 
 from __future__ import annotations
@@ -928,6 +931,129 @@ def scenario_mqtt(variant: str, p: dict[str, Any], log: Callable[[str], None]) -
     return res
 
 
+class TailClient(threading.Thread):
+    """``firmware-host tail --json`` on the runtime's socket, its stdout read
+    here: the records it streamed and the frames it was told it lost."""
+
+    _LOST = re.compile(rb'^\{"lost":(\d+)\}$', re.M)
+
+    def __init__(self, control: str) -> None:
+        super().__init__(daemon=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "firmware_host", "tail", "--json", "--control", control],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.lines = self.records = self.lost = 0
+        self.ended = False
+        self.start()
+
+    def run(self) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        rest = b""
+        while chunk := os.read(fd, 1 << 20):
+            data = rest + chunk
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            whole = data[:cut]
+            losses = [int(m.group(1)) for m in self._LOST.finditer(whole)]
+            end = b'{"end":' in whole
+            self.lines += whole.count(b"\n")
+            self.records += whole.count(b"\n") - len(losses) - end
+            self.lost += sum(losses)
+            self.ended |= end
+
+    def seen(self) -> int:
+        """Frames streamed plus frames said lost."""
+        return self.records + self.lost
+
+    def finish(self, timeout: float) -> tuple[int, float, str]:
+        """Its exit status, CPU seconds and stderr, once the runtime stopped."""
+        code, cpu = wait_exit(self.proc, timeout)
+        self.join(10)
+        assert self.proc.stderr is not None
+        return code, cpu, self.proc.stderr.read().decode(errors="replace")
+
+
+def _tail_run(variant: str, p: dict[str, Any], tail: bool) -> dict[str, Any]:
+    """One paced run, with or without a tail client attached before the feed starts."""
+    with Rig("tail", p["paced_devices"], "paced") as rig:
+        feeder = rig.feeder
+        cons = RuntimeProc(rig.work, feeder.ports, variant, capacity=p["paced_capacity"])
+        rig.cons = cons
+        cons.wait_ready()
+        client = TailClient(cons.control) if tail else None
+        if client is not None:  # subscribed (it answered) before the first frame is sent
+            deadline = time.monotonic() + 10
+            while cons.status()["control"]["tails"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        c0, c1, t0, t1, total = _paced_window(cons, feeder, p)
+        deadline = time.monotonic() + 30
+        counters = cons.counters()
+        while time.monotonic() < deadline and (
+            counters["flushed"] < total or (client is not None and client.seen() < total)
+        ):
+            time.sleep(0.05)
+            counters = cons.counters()
+        final = cons.stop()
+        lines = count_lines(cons.sink)
+        res: dict[str, Any] = {
+            "seconds": round(t1 - t0, 2),
+            "cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 1),
+            "sent": total,
+            "in_sink": lines,
+            "dropped": counters["dropped"],
+            "exit": final["exit"],
+        }
+        if client is not None:
+            code, cpu, err = client.finish(30)
+            res["tail"] = {
+                "streamed": client.records,
+                "lost": client.lost,
+                "streamed_plus_lost_is_sent": client.seen() == total,
+                "ended": client.ended,
+                "exit": code,
+                "client_cpu_s": round(cpu, 2),
+                "stderr_lines": len(err.splitlines()),
+            }
+    return res
+
+
+def scenario_tail(variant: str, p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """The runtime CPU a tail subscriber adds at the paced load: runs without and
+    with ``firmware-host tail --json`` attached, alternating (``tail_pairs`` of
+    each), medians compared."""
+    runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
+    for _ in range(p["tail_pairs"]):
+        runs["without"].append(_tail_run(variant, p, False))
+        runs["with"].append(_tail_run(variant, p, True))
+    without = statistics.median(r["cpu_pct"] for r in runs["without"])
+    with_tail = statistics.median(r["cpu_pct"] for r in runs["with"])
+    tails = [r["tail"] for r in runs["with"]]
+    res: dict[str, Any] = {
+        "devices": p["paced_devices"],
+        "pairs": p["tail_pairs"],
+        "loadavg_at_start": os.getloadavg()[0],
+        "runs": runs,
+        "cpu_pct_without": without,
+        "cpu_pct_with_tail": with_tail,
+        "cpu_pct_added": round(with_tail - without, 1),
+        "cpu_added_rel_pct": round(100 * (with_tail - without) / without, 1) if without else None,
+        "every_frame_streamed_or_counted_lost": all(t["streamed_plus_lost_is_sent"] for t in tails),
+        "lost": sum(t["lost"] for t in tails),
+        "dropped": sum(r["dropped"] for r in runs["with"] + runs["without"]),
+        "every_frame_in_sink": all(r["in_sink"] == r["sent"] for r in runs["with"] + runs["without"]),
+    }
+    log(
+        f"  tail {variant}: cpu {with_tail}% with a tail client vs {without}% without "
+        f"(+{res['cpu_pct_added']} points, +{res['cpu_added_rel_pct']}%); streamed "
+        f"{[t['streamed'] for t in tails]}, lost {[t['lost'] for t in tails]}, dropped {res['dropped']}"
+    )
+    return res
+
+
 def _ms(v: float | None) -> float | None:
     return None if v is None else round(v * 1000, 1)
 
@@ -1112,6 +1238,7 @@ FULL = {
     # jsonl-batch). [buffer] batch_size stays the paced runs' 1000 for the jsonl sink
     "mqtt_batch_size": 0,
     "decode_rates": ("board_rate", "line_rate"),
+    "tail_pairs": 2,
 }
 QUICK = {
     "warmup_s": 0.2,
@@ -1130,8 +1257,11 @@ QUICK = {
     "mqtt_json_frames": 2_000,
     "mqtt_batch_size": 0,
     "decode_rates": ("line_rate",),
+    "tail_pairs": 1,
 }
 SCENARIOS = ("startup", "flood", "paced", "idle", "memory", "overload", "sinks3", "mqtt", "decode")
+#: run only when asked for (``--tail``, ``--only tail``)
+EXTRA_SCENARIOS = ("tail",)
 
 
 def machine() -> dict[str, Any]:
@@ -1254,6 +1384,20 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{on['in_sink']}/{on['sent']}, {on['undecoded']}, {on['dropped']}",
                 on["in_sink"] == on["sent"] and on["undecoded"] == 0 and on["dropped"] == 0 and on["fields_in_sink"],
             )
+    if "tail" in sc:
+        v = sc["tail"]
+        add(
+            f"tail {v['devices']} dev: runtime CPU a tail client adds",
+            "<= 10 points",
+            v["cpu_pct_added"],
+            v["cpu_pct_added"] <= 10,
+        )
+        add(
+            f"tail {v['devices']} dev: every frame streamed or counted lost, in the sink, none dropped",
+            "streamed + lost == sent, 0 dropped",
+            f"lost {v['lost']}, dropped {v['dropped']}",
+            v["every_frame_streamed_or_counted_lost"] and v["every_frame_in_sink"] and v["dropped"] == 0,
+        )
     if "startup" in sc:
         v = sc["startup"]["help"]
         add("startup: firmware-host --help (median wall)", "<= 150 ms", v["wall_ms_median"], v["wall_ms_median"] <= 150)
@@ -1397,6 +1541,17 @@ def table(r: dict[str, Any]) -> str:
                     f"+{v['cpu_added_pct']}%",
                 )
             )
+    if "tail" in sc:
+        v = sc["tail"]
+        rows.append(
+            (
+                f"tail, paced {v['devices']} dev",
+                "CPU % with a tail client / without",
+                f"{v['cpu_pct_with_tail']} / {v['cpu_pct_without']}",
+                "-",
+                f"+{v['cpu_pct_added']} points",
+            )
+        )
     if "startup" in sc:
         s = sc["startup"]
         rows.append(
@@ -1488,6 +1643,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overload-seconds", type=float, help="override the overload duration")
     ap.add_argument("--no-baseline", action="store_true", help="skip the baseline runs")
     ap.add_argument(
+        "--tail", action="store_true", help="also run the tail scenario (paced, with a tail client attached)"
+    )
+    ap.add_argument(
         "--mqtt-batch-size", type=int, help="the mqtt plugin's batch_size in the mqtt scenario (default: its own)"
     )
     args = ap.parse_args(argv)
@@ -1514,8 +1672,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         loops = [primary]  # smoke test: one loop
     only = [s for s in (args.only or ",".join(SCENARIOS)).split(",") if s]
+    if args.tail and "tail" not in only:
+        only.append("tail")
     for s in only:
-        if s not in SCENARIOS:
+        if s not in SCENARIOS + EXTRA_SCENARIOS:
             ap.error(f"unknown scenario {s!r}")
     with_base = [] if args.no_baseline else ["baseline"]
 
@@ -1553,6 +1713,8 @@ def main(argv: list[str] | None = None) -> int:
         sc["mqtt"] = scenario_mqtt(primary, p, log)
     if "decode" in only:
         sc["decode"] = scenario_decode(primary, p, log)
+    if "tail" in only:
+        sc["tail"] = scenario_tail(primary, p, log)
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     result["targets"] = targets(result)
     print(table(result))

@@ -143,6 +143,8 @@ class ControlServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         #: set by close(): streams (``tail``) end on it, also if its cancel went astray
         self._closing = asyncio.Event()
+        #: the subscriptions of open tails (``status``'s control section counts them)
+        self._tails: set[Subscription] = set()
         self._handlers: dict[str, Handler] = {
             "ping": self._ping,
             "status": self._status,
@@ -180,6 +182,7 @@ class ControlServer:
             "requests": self.requests,
             "errors": self.errors,
             "refused": self.refused,
+            "tails": len(self._tails),
         }
 
     async def _prepare_path(self) -> None:
@@ -518,18 +521,23 @@ class ControlServer:
         devices = None if names is None else sorted(set(names))
         # subscribed before the reply: every frame accepted after it is in the stream
         sub = self.runtime.subscribe(devices, limit)
-        idle_timeout, closing = self.idle_timeout, self._closing
+        tails, idle_timeout, closing = self._tails, self.idle_timeout, self._closing
+        tails.add(sub)
         streaming = False
 
         async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             nonlocal streaming
             streaming = True
-            async with sub:
-                await tail_stream(sub, reader, writer, idle_timeout, closing)
+            try:
+                async with sub:
+                    await tail_stream(sub, reader, writer, idle_timeout, closing)
+            finally:
+                tails.discard(sub)
 
         def unclaimed() -> None:
-            if not streaming:
-                sub.close()  # the reply could not be sent, so no stream will ever close it
+            if not streaming:  # the reply could not be sent, so no stream will ever close it
+                sub.close()
+                tails.discard(sub)
 
         loop = asyncio.get_running_loop()
         # _after runs once the reply is out (or failed); a stream starts in that same step
