@@ -1026,6 +1026,7 @@ def scenario_tail(variant: str, p: dict[str, Any], log: Callable[[str], None]) -
     with ``firmware-host tail --json`` attached, alternating (``tail_pairs`` of
     each), medians compared."""
     runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
+    load = os.getloadavg()[0]
     for _ in range(p["tail_pairs"]):
         runs["without"].append(_tail_run(variant, p, False))
         runs["with"].append(_tail_run(variant, p, True))
@@ -1035,7 +1036,7 @@ def scenario_tail(variant: str, p: dict[str, Any], log: Callable[[str], None]) -
     res: dict[str, Any] = {
         "devices": p["paced_devices"],
         "pairs": p["tail_pairs"],
-        "loadavg_at_start": os.getloadavg()[0],
+        "loadavg_at_start": load,
         "runs": runs,
         "cpu_pct_without": without,
         "cpu_pct_with_tail": with_tail,
