@@ -57,6 +57,15 @@ def test_tail_json_into_head_ends_quietly_after_three_records(runtime: tuple[Pat
         assert set(r["fields"]) == {"temperature", "humidity", "pressure"}
 
 
+@pytest.mark.parametrize("args", ["--json", "", "--hex env-sensor-2"])
+def test_tail_into_a_reader_that_already_left_ends_quietly(runtime: tuple[Path, Path], args: str) -> None:
+    work, sock = runtime
+    started = time.monotonic()
+    res = pipeline(f"tail {args} --control {shlex.quote(str(sock))} | true", work)
+    assert (res.returncode, res.stderr) == (0, "")
+    assert time.monotonic() - started < 15
+
+
 def test_tail_prints_a_human_line_per_frame_of_the_devices_named(runtime: tuple[Path, Path]) -> None:
     work, sock = runtime
     res = pipeline(f"tail env-sensor-1 --control {shlex.quote(str(sock))} | head -4", work)
