@@ -100,14 +100,10 @@ async def test_a_tail_that_stops_reading_slows_nothing_and_is_told_what_it_misse
                 buf += await asyncio.wait_for(loop.sock_recv(stalled, 4096), 10)
             (sub,) = [s for s in rt.aggregator.tap.subscribers if s.limit == STALLED_LIMIT]
 
-            # it does not read: its socket fills, then its subscription sheds
+            # it does not read: its socket fills, then its subscription sheds (a
+            # pipeline that waited for the client would never get to shedding)
             await rt.wait_until(lambda s: sub.lost > 5 * STALLED_LIMIT, 30)
             before = await rt.status()
-            # meanwhile the host kept reading the boards as they sent: at most a
-            # quarter of a second behind them (a pipeline that waited for the
-            # stalled client would be its whole stall behind)
-            behind = sum(d.sent for d in fleet.devices) - sum(d["frames"] for d in before["devices"].values())
-            assert behind <= DEVICES * RATE / 4, behind
 
             # it reads again: what its socket held, then the loss, then the newest
             lines: list[dict[str, Any]] = []
@@ -137,6 +133,9 @@ async def test_a_tail_that_stops_reading_slows_nothing_and_is_told_what_it_misse
     # nothing else slowed: the host read every frame sent, the sink has them
     # all, nothing dropped, and the reading client lost nothing
     assert not any(d.inexact for d in fleet.devices)
+    # no board ever had to skip frames it was due to send (the loop they share
+    # with the runtime never stalled past their lag limit)
+    assert sum(d.overrun for d in fleet.devices) == 0
     for name, n in expected.items():
         d = after["devices"][name]
         assert (d["frames"], d["flushed"], d["dropped"]) == (n, n, 0), (name, d)
