@@ -71,10 +71,11 @@ def str_arg(req: dict[str, Any], key: str, *, required: bool = False) -> str | N
     return value
 
 
-def int_arg(req: dict[str, Any], key: str, low: int, high: int) -> int | None:
+def limit_arg(req: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    """A count in ``[low, high]``, or ``default`` when absent (or null)."""
     value = req.get(key)
     if value is None:
-        return None
+        return default
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise RequestError(f"{req['cmd']}: {key!r} must be a whole number from {low} to {high}")
     return value

@@ -47,7 +47,7 @@ from firmware_host.control.protocol import (
     device_names,
     encode_reply,
     error_reply,
-    int_arg,
+    limit_arg,
     only,
     str_arg,
 )
@@ -514,7 +514,7 @@ class ControlServer:
     async def _tail(self, req: dict[str, Any]) -> dict[str, Any]:
         only(req, "devices", "limit")
         names = device_names(req)
-        limit = int_arg(req, "limit", 1, MAX_TAIL_LIMIT) or TAIL_LIMIT
+        limit = limit_arg(req, "limit", TAIL_LIMIT, 1, MAX_TAIL_LIMIT)
         for name in names or ():
             if not await self._known_device(name):
                 raise RequestError(f"unknown device {name!r}{self._known_text()}")
