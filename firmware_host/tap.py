@@ -129,7 +129,8 @@ class FrameTap:
         self.closed = False
 
     def subscribe(self, devices: Iterable[str] | None = None, limit: int = DEFAULT_LIMIT) -> Subscription:
-        """Frames offered from now on, of ``devices`` (None: all)."""
+        """Frames offered from now on, of ``devices`` (None: all); closed at
+        once when the runtime already stopped (else it would wait forever)."""
         sub = Subscription(self, None if devices is None else frozenset(devices), limit)
         if self.closed:  # one waiting for frames would wait its whole timeout for nothing
             sub.closed = True

@@ -35,6 +35,9 @@ Scenarios (see docs/benchmarks.md for the numbers and the method):
               looped on 4 ptys, read as fast as each reader takes them by gpsd with a
               ``gpspipe -w`` client and by the runtime (codec nmea, jsonl sink) decoding and
               not: CPU-seconds per 100k sentences of each (gpsd alone, and with gpspipe)
+``tail``      (only with ``--tail`` or ``--only tail``) the paced 48 devices with a
+              ``firmware-host tail --json`` client attached, beside the same run without:
+              the runtime CPU the subscriber adds, and frames streamed + lost == sent
 """
 
 from __future__ import annotations
@@ -933,6 +936,130 @@ def scenario_mqtt(variant: str, p: dict[str, Any], log: Callable[[str], None]) -
     return res
 
 
+class TailClient(threading.Thread):
+    """``firmware-host tail --json`` on the runtime's socket, its stdout read
+    here: the records it streamed and the frames it was told it lost."""
+
+    _LOST = re.compile(rb'^\{"lost":(\d+)\}$', re.M)
+
+    def __init__(self, control: str) -> None:
+        super().__init__(daemon=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "firmware_host", "tail", "--json", "--control", control],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.lines = self.records = self.lost = 0
+        self.ended = False
+        self.start()
+
+    def run(self) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        rest = b""
+        while chunk := os.read(fd, 1 << 20):
+            data = rest + chunk
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            whole = data[:cut]
+            losses = [int(m.group(1)) for m in self._LOST.finditer(whole)]
+            end = b'{"end":' in whole
+            self.lines += whole.count(b"\n")
+            self.records += whole.count(b"\n") - len(losses) - end
+            self.lost += sum(losses)
+            self.ended |= end
+
+    def seen(self) -> int:
+        """Frames streamed plus frames said lost."""
+        return self.records + self.lost
+
+    def finish(self, timeout: float) -> tuple[int, float, str]:
+        """Its exit status, CPU seconds and stderr, once the runtime stopped."""
+        code, cpu = wait_exit(self.proc, timeout)
+        self.join(10)
+        assert self.proc.stderr is not None
+        return code, cpu, self.proc.stderr.read().decode(errors="replace")
+
+
+def _tail_run(variant: str, p: dict[str, Any], tail: bool) -> dict[str, Any]:
+    """One paced run, with or without a tail client attached before the feed starts."""
+    with Rig("tail", p["paced_devices"], "paced") as rig:
+        feeder = rig.feeder
+        cons = RuntimeProc(rig.work, feeder.ports, variant, capacity=p["paced_capacity"])
+        rig.cons = cons
+        cons.wait_ready()
+        client = TailClient(cons.control) if tail else None
+        if client is not None:  # subscribed (it answered) before the first frame is sent
+            deadline = time.monotonic() + 10
+            while cons.status()["control"]["tails"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        c0, c1, t0, t1, total = _paced_window(cons, feeder, p)
+        deadline = time.monotonic() + 30
+        counters = cons.counters()
+        while time.monotonic() < deadline and (
+            counters["flushed"] < total or (client is not None and client.seen() < total)
+        ):
+            time.sleep(0.05)
+            counters = cons.counters()
+        final = cons.stop()
+        lines = count_lines(cons.sink)
+        res: dict[str, Any] = {
+            "seconds": round(t1 - t0, 2),
+            "cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 1),
+            "sent": total,
+            "in_sink": lines,
+            "dropped": counters["dropped"],
+            "exit": final["exit"],
+        }
+        if client is not None:
+            code, cpu, err = client.finish(30)
+            res["tail"] = {
+                "streamed": client.records,
+                "lost": client.lost,
+                "streamed_plus_lost_is_sent": client.seen() == total,
+                "ended": client.ended,
+                "exit": code,
+                "client_cpu_s": round(cpu, 2),
+                "stderr_lines": len(err.splitlines()),
+            }
+    return res
+
+
+def scenario_tail(variant: str, p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """The runtime CPU a tail subscriber adds at the paced load: runs without and
+    with ``firmware-host tail --json`` attached, alternating (``tail_pairs`` of
+    each), medians compared."""
+    runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
+    load = os.getloadavg()[0]
+    for _ in range(p["tail_pairs"]):
+        runs["without"].append(_tail_run(variant, p, False))
+        runs["with"].append(_tail_run(variant, p, True))
+    without = statistics.median(r["cpu_pct"] for r in runs["without"])
+    with_tail = statistics.median(r["cpu_pct"] for r in runs["with"])
+    tails = [r["tail"] for r in runs["with"]]
+    res: dict[str, Any] = {
+        "devices": p["paced_devices"],
+        "pairs": p["tail_pairs"],
+        "loadavg_at_start": load,
+        "runs": runs,
+        "cpu_pct_without": without,
+        "cpu_pct_with_tail": with_tail,
+        "cpu_pct_added": round(with_tail - without, 1),
+        "cpu_added_rel_pct": round(100 * (with_tail - without) / without, 1) if without else None,
+        "every_frame_streamed_or_counted_lost": all(t["streamed_plus_lost_is_sent"] for t in tails),
+        "lost": sum(t["lost"] for t in tails),
+        "dropped": sum(r["dropped"] for r in runs["with"] + runs["without"]),
+        "every_frame_in_sink": all(r["in_sink"] == r["sent"] for r in runs["with"] + runs["without"]),
+    }
+    log(
+        f"  tail {variant}: cpu {with_tail}% with a tail client vs {without}% without "
+        f"(+{res['cpu_pct_added']} points, +{res['cpu_added_rel_pct']}%); streamed "
+        f"{[t['streamed'] for t in tails]}, lost {[t['lost'] for t in tails]}, dropped {res['dropped']}"
+    )
+    return res
+
+
 def _ms(v: float | None) -> float | None:
     return None if v is None else round(v * 1000, 1)
 
@@ -1392,6 +1519,7 @@ FULL = {
     "gpsd_sentences": 400_000,
     "gpsd_repeats": 3,
     "gpsd_timeout_s": 120.0,
+    "tail_pairs": 2,
 }
 QUICK = {
     "warmup_s": 0.2,
@@ -1413,10 +1541,12 @@ QUICK = {
     "gpsd_sentences": 4_000,
     "gpsd_repeats": 1,
     "gpsd_timeout_s": 30.0,
+    "tail_pairs": 1,
 }
 SCENARIOS = ("startup", "flood", "paced", "idle", "memory", "overload", "sinks3", "mqtt", "decode")
-#: run only when named in --only: they need software the others do not (gpsd)
-OPT_IN_SCENARIOS = ("gpsd",)
+#: run only when named in --only (or, for tail, with --tail): gpsd needs software the others do not,
+#: tail doubles the paced runs
+OPT_IN_SCENARIOS = ("gpsd", "tail")
 
 
 def machine() -> dict[str, Any]:
@@ -1548,6 +1678,20 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 med["fh_decode"],
                 med["fh_decode"] <= med["gpsd"],
             )
+    if "tail" in sc:
+        v = sc["tail"]
+        add(
+            f"tail {v['devices']} dev: runtime CPU a tail client adds",
+            "<= 10 points",
+            v["cpu_pct_added"],
+            v["cpu_pct_added"] <= 10,
+        )
+        add(
+            f"tail {v['devices']} dev: every frame streamed or counted lost, in the sink, none dropped",
+            "streamed + lost == sent, 0 dropped",
+            f"lost {v['lost']}, dropped {v['dropped']}",
+            v["every_frame_streamed_or_counted_lost"] and v["every_frame_in_sink"] and v["dropped"] == 0,
+        )
     if "startup" in sc:
         v = sc["startup"]["help"]
         add("startup: firmware-host --help (median wall)", "<= 150 ms", v["wall_ms_median"], v["wall_ms_median"] <= 150)
@@ -1703,6 +1847,17 @@ def table(r: dict[str, Any]) -> str:
                     f"{round(med['fh_decode'] / med['gpsd'], 2)}x" if med["gpsd"] else "",
                 )
             )
+    if "tail" in sc:
+        v = sc["tail"]
+        rows.append(
+            (
+                f"tail, paced {v['devices']} dev",
+                "CPU % with a tail client / without",
+                f"{v['cpu_pct_with_tail']} / {v['cpu_pct_without']}",
+                "-",
+                f"+{v['cpu_pct_added']} points",
+            )
+        )
     if "startup" in sc:
         s = sc["startup"]
         rows.append(
@@ -1798,6 +1953,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overload-seconds", type=float, help="override the overload duration")
     ap.add_argument("--no-baseline", action="store_true", help="skip the baseline runs")
     ap.add_argument(
+        "--tail", action="store_true", help="also run the tail scenario (paced, with a tail client attached)"
+    )
+    ap.add_argument(
         "--mqtt-batch-size", type=int, help="the mqtt plugin's batch_size in the mqtt scenario (default: its own)"
     )
     args = ap.parse_args(argv)
@@ -1824,6 +1982,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         loops = [primary]  # smoke test: one loop
     only = [s for s in (args.only or ",".join(SCENARIOS)).split(",") if s]
+    if args.tail and "tail" not in only:
+        only.append("tail")
     for s in only:
         if s not in SCENARIOS + OPT_IN_SCENARIOS:
             ap.error(f"unknown scenario {s!r}")
@@ -1865,6 +2025,8 @@ def main(argv: list[str] | None = None) -> int:
         sc["decode"] = scenario_decode(primary, p, log)
     if "gpsd" in only:
         sc["gpsd"] = scenario_gpsd(primary, p, log)
+    if "tail" in only:
+        sc["tail"] = scenario_tail(primary, p, log)
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     result["targets"] = targets(result)
     print(table(result))

@@ -474,6 +474,41 @@ def request_cmd(
         click.echo(json.dumps(reply["fields"], default=str))
 
 
+# -- tail -------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("devices", nargs=-1, metavar="[DEVICE]...")
+@control_option
+@config_option
+@json_option
+@click.option("--hex", "as_hex", is_flag=True, help="Show every payload byte, in hex.")
+def tail(
+    devices: Sequence[str], control_path: str | None, config_path: str | None, as_json: bool, as_hex: bool
+) -> None:
+    """Frames of a running runtime as they arrive (all devices, or those named), until Ctrl-C."""
+    from firmware_host.cli.tail import follow, main_out, tail_request
+    from firmware_host.control.client import open_stream
+    from firmware_host.errors import ControlError, NoRuntime
+
+    path = resolve_control(control_path, config_path)
+    try:
+        try:
+            stream = open_stream(path, tail_request(devices))
+        except NoRuntime as exc:
+            fail(f"{exc} (start one with: firmware-host run --control {path} ...)", EXIT_NO_RUNTIME)
+        except ControlError as exc:
+            fail(str(exc), exc.exit_code)
+        with stream:
+            try:
+                code = follow(stream, as_json=as_json, as_hex=as_hex, out=main_out(), err=sys.stderr)
+            except ControlError as exc:
+                fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        code = EXIT_OK  # Ctrl-C is how a tail ends
+    sys.exit(code)
+
+
 # -- devices, boards, plugins -----------------------------------------------------------
 
 

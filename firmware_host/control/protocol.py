@@ -25,6 +25,11 @@ MAX_REPLY = 16 * 1024 * 1024
 #: default and ceiling for a flush request's own timeout, seconds
 FLUSH_TIMEOUT = 30.0
 MAX_FLUSH_TIMEOUT = 24 * 3600.0
+#: ``tail``: frames a subscriber holds for its client by default and at most (a
+#: slow client loses the oldest beyond it), and how many devices it may name
+TAIL_LIMIT = 10_000
+MAX_TAIL_LIMIT = 100_000
+MAX_TAIL_DEVICES = 1024
 
 
 class RequestError(Exception):
@@ -64,6 +69,33 @@ def str_arg(req: dict[str, Any], key: str, *, required: bool = False) -> str | N
     if not isinstance(value, str) or not value or "\x00" in value:
         raise RequestError(f"{req['cmd']}: {key!r} must be a non-empty string")
     return value
+
+
+def limit_arg(req: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    """A count in ``[low, high]``, or ``default`` when absent (or null)."""
+    value = req.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise RequestError(f"{req['cmd']}: {key!r} must be a whole number from {low} to {high}")
+    return value
+
+
+def device_names(req: dict[str, Any], key: str = "devices", *, most: int = MAX_TAIL_DEVICES) -> list[str] | None:
+    """An optional non-empty list of device names (each as ``device_name`` checks one)."""
+    value = req.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise RequestError(f"{req['cmd']}: {key!r} must be a non-empty list of device names")
+    if len(value) > most:
+        raise RequestError(f"{req['cmd']}: {key!r} names more than {most} devices")
+    names = []
+    for item in value:
+        if not isinstance(item, str) or not item or "\x00" in item or len(item) > 256:
+            raise RequestError(f"{req['cmd']}: {key!r} must hold device names (non-empty strings)")
+        names.append(item)
+    return names
 
 
 def device_name(req: dict[str, Any], key: str = "name", *, required: bool = True) -> str | None:

@@ -41,12 +41,16 @@ from firmware_host.control.protocol import (
     MAX_CONNECTIONS,
     MAX_FLUSH_TIMEOUT,
     MAX_REQUEST,
+    MAX_TAIL_LIMIT,
+    TAIL_LIMIT,
     RequestError,
     body_arg,
     device_name,
+    device_names,
     encode_reply,
     error_reply,
     int_arg,
+    limit_arg,
     number_arg,
     only,
     str_arg,
@@ -65,6 +69,7 @@ from firmware_host.flusher import FlushResult
 from firmware_host.frames import Frame
 from firmware_host.recorder import DEFAULT_BUFFER, MAX_BUFFER, MIN_BUFFER, RawSubscription, send_recording
 from firmware_host.request import DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_RETRIES, MAX_TIMEOUT, ack_reply, acked_seq
+from firmware_host.sinks.jsonl import encode_records
 from firmware_host.tap import DEFAULT_LIMIT, Subscription
 
 log = logging.getLogger("firmware_host.control")
@@ -167,6 +172,10 @@ class ControlServer:
         #: admitted connections (what the cap counts) and every handler task (what close() ends)
         self._conns: set[asyncio.Task[Any]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: set by close(): streams (``tail``) end on it, also if its cancel went astray
+        self._closing = asyncio.Event()
+        #: the subscriptions of open tails (``status``'s control section counts them)
+        self._tails: set[Subscription] = set()
         self._handlers: dict[str, Handler] = {
             "ping": self._ping,
             "status": self._status,
@@ -178,6 +187,7 @@ class ControlServer:
             "send": self._send_frame,
             "request": self._request,
             "record": self._record,
+            "tail": self._tail,
         }
 
     # -- lifecycle ----------------------------------------------------------------
@@ -206,6 +216,7 @@ class ControlServer:
             "requests": self.requests,
             "errors": self.errors,
             "refused": self.refused,
+            "tails": len(self._tails),
         }
 
     async def _prepare_path(self) -> None:
@@ -285,6 +296,7 @@ class ControlServer:
 
     async def close(self) -> None:
         """Stop listening, end open connections, remove the socket if it is still ours."""
+        self._closing.set()
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -617,6 +629,133 @@ class ControlServer:
             await send_recording(sub, reader, writer, idle_timeout)
 
         return {"recording": sub.header.to_dict(), "buffer": limit, "_stream": stream}
+
+    async def _tail(self, req: dict[str, Any]) -> dict[str, Any]:
+        only(req, "devices", "limit")
+        names = device_names(req)
+        limit = limit_arg(req, "limit", TAIL_LIMIT, 1, MAX_TAIL_LIMIT)
+        for name in names or ():
+            if not await self._known_device(name):
+                raise RequestError(f"unknown device {name!r}{self._known_text()}")
+        devices = None if names is None else sorted(set(names))
+        # subscribed before the reply: every frame accepted after it is in the stream
+        sub = self.runtime.subscribe(devices, limit)
+        tails, idle_timeout, closing = self._tails, self.idle_timeout, self._closing
+        tails.add(sub)
+        streaming = False
+
+        async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal streaming
+            streaming = True
+            try:
+                async with sub:
+                    await tail_stream(sub, reader, writer, idle_timeout, closing)
+            finally:
+                tails.discard(sub)
+
+        def unclaimed() -> None:
+            if not streaming:  # the reply could not be sent, so no stream will ever close it
+                sub.close()
+                tails.discard(sub)
+
+        loop = asyncio.get_running_loop()
+        # _after runs once the reply is out (or failed); a stream starts in that same step
+        return {
+            "tail": {"devices": devices, "limit": limit},
+            "_stream": stream,
+            "_after": lambda: loop.call_soon(unclaimed),
+        }
+
+
+# -- tail: the first streaming command ---------------------------------------------------
+
+#: the line that ends a tail whose runtime stopped
+TAIL_END = b'{"end":"stopped"}\n'
+#: seconds a tail waits for frames before it looks again (nothing waits without a deadline)
+TAIL_WAIT = 5.0
+#: frames encoded between two yields to the loop (about a millisecond's work)
+TAIL_ENCODE_SLICE = 1000
+
+
+async def tail_stream(
+    sub: Subscription,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    idle_timeout: float,
+    closing: asyncio.Event,
+) -> None:
+    """Write ``sub``'s frames to a tail client as jsonl records, one write per
+    take, a ``{"lost": N}`` line before frames that followed a loss, and
+    ``TAIL_END`` when the runtime stops (``sub`` closes) or the server
+    closes (``closing``).
+
+    Nothing here can slow the pipeline: the subscription sheds the oldest
+    frames (counted) while a write waits for the client; a write the client
+    does not take within ``idle_timeout`` ends the stream, and so does the
+    client leaving (EOF on its side, or an error on ours).
+    """
+    gone = asyncio.ensure_future(_until_eof(reader))
+    # besides the cancel from ControlServer.close: on 3.11 a wait_for whose
+    # inner future finishes as the cancel comes swallows it, and a stream
+    # that missed it would hold the server's close for ever
+    stopping = asyncio.ensure_future(closing.wait())
+    ready: asyncio.Future[bool] | None = None
+    try:
+        while True:
+            closed = sub.closed or stopping.done()  # before the take: nothing arrives after
+            frames, lost = sub.take()
+            if frames or lost or closed:
+                data = await _tail_lines(frames, lost)
+                if closed:
+                    # no waiting on the client now: the close sends what it can
+                    writer.write(data + TAIL_END)
+                    return
+                writer.write(data)
+                # bounded: a client that stops reading must not pin us
+                await asyncio.wait_for(writer.drain(), idle_timeout)
+            elif gone.done():
+                return
+            else:
+                ready = asyncio.ensure_future(sub.wait(TAIL_WAIT))
+                await asyncio.wait((ready, gone, stopping), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        # the server is closing (the runtime stops): what is held, then the end,
+        # left in the transport to go out as it closes
+        frames, lost = sub.take()
+        if not writer.is_closing():
+            writer.write((b'{"lost":%d}\n' % lost if lost else b"") + encode_records(frames) + TAIL_END)
+        raise
+    except TimeoutError:
+        # a client that stopped reading: drop what waits for it at once rather
+        # than hold it (and the connection) until it reads again
+        writer.transport.abort()
+    except (ConnectionError, OSError):
+        return  # the client left
+    finally:
+        for task in (gone, stopping, ready):
+            if task is not None:
+                task.cancel()
+
+
+async def _tail_lines(frames: list[Frame], lost: int) -> bytes:
+    """One take as stream lines. A big take (what a client that stalled
+    finds held) is encoded a slice at a time, yielding between slices, so it
+    never holds the loop for long."""
+    parts = [b'{"lost":%d}\n' % lost] if lost else []
+    for start in range(0, len(frames), TAIL_ENCODE_SLICE):
+        if start:
+            await asyncio.sleep(0)
+        parts.append(encode_records(frames[start : start + TAIL_ENCODE_SLICE]))
+    return b"".join(parts)
+
+
+async def _until_eof(reader: asyncio.StreamReader) -> None:
+    """Return when the client closes its side; what it sends meanwhile is discarded."""
+    try:
+        while await reader.read(4096):
+            pass
+    except (ConnectionError, OSError, ValueError):
+        pass
 
 
 def _secure_directory(directory: str, gid: int | None = None) -> None:
