@@ -74,6 +74,9 @@ from firmware_host.tap import DEFAULT_LIMIT, Subscription
 
 log = logging.getLogger("firmware_host.control")
 
+#: seconds ``close`` waits for the connections it cancelled
+CLOSE_TIMEOUT = 2.0
+
 __all__ = ["ControlServer", "RuntimeControl"]
 
 
@@ -305,9 +308,16 @@ class ControlServer:
         for task in conns:
             task.cancel()
         if conns:
-            await asyncio.gather(*conns, return_exceptions=True)
+            # bounded: on Python 3.11 a wait_for that finishes as it is cancelled can
+            # swallow the cancel, and a stream that missed it must not hold the shutdown
+            _done, stuck = await asyncio.wait(conns, timeout=CLOSE_TIMEOUT)
+            if stuck:
+                log.warning("control: %d connection(s) did not end within %gs of the close", len(stuck), CLOSE_TIMEOUT)
         if server is not None:
-            await server.wait_closed()
+            try:  # (from 3.12 this waits for every connection: bounded like them)
+                await asyncio.wait_for(server.wait_closed(), CLOSE_TIMEOUT)
+            except TimeoutError:
+                pass
 
     def _unlink_if_ours(self) -> None:
         # only ours: a second runtime may have replaced a socket we thought stale
