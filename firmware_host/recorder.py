@@ -31,6 +31,7 @@ __all__ = [
     "RawTap",
     "Recordable",
     "send_recording",
+    "until_eof",
 ]
 
 #: bytes a recording may hold for a writer that falls behind, by default and at the most and least
@@ -254,7 +255,7 @@ async def send_recording(
     (header line, records, and the END record when the device's reader
     ends). A client that does not read for ``idle_timeout`` s, or that
     closes its side, ends it; meanwhile the subscription's bound applies."""
-    gone = asyncio.ensure_future(_until_eof(reader))
+    gone = asyncio.ensure_future(until_eof(reader))
     try:
         writer.write(sub.header_bytes())
         while True:
@@ -288,7 +289,7 @@ async def send_recording(
         sub.close("the client left")
 
 
-async def _until_eof(reader: asyncio.StreamReader) -> None:
+async def until_eof(reader: asyncio.StreamReader) -> None:
     """Return when the client closes its side; what it sends meanwhile is discarded."""
     try:
         while await reader.read(4096):

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from firmware_host.control.client import parse_reply
 from firmware_host.errors import EXIT_FAILURE, EXIT_USAGE, ControlError, NoRuntime
 from firmware_host.recorder import FileRecorder, RawSubscription
 from firmware_host.recordfile import (
@@ -124,26 +125,11 @@ def _connect(path: str, req: dict[str, object]) -> socket.socket:
             line += byte
             if len(line) > 65536:
                 raise ControlError("the runtime's reply is too long")
-        _check_reply(line)
+        parse_reply(line)  # an error reply raises ControlError with its code
     except BaseException:
         sock.close()
         raise
     return sock
-
-
-def _check_reply(line: bytes) -> None:
-    """An error reply raises ControlError with its code (as the client does for one-shot requests)."""
-    try:
-        reply = json.loads(line)
-    except ValueError:
-        raise ControlError("the runtime sent a malformed reply") from None
-    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
-        raise ControlError("the runtime sent a malformed reply")
-    if not reply["ok"]:
-        code = reply.get("code")
-        if isinstance(code, bool) or not isinstance(code, int) or not 1 <= code <= 125:
-            code = EXIT_FAILURE
-        raise ControlError(str(reply.get("error") or "the runtime refused the request"), code)
 
 
 @dataclass

@@ -17,10 +17,20 @@ from typing import Any
 from firmware_host.control.protocol import MAX_REPLY
 from firmware_host.errors import EXIT_FAILURE, EXIT_USAGE, ControlError, NoRuntime
 
-__all__ = ["ControlError", "ControlStream", "NoRuntime", "is_listening", "open_stream", "request", "request_sync"]
+__all__ = [
+    "ControlError",
+    "ControlStream",
+    "NoRuntime",
+    "is_listening",
+    "open_stream",
+    "parse_reply",
+    "request",
+    "request_sync",
+]
 
 
-def _parse_reply(data: bytes) -> dict[str, Any]:
+def parse_reply(data: bytes) -> dict[str, Any]:
+    """A reply line's result (without ``ok``); an error reply raises ControlError with its code."""
     try:
         reply = json.loads(data)
     except ValueError:
@@ -63,7 +73,7 @@ def request_sync(path: str, req: dict[str, Any], timeout: float = 30.0) -> dict[
             raise ControlError(f"control connection to {path} failed: {exc.strerror or exc}") from None
     finally:
         sock.close()
-    return _parse_reply(data)
+    return parse_reply(data)
 
 
 def _connect(path: str, timeout: float) -> socket.socket:
@@ -176,7 +186,7 @@ def open_stream(path: str, req: dict[str, Any], timeout: float = 30.0) -> Contro
             raise ControlError(f"no reply from the runtime on {path} within {timeout:g}s") from None
         except OSError as exc:
             raise ControlError(f"control connection to {path} failed: {exc.strerror or exc}") from None
-        return ControlStream(path, sock, _parse_reply(data), rest)
+        return ControlStream(path, sock, parse_reply(data), rest)
     except BaseException:
         sock.close()
         raise

@@ -67,7 +67,7 @@ from firmware_host.errors import (
 )
 from firmware_host.flusher import FlushResult
 from firmware_host.frames import Frame
-from firmware_host.recorder import DEFAULT_BUFFER, MAX_BUFFER, MIN_BUFFER, RawSubscription, send_recording
+from firmware_host.recorder import DEFAULT_BUFFER, MAX_BUFFER, MIN_BUFFER, RawSubscription, send_recording, until_eof
 from firmware_host.request import DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_RETRIES, MAX_TIMEOUT, ack_reply, acked_seq
 from firmware_host.sinks.jsonl import encode_records
 from firmware_host.tap import DEFAULT_LIMIT, Subscription
@@ -704,7 +704,7 @@ async def tail_stream(
     does not take within ``idle_timeout`` ends the stream, and so does the
     client leaving (EOF on its side, or an error on ours).
     """
-    gone = asyncio.ensure_future(_until_eof(reader))
+    gone = asyncio.ensure_future(until_eof(reader))
     # besides the cancel from ControlServer.close: on 3.11 a wait_for whose
     # inner future finishes as the cancel comes swallows it, and a stream
     # that missed it would hold the server's close for ever
@@ -757,15 +757,6 @@ async def _tail_lines(frames: list[Frame], lost: int) -> bytes:
             await asyncio.sleep(0)
         parts.append(encode_records(frames[start : start + TAIL_ENCODE_SLICE]))
     return b"".join(parts)
-
-
-async def _until_eof(reader: asyncio.StreamReader) -> None:
-    """Return when the client closes its side; what it sends meanwhile is discarded."""
-    try:
-        while await reader.read(4096):
-            pass
-    except (ConnectionError, OSError, ValueError):
-        pass
 
 
 def _secure_directory(directory: str, gid: int | None = None) -> None:
