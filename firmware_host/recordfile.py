@@ -177,7 +177,7 @@ def parse_header(line: bytes) -> Header:
     if not line.startswith(MAGIC):
         raise RecordingError("not a firmware-host recording (no FHREC header)")
     version, sep, rest = line[len(MAGIC) :].partition(b" ")
-    if not sep or not version.isdigit():
+    if not sep or not version.isdigit() or len(version) > 9:
         raise RecordingError("bad recording header: expected 'FHREC/<version> {json}'")
     if int(version) != VERSION:
         raise RecordingError(f"recording format version {int(version)} is not supported (this reads {VERSION})")

@@ -327,3 +327,39 @@ def test_the_client_reads_the_reply_then_lines_and_says_when_none_came(sockdir):
     finally:
         t.join(5)
         srv.close()
+
+
+async def test_a_half_close_ends_a_tail_that_always_has_frames() -> None:
+    """The client's end is noticed between writes too, not only when a take
+    comes back empty (a busy fleet never leaves one empty)."""
+    from firmware_host.control.server import tail_stream
+    from firmware_host.frames import Frame
+
+    tap = FrameTap()
+    sub = tap.subscribe(None, 10_000)
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    reader, writer = await asyncio.open_unix_connection(sock=ours)
+    stream = asyncio.ensure_future(tail_stream(sub, reader, writer, 30.0, asyncio.Event()))
+    loop = asyncio.get_running_loop()
+
+    async def feed() -> None:
+        seq = 0
+        while True:  # a frame every loop turn
+            tap.publish("d", [Frame("d", seq, 1, 0.0, b"x")])
+            seq += 1
+            await asyncio.sleep(0)
+
+    async def drain() -> None:  # the client still reads what it was sent
+        while await loop.sock_recv(theirs, 65536):
+            pass
+
+    feeding, draining = asyncio.ensure_future(feed()), asyncio.ensure_future(drain())
+    try:
+        theirs.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(stream, 5)
+    finally:
+        for task in (feeding, draining, stream):
+            task.cancel()
+        writer.close()
+        theirs.close()

@@ -116,15 +116,20 @@ def _connect(path: str, req: dict[str, object]) -> socket.socket:
             raise NoRuntime(f"no runtime is listening on {path}") from None
         except OSError as exc:
             raise ControlError(f"cannot reach the control socket {path}: {exc.strerror or exc}") from None
-        sock.sendall(json.dumps(req).encode() + b"\n")
-        line = b""
-        while not line.endswith(b"\n"):
-            byte = sock.recv(1)  # one byte at a time: what follows the reply is the recording's
-            if not byte:
-                raise ControlError("the runtime closed the connection without replying")
-            line += byte
-            if len(line) > 65536:
-                raise ControlError("the runtime's reply is too long")
+        try:
+            sock.sendall(json.dumps(req).encode() + b"\n")
+            line = b""
+            while not line.endswith(b"\n"):
+                byte = sock.recv(1)  # one byte at a time: what follows the reply is the recording's
+                if not byte:
+                    raise ControlError("the runtime closed the connection without replying")
+                line += byte
+                if len(line) > 65536:
+                    raise ControlError("the runtime's reply is too long")
+        except TimeoutError:
+            raise ControlError(f"no reply from the runtime on {path} within 30s") from None
+        except OSError as exc:  # a reset or a broken pipe: the runtime went away
+            raise ControlError(f"the control connection failed: {exc.strerror or exc}") from None
         parse_reply(line)  # an error reply raises ControlError with its code
     except BaseException:
         sock.close()

@@ -634,11 +634,26 @@ class ControlServer:
         # recording then ends by itself (bounded meanwhile, like any)
         orphan = asyncio.get_running_loop().call_later(idle_timeout, sub.close, "the client never came")
 
+        streaming = False
+
         async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal streaming
+            streaming = True
             orphan.cancel()
             await send_recording(sub, reader, writer, idle_timeout)
 
-        return {"recording": sub.header.to_dict(), "buffer": limit, "_stream": stream}
+        def unclaimed() -> None:
+            if not streaming:  # the reply could not be sent: no stream will ever drain it
+                orphan.cancel()
+                sub.close("the client left")
+
+        loop = asyncio.get_running_loop()
+        return {
+            "recording": sub.header.to_dict(),
+            "buffer": limit,
+            "_stream": stream,
+            "_after": lambda: loop.call_soon(unclaimed),
+        }
 
     async def _tail(self, req: dict[str, Any]) -> dict[str, Any]:
         only(req, "devices", "limit")
@@ -712,6 +727,8 @@ async def tail_stream(
     ready: asyncio.Future[bool] | None = None
     try:
         while True:
+            if gone.done():  # the client closed its side: checked first, or a busy stream never would
+                return
             closed = sub.closed or stopping.done()  # before the take: nothing arrives after
             frames, lost = sub.take()
             if frames or lost or closed:
@@ -723,8 +740,6 @@ async def tail_stream(
                 writer.write(data)
                 # bounded: a client that stops reading must not pin us
                 await asyncio.wait_for(writer.drain(), idle_timeout)
-            elif gone.done():
-                return
             else:
                 ready = asyncio.ensure_future(sub.wait(TAIL_WAIT))
                 await asyncio.wait((ready, gone, stopping), return_when=asyncio.FIRST_COMPLETED)
