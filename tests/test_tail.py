@@ -363,3 +363,31 @@ async def test_a_half_close_ends_a_tail_that_always_has_frames() -> None:
             task.cancel()
         writer.close()
         theirs.close()
+
+
+async def test_open_streams_leave_room_for_stop_and_status(fh_board: Any, fh_runtime: Any) -> None:
+    """A screen of tails (or recordings) fills the stream cap, never the connection cap:
+    stop and status still get in."""
+    from firmware_host.control.client import request
+    from firmware_host.control.protocol import MAX_CONNECTIONS, MAX_STREAMS
+
+    assert MAX_STREAMS < MAX_CONNECTIONS
+    board = fh_board("fh1")
+    with tempfile.TemporaryDirectory(prefix="fh-") as short:  # a socket path within 107 bytes
+        sock = os.path.join(short, "ctl.sock")
+        async with fh_runtime({"devices": [board.config("b")]}, control_path=sock) as rt:
+            await rt.wait_state("b", "connected")
+            rt._control.max_streams = 3
+            held = []
+            for _ in range(3):
+                r, w = await asyncio.open_unix_connection(sock)
+                w.write(b'{"cmd": "tail"}\n')
+                assert json.loads(await r.readline())["ok"]
+                held.append(w)
+            await rt.wait_until(lambda s: s["control"]["tails"] == 3, 5)
+            with pytest.raises(ControlError, match="too many streams open") as info:
+                await request(sock, {"cmd": "tail"}, timeout=5)
+            assert info.value.exit_code == 1
+            assert "uptime" in await request(sock, {"cmd": "status"}, timeout=5)
+            for w in held:
+                w.close()

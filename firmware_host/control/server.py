@@ -41,6 +41,7 @@ from firmware_host.control.protocol import (
     MAX_CONNECTIONS,
     MAX_FLUSH_TIMEOUT,
     MAX_REQUEST,
+    MAX_STREAMS,
     MAX_TAIL_LIMIT,
     TAIL_LIMIT,
     RequestError,
@@ -154,6 +155,7 @@ class ControlServer:
         path: str,
         *,
         max_connections: int = MAX_CONNECTIONS,
+        max_streams: int = MAX_STREAMS,
         idle_timeout: float = IDLE_TIMEOUT,
         max_request: int = MAX_REQUEST,
         mode: int = 0o600,
@@ -179,6 +181,9 @@ class ControlServer:
         self._closing = asyncio.Event()
         #: the subscriptions of open tails (``status``'s control section counts them)
         self._tails: set[Subscription] = set()
+        #: connections a stream (tail, record) owns; at most ``max_streams``
+        self._streams = 0
+        self.max_streams = min(max_streams, max_connections)
         self._handlers: dict[str, Handler] = {
             "ping": self._ping,
             "status": self._status,
@@ -386,7 +391,11 @@ class ControlServer:
             if not sent:
                 return
             if stream is not None:
-                await stream(reader, writer)
+                self._streams += 1
+                try:
+                    await stream(reader, writer)
+                finally:
+                    self._streams -= 1
                 return
 
     async def _send(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> bool:
@@ -612,8 +621,16 @@ class ControlServer:
             "elapsed": round(loop.time() - started, 3),
         }
 
+    def _stream_room(self, cmd: str) -> None:
+        if self._streams >= self.max_streams:
+            raise RequestError(
+                f"{cmd}: too many streams open ({self.max_streams}: tail and record); end one and try again",
+                EXIT_FAILURE,
+            )
+
     async def _record(self, req: dict[str, Any]) -> dict[str, Any]:
         only(req, "device", "buffer")
+        self._stream_room("record")
         name = device_name(req, "device")
         assert name is not None
         limit = req.get("buffer", DEFAULT_BUFFER)
@@ -657,6 +674,7 @@ class ControlServer:
 
     async def _tail(self, req: dict[str, Any]) -> dict[str, Any]:
         only(req, "devices", "limit")
+        self._stream_room("tail")
         names = device_names(req)
         limit = limit_arg(req, "limit", TAIL_LIMIT, 1, MAX_TAIL_LIMIT)
         for name in names or ():
