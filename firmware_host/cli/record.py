@@ -61,13 +61,24 @@ def _say(text: str) -> None:
     print(f"firmware-host: record: {text}", file=sys.stderr)
 
 
+def _bad_output(output: str) -> bool:
+    """``-o`` names no file this can make: a usage mistake, said at once in both modes
+    (a file that then cannot be written, for want of permission or room, is exit 1)."""
+    if os.path.isdir(output):
+        _say(f"cannot write {output}: it is a directory")
+        return True
+    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        _say(f"cannot write {output}: no such directory")
+        return True
+    return False
+
+
 # -- a runtime's device ----------------------------------------------------------------------
 
 
 def record_device_main(control: str, device: str, output: str, duration: float | None, buffer: int) -> int:
     """Record ``device`` of the runtime on ``control`` into ``output``."""
-    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        _say(f"cannot write {output}: no such directory")
+    if _bad_output(output):
         return EXIT_USAGE
     try:
         # the request first: a refused one leaves no empty file behind
@@ -83,7 +94,7 @@ def record_device_main(control: str, device: str, output: str, duration: float |
             out = open(output, "wb", buffering=0)  # noqa: SIM115  (its with follows: the error must be ours)
         except OSError as exc:
             _say(f"cannot write {output}: {exc.strerror or exc}")
-            return EXIT_USAGE
+            return EXIT_FAILURE
         with out:
             _say(f"recording {device} to {output} (Ctrl-C to stop)")
             got = _Received(out)
@@ -243,8 +254,7 @@ class PortSource:
 
 def record_port_main(source: PortSource, output: str, duration: float | None, buffer: int) -> int:
     """Record the port ``source.url`` (no runtime holds it) into ``output``."""
-    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        _say(f"cannot write {output}: no such directory")
+    if _bad_output(output):
         return EXIT_USAGE
     return asyncio.run(_record_port(source, output, duration, buffer))
 
