@@ -57,6 +57,10 @@ def is_port(target: str) -> bool:
     return "/" in target or ":" in target
 
 
+#: seconds a standalone recording waits, once stopped, for its file to take what is held
+WRITE_GRACE = 10.0
+
+
 def _say(text: str) -> None:
     print(f"firmware-host: record: {text}", file=sys.stderr)
 
@@ -264,6 +268,7 @@ async def _record_port(source: PortSource, output: str, duration: float | None, 
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    stuck = False
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -301,13 +306,24 @@ async def _record_port(source: PortSource, output: str, duration: float | None, 
                 task.cancel()
             await asyncio.gather(reading, stopping, return_exceptions=True)
             sub.close("stopped")
-            await writing
+            try:
+                # bounded: a file that takes nothing (a stalled disk, a pipe nobody reads)
+                # must not keep the recorder from ending, signal or not
+                await asyncio.wait_for(asyncio.shield(writing), WRITE_GRACE)
+            except TimeoutError:
+                writer.error = f"cannot write {output}: nothing went through for {WRITE_GRACE:g} s; giving up"
+                stuck = True
             await port.close()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     if writer.error:
         _say(writer.error)
+        if stuck:
+            # the writer thread is still blocked in write(): the interpreter would join it
+            # at exit and hang there; nothing else is left to flush
+            sys.stderr.flush()
+            os._exit(EXIT_FAILURE)
         return EXIT_FAILURE
     lost = f", lost {sub.lost_chunks} reads ({sub.lost_bytes} bytes)" if sub.lost_chunks else ""
     _say(f"{source.url}: recorded {sub.chunks} reads ({sub.nbytes} bytes) to {output}{lost}; {sub.reason}")
