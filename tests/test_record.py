@@ -480,3 +480,13 @@ async def test_a_record_request_whose_client_left_leaves_no_recording(fh_board, 
                 # no event says "the server gave up on a reply": look each tick, bounded
                 while rt._control.stats()["requests"] < 20 or raw.subscribers:
                     await asyncio.sleep(0.01)
+
+
+def test_a_replay_counts_what_its_reads_cost_not_only_their_bytes(monkeypatch: Any) -> None:
+    import firmware_host.recordfile as recordfile
+
+    body = encode_header(HEADER) + b"".join(encode_data(i, b"ab") for i in range(100)) + encode_data(100, b"")
+    assert len(parse_recording(body).chunks) == 100  # the empty read holds nothing
+    monkeypatch.setattr(recordfile, "MAX_HELD", 50 * (2 + recordfile.READ_COST))
+    with pytest.raises(RecordingError, match="read 51 of the recording takes it over"):
+        parse_recording(body)
