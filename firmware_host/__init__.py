@@ -48,11 +48,13 @@ if _typing.TYPE_CHECKING:
     from firmware_host.sinks import SinkClosed as SinkClosed
     from firmware_host.sinks import WriterThread as WriterThread
     from firmware_host.sinks.jsonl import encode_records as encode_records
+    from firmware_host.tap import Subscription as Subscription
     from firmware_host.transport.base import Port as Port
     from firmware_host.transport.fake import FakeOpener as FakeOpener
     from firmware_host.transport.fake import FakePort as FakePort
     from firmware_host.values.decoder import PayloadDecoder as PayloadDecoder
     from firmware_host.values.encode import fields_json as fields_json
+    from firmware_host.values.encode import fields_text as fields_text
     from firmware_host.values.layout import CsvLayout as CsvLayout
     from firmware_host.values.layout import FieldSpec as FieldSpec
     from firmware_host.values.layout import FrameLayout as FrameLayout

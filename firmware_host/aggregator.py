@@ -40,6 +40,7 @@ from firmware_host._sync import Changes, Mailbox, ReadGate
 from firmware_host.cancel import CancellationToken
 from firmware_host.errors import AggregatorStopped
 from firmware_host.frames import Frame
+from firmware_host.tap import FrameTap
 
 log = logging.getLogger("firmware_host.aggregator")
 
@@ -278,6 +279,8 @@ class Aggregator:
         self.batch_ready = asyncio.Event()
         self.handle = AggregatorHandle(self._inbox, self.batch_ready, self.lane_ready)
         self.changes = changes or Changes()
+        #: live subscribers to every offered read (``tail``, ``request``); see firmware_host.tap
+        self.tap = FrameTap()
 
     @property
     def max_bytes(self) -> int:
@@ -297,6 +300,9 @@ class Aggregator:
         inbox = self._inbox
         notify = self.changes.notify
         offer = self._offer
+        # the same list for the tap's life: an empty one costs one test per offer
+        subscribers = self.tap.subscribers
+        publish = self.tap.publish
         stopper = asyncio.ensure_future(self._stop_when(token))
         try:
             while True:
@@ -311,9 +317,12 @@ class Aggregator:
                         # offers are nearly every message: checked first, by identity
                         if type(msg) is Offer:
                             offer(msg.device, msg.frames)
+                            if subscribers:
+                                publish(msg.device, msg.frames)
                             changed = True
                         elif isinstance(msg, Stop):
                             self.handle.stopped = True
+                            self.tap.close_all()
                             self._refuse(msgs[msgs.index(msg) + 1 :])
                             self._refuse(inbox.take_all())
                             if changed:
@@ -323,6 +332,8 @@ class Aggregator:
                             changed |= self._serve(msg)
                         else:
                             offer(msg.device, msg.frames)
+                            if subscribers:
+                                publish(msg.device, msg.frames)
                             changed = True
                 except Exception:
                     # a bug, not a bad request (_serve answers those): keep what
@@ -395,6 +406,7 @@ class Aggregator:
         request queued or sent from now on fails at once instead of waiting
         for an answer that will never come."""
         self.handle.stopped = True
+        self.tap.close_all()
         backlog, self._backlog = self._backlog, []
         self._refuse(backlog)
         self._refuse(self._inbox.take_all())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ from firmware_host.sinklane import SinkLane
 from firmware_host.sinks import BUILTIN_SINKS, Sink, SinkFactory
 from firmware_host.spool import Spool, Spooler
 from firmware_host.supervise import Supervisor
+from firmware_host.tap import DEFAULT_LIMIT, Subscription
 from firmware_host.transport.base import PortOpener, UrlResolver
 from firmware_host.transport.serial import SerialBackend
 from firmware_host.uplink import Processor, UplinkReader, apply_processors, fixed_url
@@ -417,6 +418,13 @@ class Runtime:
         if entry is None or entry.removed:
             raise KeyError(device)
         return entry.reader.send(entry.reader.codec.encode(frame_type, seq, body))
+
+    def subscribe(self, devices: Iterable[str] | None = None, limit: int = DEFAULT_LIMIT) -> Subscription:
+        """Watch the frames the buffer accepts from now on (of ``devices``;
+        None: all), at most ``limit`` held; a subscriber that falls behind
+        loses the oldest and is told how many (firmware_host.tap). Close it,
+        or use it as an async context manager."""
+        return self.aggregator.tap.subscribe(devices, limit)
 
     async def flush(self, device: str | None = None, timeout: float | None = None) -> FlushResult:
         if self.flusher is None:

@@ -47,7 +47,7 @@ from firmware_host.errors import SpoolBusy, SpoolError
 from firmware_host.frames import Frame
 from firmware_host.retry import SourceFaults, acquire, backoff
 from firmware_host.sinklane import Moved
-from firmware_host.values.encode import fields_json
+from firmware_host.values.encode import fields_text
 
 log = logging.getLogger("firmware_host.spool")
 
@@ -234,7 +234,7 @@ class Spool:
         assert db is not None, "spool is not open"
         rows = []
         for f in frames:
-            fields = None if f.fields is None else fields_json(f.fields).decode()
+            fields = None if f.fields is None else fields_text(f.fields)
             size = f.size + ROW_OVERHEAD + (0 if fields is None else len(fields))
             rows.append((f.device, f.seq, f.type, f.ts, f.payload, f.text, size, fields))
         with db:  # one transaction: all of the batch or none of it

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from firmware_host import ConfigError, Frame, PluginContext, Sink, fields_json
+from firmware_host import ConfigError, Frame, PluginContext, Sink, fields_text
 
 DEFAULT_MAX_ROWS = 1_000_000
 
@@ -105,7 +105,7 @@ class SqliteSink(Sink):
                 f.type,
                 f.payload,
                 f.text,
-                None if f.fields is None else fields_json(f.fields).decode(),
+                None if f.fields is None else fields_text(f.fields),
             )
             for f in frames
         ]

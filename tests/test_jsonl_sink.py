@@ -142,6 +142,12 @@ _frame = st.builds(
     st.integers(0, len(_TS) - 1),
     st.sampled_from([0, 0, 7, 255, "text", "float type"]),
     st.binary(max_size=70),
+).flatmap(
+    # decoded fields on some: a run may mix frames with and without them
+    lambda f: st.builds(
+        lambda fields: Frame(f.device, f.seq, f.type, f.ts, f.payload, f.text, fields),
+        st.none() | st.dictionaries(st.sampled_from(["t", "é", 'q"%b']), st.floats(-1e6, 1e6) | st.text(max_size=4)),
+    )
 )
 
 
@@ -155,7 +161,15 @@ def test_every_line_spells_its_own_frame(runs: list[tuple[Frame, int]]) -> None:
     frames = []
     for proto, count in runs:  # a run: frames that share device, ts and type objects
         frames += [
-            Frame(proto.device, (proto.seq + k) % 2**32, proto.type, proto.ts, proto.payload, proto.text)
+            Frame(
+                proto.device,
+                (proto.seq + k) % 2**32,
+                proto.type,
+                proto.ts,
+                proto.payload,
+                proto.text,
+                proto.fields if k % 3 else None,
+            )
             for k in range(count)
         ]
     lines = encode_records(frames).decode("utf-8").split("\n")
@@ -170,6 +184,9 @@ def test_every_line_spells_its_own_frame(runs: list[tuple[Frame, int]]) -> None:
             assert base64.b64decode(record["payload"]) == f.payload and "text" not in record
         else:
             assert record["text"] == f.text and "payload" not in record
+        assert record.get("fields") == f.fields
+        if f.fields is not None:
+            assert list(record)[-1] == "fields"
 
 
 @pytest.mark.parametrize("how", ["deleted", "renamed"])

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from firmware_host import Frame
 from firmware_host.config.boards import board_from_dict
@@ -421,3 +423,45 @@ async def test_a_spooled_rows_bytes_count_its_fields(tmp_path):
             assert conn.execute("SELECT size, fields FROM frames").fetchall() == [(4 + ROW_OVERHEAD + len(text), text)]
     finally:
         await spool.close()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=12), json_values, max_size=6))
+def test_the_fields_encoder_writes_what_json_dumps_writes(fields):
+    """The encoder made once (firmware_host.values.encode) against the library
+    call it replaces, on any JSON tree: unicode, escapes, nesting, big ints,
+    and NaN or infinity written as null."""
+    from firmware_host.values.encode import _finite, fields_json, fields_text
+
+    expected = json.dumps(_finite(fields), ensure_ascii=False, allow_nan=False)
+    assert fields_text(fields) == expected
+    assert fields_json(fields) == expected.encode("utf-8")
+
+
+def test_the_fields_encoder_without_the_c_accelerator(monkeypatch):
+    import sys
+
+    from firmware_host.values import encode
+
+    monkeypatch.setitem(sys.modules, "_json", None)  # import _json now raises ImportError
+    pure = encode._make_encoder()
+    fields = {"t": 21.5, "name": "é\n", "v": [1, True, None]}
+    assert pure(fields) == json.dumps(fields, ensure_ascii=False) == encode._encode(fields)
+    with pytest.raises(ValueError):
+        pure({"t": math.nan})  # refused like the C one, so fields_text writes null
+
+
+def test_a_plain_layout_keeps_any_field_name_as_text_never_as_code():
+    # the plain layout's builder is a compiled dict display: names must stay literals
+    names = ("x'\"{}", "__import__('os').system('false')", "values[0]", "é")
+    schema = one(tuple(FieldSpec(n, "u8") for n in names))
+    (fields,), bad = decoded(schema, frame(bytes([1, 2, 3, 4])))
+    assert fields == dict(zip(names, [1, 2, 3, 4], strict=True)) and bad == 0
+    assert list(fields) == list(names)  # in the layout's order

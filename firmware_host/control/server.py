@@ -25,7 +25,7 @@ import math
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from firmware_host.aggregator import BufferSnapshot
@@ -49,6 +49,7 @@ from firmware_host.control.protocol import (
 )
 from firmware_host.errors import EXIT_FAILURE, ControlError, DeviceExists, RuntimeFailure, ShuttingDown
 from firmware_host.flusher import FlushResult
+from firmware_host.tap import DEFAULT_LIMIT, Subscription
 
 log = logging.getLogger("firmware_host.control")
 
@@ -91,11 +92,17 @@ class RuntimeControl(Protocol):
 
     async def remove_device(self, name: str) -> None: ...
 
+    def subscribe(self, devices: Iterable[str] | None = None, limit: int = DEFAULT_LIMIT) -> Subscription: ...
+
 
 # -- the server --------------------------------------------------------------------------
 
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+#: a streaming command's continuation (a handler returns it as ``"_stream"``):
+#: it owns the connection once the reply is sent, writes lines until it is
+#: done or the client leaves, and the connection closes after it
+Stream = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 class ControlServer:
@@ -315,11 +322,14 @@ class ControlServer:
             if not line.endswith(b"\n"):
                 # EOF, or half a request then a disconnect: nothing to act on
                 return
-            reply, after = await self.handle_line(line)
+            reply, after, stream = await self.handle_line(line)
             sent = await self._send(writer, reply)
             if after is not None:
                 after()  # a stop asked for is done even if the client left before the reply
             if not sent:
+                return
+            if stream is not None:
+                await stream(reader, writer)
                 return
 
     async def _send(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> bool:
@@ -348,34 +358,36 @@ class ControlServer:
         except (TimeoutError, ConnectionError, OSError, ValueError):
             pass
 
-    async def handle_line(self, line: bytes) -> tuple[dict[str, Any], Callable[[], None] | None]:
-        """One request line -> (reply, action to run after the reply is sent)."""
+    async def handle_line(self, line: bytes) -> tuple[dict[str, Any], Callable[[], None] | None, Stream | None]:
+        """One request line -> (reply, action to run after the reply is sent,
+        a stream that then owns the connection)."""
         self.requests += 1
         try:
             req = json.loads(line)
         except (ValueError, RecursionError):  # also bad UTF-8 and absurd nesting
             self.errors += 1
-            return error_reply("malformed request: expected one JSON object per line"), None
+            return error_reply("malformed request: expected one JSON object per line"), None, None
         if not isinstance(req, dict):
             self.errors += 1
-            return error_reply('malformed request: expected a JSON object like {"cmd": "status"}'), None
+            return error_reply('malformed request: expected a JSON object like {"cmd": "status"}'), None, None
         cmd = req.get("cmd")
         handler = self._handlers.get(cmd) if isinstance(cmd, str) else None
         if handler is None:
             self.errors += 1
             shown = json.dumps(cmd)[:60] if cmd is not None else "none"
-            return error_reply(f"unknown command {shown} (known: {', '.join(sorted(self._handlers))})"), None
+            return error_reply(f"unknown command {shown} (known: {', '.join(sorted(self._handlers))})"), None, None
         try:
             result = await handler(req)
         except RequestError as exc:
             self.errors += 1
-            return error_reply(str(exc), exc.code), None
+            return error_reply(str(exc), exc.code), None, None
         except Exception as exc:  # every handler bug becomes an error reply
             self.errors += 1
             log.exception("control command %s failed", cmd)
-            return error_reply(f"{cmd} failed: {type(exc).__name__}: {exc}", EXIT_FAILURE), None
+            return error_reply(f"{cmd} failed: {type(exc).__name__}: {exc}", EXIT_FAILURE), None, None
         after = result.pop("_after", None)
-        return {"ok": True, **result}, after
+        stream = result.pop("_stream", None)
+        return {"ok": True, **result}, after, stream
 
     # -- commands ---------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import logging
 import os
 import stat
 from collections.abc import Sequence
+from json.encoder import encode_basestring
 from typing import Any
 
 from firmware_host.frames import Frame
@@ -59,6 +60,8 @@ def repair_tail(path: str) -> int:
 #: one line of a binary frame, as a template for a run of frames of one device,
 #: receive time and type (one read's): only seq and payload left to fill in
 _PAYLOAD_RUN = b'{"device": %b, "seq": %%d, "type": %d, "ts": %b, "payload": "%%b"}\n'
+#: the same with decoded fields (made for a run only when one of its frames has them)
+_FIELDS_RUN = b'{"device": %b, "seq": %%d, "type": %d, "ts": %b, "payload": "%%b", "fields": %%b}\n'
 _TEXT_LINE = b'{"device": %b, "seq": %d, "type": null, "ts": %b, "text": %b}\n'
 
 
@@ -93,6 +96,7 @@ def encode_records(frames: Sequence[Frame]) -> bytes:
     last_device: object = None
     last_type: object = None
     line: bytes | None = None  # the run's template; None: its type is not an int
+    with_fields: bytes | None = None  # the run's template with fields, once needed
     ts_bytes = name = b""
     for f in frames:
         ts = f.ts
@@ -106,16 +110,21 @@ def encode_records(frames: Sequence[Frame]) -> bytes:
             name = _json_name(device)
             # a '%' in a device name must not become a conversion of the template
             line = _PAYLOAD_RUN % (name.replace(b"%", b"%%"), ftype, ts_bytes) if ftype.__class__ is int else None
+            with_fields = None
         payload = f.payload
         fields = f.fields
         if payload is None:
-            text = json.dumps(f.text if f.text is not None else "", ensure_ascii=False).encode("utf-8")
+            # what json.dumps(text, ensure_ascii=False) returns, without building an encoder per call
+            text = encode_basestring(f.text if f.text is not None else "").encode("utf-8")
             record = _TEXT_LINE % (name, f.seq, ts_bytes, text)
         elif line is not None:
             if fields is None:  # the common case: straight out
                 append(line % (f.seq, b64(payload, newline=False)))
                 continue
-            record = line % (f.seq, b64(payload, newline=False))
+            if with_fields is None:
+                with_fields = _FIELDS_RUN % (name.replace(b"%", b"%%"), ftype, ts_bytes)
+            append(with_fields % (f.seq, b64(payload, newline=False), fields_json(fields)))
+            continue
         else:  # not an fh1-style int type: spell it as before
             record = (
                 f'{{"device": {name.decode()}, "seq": {f.seq}, "type": {ftype}, '
