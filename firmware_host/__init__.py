@@ -30,8 +30,11 @@ if _typing.TYPE_CHECKING:
     from firmware_host.config import load_config as load_config
     from firmware_host.emulation.virtualport import VirtualPort as VirtualPort
     from firmware_host.errors import ConfigError as ConfigError
+    from firmware_host.errors import NotConnected as NotConnected
     from firmware_host.errors import PluginOptionError as PluginOptionError
     from firmware_host.errors import PortClosed as PortClosed
+    from firmware_host.errors import RequestTimeout as RequestTimeout
+    from firmware_host.errors import RequestUnsupported as RequestUnsupported
     from firmware_host.frames import Frame as Frame
     from firmware_host.gctune import tune_gc as tune_gc
     from firmware_host.plugins import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP

@@ -20,8 +20,11 @@ __all__ = [
     "ControlError",
     "DeviceExists",
     "NoRuntime",
+    "NotConnected",
     "PluginOptionError",
     "PortClosed",
+    "RequestTimeout",
+    "RequestUnsupported",
     "RuntimeFailure",
     "ShuttingDown",
     "SinkOptionError",
@@ -103,6 +106,18 @@ class DeviceExists(ValueError):
 
 class ShuttingDown(RuntimeFailure):
     """``add_device`` after the shutdown began."""
+
+
+class NotConnected(RuntimeFailure):
+    """A downlink write (``send``, ``request``) to a device whose port is not open."""
+
+
+class RequestTimeout(RuntimeFailure):
+    """``Runtime.request`` got no ack within its timeout and retries (exit status 1)."""
+
+
+class RequestUnsupported(ValueError):
+    """``Runtime.request`` to a device whose codec has no typed frames (only fh1 has acks)."""
 
 
 class AggregatorStopped(RuntimeError):

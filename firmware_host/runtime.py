@@ -22,17 +22,24 @@ from firmware_host._sync import Changes
 from firmware_host.aggregator import Aggregator, BufferSnapshot, DeviceAccount, LaneAccount, oldest_age
 from firmware_host.cancel import CancellationToken
 from firmware_host.codecs import BUILTIN_CODECS, CodecFactory, make_codec
+from firmware_host.codecs.fh1 import TYPE_COMMAND
 from firmware_host.config import Config, ConfigError, DeviceConfig
 from firmware_host.config.boards import Board
 from firmware_host.control.server import ControlServer
 from firmware_host.errors import DeviceExists, RuntimeFailure, ShuttingDown, SpoolBusy, SpoolError
 from firmware_host.flusher import BatchSource, Flusher, FlushResult
+from firmware_host.frames import Frame
+from firmware_host.recorder import DEFAULT_BUFFER, RawSubscription, RawTap
+from firmware_host.recordfile import Header
+from firmware_host.request import DEFAULT_BACKOFF, DEFAULT_RETRIES, DEFAULT_TIMEOUT, Requester
 from firmware_host.sinklane import SinkLane
 from firmware_host.sinks import BUILTIN_SINKS, Sink, SinkFactory
 from firmware_host.spool import Spool, Spooler
 from firmware_host.supervise import Supervisor
 from firmware_host.tap import DEFAULT_LIMIT, Subscription
+from firmware_host.templates import TemplateWatcher, watcher_for
 from firmware_host.transport.base import PortOpener, UrlResolver
+from firmware_host.transport.ports import PortLister
 from firmware_host.transport.serial import SerialBackend
 from firmware_host.uplink import Processor, UplinkReader, apply_processors, fixed_url
 from firmware_host.values.decoder import decoder_for
@@ -58,6 +65,8 @@ class DeviceEntry:
     removed: bool = False
     #: an earlier reader of this name (before a remove and re-add) connected
     connected_before: bool = False
+    #: recordings of the reader's raw bytes (``Runtime.record``)
+    raw: RawTap | None = None
 
 
 @dataclass
@@ -89,6 +98,7 @@ class Runtime:
         match_resolver: MatchResolver | None = None,
         control_path: str | None = None,
         boards: Mapping[str, Board] | None = None,
+        ports: PortLister | None = None,
     ) -> None:
         self.config = config
         # the real backend owns the read tick its busy ttys share
@@ -141,7 +151,13 @@ class Runtime:
         self._control: ControlServer | None = None
         #: ``/metrics`` and ``/healthz`` with ``[metrics] listen`` (firmware_host.control.http)
         self.metrics: MetricsServer | None = None
+        #: where device templates find ports (None: this host's); tests present ptys
+        self.ports = ports
+        #: makes and removes the devices of ``[[devices]]`` templates (None without any)
+        self.hotplug: TemplateWatcher | None = None
         self._shutdown_lock = asyncio.Lock()
+        #: commands and their acks (``request``); owns each device's command seq
+        self.requester = Requester(self)
 
     # -- start ------------------------------------------------------------------
 
@@ -149,6 +165,7 @@ class Runtime:
         cfg = self.config
         self.started_at = time.monotonic()
         self.metrics = self._metrics_server()  # before any task: a missing extra leaves nothing running
+        self.hotplug = watcher_for(self, cfg, self.ports, self.changes)  # likewise ([serial] hotplug = "udev")
         self.sinks.extend(self.build_sinks())  # before any task: a config error leaves nothing running
         self._agg_task = self.supervisor.start("aggregator", self.aggregator.run, self._agg_token)
         opened: list[Sink] = []
@@ -208,6 +225,8 @@ class Runtime:
         try:
             for dc in cfg.devices:
                 await self.add_device(dc)
+            if self.hotplug is not None:  # after the plain devices: their names and ports are theirs
+                await self.hotplug.start()
             for hook in self.on_start:
                 await hook(self)
         except BaseException:
@@ -340,7 +359,9 @@ class Runtime:
         task = asyncio.create_task(self._supervise(reader, token), name=f"uplink:{dc.name}")
         # "never connected" is about the whole run, not this reader's life
         connected_before = old is not None and (old.connected_before or old.reader.stats.connects > 0)
-        self.devices[dc.name] = DeviceEntry(dc, reader, token, task, connected_before=connected_before)
+        self.devices[dc.name] = DeviceEntry(
+            dc, reader, token, task, connected_before=connected_before, raw=RawTap(reader)
+        )
 
     async def remove_device(self, name: str) -> None:
         """Stop a device's reader in order; its buffered frames stay and flush."""
@@ -349,9 +370,13 @@ class Runtime:
             raise KeyError(name)
         entry.removed = True
         entry.token.cancel()
-        # shielded: a caller that gives up (a client disconnect) must not
-        # cancel the reader half way through closing its port
-        await asyncio.shield(entry.task)
+        try:
+            # shielded: a caller that gives up (a client disconnect) must not
+            # cancel the reader half way through closing its port
+            await asyncio.shield(entry.task)
+        finally:
+            if entry.raw is not None:
+                entry.raw.close_all("the device was removed")
 
     async def _supervise(self, reader: UplinkReader, token: CancellationToken) -> None:
         # a bug in a reader (or a plugin codec) restarts that reader, never the runtime
@@ -419,12 +444,56 @@ class Runtime:
             raise KeyError(device)
         return entry.reader.send(entry.reader.codec.encode(frame_type, seq, body))
 
+    async def request(
+        self,
+        device: str,
+        frame_type: int = TYPE_COMMAND,
+        body: bytes | str = b"",
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+    ) -> Frame:
+        """Send an fh1 command and return the device's ack (``TYPE_COMMAND_ACK``,
+        its payload the command's seq then the reply), retrying ``retries``
+        times after a doubling ``backoff``. KeyError: unknown device; errors
+        RequestTimeout, NotConnected, RequestUnsupported (firmware_host.request)."""
+        entry = self.devices.get(device)
+        if entry is None or entry.removed:
+            raise KeyError(device)
+        return await self.requester.request(
+            device, entry.reader.codec, frame_type, body, timeout=timeout, retries=retries, backoff=backoff
+        )
+
     def subscribe(self, devices: Iterable[str] | None = None, limit: int = DEFAULT_LIMIT) -> Subscription:
         """Watch the frames the buffer accepts from now on (of ``devices``;
         None: all), at most ``limit`` held; a subscriber that falls behind
         loses the oldest and is told how many (firmware_host.tap). Close it,
         or use it as an async context manager."""
         return self.aggregator.tap.subscribe(devices, limit)
+
+    def record(self, device: str, limit: int = DEFAULT_BUFFER) -> RawSubscription:
+        """Record the raw bytes ``device``'s reader receives from now on, at
+        most ``limit`` bytes held for a writer that falls behind (beyond it
+        reads are lost, counted: firmware_host.recorder). Drain it with a
+        writer; close it to stop. KeyError for an unknown or removed device."""
+        entry = self.devices.get(device)
+        if entry is None or entry.removed or entry.raw is None:
+            raise KeyError(device)
+        if self.readers_token.is_cancelled:
+            raise ShuttingDown("the runtime is shutting down")
+        dc = entry.config
+        header = Header(
+            device=device,
+            port=entry.reader.url or dc.port,
+            baudrate=dc.baudrate,
+            codec=dc.codec,
+            codec_options=dict(dc.codec_options),
+            board=dc.board,
+            started=time.time(),
+            source="runtime",
+        )
+        return entry.raw.subscribe(header, limit)
 
     async def flush(self, device: str | None = None, timeout: float | None = None) -> FlushResult:
         if self.flusher is None:
@@ -448,10 +517,15 @@ class Runtime:
                     await asyncio.wait_for(hook(self), max(0.0, deadline - time.monotonic()))
                 except Exception:
                     log.exception("stop hook failed")
+            if self.hotplug is not None:  # no device comes or goes once the readers stop
+                await self.hotplug.stop()
             self.readers_token.cancel()
             readers = [e.task for e in self.devices.values()]
             if readers:
                 await asyncio.gather(*readers, return_exceptions=True)
+            for entry in self.devices.values():
+                if entry.raw is not None:
+                    entry.raw.close_all("the runtime stopped")
             self.tasks_token.cancel()
             self.flusher_token.cancel()
             result = FlushResult()
@@ -589,6 +663,8 @@ class Runtime:
                 "removed": bool(entry and entry.removed),
                 "last_error": reader.stats.last_error if reader else None,
             }
+            if entry is not None and entry.config.template is not None:
+                devices[name]["template"] = entry.config.template
         out: dict[str, Any] = {
             "uptime": round(uptime, 3),
             "buffer": {

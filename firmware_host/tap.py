@@ -120,16 +120,23 @@ class FrameTap:
     """The subscriptions of one aggregator. The actor calls ``publish`` for
     each offered read, only while ``subscribers`` is non-empty."""
 
-    __slots__ = ("subscribers",)
+    __slots__ = ("closed", "subscribers")
 
     def __init__(self) -> None:
         #: kept as the same list for the tap's life: the actor holds a reference to it
         self.subscribers: list[Subscription] = []
+        #: the runtime stopped: no frame will come, a late subscriber gets a closed subscription
+        self.closed = False
 
     def subscribe(self, devices: Iterable[str] | None = None, limit: int = DEFAULT_LIMIT) -> Subscription:
-        """Frames offered from now on, of ``devices`` (None: all)."""
+        """Frames offered from now on, of ``devices`` (None: all); closed at
+        once when the runtime already stopped (else it would wait forever)."""
         sub = Subscription(self, None if devices is None else frozenset(devices), limit)
-        self.subscribers.append(sub)
+        if self.closed:  # one waiting for frames would wait its whole timeout for nothing
+            sub.closed = True
+            sub._ready.set()
+        else:
+            self.subscribers.append(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -146,5 +153,6 @@ class FrameTap:
 
     def close_all(self) -> None:
         """The runtime is stopping: every subscriber wakes to a closed subscription."""
+        self.closed = True
         for sub in list(self.subscribers):
             sub.close()

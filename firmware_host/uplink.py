@@ -14,6 +14,7 @@ from firmware_host.cancel import CancellationToken
 from firmware_host.codecs.base import Codec
 from firmware_host.errors import PortClosed
 from firmware_host.frames import Frame
+from firmware_host.recorder import RawTap
 from firmware_host.transport.base import Port, PortOpener, UrlResolver
 
 log = logging.getLogger("firmware_host.uplink")
@@ -97,6 +98,9 @@ class UplinkReader:
         #: closes of ports that finished opening after this reader gave up
         self._late_closes: set[asyncio.Future[None]] = set()
         self.changes = changes or Changes()
+        #: the recordings of this device's raw bytes (firmware_host.recorder);
+        #: None while nobody records, so a read costs one test
+        self.recorder: RawTap | None = None
 
     @property
     def rejected(self) -> int:
@@ -208,6 +212,8 @@ class UplinkReader:
                 stats.bytes += len(data)
                 now = time.time()
                 stats.last_rx = time.monotonic()
+                if self.recorder is not None:
+                    self.recorder.put(data, stats.last_rx)
                 try:
                     frames = codec.feed(data, now)
                 except Exception:  # a plugin codec's bug: the input counts as rejected

@@ -135,3 +135,24 @@ def test_spool_export_into_a_reader_that_leaves_ends_quietly(tmp_path: Path) -> 
         code = proc.wait(timeout=30)
     with proc.stderr:
         assert (code, proc.stderr.read()) == (0, "")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("run", "--emulate", "--duration", "nan"),
+        ("request", "imu0", "--timeout", "nan"),
+        ("flush", "--timeout", "inf"),
+        ("stop", "--wait", "--timeout", "nan"),
+        ("emulate", "nucleo-imu", "--ack-delay", "nan"),
+    ],
+)
+def test_a_number_that_is_not_finite_is_a_usage_error(args: tuple[str, ...]) -> None:
+    # in-process (click's runner): refused while the options are read, before anything starts
+    from click.testing import CliRunner
+
+    from firmware_host.cli.commands import main
+
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "is not a finite number" in result.output and "Traceback" not in result.output

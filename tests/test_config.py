@@ -225,7 +225,11 @@ ERROR_CASES = {
         "'bufer'",
         "known: buffer, control, devices, log, metrics, plugins, serial, shutdown, sinks",
     ),
-    "unknown key in serial": ("[serial]\nread_colaesce = 0.1\n", "'read_colaesce' in [serial]", "known: read_coalesce"),
+    "unknown key in serial": (
+        "[serial]\nread_colaesce = 0.1\n",
+        "'read_colaesce' in [serial]",
+        "known: hotplug, read_coalesce, remove_after, scan_interval",
+    ),
     "read_coalesce negative": ("[serial]\nread_coalesce = -0.01\n", "serial.read_coalesce", ">= 0"),
     "read_coalesce too long": (
         "[serial]\nread_coalesce = 2\n",
@@ -248,7 +252,7 @@ ERROR_CASES = {
     "unknown key in match": (
         '[[devices]]\nname = "a"\ncodec = "fh1"\nmatch = {vendor = 1}\n',
         "'vendor' in devices[0].match",
-        "known: pid, serial, vid",
+        "known: path, pid, serial, vid",
     ),
     "wrong type capacity": (
         '[buffer]\ncapacity = "big"\n',

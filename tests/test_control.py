@@ -387,6 +387,42 @@ def test_idle_connections_are_closed(sockdir: str) -> None:
     asyncio.run(main())
 
 
+def test_close_is_bounded_by_a_stream_that_missed_its_cancel(sockdir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream that swallows the cancel (as a wait_for finishing at the same moment can on
+    Python 3.11) must not hold the close, and so the runtime's shutdown, for ever."""
+    import firmware_host.control.server as server_module
+
+    monkeypatch.setattr(server_module, "CLOSE_TIMEOUT", 0.2)
+
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def stubborn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                await release.wait()  # the cancel swallowed: it goes on until released
+
+        async def handler(req: dict[str, Any]) -> dict[str, Any]:
+            return {"_stream": stubborn}
+
+        async with running(sockdir) as (rt, _, _):
+            path = os.path.join(sockdir, "other.sock")
+            server = ControlServer(rt, path)
+            server._handlers["stubborn"] = handler
+            await server.start()
+            reader, writer = await raw(path)
+            assert (await exchange(reader, writer, b'{"cmd": "stubborn"}\n'))["ok"]
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await asyncio.wait_for(server.close(), 5)
+            assert loop.time() - started < 2  # about CLOSE_TIMEOUT, not the stream's hour
+            release.set()
+            writer.close()
+
+    asyncio.run(main())
+
+
 # -- security and lifecycle ----------------------------------------------------------------------
 
 

@@ -619,3 +619,54 @@ def test_the_model_test_under_a_fixed_seed() -> None:
     never select the model test itself; from here it is (and it kills the
     same mutants every run)."""
     _agrees_with_the_model()
+
+
+# ------------------------------------------------------------- session 9 survivors
+
+
+async def test_the_head_of_a_partly_evicted_chunk_is_its_first_live_frame() -> None:
+    """Drop-oldest cut part of the oldest read: an empty take starts at the
+    oldest buffered id, which is the chunk's base plus what was cut."""
+    actor = Actor(capacity=5, batch_size=5)
+    await actor.h.offer("a", frames("a", range(4)))  # ids 0..3
+    await actor.h.offer("a", frames("a", range(4, 7)))  # ids 4..6: two of the first read go
+    batch = await actor.ask(actor.h.take(5, device="nobody"))
+    assert (batch.frames, batch.first_id, batch.last_id) == ([], 2, 1)
+    await actor.close()
+
+
+async def test_a_queued_request_is_sent_once() -> None:
+    actor = Actor(capacity=10, batch_size=5)
+    assert [await actor.ask(actor.h.add_lane("a")), await actor.ask(actor.h.add_lane("b"))] == [0, 1]
+    snap = await actor.ask(actor.h.snapshot(lanes=True))
+    assert [lane.name for lane in snap.lanes] == ["a", "b"]
+    await actor.close()
+
+
+async def test_a_request_behind_a_full_inbox_waits_for_room_and_is_served() -> None:
+    agg = Aggregator(capacity=10, batch_size=5, inbox_size=2)
+    for seq in range(2):  # the inbox full before the actor runs
+        assert agg.handle.offer_nowait("a", frames("a", range(seq, seq + 1)))
+    mark = asyncio.ensure_future(agg.handle.mark())
+    await settle()
+    assert not mark.done()  # waiting for room
+    token = CancellationToken()
+    task = asyncio.ensure_future(agg.run(token))
+    assert await asyncio.wait_for(mark, 5) == 1  # the newest of the two frames offered first
+    token.cancel()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_an_offer_subclass_is_published_to_subscribers_like_an_offer() -> None:
+    class LateOffer(Offer):
+        """A subclass of Offer is still an offer."""
+
+    actor = Actor(capacity=10, batch_size=5)
+    sub = actor.agg.tap.subscribe(["c"])  # by the offer's device, not the frames'
+    sent = frames("c", range(7, 9))
+    assert actor.agg._inbox.put_nowait(LateOffer("c", sent))
+    assert await sub.wait(5)
+    got, lost = sub.take()
+    assert ([(f.device, f.seq) for f in got], lost) == ([("c", 7), ("c", 8)], 0)
+    sub.close()
+    await actor.close()

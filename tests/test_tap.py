@@ -142,3 +142,12 @@ async def test_a_runtime_subscription_sees_an_emulated_board_and_a_stalled_one_c
         assert len(held) == 3 and lost == 37 and seqs(held) == [37, 38, 39]
         live.close()
     assert stalled.closed
+
+
+async def test_a_subscription_after_the_stop_is_closed_at_once():
+    tap = FrameTap()
+    tap.close_all()
+    late = tap.subscribe()
+    assert late.closed and tap.subscribers == []
+    assert await late.wait(10) is True  # wakes at once: nothing will come
+    assert late.take() == ([], 0)

@@ -202,6 +202,27 @@ def test_the_emulator_must_send_what_its_schema_decodes():
     assert info.value.key == "emulator.payload_size"
 
 
+def test_a_board_may_turn_decoding_off_and_a_device_back_on():
+    from firmware_host.config import config_from_dict
+
+    quiet = board_from_dict({**board({"frames": [{"type": 0, "fields": FIELDS}]}, payload_size=4), "decode": False})
+    assert quiet.decode is False and quiet.to_dict()["decode"] is False
+    boards = {"b": quiet}
+    devices = [
+        {"name": "plain", "port": "/dev/null", "board": "b"},  # the board's say
+        {"name": "wants", "port": "/dev/null", "board": "b", "decode": True},  # the device's own wins
+        {"name": "other", "port": "/dev/null", "board": "b", "codec": "lines"},  # not the board's codec
+    ]
+    cfg = config_from_dict({"devices": devices}, boards=boards)
+    got = {d.name: (d.decode, d.schema is not None) for d in cfg.devices}
+    assert got == {"plain": (False, False), "wants": (True, True), "other": (True, False)}
+    plain = board({"frames": [{"type": 0, "fields": FIELDS}]}, payload_size=4)
+    assert board_from_dict(plain).decode is True  # the default
+    with pytest.raises(BoardError, match="expected true or false") as info:
+        board_from_dict({**plain, "decode": "no"})
+    assert info.value.key == "decode"
+
+
 # -- through the runtime, on ptys --------------------------------------------------------------
 
 

@@ -31,6 +31,13 @@ Scenarios (see docs/benchmarks.md for the numbers and the method):
               local Mosquitto with tools/mqtt_consume.py subscribed: frames acknowledged, at the
               consumer, dropped, and the runtime's CPU beside the same run with the jsonl sink
               alone; then tools/bench_mqtt.py for the per-frame ``json`` mode's frames/s
+``gpsd``      (only with ``--only gpsd``; needs gpsd and gpspipe) the vendored NMEA captures
+              looped on 4 ptys, read as fast as each reader takes them by gpsd with a
+              ``gpspipe -w`` client and by the runtime (codec nmea, jsonl sink) decoding and
+              not: CPU-seconds per 100k sentences of each (gpsd alone, and with gpspipe)
+``tail``      (only with ``--tail`` or ``--only tail``) the paced 48 devices with a
+              ``firmware-host tail --json`` client attached, beside the same run without:
+              the runtime CPU the subscriber adds, and frames streamed + lost == sent
 """
 
 from __future__ import annotations
@@ -254,6 +261,7 @@ class RuntimeProc(Consumer):
         device_extra: str = "",
         env: dict[str, str] | None = None,
         stdout: int = subprocess.DEVNULL,
+        codec: str = "fh1",
     ) -> None:
         self.work = work
         self.loop = loop
@@ -263,7 +271,7 @@ class RuntimeProc(Consumer):
         self.summary_path = work / "summary.json"
         self.flush_interval = flush_interval
         devices = "".join(
-            f'\n[[devices]]\nname = "{n}"\nport = "{p}"\ncodec = "fh1"\nbaudrate = {BAUD}\n{device_extra}'
+            f'\n[[devices]]\nname = "{n}"\nport = "{p}"\ncodec = "{codec}"\nbaudrate = {BAUD}\n{device_extra}'
             for n, p in zip(self.names, ports)
         )
         cfg = work / "bench.toml"
@@ -928,6 +936,130 @@ def scenario_mqtt(variant: str, p: dict[str, Any], log: Callable[[str], None]) -
     return res
 
 
+class TailClient(threading.Thread):
+    """``firmware-host tail --json`` on the runtime's socket, its stdout read
+    here: the records it streamed and the frames it was told it lost."""
+
+    _LOST = re.compile(rb'^\{"lost":(\d+)\}$', re.M)
+
+    def __init__(self, control: str) -> None:
+        super().__init__(daemon=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "firmware_host", "tail", "--json", "--control", control],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.lines = self.records = self.lost = 0
+        self.ended = False
+        self.start()
+
+    def run(self) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        rest = b""
+        while chunk := os.read(fd, 1 << 20):
+            data = rest + chunk
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            whole = data[:cut]
+            losses = [int(m.group(1)) for m in self._LOST.finditer(whole)]
+            end = b'{"end":' in whole
+            self.lines += whole.count(b"\n")
+            self.records += whole.count(b"\n") - len(losses) - end
+            self.lost += sum(losses)
+            self.ended |= end
+
+    def seen(self) -> int:
+        """Frames streamed plus frames said lost."""
+        return self.records + self.lost
+
+    def finish(self, timeout: float) -> tuple[int, float, str]:
+        """Its exit status, CPU seconds and stderr, once the runtime stopped."""
+        code, cpu = wait_exit(self.proc, timeout)
+        self.join(10)
+        assert self.proc.stderr is not None
+        return code, cpu, self.proc.stderr.read().decode(errors="replace")
+
+
+def _tail_run(variant: str, p: dict[str, Any], tail: bool) -> dict[str, Any]:
+    """One paced run, with or without a tail client attached before the feed starts."""
+    with Rig("tail", p["paced_devices"], "paced") as rig:
+        feeder = rig.feeder
+        cons = RuntimeProc(rig.work, feeder.ports, variant, capacity=p["paced_capacity"])
+        rig.cons = cons
+        cons.wait_ready()
+        client = TailClient(cons.control) if tail else None
+        if client is not None:  # subscribed (it answered) before the first frame is sent
+            deadline = time.monotonic() + 10
+            while cons.status()["control"]["tails"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        c0, c1, t0, t1, total = _paced_window(cons, feeder, p)
+        deadline = time.monotonic() + 30
+        counters = cons.counters()
+        while time.monotonic() < deadline and (
+            counters["flushed"] < total or (client is not None and client.seen() < total)
+        ):
+            time.sleep(0.05)
+            counters = cons.counters()
+        final = cons.stop()
+        lines = count_lines(cons.sink)
+        res: dict[str, Any] = {
+            "seconds": round(t1 - t0, 2),
+            "cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 1),
+            "sent": total,
+            "in_sink": lines,
+            "dropped": counters["dropped"],
+            "exit": final["exit"],
+        }
+        if client is not None:
+            code, cpu, err = client.finish(30)
+            res["tail"] = {
+                "streamed": client.records,
+                "lost": client.lost,
+                "streamed_plus_lost_is_sent": client.seen() == total,
+                "ended": client.ended,
+                "exit": code,
+                "client_cpu_s": round(cpu, 2),
+                "stderr_lines": len(err.splitlines()),
+            }
+    return res
+
+
+def scenario_tail(variant: str, p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """The runtime CPU a tail subscriber adds at the paced load: runs without and
+    with ``firmware-host tail --json`` attached, alternating (``tail_pairs`` of
+    each), medians compared."""
+    runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
+    load = os.getloadavg()[0]
+    for _ in range(p["tail_pairs"]):
+        runs["without"].append(_tail_run(variant, p, False))
+        runs["with"].append(_tail_run(variant, p, True))
+    without = statistics.median(r["cpu_pct"] for r in runs["without"])
+    with_tail = statistics.median(r["cpu_pct"] for r in runs["with"])
+    tails = [r["tail"] for r in runs["with"]]
+    res: dict[str, Any] = {
+        "devices": p["paced_devices"],
+        "pairs": p["tail_pairs"],
+        "loadavg_at_start": load,
+        "runs": runs,
+        "cpu_pct_without": without,
+        "cpu_pct_with_tail": with_tail,
+        "cpu_pct_added": round(with_tail - without, 1),
+        "cpu_added_rel_pct": round(100 * (with_tail - without) / without, 1) if without else None,
+        "every_frame_streamed_or_counted_lost": all(t["streamed_plus_lost_is_sent"] for t in tails),
+        "lost": sum(t["lost"] for t in tails),
+        "dropped": sum(r["dropped"] for r in runs["with"] + runs["without"]),
+        "every_frame_in_sink": all(r["in_sink"] == r["sent"] for r in runs["with"] + runs["without"]),
+    }
+    log(
+        f"  tail {variant}: cpu {with_tail}% with a tail client vs {without}% without "
+        f"(+{res['cpu_pct_added']} points, +{res['cpu_added_rel_pct']}%); streamed "
+        f"{[t['streamed'] for t in tails]}, lost {[t['lost'] for t in tails]}, dropped {res['dropped']}"
+    )
+    return res
+
+
 def _ms(v: float | None) -> float | None:
     return None if v is None else round(v * 1000, 1)
 
@@ -1091,6 +1223,278 @@ def scenario_startup(p: dict[str, Any], log: Callable[[str], None]) -> dict[str,
     return res
 
 
+# -- gpsd: NMEA decoding against gpsd itself ------------------------------------------------------
+
+#: gpsd reads at most 4 devices (its MAX_DEVICES)
+GPSD_DEVICES = 4
+GPSD_CAPTURES = TOOLS.parent / "tests" / "data" / "gpsd"
+#: the sentence mixes fed: every vendored capture as recorded (AIS, proprietary and
+#: instrument sentences among them: the library's), and the two receivers' logs that
+#: hold only the seven common types (the fast path's)
+GPSD_MIXES: dict[str, tuple[str, ...]] = {
+    "all": ("ais-nmea.log", "bundg_zeus_9.log", "garmin-geko201.log", "hemi.log", "neo-m8n.log", "nmea-rtk.log"),
+    "gnss": ("neo-m8n.log", "nmea-rtk.log"),
+}
+
+
+def nmea_stream(names: tuple[str, ...]) -> tuple[bytes, int]:
+    """The captures as their receivers sent them (``#`` comment lines dropped) and
+    how many valid sentences they hold (what the ``nmea`` codec accepts)."""
+    from firmware_host.codecs.nmea import NmeaCodec
+
+    data = b"".join(
+        line
+        for name in names
+        for line in (GPSD_CAPTURES / name).read_bytes().splitlines(keepends=True)
+        if not line.startswith(b"#")
+    )
+    return data, len(NmeaCodec("count").feed(data, 0.0))
+
+
+class PtyFeed(threading.Thread):
+    """Pty pairs, each written ``data`` ``loops`` times as fast as its reader takes it
+    (non-blocking writes, woken by the master becoming writable). ``drained()``:
+    everything written and read (no byte left in any slave's input queue)."""
+
+    def __init__(self, devices: int, data: bytes, loops: int) -> None:
+        super().__init__(daemon=True)
+        import tty
+
+        self.pairs: list[tuple[int, int]] = []
+        for _ in range(devices):
+            master, slave = os.openpty()
+            tty.setraw(slave)  # no echo, no CR/LF translation; the reader sets its own mode
+            os.set_blocking(master, False)
+            self.pairs.append((master, slave))  # slave kept open: a reader's close must not hang up the pty
+        self.paths = [os.ttyname(slave) for _, slave in self.pairs]
+        self.data, self.loops = data, loops
+        self.done = threading.Event()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        left = {master: self.loops for master, _ in self.pairs}
+        pending = {master: memoryview(self.data) for master, _ in self.pairs}
+        for master in left:
+            sel.register(master, selectors.EVENT_WRITE)
+        while left and not self._halt.is_set():
+            for key, _ in sel.select(0.5):
+                fd = key.fd
+                view = pending[fd]
+                try:
+                    n = os.write(fd, view[:65536])
+                except BlockingIOError:
+                    continue
+                view = view[n:]
+                if not view:
+                    left[fd] -= 1
+                    if not left[fd]:
+                        del left[fd]
+                        sel.unregister(fd)
+                        continue
+                    view = memoryview(self.data)
+                pending[fd] = view
+        sel.close()
+        self.done.set()
+
+    def drained(self) -> bool:
+        import fcntl
+        import termios
+
+        if not self.done.is_set():
+            return False
+        buf = bytearray(4)
+        for _, slave in self.pairs:
+            fcntl.ioctl(slave, termios.FIONREAD, buf)
+            if int.from_bytes(buf, sys.byteorder):
+                return False
+        return True
+
+    def wait_drained(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.drained():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def close(self) -> None:
+        self._halt.set()
+        if self.is_alive():
+            self.join(5)
+        for master, slave in self.pairs:
+            for fd in (master, slave):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _gpsd_run(data: bytes, loops: int, sentences: int, timeout: float) -> dict[str, Any]:
+    """gpsd on the 4 ptys (``-N -n -b``: foreground, devices opened at once, never
+    written to) with ``gpspipe -w`` watching: CPU of each from the first byte fed
+    to the last byte read by gpsd."""
+    work = scratch("gpsd")
+    feed = PtyFeed(GPSD_DEVICES, data, loops)
+    port = str(_free_port())
+    reports = work / "gpspipe.jsonl"
+    logs = [open(work / "gpsd.stderr", "wb"), open(reports, "wb")]
+    gpsd = subprocess.Popen(
+        ["gpsd", "-N", "-n", "-b", "-S", port, "-P", str(work / "gpsd.pid"), *feed.paths],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=logs[0],
+    )
+    pipe: subprocess.Popen[Any] | None = None
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # gpspipe connects once gpsd listens; its DEVICES report lists the 4 ptys
+            if pipe is None or pipe.poll() is not None:
+                pipe = subprocess.Popen(
+                    ["gpspipe", "-w", f"127.0.0.1:{port}"], stdout=logs[1], stderr=subprocess.DEVNULL
+                )
+            time.sleep(0.1)
+            text = reports.read_text(errors="replace") if reports.exists() else ""
+            if '"class":"DEVICES"' in text and all(p in text for p in feed.paths):
+                break
+            if time.monotonic() > deadline or gpsd.poll() is not None:
+                raise RuntimeError("gpsd did not open the ptys: " + (work / "gpsd.stderr").read_text()[-500:])
+        c0, p0, t0 = proc_cpu(gpsd.pid), proc_cpu(pipe.pid), time.monotonic()
+        feed.start()
+        drained = feed.wait_drained(timeout)
+        time.sleep(0.1)  # the last read's reports on their way to gpspipe
+        c1, p1, t1 = proc_cpu(gpsd.pid), proc_cpu(pipe.pid), time.monotonic()
+        reported = count_lines(reports)
+    finally:
+        feed.close()
+        _stop(gpsd)
+        if pipe is not None:
+            _stop(pipe)
+        for f in logs:
+            f.close()
+        shutil.rmtree(work, ignore_errors=True)
+    gpsd_cpu, pipe_cpu = c1 - c0, p1 - p0
+    return {
+        "sentences": sentences,
+        "all_read": drained,
+        "wall_s": round(t1 - t0, 2),
+        "cpu_s": round(gpsd_cpu, 3),
+        "gpspipe_cpu_s": round(pipe_cpu, 3),
+        "cpu_per_100k": round(gpsd_cpu * 1e5 / sentences, 3),
+        "with_gpspipe_per_100k": round((gpsd_cpu + pipe_cpu) * 1e5 / sentences, 3),
+        "gpspipe_lines": reported,
+    }
+
+
+def _fh_nmea_run(variant: str, data: bytes, loops: int, sentences: int, decode: bool, timeout: float) -> dict[str, Any]:
+    """firmware-host on the 4 ptys (codec nmea, a jsonl sink): CPU from the first byte
+    fed until every sentence is in the sink."""
+    work = scratch("gpsd-fh")
+    feed = PtyFeed(GPSD_DEVICES, data, loops)
+    cons = RuntimeProc(
+        work,
+        feed.paths,
+        variant,
+        codec="nmea",
+        capacity=100_000,  # a second and more of all four at full speed: CPU, not drops
+        flush_interval=0.25,
+        device_extra="" if decode else "decode = false\n",
+    )
+    try:
+        cons.wait_ready()
+        c0, t0 = cons.cpu(), time.monotonic()
+        feed.start()
+        drained = feed.wait_drained(timeout)
+        deadline = time.monotonic() + timeout
+        counters = cons.counters()
+        while counters["flushed"] + counters["dropped"] < counters["frames"] and time.monotonic() < deadline:
+            time.sleep(0.02)  # the last sentences' flush (every 0.25 s)
+            counters = cons.counters()
+        c1, t1 = cons.cpu(), time.monotonic()
+        undecoded = sum(d.get("undecoded", 0) for d in cons.status()["devices"].values())
+        final = cons.stop()
+        with open(cons.sink, "rb") as f:
+            first = f.readline()
+        lines = count_lines(cons.sink)
+    finally:
+        feed.close()
+        if cons.proc.poll() is None:
+            cons.proc.kill()
+            cons.proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    cpu = c1 - c0
+    return {
+        "sentences": sentences,
+        "all_read": drained,
+        "frames": counters["frames"],
+        "in_sink": lines,
+        "dropped": counters["dropped"],
+        "undecoded": undecoded,
+        "fields_in_sink": b'"fields": {' in first,
+        "wall_s": round(t1 - t0, 2),
+        "cpu_s": round(cpu, 3),
+        "cpu_per_100k": round(cpu * 1e5 / sentences, 3),
+        "exit": final["exit"],
+    }
+
+
+def scenario_gpsd(variant: str, p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """NMEA decoding against gpsd (``--only gpsd``; needs Debian's ``gpsd`` and
+    ``gpsd-clients``): the same captures looped on 4 ptys, read as fast as each
+    reader takes them by gpsd (with ``gpspipe -w`` watching) and by firmware-host
+    (codec nmea, jsonl sink) with decoding on and off; CPU-seconds per 100k
+    sentences of each, ``gpsd_repeats`` runs each, the load average beside each."""
+    if shutil.which("gpsd") is None or shutil.which("gpspipe") is None:
+        raise SystemExit("bench: the gpsd scenario needs gpsd and gpspipe (apt-get install gpsd gpsd-clients)")
+    version = subprocess.run(["gpsd", "-V"], capture_output=True, text=True).stdout.strip()
+    out: dict[str, Any] = {"devices": GPSD_DEVICES, "gpsd": version, "mixes": {}}
+    readers: dict[str, Callable[[bytes, int, int], dict[str, Any]]] = {
+        "gpsd": lambda data, loops, n: _gpsd_run(data, loops, n, p["gpsd_timeout_s"]),
+        "fh_decode": lambda data, loops, n: _fh_nmea_run(variant, data, loops, n, True, p["gpsd_timeout_s"]),
+        "fh_no_decode": lambda data, loops, n: _fh_nmea_run(variant, data, loops, n, False, p["gpsd_timeout_s"]),
+    }
+    for mix, names in GPSD_MIXES.items():
+        data, per_copy = nmea_stream(names)
+        loops = max(1, round(p["gpsd_sentences"] / GPSD_DEVICES / per_copy))
+        total = per_copy * loops * GPSD_DEVICES
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in readers}
+        for _ in range(p["gpsd_repeats"]):
+            for name, run in readers.items():  # interleaved, so a change in load hits all three
+                res = run(data, loops, total)
+                res["loadavg_1m"] = round(os.getloadavg()[0], 2)
+                runs[name].append(res)
+                extra = f", with gpspipe {res['with_gpspipe_per_100k']}" if name == "gpsd" else ""
+                log(
+                    f"  gpsd {mix} {name:12s} {res['cpu_per_100k']} CPU-s per 100k sentences{extra} "
+                    f"({total} sentences, all read {res['all_read']}, load {res['loadavg_1m']})"
+                )
+        medians = {name: statistics.median(r["cpu_per_100k"] for r in results) for name, results in runs.items()}
+        medians["gpsd_with_gpspipe"] = statistics.median(r["with_gpspipe_per_100k"] for r in runs["gpsd"])
+        out["mixes"][mix] = {"captures": list(names), "sentences": total, "runs": runs, "median_per_100k": medians}
+    return out
+
+
 # -- the run --------------------------------------------------------------------------------------
 
 FULL = {
@@ -1112,6 +1516,10 @@ FULL = {
     # jsonl-batch). [buffer] batch_size stays the paced runs' 1000 for the jsonl sink
     "mqtt_batch_size": 0,
     "decode_rates": ("board_rate", "line_rate"),
+    "gpsd_sentences": 400_000,
+    "gpsd_repeats": 3,
+    "gpsd_timeout_s": 120.0,
+    "tail_pairs": 2,
 }
 QUICK = {
     "warmup_s": 0.2,
@@ -1130,8 +1538,15 @@ QUICK = {
     "mqtt_json_frames": 2_000,
     "mqtt_batch_size": 0,
     "decode_rates": ("line_rate",),
+    "gpsd_sentences": 4_000,
+    "gpsd_repeats": 1,
+    "gpsd_timeout_s": 30.0,
+    "tail_pairs": 1,
 }
 SCENARIOS = ("startup", "flood", "paced", "idle", "memory", "overload", "sinks3", "mqtt", "decode")
+#: run only when named in --only (or, for tail, with --tail): gpsd needs software the others do not,
+#: tail doubles the paced runs
+OPT_IN_SCENARIOS = ("gpsd", "tail")
 
 
 def machine() -> dict[str, Any]:
@@ -1254,6 +1669,29 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{on['in_sink']}/{on['sent']}, {on['undecoded']}, {on['dropped']}",
                 on["in_sink"] == on["sent"] and on["undecoded"] == 0 and on["dropped"] == 0 and on["fields_in_sink"],
             )
+    if "gpsd" in sc:
+        for mix, v in sc["gpsd"]["mixes"].items():
+            med = v["median_per_100k"]
+            add(
+                f"gpsd, {mix} captures: firmware-host decoding, CPU-s per 100k sentences",
+                f"<= gpsd's {med['gpsd']} (with gpspipe {med['gpsd_with_gpspipe']})",
+                med["fh_decode"],
+                med["fh_decode"] <= med["gpsd"],
+            )
+    if "tail" in sc:
+        v = sc["tail"]
+        add(
+            f"tail {v['devices']} dev: runtime CPU a tail client adds",
+            "<= 10 points",
+            v["cpu_pct_added"],
+            v["cpu_pct_added"] <= 10,
+        )
+        add(
+            f"tail {v['devices']} dev: every frame streamed or counted lost, in the sink, none dropped",
+            "streamed + lost == sent, 0 dropped",
+            f"lost {v['lost']}, dropped {v['dropped']}",
+            v["every_frame_streamed_or_counted_lost"] and v["every_frame_in_sink"] and v["dropped"] == 0,
+        )
     if "startup" in sc:
         v = sc["startup"]["help"]
         add("startup: firmware-host --help (median wall)", "<= 150 ms", v["wall_ms_median"], v["wall_ms_median"] <= 150)
@@ -1397,6 +1835,29 @@ def table(r: dict[str, Any]) -> str:
                     f"+{v['cpu_added_pct']}%",
                 )
             )
+    if "gpsd" in sc:
+        for mix, v in sc["gpsd"]["mixes"].items():
+            med = v["median_per_100k"]
+            rows.append(
+                (
+                    f"gpsd {mix} captures",
+                    "CPU-s / 100k sentences: decoding / not",
+                    f"{med['fh_decode']} / {med['fh_no_decode']}",
+                    f"gpsd {med['gpsd']}, +gpspipe {med['gpsd_with_gpspipe']}",
+                    f"{round(med['fh_decode'] / med['gpsd'], 2)}x" if med["gpsd"] else "",
+                )
+            )
+    if "tail" in sc:
+        v = sc["tail"]
+        rows.append(
+            (
+                f"tail, paced {v['devices']} dev",
+                "CPU % with a tail client / without",
+                f"{v['cpu_pct_with_tail']} / {v['cpu_pct_without']}",
+                "-",
+                f"+{v['cpu_pct_added']} points",
+            )
+        )
     if "startup" in sc:
         s = sc["startup"]
         rows.append(
@@ -1477,7 +1938,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny configuration (a smoke test, seconds)")
     ap.add_argument("--json", dest="json_path", metavar="FILE", help="write the results as JSON")
     ap.add_argument("--png", metavar="FILE", help="plot (needs matplotlib; default: next to --json)")
-    ap.add_argument("--only", metavar="A,B", help=f"scenarios to run (default all: {','.join(SCENARIOS)})")
+    ap.add_argument(
+        "--only",
+        metavar="A,B",
+        help=f"scenarios to run (default all: {','.join(SCENARIOS)}; only when named: {','.join(OPT_IN_SCENARIOS)})",
+    )
     ap.add_argument(
         "--loops",
         metavar="A,B",
@@ -1487,6 +1952,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--overload-seconds", type=float, help="override the overload duration")
     ap.add_argument("--no-baseline", action="store_true", help="skip the baseline runs")
+    ap.add_argument(
+        "--tail", action="store_true", help="also run the tail scenario (paced, with a tail client attached)"
+    )
     ap.add_argument(
         "--mqtt-batch-size", type=int, help="the mqtt plugin's batch_size in the mqtt scenario (default: its own)"
     )
@@ -1514,8 +1982,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         loops = [primary]  # smoke test: one loop
     only = [s for s in (args.only or ",".join(SCENARIOS)).split(",") if s]
+    if args.tail and "tail" not in only:
+        only.append("tail")
     for s in only:
-        if s not in SCENARIOS:
+        if s not in SCENARIOS + OPT_IN_SCENARIOS:
             ap.error(f"unknown scenario {s!r}")
     with_base = [] if args.no_baseline else ["baseline"]
 
@@ -1553,6 +2023,10 @@ def main(argv: list[str] | None = None) -> int:
         sc["mqtt"] = scenario_mqtt(primary, p, log)
     if "decode" in only:
         sc["decode"] = scenario_decode(primary, p, log)
+    if "gpsd" in only:
+        sc["gpsd"] = scenario_gpsd(primary, p, log)
+    if "tail" in only:
+        sc["tail"] = scenario_tail(primary, p, log)
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     result["targets"] = targets(result)
     print(table(result))

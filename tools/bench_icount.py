@@ -17,7 +17,12 @@ divides out start-up and shutdown. Two shapes (25 and 40 frames per read) then
 separate the cost per frame from the cost per read. User-space instructions
 only: the kernel's side of the reads and writes is not counted.
 
-Needs valgrind (``apt-get install valgrind``); about two minutes.
+With ``--decode`` the frames carry 12-byte env-sensor-like payloads (three
+``f32``) and the devices a board schema for them, once decoded and once with
+``decode = false``: the instructions decoding adds per frame, which the CPU
+figures of ``bench.py --only decode`` cannot show on a loaded machine.
+
+Needs valgrind (``apt-get install valgrind``); about two minutes (four with ``--decode``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import os
 import pickle
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -36,21 +42,42 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PAYLOAD = bytes(range(64))
+#: --decode: what an env sensor sends (21.5 degC, 45 %RH, 1013.25 hPa)
+ENV_PAYLOAD = struct.pack("<fff", 21.5, 45.0, 1013.25)
+ENV_BOARD_NAME = "icount-env"
+ENV_BOARD: dict[str, object] = {
+    "name": ENV_BOARD_NAME,
+    "codec": "fh1",
+    "emulator": {"rate": 10, "payload": "schema"},
+    "schema": {
+        "frames": [
+            {
+                "type": 0,
+                "fields": [
+                    {"name": "temperature", "type": "f32"},
+                    {"name": "humidity", "type": "f32"},
+                    {"name": "pressure", "type": "f32"},
+                ],
+            }
+        ]
+    },
+}
 SHAPES = (25, 40)  # frames per read; 40 frames (3,000 bytes) stay under READ_COALESCE_BYTES
 TICKS = (10, 40)
 
 
-def make_reads(ports: int, per_read: int, ticks: int) -> list[list[bytes]]:
+def make_reads(ports: int, per_read: int, ticks: int, payload: bytes = PAYLOAD) -> list[list[bytes]]:
     """What each port receives before each tick: consecutive fh1 frames."""
     from firmware_host.codecs.fh1 import encode_packet
 
     return [
-        [b"".join(encode_packet(0, t * per_read + k, PAYLOAD) for k in range(per_read)) for t in range(ticks)]
+        [b"".join(encode_packet(0, t * per_read + k, payload) for k in range(per_read)) for t in range(ticks)]
         for _ in range(ports)
     ]
 
 
-async def pipeline(reads: list[list[bytes]]) -> tuple[int, int]:
+async def pipeline(reads: list[list[bytes]], decode: bool | None = None) -> tuple[int, int]:
+    """``decode``: None, no board (the default scenario); else the env board, decoding on or off."""
     """Run the runtime until every read was fed and flushed; (frames, flushed)."""
     import firmware_host
     from firmware_host import Runtime, config_from_dict
@@ -61,16 +88,20 @@ async def pipeline(reads: list[list[bytes]]) -> tuple[int, int]:
     for _, slave in pairs:
         tty.setraw(slave)
     work = tempfile.mkdtemp(prefix="fh-icount-")
+    from firmware_host.config.boards import board_from_dict
+
+    extra: dict[str, object] = {} if decode is None else {"board": ENV_BOARD_NAME, "decode": decode}
     cfg = config_from_dict(
         {
             "buffer": {"capacity": 100_000},
             "devices": [
-                {"name": f"d{i:02d}", "port": os.ttyname(s), "codec": "fh1", "baudrate": 921600}
+                {"name": f"d{i:02d}", "port": os.ttyname(s), "codec": "fh1", "baudrate": 921600, **extra}
                 for i, (_, s) in enumerate(pairs)
             ],
             "sinks": [{"type": "jsonl", "path": os.path.join(work, "out.jsonl")}],
         },
         source="bench_icount",
+        boards={ENV_BOARD_NAME: board_from_dict(ENV_BOARD)},
     )
     firmware_host.tune_gc()
     runtime = Runtime(cfg)
@@ -104,7 +135,9 @@ async def pipeline(reads: list[list[bytes]]) -> tuple[int, int]:
         while True:
             changed = runtime.changes.waiter()
             snap = await runtime.snapshot()
-            if sum(a.frames for a in snap.accounts.values()) >= total:
+            # every frame in the sink before the shutdown: a slow (loaded) machine
+            # could otherwise outlast the shutdown's drain and fail the run
+            if sum(a.flushed for a in snap.accounts.values()) >= total:
                 break
             await asyncio.wait_for(changed, 600)
         status = (await runtime.shutdown()).status
@@ -118,22 +151,22 @@ async def pipeline(reads: list[list[bytes]]) -> tuple[int, int]:
     return sum(d["frames"] for d in devices), sum(d["flushed"] for d in devices)
 
 
-def run_child(data_file: str) -> int:
+def run_child(data_file: str, decode: bool | None) -> int:
     """The process callgrind counts: load the reads, run the pipeline once."""
     with open(data_file, "rb") as f:
         reads = pickle.load(f)
     try:
         import uvloop
 
-        frames, flushed = uvloop.run(pipeline(reads))
+        frames, flushed = uvloop.run(pipeline(reads, decode))
     except ImportError:
-        frames, flushed = asyncio.run(pipeline(reads))
+        frames, flushed = asyncio.run(pipeline(reads, decode))
     expected = len(reads) * len(reads[0]) * reads[0][0].count(b"\x00")
     print(f"frames {frames} flushed {flushed} expected {expected}")
     return 0 if frames == flushed == expected else 1
 
 
-def count(source: Path, data_file: str) -> int:
+def count(source: Path, data_file: str, decode: bool | None = None) -> int:
     """Instructions of one child run under callgrind."""
     # a fixed hash seed: dict and set layouts, and so the counts, repeat
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(source) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -147,6 +180,7 @@ def count(source: Path, data_file: str) -> int:
             __file__,
             "--child",
             data_file,
+            *(() if decode is None else ("--decode-child", "on" if decode else "off")),
         ],
         env=env,
         capture_output=True,
@@ -157,19 +191,46 @@ def count(source: Path, data_file: str) -> int:
     if proc.returncode != 0 or found is None or "frames" not in proc.stdout:
         raise SystemExit(
             f"bench_icount: the counted run failed ({proc.returncode}): "
-            f"{(proc.stdout + proc.stderr).strip().splitlines()[-1:]}"
+            f"{proc.stdout.strip().splitlines()[-1:]} {proc.stderr.strip().splitlines()[-1:]}"
         )
     return int(found.group(1))
+
+
+def per_frame(source: Path, ports: int, payload: bytes, decode: bool | None) -> float:
+    """Instructions per frame (and per read, printed) of one configuration."""
+    label = "" if decode is None else f" (decode {'on' if decode else 'off'})"
+    per_read: dict[int, float] = {}
+    with tempfile.TemporaryDirectory(prefix="fh-icount-") as tmp:
+        for shape in SHAPES:
+            counts = []
+            for ticks in TICKS:
+                data_file = os.path.join(tmp, f"reads-{shape}-{ticks}.pickle")
+                with open(data_file, "wb") as f:  # made here, so the counted run only reads it
+                    pickle.dump(make_reads(ports, shape, ticks, payload), f)
+                counts.append(count(source, data_file, decode))
+            reads = (TICKS[1] - TICKS[0]) * ports
+            per_read[shape] = (counts[1] - counts[0]) / reads
+            print(f"{shape} frames per read: {per_read[shape] / shape:,.0f} instructions per frame{label}", flush=True)
+    (a, ia), (b, ib) = sorted(per_read.items())
+    frame = (ib - ia) / (b - a)
+    # rough: each shape's count varies by about 1% from run to run (timing
+    # still decides when the flusher runs), and this divides a difference
+    print(f"per frame {frame:,.0f}, per read {ia - a * frame:,.0f} instructions, roughly ({source}){label}")
+    return frame
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", type=Path, default=ROOT, help="checkout whose firmware_host is counted")
     ap.add_argument("--ports", type=int, default=48)
+    ap.add_argument(
+        "--decode", action="store_true", help="env-sensor payloads with a board schema: decoding on against off"
+    )
     ap.add_argument("--child", metavar="DATA", help=argparse.SUPPRESS)
+    ap.add_argument("--decode-child", choices=("on", "off"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        return run_child(args.child)
+        return run_child(args.child, None if args.decode_child is None else args.decode_child == "on")
     if not (args.source / "firmware_host").is_dir():
         ap.error(f"{args.source} holds no firmware_host package")
     if not 1 <= args.ports <= 256:
@@ -178,23 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_icount: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
     sys.path.insert(0, str(args.source))
-    per_read: dict[int, float] = {}
-    with tempfile.TemporaryDirectory(prefix="fh-icount-") as tmp:
-        for shape in SHAPES:
-            counts = []
-            for ticks in TICKS:
-                data_file = os.path.join(tmp, f"reads-{shape}-{ticks}.pickle")
-                with open(data_file, "wb") as f:  # made here, so the counted run only reads it
-                    pickle.dump(make_reads(args.ports, shape, ticks), f)
-                counts.append(count(args.source, data_file))
-            reads = (TICKS[1] - TICKS[0]) * args.ports
-            per_read[shape] = (counts[1] - counts[0]) / reads
-            print(f"{shape} frames per read: {per_read[shape] / shape:,.0f} instructions per frame", flush=True)
-    (a, ia), (b, ib) = sorted(per_read.items())
-    frame = (ib - ia) / (b - a)
-    # rough: each shape's count varies by about 1% from run to run (timing
-    # still decides when the flusher runs), and this divides a difference
-    print(f"per frame {frame:,.0f}, per read {ia - a * frame:,.0f} instructions, roughly ({args.source})")
+    if not args.decode:
+        per_frame(args.source, args.ports, PAYLOAD, None)
+        return 0
+    off = per_frame(args.source, args.ports, ENV_PAYLOAD, False)
+    on = per_frame(args.source, args.ports, ENV_PAYLOAD, True)
+    print(f"decoding adds {on - off:,.0f} instructions per frame: {100 * (on - off) / off:+.0f}%")
     return 0
 
 

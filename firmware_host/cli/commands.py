@@ -7,6 +7,7 @@ control-plane commands start fast on a Raspberry Pi.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -20,6 +21,17 @@ if TYPE_CHECKING:
     from firmware_host.config import Config
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NO_RUNTIME = 0, 1, 2, 3
+
+
+class FiniteRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses nan and inf: nan passes every
+    bound check (each comparison is false) and became a traceback further on."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        result = super().convert(value, param, ctx)
+        if not math.isfinite(result):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return result
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -132,7 +144,7 @@ def main() -> None:
     metavar="[BOARD[:N],…]",
     help="Run on emulated boards (no hardware). Alone: a default mixed fleet.",
 )
-@click.option("--duration", type=click.FloatRange(min=0), metavar="S", help="Stop after S seconds.")
+@click.option("--duration", type=FiniteRange(min=0), metavar="S", help="Stop after S seconds.")
 @control_option
 @click.option("--summary", "summary_path", metavar="FILE", help="Write the final counters as JSON at exit.")
 @click.option("--boards-dir", "boards_dirs", multiple=True, metavar="DIR", help="Extra board definitions.")
@@ -231,7 +243,7 @@ def buffers(control_path: str | None, config_path: str | None, as_json: bool) ->
 @click.option("--device", metavar="NAME", help="Flush only this device's frames.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0),
+    type=FiniteRange(min=0),
     default=30.0,
     show_default=True,
     help="Give up after this many seconds (a sink may be down).",
@@ -263,7 +275,7 @@ def flush(control_path: str | None, config_path: str | None, device: str | None,
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (on a terminal in place, else table after table).")
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.1, max=3600),
+    type=FiniteRange(min=0.1, max=3600),
     default=2.0,
     show_default=True,
     metavar="S",
@@ -295,7 +307,7 @@ def status(control_path: str | None, config_path: str | None, as_json: bool, wat
 @click.option("--wait", is_flag=True, help="Return once the runtime has exited (exit 1 at --timeout).")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, max=86400),
+    type=FiniteRange(min=0, max=86400),
     default=60.0,
     show_default=True,
     metavar="S",
@@ -314,6 +326,187 @@ def stop(control_path: str | None, config_path: str | None, wait: bool, timeout:
     if not wait_for_exit(path, pid, timeout):
         fail(f"the runtime (pid {pid}) is still running after {timeout:g} s", EXIT_FAILURE)
     click.echo("stopped")
+
+
+# -- talking to a board: send, request ---------------------------------------------------
+
+
+class FrameTypeParam(click.ParamType[int]):
+    """A frame type: 0..255, decimal or 0x hex."""
+
+    name = "TYPE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            number = value
+        else:
+            try:
+                number = int(str(value), 0)
+            except ValueError:
+                self.fail(f"{value!r} is not a number (e.g. 240 or 0xf0)", param, ctx)
+        if not 0 <= number <= 0xFF:
+            self.fail(f"{value!r} is not a frame type from 0 to 255 (0xff)", param, ctx)
+        return number
+
+
+def body_options(fn: Any) -> Any:
+    for option in (
+        click.option("--file", "body_file", metavar="F", help="The body: the bytes of file F ('-': stdin)."),
+        click.option("--text", metavar="S", help="The body: S (UTF-8; a line for text codecs)."),
+        click.option("--hex", "hex_body", metavar="H", help="The body as hex digits, e.g. 01ff."),
+        click.option("--type", "frame_type", type=FrameTypeParam(), help="fh1 frame type (default 0xf0, a command)."),
+    ):
+        fn = option(fn)
+    return fn
+
+
+def frame_body(hex_body: str | None, text: str | None, body_file: str | None, *, required: bool) -> dict[str, str]:
+    """The request's body arguments from --hex, --text or --file (one of them); exit 2 for a bad one."""
+    from firmware_host.control.protocol import MAX_BODY
+
+    given = [name for name, v in (("--hex", hex_body), ("--text", text), ("--file", body_file)) if v is not None]
+    if len(given) > 1:
+        fail(f"give one of --hex, --text, --file, not {' and '.join(given)}", EXIT_USAGE)
+    if required and not given:
+        fail("give the body with --hex H, --text S or --file F", EXIT_USAGE)
+    if text is not None:
+        return {"text": text}
+    if hex_body is not None:
+        try:
+            data = bytes.fromhex(hex_body)
+        except ValueError:
+            fail(f"--hex {hex_body[:40]!r}: expected hex digits, two per byte (e.g. 01ff)", EXIT_USAGE)
+    elif body_file is not None:
+        try:
+            if body_file == "-":
+                data = sys.stdin.buffer.read(MAX_BODY + 1)
+            else:
+                with open(body_file, "rb") as f:
+                    data = f.read(MAX_BODY + 1)  # bounded: never more than one over the limit
+        except OSError as exc:
+            fail(f"--file {body_file}: {exc.strerror or exc}", EXIT_USAGE)
+    else:
+        return {}
+    if len(data) > MAX_BODY:
+        fail(f"the body is longer than {MAX_BODY} bytes", EXIT_USAGE)
+    return {"hex": data.hex()}
+
+
+@main.command("send")
+@click.argument("device")
+@body_options
+@control_option
+@config_option
+@json_option
+def send_cmd(
+    device: str,
+    frame_type: int | None,
+    hex_body: str | None,
+    text: str | None,
+    body_file: str | None,
+    control_path: str | None,
+    config_path: str | None,
+    as_json: bool,
+) -> None:
+    """Send one downlink frame to DEVICE through its codec (a running runtime)."""
+    request: dict[str, Any] = {"cmd": "send", "device": device, **frame_body(hex_body, text, body_file, required=True)}
+    if frame_type is not None:
+        request["type"] = frame_type
+    reply = ask(control_path, config_path, request)
+    if as_json:
+        emit_json(reply)
+    else:
+        click.echo(f"sent {reply['bytes']} bytes to {device} (type 0x{reply['type']:02x}, seq {reply['seq']})")
+
+
+@main.command("request")
+@click.argument("device")
+@body_options
+@click.option(
+    "--timeout",
+    type=FiniteRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds to wait for the ack of each attempt (at most 60).",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    metavar="N",
+    help="Send again this many times when no ack comes (at most 10), backing off.",
+)
+@control_option
+@config_option
+@json_option
+def request_cmd(
+    device: str,
+    frame_type: int | None,
+    hex_body: str | None,
+    text: str | None,
+    body_file: str | None,
+    timeout: float,
+    retries: int,
+    control_path: str | None,
+    config_path: str | None,
+    as_json: bool,
+) -> None:
+    """Send an fh1 command to DEVICE and print its ack's reply as hex (exit 1: no ack)."""
+    request: dict[str, Any] = {
+        "cmd": "request",
+        "device": device,
+        "timeout": timeout,
+        "retries": retries,
+        **frame_body(hex_body, text, body_file, required=False),
+    }
+    if frame_type is not None:
+        request["type"] = frame_type
+    # the runtime bounds the attempts (and refuses more than it allows at once)
+    wait = (min(retries, 10) + 1) * (min(timeout, 60.0) + 5.0) + 5.0
+    reply = ask(control_path, config_path, request, timeout=wait)
+    if as_json:
+        emit_json(reply)
+        return
+    click.echo(reply["reply"])
+    if reply.get("fields"):
+        click.echo(json.dumps(reply["fields"], default=str))
+
+
+# -- tail -------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("devices", nargs=-1, metavar="[DEVICE]...")
+@control_option
+@config_option
+@json_option
+@click.option("--hex", "as_hex", is_flag=True, help="Show every payload byte, in hex.")
+def tail(
+    devices: Sequence[str], control_path: str | None, config_path: str | None, as_json: bool, as_hex: bool
+) -> None:
+    """Frames of a running runtime as they arrive (all devices, or those named), until Ctrl-C."""
+    from firmware_host.cli.tail import follow, main_out, tail_request
+    from firmware_host.control.client import open_stream
+    from firmware_host.errors import ControlError, NoRuntime
+
+    path = resolve_control(control_path, config_path)
+    try:
+        try:
+            stream = open_stream(path, tail_request(devices))
+        except NoRuntime as exc:
+            fail(f"{exc} (start one with: firmware-host run --control {path} ...)", EXIT_NO_RUNTIME)
+        except ControlError as exc:
+            fail(str(exc), exc.exit_code)
+        with stream:
+            try:
+                code = follow(stream, as_json=as_json, as_hex=as_hex, out=main_out(), err=sys.stderr)
+            except ControlError as exc:
+                fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        code = EXIT_OK  # Ctrl-C is how a tail ends
+    sys.exit(code)
 
 
 # -- devices, boards, plugins -----------------------------------------------------------
@@ -584,22 +777,36 @@ def spool_export_cmd(path: str, output: str | None, device: str | None) -> None:
 
 
 @main.command()
-@click.argument("board")
+@click.argument("board", required=False)
 @click.option("-n", "count", type=click.IntRange(1, 256), default=1, show_default=True, help="How many boards.")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="HZ", help="Frames per second each.")
+@click.option("--rate", type=FiniteRange(min=0, min_open=True), metavar="HZ", help="Frames per second each.")
 @click.option("--dir", "directory", metavar="DIR", help="Where to put the stable port symlinks.")
-@click.option("--noise", type=click.FloatRange(0, 1), default=0.0, help="Probability of line noise per frame.")
-@click.option("--corrupt", type=click.FloatRange(0, 1), default=0.0, help="Probability of a corrupted frame.")
-@click.option("--skip", type=click.FloatRange(0, 1), default=0.0, help="Probability of a skipped seq.")
+@click.option("--noise", type=FiniteRange(0, 1), default=0.0, help="Probability of line noise per frame.")
+@click.option("--corrupt", type=FiniteRange(0, 1), default=0.0, help="Probability of a corrupted frame.")
+@click.option("--skip", type=FiniteRange(0, 1), default=0.0, help="Probability of a skipped seq.")
 @click.option("--burst", type=click.IntRange(min=0), default=0, help="Send frames in bursts of this many.")
 @click.option(
-    "--unplug-every", type=click.FloatRange(min=0), default=0.0, metavar="S", help="Unplug and replug every S seconds."
+    "--unplug-every", type=FiniteRange(min=0), default=0.0, metavar="S", help="Unplug and replug every S seconds."
 )
-@click.option("--duration", type=click.FloatRange(min=0), metavar="S", help="Stop after S seconds.")
+@click.option("--duration", type=FiniteRange(min=0), metavar="S", help="Stop after S seconds.")
 @click.option("--seed", type=int, help="Random seed for reproducible faults.")
 @click.option("--boards-dir", "boards_dirs", multiple=True, metavar="DIR", help="Extra board definitions.")
+@click.option("--acks/--no-acks", default=True, show_default=True, help="fh1 boards ack the host's commands.")
+@click.option(
+    "--ack-drop-first", type=click.IntRange(min=0), default=0, metavar="N", help="Leave the first N commands unacked."
+)
+@click.option(
+    "--ack-drop", type=FiniteRange(0, 1), default=0.0, metavar="P", help="Then lose each ack with probability P."
+)
+@click.option("--ack-delay", type=FiniteRange(0, 60), default=0.0, metavar="S", help="Send each ack S seconds late.")
+@click.option("--replay", "replay_path", metavar="FILE", help="Play a recording (`record`) instead of a board.")
+@click.option("--speed", metavar="X", help="With --replay: X times the recorded pace; 0 or max: as fast as possible.")
+@click.option("--drop", type=FiniteRange(0, 1), help="With --replay: probability of a byte lost per frame.")
+@click.option("--codec", metavar="NAME", help="With --replay: the device's codec (default: the recording's).")
+@click.pass_context
 def emulate(
-    board: str,
+    ctx: click.Context,
+    board: str | None,
     count: int,
     rate: float | None,
     directory: str | None,
@@ -611,12 +818,29 @@ def emulate(
     duration: float | None,
     seed: int | None,
     boards_dirs: Sequence[str],
+    acks: bool,
+    ack_drop_first: int,
+    ack_drop: float,
+    ack_delay: float,
+    replay_path: str | None,
+    speed: str | None,
+    drop: float | None,
+    codec: str | None,
 ) -> None:
-    """Virtual boards on pty pairs; prints the port paths and runs until stopped."""
-    from firmware_host.emulation.fleet import emulate_main
-
+    """Virtual boards on pty pairs, or a recording played on one (--replay);
+    prints the port paths and runs until stopped."""
     if directory is not None and os.path.lexists(directory) and not os.path.isdir(directory):
         fail(f"emulate --dir {directory}: exists and is not a directory", EXIT_USAGE)
+    if replay_path is not None:
+        sys.exit(
+            replay_command(ctx, board, replay_path, speed, directory, noise, corrupt, skip, drop, seed, codec, duration)
+        )
+    if board is None:
+        fail("emulate: give a BOARD, or --replay FILE (see: firmware-host emulate --help)", EXIT_USAGE)
+    for name, value in (("--speed", speed), ("--drop", drop), ("--codec", codec)):
+        if value is not None:
+            fail(f"emulate: {name} goes with --replay FILE", EXIT_USAGE)
+    from firmware_host.emulation.fleet import emulate_main
 
     sys.exit(
         emulate_main(
@@ -632,8 +856,115 @@ def emulate(
             duration=duration,
             seed=seed,
             boards_dirs=list(boards_dirs),
+            acks=acks,
+            ack_drop_first=ack_drop_first,
+            ack_drop=ack_drop,
+            ack_delay=ack_delay,
         )
     )
+
+
+# -- record and replay ------------------------------------------------------------------
+
+
+def replay_command(
+    ctx: click.Context,
+    board: str | None,
+    path: str,
+    speed: str | None,
+    directory: str | None,
+    noise: float,
+    corrupt: float,
+    skip: float,
+    drop: float | None,
+    seed: int | None,
+    codec: str | None,
+    duration: float | None,
+) -> int:
+    """``emulate --replay FILE``: the options that make sense with it, checked."""
+    from click.core import ParameterSource
+
+    if board is not None:
+        fail(f"emulate: --replay plays a recording, not a board ({board!r})", EXIT_USAGE)
+    for param in ("count", "rate", "burst", "unplug_every", "boards_dirs"):
+        if ctx.get_parameter_source(param) is ParameterSource.COMMANDLINE:
+            fail(f"emulate --replay: --{param.replace('_', '-')} does not apply to a replay", EXIT_USAGE)
+    from firmware_host.emulation.replay import ReplayFaults, replay_main, speed_value
+
+    try:
+        factor = 1.0 if speed is None else speed_value(speed)
+        faults = ReplayFaults(noise=noise, corrupt=corrupt, drop=drop or 0.0, skip=skip, seed=seed or 0)
+    except ValueError as exc:
+        fail(f"emulate --replay: {exc}", EXIT_USAGE)
+    return replay_main(path, speed=factor, faults=faults, codec=codec, directory=directory, duration=duration)
+
+
+@main.command()
+@click.argument("target", metavar="DEVICE|PORT")
+@click.option("-o", "--output", required=True, metavar="FILE", help="The recording file to write.")
+@click.option("--duration", type=FiniteRange(min=0, min_open=True), metavar="S", help="Stop after S seconds.")
+@click.option(
+    "--buffer",
+    type=click.IntRange(4096, 64 * 1024 * 1024),
+    default=1024 * 1024,
+    show_default=True,
+    metavar="BYTES",
+    help="Bytes held for a writer that falls behind (beyond: reads lost, counted).",
+)
+@click.option("--baudrate", type=click.IntRange(50, 4_000_000), help="PORT only: the line speed (default: 115200).")
+@click.option("--codec", metavar="NAME", help="PORT only: the device's codec, written in the header for replays.")
+@click.option("--board", metavar="NAME", help="PORT only: the device's board (codec, options, baudrate).")
+@control_option
+@config_option
+def record(
+    target: str,
+    output: str,
+    duration: float | None,
+    buffer: int,
+    baudrate: int | None,
+    codec: str | None,
+    board: str | None,
+    control_path: str | None,
+    config_path: str | None,
+) -> None:
+    """Record a port's raw bytes with their receive times (docs/recording.md):
+    a DEVICE of the running runtime, or a PORT (a path or URL) no runtime holds.
+    Stops on Ctrl-C or --duration."""
+    from firmware_host.cli.record import PortSource, is_port, record_device_main, record_port_main
+
+    if not is_port(target):
+        for name, value in (("--baudrate", baudrate), ("--codec", codec), ("--board", board)):
+            if value is not None:
+                fail(f"record: {name} is for a PORT; the runtime knows its device {target!r}", EXIT_USAGE)
+        path = resolve_control(control_path, config_path)
+        sys.exit(record_device_main(path, target, output, duration, buffer))
+    source = PortSource(url=target, baudrate=baudrate or 115200, codec=codec)
+    if board is not None:
+        from firmware_host.config.boards import load_boards
+        from firmware_host.errors import ConfigError
+
+        try:
+            known = load_boards()
+        except ConfigError as exc:
+            fail(str(exc), EXIT_USAGE)
+        spec = known.get(board)
+        if spec is None:
+            fail(f"record: unknown board {board!r} (known: {', '.join(sorted(known)) or 'none'})", EXIT_USAGE)
+        if codec is not None and codec != spec.codec:
+            fail(f"record: board {board!r} speaks {spec.codec}, not {codec}", EXIT_USAGE)
+        source = PortSource(
+            url=target,
+            baudrate=baudrate or spec.baudrate,
+            codec=spec.codec,
+            codec_options=dict(spec.codec_options),
+            board=board,
+        )
+    elif codec is not None:
+        from firmware_host.codecs import BUILTIN_CODECS
+
+        if codec not in BUILTIN_CODECS:
+            fail(f"record: unknown codec {codec!r} (known: {', '.join(sorted(BUILTIN_CODECS))})", EXIT_USAGE)
+    sys.exit(record_port_main(source, output, duration, buffer))
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)

@@ -45,8 +45,9 @@ class CheckResult:
         cfg = self.config
         assert cfg is not None
         sinks = len(cfg.sinks) + self.plugin_sinks
+        templates = f", {len(cfg.templates)} device templates" if cfg.templates else ""
         return (
-            f"{cfg.source}: OK ({len(cfg.devices)} devices, {sinks} sinks, {len(cfg.plugins)} plugins; "
+            f"{cfg.source}: OK ({len(cfg.devices)} devices{templates}, {sinks} sinks, {len(cfg.plugins)} plugins; "
             "no port was opened)"
         )
 
@@ -164,6 +165,11 @@ def _codecs(config: Config, registry: Mapping[str, Any], result: CheckResult) ->
             make_codec(dc.codec, dc.name, dict(dc.codec_options), dict(registry))
         except (ValueError, TypeError) as exc:
             result.problems.append(f"{config.source}: devices[{index}]: {exc}")
+    for dc in config.templates:  # built again for each port the template takes
+        try:
+            make_codec(dc.codec, dc.name, dict(dc.codec_options), dict(registry))
+        except (ValueError, TypeError) as exc:
+            result.problems.append(f"{config.source}: device template {dc.name!r}: {exc}")
 
 
 def _sinks(config: Config, plugin_types: Mapping[str, Any], result: CheckResult) -> None:

@@ -215,7 +215,7 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
             cfg = dataclasses.replace(cfg, devices=[*cfg.devices, *extra])
             if not cfg.sinks and not plugins.sinks:  # the default only when nothing else is configured
                 cfg = dataclasses.replace(cfg, sinks=[SinkConfig("jsonl", {"path": DEFAULT_SINK_PATH})])
-        no_device = not cfg.devices and not opts.allow_empty
+        no_device = not cfg.devices and not cfg.templates and not opts.allow_empty
         if no_device and opts.config_path is None:
             raise UsageError(NO_DEVICE)  # a bare `run` lacks devices first of all: say how to add one
         require_a_sink(cfg, len(plugins.sinks))

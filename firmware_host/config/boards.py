@@ -57,7 +57,9 @@ _PACKAGE = "firmware_host_boards"
 # Before installation (tests in a checkout) the data sits next to the package.
 _REPO_BOARDS_DIR = Path(__file__).resolve().parents[2] / "boards"
 
-_BOARD_KEYS = frozenset({"name", "description", "usb", "baudrate", "codec", "emulator", "schema", *CODEC_OPTION_KEYS})
+_BOARD_KEYS = frozenset(
+    {"name", "description", "usb", "baudrate", "codec", "emulator", "schema", "decode", *CODEC_OPTION_KEYS}
+)
 _USB_KEYS = frozenset({"vid", "pid"})
 _EMULATOR_KEYS = frozenset({"rate", "payload", "payload_size", "frame_type", "replay"})
 #: codecs whose captures are lines of text the emulator can replay
@@ -97,6 +99,8 @@ class Board:
     source: str = ""  # the file it came from
     #: the payloads' named fields ([schema]); None: frames carry bytes or text only
     schema: PayloadSchema | None = None
+    #: the default of its devices' ``decode`` (False: bytes and text only, unless a device says otherwise)
+    decode: bool = True
 
     @property
     def vid_pid(self) -> str | None:
@@ -117,6 +121,7 @@ class Board:
             "codec_options": dict(self.codec_options),
             "emulator": self.emulator.to_dict(),
             "schema": self.schema.to_dict() if self.schema is not None else None,
+            "decode": self.decode,
             "source": self.source,
         }
 
@@ -190,6 +195,10 @@ def board_from_dict(data: Mapping[str, Any], *, source: str = "<board>") -> Boar
                     f"{what}, but the schema's layout of frame type {frame_type:#04x} is {size} bytes",
                 )
 
+    decode = table.get("decode", True)
+    if not isinstance(decode, bool):
+        check.fail("decode", f"expected true or false, got {describe(decode)}")
+
     if payload == "schema":
         text = codec in TEXT_CODECS
         if schema is None or (schema.csv is None if text else schema.layout(frame_type) is None):
@@ -209,6 +218,7 @@ def board_from_dict(data: Mapping[str, Any], *, source: str = "<board>") -> Boar
         ),
         source=source,
         schema=schema,
+        decode=decode,
     )
 
 

@@ -10,6 +10,7 @@ at start-up, not silently fall back to a default.
 from __future__ import annotations
 
 import os
+import string
 import tempfile
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -46,12 +47,14 @@ __all__ = [
     "DEFAULT_CODECS",
     "DEFAULT_SINKS",
     "DEFAULT_SINK_TIMEOUT",
+    "HOTPLUG_MODES",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "MAX_CONFIG_BYTES",
     "MAX_SOCKET_PATH",
     "NAME_EXPECTED",
     "NAME_PATTERN",
+    "PLACEHOLDERS",
     "SECTION_KEYS",
     "TOP_KEYS",
     "BufferConfig",
@@ -100,7 +103,14 @@ SPOOL_SYNC_MODES = ("off", "normal", "full")
 _SHUTDOWN_KEYS = frozenset({"grace"})
 #: keys of ``[[sinks]]`` that every sink type accepts (the rest go to the sink)
 _COMMON_SINK_KEYS = frozenset({"type", "timeout", "batch_size"})
-_SERIAL_KEYS = frozenset({"read_coalesce"})
+_SERIAL_KEYS = frozenset({"read_coalesce", "scan_interval", "remove_after", "hotplug"})
+#: how device templates learn of ports coming and going: udev events (the
+#: ``[udev]`` extra, with udevd running), a scan every ``scan_interval``, or
+#: udev when it can be had, else the scan
+HOTPLUG_MODES = ("auto", "udev", "scan")
+#: the shortest ``[serial] scan_interval``: a faster listing would cost CPU
+#: on an idle gateway for a board plugged in a few milliseconds sooner
+MIN_SCAN_INTERVAL = 0.05
 #: the longest read coalescing window accepted: past it, a busy 921600-baud
 #: port would outgrow the kernel's tty buffering (about 64 KiB) between reads
 MAX_READ_COALESCE = 0.5
@@ -136,7 +146,11 @@ _DEVICE_KEYS = frozenset(
         *CODEC_OPTION_KEYS,
     }
 )
-_MATCH_KEYS = frozenset({"vid", "pid", "serial"})
+_MATCH_KEYS = frozenset({"vid", "pid", "serial", "path"})
+#: what a device template's name may hold (docs/config.md, device templates)
+PLACEHOLDERS = ("serial", "n", "vid", "pid", "basename")
+#: the longest ``match.path`` glob: PATH_MAX on Linux
+MAX_GLOB = 4096
 
 #: every key of every section the loader itself reads, by section; the
 #: options of a sink type and of a plugin are theirs (docs/config.md lists both)
@@ -185,6 +199,14 @@ class SerialConfig:
     #: Larger windows cost less CPU per frame and delay the receive timestamp
     #: by up to the window.
     read_coalesce: float = 0.02
+    #: device templates only: seconds between two listings of the ports
+    #: (without udev events)
+    scan_interval: float = 1.0
+    #: device templates only: seconds a device whose port went away stays
+    #: (in ``backoff``) before it is removed; back sooner, it is the same device
+    remove_after: float = 60.0
+    #: device templates only: one of HOTPLUG_MODES
+    hotplug: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -241,7 +263,9 @@ class DeviceConfig:
 
     name: str
     port: str | None  # path or pyserial URL; exactly one of port / match
-    match: dict[str, object] | None  # {"vid": int, "pid": int, "serial": str}, any non-empty subset
+    #: {"vid": int, "pid": int, "serial": str, "path": glob}, any non-empty
+    #: subset (``path``: templates only)
+    match: dict[str, object] | None
     board: str | None
     codec: str
     codec_options: dict[str, int] = field(default_factory=dict)
@@ -253,6 +277,9 @@ class DeviceConfig:
     schema: PayloadSchema | None = None
     #: False: frames keep bytes and text only (``[[devices]] decode = false``)
     decode: bool = True
+    #: the name pattern of the template that made this device, or of the
+    #: template this entry is (``Config.templates``); None for a plain device
+    template: str | None = None
 
 
 @dataclass(frozen=True)
@@ -275,6 +302,9 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     devices: list[DeviceConfig] = field(default_factory=list)
+    #: device templates: ``name`` is the pattern, ``match`` says which ports
+    #: (firmware_host.templates makes a device of each one while running)
+    templates: list[DeviceConfig] = field(default_factory=list)
     sinks: list[SinkConfig] = field(default_factory=list)
     plugins: dict[str, dict[str, object]] = field(default_factory=dict)
     source: str = "<config>"
@@ -388,6 +418,7 @@ def check_config_dict(
     if boards is None and any(isinstance(d, Mapping) and "board" in d for d in raw_devices):
         boards = problems.attempt(load_boards)
     devices: list[DeviceConfig] = []
+    templates: list[DeviceConfig] = []
     first_index: dict[str, int] = {}
     for index, raw in enumerate(raw_devices):
         device = problems.attempt(
@@ -399,7 +430,7 @@ def check_config_dict(
             problems.note(check, f"devices[{index}].name", f"duplicate device name {device.name!r}")
             continue
         first_index[device.name] = index
-        devices.append(device)
+        (templates if device.template is not None else devices).append(device)
 
     raw_sinks = top.get("sinks", [])
     if not isinstance(raw_sinks, list):
@@ -431,6 +462,7 @@ def check_config_dict(
         log=log,
         metrics=metrics,
         devices=devices,
+        templates=templates,
         sinks=sinks,
         plugins=plugins,
         source=source,
@@ -530,7 +562,13 @@ def _parse_serial(check: Checker, value: object) -> SerialConfig:
             "serial.read_coalesce",
             f"expected a finite number from 0 to {MAX_READ_COALESCE:g} (seconds), got {window:g}",
         )
-    return SerialConfig(read_coalesce=window)
+    d = SerialConfig()
+    interval = check.seconds(
+        table.get("scan_interval", d.scan_interval), "serial.scan_interval", least=MIN_SCAN_INTERVAL
+    )
+    remove_after = check.seconds(table.get("remove_after", d.remove_after), "serial.remove_after")
+    hotplug = check.one_of(table.get("hotplug", d.hotplug), "serial.hotplug", HOTPLUG_MODES)
+    return SerialConfig(read_coalesce=window, scan_interval=interval, remove_after=remove_after, hotplug=hotplug)
 
 
 def _parse_control(check: Checker, value: object) -> ControlConfig:
@@ -577,18 +615,67 @@ def _parse_socket_mode(check: Checker, value: object) -> str:
     return value
 
 
-def _parse_match(check: Checker, value: object, where: str) -> dict[str, object]:
+def _parse_match(check: Checker, value: object, where: str, template: bool) -> dict[str, object]:
     table = check.table(value, where, 'a table like {vid = 0x0483, pid = 0x374B, serial = "..."}')
     check.keys(table, _MATCH_KEYS, where)
     if not table:
-        check.fail(where, "expected at least one of vid, pid, serial")
+        check.fail(where, "expected at least one of vid, pid, serial" + (", path" if template else ""))
     match: dict[str, object] = {}
     for key in ("vid", "pid"):
         if key in table:
             match[key] = check.usb_id(table[key], f"{where}.{key}")
     if "serial" in table:
         match["serial"] = check.string(table["serial"], f"{where}.serial", "a USB serial number string")
+    if "path" in table:
+        if not template:
+            # one device, one port: `port` names it (a glob would pick any one of several)
+            check.fail(
+                f"{where}.path",
+                "a path glob is for a device template (a name with a placeholder such as {n}); "
+                "a single device gives 'port' instead",
+            )
+        match["path"] = _path_glob(check, table["path"], f"{where}.path")
     return match
+
+
+def _path_glob(check: Checker, value: object, key: str) -> str:
+    expected = 'an absolute path glob, e.g. "/dev/serial/by-id/usb-u-blox*"'
+    glob = check.string(value, key, expected)
+    # relative: it would depend on the directory the runtime was started in
+    if not glob.startswith("/") or len(glob) > MAX_GLOB:
+        check.fail(key, f"expected {expected} (at most {MAX_GLOB} characters), got {describe(value)}")
+    return glob
+
+
+def template_placeholders(pattern: str) -> frozenset[str]:
+    """The placeholders of a device name pattern (one the loader accepted)."""
+    return frozenset(f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None)
+
+
+def _parse_template_name(check: Checker, value: object, key: str) -> str:
+    known = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+    expected = f"a device name pattern ({NAME_EXPECTED}, with placeholders {known})"
+    if not isinstance(value, str):
+        check.fail(key, f"expected {expected}, got {describe(value)}")
+    literal, count = [], 0
+    try:
+        parsed = list(string.Formatter().parse(value))
+    except ValueError:
+        check.fail(key, f"expected {expected}, got {describe(value)} (unbalanced braces)")
+    for text, placeholder, spec, conversion in parsed:
+        literal.append(text)
+        if placeholder is None:
+            continue
+        count += 1
+        if placeholder not in PLACEHOLDERS:
+            check.fail(key, f"unknown placeholder {{{placeholder}}} in {value!r} (known: {known})")
+        if spec or conversion:
+            check.fail(key, f"placeholder {{{placeholder}}} in {value!r} takes no format or conversion")
+    fixed = "".join(literal)
+    # every value fills at least one character; the rest must be name characters already
+    if (fixed and not NAME_PATTERN.fullmatch(fixed)) or len(fixed) + count > 64:
+        check.fail(key, f"the pattern {value!r} cannot yield a valid device name ({NAME_EXPECTED})")
+    return value
 
 
 def _parse_device(
@@ -603,9 +690,20 @@ def _parse_device(
     check.keys(table, _DEVICE_KEYS, where)
     if "name" not in table:
         check.fail(f"{where}.name", f"required key is missing (a unique device name: {NAME_EXPECTED})")
-    name = check.name(table["name"], f"{where}.name", "device")
+    # a name with a placeholder makes this entry a template (firmware_host.templates)
+    is_template = isinstance(table["name"], str) and ("{" in table["name"] or "}" in table["name"])
+    if is_template:
+        name = _parse_template_name(check, table["name"], f"{where}.name")
+    else:
+        name = check.name(table["name"], f"{where}.name", "device")
 
     has_port, has_match = "port" in table, "match" in table
+    if is_template and not has_match:
+        check.fail(
+            where,
+            f"the device template {name!r} needs 'match' (vid, pid, serial or a path glob) to say which ports "
+            + ("it takes, not 'port'" if has_port else "it takes"),
+        )
     if has_port and has_match:
         check.fail(where, "give either 'port' or 'match', not both")
     if not has_port and not has_match:
@@ -614,7 +712,7 @@ def _parse_device(
     problem = port_url_problem(port, url_schemes) if port is not None else None
     if problem is not None:
         check.fail(f"{where}.port", problem)
-    match = _parse_match(check, table["match"], f"{where}.match") if has_match else None
+    match = _parse_match(check, table["match"], f"{where}.match", is_template) if has_match else None
 
     board: Board | None = None
     board_name: str | None = None
@@ -662,11 +760,13 @@ def _parse_device(
             f"got {describe(table.get('backoff_max', 5.0))}",
         )
 
-    decode = table.get("decode", True)
+    # the board's say, for the board's codec (like its schema); the device's own wins
+    own_board = board is not None and board.codec == codec
+    decode = table.get("decode", board.decode if board is not None and own_board else True)
     if not isinstance(decode, bool):
         check.fail(f"{where}.decode", f"expected true or false, got {describe(decode)}")
     # like its codec options, a board's schema describes the board's codec only
-    schema = board.schema if decode and board is not None and board.codec == codec else None
+    schema = board.schema if decode and board is not None and own_board else None
 
     return DeviceConfig(
         name=name,
@@ -680,6 +780,7 @@ def _parse_device(
         backoff_max=backoff_max,
         schema=schema,
         decode=decode,
+        template=name if is_template else None,
     )
 
 

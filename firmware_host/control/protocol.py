@@ -25,6 +25,11 @@ MAX_REPLY = 16 * 1024 * 1024
 #: default and ceiling for a flush request's own timeout, seconds
 FLUSH_TIMEOUT = 30.0
 MAX_FLUSH_TIMEOUT = 24 * 3600.0
+#: ``tail``: frames a subscriber holds for its client by default and at most (a
+#: slow client loses the oldest beyond it), and how many devices it may name
+TAIL_LIMIT = 10_000
+MAX_TAIL_LIMIT = 100_000
+MAX_TAIL_DEVICES = 1024
 
 
 class RequestError(Exception):
@@ -66,8 +71,86 @@ def str_arg(req: dict[str, Any], key: str, *, required: bool = False) -> str | N
     return value
 
 
+def limit_arg(req: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    """A count in ``[low, high]``, or ``default`` when absent (or null)."""
+    value = req.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise RequestError(f"{req['cmd']}: {key!r} must be a whole number from {low} to {high}")
+    return value
+
+
+def device_names(req: dict[str, Any], key: str = "devices", *, most: int = MAX_TAIL_DEVICES) -> list[str] | None:
+    """An optional non-empty list of device names (each as ``device_name`` checks one)."""
+    value = req.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise RequestError(f"{req['cmd']}: {key!r} must be a non-empty list of device names")
+    if len(value) > most:
+        raise RequestError(f"{req['cmd']}: {key!r} names more than {most} devices")
+    names = []
+    for item in value:
+        if not isinstance(item, str) or not item or "\x00" in item or len(item) > 256:
+            raise RequestError(f"{req['cmd']}: {key!r} must hold device names (non-empty strings)")
+        names.append(item)
+    return names
+
+
 def device_name(req: dict[str, Any], key: str = "name", *, required: bool = True) -> str | None:
     value = str_arg(req, key, required=required)
     if value is not None and len(value) > 256:
         raise RequestError(f"{req['cmd']}: {key!r} is too long")
     return value
+
+
+#: the longest frame body ``send`` and ``request`` take (bytes; its hex is twice that)
+MAX_BODY = 16 * 1024
+
+
+def number_arg(req: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+    """A number of seconds in ``(low, high]`` (``low`` excluded), or ``default`` when absent."""
+    value = req.get(key, default)
+    # isfinite() of an int beyond the float range raises OverflowError: compare by value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
+        raise RequestError(f"{req['cmd']}: {key!r} must be a number of seconds above {low:g} and at most {high:g}")
+    return float(value)
+
+
+def int_arg(req: dict[str, Any], key: str, default: int | None, low: int, high: int) -> int | None:
+    """An int in ``[low, high]``, or ``default`` when absent (or null)."""
+    value = req.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise RequestError(f"{req['cmd']}: {key!r} must be an integer from {low} to {high}")
+    return value
+
+
+def body_arg(req: dict[str, Any], *, max_bytes: int = MAX_BODY) -> bytes | str:
+    """A frame body: ``hex`` (bytes) or ``text`` (a str, for the codec to encode), not both;
+    empty when neither is given."""
+    cmd = req["cmd"]
+    hex_text, text = req.get("hex"), req.get("text")
+    if hex_text is not None and text is not None:
+        raise RequestError(f"{cmd}: give 'hex' or 'text', not both")
+    if text is not None:
+        if not isinstance(text, str) or "\x00" in text:
+            raise RequestError(f"{cmd}: 'text' must be a string without NUL")
+        if len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+            raise RequestError(f"{cmd}: 'text' is longer than {max_bytes} bytes")
+        return text
+    if hex_text is None:
+        return b""
+    if not isinstance(hex_text, str):
+        raise RequestError(f"{cmd}: 'hex' must be a string of hex digits")
+    if len(hex_text) > 3 * max_bytes:  # (spaces between bytes allowed)
+        raise RequestError(f"{cmd}: 'hex' is longer than {max_bytes} bytes")
+    try:
+        body = bytes.fromhex(hex_text)
+    except ValueError:
+        raise RequestError(f"{cmd}: 'hex' must be hex digits (two per byte), e.g. \"01ff\"") from None
+    if len(body) > max_bytes:
+        raise RequestError(f"{cmd}: 'hex' is longer than {max_bytes} bytes")
+    return body

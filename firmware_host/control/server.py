@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from firmware_host.aggregator import BufferSnapshot
+from firmware_host.codecs.fh1 import TYPE_COMMAND
 from firmware_host.config import ConfigError, DeviceConfig, config_from_dict
 from firmware_host.config.boards import Board, load_boards
 from firmware_host.config.schema import group_id
@@ -40,18 +41,41 @@ from firmware_host.control.protocol import (
     MAX_CONNECTIONS,
     MAX_FLUSH_TIMEOUT,
     MAX_REQUEST,
+    MAX_TAIL_LIMIT,
+    TAIL_LIMIT,
     RequestError,
+    body_arg,
     device_name,
+    device_names,
     encode_reply,
     error_reply,
+    int_arg,
+    limit_arg,
+    number_arg,
     only,
     str_arg,
 )
-from firmware_host.errors import EXIT_FAILURE, ControlError, DeviceExists, RuntimeFailure, ShuttingDown
+from firmware_host.errors import (
+    EXIT_FAILURE,
+    ControlError,
+    DeviceExists,
+    NotConnected,
+    RequestTimeout,
+    RequestUnsupported,
+    RuntimeFailure,
+    ShuttingDown,
+)
 from firmware_host.flusher import FlushResult
+from firmware_host.frames import Frame
+from firmware_host.recorder import DEFAULT_BUFFER, MAX_BUFFER, MIN_BUFFER, RawSubscription, send_recording, until_eof
+from firmware_host.request import DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_RETRIES, MAX_TIMEOUT, ack_reply, acked_seq
+from firmware_host.sinks.jsonl import encode_records
 from firmware_host.tap import DEFAULT_LIMIT, Subscription
 
 log = logging.getLogger("firmware_host.control")
+
+#: seconds ``close`` waits for the connections it cancelled
+CLOSE_TIMEOUT = 2.0
 
 __all__ = ["ControlServer", "RuntimeControl"]
 
@@ -60,6 +84,12 @@ class DeviceState(Protocol):
     @property
     def removed(self) -> bool:
         """The device was removed (its frames may still be buffered)."""
+        ...
+
+
+class CommandSeqs(Protocol):
+    def next_seq(self, device: str) -> int:
+        """The next command seq for ``device`` (``send`` numbers its frames with it too)."""
         ...
 
 
@@ -93,6 +123,16 @@ class RuntimeControl(Protocol):
     async def remove_device(self, name: str) -> None: ...
 
     def subscribe(self, devices: Iterable[str] | None = None, limit: int = DEFAULT_LIMIT) -> Subscription: ...
+
+    @property
+    def requester(self) -> CommandSeqs: ...
+
+    def send(self, device: str, frame_type: int | None, body: bytes | str, seq: int = 0) -> bool: ...
+
+    async def request(
+        self, device: str, frame_type: int = ..., body: bytes | str = b"", *, timeout: float = ..., retries: int = ...
+    ) -> Frame: ...
+    def record(self, device: str, limit: int = DEFAULT_BUFFER) -> RawSubscription: ...
 
 
 # -- the server --------------------------------------------------------------------------
@@ -135,6 +175,10 @@ class ControlServer:
         #: admitted connections (what the cap counts) and every handler task (what close() ends)
         self._conns: set[asyncio.Task[Any]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: set by close(): streams (``tail``) end on it, also if its cancel went astray
+        self._closing = asyncio.Event()
+        #: the subscriptions of open tails (``status``'s control section counts them)
+        self._tails: set[Subscription] = set()
         self._handlers: dict[str, Handler] = {
             "ping": self._ping,
             "status": self._status,
@@ -143,6 +187,10 @@ class ControlServer:
             "stop": self._stop,
             "devices.add": self._devices_add,
             "devices.remove": self._devices_remove,
+            "send": self._send_frame,
+            "request": self._request,
+            "record": self._record,
+            "tail": self._tail,
         }
 
     # -- lifecycle ----------------------------------------------------------------
@@ -171,6 +219,7 @@ class ControlServer:
             "requests": self.requests,
             "errors": self.errors,
             "refused": self.refused,
+            "tails": len(self._tails),
         }
 
     async def _prepare_path(self) -> None:
@@ -250,6 +299,7 @@ class ControlServer:
 
     async def close(self) -> None:
         """Stop listening, end open connections, remove the socket if it is still ours."""
+        self._closing.set()
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -258,9 +308,16 @@ class ControlServer:
         for task in conns:
             task.cancel()
         if conns:
-            await asyncio.gather(*conns, return_exceptions=True)
+            # bounded: on Python 3.11 a wait_for that finishes as it is cancelled can
+            # swallow the cancel, and a stream that missed it must not hold the shutdown
+            _done, stuck = await asyncio.wait(conns, timeout=CLOSE_TIMEOUT)
+            if stuck:
+                log.warning("control: %d connection(s) did not end within %gs of the close", len(stuck), CLOSE_TIMEOUT)
         if server is not None:
-            await server.wait_closed()
+            try:  # (from 3.12 this waits for every connection: bounded like them)
+                await asyncio.wait_for(server.wait_closed(), CLOSE_TIMEOUT)
+            except TimeoutError:
+                pass
 
     def _unlink_if_ours(self) -> None:
         # only ours: a second runtime may have replaced a socket we thought stale
@@ -497,6 +554,209 @@ class ControlServer:
         except KeyError:  # removed meanwhile by another request
             raise RequestError(f"unknown device {name!r}") from None
         return {"removed": name}
+
+    # -- send and request: talking to a board -------------------------------------------
+
+    def _live_device(self, req: dict[str, Any]) -> str:
+        device = device_name(req, "device")
+        assert device is not None
+        entry = self.runtime.devices.get(device)
+        if entry is None or entry.removed:
+            raise RequestError(f"unknown device {device!r}{self._known_text()}")
+        return device
+
+    async def _send_frame(self, req: dict[str, Any]) -> dict[str, Any]:
+        only(req, "device", "type", "hex", "text")
+        device = self._live_device(req)
+        frame_type = int_arg(req, "type", TYPE_COMMAND, 0, 0xFF)
+        body = body_arg(req)
+        seq = self.runtime.requester.next_seq(device)
+        try:
+            # text codecs ignore the type: the default is fh1's command type
+            sent = self.runtime.send(device, frame_type, body, seq)
+        except KeyError:  # removed meanwhile
+            raise RequestError(f"unknown device {device!r}") from None
+        except ValueError as exc:  # the codec refuses the body (too long, a newline in a line)
+            raise RequestError(f"send: {exc}") from None
+        if not sent:
+            raise RequestError(f"send: device {device!r} is not connected", EXIT_FAILURE)
+        size = len(body.encode("utf-8")) if isinstance(body, str) else len(body)
+        return {"device": device, "type": frame_type, "seq": seq, "bytes": size}
+
+    async def _request(self, req: dict[str, Any]) -> dict[str, Any]:
+        only(req, "device", "type", "hex", "text", "timeout", "retries")
+        device = self._live_device(req)
+        frame_type = int_arg(req, "type", TYPE_COMMAND, 0, 0xFF)
+        assert frame_type is not None
+        body = body_arg(req)
+        timeout = number_arg(req, "timeout", DEFAULT_TIMEOUT, 0.0, MAX_TIMEOUT)
+        retries = int_arg(req, "retries", DEFAULT_RETRIES, 0, MAX_RETRIES)
+        assert retries is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            ack = await self.runtime.request(device, frame_type, body, timeout=timeout, retries=retries)
+        except KeyError:
+            raise RequestError(f"unknown device {device!r}") from None
+        except (RequestTimeout, NotConnected, ShuttingDown) as exc:
+            raise RequestError(f"request: {exc}", EXIT_FAILURE) from None
+        except (RequestUnsupported, ValueError) as exc:
+            raise RequestError(f"request: {exc}") from None
+        return {
+            "device": device,
+            "seq": acked_seq(ack),
+            "type": frame_type,
+            "reply": ack_reply(ack).hex(),
+            "fields": ack.fields,
+            "ack_seq": ack.seq,
+            "elapsed": round(loop.time() - started, 3),
+        }
+
+    async def _record(self, req: dict[str, Any]) -> dict[str, Any]:
+        only(req, "device", "buffer")
+        name = device_name(req, "device")
+        assert name is not None
+        limit = req.get("buffer", DEFAULT_BUFFER)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not MIN_BUFFER <= limit <= MAX_BUFFER:
+            raise RequestError(f"record: 'buffer' must be a whole number of bytes from {MIN_BUFFER} to {MAX_BUFFER}")
+        entry = self.runtime.devices.get(name)
+        if entry is None or entry.removed:
+            raise RequestError(f"unknown device {name!r}{self._known_text()}")
+        try:
+            # attached now, so every read after the reply is in it
+            sub = self.runtime.record(name, limit)
+        except KeyError:
+            raise RequestError(f"unknown device {name!r}") from None
+        except ShuttingDown as exc:
+            raise RequestError(f"record: {exc}", EXIT_FAILURE) from None
+        idle_timeout = self.idle_timeout
+        # a client that never got the reply never starts the stream: the
+        # recording then ends by itself (bounded meanwhile, like any)
+        orphan = asyncio.get_running_loop().call_later(idle_timeout, sub.close, "the client never came")
+
+        async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            orphan.cancel()
+            await send_recording(sub, reader, writer, idle_timeout)
+
+        return {"recording": sub.header.to_dict(), "buffer": limit, "_stream": stream}
+
+    async def _tail(self, req: dict[str, Any]) -> dict[str, Any]:
+        only(req, "devices", "limit")
+        names = device_names(req)
+        limit = limit_arg(req, "limit", TAIL_LIMIT, 1, MAX_TAIL_LIMIT)
+        for name in names or ():
+            if not await self._known_device(name):
+                raise RequestError(f"unknown device {name!r}{self._known_text()}")
+        devices = None if names is None else sorted(set(names))
+        # subscribed before the reply: every frame accepted after it is in the stream
+        sub = self.runtime.subscribe(devices, limit)
+        tails, idle_timeout, closing = self._tails, self.idle_timeout, self._closing
+        tails.add(sub)
+        streaming = False
+
+        async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal streaming
+            streaming = True
+            try:
+                async with sub:
+                    await tail_stream(sub, reader, writer, idle_timeout, closing)
+            finally:
+                tails.discard(sub)
+
+        def unclaimed() -> None:
+            if not streaming:  # the reply could not be sent, so no stream will ever close it
+                sub.close()
+                tails.discard(sub)
+
+        loop = asyncio.get_running_loop()
+        # _after runs once the reply is out (or failed); a stream starts in that same step
+        return {
+            "tail": {"devices": devices, "limit": limit},
+            "_stream": stream,
+            "_after": lambda: loop.call_soon(unclaimed),
+        }
+
+
+# -- tail: the first streaming command ---------------------------------------------------
+
+#: the line that ends a tail whose runtime stopped
+TAIL_END = b'{"end":"stopped"}\n'
+#: seconds a tail waits for frames before it looks again (nothing waits without a deadline)
+TAIL_WAIT = 5.0
+#: frames encoded between two yields to the loop (about a millisecond's work)
+TAIL_ENCODE_SLICE = 1000
+
+
+async def tail_stream(
+    sub: Subscription,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    idle_timeout: float,
+    closing: asyncio.Event,
+) -> None:
+    """Write ``sub``'s frames to a tail client as jsonl records, one write per
+    take, a ``{"lost": N}`` line before frames that followed a loss, and
+    ``TAIL_END`` when the runtime stops (``sub`` closes) or the server
+    closes (``closing``).
+
+    Nothing here can slow the pipeline: the subscription sheds the oldest
+    frames (counted) while a write waits for the client; a write the client
+    does not take within ``idle_timeout`` ends the stream, and so does the
+    client leaving (EOF on its side, or an error on ours).
+    """
+    gone = asyncio.ensure_future(until_eof(reader))
+    # besides the cancel from ControlServer.close: on 3.11 a wait_for whose
+    # inner future finishes as the cancel comes swallows it, and a stream
+    # that missed it would hold the server's close for ever
+    stopping = asyncio.ensure_future(closing.wait())
+    ready: asyncio.Future[bool] | None = None
+    try:
+        while True:
+            closed = sub.closed or stopping.done()  # before the take: nothing arrives after
+            frames, lost = sub.take()
+            if frames or lost or closed:
+                data = await _tail_lines(frames, lost)
+                if closed:
+                    # no waiting on the client now: the close sends what it can
+                    writer.write(data + TAIL_END)
+                    return
+                writer.write(data)
+                # bounded: a client that stops reading must not pin us
+                await asyncio.wait_for(writer.drain(), idle_timeout)
+            elif gone.done():
+                return
+            else:
+                ready = asyncio.ensure_future(sub.wait(TAIL_WAIT))
+                await asyncio.wait((ready, gone, stopping), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        # the server is closing (the runtime stops): what is held, then the end,
+        # left in the transport to go out as it closes
+        frames, lost = sub.take()
+        if not writer.is_closing():
+            writer.write((b'{"lost":%d}\n' % lost if lost else b"") + encode_records(frames) + TAIL_END)
+        raise
+    except TimeoutError:
+        # a client that stopped reading: drop what waits for it at once rather
+        # than hold it (and the connection) until it reads again
+        writer.transport.abort()
+    except (ConnectionError, OSError):
+        return  # the client left
+    finally:
+        for task in (gone, stopping, ready):
+            if task is not None:
+                task.cancel()
+
+
+async def _tail_lines(frames: list[Frame], lost: int) -> bytes:
+    """One take as stream lines. A big take (what a client that stalled
+    finds held) is encoded a slice at a time, yielding between slices, so it
+    never holds the loop for long."""
+    parts = [b'{"lost":%d}\n' % lost] if lost else []
+    for start in range(0, len(frames), TAIL_ENCODE_SLICE):
+        if start:
+            await asyncio.sleep(0)
+        parts.append(encode_records(frames[start : start + TAIL_ENCODE_SLICE]))
+    return b"".join(parts)
 
 
 def _secure_directory(directory: str, gid: int | None = None) -> None:

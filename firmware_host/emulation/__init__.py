@@ -5,6 +5,7 @@
 firmware loop, ``hostwatch`` notices a host opening the port, ``board`` is one
 emulated board built from those (the test kit's ``EmulatedBoard``), and
 ``fleet`` plays many boards with payload ``generators`` and faults for
-``run --emulate`` and ``emulate``. Nothing on the data path imports this
+``run --emulate`` and ``emulate``; ``acks`` is how a board answers the
+host's fh1 commands. Nothing on the data path imports this
 package, and it imports neither the test kit nor the CLI.
 """

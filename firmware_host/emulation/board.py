@@ -20,15 +20,17 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from firmware_host.codecs import Codec, CodecFactory
+from firmware_host.codecs import Codec, CodecFactory, Fh1Codec
+from firmware_host.codecs.fh1 import TYPE_COMMAND_ACK
 from firmware_host.config.boards import Board, load_boards
 from firmware_host.config.schema import DEFAULT_BAUDRATE
+from firmware_host.emulation.acks import AckPolicy, Answerer
 from firmware_host.emulation.stream import Stream
 from firmware_host.emulation.virtualport import VirtualPort
 from firmware_host.emulation.wire import Body, make_wire
 from firmware_host.frames import Frame
 
-__all__ = ["DEFAULT_RATE", "BoardSpec", "EmulatedBoard", "PayloadSpec", "device_config"]
+__all__ = ["DEFAULT_RATE", "Answers", "BoardSpec", "EmulatedBoard", "PayloadSpec", "device_config"]
 
 #: frames per second when streaming without a board profile
 DEFAULT_RATE = 100.0
@@ -110,6 +112,9 @@ class EmulatedBoard:
         #: unplug() calls
         self.unplugs = 0
         self._rng = random.Random(seed)
+        self._seed = seed
+        # one writer at a time: a stream's frames and an ack must not interleave mid-frame
+        self._writing = asyncio.Lock()
 
     @property
     def path(self) -> str:
@@ -177,7 +182,8 @@ class EmulatedBoard:
     async def write(self, data: bytes) -> int:
         """Raw bytes onto the wire (awaits room in the pty; never blocks the loop).
         Returns the bytes written: fewer if the board is unplugged meanwhile."""
-        written = await self.port.write(data)
+        async with self._writing:
+            written = await self.port.write(data)
         self.bytes_written += written
         return written
 
@@ -228,6 +234,27 @@ class EmulatedBoard:
 
     # -- downlink ---------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def answering(self, policy: AckPolicy | None = None, **options: Any) -> AsyncIterator[Answers]:
+        """Answer the host's fh1 commands with acks while inside, like firmware
+        that takes commands: ``async with board.answering(drop_first=1, delay=0.2) as answers``
+        (options: :class:`~firmware_host.emulation.acks.AckPolicy`). Every frame the
+        host sends lands in ``answers.received`` (so ``read_downlink`` is not used meanwhile)."""
+        if not isinstance(self.codec, Fh1Codec):
+            raise TypeError(f"codec {self.spec.codec!r} has no commands to answer (fh1 has)")
+        answerer = Answerer(policy or AckPolicy(**options), self._seed, max_payload=self.codec.max_payload)
+        answers = Answers(self, answerer)
+        tasks = [
+            asyncio.create_task(answers.read(), name=f"answer-read:{self.path}"),
+            asyncio.create_task(answers.write(), name=f"answer-write:{self.path}"),
+        ]
+        try:
+            yield answers
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     async def read_downlink(self, timeout: float = 5.0) -> list[Frame]:
         """Await what the host sent (``rt.send(...)``), decoded with the board's codec."""
         async with asyncio.timeout(timeout):
@@ -238,6 +265,69 @@ class EmulatedBoard:
 
     def __repr__(self) -> str:
         return f"<EmulatedBoard {self.spec.name} on {self.path}>"
+
+
+class Answers:
+    """What :meth:`EmulatedBoard.answering` yields: the host's frames and the acks."""
+
+    def __init__(self, board: EmulatedBoard, answerer: Answerer) -> None:
+        self.board = board
+        self.answerer = answerer
+        self._due: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        self._arrived = asyncio.Event()
+
+    @property
+    def received(self) -> list[Frame]:
+        """Every frame the host sent so far, commands or not."""
+        return self.answerer.received
+
+    @property
+    def commands(self) -> int:
+        return self.answerer.commands
+
+    @property
+    def acked(self) -> int:
+        return self.answerer.acked
+
+    @property
+    def dropped(self) -> int:
+        return self.answerer.dropped
+
+    async def wait_received(self, count: int, timeout: float = 5.0) -> list[Frame]:
+        """Until the host has sent at least ``count`` frames; TimeoutError after ``timeout``."""
+        async with asyncio.timeout(timeout):
+            while len(self.received) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+        return self.received
+
+    async def read(self) -> None:
+        """Decode the downlink; schedule each ack at its due time (delays are equal, so in order)."""
+        board = self.board
+        port = board.port
+        loop = asyncio.get_running_loop()
+        delay = self.answerer.policy.delay
+        while True:
+            try:
+                data = await port.read()
+            except ConnectionError:  # unplugged: the host's commands go nowhere until the replug
+                await port.when_plugged()
+                board._downlink.reset()
+                continue
+            for frame in board._downlink.feed(data, time.time()):
+                reply = self.answerer.answer(frame)
+                if reply is not None:
+                    self._due.put_nowait((loop.time() + delay, reply))
+            self._arrived.set()
+
+    async def write(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due, reply = await self._due.get()
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())
+            # the board's own uplink seq: the host sees no gap
+            await self.board.write(self.board.encode(reply, type=TYPE_COMMAND_ACK))
 
 
 class _Countable:

@@ -10,19 +10,23 @@ can be held to it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import random
+import time
 from dataclasses import dataclass, field
 
+from firmware_host.codecs.fh1 import TYPE_COMMAND_ACK, Fh1Codec
 from firmware_host.config.boards import Board
+from firmware_host.emulation.acks import AckPolicy, Answerer
 from firmware_host.emulation.board import EmulatedBoard
 from firmware_host.emulation.generators import Generator, make_generator
 from firmware_host.emulation.hostwatch import HostWatch
 from firmware_host.emulation.virtualport import VirtualPort
 from firmware_host.emulation.wire import WIRE_CODECS, Body, FaultWire
 
-__all__ = ["NOISE_MAX", "NOISE_MIN", "EmulatedDevice", "FaultOptions", "FleetPlayer", "unplayable"]
+__all__ = ["NOISE_MAX", "NOISE_MIN", "DeviceAcks", "EmulatedDevice", "FaultOptions", "FleetPlayer", "unplayable"]
 
 log = logging.getLogger("firmware_host.emulator")
 
@@ -84,6 +88,9 @@ class EmulatedDevice:
     overrun: int = 0  # frames dropped because the device fell behind (host not reading)
     gaps: int = 0  # seq discontinuities the host will count (fh1 only)
     inexact: bool = False  # True if something made the counts above unreliable
+    commands: int = 0  # fh1 commands the host sent (answered by DeviceAcks)
+    acks: int = 0  # acks fully written (each also counts in `sent`)
+    acks_dropped: int = 0  # commands left unanswered on purpose (AckPolicy)
     _last_seq: int | None = field(default=None, repr=False)
 
     @property
@@ -132,6 +139,9 @@ class EmulatedDevice:
             "host_opens",
             "bytes_written",
             "downlink_bytes",
+            "commands",
+            "acks",
+            "acks_dropped",
             "inexact",
         )
         return {k: getattr(self, k) for k in keys}
@@ -251,3 +261,49 @@ class FleetPlayer:
         if got is None:
             got = self._effects[key] = self.wire.effect(self.wire.frame(item, 0))
         return got
+
+
+class DeviceAcks:
+    """A fleet device answering the host's fh1 commands (emulation.acks): the
+    device's HostWatch hands over the downlink, acks go out through its board
+    with the device's own seq, counted in its account like any frame."""
+
+    def __init__(self, dev: EmulatedDevice, policy: AckPolicy, seed: object) -> None:
+        self.dev = dev
+        codec = dev.emulator.codec
+        max_payload = codec.max_payload if isinstance(codec, Fh1Codec) else None
+        self.answerer = Answerer(policy, f"{seed}:{dev.name}", max_payload=max_payload, keep=False)
+        self._decoder = dev.emulator.wire.decoder("downlink")
+        self._due: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    def downlink(self, data: bytes) -> None:
+        """What the host wrote (HostWatch's hook): each command's ack is due after the delay."""
+        answerer, dev = self.answerer, self.dev
+        now = asyncio.get_running_loop().time()
+        for frame in self._decoder.feed(data, time.time()):
+            reply = answerer.answer(frame)
+            dev.commands, dev.acks_dropped = answerer.commands, answerer.dropped
+            if reply is not None:
+                self._due.put_nowait((now + answerer.policy.delay, reply))
+
+    async def run(self) -> None:
+        """Write each ack when it is due (delays are equal, so in order)."""
+        loop = asyncio.get_running_loop()
+        dev = self.dev
+        while True:
+            due, reply = await self._due.get()
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())
+            seq = dev.seq
+            dev.seq = (seq + 1) & _SEQ_MASK
+            data = dev.emulator.wire.encode(reply, seq, TYPE_COMMAND_ACK)
+            written = await dev.emulator.write(data)
+            if written < len(data):  # unplugged meanwhile: the host never gets it
+                dev.lost_unplugged += 1
+                dev.inexact = dev.inexact or written > 0
+                continue
+            dev.sent += 1
+            dev.acks += 1
+            if dev._last_seq is not None and seq != (dev._last_seq + 1) & _SEQ_MASK:
+                dev.gaps += 1
+            dev._last_seq = seq

@@ -28,8 +28,9 @@ from collections.abc import Mapping, Sequence
 
 from firmware_host.config.boards import Board, BoardError, load_boards
 from firmware_host.config.schema import DeviceConfig
+from firmware_host.emulation.acks import AckPolicy
 from firmware_host.emulation.board import BoardSpec, EmulatedBoard
-from firmware_host.emulation.device import EmulatedDevice, FaultOptions, FleetPlayer, unplayable
+from firmware_host.emulation.device import DeviceAcks, EmulatedDevice, FaultOptions, FleetPlayer, unplayable
 from firmware_host.emulation.hostwatch import HostWatch
 from firmware_host.emulation.stream import Cable, Stream, check_rate
 from firmware_host.emulation.virtualport import VirtualPort
@@ -44,6 +45,8 @@ DEFAULT_FLEET: tuple[str, ...] = ("nucleo-imu", "env-sensor", "gnss-nmea", "csv-
 MAX_COUNT = 256
 #: the default: every fault off (frozen, so one instance serves every fleet)
 NO_FAULTS = FaultOptions()
+#: the default: every fh1 board acks every command at once, echoing its body
+ALWAYS_ACK = AckPolicy()
 
 
 def parse_emulate_spec(specs: Sequence[str], boards: Mapping[str, Board]) -> list[tuple[Board, int]]:
@@ -104,6 +107,7 @@ class Fleet:
     board's frame rate; ``seed`` makes payloads and faults reproducible.
     ``wait_for_host=False`` streams at once instead of waiting for a host to
     open the port (bytes nobody reads then pile up in the pty, and are lost).
+    ``acks``: how fh1 boards answer the host's commands (None: they do not).
     """
 
     def __init__(
@@ -115,6 +119,7 @@ class Fleet:
         rate: float | None = None,
         seed: object = None,
         wait_for_host: bool = True,
+        acks: AckPolicy | None = ALWAYS_ACK,
     ) -> None:
         if rate is not None:
             check_rate(rate)
@@ -126,11 +131,14 @@ class Fleet:
         self.rate = rate
         self.seed = seed
         self.wait_for_host = wait_for_host
+        self.acks = acks
+        self._answering: list[DeviceAcks] = []
         self.directory: str | None = os.fspath(directory) if directory is not None else None
         self.devices: list[EmulatedDevice] = []
         self._created_dir = False
         self._streams: list[Stream] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._ack_tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         # off the loop: a directory on a slow disk must not stall it
@@ -149,6 +157,10 @@ class Fleet:
                     emulator = EmulatedBoard(port, BoardSpec.from_board(board))
                     dev = EmulatedDevice(name, port.path, board, emulator, HostWatch(port, wait=self.wait_for_host))
                     self.devices.append(dev)
+                    if self.acks is not None and board.codec == "fh1":
+                        answering = DeviceAcks(dev, self.acks, self.seed)
+                        dev.host.downlink = answering.downlink
+                        self._answering.append(answering)
                     player = FleetPlayer(dev, faults, self.seed, rate, base_time)
                     stream = Stream(emulator, player, rate, burst=max(1, faults.burst), cable=cable, host=dev.host)
                     self._streams.append(stream)
@@ -158,6 +170,9 @@ class Fleet:
         self._tasks = [
             asyncio.create_task(self._run(dev, stream), name=f"emulate:{dev.name}")
             for dev, stream in zip(self.devices, self._streams, strict=True)
+        ]
+        self._ack_tasks = [
+            asyncio.create_task(answering.run(), name=f"acks:{answering.dev.name}") for answering in self._answering
         ]
 
     @staticmethod
@@ -196,6 +211,10 @@ class Fleet:
         """Stop writing between frames (ports stay open so the host can read the rest)."""
         for stream in self._streams:
             stream.stop()
+        for task in self._ack_tasks:  # an ack due later is not written
+            task.cancel()
+        if self._ack_tasks:
+            await asyncio.gather(*self._ack_tasks, return_exceptions=True)
         if self._tasks:
             _done, pending = await asyncio.wait(self._tasks, timeout=timeout)
             for task in pending:  # parked on a full pty nobody reads
@@ -236,6 +255,10 @@ def emulate_main(
     duration: float | None = None,
     seed: int | None = None,
     boards_dirs: Sequence[str] = (),
+    acks: bool = True,
+    ack_drop_first: int = 0,
+    ack_drop: float = 0.0,
+    ack_delay: float = 0.0,
 ) -> int:
     """``firmware-host emulate``: print ``NAME PATH`` per device, run until a signal
     or ``duration``. Exit status 0, or 2 for a bad board or option."""
@@ -249,7 +272,8 @@ def emulate_main(
     try:
         plan = parse_emulate_spec([spec], boards)
         faults = FaultOptions(noise=noise, corrupt=corrupt, skip=skip, burst=burst, unplug_every=unplug_every)
-        fleet = Fleet(plan, directory, faults=faults, rate=rate, seed=seed)
+        policy = AckPolicy(drop_first=ack_drop_first, drop=ack_drop, delay=ack_delay) if acks else None
+        fleet = Fleet(plan, directory, faults=faults, rate=rate, seed=seed, acks=policy)
     except ValueError as exc:
         print(f"firmware-host: emulate: {exc}", file=sys.stderr)
         return 2
@@ -285,7 +309,8 @@ async def _emulate(fleet: Fleet, duration: float | None) -> int:
         print(
             f"{dev.name}: sent {c['sent']}, corrupted {c['corrupted']}, skipped {c['skipped']}, "
             f"noise {c['noise_events']} ({c['noise_bytes']} bytes), lost unplugged {c['lost_unplugged']}, "
-            f"overrun {c['overrun']}, unplugs {c['unplugs']}",
+            f"overrun {c['overrun']}, unplugs {c['unplugs']}"
+            + (f", commands {c['commands']} (acked {c['acks']}, dropped {c['acks_dropped']})" if c["commands"] else ""),
             file=sys.stderr,
         )
     return 0

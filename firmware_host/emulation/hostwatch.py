@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import struct
 import termios
+from collections.abc import Callable
 
 from firmware_host.emulation.virtualport import VirtualPort
 
@@ -29,9 +30,13 @@ class HostWatch:
     it, and how many bytes it wrote (downlink). ``wait=False``: listening from
     the start, as firmware that streams whether or not anyone listens."""
 
-    def __init__(self, port: VirtualPort, *, wait: bool = True) -> None:
+    def __init__(
+        self, port: VirtualPort, *, wait: bool = True, downlink: Callable[[bytes], None] | None = None
+    ) -> None:
         self.port = port
         self.wait = wait
+        #: handed every downlink byte as it is read (a board that answers commands)
+        self.downlink = downlink
         self.listening = not wait
         #: opens seen (flushes; a configure without one counts once)
         self.opens = 0
@@ -68,13 +73,15 @@ class HostWatch:
             data = port.read_nowait()
             if not data:
                 break
-            if not self._packet:
-                self.downlink_bytes += len(data)
-            elif data[0] == termios.TIOCPKT_DATA:
-                self.downlink_bytes += len(data) - 1
-            elif data[0] & termios.TIOCPKT_FLUSHREAD:
-                self.opens += 1
-                self.listening = True
+            if self._packet and data[0] != termios.TIOCPKT_DATA:
+                if data[0] & termios.TIOCPKT_FLUSHREAD:
+                    self.opens += 1
+                    self.listening = True
+                continue
+            payload = data[1:] if self._packet else data
+            self.downlink_bytes += len(payload)
+            if self.downlink is not None:
+                self.downlink(payload)
         if self.listening or port.master is None:
             return
         try:

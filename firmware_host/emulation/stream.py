@@ -204,7 +204,10 @@ class Stream:
         done = functools.partial(wake, fut)
         self._wake = fut
         timer = loop.call_later(max(0.0, delay), done)
-        readable = port.master if idle and self.host is not None else None
+        host = self.host
+        # idle: wake on the host opening the port; a board that answers
+        # commands also wakes on them, or an ack would wait for the next tick
+        readable = port.master if host is not None and (idle or host.downlink is not None) else None
         generation = port.generation
         plugged = port.when_plugged() if idle and not port.plugged else None
         if readable is not None:

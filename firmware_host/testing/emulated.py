@@ -19,6 +19,7 @@ from typing import Any
 from firmware_host.codecs import BUILTIN_CODECS, CodecFactory
 from firmware_host.config.boards import Board, load_board_file, load_boards
 from firmware_host.emulation.board import DEFAULT_RATE, BoardSpec, EmulatedBoard, PayloadSpec, device_config
+from firmware_host.emulation.replay import Expected, Replay, ReplayFaults
 from firmware_host.emulation.wire import Body
 
 __all__ = [
@@ -27,7 +28,10 @@ __all__ = [
     "Body",
     "DeviceUnderTest",
     "EmulatedBoard",
+    "Expected",
     "PayloadSpec",
+    "Replay",
+    "ReplayFaults",
     "device_config",
     "resolve_board",
 ]

@@ -3,12 +3,17 @@ the accounting law checked at the end."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from firmware_host.config import DEFAULT_CODECS, DEFAULT_SINKS, Config, config_from_dict
+from firmware_host.frames import Frame
 from firmware_host.runtime import Runtime, Summary
+from firmware_host.tap import Subscription
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -37,6 +42,67 @@ def assert_accounting(status: Mapping[str, Any]) -> None:
                 )
     if bad:
         raise AccountingError("accounting law broken: " + "; ".join(bad))
+
+
+#: what ``expect`` looks for: a predicate on a frame, or a regular expression
+#: (``str``: searched in the frame's text, or a binary payload decoded as UTF-8;
+#: ``bytes``: searched in the payload, or a text frame's UTF-8 bytes)
+FramePattern = Callable[[Frame], bool] | str | bytes | re.Pattern[str] | re.Pattern[bytes]
+
+
+def _matcher(pattern: FramePattern) -> Callable[[Frame], re.Match[Any] | bool | None]:
+    if isinstance(pattern, (str, bytes)):
+        pattern = re.compile(pattern)
+    if isinstance(pattern, re.Pattern):
+        rx: re.Pattern[Any] = pattern
+        if isinstance(rx.pattern, bytes):
+            return lambda f: rx.search(f.payload if f.payload is not None else (f.text or "").encode())
+        return lambda f: rx.search(f.text if f.text is not None else (f.payload or b"").decode("utf-8", "replace"))
+    if callable(pattern):
+        return pattern
+    raise TypeError(f"expect: a predicate or a regular expression, not {type(pattern).__name__}")
+
+
+class Expectation:
+    """The frames of a device from the moment ``expecting`` began, matched in
+    order: each ``match`` consumes the frames up to the one it returns."""
+
+    def __init__(self, device: str | None, sub: Subscription) -> None:
+        self.device = device
+        self._sub = sub
+        self._pending: deque[Frame] = deque()
+        #: the regular expression's match of the last frame ``match`` returned (None for a predicate)
+        self.last_match: re.Match[Any] | None = None
+        #: frames looked at so far, and frames the subscription lost (it holds 10,000)
+        self.seen = 0
+        self.lost = 0
+
+    async def match(self, pattern: FramePattern, timeout: float = DEFAULT_TIMEOUT) -> Frame:
+        """The next frame that matches ``pattern``; TimeoutError after ``timeout``."""
+        test = _matcher(pattern)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            while self._pending:
+                frame = self._pending.popleft()
+                self.seen += 1
+                found = test(frame)
+                if found:
+                    self.last_match = found if isinstance(found, re.Match) else None
+                    return frame
+            # what the subscription holds first: frames that came before the runtime stopped count
+            frames, lost = self._sub.take()
+            self.lost += lost
+            if frames:
+                self._pending.extend(frames)
+                continue
+            left = deadline - loop.time()
+            if self._sub.closed or left <= 0 or not await self._sub.wait(left):
+                shown = pattern if isinstance(pattern, (str, bytes, re.Pattern)) else "the predicate"
+                why = "the runtime stopped" if self._sub.closed else f"within {timeout:g}s"
+                raise TimeoutError(
+                    f"no frame of {self.device!r} matched {shown!r} {why} ({self.seen} frames looked at)"
+                )
 
 
 class RuntimeUnderTest:
@@ -70,6 +136,29 @@ class RuntimeUnderTest:
     async def wait_flushed(self, device: str, count: int, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
         """Until ``count`` of ``device``'s frames were accepted by every sink."""
         return await self.wait_counter(device, "flushed", count, timeout)
+
+    @contextlib.asynccontextmanager
+    async def expecting(self, device: str | None) -> AsyncIterator[Expectation]:
+        """Watch ``device``'s frames (None: every device's) from now on:
+        ``async with rt.expecting("dut") as exp: <trigger>; await exp.match(...)``
+        sees a frame that arrives before ``match`` is called."""
+        sub = self.runtime.subscribe(None if device is None else [device])
+        try:
+            yield Expectation(device, sub)
+        finally:
+            sub.close()
+
+    async def expect(self, device: str | None, pattern: FramePattern, timeout: float = DEFAULT_TIMEOUT) -> Frame:
+        """The first frame of ``device`` from this call on that matches ``pattern``
+        (a predicate, or a regex: see ``FramePattern``); TimeoutError after
+        ``timeout``. A frame that arrived before the call is not seen: to
+        trigger something and catch its answer, use ``expecting``."""
+        async with self.expecting(device) as exp:
+            return await exp.match(pattern, timeout)
+
+    async def request(self, device: str, *args: Any, **kwargs: Any) -> Frame:
+        """``Runtime.request`` (a command and its ack)."""
+        return await self.runtime.request(device, *args, **kwargs)
 
     async def shutdown(self, grace: float | None = None, check: bool = True) -> Summary:
         self.summary = await self.runtime.shutdown(grace)

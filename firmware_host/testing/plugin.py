@@ -27,7 +27,9 @@ from typing import Any
 import pytest
 
 from firmware_host.codecs import CodecFactory
+from firmware_host.emulation.replay import Replay, ReplayFaults
 from firmware_host.emulation.virtualport import VirtualPort
+from firmware_host.recordfile import read_recording
 from firmware_host.testing.emulated import BoardSpec, DeviceUnderTest, EmulatedBoard, resolve_board
 from firmware_host.testing.harness import running_runtime
 from firmware_host.testing.serialmock import SerialMock
@@ -153,12 +155,33 @@ class BoardFactory:
         self.boards.append(emulated)
         return emulated
 
+    def replay(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        speed: float = 1.0,
+        faults: ReplayFaults | None = None,
+        codec: str | None = None,
+        name: str | None = None,
+        codecs: Mapping[str, CodecFactory] | None = None,
+    ) -> Replay:
+        """A recording (``firmware-host record``) on a new pty: ``replay.expected``
+        is what the runtime must count (frames, rejected, gaps), known before
+        it plays; ``replay.config(name)`` its ``[[devices]]`` entry; ``await
+        replay.play()`` waits for the host to open the port, then plays at
+        ``speed`` times the recorded pace (0: as fast as the host reads).
+        Reads the file now (RecordingError for one that is not a recording)."""
+        recording = read_recording(os.fspath(path))
+        return Replay(recording, self._ports.new(name), speed=speed, faults=faults, codec=codec, registry=codecs)
+
 
 @pytest.fixture
 def fh_board(fh_ports: VirtualPorts) -> BoardFactory:
     """``board = fh_board("nucleo-imu" | "fh1" | "nmea" | ..., name=None, **codec_options)``:
     an emulated board on a pty; ``await board.send_frames(n)``, ``send_lines``,
-    ``noise``, ``unplug``/``replug``, ``read_downlink``, ``streaming()``."""
+    ``noise``, ``unplug``/``replug``, ``read_downlink``, ``streaming()``,
+    ``answering(drop_first=, drop=, delay=, reply=)`` (acks to fh1 commands).
+    ``fh_board.replay(FILE, speed=, faults=)``: a recording played on a pty."""
     return BoardFactory(fh_ports)
 
 

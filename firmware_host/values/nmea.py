@@ -6,6 +6,10 @@ plus ``msg`` (``"GGA"``) and ``talker`` (``"GN"``). Positions are pynmeagps's
 made JSON-ready here: times and dates become ISO strings, an empty field
 becomes None. A sentence pynmeagps cannot parse (an unknown type, a malformed
 field it refuses) keeps its text, gets no fields and counts ``undecoded``.
+
+The common sentences (GGA, RMC, GLL, VTG, GSA, GSV, ZDA) take a fast path
+(``values.nmea_fast``) that gives the same fields as pynmeagps without its
+per-sentence object; whatever it does not decode goes to pynmeagps.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from firmware_host.frames import Frame
+from firmware_host.values.nmea_fast import NmeaFastPath
 
 Fields = dict[str, Any]
 #: sentence bytes -> a pynmeagps NMEAMessage (raises on what it cannot parse)
@@ -64,20 +69,27 @@ def pynmeagps_parser() -> Parse | None:
 class NmeaDecoder:
     """One device's NMEA decoder (a ``FieldDecoder``)."""
 
-    __slots__ = ("_parse", "undecoded")
+    __slots__ = ("_fast", "_parse", "undecoded")
 
-    def __init__(self, parse: Parse) -> None:
+    def __init__(self, parse: Parse, fast: bool = True) -> None:
         self._parse = parse
+        #: the fast path for the common sentences (None: the library for all)
+        self._fast = NmeaFastPath().fields if fast else None
         #: sentences pynmeagps could not parse
         self.undecoded = 0
 
     def decode(self, frames: Sequence[Frame]) -> None:
-        parse = self._parse
+        parse, fast = self._parse, self._fast
         bad = 0
         for frame in frames:
             text = frame.text
             if text is None:
                 continue
+            if fast is not None:
+                fields = fast(text)
+                if fields is not None:
+                    frame.fields = fields
+                    continue
             try:
                 msg = parse(text.encode("ascii", "replace"))
                 if msg is None:

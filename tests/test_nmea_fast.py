@@ -1,0 +1,278 @@
+"""The NMEA fast path (``values.nmea_fast``) against pynmeagps, field for field.
+
+The oracle is pynmeagps itself, through the decoder's library-only path
+(``NmeaDecoder(parse, fast=False)``): for every sentence of every capture in
+``tests/data``, of the emulated receiver, and of edge and fuzzed sentences,
+the decoder with the fast path gives the same fields (keys, order, types and
+values) and the same ``undecoded`` count as without it.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from firmware_host import Frame
+from firmware_host.codecs.nmea import NmeaCodec, nmea_checksum
+from firmware_host.emulation.generators import GnssGenerator
+from firmware_host.values.nmea import NmeaDecoder, pynmeagps_parser
+from firmware_host.values.nmea_fast import FAST_TYPES, SPECS, TALKERS, NmeaFastPath
+
+pynmeagps = pytest.importorskip("pynmeagps")
+
+pytestmark = pytest.mark.timeout(120)
+
+DATA = Path(__file__).resolve().parent / "data"
+# the NMEA captures (the binary u-blox ones under gpsd/ubx/ hold no sentences)
+CAPTURES = sorted((DATA / "gpsd").glob("*.log"))
+
+
+def sentence(body: str) -> str:
+    return f"${body}*{nmea_checksum(body.encode('latin-1')):02X}"
+
+
+def library_decoder() -> NmeaDecoder:
+    parse = pynmeagps_parser()
+    assert parse is not None
+    return NmeaDecoder(parse, fast=False)
+
+
+def fast_decoder() -> NmeaDecoder:
+    parse = pynmeagps_parser()
+    assert parse is not None
+    return NmeaDecoder(parse)
+
+
+def exact(fields: dict[str, Any] | None) -> list[tuple[str, str, str]] | None:
+    """Keys in order, each value's type and repr: 1 == 1.0 and nan != nan do not blur it."""
+    if fields is None:
+        return None
+    return [(k, type(v).__name__, repr(v)) for k, v in fields.items()]
+
+
+def outcome(decoder: NmeaDecoder, text: str) -> tuple[list[tuple[str, str, str]] | None, int]:
+    """One sentence through ``decoder``: its fields, and whether it counted undecoded."""
+    frame = Frame("gps", 0, None, 0.0, None, text)
+    before = decoder.undecoded
+    decoder.decode([frame])
+    return exact(frame.fields), decoder.undecoded - before
+
+
+def assert_same(texts: list[str]) -> int:
+    """Each sentence decodes the same both ways; returns how many the fast path itself decoded."""
+    lib, fast, path = library_decoder(), fast_decoder(), NmeaFastPath()
+    taken = 0
+    for text in texts:
+        assert outcome(fast, text) == outcome(lib, text), text
+        mine = path.fields(text)
+        if mine is not None:
+            taken += 1
+            assert outcome(lib, text)[0] == exact(mine), text
+    return taken
+
+
+def common(text: str) -> bool:
+    """A sentence of the seven types with a talker the fast path takes."""
+    return text[:1] == "$" and text[3:6] in FAST_TYPES and text[1:3] in TALKERS and text[6:7] in (",", "*")
+
+
+def capture(path: Path) -> list[str]:
+    lines = path.read_bytes().splitlines(keepends=True)
+    data = b"".join(line for line in lines if not line.startswith(b"#"))
+    return [f.text for f in NmeaCodec("gps").feed(data, 0.0) if f.text is not None]
+
+
+# -- the fast path's tables are the library's ---------------------------------------------------
+
+
+def test_the_specs_are_the_installed_pynmeagps_payload_definitions():
+    from pynmeagps.nmeatypes_get import NMEA_PAYLOADS_GET
+
+    for msg, spec in SPECS.items():
+        expanded: list[tuple[str, str]] = []
+        for name, kind in NMEA_PAYLOADS_GET[msg].items():
+            if isinstance(kind, tuple):  # a group: (repeats, {name: kind})
+                repeats, group = kind
+                expanded += [(f"{n}_{i:02d}", k) for i in range(1, repeats + 1) for n, k in group.items()]
+            else:
+                expanded.append((name, kind))
+        assert tuple(expanded) == spec, msg
+    gsv = NMEA_PAYLOADS_GET["GSV"]
+    assert list(gsv) == ["numMsg", "msgNum", "numSV", "group_sv_grp", "signalID"]
+    assert gsv["group_sv_grp"] == ("None", {"svid": "IN", "elv": "IN", "az": "IN", "cno": "IN"})
+    assert {"GGA", "RMC", "GLL", "VTG", "GSA", "GSV", "ZDA"} == FAST_TYPES
+
+
+def test_the_talkers_are_pynmeagps_talkers_and_none_reads_as_proprietary():
+    from pynmeagps.nmeatypes_core import NMEA_TALKERS
+
+    assert set(NMEA_TALKERS) >= TALKERS
+    assert not any(t.startswith("P") for t in TALKERS)  # pynmeagps splits "P..." as talker "P"
+
+
+# -- every sentence we have ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", CAPTURES, ids=[p.name for p in CAPTURES])
+def test_every_sentence_of_every_capture_decodes_as_pynmeagps_does(path):
+    texts = capture(path)
+    taken = assert_same(texts)
+    # the fast path really decoded the captures' common sentences, not the library behind it
+    assert taken == sum(map(common, texts)), path.name
+
+
+def test_the_captures_hold_all_seven_types():
+    seen = {t[3:6] for path in CAPTURES for t in capture(path) if common(t)}
+    assert seen == FAST_TYPES
+
+
+def test_the_emulated_receiver_decodes_as_pynmeagps_does():
+    gen = GnssGenerator(5.0, random.Random(7), 1_700_000_000.0)
+    texts = [str(item) for k in range(300) for item in gen.tick(k)]
+    assert assert_same(texts) == len(texts)
+
+
+# -- edges ---------------------------------------------------------------------------------------
+
+EDGES = [
+    # empty and missing fields, truncated sentences
+    "GPGGA,,,,,,,,,,,,,,",
+    "GPGGA",
+    "GPGGA,",
+    "GPGGA,092750.000,5321.6802",
+    "GPGGA,092750.000,5321.6802,S",
+    "GPGGA,092750.000,5321.6802,S,00630.3372",
+    "GPGGA,092750.000,5321.6802,S,00630.3372,W",
+    "GPGGA,092750.000,5321.6802,S,00630.3372,W,1,8,1.03,61.7,M,55.2,M,,,extra,fields",
+    "GNRMC,,V,,,,,,,,,,N",
+    "GNRMC,171926.00,A,4404.14063,N,12118.85478,E,0.117,,180315,,,A,V",
+    "GPGLL,,,,,,V,N",
+    "GPVTG,,,,,,,,,N",
+    "GNGSA,A,1,,,,,,,,,,,,,99.99,99.99,99.99,1",
+    "GNGSA,A,3,01,02",
+    "GPGSV,1,1,00",
+    "GPGSV,1,1,00,",
+    "GPGSV,1,1,01,05,,,",
+    "GPGSV,1,1,01,05,,,,1",
+    "GPGSV,1,1,01,05,,,,1,extra",
+    "GPGSV,3,1,11,01,02,003,04,05,06,007,08,09,10,011,12,13,14,015,16,17,18,019,20,1",
+    "GPGSV,1",
+    "GPGSV,1,1,36," + ",".join(f"{i:02d},10,100,30" for i in range(1, 10)) + ",1",  # 9 groups: the library's
+    "GPZDA,,,,,,",
+    "GPZDA,171926.00,18,03,2015",
+    # odd talkers: known to pynmeagps or not
+    "GLGGA,092750.000,5321.6802,N,00630.3372,E,1,8,1.03,61.7,M,55.2,M,,",
+    "BDGSA,A,3,01,,,,,,,,,,,,1.0,1.0,1.0",
+    "GBGSV,1,1,01,05,10,100,30",
+    "GAGLL,5321.6802,N,00630.3372,E,092750.000,A,A",
+    "XXGGA,092750.000,5321.6802,N,00630.3372,E,1,8,1.03,61.7,M,55.2,M,,",
+    "gpGGA,092750.000,5321.6802,N,00630.3372,E,1,8,1.03,61.7,M,55.2,M,,",
+    "PGGGA,092750.000",
+    "GPGGAX,092750.000",
+    "GPGG,092750.000",
+    # hemispheres: lowercase, blank, nonsense, and a position without its hemisphere
+    "GPGGA,092750.000,5321.6802,s,00630.3372,w,1,8,1.03,61.7,M,55.2,M,,",
+    "GPGGA,092750.000,5321.6802,,00630.3372,,1,8,1.03,61.7,M,55.2,M,,",
+    "GPGLL,5321.6802,X,00630.3372,Q,092750.000,A,A",
+    "GPGLL,5321.6802,S",
+    "GPGLL,5321.6802",
+    # zeros, negatives, odd positions
+    "GPGGA,000000.00,0000.0000,S,00000.0000,W,0,0,0.0,0.0,M,0.0,M,0,0",
+    "GPGGA,092750.000,5321.6802,N,00630.3372,E,1,8,1.03,-61.7,M,-55.2,M,,",
+    "GPGGA,092750.000,-5321.6802,N,-00630.3372,E,1,8,1.03,61.7,M,55.2,M,,",
+    "GPGGA,092750.000,0000-5.00,S,00-0.5000,W,1,8,1.03,61.7,M,55.2,M,,",
+    "GPGGA,092750.000,5321,N,630.3372,E,1,8,1.03,61.7,M,55.2,M,,",
+    "GPGGA,092750.000,53.216802,N,0.6303372,E,1,8,1.03,61.7,M,55.2,M,,",
+    "GPGGA,092750.000,5321.6802.1,N,00630.33x2,E,1,8,1.03,61.7,M,55.2,M,,",
+    "GPGGA,092750.000,9000.0000,N,18000.0000,E,1,8,1.03,61.7,M,55.2,M,,",
+    "GPGGA,092750.000,4916.4500000,N,12311.1200000,W,1,8,1.03,61.7,M,55.2,M,,",
+    # numbers Python parses oddly and pynmeagps with it
+    "GPGGA,092750.000,5321.6802,N,00630.3372,E,+1,08,nan,inf,M,1e3,M,1_0, 7",
+    "GPGGA,092750.000,5321.6802,N,00630.3372,E,1.0,8,1.03,61.7,M,55.2,M,,",
+    "GPGGA,092750.000,5321.6802,N,00630.3372,E,1,8,1,03,61.7,M,55.2,M,,",
+    "GPGGA,092750.000,5321.6802,N,00630.3372,E,x,8,1.03,61.7,M,55.2,M,,",
+    "GPVTG,1.2.3,T,,M,0,N,0,K,A",
+    "GPGSV,1,1,01,05,-3,360,99",
+    # times
+    *(
+        f"GPZDA,{t},18,03,2015,00,00"
+        for t in ("235959", "235959.99", "000000.000", "120000.5", "120000.000001", "120000.1234567", "240000",
+                  "236000", "235960", "235961", "92750", "92750.0", "0927", "09275a.00", "092750.", ".0",
+                  "092750,00", " 92750", "092750.00 ", "0x2750")
+    ),
+    # dates
+    *(
+        f"GNRMC,171926.00,A,4404.14063,N,12118.85478,E,0.117,,{d},,,A"
+        for d in ("010100", "311299", "290200", "290201", "290296", "010168", "010169", "000000", "320115",
+                  "011315", "18315", "1803150", "1 0315", "0a0315", "310415", "")
+    ),
+]  # fmt: skip
+
+
+def test_edge_sentences_decode_as_pynmeagps_does():
+    texts = [sentence(body) for body in EDGES]
+    # shapes the codec would not pass, in case other frames reach the decoder
+    texts += [
+        "$GPGGA,092750.000,5321.6802,N*00*47",
+        "$$GPGGA,092750.000,5321.6802,N,00630.3372,E,1,8,1.03,61.7,M,55.2,M,,*00",
+        "$GPGGA,092750.000,5321.6802,N,00630.3372,E,1,8,1.03,61.7,M,55.2,M,,*4",
+        "$GPGGA,092750.000,5321.6802,N,00630.3372,E,1,8,1.03,61.7,\u00e9,55.2,M,,*00",
+        "!GPGGA,092750.000,5321.6802,N,00630.3372,E,1,8,1.03,61.7,M,55.2,M,,*00",
+        "$GPGGA*00",
+        "$GP*00",
+        "",
+    ]
+    taken = assert_same(texts)
+    assert taken > len(EDGES) // 2  # most of them are the fast path's own
+
+
+def test_the_fast_path_itself_takes_short_long_and_older_shapes():
+    """Not only equal: these do not fall back to the library (which would be equal, and slow)."""
+    path = NmeaFastPath()
+    for body in (
+        "GPGGA",  # no fields
+        "GPGGA,092750.000,5321.6802",  # cut short
+        "GPGGA,092750.000,5321.6802,S,00630.3372,W,1,8,1.03,61.7,M,55.2,M,,,extra,fields",
+        "GPRMC,171926.00,A,4404.14063,N,12118.85478,E,0.117,,180315,,",  # NMEA 2.2: no posMode
+        "GPGSA,A,3,01,,,,,,,,,,,,1.0,1.0,1.0",  # before 4.10: no systemId
+        "GPGSV,3,1,11,01,02,003,04,05,06,007,08,09,10,011,12,13,14,015,16",  # no signalID
+        "GPGSV,1,1,01,05,,,,1,extra",  # a partial group and more
+    ):
+        assert path.fields(sentence(body)) is not None, body
+
+
+# -- fuzzed: every field of every type given plausible and odd text ---------------------------------
+
+CELLS = st.one_of(
+    st.sampled_from(["", "0", "00", "1", "-1", "12", "1.5", "-0.0", "nan", "x", "A", "N", "S", "E", "W", "s"]),
+    st.from_regex(r"[0-9]{4,6}\.[0-9]{1,7}", fullmatch=True),  # positions and times
+    st.from_regex(r"[0-9]{6}(\.[0-9]{1,3})?", fullmatch=True),  # times and dates
+    st.text(alphabet="0123456789.-+ eENSWAV", max_size=9),
+)
+
+
+@settings(max_examples=600, deadline=None)  # 3000 cost the suite 20 s; the captures and edge cases carry the rest
+@given(
+    talker=st.sampled_from(["GP", "GN", "GL", "GA", "BD", "GB", "XX"]),
+    msg=st.sampled_from(sorted(FAST_TYPES)),
+    cells=st.lists(CELLS, max_size=24),
+)
+def test_fuzzed_sentences_decode_as_pynmeagps_does(talker, msg, cells):
+    assert_same([sentence(",".join([talker + msg, *cells]))])
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.data())
+def test_a_real_sentence_with_one_field_replaced_decodes_as_pynmeagps_does(data):
+    texts = [t for t in capture(DATA / "gpsd" / "neo-m8n.log") if common(t)]
+    text = data.draw(st.sampled_from(texts))
+    cells = text[1:-3].split(",")
+    i = data.draw(st.integers(1, len(cells) - 1))
+    cells[i] = data.draw(CELLS)
+    cut = data.draw(st.integers(1, len(cells)))
+    assert_same([sentence(",".join(cells[:cut]))])
