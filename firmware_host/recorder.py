@@ -95,7 +95,9 @@ class RawSubscription:
             return
         held = self._held
         cost = len(data) + CHUNK_COST
-        if self._held_bytes + cost > self.limit:
+        # one read is always taken when nothing is held: a tty read (up to 64 KiB) may be
+        # bigger than the smallest buffer, and would otherwise never be kept
+        if held and self._held_bytes + cost > self.limit:
             last = held[-1] if held else None
             if not isinstance(last, _Loss):
                 last = _Loss(self.offset(rx))
@@ -244,8 +246,18 @@ class FileRecorder:
             pool.shutdown(wait=False)
 
     async def _write(self, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor, f: BinaryIO, data: bytes) -> None:
-        await loop.run_in_executor(pool, f.write, data)
+        await loop.run_in_executor(pool, _write_all, f, data)
         self.written += len(data)
+
+
+def _write_all(f: BinaryIO, data: bytes) -> None:
+    """Every byte of ``data`` (the file is unbuffered: one write may take part of it)."""
+    view = memoryview(data)
+    while view:
+        n = f.write(view)
+        if not n:  # (a raw file's write returns None only when non-blocking)
+            raise OSError(f"the write took nothing ({n!r})")
+        view = view[n:]
 
 
 async def send_recording(
@@ -282,8 +294,12 @@ async def send_recording(
         if not writer.is_closing():
             writer.write(sub.take() + sub.end_record())
         raise
-    except (TimeoutError, ConnectionError, OSError):
-        return  # a client that stopped reading for idle_timeout, or left
+    except TimeoutError:
+        # a client that stopped reading: drop what waits for it now (as tail does),
+        # not when it reads again
+        writer.transport.abort()
+    except (ConnectionError, OSError):
+        return  # the client left
     finally:
         gone.cancel()
         sub.close("the client left")

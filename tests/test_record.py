@@ -395,3 +395,98 @@ async def test_a_replay_keeps_the_recorded_pace_or_a_multiple_of_it(
     assert took >= low  # never early: the reads 0.4 s apart in the recording, divided by the speed
     if high is not None:
         assert took < high
+
+
+# -- a second reviewer's findings ---------------------------------------------------------
+
+
+def hostile(path: Path, device: str, codec: str = "lines") -> Path:
+    with open(path, "wb") as f:
+        f.write(encode_header(Header(device=device, port="/dev/x", baudrate=115200, codec=codec)))
+        f.write(encode_data(0, b"hello\n"))
+        f.write(encode_end(10, {"reason": "stopped"}))
+    return path
+
+
+@pytest.mark.parametrize("device", ["../victim.txt", "/abs/victim.txt", "..", "a\x00b", "x" * 300])
+def test_a_recordings_device_name_is_never_a_path(tmp_path: Path, device: str, capsys: Any) -> None:
+    from firmware_host.emulation.replay import replay_main
+
+    ports = tmp_path / "ports"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    rec = hostile(tmp_path / "evil.fhrec", device.replace("/abs", str(tmp_path)))
+    assert replay_main(str(rec), directory=str(ports), duration=0.05, speed=0) == 0
+    assert victim.read_text() == "keep me"
+    assert sorted(os.listdir(ports)) == []  # the port link was named "replay", and is gone again
+    out = capsys.readouterr().out
+    assert out.startswith("replay ") and str(ports) in out
+
+
+def test_a_header_version_too_long_to_be_a_number_is_one_error(tmp_path: Path) -> None:
+    path = tmp_path / "big.fhrec"
+    path.write_bytes(b"FHREC/" + b"9" * 5000 + b" {}\n")
+    with pytest.raises(RecordingError, match="bad recording header"):
+        read_recording(str(path))
+
+
+def test_faults_need_a_delimited_codec(tmp_path: Path) -> None:
+    from firmware_host.emulation.replay import replay_main
+
+    rec = hostile(tmp_path / "u.fhrec", "gps", codec="ubx")
+    assert replay_main(str(rec), directory=str(tmp_path / "p"), faults=ReplayFaults(noise=0.1), duration=0.05) == 2
+
+
+def test_one_read_bigger_than_the_buffer_is_kept_when_nothing_is_held() -> None:
+    sub = RawSubscription(None, HEADER, limit=4096)
+    sub.put(bytes(5000), 0.0)  # a tty read may be 64 KiB, the smallest buffer 4 KiB
+    sub.put(bytes(10), 0.0)  # while it is held, the next one does not fit
+    assert (sub.chunks, sub.nbytes, sub.lost_chunks, sub.lost_bytes) == (1, 5000, 1, 10)
+
+
+def test_a_short_write_is_finished() -> None:
+    from firmware_host.recorder import _write_all
+
+    class Trickle:
+        def __init__(self) -> None:
+            self.got = bytearray()
+
+        def write(self, data: memoryview) -> int:
+            self.got += data[:3]  # what a nearly full disk or a pipe may take
+            return min(3, len(data))
+
+    f = Trickle()
+    _write_all(f, b"0123456789")  # type: ignore[arg-type]
+    assert bytes(f.got) == b"0123456789"
+
+
+async def test_a_record_request_whose_client_left_leaves_no_recording(fh_board, fh_runtime, tmp_path: Path) -> None:
+    """The reply could not be sent (the client closed at once): nobody will ever
+    read that recording, so it is taken off the reader then, not after the idle
+    timeout (200 such clients held 8.5 MB for 30 s)."""
+    import tempfile
+
+    board = fh_board("fh1")
+    with tempfile.TemporaryDirectory(prefix="fh-") as short:  # a socket path within 107 bytes
+        sock = os.path.join(short, "ctl.sock")
+        async with fh_runtime({"devices": [board.config("b", **FAST)]}, control_path=sock) as rt:
+            await rt.wait_state("b", "connected")
+            for _ in range(20):
+                _, w = await asyncio.open_unix_connection(sock)
+                w.write(json.dumps({"cmd": "record", "device": "b", "buffer": 1 << 20}).encode() + b"\n")
+                w.close()
+            raw = rt.devices["b"].raw
+            async with asyncio.timeout(10):
+                # no event says "the server gave up on a reply": look each tick, bounded
+                while rt._control.stats()["requests"] < 20 or raw.subscribers:
+                    await asyncio.sleep(0.01)
+
+
+def test_a_replay_counts_what_its_reads_cost_not_only_their_bytes(monkeypatch: Any) -> None:
+    import firmware_host.recordfile as recordfile
+
+    body = encode_header(HEADER) + b"".join(encode_data(i, b"ab") for i in range(100)) + encode_data(100, b"")
+    assert len(parse_recording(body).chunks) == 100  # the empty read holds nothing
+    monkeypatch.setattr(recordfile, "MAX_HELD", 50 * (2 + recordfile.READ_COST))
+    with pytest.raises(RecordingError, match="read 51 of the recording takes it over"):
+        parse_recording(body)

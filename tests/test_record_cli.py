@@ -181,6 +181,8 @@ def test_a_truncated_recording_is_said_and_replayed_as_far_as_it_goes(tmp_path: 
         (["emulate", "fh1", "--speed", "2"], "--speed goes with --replay FILE"),
         (["record", "{tmp}/no-such-tty", "-o", "{tmp}/nodir/x.fhrec"], "no such directory"),
         (["record", "dev0", "-o", "{tmp}/nodir/x.fhrec"], "no such directory"),
+        (["record", "dev0", "-o", "{tmp}"], "is a directory"),  # the same in both modes
+        (["record", "{tmp}/no-such-tty", "-o", "{tmp}"], "is a directory"),
         (["record", "dev0", "-o", "{tmp}/x", "--codec", "fh1"], "--codec is for a PORT"),
         (["record", "/dev/ttyX", "-o", "{tmp}/x", "--board", "nope"], "unknown board 'nope'"),
     ],

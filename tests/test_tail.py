@@ -327,3 +327,67 @@ def test_the_client_reads_the_reply_then_lines_and_says_when_none_came(sockdir):
     finally:
         t.join(5)
         srv.close()
+
+
+async def test_a_half_close_ends_a_tail_that_always_has_frames() -> None:
+    """The client's end is noticed between writes too, not only when a take
+    comes back empty (a busy fleet never leaves one empty)."""
+    from firmware_host.control.server import tail_stream
+    from firmware_host.frames import Frame
+
+    tap = FrameTap()
+    sub = tap.subscribe(None, 10_000)
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    reader, writer = await asyncio.open_unix_connection(sock=ours)
+    stream = asyncio.ensure_future(tail_stream(sub, reader, writer, 30.0, asyncio.Event()))
+    loop = asyncio.get_running_loop()
+
+    async def feed() -> None:
+        seq = 0
+        while True:  # a frame every loop turn
+            tap.publish("d", [Frame("d", seq, 1, 0.0, b"x")])
+            seq += 1
+            await asyncio.sleep(0)
+
+    async def drain() -> None:  # the client still reads what it was sent
+        while await loop.sock_recv(theirs, 65536):
+            pass
+
+    feeding, draining = asyncio.ensure_future(feed()), asyncio.ensure_future(drain())
+    try:
+        theirs.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(stream, 5)
+    finally:
+        for task in (feeding, draining, stream):
+            task.cancel()
+        writer.close()
+        theirs.close()
+
+
+async def test_open_streams_leave_room_for_stop_and_status(fh_board: Any, fh_runtime: Any) -> None:
+    """A screen of tails (or recordings) fills the stream cap, never the connection cap:
+    stop and status still get in."""
+    from firmware_host.control.client import request
+    from firmware_host.control.protocol import MAX_CONNECTIONS, MAX_STREAMS
+
+    assert MAX_STREAMS < MAX_CONNECTIONS
+    board = fh_board("fh1")
+    with tempfile.TemporaryDirectory(prefix="fh-") as short:  # a socket path within 107 bytes
+        sock = os.path.join(short, "ctl.sock")
+        async with fh_runtime({"devices": [board.config("b")]}, control_path=sock) as rt:
+            await rt.wait_state("b", "connected")
+            rt._control.max_streams = 3
+            held = []
+            for _ in range(3):
+                r, w = await asyncio.open_unix_connection(sock)
+                w.write(b'{"cmd": "tail"}\n')
+                assert json.loads(await r.readline())["ok"]
+                held.append(w)
+            await rt.wait_until(lambda s: s["control"]["tails"] == 3, 5)
+            with pytest.raises(ControlError, match="too many streams open") as info:
+                await request(sock, {"cmd": "tail"}, timeout=5)
+            assert info.value.exit_code == 1
+            assert "uptime" in await request(sock, {"cmd": "status"}, timeout=5)
+            for w in held:
+                w.close()

@@ -151,3 +151,16 @@ async def test_a_subscription_after_the_stop_is_closed_at_once():
     assert late.closed and tap.subscribers == []
     assert await late.wait(10) is True  # wakes at once: nothing will come
     assert late.take() == ([], 0)
+
+
+async def test_a_subscription_starts_open_and_its_limit_bounds_are_inclusive():
+    tap = FrameTap()
+    assert tap.closed is False
+    for limit in (1, MAX_LIMIT):  # both ends are allowed
+        sub = tap.subscribe(limit=limit)
+        assert (sub.limit, sub.closed) == (limit, False)
+        sub.close()
+    one = tap.subscribe(limit=1)
+    tap.publish("a", frames("a", range(3)))
+    got, lost = one.take()
+    assert (seqs(got), lost) == ([2], 2)  # a limit of one keeps the newest

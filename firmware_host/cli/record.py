@@ -57,8 +57,24 @@ def is_port(target: str) -> bool:
     return "/" in target or ":" in target
 
 
+#: seconds a standalone recording waits, once stopped, for its file to take what is held
+WRITE_GRACE = 10.0
+
+
 def _say(text: str) -> None:
     print(f"firmware-host: record: {text}", file=sys.stderr)
+
+
+def _bad_output(output: str) -> bool:
+    """``-o`` names no file this can make: a usage mistake, said at once in both modes
+    (a file that then cannot be written, for want of permission or room, is exit 1)."""
+    if os.path.isdir(output):
+        _say(f"cannot write {output}: it is a directory")
+        return True
+    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        _say(f"cannot write {output}: no such directory")
+        return True
+    return False
 
 
 # -- a runtime's device ----------------------------------------------------------------------
@@ -66,8 +82,7 @@ def _say(text: str) -> None:
 
 def record_device_main(control: str, device: str, output: str, duration: float | None, buffer: int) -> int:
     """Record ``device`` of the runtime on ``control`` into ``output``."""
-    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        _say(f"cannot write {output}: no such directory")
+    if _bad_output(output):
         return EXIT_USAGE
     try:
         # the request first: a refused one leaves no empty file behind
@@ -83,7 +98,7 @@ def record_device_main(control: str, device: str, output: str, duration: float |
             out = open(output, "wb", buffering=0)  # noqa: SIM115  (its with follows: the error must be ours)
         except OSError as exc:
             _say(f"cannot write {output}: {exc.strerror or exc}")
-            return EXIT_USAGE
+            return EXIT_FAILURE
         with out:
             _say(f"recording {device} to {output} (Ctrl-C to stop)")
             got = _Received(out)
@@ -116,15 +131,20 @@ def _connect(path: str, req: dict[str, object]) -> socket.socket:
             raise NoRuntime(f"no runtime is listening on {path}") from None
         except OSError as exc:
             raise ControlError(f"cannot reach the control socket {path}: {exc.strerror or exc}") from None
-        sock.sendall(json.dumps(req).encode() + b"\n")
-        line = b""
-        while not line.endswith(b"\n"):
-            byte = sock.recv(1)  # one byte at a time: what follows the reply is the recording's
-            if not byte:
-                raise ControlError("the runtime closed the connection without replying")
-            line += byte
-            if len(line) > 65536:
-                raise ControlError("the runtime's reply is too long")
+        try:
+            sock.sendall(json.dumps(req).encode() + b"\n")
+            line = b""
+            while not line.endswith(b"\n"):
+                byte = sock.recv(1)  # one byte at a time: what follows the reply is the recording's
+                if not byte:
+                    raise ControlError("the runtime closed the connection without replying")
+                line += byte
+                if len(line) > 65536:
+                    raise ControlError("the runtime's reply is too long")
+        except TimeoutError:
+            raise ControlError(f"no reply from the runtime on {path} within 30s") from None
+        except OSError as exc:  # a reset or a broken pipe: the runtime went away
+            raise ControlError(f"the control connection failed: {exc.strerror or exc}") from None
         parse_reply(line)  # an error reply raises ControlError with its code
     except BaseException:
         sock.close()
@@ -238,8 +258,7 @@ class PortSource:
 
 def record_port_main(source: PortSource, output: str, duration: float | None, buffer: int) -> int:
     """Record the port ``source.url`` (no runtime holds it) into ``output``."""
-    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        _say(f"cannot write {output}: no such directory")
+    if _bad_output(output):
         return EXIT_USAGE
     return asyncio.run(_record_port(source, output, duration, buffer))
 
@@ -249,6 +268,7 @@ async def _record_port(source: PortSource, output: str, duration: float | None, 
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    stuck = False
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -286,13 +306,24 @@ async def _record_port(source: PortSource, output: str, duration: float | None, 
                 task.cancel()
             await asyncio.gather(reading, stopping, return_exceptions=True)
             sub.close("stopped")
-            await writing
+            try:
+                # bounded: a file that takes nothing (a stalled disk, a pipe nobody reads)
+                # must not keep the recorder from ending, signal or not
+                await asyncio.wait_for(asyncio.shield(writing), WRITE_GRACE)
+            except TimeoutError:
+                writer.error = f"cannot write {output}: nothing went through for {WRITE_GRACE:g} s; giving up"
+                stuck = True
             await port.close()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     if writer.error:
         _say(writer.error)
+        if stuck:
+            # the writer thread is still blocked in write(): the interpreter would join it
+            # at exit and hang there; nothing else is left to flush
+            sys.stderr.flush()
+            os._exit(EXIT_FAILURE)
         return EXIT_FAILURE
     lost = f", lost {sub.lost_chunks} reads ({sub.lost_bytes} bytes)" if sub.lost_chunks else ""
     _say(f"{source.url}: recorded {sub.chunks} reads ({sub.nbytes} bytes) to {output}{lost}; {sub.reason}")

@@ -16,6 +16,9 @@ from firmware_host.errors import EXIT_USAGE, one_line
 MAX_REQUEST = 64 * 1024
 #: concurrent connections; one more gets an error reply and is closed
 MAX_CONNECTIONS = 64
+#: of those, how many may be streams (tail, record): the rest stay free for one-shot commands
+#: such as stop and status, which a screen of tails must never lock out
+MAX_STREAMS = 48
 #: seconds a connection may sit without sending a request (or reading a reply)
 IDLE_TIMEOUT = 30.0
 #: seconds a refused connection is drained before it is closed (see ``_linger``)

@@ -41,6 +41,7 @@ from firmware_host.control.protocol import (
     MAX_CONNECTIONS,
     MAX_FLUSH_TIMEOUT,
     MAX_REQUEST,
+    MAX_STREAMS,
     MAX_TAIL_LIMIT,
     TAIL_LIMIT,
     RequestError,
@@ -154,6 +155,7 @@ class ControlServer:
         path: str,
         *,
         max_connections: int = MAX_CONNECTIONS,
+        max_streams: int = MAX_STREAMS,
         idle_timeout: float = IDLE_TIMEOUT,
         max_request: int = MAX_REQUEST,
         mode: int = 0o600,
@@ -179,6 +181,9 @@ class ControlServer:
         self._closing = asyncio.Event()
         #: the subscriptions of open tails (``status``'s control section counts them)
         self._tails: set[Subscription] = set()
+        #: connections a stream (tail, record) owns; at most ``max_streams``
+        self._streams = 0
+        self.max_streams = min(max_streams, max_connections)
         self._handlers: dict[str, Handler] = {
             "ping": self._ping,
             "status": self._status,
@@ -386,7 +391,11 @@ class ControlServer:
             if not sent:
                 return
             if stream is not None:
-                await stream(reader, writer)
+                self._streams += 1
+                try:
+                    await stream(reader, writer)
+                finally:
+                    self._streams -= 1
                 return
 
     async def _send(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> bool:
@@ -612,8 +621,16 @@ class ControlServer:
             "elapsed": round(loop.time() - started, 3),
         }
 
+    def _stream_room(self, cmd: str) -> None:
+        if self._streams >= self.max_streams:
+            raise RequestError(
+                f"{cmd}: too many streams open ({self.max_streams}: tail and record); end one and try again",
+                EXIT_FAILURE,
+            )
+
     async def _record(self, req: dict[str, Any]) -> dict[str, Any]:
         only(req, "device", "buffer")
+        self._stream_room("record")
         name = device_name(req, "device")
         assert name is not None
         limit = req.get("buffer", DEFAULT_BUFFER)
@@ -634,14 +651,30 @@ class ControlServer:
         # recording then ends by itself (bounded meanwhile, like any)
         orphan = asyncio.get_running_loop().call_later(idle_timeout, sub.close, "the client never came")
 
+        streaming = False
+
         async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal streaming
+            streaming = True
             orphan.cancel()
             await send_recording(sub, reader, writer, idle_timeout)
 
-        return {"recording": sub.header.to_dict(), "buffer": limit, "_stream": stream}
+        def unclaimed() -> None:
+            if not streaming:  # the reply could not be sent: no stream will ever drain it
+                orphan.cancel()
+                sub.close("the client left")
+
+        loop = asyncio.get_running_loop()
+        return {
+            "recording": sub.header.to_dict(),
+            "buffer": limit,
+            "_stream": stream,
+            "_after": lambda: loop.call_soon(unclaimed),
+        }
 
     async def _tail(self, req: dict[str, Any]) -> dict[str, Any]:
         only(req, "devices", "limit")
+        self._stream_room("tail")
         names = device_names(req)
         limit = limit_arg(req, "limit", TAIL_LIMIT, 1, MAX_TAIL_LIMIT)
         for name in names or ():
@@ -712,6 +745,8 @@ async def tail_stream(
     ready: asyncio.Future[bool] | None = None
     try:
         while True:
+            if gone.done():  # the client closed its side: checked first, or a busy stream never would
+                return
             closed = sub.closed or stopping.done()  # before the take: nothing arrives after
             frames, lost = sub.take()
             if frames or lost or closed:
@@ -723,8 +758,6 @@ async def tail_stream(
                 writer.write(data)
                 # bounded: a client that stops reading must not pin us
                 await asyncio.wait_for(writer.drain(), idle_timeout)
-            elif gone.done():
-                return
             else:
                 ready = asyncio.ensure_future(sub.wait(TAIL_WAIT))
                 await asyncio.wait((ready, gone, stopping), return_when=asyncio.FIRST_COMPLETED)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from firmware_host.codecs import CodecFactory
+from firmware_host.config._check import NAME_PATTERN
 from firmware_host.config.schema import DEFAULT_BAUDRATE
 from firmware_host.emulation.device import NOISE_MAX, NOISE_MIN
 from firmware_host.emulation.hostwatch import HostWatch
@@ -36,6 +37,9 @@ from firmware_host.emulation.stream import IDLE_POLL, MIN_TICK
 from firmware_host.emulation.virtualport import VirtualPort, wake
 from firmware_host.emulation.wire import Wire, make_wire
 from firmware_host.recordfile import Recording, RecordingError, read_recording
+
+#: codecs whose frames end at a delimiter (0x00, newline): the ones faults can be applied to frame by frame
+FAULT_CODECS = ("fh1", "lines", "nmea")
 
 __all__ = ["Expected", "Replay", "ReplayFaults", "fault_chunks", "predict", "replay_main", "speed_value"]
 
@@ -123,10 +127,16 @@ def fault_chunks(chunks: Chunks, wire: Wire, faults: ReplayFaults) -> Chunks:
     rng = random.Random(f"replay:{faults.seed}")
     delim = wire.delimiter
     out: Chunks = []
-    partial = b""
+    # the bytes of the frame under way, joined only when a read completes it: reads without
+    # a delimiter (a wrong codec, a slow line) must not copy the growing partial each time
+    partial: list[bytes] = []
     for t_us, data in chunks:
-        pieces = (partial + data).split(delim)
-        partial = pieces.pop()
+        if delim not in data:
+            partial.append(data)
+            continue
+        partial.append(data)
+        pieces = b"".join(partial).split(delim)
+        partial = [pieces.pop()]
         sent = []
         for piece in pieces:
             if faults.skip and rng.random() < faults.skip:
@@ -134,8 +144,9 @@ def fault_chunks(chunks: Chunks, wire: Wire, faults: ReplayFaults) -> Chunks:
             sent.append(_damage(piece + delim, rng, faults, wire))
         if sent:
             out.append((t_us, b"".join(sent)))
-    if partial:
-        out.append((chunks[-1][0], partial))
+    rest = b"".join(partial)
+    if rest:
+        out.append((chunks[-1][0], rest))
     return out
 
 
@@ -184,6 +195,11 @@ class Replay:
         self.codec = name
         self.codec_options = options
         self.wire = make_wire(name, options, registry=registry)
+        if self.faults.any and name not in FAULT_CODECS:
+            # faults go frame by frame, a frame ending at the codec's delimiter; other codecs
+            # (ubx: length-framed) have none, and a zero byte inside a payload would split a frame
+            codecs = ", ".join(FAULT_CODECS)
+            raise ValueError(f"faults need a codec whose frames end at a delimiter ({codecs}), not {name}")
         #: what is played: the recorded reads, with the faults
         self.chunks = fault_chunks(recording.chunks, self.wire, self.faults)
         #: the host's counters once it has read everything played
@@ -294,7 +310,9 @@ def replay_main(
     try:
         where = tempfile.mkdtemp(prefix="firmware-host-replay-") if directory is None else directory
         os.makedirs(where, exist_ok=True)
-        name = recording.header.device or "replay"
+        name = recording.header.device
+        if not name or name in (".", "..") or not NAME_PATTERN.fullmatch(name):
+            name = "replay"  # the header is the file's word: never a path
         port = VirtualPort(os.path.join(where, name))
     except OSError as exc:
         print(f"firmware-host: emulate --replay: {exc}", file=sys.stderr)
