@@ -245,6 +245,11 @@ def test_sentence_of_max_line() -> None:
     assert [f.text for f in codec.feed(b"\n", 0.0)] == [S1024.decode()] and codec.rejected == 0
 
 
+def test_sentence_one_over_max_line_with_a_bare_line_end_is_rejected() -> None:
+    # 1025 characters '$' to checksum, its checksum right ('P', 1020 'A's): too long all the same
+    assert run(b"$P" + b"A" * 1020 + b"*50\n" + GGA) == ([GGA], 1)
+
+
 def test_too_long_is_known_at_1026_bytes_without_a_line_end() -> None:
     codec = UbxCodec()
     assert run(b"$" + b"A" * 1025, codec) == ([], 1)

@@ -239,7 +239,13 @@ class UbxCodec(Codec):
                 return i + 1
             return None
         expected = _HEX2.get(line[-2:])
-        if len(line) < 4 or line[-3] != _STAR or expected is None or nmea_checksum(line[1:-3]) != expected:
+        # over MAX_LINE only with a bare \n (the search window has room for a \r)
+        if (
+            not 4 <= len(line) <= MAX_LINE
+            or line[-3] != _STAR
+            or expected is None
+            or nmea_checksum(line[1:-3]) != expected
+        ):
             self._fail(base + i, base + nl + 1)
             return i + 1
         self._emit(Frame(self.device, self.seq, None, ts, None, line.decode("ascii")), base + nl + 1, frames)
