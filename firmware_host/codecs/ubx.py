@@ -156,12 +156,12 @@ class UbxCodec(Codec):
         while pos < n:
             found = search(buf, pos)
             if found is None:
-                self._stray(base + pos, base + n)
+                self._stray(base + n)
                 pos = n
                 break
             start = found.start()
             if start > pos:
-                self._stray(base + pos, base + start)
+                self._stray(base + start)
             end = self._packet(buf, start, ts, frames)
             if end is None:  # incomplete: keep it for the next read
                 pos = start
@@ -171,9 +171,9 @@ class UbxCodec(Codec):
         self._base = base + pos
         return frames
 
-    def _stray(self, at: int, until: int) -> None:
-        """Bytes from stream offset ``at`` to ``until`` start no packet: one
-        rejected per run, unless all of it lies inside a damaged packet."""
+    def _stray(self, until: int) -> None:
+        """Bytes up to stream offset ``until`` start no packet: one rejected
+        per run, unless all of it lies inside a damaged packet."""
         if not self._junk and until > self._shadow:
             self.rejected += 1
             self._junk = True
@@ -239,7 +239,13 @@ class UbxCodec(Codec):
                 return i + 1
             return None
         expected = _HEX2.get(line[-2:])
-        if len(line) < 4 or line[-3] != _STAR or expected is None or nmea_checksum(line[1:-3]) != expected:
+        # over MAX_LINE only with a bare \n (the search window has room for a \r)
+        if (
+            not 4 <= len(line) <= MAX_LINE
+            or line[-3] != _STAR
+            or expected is None
+            or nmea_checksum(line[1:-3]) != expected
+        ):
             self._fail(base + i, base + nl + 1)
             return i + 1
         self._emit(Frame(self.device, self.seq, None, ts, None, line.decode("ascii")), base + nl + 1, frames)
@@ -248,7 +254,7 @@ class UbxCodec(Codec):
     def _soft(self, i: int) -> int:
         """A sync byte that starts nothing (``B5`` not followed by ``62``, ``D3``
         with reserved bits set): a stray byte."""
-        self._stray(self._base + i, self._base + i + 1)
+        self._stray(self._base + i + 1)
         return i + 1
 
     def _emit(self, frame: Frame, end: int, frames: list[Frame]) -> None:
