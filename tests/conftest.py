@@ -46,6 +46,30 @@ def cli(
     )
 
 
+#: the environment CLI children run in: this checkout first, and no control socket from the caller's shell
+CLI_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+CLI_ENV.pop("FIRMWARE_HOST_CONTROL", None)
+
+
+async def cli_async(*args: str, timeout: float = 40.0) -> tuple[int, str, str]:
+    """``python -m firmware_host ARGS`` from async code: (exit status, stdout, stderr)."""
+    import asyncio
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "firmware_host",
+        *args,
+        env=CLI_ENV,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
 def cli_popen(
     *args: str, cwd: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:

@@ -27,12 +27,11 @@ from typing import Any
 import pytest
 
 from firmware_host import VirtualPort, encode_packet
+from tests.conftest import CLI_ENV, cli_async
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-ENV.pop("FIRMWARE_HOST_CONTROL", None)
+ENV = CLI_ENV
 DEADLINE = 20.0
 
 
@@ -49,20 +48,7 @@ class Result:
 
 async def cli(*args: str, control: str | None = None) -> Result:
     extra = ["--control", control] if control else []
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "firmware_host",
-        *args,
-        *extra,
-        env=ENV,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
+    return Result(*await cli_async(*args, *extra, timeout=30))
 
 
 @pytest.fixture

@@ -5,11 +5,8 @@ protocol's argument checks. The accounting law is checked by fh_runtime."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +17,10 @@ from firmware_host.codecs.fh1 import TYPE_COMMAND
 from firmware_host.control.client import request as control_request
 from firmware_host.control.protocol import MAX_BODY
 from firmware_host.errors import ControlError
+from tests.conftest import cli_async
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-ENV.pop("FIRMWARE_HOST_CONTROL", None)
 FAST = {"backoff_initial": 0.02, "backoff_max": 0.05}
 
 
@@ -37,21 +32,7 @@ def sock() -> Iterator[str]:
 
 
 async def cli(*args: str, control: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "firmware_host",
-        *args,
-        "--control",
-        control,
-        env=ENV,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 40)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await cli_async(*args, "--control", control)
 
 
 def one_line_error(err: str) -> str:

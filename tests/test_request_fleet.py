@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import shutil
 import sys
 import tempfile
@@ -21,12 +20,11 @@ from firmware_host.emulation.fleet import Fleet
 from firmware_host.errors import RequestTimeout
 from firmware_host.request import ack_reply, acked_seq
 from firmware_host.testing import running_runtime
+from tests.conftest import CLI_ENV, cli_async
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-ENV.pop("FIRMWARE_HOST_CONTROL", None)
+ENV = CLI_ENV
 
 
 def host_view(status: dict[str, Any], name: str) -> dict[str, int]:
@@ -90,20 +88,7 @@ async def test_a_fleet_without_acks_leaves_requests_unanswered(tmp_path: Path) -
         await fleet.stop()
 
 
-async def cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "firmware_host",
-        *args,
-        env=ENV,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 40)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+cli = cli_async
 
 
 async def test_run_emulate_answers_the_request_cli() -> None:
