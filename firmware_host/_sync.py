@@ -246,3 +246,13 @@ class ReadGate:
         fut = self._fut
         if fut is not None:
             await asyncio.shield(fut)  # a cancelled reader must not cancel the gate for all
+
+
+async def wait_set(event: asyncio.Event, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``event``; False when it did not come."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

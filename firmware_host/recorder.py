@@ -20,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, Protocol
 
+from firmware_host._sync import wait_set
 from firmware_host.recordfile import Header, encode_data, encode_end, encode_header, encode_loss
 
 __all__ = [
@@ -131,12 +132,7 @@ class RawSubscription:
         """Wait up to ``timeout`` s for reads (or the end); False when none came."""
         if self._held or self.reason is not None:
             return True
-        try:
-            async with asyncio.timeout(timeout):
-                await self._ready.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await wait_set(self._ready, timeout)
 
     def header_bytes(self) -> bytes:
         return encode_header(self.header)

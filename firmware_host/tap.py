@@ -17,6 +17,7 @@ import collections
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 
+from firmware_host._sync import wait_set
 from firmware_host.frames import Frame
 
 #: frames a subscription holds when its subscriber does not say
@@ -93,12 +94,7 @@ class Subscription:
         """Wait up to ``timeout`` seconds for frames (or a loss); False when none came."""
         if self._held or self._lost or self.closed:
             return True
-        try:
-            async with asyncio.timeout(timeout):
-                await self._ready.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await wait_set(self._ready, timeout)
 
     def close(self) -> None:
         """Stop receiving; a waiting subscriber wakes."""
