@@ -23,6 +23,7 @@ from firmware_host.config.boards import board_from_dict
 from firmware_host.errors import BoardError
 from firmware_host.testing import assert_accounting
 from firmware_host.values.decoder import PayloadDecoder
+from firmware_host.values.encode import fields_text
 from firmware_host.values.layout import CsvLayout, FieldSpec, FrameLayout, PayloadSchema
 from firmware_host_plugins.sqlite import SqliteSink
 
@@ -309,7 +310,10 @@ def test_an_old_sqlite_database_gains_the_fields_column(tmp_path):
 
     asyncio.run(write())
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT seq, fields FROM frames ORDER BY seq").fetchall() == [(0, None), (1, '{"t": 1.5}')]
+        assert conn.execute("SELECT seq, fields FROM frames ORDER BY seq").fetchall() == [
+            (0, None),
+            (1, fields_text({"t": 1.5})),
+        ]
 
 
 # -- the emulator generates from the schema ----------------------------------------------------
@@ -438,7 +442,7 @@ async def test_a_spooled_rows_bytes_count_its_fields(tmp_path):
     await spool.open()
     try:
         await spool.write([Frame("d", 0, 2, 1.0, b"abcd", fields={"t": 1.5})])
-        text = '{"t": 1.5}'  # the JSON the row holds, worked by hand
+        text = fields_text({"t": 1.5})  # the JSON the row holds
         assert spool.bytes == 4 + ROW_OVERHEAD + len(text)
         with sqlite3.connect(tmp_path / "s.db") as conn:
             assert conn.execute("SELECT size, fields FROM frames").fetchall() == [(4 + ROW_OVERHEAD + len(text), text)]
@@ -456,14 +460,50 @@ json_values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.text(max_size=12), json_values, max_size=6))
 def test_the_fields_encoder_writes_what_json_dumps_writes(fields):
-    """The encoder made once (firmware_host.values.encode) against the library
-    call it replaces, on any JSON tree: unicode, escapes, nesting, big ints,
-    and NaN or infinity written as null."""
-    from firmware_host.values.encode import _finite, fields_json, fields_text
+    """Both writers of firmware_host.values.encode against the library call
+    they replace, on any JSON tree: unicode, escapes, nesting, big ints, and
+    NaN or infinity written as null. The standard one writes json.dumps's very
+    text; orjson's (the [fast] extra) the same values, compact."""
+    from firmware_host.values.encode import FieldsEncoder, _finite
 
     expected = json.dumps(_finite(fields), ensure_ascii=False, allow_nan=False)
-    assert fields_text(fields) == expected
-    assert fields_json(fields) == expected.encode("utf-8")
+    standard = FieldsEncoder(fast=False)
+    assert not standard.uses_orjson
+    assert standard.text(fields) == expected
+    assert standard.json(fields) == expected.encode("utf-8")
+    fast = FieldsEncoder()
+    assert fast.uses_orjson  # orjson is a test dependency: this path is always tested
+    assert fast.text(fields) == fast.json(fields).decode("utf-8")
+    written = json.loads(fast.json(fields))
+    assert written == json.loads(expected)
+    assert json.dumps(written) == json.dumps(json.loads(expected))  # same types too: 1 stays int, 1.0 float
+
+
+def test_orjson_writes_what_json_refuses_no_differently():
+    """orjson alone would write a datetime, a dataclass or an IntEnum its own
+    way; the fields writer falls back so what json refuses is refused and what
+    it writes (an IntEnum as its int, an int past 64 bits) is written."""
+    import dataclasses
+    import datetime
+    import enum
+
+    from firmware_host.values.encode import FieldsEncoder
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    fast = FieldsEncoder()
+    assert json.loads(fast.json({"level": Level.HIGH, "big": 1 << 70})) == {"level": 3, "big": 1 << 70}
+    for value in (datetime.datetime(2026, 1, 1), Point(1), object()):
+        with pytest.raises(TypeError):
+            fast.json({"v": value})
+        with pytest.raises(TypeError):
+            FieldsEncoder(fast=False).json({"v": value})
+    assert fast.json({"t": math.nan, "u": [math.inf]}) == b'{"t":null,"u":[null]}'
 
 
 def test_the_fields_encoder_without_the_c_accelerator(monkeypatch):
@@ -474,7 +514,7 @@ def test_the_fields_encoder_without_the_c_accelerator(monkeypatch):
     monkeypatch.setitem(sys.modules, "_json", None)  # import _json now raises ImportError
     pure = encode._make_encoder()
     fields = {"t": 21.5, "name": "é\n", "v": [1, True, None]}
-    assert pure(fields) == json.dumps(fields, ensure_ascii=False) == encode._encode(fields)
+    assert pure(fields) == json.dumps(fields, ensure_ascii=False) == encode.FieldsEncoder(fast=False).text(fields)
     with pytest.raises(ValueError):
         pure({"t": math.nan})  # refused like the C one, so fields_text writes null
 
