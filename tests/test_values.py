@@ -526,3 +526,58 @@ def test_a_plain_layout_keeps_any_field_name_as_text_never_as_code():
     (fields,), bad = decoded(schema, frame(bytes([1, 2, 3, 4])))
     assert fields == dict(zip(names, [1, 2, 3, 4], strict=True)) and bad == 0
     assert list(fields) == list(names)  # in the layout's order
+
+
+_FIELD = st.builds(
+    lambda type_, scale: FieldSpec("f", type_, scale=scale),
+    st.sampled_from(["u8", "i16", "f32", "u32"]),
+    st.none() | st.just(0.5),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.dictionaries(st.integers(0, 20), st.lists(_FIELD, min_size=1, max_size=3), min_size=1, max_size=12),
+    st.lists(st.tuples(st.integers(0, 24), st.binary(max_size=12)), max_size=30),
+    st.booleans(),
+)
+def test_the_generated_decode_loop_decodes_as_the_looked_up_one(layouts, sent, with_csv):
+    """Up to 8 layouts decode through a loop generated with their types and
+    sizes written in; more through a dict lookup per frame. Both give every
+    frame the same fields and count the same undecoded, whatever the types
+    and sizes sent: a type with no layout keeps its bytes and is no fault."""
+    from firmware_host.values import decoder as values_decoder
+
+    schema = PayloadSchema(
+        frames=tuple(
+            FrameLayout(
+                t, tuple(FieldSpec(f"{spec.name}{i}", spec.type, scale=spec.scale) for i, spec in enumerate(specs))
+            )
+            for t, specs in layouts.items()
+        ),
+        csv=CSV.csv if with_csv else None,
+    )
+    binary = {layout.type: values_decoder._Binary(layout) for layout in schema.frames}
+    csv = values_decoder._Csv(schema.csv) if schema.csv is not None else None
+    loops = {
+        "generated": values_decoder._generated(binary, {layout.type: layout for layout in schema.frames}, csv),
+        "looked up": values_decoder._looked_up(binary, csv),
+    }
+    results = {}
+    for name, loop in loops.items():
+        frames = [frame(payload, type=t) for t, payload in sent] + [text("1,2,1,3.5"), text("bad")]
+        bad = loop(frames)
+        results[name] = ([f.fields for f in frames], bad)
+    assert results["generated"] == results["looked up"]
+    fields, bad = results["generated"]
+    expected_bad = sum(1 for t, payload in sent if t in binary and len(payload) != binary[t].size)
+    assert bad == expected_bad + (1 if with_csv else 0)
+    for (t, payload), got in zip(sent, fields, strict=False):
+        assert (got is not None) == (t in binary and len(payload) == binary[t].size)
+    assert (fields[-2] is not None) == with_csv
+    # and the decoder picks by the count
+    decoder = PayloadDecoder(schema)
+    frames = [frame(payload, type=t) for t, payload in sent]
+    decoder.decode(frames)
+    assert [f.fields for f in frames] == fields[: len(sent)]
+    assert decoder.undecoded == expected_bad

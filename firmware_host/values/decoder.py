@@ -165,19 +165,76 @@ class _Csv:
         return {name: convert(cell) for name, convert, cell in zip(self.names, self.converters, cells, strict=True)}
 
 
-class PayloadDecoder:
-    """One device's decoder: sets ``Frame.fields`` on the frames its schema
-    describes and counts those it cannot decode (``undecoded``)."""
+#: a schema with more binary layouts than this decodes through a dict lookup
+#: per frame instead of a generated chain of type tests
+_INLINE_LAYOUTS_MAX = 8
 
-    def __init__(self, schema: PayloadSchema) -> None:
-        self.schema = schema
-        #: frames of a declared type (or csv lines) that did not fit their schema
-        self.undecoded = 0
-        self._binary = {layout.type: _Binary(layout) for layout in schema.frames}
-        self._csv = _Csv(schema.csv) if schema.csv is not None else None
 
-    def decode(self, frames: Sequence[Frame]) -> None:
-        binary, csv = self._binary, self._csv
+def _plain_display(layout: FrameLayout) -> str | None:
+    """The dict display of a plain layout's fields read from ``v``, or None
+    when a field needs a conversion or is an array (then its builder runs)."""
+    if not all(spec.count == 1 and _convert(spec) is None for spec in layout.fields):
+        return None
+    return "{" + ", ".join(f"{spec.name!r}: v[{i}]" for i, spec in enumerate(layout.fields)) + "}"
+
+
+#: one generated loop per decoder: the frames' type tests, sizes and plain
+#: layouts' dict displays written in, so a frame costs no lookup and no call
+#: beyond its ``unpack`` (callgrind: 3,530 -> 2,750 instructions a frame for
+#: the env-sensor's three floats). Its source holds only ints and names
+#: written with ``repr``, never a frame's bytes.
+_LOOP = """
+def decode(frames):
+    bad = 0
+    for frame in frames:
+        payload = frame.payload
+        if payload is None:
+{text}
+            continue
+        t = frame.type
+{types}
+    return bad
+"""
+_CSV_PART = """            text = frame.text
+            if text is not None:
+                try:
+                    frame.fields = csv_fields(text)
+                except (ValueError, OverflowError):  # the device's line, not our fault
+                    bad += 1"""
+_TYPE_PART = """        {keyword} t == {type}:
+            if len(payload) == {size}:
+                {store}
+            else:
+                bad += 1"""
+
+
+def _generated(binary: dict[int, _Binary], layouts: dict[int, FrameLayout], csv: _Csv | None) -> DecodeLoop:
+    scope: dict[str, Any] = {"__builtins__": {"len": len, "ValueError": ValueError, "OverflowError": OverflowError}}
+    parts = []
+    for n, (frame_type, compiled) in enumerate(binary.items()):
+        scope[f"unpack_{n}"] = compiled.unpack
+        display = _plain_display(layouts[frame_type])
+        if display is None:
+            scope[f"build_{n}"] = compiled.build
+            store = f"frame.fields = build_{n}(unpack_{n}(payload))"
+        else:
+            store = f"v = unpack_{n}(payload)\n                frame.fields = {display}"
+        keyword = "if" if n == 0 else "elif"
+        parts.append(_TYPE_PART.format(keyword=keyword, type=int(frame_type), size=int(compiled.size), store=store))
+    if csv is not None:
+        scope["csv_fields"] = csv.fields
+    source = _LOOP.format(
+        text=_CSV_PART if csv is not None else "            pass", types="\n".join(parts) or "        pass"
+    )
+    exec(compile(source, "<payload decoder>", "exec"), scope)
+    loop: DecodeLoop = scope["decode"]
+    return loop
+
+
+def _looked_up(binary: dict[int, _Binary], csv: _Csv | None) -> DecodeLoop:
+    """The loop for many layouts: one dict lookup per frame."""
+
+    def decode(frames: Sequence[Frame]) -> int:
         bad = 0
         for frame in frames:
             payload = frame.payload
@@ -194,6 +251,34 @@ class PayloadDecoder:
                     frame.fields = csv.fields(frame.text)
                 except (ValueError, OverflowError):  # the device's line, not our fault
                     bad += 1
+        return bad
+
+    return decode
+
+
+#: decodes a batch of frames in place, returning how many did not fit
+DecodeLoop = Callable[[Sequence[Frame]], int]
+
+
+class PayloadDecoder:
+    """One device's decoder: sets ``Frame.fields`` on the frames its schema
+    describes and counts those it cannot decode (``undecoded``). A frame of a
+    type the schema does not describe keeps its bytes and is not counted."""
+
+    def __init__(self, schema: PayloadSchema) -> None:
+        self.schema = schema
+        #: frames of a declared type (or csv lines) that did not fit their schema
+        self.undecoded = 0
+        layouts = {layout.type: layout for layout in schema.frames}
+        binary = {frame_type: _Binary(layout) for frame_type, layout in layouts.items()}
+        csv = _Csv(schema.csv) if schema.csv is not None else None
+        if len(binary) <= _INLINE_LAYOUTS_MAX:
+            self._loop = _generated(binary, layouts, csv)
+        else:
+            self._loop = _looked_up(binary, csv)
+
+    def decode(self, frames: Sequence[Frame]) -> None:
+        bad = self._loop(frames)
         if bad:
             self.undecoded += bad
 

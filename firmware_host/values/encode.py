@@ -46,14 +46,26 @@ def _not_json(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")  # as json says it
 
 
-def _make_orjson() -> Callable[[Any], bytes] | None:
+def _standard_json(encode: Callable[[Any], str]) -> Callable[[dict[str, Any]], bytes]:
+    """``encode``'s text of the fields as UTF-8, non-finite floats as null."""
+
+    def fields_json(fields: dict[str, Any]) -> bytes:
+        try:
+            return encode(fields).encode("utf-8")
+        except ValueError:
+            return encode(_finite(fields)).encode("utf-8")
+
+    return fields_json
+
+
+def _orjson_json(standard: Callable[[dict[str, Any]], bytes]) -> Callable[[dict[str, Any]], bytes] | None:
     """orjson's ``dumps`` held to what ``json`` accepts, or None without orjson.
 
     orjson would also write dataclasses, datetimes and subclasses of str, int,
     dict and list its own way; passed through to ``_not_json`` they raise, and
-    ``fields_json`` falls back to the standard encoder, which writes what
-    ``json.dumps`` writes (subclasses as their base) or refuses the same way.
-    Integers beyond 64 bits raise too and take the same way out."""
+    ``standard`` writes what ``json.dumps`` writes (subclasses as their base)
+    or refuses the same way. Integers beyond 64 bits raise too and take the
+    same way out. One Python frame per call: this is the per-frame path."""
     try:
         import orjson
     except ImportError:
@@ -61,62 +73,45 @@ def _make_orjson() -> Callable[[Any], bytes] | None:
     dumps = orjson.dumps
     options = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
 
-    def encode(value: Any) -> bytes:
-        return dumps(value, default=_not_json, option=options)
+    def fields_json(fields: dict[str, Any]) -> bytes:
+        try:
+            return dumps(fields, default=_not_json, option=options)  # NaN and infinities: null already
+        except TypeError:  # orjson.JSONEncodeError
+            return standard(fields)
 
-    return encode
+    return fields_json
 
 
 class FieldsEncoder:
     """The fields' JSON writer, made once: orjson's when it is installed (and
-    ``fast``), else the standard library's C encoder."""
+    ``fast``), else the standard library's C encoder. ``json`` is a plain
+    function attribute, not a method, so a sink can hold it and call it."""
 
-    __slots__ = ("_fast", "_standard")
+    __slots__ = ("json", "uses_orjson")
 
     def __init__(self, fast: bool = True) -> None:
-        self._standard = _make_encoder()
-        self._fast = _make_orjson() if fast else None
-
-    @property
-    def uses_orjson(self) -> bool:
-        return self._fast is not None
+        standard = _standard_json(_make_encoder())
+        orjson_json = _orjson_json(standard) if fast else None
+        self.uses_orjson = orjson_json is not None
+        #: the fields as UTF-8 JSON; a float that is not finite is ``null``
+        self.json: Callable[[dict[str, Any]], bytes] = standard if orjson_json is None else orjson_json
 
     def text(self, fields: dict[str, Any]) -> str:
-        """The fields as JSON text; a float that is not finite is ``null``."""
-        if self._fast is not None:
-            return self.json(fields).decode("utf-8")
-        try:
-            return self._standard(fields)
-        except ValueError:
-            return self._standard(_finite(fields))
-
-    def json(self, fields: dict[str, Any]) -> bytes:
-        """``text`` as UTF-8 bytes."""
-        fast = self._fast
-        if fast is not None:
-            try:
-                return fast(fields)  # NaN and infinities: null already
-            except TypeError:  # orjson.JSONEncodeError: see _make_orjson
-                pass
-        try:
-            return self._standard(fields).encode("utf-8")
-        except ValueError:
-            return self._standard(_finite(fields)).encode("utf-8")
+        """``json`` as text."""
+        return self.json(fields).decode("utf-8")
 
 
 #: stateless, made once: the compiled encoder, like a ``struct.Struct``
 _ENCODER = FieldsEncoder()
 
+#: a frame's decoded fields as UTF-8 JSON text; a float that is not finite
+#: (a sensor's NaN) is written as null: JSON has no NaN
+fields_json = _ENCODER.json
+
 
 def fields_text(fields: dict[str, Any]) -> str:
-    """A frame's decoded fields as JSON text. A float that is not finite (a
-    sensor's NaN) is written as null: JSON has no NaN."""
+    """``fields_json`` as text."""
     return _ENCODER.text(fields)
-
-
-def fields_json(fields: dict[str, Any]) -> bytes:
-    """``fields_text`` as UTF-8 bytes."""
-    return _ENCODER.json(fields)
 
 
 def _finite(value: Any) -> Any:
