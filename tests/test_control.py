@@ -21,7 +21,7 @@ import pytest
 
 from firmware_host import FakeOpener, FakePort, Frame, Runtime, Sink, config_from_dict, encode_packet
 from firmware_host.control.client import request, request_sync
-from firmware_host.control.server import ControlServer
+from firmware_host.control.server import ControlServer, Stream
 from firmware_host.errors import ControlError, NoRuntime
 from firmware_host.runtime import RuntimeFailure
 
@@ -404,7 +404,7 @@ def test_close_is_bounded_by_a_stream_that_missed_its_cancel(sockdir: str, monke
                 await release.wait()  # the cancel swallowed: it goes on until released
 
         async def handler(req: dict[str, Any]) -> dict[str, Any]:
-            return {"_stream": stubborn}
+            return {"_stream": Stream(stubborn)}
 
         async with running(sockdir) as (rt, _, _):
             path = os.path.join(sockdir, "other.sock")

@@ -256,36 +256,30 @@ async def test_a_client_that_stops_reading_is_let_go_after_the_idle_timeout(fh_b
 async def test_a_tail_whose_reply_was_not_sent_leaves_no_subscription(fh_board, fh_runtime, sockdir):
     """The handler subscribes before its reply (so the stream has every frame
     after it); when the reply cannot be sent the stream never starts, and the
-    subscription is closed all the same."""
+    server abandons it, which closes the subscription all the same."""
     board = fh_board("fh1")
     async with fh_runtime({"devices": [board.config("b", **FAST)]}) as rt:
         server = ControlServer(rt.runtime, os.path.join(sockdir, "ctl.sock"))
         tap = rt.aggregator.tap
-        # the reply failed: the server runs the after-reply action, never the stream
-        reply, after, stream = await server.handle_line(b'{"cmd": "tail"}\n')
-        assert reply["ok"] and len(tap.subscribers) == 1 and after is not None and stream is not None
-        assert server.stats()["tails"] == 1
-        after()
-        await asyncio.sleep(0)  # one turn of the loop: what call_soon scheduled has run
-        assert tap.subscribers == [] and server.stats()["tails"] == 0
-        # the reply went out: the stream starts in the same step and keeps it
-        _, after, stream = await server.handle_line(b'{"cmd": "tail"}\n')
-        assert after is not None and stream is not None
         ours, theirs = socket.socketpair()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
-
-        async def conversation() -> None:  # as ControlServer._conversation does it
-            after()
-            await stream(reader, writer)
-
-        task = asyncio.ensure_future(conversation())
+        # the reply failed: the server abandons the stream, never runs it
+        reply, after, stream = await server.handle_line(b'{"cmd": "tail"}\n')
+        assert reply["ok"] and len(tap.subscribers) == 1 and after is None and stream is not None
+        assert server.stats()["tails"] == 1
+        await server._hand_over(stream, False, reader, writer)
+        assert tap.subscribers == [] and server.stats()["tails"] == 0
+        # the reply went out: the stream runs and keeps it until it ends
+        _, _, stream = await server.handle_line(b'{"cmd": "tail"}\n')
+        assert stream is not None
+        task = asyncio.ensure_future(server._hand_over(stream, True, reader, writer))
         await asyncio.sleep(0)
         await asyncio.sleep(0)
-        assert len(tap.subscribers) == 1 and not task.done()
+        assert len(tap.subscribers) == 1 and not task.done() and server._streams == 1
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        assert tap.subscribers == []
+        assert tap.subscribers == [] and server.stats()["tails"] == 0
         writer.close()
         theirs.close()
 

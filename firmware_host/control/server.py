@@ -26,6 +26,7 @@ import os
 import socket
 import stat
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from firmware_host.aggregator import BufferSnapshot
@@ -140,10 +141,22 @@ class RuntimeControl(Protocol):
 
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-#: a streaming command's continuation (a handler returns it as ``"_stream"``):
-#: it owns the connection once the reply is sent, writes lines until it is
-#: done or the client leaves, and the connection closes after it
-Stream = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+#: a stream's body: it owns the connection once the reply is sent, writes
+#: lines until it is done or the client leaves, and the connection closes after it
+StreamBody = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A streaming command's continuation (a handler returns it as
+    ``"_stream"``). Exactly one of the two runs, and the server decides which:
+    ``run`` when the reply went out, ``abandon`` when it could not be sent,
+    so what the handler set up for the stream (a subscription, a recording)
+    is released either way, without a flag of the handler's own."""
+
+    run: StreamBody
+    #: the reply could not be sent: release what ``run`` would have
+    abandon: Callable[[], None] = lambda: None
 
 
 class ControlServer:
@@ -388,15 +401,24 @@ class ControlServer:
             sent = await self._send(writer, reply)
             if after is not None:
                 after()  # a stop asked for is done even if the client left before the reply
+            if stream is not None:
+                await self._hand_over(stream, sent, reader, writer)
+                return
             if not sent:
                 return
-            if stream is not None:
-                self._streams += 1
-                try:
-                    await stream(reader, writer)
-                finally:
-                    self._streams -= 1
-                return
+
+    async def _hand_over(
+        self, stream: Stream, sent: bool, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """The connection to ``stream`` once its reply is out, else its release."""
+        if not sent:
+            stream.abandon()
+            return
+        self._streams += 1
+        try:
+            await stream.run(reader, writer)
+        finally:
+            self._streams -= 1
 
     async def _send(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> bool:
         try:
@@ -453,6 +475,7 @@ class ControlServer:
             return error_reply(f"{cmd} failed: {type(exc).__name__}: {exc}", EXIT_FAILURE), None, None
         after = result.pop("_after", None)
         stream = result.pop("_stream", None)
+        assert stream is None or isinstance(stream, Stream), "a handler's _stream is a Stream"
         return {"ok": True, **result}, after, stream
 
     # -- commands ---------------------------------------------------------------------
@@ -651,26 +674,15 @@ class ControlServer:
         # recording then ends by itself (bounded meanwhile, like any)
         orphan = asyncio.get_running_loop().call_later(idle_timeout, sub.close, "the client never came")
 
-        streaming = False
-
-        async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            nonlocal streaming
-            streaming = True
+        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             orphan.cancel()
             await send_recording(sub, reader, writer, idle_timeout)
 
-        def unclaimed() -> None:
-            if not streaming:  # the reply could not be sent: no stream will ever drain it
-                orphan.cancel()
-                sub.close("the client left")
+        def abandon() -> None:  # no stream will ever drain it
+            orphan.cancel()
+            sub.close("the client left")
 
-        loop = asyncio.get_running_loop()
-        return {
-            "recording": sub.header.to_dict(),
-            "buffer": limit,
-            "_stream": stream,
-            "_after": lambda: loop.call_soon(unclaimed),
-        }
+        return {"recording": sub.header.to_dict(), "buffer": limit, "_stream": Stream(run, abandon)}
 
     async def _tail(self, req: dict[str, Any]) -> dict[str, Any]:
         only(req, "devices", "limit")
@@ -685,29 +697,19 @@ class ControlServer:
         sub = self.runtime.subscribe(devices, limit)
         tails, idle_timeout, closing = self._tails, self.idle_timeout, self._closing
         tails.add(sub)
-        streaming = False
 
-        async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            nonlocal streaming
-            streaming = True
+        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 async with sub:
                     await tail_stream(sub, reader, writer, idle_timeout, closing)
             finally:
                 tails.discard(sub)
 
-        def unclaimed() -> None:
-            if not streaming:  # the reply could not be sent, so no stream will ever close it
-                sub.close()
-                tails.discard(sub)
+        def abandon() -> None:  # no stream will ever close it
+            sub.close()
+            tails.discard(sub)
 
-        loop = asyncio.get_running_loop()
-        # _after runs once the reply is out (or failed); a stream starts in that same step
-        return {
-            "tail": {"devices": devices, "limit": limit},
-            "_stream": stream,
-            "_after": lambda: loop.call_soon(unclaimed),
-        }
+        return {"tail": {"devices": devices, "limit": limit}, "_stream": Stream(run, abandon)}
 
 
 # -- tail: the first streaming command ---------------------------------------------------
