@@ -88,6 +88,9 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("sink 'mqtt': option 'port' must be 1..65535")
     if not 0 < opts["timeout"] <= 3600:
         raise ValueError("sink 'mqtt': option 'timeout' must be > 0 and at most 3600 seconds")
+    # the CONNECT packet holds it in 16 bits; 0 turns the broker's liveness check off
+    if not 0 <= opts["keepalive"] <= 65535:
+        raise ValueError("sink 'mqtt': option 'keepalive' must be 0..65535 seconds (0: no keepalive)")
     # message ids are 16 bits: more in flight than that cannot be told apart
     if not 1 <= opts["max_inflight"] <= 65535:
         raise ValueError("sink 'mqtt': option 'max_inflight' must be 1..65535")

@@ -193,6 +193,10 @@ def test_new_options_are_validated():
         MqttSink(max_inflight=70000)
     with pytest.raises(ValueError, match="timeout"):
         MqttSink(timeout=0)
+    for keepalive in (-1, 65536):  # sent in 16 bits: refused here, not at each connect
+        with pytest.raises(ValueError, match="keepalive"):
+            MqttSink(keepalive=keepalive)
+    assert MqttSink(keepalive=0).opts["keepalive"] == 0
     assert MqttSink(payload="jsonl-batch").opts["max_message_bytes"] == 256 * 1024
     with pytest.raises(ValueError, match="batch_size"):
         MqttSink(batch_size=-1)
