@@ -1,11 +1,12 @@
 """Decoding payloads into ``Frame.fields``, per device, counted.
 
-Each binary layout is compiled once into a ``struct.Struct`` and a builder: a
-layout of plain scalars (no arrays, scaling or sized fields) builds its dict
-with one ``dict(zip(names, values))``; any other goes field by field. A
-payload whose size is not its layout's, or a csv line that does not parse,
-keeps its bytes or text, gets no fields and counts as ``undecoded``: a
-device's mistake is counted, never raised.
+Each binary layout is compiled once into a ``struct.Struct`` and a builder,
+and each decoder into one loop over a read's frames with its layouts' types
+and sizes written in: a layout of plain scalars (no arrays, scaling or sized
+fields) is a dict display in that loop; any other calls its builder, which
+goes field by field. A payload whose size is not its layout's, or a csv line
+that does not parse, keeps its bytes or text, gets no fields and counts as
+``undecoded``: a device's mistake is counted, never raised.
 """
 
 from __future__ import annotations
