@@ -298,11 +298,20 @@ class Runtime:
 
         async def close(sink: Sink) -> None:
             limit = sink.timeout if deadline is None else min(sink.timeout, max(0.0, deadline - time.monotonic()))
+            # a task of its own, given up at the limit without awaiting its
+            # cancel (wait_for would): a close that swallows it cannot hold the shutdown
+            closing = asyncio.ensure_future(sink.close())
             try:
-                await asyncio.wait_for(sink.close(), limit)
-            except TimeoutError:
+                await asyncio.wait((closing,), timeout=limit)
+            finally:
+                if not closing.done():
+                    closing.cancel()
+                    closing.add_done_callback(_retrieve)
+            if not closing.done():
                 log.warning("sink %s did not close within %gs: left as it is", sink.name, limit)
-            except Exception as exc:  # one sink's failure must not skip the others
+            elif closing.cancelled():
+                log.warning("sink %s did not close cleanly: cancelled", sink.name)
+            elif (exc := closing.exception()) is not None:  # one sink's failure must not skip the others
                 log.warning("sink %s did not close cleanly: %s", sink.name, exc)
 
         await asyncio.gather(*(close(s) for s in sinks))
@@ -760,3 +769,10 @@ class Runtime:
         if self.spool is not None:
             out["spool"] = self.spool.summary()
         return out
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """An abandoned close's outcome: nobody awaits it, so read it here (no
+    "exception was never retrieved" at exit)."""
+    if not task.cancelled():
+        task.exception()

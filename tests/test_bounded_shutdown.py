@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from firmware_host import encode_packet
 from firmware_host.testing import assert_accounting
-from tests.conftest import cli, cli_popen
+from tests.conftest import REPO, cli, cli_popen
 from tests.test_shutdown import wait_status
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,14 +50,20 @@ codec = "fh1"
 {sinks}""")
 
 
-async def start_stuck(fh_ports, short_tmp, tmp_path, grace, quiet=True):
-    """A run whose stdout pipe is full and never read: its sink write hangs."""
+async def start_stuck(fh_ports, short_tmp, tmp_path, grace, quiet=True, hung=None, site=None):
+    """A run whose stdout pipe is full and never read: its sink write hangs.
+    With ``hung``: the ``hung`` plugin's sink instead (``HUNG_PLUGIN``, from ``site``)."""
     port = fh_ports.new()
     sock, summary = str(short_tmp / "c.sock"), tmp_path / "summary.json"
     cfg = tmp_path / "run.toml"
     stuck_stdout_config(cfg, port.path, grace, live=tmp_path / "live.jsonl")
+    env = None
+    if hung is not None:
+        text = cfg.read_text().replace("[plugins.stdout]", f'[plugins.hung]\nhow = "{hung}"')
+        cfg.write_text(text)
+        env = {"PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
     args = ["run", "-c", str(cfg), "--control", sock, "--summary", str(summary), *(["-q"] if quiet else [])]
-    proc = cli_popen(*args, cwd=tmp_path)
+    proc = cli_popen(*args, cwd=tmp_path, env=env)
     try:
         await wait_status(sock, lambda s: s["devices"]["imu0"]["state"] == "connected")
         await port.write(b"".join(encode_packet(0, s, bytes(64)) for s in range(FRAMES)))
@@ -69,9 +77,9 @@ async def start_stuck(fh_ports, short_tmp, tmp_path, grace, quiet=True):
     return proc, sock, summary, status
 
 
-async def exit_time(proc: subprocess.Popen[str], started: float) -> float:
+async def exit_time(proc: subprocess.Popen[str], started: float, wait: float = 30) -> float:
     """Seconds from ``started`` to the exit, without reading the stuck pipe."""
-    await asyncio.to_thread(proc.wait, 30)
+    await asyncio.to_thread(proc.wait, wait)
     return time.monotonic() - started
 
 
@@ -127,6 +135,116 @@ async def test_second_signal_exits_within_a_second_with_a_stuck_sink(fh_ports, s
     assert_accounting(final)
     assert final["devices"]["imu0"]["lost"] > 0
     assert f"{final['devices']['imu0']['lost']} frames lost" in err
+
+
+#: a plugin whose sink never finishes a write, each time leaving behind
+#: something else that an exit can wait on (``how``)
+HUNG_PLUGIN = """
+import asyncio
+import threading
+import time
+
+from firmware_host import Sink
+
+
+async def deaf():
+    # swallows every cancel: only the end of the process ends it
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+
+
+class Hung(Sink):
+    name = "hung"
+
+    def __init__(self, how):
+        self.how = how
+        self.never = threading.Event()
+
+    async def write(self, frames):
+        if self.how == "executor":  # a blocking client library's call, in the default executor
+            await asyncio.get_running_loop().run_in_executor(None, self.never.wait)
+        elif self.how == "thread":  # a thread of its own (not a daemon) that never returns
+            threading.Thread(target=self.never.wait, name="hung-write").start()
+            await asyncio.Event().wait()
+        elif self.how == "deaf":  # a coroutine that ignores cancellation
+            await deaf()
+        else:
+            await asyncio.Event().wait()
+
+    async def close(self):
+        if self.how == "deaf":
+            await deaf()
+        elif self.how == "block":  # a sink bug: blocking I/O on the loop
+            time.sleep(3600)
+
+
+def setup(ctx):
+    how = ctx.take_options({"how": (str, ...)})["how"]
+    ctx.add_sink(Hung(how))
+    if how == "task":  # a periodic task whose run never ends (given the grace after one signal)
+        ctx.every(0.05, asyncio.Event().wait)
+"""
+
+
+@pytest.fixture(scope="module")
+def hung_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory for PYTHONPATH: the ``hung`` plugin, installed by its entry point."""
+    root = tmp_path_factory.mktemp("hung-site")
+    (root / "hungplug.py").write_text(HUNG_PLUGIN)
+    info = root / "hungplug-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hungplug\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[firmware_host.plugins]\nhung = hungplug\n")
+    return root
+
+
+async def second_signal_exit(fh_ports, short_tmp, tmp_path, hung_site, how):
+    """(seconds from the second SIGTERM to the exit, stderr, the run's process)."""
+    proc, sock, _summary, _status = await start_stuck(fh_ports, short_tmp, tmp_path, 30.0, hung=how, site=hung_site)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        await wait_status(sock, lambda s: s["devices"]["imu0"]["state"] == "closed")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        elapsed = await exit_time(proc, started, wait=10)
+    finally:
+        err = finish(proc)
+    print(f"exit {elapsed:.2f} s after the second SIGTERM ({how})")
+    return elapsed, err, proc
+
+
+@pytest.mark.parametrize("how", ["executor", "thread", "deaf", "task"])
+async def test_second_signal_exit_is_bounded_whatever_is_left_behind(fh_ports, short_tmp, tmp_path, hung_site, how):
+    """What a sink or a plugin leaves behind cannot hold the exit after a
+    second signal, and the summary and the lost line still come out: a
+    default-executor thread that never returns (asyncio.run's teardown joined
+    it), a thread of its own (joined at interpreter exit), a write and a close
+    that swallow every cancel (awaited by the close, and by asyncio.run's
+    teardown), a plugin task's run (given the rest of the grace)."""
+    elapsed, err, proc = await second_signal_exit(fh_ports, short_tmp, tmp_path, hung_site, how)
+    assert elapsed < 1 + SLACK, err
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert "did not end within" not in err  # not the watchdog: the bounded way out
+    final = json.loads((tmp_path / "summary.json").read_text())
+    assert_accounting(final)
+    d = final["devices"]["imu0"]
+    assert d["lost"] > 0 and f"{d['lost']} frames lost" in err
+    hung, live = final["sinks"]
+    assert (hung["name"], hung["lost"], live["lost"]) == ("hung", d["lost"], 0)
+
+
+async def test_second_signal_exit_is_bounded_even_when_the_loop_is_blocked(fh_ports, short_tmp, tmp_path, hung_site):
+    """The last resort: a sink's close blocks the event loop for ever. The
+    watchdog armed by the second signal ends the process 1 s after it, exit 1,
+    saying so; no summary can be written from a loop that no longer runs."""
+    elapsed, err, proc = await second_signal_exit(fh_ports, short_tmp, tmp_path, hung_site, "block")
+    assert elapsed < 1 + SLACK, err
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert "the run did not end within 1s of the second signal: exiting now" in err
+    assert not (tmp_path / "summary.json").exists()
 
 
 @pytest.mark.parametrize("kind", ["fifo", "directory"])

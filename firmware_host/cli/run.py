@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from firmware_host.cli.configcmd import socket_path_problem, summary_path_problem
 from firmware_host.cli.logs import choose_level, configured_log, run_logging
 from firmware_host.cli.sdnotify import SdNotifier
+from firmware_host.cli.secondsignal import SecondSignal, run_loop
 from firmware_host.config._check import READABLE_URL_SCHEMES
 from firmware_host.config.schema import (
     Config,
@@ -63,14 +64,21 @@ class RunOptions:
 
 
 def run_main(opts: RunOptions) -> int:
-    """Exit status: 0 ok, 1 runtime failure or frames lost, 2 usage/config error."""
+    """Exit status: 0 ok, 1 runtime failure or frames lost, 2 usage/config error.
+
+    After a second signal the process ends within ``secondsignal.LIMIT``
+    seconds of it: at the latest when this returns, with ``os._exit`` if a
+    thread would hold the exit (firmware_host.cli.secondsignal)."""
     log_config = configured_log(opts.config_path)
     level = choose_level(opts.log_level or log_config.level, opts.verbose, opts.quieter)
+    second = SecondSignal()
     with run_logging(level, opts.log_format or log_config.format):
-        return _run_main(opts)
+        code = _run_main(opts, second)
+    second.leave(code)
+    return code
 
 
-def _run_main(opts: RunOptions) -> int:
+def _run_main(opts: RunOptions, second: SecondSignal) -> int:
     # a summary that cannot be written would fail only after the whole run
     problem = summary_path_problem(opts.summary_path) if opts.summary_path else None
     if problem is not None:
@@ -78,7 +86,7 @@ def _run_main(opts: RunOptions) -> int:
         return 2
     raise_fd_limit()
     try:
-        code, final_status = _event_loop_run(_run(opts))
+        code, final_status = _event_loop_run(_run(opts, second), second)
     except (ConfigError, UsageError) as exc:
         print(f"firmware-host: {exc}", file=sys.stderr)
         return 2
@@ -146,7 +154,7 @@ def raise_fd_limit() -> None:
     log.debug("open files limit (RLIMIT_NOFILE) stays at %d (hard limit %s)", soft, shown)
 
 
-def _event_loop_run(coro: Coroutine[Any, Any, T]) -> T:
+def _event_loop_run(coro: Coroutine[Any, Any, T], second: SecondSignal) -> T:
     try:
         import uvloop  # optional extra [fast]
     except ImportError:
@@ -156,9 +164,9 @@ def _event_loop_run(coro: Coroutine[Any, Any, T]) -> T:
     if not fast:
         # outside the except block: an error logged during the run must not
         # carry "No module named 'uvloop'" as its context
-        return asyncio.run(coro)
+        return run_loop(coro, asyncio.new_event_loop, second)
     # typed where uvloop is installed, Any where mypy cannot see it: either way T
-    result: T = uvloop.run(coro)
+    result: T = run_loop(coro, uvloop.new_event_loop, second)
     return result
 
 
@@ -170,7 +178,7 @@ def build_config(opts: RunOptions, boards: Any, **known: Any) -> Config:
     return config_from_dict({}, source="<no config>", boards=boards, url_schemes=READABLE_URL_SCHEMES, **known)
 
 
-async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
+async def _run(opts: RunOptions, second: SecondSignal) -> tuple[int, dict[str, Any]]:
     from firmware_host.config.boards import load_boards
     from firmware_host.runtime import Runtime
 
@@ -232,13 +240,13 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
         if notifier is not None:
             rt.on_start.append(notifier.ready)  # last: once every other part is up
             rt.on_stop.insert(0, notifier.stopping)  # first: the moment the shutdown begins
-        summary = await _run_until_stopped(rt, opts.duration)
+        summary = await _run_until_stopped(rt, opts.duration, second)
     finally:
         if fleet is not None:
-            await fleet.stop()
-        await plugins.aclose()  # runs still going at shutdown end by the grace deadline
+            await _until_exit(fleet.stop(), second)
+        await _until_exit(plugins.aclose(), second)  # runs still going at shutdown end by the grace deadline
         if notifier is not None:
-            await notifier.aclose()
+            await _until_exit(notifier.aclose(), second)
     if summary.failure is not None:
         print(f"firmware-host: {summary.failure}", file=sys.stderr)
         return 1, summary.status
@@ -250,11 +258,24 @@ async def _run(opts: RunOptions) -> tuple[int, dict[str, Any]]:
     return 0, summary.status
 
 
+async def _until_exit(aw: Coroutine[Any, Any, None], second: SecondSignal) -> None:
+    """Await ``aw``; after a second signal only while the exit's teardown may
+    wait (a plugin's run in progress would otherwise hold it to the grace)."""
+    task = asyncio.ensure_future(aw)
+    try:
+        await asyncio.wait((task,), timeout=second.left())
+    finally:
+        if not task.done():
+            task.cancel()  # not awaited: the loop's teardown bounds what is left
+    if task.done() and not task.cancelled():
+        task.result()  # its error, as if awaited
+
+
 async def _tune_gc(rt: Any) -> None:
     tune_gc()  # as the runtime starts: what start-up allocated is frozen
 
 
-async def _run_until_stopped(rt: Any, duration: float | None) -> Any:
+async def _run_until_stopped(rt: Any, duration: float | None, second: SecondSignal) -> Any:
     """``rt.run``: the first SIGINT/SIGTERM drains, a second one abandons the
     drain; SIGHUP reopens the sinks' files (logrotate's convention) and never
     stops the run."""
@@ -270,6 +291,7 @@ async def _run_until_stopped(rt: Any, duration: float | None) -> Any:
     def on_signal(signame: str) -> None:
         if rt.stopped.is_set():
             log.warning("%s again: exiting now, without waiting for the drain", signame)
+            second.arm()  # before anything that could fail to return
             rt.abort()
         else:
             log.warning("%s: draining (send it again to exit at once)", signame)
