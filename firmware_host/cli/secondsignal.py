@@ -114,12 +114,14 @@ def run_loop(
     """``asyncio.run(main)`` on ``new_loop()``, whose teardown is bounded
     once ``second`` has been received (``SecondSignal``)."""
     loop = new_loop()
+    asyncio.set_event_loop(loop)  # as asyncio.run: the loop is this thread's while it runs
     try:
         return loop.run_until_complete(main)
     finally:
         try:
             _teardown(loop, second)
         finally:
+            asyncio.set_event_loop(None)
             loop.close()  # shuts the default executor down without waiting for its threads
 
 
