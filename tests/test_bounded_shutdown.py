@@ -236,6 +236,33 @@ async def test_second_signal_exit_is_bounded_whatever_is_left_behind(fh_ports, s
     assert (hung["name"], hung["lost"], live["lost"]) == ("hung", d["lost"], 0)
 
 
+@pytest.mark.parametrize("how", ["executor", "thread"])
+async def test_one_signal_exit_is_bounded_by_the_grace_whatever_a_sink_left_behind(
+    fh_ports, short_tmp, tmp_path, hung_site, how
+):
+    """One SIGTERM: the drain gives the stuck sink up at the grace, and then a
+    thread it left in a write (the default executor's, joined by asyncio.run's
+    teardown, or its own, joined at interpreter exit) must not hold the exit
+    for ever: once the run is over, threads left get SETTLE_TEARDOWN (2 s),
+    and the process ends saying what it left, with the summary and its status."""
+    grace = 1.0
+    proc, _sock, summary, _status = await start_stuck(fh_ports, short_tmp, tmp_path, grace, hung=how, site=hung_site)
+    try:
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        elapsed = await exit_time(proc, started, wait=15)
+    finally:
+        err = finish(proc)
+    print(f"exit {elapsed:.2f} s after SIGTERM ({how}, grace {grace} s)")
+    assert elapsed < grace + 2 + SLACK, err
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert "exiting without waiting for thread" in err and "did not end within" not in err, err
+    final = json.loads(summary.read_text())
+    assert_accounting(final)
+    d = final["devices"]["imu0"]
+    assert d["lost"] > 0 and f"{d['lost']} frames lost" in err
+
+
 async def test_second_signal_exit_is_bounded_even_when_the_loop_is_blocked(fh_ports, short_tmp, tmp_path, hung_site):
     """The last resort: a sink's close blocks the event loop for ever. The
     watchdog armed by the second signal ends the process 1 s after it, exit 1,

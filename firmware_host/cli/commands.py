@@ -199,6 +199,7 @@ def run(
         log_level=log_level,
         log_format=log_format,
         allow_empty=allow_empty,
+        exit_bounded=True,
     )
     sys.exit(run_main(opts))
 

@@ -61,6 +61,10 @@ class RunOptions:
     log_level: str | None = None  # --log-level, beats [log] level
     log_format: str | None = None  # --log-format, beats [log] format
     allow_empty: bool = False  # --allow-empty: start with no device, add them over the control socket
+    # the process is the CLI's: once the run is over, nothing left behind (a
+    # sink's thread stuck in a write) may hold its exit (secondsignal.settle);
+    # off for a run_main called inside another program, which owns its threads
+    exit_bounded: bool = False
 
 
 def run_main(opts: RunOptions) -> int:
@@ -68,7 +72,9 @@ def run_main(opts: RunOptions) -> int:
 
     After a second signal the process ends within ``secondsignal.LIMIT``
     seconds of it: at the latest when this returns, with ``os._exit`` if a
-    thread would hold the exit (firmware_host.cli.secondsignal)."""
+    thread would hold the exit (firmware_host.cli.secondsignal). With
+    ``opts.exit_bounded`` (the CLI) the same holds, with wider bounds, once
+    the run is over, whatever ended it."""
     log_config = configured_log(opts.config_path)
     level = choose_level(opts.log_level or log_config.level, opts.verbose, opts.quieter)
     second = SecondSignal()
@@ -86,7 +92,7 @@ def _run_main(opts: RunOptions, second: SecondSignal) -> int:
         return 2
     raise_fd_limit()
     try:
-        code, final_status = _event_loop_run(_run(opts, second), second)
+        code, final_status = _event_loop_run(_run(opts, second), second, settle=opts.exit_bounded)
     except (ConfigError, UsageError) as exc:
         print(f"firmware-host: {exc}", file=sys.stderr)
         return 2
@@ -154,7 +160,7 @@ def raise_fd_limit() -> None:
     log.debug("open files limit (RLIMIT_NOFILE) stays at %d (hard limit %s)", soft, shown)
 
 
-def _event_loop_run(coro: Coroutine[Any, Any, T], second: SecondSignal) -> T:
+def _event_loop_run(coro: Coroutine[Any, Any, T], second: SecondSignal, settle: bool = False) -> T:
     try:
         import uvloop  # optional extra [fast]
     except ImportError:
@@ -164,9 +170,9 @@ def _event_loop_run(coro: Coroutine[Any, Any, T], second: SecondSignal) -> T:
     if not fast:
         # outside the except block: an error logged during the run must not
         # carry "No module named 'uvloop'" as its context
-        return run_loop(coro, asyncio.new_event_loop, second)
+        return run_loop(coro, asyncio.new_event_loop, second, settle)
     # typed where uvloop is installed, Any where mypy cannot see it: either way T
-    result: T = run_loop(coro, uvloop.new_event_loop, second)
+    result: T = run_loop(coro, uvloop.new_event_loop, second, settle)
     return result
 
 

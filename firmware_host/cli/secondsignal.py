@@ -41,6 +41,12 @@ LIMIT = 1.0
 #: tasks and that ``leave`` may wait for threads; the rest of ``LIMIT`` is for
 #: the summary and the exit
 TEARDOWN = 0.6
+#: once the run is over without a second signal (``settle``): the same two
+#: bounds, wider, since nothing asked for haste: room for the summary table
+SETTLE_LIMIT = 5.0
+SETTLE_TEARDOWN = 2.0
+#: and the least ``leave`` then waits for threads, however long the summary took
+SETTLE_JOIN = 1.0
 #: seconds a flush of stdout / stderr may take before ``os._exit`` (a pipe nobody reads)
 FLUSH_TIMEOUT = 0.1
 
@@ -61,6 +67,10 @@ class SecondSignal:
         #: pending" at exit would be noise after the line ``leave`` writes)
         self.tasks_left: list[asyncio.Task[Any]] = []
         self._watchdog: threading.Timer | None = None
+        #: armed by ``settle`` (the run's end), not by a second signal
+        self.settled = False
+        #: what the watchdog's line says its limit was counted from
+        self._since = "the second signal"
 
     @property
     def received(self) -> bool:
@@ -77,6 +87,18 @@ class SecondSignal:
         self._watchdog.daemon = True
         self._watchdog.start()
 
+    def settle(self) -> None:
+        """The run is over (drained, its grace spent, or failed): what a sink
+        or a plugin left behind (a thread stuck in a write, a task deaf to its
+        cancel) is bounded as after a second signal, with ``SETTLE_LIMIT`` and
+        ``SETTLE_TEARDOWN``. Nothing changes if a second signal came first."""
+        if self.at is not None:
+            return
+        self.limit, self.teardown = SETTLE_LIMIT, SETTLE_TEARDOWN
+        self.settled = True
+        self._since = "its end"
+        self.arm()
+
     def left(self) -> float | None:
         """Seconds the teardown may still wait; None (no limit) before a second signal."""
         if self.at is None:
@@ -84,14 +106,15 @@ class SecondSignal:
         return max(0.0, self.at + self.teardown - time.monotonic())
 
     def leave(self, code: int) -> None:
-        """After a second signal, with the summary and the lost line out:
+        """After a second signal (or ``settle``), with the summary and the lost line out:
         end the process now (``os._exit(code)``) if a thread would hold its
         exit, else return (the interpreter's exit runs as usual)."""
         if self.at is None:
             return
         self.code = code
         left = self.left() or 0.0
-        deadline = time.monotonic() + max(left, FLUSH_TIMEOUT)
+        # after a plain end, an idle executor worker gets a moment to see its shutdown
+        deadline = time.monotonic() + max(left, SETTLE_JOIN if self.settled else FLUSH_TIMEOUT)
         others = [t for t in threading.enumerate() if not t.daemon and t is not threading.current_thread()]
         for thread in others:  # (an idle executor worker ends at once: its executor was shut down)
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -103,21 +126,27 @@ class SecondSignal:
             os._exit(code)
 
     def _expire(self) -> None:
-        _say(f"firmware-host: the run did not end within {self.limit:g}s of the second signal: exiting now\n")
+        _say(f"firmware-host: the run did not end within {self.limit:g}s of {self._since}: exiting now\n")
         _flush_bounded()
         os._exit(self.code)
 
 
 def run_loop(
-    main: Coroutine[Any, Any, T], new_loop: Callable[[], asyncio.AbstractEventLoop], second: SecondSignal
+    main: Coroutine[Any, Any, T],
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+    second: SecondSignal,
+    settle: bool = False,
 ) -> T:
     """``asyncio.run(main)`` on ``new_loop()``, whose teardown is bounded
-    once ``second`` has been received (``SecondSignal``)."""
+    once ``second`` has been received (``SecondSignal``), or at once when
+    ``main`` is done if ``settle``."""
     loop = new_loop()
     asyncio.set_event_loop(loop)  # as asyncio.run: the loop is this thread's while it runs
     try:
         return loop.run_until_complete(main)
     finally:
+        if settle:
+            second.settle()
         try:
             _teardown(loop, second)
         finally:
