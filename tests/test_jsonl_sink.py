@@ -128,6 +128,9 @@ def test_device_name_cache_is_bounded_and_never_mixes_names():
 # a type, broken anywhere; names a %-template could misread; text frames and
 # non-int types among them
 _DEVICES = ["imu0", "a%d", "%%b %s", 'q"\\', "ü%"]
+#: a plugin codec's frame types that are not ints: each line is still JSON (a
+#: None type once wrote `"type": None`)
+_ODD_TYPES: dict[str, object] = {"float type": 2.5, "none type": None, "str type": 'gga"%s', "bool type": True}
 _TS = [1763800000.123456, 1763800000.5, 0.0, 1e-7]
 _frame = st.builds(
     lambda dev, seq, ts, kind, data: (
@@ -135,12 +138,12 @@ _frame = st.builds(
         if isinstance(kind, int)
         else Frame(_DEVICES[dev], seq, None, _TS[ts], text=data.decode("latin-1"))
         if kind == "text"
-        else Frame(_DEVICES[dev], seq, 2.5, _TS[ts], payload=data)
+        else Frame(_DEVICES[dev], seq, _ODD_TYPES[kind], _TS[ts], payload=data)
     ),
     st.integers(0, len(_DEVICES) - 1),
     st.integers(0, 2**32 - 1),
     st.integers(0, len(_TS) - 1),
-    st.sampled_from([0, 0, 7, 255, "text", "float type"]),
+    st.sampled_from([0, 0, 7, 255, "text", *_ODD_TYPES]),
     st.binary(max_size=70),
 ).flatmap(
     # decoded fields on some: a run may mix frames with and without them

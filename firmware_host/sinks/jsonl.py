@@ -80,6 +80,15 @@ def _json_name(device: str) -> bytes:
     return name
 
 
+def _json_type(ftype: object) -> str:
+    """A frame type that is not an int, as JSON: ``null``, a string, ``true``;
+    what JSON cannot hold (a NaN, an object) as its text."""
+    try:
+        return json.dumps(ftype, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        return json.dumps(str(ftype), ensure_ascii=False)
+
+
 def encode_records(frames: Sequence[Frame]) -> bytes:
     """The jsonl lines for ``frames`` (the jsonl record in the README).
 
@@ -125,9 +134,9 @@ def encode_records(frames: Sequence[Frame]) -> bytes:
                 with_fields = _FIELDS_RUN % (name.replace(b"%", b"%%"), ftype, ts_bytes)
             append(with_fields % (f.seq, b64(payload, newline=False), fields_json(fields)))
             continue
-        else:  # not an fh1-style int type: spell it as before
+        else:  # not an fh1-style int type (a plugin codec's None, str, bool...): as JSON
             record = (
-                f'{{"device": {name.decode()}, "seq": {f.seq}, "type": {ftype}, '
+                f'{{"device": {name.decode()}, "seq": {f.seq}, "type": {_json_type(ftype)}, '
                 f'"ts": {ts:.6f}, "payload": "{b64(payload, newline=False).decode("ascii")}"}}\n'.encode()
             )
         append(record if fields is None else record[:-2] + b', "fields": ' + fields_json(fields) + b"}\n")
