@@ -368,7 +368,16 @@ def test_devices_add_remove_and_readd(workdir: Path) -> None:
             assert again.rc == 2 and one_line_error(again).startswith("firmware-host: unknown device 'dev1'")
 
             readd = await cli(
-                "devices", "add", "dev1", vp.path, "--codec", "fh1", "--baudrate", "9600", control=run.sock
+                "devices",
+                "add",
+                "dev1",
+                vp.path,
+                "--codec",
+                "fh1",
+                "--baudrate",
+                "9600",
+                "--no-decode",
+                control=run.sock,
             )
             assert readd.rc == 0, readd
             await run.status_until(connected("dev1"))

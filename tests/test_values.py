@@ -581,3 +581,32 @@ def test_the_generated_decode_loop_decodes_as_the_looked_up_one(layouts, sent, w
     decoder.decode(frames)
     assert [f.fields for f in frames] == fields[: len(sent)]
     assert decoder.undecoded == expected_bad
+
+
+async def test_devices_add_may_turn_decoding_off_for_a_device_at_run_time(fh_board, fh_runtime, tmp_path, short_tmp):
+    """`devices add --no-decode` is `[[devices]] decode = false` at run time:
+    the added board's frames keep their bytes only; a value that is not a
+    boolean is the config loader's one line."""
+    on, off = fh_board("env-sensor"), fh_board("env-sensor")
+    out = tmp_path / "out.jsonl"
+    cfg = {
+        "buffer": {"flush_interval": 0.02},
+        "devices": [on.config("on")],
+        "sinks": [{"type": "jsonl", "path": str(out)}],
+    }
+    async with fh_runtime(cfg, control_path=str(short_tmp / "c.sock")) as rt:
+        server = rt.runtime._control
+        assert server is not None
+        add = {"cmd": "devices.add", "name": "off", "port": off.path, "board": "env-sensor"}
+        reply, _, _ = await server.handle_line(json.dumps({**add, "decode": "no"}).encode() + b"\n")
+        assert not reply["ok"] and reply["error"] == 'devices add: decode: expected true or false, got "no"'
+        reply, _, _ = await server.handle_line(json.dumps({**add, "decode": False}).encode() + b"\n")
+        assert reply["ok"] and reply["device"]["decode"] is False
+        await rt.wait_state("on", "connected")
+        await rt.wait_state("off", "connected")
+        await on.send_frames(1, payload=struct.pack("<3f", 1.5, 2.5, 3.5))
+        await off.send_frames(1, payload=struct.pack("<3f", 1.5, 2.5, 3.5))
+        status = await rt.wait_until(lambda s: all(s["devices"][d]["flushed"] == 1 for d in ("on", "off")), 10)
+        assert status["devices"]["off"]["undecoded"] == 0
+    fields = {r["device"]: r.get("fields") for r in records(out)}
+    assert fields == {"on": {"temperature": 1.5, "humidity": 2.5, "pressure": 3.5}, "off": None}

@@ -546,6 +546,11 @@ def devices(ctx: click.Context, as_json: bool) -> None:
 @click.option("--codec", help="Codec (fh1, nmea, lines, or a plugin's).")
 @click.option("--board", help="Board definition supplying codec and baudrate.")
 @click.option("--baudrate", type=click.IntRange(min=1))
+@click.option(
+    "--decode/--no-decode",
+    default=None,
+    help="Decode the frames' values by the board's schema, or keep bytes and text only (default: the board's choice).",
+)
 @control_option
 @config_option
 def devices_add(
@@ -554,12 +559,13 @@ def devices_add(
     codec: str | None,
     board: str | None,
     baudrate: int | None,
+    decode: bool | None,
     control_path: str | None,
     config_path: str | None,
 ) -> None:
     """Start reading a new device on a running runtime."""
     request: dict[str, Any] = {"cmd": "devices.add", "name": name, "port": port}
-    for key, value in (("codec", codec), ("board", board), ("baudrate", baudrate)):
+    for key, value in (("codec", codec), ("board", board), ("baudrate", baudrate), ("decode", decode)):
         if value is not None:
             request[key] = value
     ask(control_path, config_path, request)

@@ -536,14 +536,15 @@ class ControlServer:
         return {"stopping": True, "_after": lambda: runtime.request_stop("control stop")}
 
     async def _devices_add(self, req: dict[str, Any]) -> dict[str, Any]:
-        only(req, "name", "port", "codec", "board", "baudrate")
+        only(req, "name", "port", "codec", "board", "baudrate", "decode")
         raw: dict[str, Any] = {"name": device_name(req), "port": str_arg(req, "port", required=True)}
         for key in ("codec", "board"):
             value = str_arg(req, key)
             if value is not None:
                 raw[key] = value
-        if "baudrate" in req:
-            raw["baudrate"] = req["baudrate"]  # the config loader checks it like in a file
+        for key in ("baudrate", "decode"):
+            if key in req:
+                raw[key] = req[key]  # the config loader checks it like in a file
         boards = await self._boards() if "board" in raw else {}
         try:
             # the config loader's validation and messages, exactly as in a file
@@ -561,7 +562,14 @@ class ControlServer:
         except (DeviceExists, ValueError) as exc:
             raise RequestError(f"devices add: {exc}") from None
         return {
-            "device": {"name": dc.name, "port": dc.port, "codec": dc.codec, "board": dc.board, "baudrate": dc.baudrate}
+            "device": {
+                "name": dc.name,
+                "port": dc.port,
+                "codec": dc.codec,
+                "board": dc.board,
+                "baudrate": dc.baudrate,
+                "decode": dc.decode,
+            }
         }
 
     async def _boards(self) -> Mapping[str, Board]:
