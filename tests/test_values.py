@@ -610,3 +610,28 @@ async def test_devices_add_may_turn_decoding_off_for_a_device_at_run_time(fh_boa
         assert status["devices"]["off"]["undecoded"] == 0
     fields = {r["device"]: r.get("fields") for r in records(out)}
     assert fields == {"on": {"temperature": 1.5, "humidity": 2.5, "pressure": 3.5}, "off": None}
+
+
+async def test_a_board_of_your_own_on_the_boards_path_decodes_in_the_test_kit(
+    fh_board, fh_runtime, tmp_path, monkeypatch
+):
+    """What docs/testing.md tells a user testing their own schema: the board
+    file in a directory on $FIRMWARE_HOST_BOARDS, named to fh_board."""
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    (boards / "my-probe.toml").write_text(MY_BOARD)
+    monkeypatch.setenv("FIRMWARE_HOST_BOARDS", str(boards))
+    board = fh_board("my-probe")
+    out = tmp_path / "out.jsonl"
+    cfg = {
+        "buffer": {"flush_interval": 0.02},
+        "devices": [board.config("p")],
+        "sinks": [{"type": "jsonl", "path": str(out)}],
+    }
+    async with fh_runtime(cfg) as rt:
+        await rt.wait_state("p", "connected")
+        await board.send_frames(1, payload=struct.pack(">fhhI?6s2s", 1.5, -2, 3, 41, True, b"ab", b"\x01\x02"))
+        await rt.wait_until(lambda s: s["devices"]["p"]["flushed"] == 1, 10)
+    assert [r.get("fields") for r in records(out)] == [
+        {"t": 1.5, "counts": [-2, 3], "raw": 20.5, "ok": True, "tag": "ab", "id": "0102"}
+    ]
