@@ -261,6 +261,7 @@ class Runtime:
         try:
             await spool.open()
         except (SpoolBusy, SpoolError, OSError) as exc:
+            await spool.close()  # its thread: a spool refused at start holds none
             await self._close_sinks(opened)
             await self._stop_aggregator()
             raise RuntimeFailure(f"spool: {exc}") from None
