@@ -71,6 +71,9 @@ class SecondSignal:
         self.settled = False
         #: what the watchdog's line says its limit was counted from
         self._since = "the second signal"
+        #: threads alive before the run: the program's own (``run`` called
+        #: in-process), never waited for nor a reason to leave
+        self._before = frozenset(threading.enumerate())
 
     @property
     def received(self) -> bool:
@@ -115,7 +118,7 @@ class SecondSignal:
         left = self.left() or 0.0
         # after a plain end, an idle executor worker gets a moment to see its shutdown
         deadline = time.monotonic() + max(left, SETTLE_JOIN if self.settled else FLUSH_TIMEOUT)
-        others = [t for t in threading.enumerate() if not t.daemon and t is not threading.current_thread()]
+        others = [t for t in threading.enumerate() if not t.daemon and t not in self._before]
         for thread in others:  # (an idle executor worker ends at once: its executor was shut down)
             thread.join(max(0.0, deadline - time.monotonic()))
         stuck = [f"thread {t.name}" for t in others if t.is_alive()]
