@@ -309,7 +309,7 @@ class Runtime:
                     closing.cancel()
                     closing.add_done_callback(_retrieve)
             if not closing.done():
-                log.warning("sink %s did not close within %gs: left as it is", sink.name, limit)
+                log.warning("sink %s did not close within %.1fs: left as it is", sink.name, limit)
             elif closing.cancelled():
                 log.warning("sink %s did not close cleanly: cancelled", sink.name)
             elif (exc := closing.exception()) is not None:  # one sink's failure must not skip the others

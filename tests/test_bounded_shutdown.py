@@ -206,7 +206,14 @@ async def second_signal_exit(fh_ports, short_tmp, tmp_path, hung_site, how):
     proc, sock, _summary, _status = await start_stuck(fh_ports, short_tmp, tmp_path, 30.0, hung=how, site=hung_site)
     try:
         proc.send_signal(signal.SIGTERM)
-        await wait_status(sock, lambda s: s["devices"]["imu0"]["state"] == "closed")
+        # the drain under way, and the live sink done: what is lost is the hung sink's alone
+        await wait_status(
+            sock,
+            lambda s: (
+                s["devices"]["imu0"]["state"] == "closed"
+                and any(k["name"] == "jsonl" and k["delivered"] == FRAMES for k in s["sinks"])
+            ),
+        )
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         elapsed = await exit_time(proc, started, wait=10)
@@ -236,27 +243,28 @@ async def test_second_signal_exit_is_bounded_whatever_is_left_behind(fh_ports, s
     assert (hung["name"], hung["lost"], live["lost"]) == ("hung", d["lost"], 0)
 
 
-@pytest.mark.parametrize("how", ["executor", "thread"])
-async def test_one_signal_exit_is_bounded_by_the_grace_whatever_a_sink_left_behind(
-    fh_ports, short_tmp, tmp_path, hung_site, how
-):
-    """One SIGTERM: the drain gives the stuck sink up at the grace, and then a
-    thread it left in a write (the default executor's, joined by asyncio.run's
-    teardown, or its own, joined at interpreter exit) must not hold the exit
-    for ever: once the run is over, threads left get SETTLE_TEARDOWN (2 s),
-    and the process ends saying what it left, with the summary and its status."""
+async def test_one_signal_exit_is_bounded_whatever_a_sink_left_behind(fh_ports, short_tmp, tmp_path, hung_site):
+    """One SIGTERM: the drain gives the stuck sink up at the grace, and then the
+    thread it left in a write (the default executor's, which the interpreter
+    joins at exit, as it joins a sink's own threads) must not hold the exit for
+    ever: the interpreter's exit gets EXIT_LIMIT (5 s), then the process ends
+    with the run's status, naming the thread; the summary and the lost line
+    are out before. Nothing else ever waits that long (the second-signal test
+    covers a thread of the sink's own)."""
     grace = 1.0
-    proc, _sock, summary, _status = await start_stuck(fh_ports, short_tmp, tmp_path, grace, hung=how, site=hung_site)
+    proc, _sock, summary, _status = await start_stuck(
+        fh_ports, short_tmp, tmp_path, grace, hung="executor", site=hung_site
+    )
     try:
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        elapsed = await exit_time(proc, started, wait=15)
+        elapsed = await exit_time(proc, started, wait=20)
     finally:
         err = finish(proc)
-    print(f"exit {elapsed:.2f} s after SIGTERM ({how}, grace {grace} s)")
-    assert elapsed < grace + 2 + SLACK, err
+    print(f"exit {elapsed:.2f} s after SIGTERM (grace {grace} s)")
+    assert elapsed < grace + 5 + SLACK, err
     assert proc.returncode == 1 and "Traceback" not in err, err
-    assert "exiting without waiting for thread" in err and "did not end within" not in err, err
+    assert "the process did not exit within 5s of the run's end: exiting now (still running: " in err, err
     final = json.loads(summary.read_text())
     assert_accounting(final)
     d = final["devices"]["imu0"]

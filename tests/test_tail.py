@@ -385,3 +385,36 @@ async def test_open_streams_leave_room_for_stop_and_status(fh_board: Any, fh_run
             assert "uptime" in await request(sock, {"cmd": "status"}, timeout=5)
             for w in held:
                 w.close()
+
+
+@pytest.mark.parametrize("cmd", ["tail", "record"])
+async def test_a_stream_whose_reply_is_cut_by_the_close_is_released(fh_board, fh_runtime, sockdir, monkeypatch, cmd):
+    """The server closes (its connections cancelled) while a stream's reply is
+    still going out to a client slow to read: neither run nor the failed-send
+    path is reached, so the subscription (or the recording) is released there."""
+    board = fh_board("fh1")
+    async with fh_runtime({"devices": [board.config("b", **FAST)]}) as rt:
+        await rt.wait_state("b", "connected")
+        path = os.path.join(sockdir, "ctl.sock")
+        server = ControlServer(rt.runtime, path)
+        await server.start()
+        real_send = server._send
+        draining = asyncio.Event()
+
+        async def slow_send(writer, reply):  # the reply's drain in progress
+            if "tail" in reply or "recording" in reply:
+                draining.set()
+                await asyncio.Event().wait()
+            return await real_send(writer, reply)
+
+        monkeypatch.setattr(server, "_send", slow_send)
+        _reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(b'{"cmd": "tail"}\n' if cmd == "tail" else b'{"cmd": "record", "device": "b"}\n')
+        await writer.drain()
+        await asyncio.wait_for(draining.wait(), 5)
+        await asyncio.wait_for(server.close(), 5)  # cancels the connection inside its send
+        writer.close()
+        if cmd == "tail":
+            assert rt.aggregator.tap.subscribers == [] and server.stats()["tails"] == 0
+        else:
+            assert all(sub.closed for sub in rt.runtime.devices["b"].raw.subscribers)

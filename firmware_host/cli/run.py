@@ -70,17 +70,22 @@ class RunOptions:
 def run_main(opts: RunOptions) -> int:
     """Exit status: 0 ok, 1 runtime failure or frames lost, 2 usage/config error.
 
-    After a second signal the process ends within ``secondsignal.LIMIT``
-    seconds of it: at the latest when this returns, with ``os._exit`` if a
-    thread would hold the exit (firmware_host.cli.secondsignal). With
-    ``opts.exit_bounded`` (the CLI) the same holds, with wider bounds, once
-    the run is over, whatever ended it."""
+    After a second signal this returns within ``secondsignal.LIMIT`` seconds
+    of it. With ``opts.exit_bounded`` (the CLI, whose process ends after this)
+    a thread the run left that would hold the exit ends the process with
+    ``os._exit`` and this status: after a second signal at once, after any
+    other end within ``secondsignal.EXIT_LIMIT`` (firmware_host.cli.secondsignal).
+    A program calling this itself keeps its process and its threads."""
     log_config = configured_log(opts.config_path)
     level = choose_level(opts.log_level or log_config.level, opts.verbose, opts.quieter)
     second = SecondSignal()
-    with run_logging(level, opts.log_format or log_config.format):
-        code = _run_main(opts, second)
-    second.leave(code)
+    try:
+        with run_logging(level, opts.log_format or log_config.format):
+            code = _run_main(opts, second)
+    except BaseException:
+        second.disarm()  # an error on its way out: the caller decides what comes next
+        raise
+    second.leave(code, exiting=opts.exit_bounded)
     return code
 
 
@@ -110,7 +115,8 @@ def _run_main(opts: RunOptions, second: SecondSignal) -> int:
     if not opts.quiet:
         from firmware_host.cli.render import status_table
 
-        _print_bounded(status_table(final_status) + "\n")
+        # after a second signal, only what is left of its second (the lost line comes after)
+        _print_bounded(status_table(final_status) + "\n", second.output_time(PRINT_TIMEOUT))
     lost = sum(d["lost"] for d in final_status["devices"].values())
     sinks = final_status.get("sinks") or []
     if lost and sinks and all(s["state"] == "closed" for s in sinks):
@@ -318,7 +324,7 @@ async def _run_until_stopped(rt: Any, duration: float | None, second: SecondSign
 PRINT_TIMEOUT = 0.5
 
 
-def _print_bounded(text: str) -> None:
+def _print_bounded(text: str, timeout: float = PRINT_TIMEOUT) -> None:
     """``text`` on stdout, given up after ``PRINT_TIMEOUT``: a pipe nobody reads
     (the stdout sink's reader, stuck) must not hold the exit. Written to the
     descriptor from a daemon thread, so no lock of ``sys.stdout`` is held if
@@ -343,7 +349,7 @@ def _print_bounded(text: str) -> None:
             done.set()
 
     threading.Thread(target=write, name="status-table", daemon=True).start()
-    if not done.wait(PRINT_TIMEOUT):
+    if not done.wait(timeout):
         log.warning("stdout is not being read: the final status table was not printed")
 
 

@@ -12,12 +12,20 @@ or a plugin leaves behind can still hold a process whose work is done:
 
 ``SecondSignal`` bounds all of it, from the second signal on: the loop's
 teardown (``run_loop``) waits for leftover tasks only until ``TEARDOWN``
-seconds after the signal and never joins the executor's threads; once the
-summary and the lost line are out, a thread still alive ends the process
-with ``os._exit`` instead of a join (``leave``); and a watchdog thread ends
-it ``LIMIT`` seconds after the signal whatever it is doing (the last resort:
+seconds after the signal and never joins the executor's threads; the final
+table gets what is left of the second; once the summary and the lost line
+are out, a thread the run started that is still alive ends the process with
+``os._exit`` instead of a join (``leave``); and a watchdog thread ends it
+``LIMIT`` seconds after the signal whatever it is doing (the last resort:
 without a summary unless it was written by then). Before a second signal
 nothing changes: the teardown is ``asyncio.run``'s.
+
+When the process is the CLI's, the end of any run is bounded too, more
+widely (``settle``): the teardown by ``SETTLE_TEARDOWN``, and the
+interpreter's own exit (its atexit hooks, its joins of the threads the run
+left) by a watchdog of ``EXIT_LIMIT`` seconds that exits with the run's
+status, naming what still ran. A program that calls ``run_main`` itself is
+never ended by it: its watchdog is stood down when the run returns.
 """
 
 from __future__ import annotations
@@ -41,25 +49,29 @@ LIMIT = 1.0
 #: tasks and that ``leave`` may wait for threads; the rest of ``LIMIT`` is for
 #: the summary and the exit
 TEARDOWN = 0.6
-#: once the run is over without a second signal (``settle``): the same two
-#: bounds, wider, since nothing asked for haste: room for the summary table
+#: once the run is over without a second signal (``settle``): the watchdog's
+#: limit and the loop's teardown, wider, since nothing asked for haste
 SETTLE_LIMIT = 5.0
 SETTLE_TEARDOWN = 2.0
-#: and the least ``leave`` then waits for threads, however long the summary took
-SETTLE_JOIN = 1.0
+#: seconds the interpreter's own exit may take after ``leave`` (atexit hooks,
+#: the joins of threads the run left) when this process is the CLI's
+EXIT_LIMIT = 5.0
 #: seconds a flush of stdout / stderr may take before ``os._exit`` (a pipe nobody reads)
 FLUSH_TIMEOUT = 0.1
+#: the margin kept for the lost line when the output is bounded by the limit
+OUTPUT_MARGIN = 0.15
 
 EXIT_FAILURE = 1
 
 
 class SecondSignal:
-    """The deadline a second signal sets, and what enforces it."""
+    """The deadline a second signal (or the run's end, ``settle``) sets, and
+    what enforces it."""
 
     def __init__(self, limit: float = LIMIT, teardown: float = TEARDOWN) -> None:
         self.limit = limit
         self.teardown = teardown
-        #: monotonic time of the second signal (None: none yet)
+        #: monotonic time of the second signal or of ``settle`` (None: neither yet)
         self.at: float | None = None
         #: the exit status the watchdog uses: 1 until ``leave`` knows better
         self.code = EXIT_FAILURE
@@ -69,8 +81,6 @@ class SecondSignal:
         self._watchdog: threading.Timer | None = None
         #: armed by ``settle`` (the run's end), not by a second signal
         self.settled = False
-        #: what the watchdog's line says its limit was counted from
-        self._since = "the second signal"
         #: threads alive before the run: the program's own (``run`` called
         #: in-process), never waited for nor a reason to leave
         self._before = frozenset(threading.enumerate())
@@ -84,22 +94,18 @@ class SecondSignal:
         if self.at is not None:
             return
         self.at = time.monotonic()
-        # a thread, not a loop timer: the loop may be what does not finish
-        self._watchdog = threading.Timer(self.limit, self._expire)
-        self._watchdog.name = "second-signal-watchdog"
-        self._watchdog.daemon = True
-        self._watchdog.start()
+        since = "its end" if self.settled else "the second signal"
+        self._start_watchdog(self.limit, f"the run did not end within {self.limit:g}s of {since}")
 
     def settle(self) -> None:
-        """The run is over (drained, its grace spent, or failed): what a sink
-        or a plugin left behind (a thread stuck in a write, a task deaf to its
-        cancel) is bounded as after a second signal, with ``SETTLE_LIMIT`` and
+        """The run is over (drained, its grace spent, or failed): the loop's
+        teardown (tasks deaf to their cancel, the executor's threads) is
+        bounded as after a second signal, with ``SETTLE_LIMIT`` and
         ``SETTLE_TEARDOWN``. Nothing changes if a second signal came first."""
         if self.at is not None:
             return
         self.limit, self.teardown = SETTLE_LIMIT, SETTLE_TEARDOWN
         self.settled = True
-        self._since = "its end"
         self.arm()
 
     def left(self) -> float | None:
@@ -108,28 +114,62 @@ class SecondSignal:
             return None
         return max(0.0, self.at + self.teardown - time.monotonic())
 
-    def leave(self, code: int) -> None:
-        """After a second signal (or ``settle``), with the summary and the lost line out:
-        end the process now (``os._exit(code)``) if a thread would hold its
-        exit, else return (the interpreter's exit runs as usual)."""
+    def output_time(self, wanted: float) -> float:
+        """How long the final table may take to print: ``wanted``, or after a
+        second signal what is left of its limit, less a margin for the lost line."""
+        if self.at is None or self.settled:
+            return wanted
+        return min(wanted, max(0.0, self.at + self.limit - time.monotonic() - OUTPUT_MARGIN))
+
+    def leave(self, code: int, exiting: bool) -> None:
+        """The summary and the lost line are out. After a second signal, a
+        thread the run started that would hold the exit ends the process now
+        (``os._exit(code)``) when ``exiting`` (the CLI); an in-process caller
+        keeps its process, only warned. Then the watchdog is stood down; when
+        ``exiting``, a last one bounds the interpreter's own exit (``EXIT_LIMIT``):
+        after ``settle`` that is where a stuck thread is given up."""
         if self.at is None:
             return
         self.code = code
-        left = self.left() or 0.0
-        # after a plain end, an idle executor worker gets a moment to see its shutdown
-        deadline = time.monotonic() + max(left, SETTLE_JOIN if self.settled else FLUSH_TIMEOUT)
-        others = [t for t in threading.enumerate() if not t.daemon and t not in self._before]
-        for thread in others:  # (an idle executor worker ends at once: its executor was shut down)
-            thread.join(max(0.0, deadline - time.monotonic()))
-        stuck = [f"thread {t.name}" for t in others if t.is_alive()]
-        stuck += [f"task {_task_name(t)}" for t in self.tasks_left if not t.done()]
-        if stuck:
-            _say(f"firmware-host: exiting without waiting for {', '.join(sorted(stuck))}\n")
-            _flush_bounded()
-            os._exit(code)
+        if not self.settled:
+            deadline = time.monotonic() + max(self.left() or 0.0, FLUSH_TIMEOUT)
+            others = self._threads()
+            for thread in others:  # (an idle executor worker ends at once: its executor was shut down)
+                thread.join(max(0.0, deadline - time.monotonic()))
+            stuck = [f"thread {t.name}" for t in others if t.is_alive()]
+            stuck += [f"task {_task_name(t)}" for t in self.tasks_left if not t.done()]
+            if stuck and exiting:
+                _say(f"firmware-host: exiting without waiting for {', '.join(sorted(stuck))}\n")
+                _flush_bounded()
+                os._exit(code)
+            if stuck:
+                _say(f"firmware-host: the run returns with {', '.join(sorted(stuck))} still running\n")
+        self.disarm()
+        if exiting:
+            self._start_watchdog(EXIT_LIMIT, f"the process did not exit within {EXIT_LIMIT:g}s of the run's end")
 
-    def _expire(self) -> None:
-        _say(f"firmware-host: the run did not end within {self.limit:g}s of {self._since}: exiting now\n")
+    def disarm(self) -> None:
+        """The watchdog stood down: the run returned to its caller."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _threads(self) -> list[threading.Thread]:
+        """The non-daemon threads the run started that are still alive."""
+        return [t for t in threading.enumerate() if not t.daemon and t not in self._before and t.is_alive()]
+
+    def _start_watchdog(self, limit: float, why: str) -> None:
+        # a thread, not a loop timer: the loop may be what does not finish
+        watchdog = threading.Timer(limit, self._expire, args=(why,))
+        watchdog.name = "exit-watchdog"
+        watchdog.daemon = True
+        self._watchdog = watchdog
+        watchdog.start()
+
+    def _expire(self, why: str) -> None:
+        left = sorted(t.name for t in self._threads())
+        waiting = f" (still running: {', '.join(left)})" if left else ""
+        _say(f"firmware-host: {why}: exiting now{waiting}\n")
         _flush_bounded()
         os._exit(self.code)
 

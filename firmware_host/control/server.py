@@ -398,7 +398,12 @@ class ControlServer:
                 # EOF, or half a request then a disconnect: nothing to act on
                 return
             reply, after, stream = await self.handle_line(line)
-            sent = await self._send(writer, reply)
+            try:
+                sent = await self._send(writer, reply)
+            except BaseException:  # cancelled (the server closing) before the hand-off
+                if stream is not None:
+                    stream.abandon()  # still exactly one of run and abandon
+                raise
             if after is not None:
                 after()  # a stop asked for is done even if the client left before the reply
             if stream is not None:
