@@ -90,7 +90,7 @@ def test_stop_wait_waits_for_a_slow_drain(short_dir: Path) -> None:
     nobody reads, so the runtime exits only at the end of its grace."""
     sock = short_dir / "ctl.sock"
     cfg = short_dir / "c.toml"
-    cfg.write_text("[buffer]\nflush_interval = 0.05\n[shutdown]\ngrace = 2\n[plugins.stdout]\n")
+    cfg.write_text("[buffer]\nflush_interval = 0.05\n[shutdown]\ngrace = 0.5\n[plugins.stdout]\n")
     proc = cli_popen("run", "-c", str(cfg), "--emulate", "nucleo-imu:4", "--control", str(sock), "-q")
     try:
         deadline = time.monotonic() + 30
