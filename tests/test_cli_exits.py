@@ -90,10 +90,10 @@ def test_flush_that_gives_up_exits_1(workdir: Path) -> None:
             await run.status_until(connected("dev0"))
             await vp.write(packets(range(10)))
             await run.status_until(lambda s: s["devices"]["dev0"]["frames"] == 10)
-            text = await acli("flush", "--timeout", "0.5", control=run.sock)
+            text = await acli("flush", "--timeout", "0.2", control=run.sock)
             assert text.rc == 1, text.err
             assert "flush incomplete" in text.out
-            as_json = await acli("flush", "--timeout", "0.5", "--json", control=run.sock)
+            as_json = await acli("flush", "--timeout", "0.2", "--json", control=run.sock)
             assert as_json.rc == 1 and '"incomplete": true' in as_json.out, as_json
         vp.close()
 
