@@ -97,7 +97,7 @@ def test_bench_ab_alternates_builds(tmp_path):
             "--runs",
             "1",
             "--seconds",
-            "0.3",
+            "0.1",
             "--devices",
             "2",
             "new=asyncio-pure",
