@@ -1567,14 +1567,14 @@ QUICK = {
 #: runs end to end in (the test suite's smoke test: its figures mean nothing)
 SMOKE = {
     **QUICK,
-    "warmup_s": 0.1,
-    "flood_s": 0.3,
-    "paced_s": 0.3,
-    "paced_baseline_s": 0.3,
-    "idle_s": 0.2,
+    "warmup_s": 0.05,
+    "flood_s": 0.2,
+    "paced_s": 0.2,
+    "paced_baseline_s": 0.2,
+    "idle_s": 0.1,
     "memory_frames": 2_000,
     "mqtt_json_frames": 1_000,
-    "flush_interval": 0.2,
+    "flush_interval": 0.1,
 }
 SCENARIOS = ("startup", "flood", "paced", "idle", "memory", "overload", "sinks3", "mqtt", "decode")
 #: run only when named in --only (or, for tail, with --tail): gpsd needs software the others do not,
