@@ -31,6 +31,29 @@ settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
+def _child_bytecode_cache() -> str | None:
+    """Hundreds of tests start ``python -m firmware_host``. Where PYTHONDONTWRITEBYTECODE
+    is set (some CI machines export it), each child compiled the whole package from
+    source again (~0.1 s a ``run``). The children of this session share one bytecode
+    cache instead, in a directory of their own: still nothing written into the
+    checkout, and nothing they do differs. Returns that directory (None: nothing done)."""
+    if not os.environ.get("PYTHONDONTWRITEBYTECODE") or os.environ.get("PYTHONPYCACHEPREFIX"):
+        return None
+    cache = tempfile.mkdtemp(prefix="fh-tests-pyc-")
+    os.environ["PYTHONPYCACHEPREFIX"] = cache  # inherited by every child from here on
+    del os.environ["PYTHONDONTWRITEBYTECODE"]  # this process itself still writes none
+    return cache
+
+
+#: the children's bytecode cache, removed when the session ends (None: not ours)
+CHILD_BYTECODE_CACHE = _child_bytecode_cache()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if CHILD_BYTECODE_CACHE is not None:
+        shutil.rmtree(CHILD_BYTECODE_CACHE, ignore_errors=True)
+
+
 def cli(
     *args: str, cwd: str | os.PathLike[str] | None = None, timeout: float = 30, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -1,5 +1,6 @@
-"""The benchmark harness runs end to end in its tiny configuration and writes
-its JSON with every scenario and target (a smoke test: no timing is asserted)."""
+"""The benchmark harness runs end to end in its tiniest configuration (--smoke:
+--quick with shorter windows and flush interval) and writes its JSON with every
+scenario and target (a smoke test: no timing is asserted)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def test_bench_quick_writes_json(tmp_path):
             "-m",
             "firmware_host",
             "bench",
-            "--quick",
+            "--smoke",
             "--json",
             str(out),
             "--png",
@@ -96,7 +97,7 @@ def test_bench_ab_alternates_builds(tmp_path):
             "--runs",
             "1",
             "--seconds",
-            "0.3",
+            "0.1",
             "--devices",
             "2",
             "new=asyncio-pure",

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -42,34 +43,59 @@ def runtime() -> Iterator[tuple[Path, Path]]:
         yield running
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        "status",
-        "status --json",
-        "buffers",
-        "flush",
-        "devices",
-        "boards",
-        "boards --json",
-        "plugins",
-        "config sample",
-        "emulate env-sensor -n 2 --duration 20",
-    ],
-)
-def test_a_reader_that_left_ends_the_command_quietly(runtime: tuple[Path, Path], command: str) -> None:
+COMMANDS = [
+    "status",
+    "status --json",
+    "buffers",
+    "flush",
+    "devices",
+    "boards",
+    "boards --json",
+    "plugins",
+    "config sample",
+    "emulate env-sensor -n 2 --duration 20",
+]
+
+
+def readers(command: str) -> tuple[str, ...]:
+    """A reader that left at once; and ``head -1``, except for emulate, which writes
+    its paths once, then runs: after ``head -1`` took them, nothing tells it to stop."""
+    return (CLOSED_READER,) if command.startswith("emulate") else (CLOSED_READER, "head -1")
+
+
+Piped = tuple[subprocess.CompletedProcess[str], float]
+
+
+@pytest.fixture(scope="module")
+def pipelines(runtime: tuple[Path, Path]) -> Iterator[dict[tuple[str, str], Future[Piped]]]:
+    """Every (command, reader) pipeline, all started at once: they are independent,
+    so the module waits for the slowest, not for their sum. Each gives its result
+    and its wall time."""
     work, sock = runtime
-    if command.split()[0] in ("status", "buffers", "flush"):
-        command += f" --control {shlex.quote(str(sock))}"
-    started = time.monotonic()
-    res = pipeline(command, CLOSED_READER, work)
+
+    def timed(command: str, reader: str) -> Piped:
+        if command.split()[0] in ("status", "buffers", "flush"):
+            command += f" --control {shlex.quote(str(sock))}"
+        started = time.monotonic()
+        res = pipeline(command, reader, work)
+        return res, time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=len(COMMANDS) * 2) as pool:
+        yield {(c, r): pool.submit(timed, c, r) for c in COMMANDS for r in readers(c)}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_reader_that_left_ends_the_command_quietly(
+    pipelines: dict[tuple[str, str], Future[Piped]], command: str
+) -> None:
+    res, took = pipelines[(command, CLOSED_READER)].result(timeout=60)
     assert (res.returncode, res.stderr) == (0, ""), command
     # emulate stops at its first write, not at --duration
-    assert time.monotonic() - started < 15
+    assert took < 15
     if command.startswith("emulate"):
-        return  # it writes its paths once, then runs: after `head -1` took them, nothing tells it to stop
+        return
     # and `| head -1`, whether or not the write comes after head left: quiet either way
-    res = pipeline(command, "head -1", work)
+    res, _ = pipelines[(command, "head -1")].result(timeout=60)
     assert (res.returncode, res.stderr) == (0, ""), command
     assert res.stdout.count("\n") == 1
 

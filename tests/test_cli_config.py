@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from subprocess import CompletedProcess
+
 import pytest
 
 from tests.conftest import cli
@@ -20,12 +24,25 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[CompletedProcess[str]]]]:
+    """``run -c bad.toml`` for every case, each in its own directory, all started at
+    once: they are independent, so the module waits for the slowest, not the sum."""
+
+    def run(case: str) -> CompletedProcess[str]:
+        work = tmp_path_factory.mktemp(case)
+        path = work / "bad.toml"
+        path.write_text(CASES[case][0])
+        return cli("run", "-c", str(path), "--control", str(work / "s"), cwd=work)
+
+    with ThreadPoolExecutor(len(CASES)) as pool:
+        yield {case: pool.submit(run, case) for case in CASES}
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_config_exit_2_one_line(tmp_path, case):
-    text, needles = CASES[case]
-    path = tmp_path / "bad.toml"
-    path.write_text(text)
-    result = cli("run", "-c", str(path), "--control", str(tmp_path / "s"), cwd=tmp_path)
+def test_bad_config_exit_2_one_line(bad_runs: dict[str, Future[CompletedProcess[str]]], case: str) -> None:
+    _, needles = CASES[case]
+    result = bad_runs[case].result(timeout=60)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

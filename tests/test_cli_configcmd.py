@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import socket
 import tomllib
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -90,23 +92,36 @@ def test_a_plugin_sink_type_needs_its_plugin(tmp_path: Path) -> None:
     assert code == 2 and len(errors) == 1 and "unknown sink type 'sqlite'" in errors[0]
 
 
-@pytest.mark.parametrize(
-    ("text", "args", "needle"),
-    [
-        ("[buffer\n", (), "TOML syntax error"),
-        ('[[sinks]]\ntype = "jsonl"\npath = "f"\n', ("--control", "/tmp/" + "x" * 120), "longer than 107 bytes"),
-        ('[[sinks]]\ntype = "jsonl"\npath = "f"\n', ("--summary", "/nonexistent-dir/s.json"), "does not exist"),
-        (
-            '[[devices]]\nname = "a"\nport = "loop://"\ncodec = "fh1"\n[[sinks]]\ntype = "jsonl"\npath = "f"\n',
-            (),
-            "loop://",
-        ),
-        ("[log]\nformat = 'xml'\n[[sinks]]\ntype = 'jsonl'\npath = 'f'\n", (), "log.format"),
-        ("", (), "no sinks"),
-    ],
-)
-def test_one_problem_is_one_line(tmp_path: Path, text: str, args: tuple[str, ...], needle: str) -> None:
-    code, errors, out = check(tmp_path, text, *args)
+#: (the config, the options beside it, what its one problem line says)
+ONE_PROBLEM: list[tuple[str, tuple[str, ...], str]] = [
+    ("[buffer\n", (), "TOML syntax error"),
+    ('[[sinks]]\ntype = "jsonl"\npath = "f"\n', ("--control", "/tmp/" + "x" * 120), "longer than 107 bytes"),
+    ('[[sinks]]\ntype = "jsonl"\npath = "f"\n', ("--summary", "/nonexistent-dir/s.json"), "does not exist"),
+    (
+        '[[devices]]\nname = "a"\nport = "loop://"\ncodec = "fh1"\n[[sinks]]\ntype = "jsonl"\npath = "f"\n',
+        (),
+        "loop://",
+    ),
+    ("[log]\nformat = 'xml'\n[[sinks]]\ntype = 'jsonl'\npath = 'f'\n", (), "log.format"),
+    ("", (), "no sinks"),
+]
+
+
+@pytest.fixture(scope="module")
+def one_problem_checks(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[list[Future[tuple[int, list[str], str]]]]:
+    """``config check`` of every ONE_PROBLEM case, each in its own directory, all
+    started at once: they are independent, so the module waits for the slowest."""
+    with ThreadPoolExecutor(len(ONE_PROBLEM)) as pool:
+        yield [pool.submit(check, tmp_path_factory.mktemp("check"), text, *args) for text, args, _ in ONE_PROBLEM]
+
+
+@pytest.mark.parametrize(("text", "args", "needle"), ONE_PROBLEM)
+def test_one_problem_is_one_line(
+    one_problem_checks: list[Future[tuple[int, list[str], str]]], text: str, args: tuple[str, ...], needle: str
+) -> None:
+    code, errors, out = one_problem_checks[ONE_PROBLEM.index((text, args, needle))].result(timeout=60)
     assert code == 2 and out == ""
     assert len(errors) == 1 and needle in errors[0], errors
 

@@ -90,10 +90,10 @@ def test_flush_that_gives_up_exits_1(workdir: Path) -> None:
             await run.status_until(connected("dev0"))
             await vp.write(packets(range(10)))
             await run.status_until(lambda s: s["devices"]["dev0"]["frames"] == 10)
-            text = await acli("flush", "--timeout", "0.5", control=run.sock)
+            text = await acli("flush", "--timeout", "0.2", control=run.sock)
             assert text.rc == 1, text.err
             assert "flush incomplete" in text.out
-            as_json = await acli("flush", "--timeout", "0.5", "--json", control=run.sock)
+            as_json = await acli("flush", "--timeout", "0.2", "--json", control=run.sock)
             assert as_json.rc == 1 and '"incomplete": true' in as_json.out, as_json
         vp.close()
 
@@ -118,7 +118,7 @@ def test_spool_export_into_a_reader_that_leaves_ends_quietly(tmp_path: Path) -> 
         f'[plugins.mqtt]\nhost = "127.0.0.1"\nport = {port}\n'
     )
     made = cli(
-        "run", "-c", "c.toml", "--emulate", "nucleo-imu:4", "--duration", "2", "-q", "--control", "s", cwd=tmp_path
+        "run", "-c", "c.toml", "--emulate", "nucleo-imu:8", "--duration", "1", "-q", "--control", "s", cwd=tmp_path
     )
     assert "stay in the spool" in made.stderr, made.stderr
     # more frames than one export chunk (5000): a write after the reader left fails
@@ -128,7 +128,7 @@ def test_spool_export_into_a_reader_that_leaves_ends_quietly(tmp_path: Path) -> 
     assert proc.stdout is not None and proc.stderr is not None
     try:
         first = proc.stdout.readline()  # more than a pipe holds is on its way: the writer blocks
-        # (which of the four boards' frames is oldest depends on timing)
+        # (which of the eight boards' frames is oldest depends on timing)
         assert first.startswith('{"device": "nucleo-imu-'), first
     finally:
         proc.stdout.close()  # the reader leaves, like `| head -1`

@@ -13,7 +13,9 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 
@@ -90,7 +92,7 @@ def test_stop_wait_waits_for_a_slow_drain(short_dir: Path) -> None:
     nobody reads, so the runtime exits only at the end of its grace."""
     sock = short_dir / "ctl.sock"
     cfg = short_dir / "c.toml"
-    cfg.write_text("[buffer]\nflush_interval = 0.05\n[shutdown]\ngrace = 2\n[plugins.stdout]\n")
+    cfg.write_text("[buffer]\nflush_interval = 0.05\n[shutdown]\ngrace = 0.5\n[plugins.stdout]\n")
     proc = cli_popen("run", "-c", str(cfg), "--emulate", "nucleo-imu:4", "--control", str(sock), "-q")
     try:
         deadline = time.monotonic() + 30
@@ -132,16 +134,28 @@ def test_stop_wait_without_a_runtime_is_exit_3(short_dir: Path) -> None:
     assert res.returncode == 3, res.stderr
 
 
-@pytest.mark.parametrize(
-    "mode",
-    ['"0666"', '"0644"', '"0400"', '"600x"', '"07777"', '"60"', "600", '"4660"', '""'],
-)
-def test_a_bad_mode_is_refused_at_load(mode: str, tmp_path: Path) -> None:
+BAD_MODES = ['"0666"', '"0644"', '"0400"', '"600x"', '"07777"', '"60"', "600", '"4660"', '""']
+
+
+@pytest.fixture(scope="module")
+def bad_mode_checks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[CompletedProcess[str]]]]:
+    """``config check`` of a config with each bad mode, each in its own directory, all
+    started at once: they are independent, so the module waits for the slowest."""
+
+    def check(mode: str) -> CompletedProcess[str]:
+        cfg = tmp_path_factory.mktemp("mode") / "c.toml"
+        cfg.write_text(f"[control]\nmode = {mode}\n")
+        return cli("config", "check", "-c", str(cfg))
+
+    with ThreadPoolExecutor(len(BAD_MODES)) as pool:
+        yield {mode: pool.submit(check, mode) for mode in BAD_MODES}
+
+
+@pytest.mark.parametrize("mode", BAD_MODES)
+def test_a_bad_mode_is_refused_at_load(mode: str, bad_mode_checks: dict[str, Future[CompletedProcess[str]]]) -> None:
     with pytest.raises(ConfigError, match=r"control\.mode.*octal mode string"):
         config_from_dict({"control": {"mode": json.loads(mode) if mode.startswith('"') else int(mode)}})
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(f"[control]\nmode = {mode}\n")
-    res = cli("config", "check", "-c", str(cfg))
+    res = bad_mode_checks[mode].result(timeout=60)
     assert res.returncode == 2 and "control.mode" in res.stderr and "Traceback" not in res.stderr
 
 

@@ -14,6 +14,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,25 +41,67 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run(tmp_path: Path, site: Path, *args: str, config: str = "") -> tuple[int, list[str]]:
-    path = tmp_path / "gw.toml"
-    path.write_text(config + '[plugins.boom]\n[[sinks]]\ntype = "jsonl"\npath = "frames.jsonl"\n')
-    result = cli(
-        "run",
-        "-c",
-        str(path),
-        "--emulate",
-        "nucleo-imu:1",
-        "--duration",
-        "0.3",
-        "--control",
-        str(tmp_path / "s"),
-        *args,
-        cwd=tmp_path,
-        env={"PYTHONPATH": f"{site}:{REPO}"},
-    )
-    assert result.returncode == 0, result.stderr
-    return result.returncode, result.stderr.splitlines()
+#: every run the tests read, by name: (its options, the config's [log] table)
+RUNS: dict[str, tuple[tuple[str, ...], str]] = {
+    "default": ((), ""),
+    "-v": (("-v",), ""),
+    "-q": (("-q",), ""),
+    "-qq": (("-qq",), ""),
+    "--log-level error": (("--log-level", "error"), ""),
+    "config warning": ((), '[log]\nlevel = "warning"\n'),
+    "config warning, --log-level debug": (("--log-level", "debug"), '[log]\nlevel = "warning"\n'),
+    "--log-format json": (("--log-format", "json"), ""),
+    "config json": ((), '[log]\nformat = "json"\n'),
+}
+
+
+class Runs:
+    """The ``run`` processes of RUNS, all started at once (each in its own directory,
+    its output to files, so none waits for a reader): the module waits for the
+    slowest of them, not for their sum."""
+
+    def __init__(self, root: Path, site: Path) -> None:
+        self.procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        env = {**os.environ, "PYTHONPATH": f"{site}:{REPO}"}
+        for i, (name, (args, config)) in enumerate(RUNS.items()):
+            work = root / f"run{i}"
+            work.mkdir()
+            path = work / "gw.toml"
+            path.write_text(config + '[plugins.boom]\n[[sinks]]\ntype = "jsonl"\npath = "frames.jsonl"\n')
+            command = ["run", "-c", str(path), "--emulate", "nucleo-imu:1", "--duration", "0.3"]
+            with open(work / "out", "wb") as out, open(work / "err", "wb") as err:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "firmware_host", *command, "--control", str(work / "s"), *args],
+                    cwd=work,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                )
+            self.procs[name] = (proc, work)
+
+    def stderr_lines(self, name: str) -> list[str]:
+        """The run's stderr, once it exited 0."""
+        proc, work = self.procs[name]
+        proc.wait(timeout=30)
+        stderr = (work / "err").read_text()
+        assert proc.returncode == 0, stderr
+        return stderr.splitlines()
+
+    def close(self) -> None:
+        for proc, _ in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, site: Path) -> Iterator[Runs]:
+    started = Runs(tmp_path_factory.mktemp("runs"), site)
+    try:
+        yield started
+    finally:
+        started.close()
 
 
 def events(lines: list[str]) -> list[str]:
@@ -67,48 +113,45 @@ def levels(lines: list[str]) -> set[str]:
     return {line.split()[1] for line in events(lines)}
 
 
-def test_the_default_is_info_in_text(tmp_path: Path, site: Path) -> None:
-    _, lines = run(tmp_path, site)
+def test_the_default_is_info_in_text(runs: Runs) -> None:
+    lines = runs.stderr_lines("default")
     assert {"INFO", "ERROR"} <= levels(lines) and "DEBUG" not in levels(lines), lines
     assert any("control socket listening" in line for line in lines)
 
 
-def test_v_adds_debug(tmp_path: Path, site: Path) -> None:
-    _, lines = run(tmp_path, site, "-v")
+def test_v_adds_debug(runs: Runs) -> None:
+    lines = runs.stderr_lines("-v")
     assert "DEBUG" in levels(lines), lines
 
 
-def test_q_drops_info(tmp_path: Path, site: Path) -> None:
-    _, lines = run(tmp_path, site, "-q")
+def test_q_drops_info(runs: Runs) -> None:
+    lines = runs.stderr_lines("-q")
     assert "ERROR" in levels(lines) and levels(lines) <= {"WARNING", "ERROR"}, lines
 
 
-def test_qq_leaves_errors_only_and_log_level_error_too(tmp_path: Path, site: Path) -> None:
-    for args in (("-qq",), ("--log-level", "error")):
-        _, lines = run(tmp_path, site, *args)
+def test_qq_leaves_errors_only_and_log_level_error_too(runs: Runs) -> None:
+    for name in ("-qq", "--log-level error"):
+        lines = runs.stderr_lines(name)
         assert levels(lines) <= {"ERROR"} and any("boom in setup" in line for line in lines), lines
 
 
-def test_the_config_sets_the_level_and_the_option_beats_it(tmp_path: Path, site: Path) -> None:
-    _, lines = run(tmp_path, site, config='[log]\nlevel = "warning"\n')
+def test_the_config_sets_the_level_and_the_option_beats_it(runs: Runs) -> None:
+    lines = runs.stderr_lines("config warning")
     assert "ERROR" in levels(lines) and levels(lines) <= {"WARNING", "ERROR"}, lines
-    _, lines = run(tmp_path, site, "--log-level", "debug", config='[log]\nlevel = "warning"\n')
+    lines = runs.stderr_lines("config warning, --log-level debug")
     assert {"DEBUG", "INFO"} <= levels(lines), lines
 
 
-def test_a_traceback_does_not_chain_the_missing_uvloop(tmp_path: Path, site: Path) -> None:
-    _, lines = run(tmp_path, site)
+def test_a_traceback_does_not_chain_the_missing_uvloop(runs: Runs) -> None:
+    lines = runs.stderr_lines("default")
     text = "\n".join(lines)
     assert "Traceback" in text and "RuntimeError: boom in setup" in text
     assert "uvloop" not in text and "During handling" not in text, text
 
 
 @pytest.mark.parametrize("how", ["option", "config"])
-def test_json_is_one_object_per_line(tmp_path: Path, site: Path, how: str) -> None:
-    if how == "option":
-        _, lines = run(tmp_path, site, "--log-format", "json")
-    else:
-        _, lines = run(tmp_path, site, config='[log]\nformat = "json"\n')
+def test_json_is_one_object_per_line(runs: Runs, how: str) -> None:
+    lines = runs.stderr_lines("--log-format json" if how == "option" else "config json")
     records = [json.loads(line) for line in lines]  # every line is one object
     assert records
     for record in records:

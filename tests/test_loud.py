@@ -51,11 +51,12 @@ def open_error_lines(stderr: str) -> list[str]:
 def test_a_missing_port_is_loud_in_the_log_the_summary_and_the_exit(open_dir: Path) -> None:
     cfg = write_config(open_dir, MISSING)
     summary = open_dir / "s.json"
-    res = cli("run", "-c", str(cfg), "--duration", "1.5", "--summary", str(summary), "--control", str(open_dir / "s"))
+    res = cli("run", "-c", str(cfg), "--duration", "0.8", "--summary", str(summary), "--control", str(open_dir / "s"))
     assert res.returncode == 1, res.stderr
     assert "Traceback" not in res.stderr
     reason = f"cannot open {MISSING}: {ENOENT_HINT}"
-    # about ten retries in 1.5 s, one line: the log says a reason when it changes
+    # five or so retries in 0.8 s (backoff 0.05 s doubling to 0.2 s), one line: the log
+    # says a reason when it changes
     assert open_error_lines(res.stderr) == [open_error_lines(res.stderr)[0]]
     assert open_error_lines(res.stderr)[0].endswith(f"d1: {reason}"), res.stderr
     assert f"firmware-host: device d1 never connected ({reason})" in res.stderr.splitlines()
@@ -155,7 +156,7 @@ def test_a_port_without_permission_says_how_to_get_it(open_dir: Path) -> None:
         summary = open_dir / "s.json"
         res = subprocess.run(
             [
-                *(sys.executable, "-m", "firmware_host", "run", "-c", str(cfg), "--duration", "1.5"),
+                *(sys.executable, "-m", "firmware_host", "run", "-c", str(cfg), "--duration", "0.8"),
                 *("--summary", str(summary), "--control", str(open_dir / "s")),
             ],
             cwd=open_dir,

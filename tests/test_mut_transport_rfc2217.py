@@ -525,7 +525,11 @@ async def test_nothing_is_sent_once_the_connection_is_closing():
         assert await peer.ended() == b""
 
 
-async def test_the_writer_reports_the_transports_queue():
+async def test_the_writer_reports_the_transports_queue(monkeypatch):
+    from firmware_host.transport import stream
+
+    # close() gives the queue nobody reads CLOSE_TIMEOUT (1 s) to drain: not what this tests
+    monkeypatch.setattr(stream, "CLOSE_TIMEOUT", 0.1)
     async with Server() as server:
         opening = asyncio.ensure_future(open_rfc2217(server.url, 57600, ServerQuirks()))
         await negotiated(server, acks_for(57600))

@@ -11,7 +11,10 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from subprocess import CompletedProcess
 from typing import Any
 
 import pytest
@@ -168,29 +171,51 @@ def test_a_truncated_recording_is_said_and_replayed_as_far_as_it_goes(tmp_path: 
     assert "cut short" in done.stderr
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["emulate", "--replay", "{tmp}/missing.fhrec"], "emulate --replay: cannot read {tmp}/missing.fhrec: "),
-        (["emulate", "--replay", "{tmp}/junk"], "emulate --replay: not a firmware-host recording (no FHREC header)"),
-        (["emulate", "--replay", "{tmp}/ok.fhrec", "--rate", "5"], "--rate does not apply to a replay"),
-        (["emulate", "--replay", "{tmp}/ok.fhrec", "--speed", "fast"], "speed must be a number > 0"),
-        (["emulate", "--replay", "{tmp}/ok.fhrec", "--codec", "bogus"], "unknown codec 'bogus'"),
-        (["emulate", "nucleo-imu", "--replay", "{tmp}/ok.fhrec"], "--replay plays a recording, not a board"),
-        (["emulate"], "give a BOARD, or --replay FILE"),
-        (["emulate", "fh1", "--speed", "2"], "--speed goes with --replay FILE"),
-        (["record", "{tmp}/no-such-tty", "-o", "{tmp}/nodir/x.fhrec"], "no such directory"),
-        (["record", "dev0", "-o", "{tmp}/nodir/x.fhrec"], "no such directory"),
-        (["record", "dev0", "-o", "{tmp}"], "is a directory"),  # the same in both modes
-        (["record", "{tmp}/no-such-tty", "-o", "{tmp}"], "is a directory"),
-        (["record", "dev0", "-o", "{tmp}/x", "--codec", "fh1"], "--codec is for a PORT"),
-        (["record", "/dev/ttyX", "-o", "{tmp}/x", "--board", "nope"], "unknown board 'nope'"),
-    ],
-)
-def test_mistakes_are_one_line_exit_2(tmp_path: Path, args: list[str], message: str):
-    (tmp_path / "junk").write_bytes(b"hello\n")
-    (tmp_path / "ok.fhrec").write_bytes(encode_header(Header("x", None, None, "fh1")))
-    done = cli(*(a.format(tmp=tmp_path) for a in args))
+#: (arguments, what the one stderr line says); {tmp} is the case's own directory
+MISTAKES: list[tuple[list[str], str]] = [
+    (["emulate", "--replay", "{tmp}/missing.fhrec"], "emulate --replay: cannot read {tmp}/missing.fhrec: "),
+    (["emulate", "--replay", "{tmp}/junk"], "emulate --replay: not a firmware-host recording (no FHREC header)"),
+    (["emulate", "--replay", "{tmp}/ok.fhrec", "--rate", "5"], "--rate does not apply to a replay"),
+    (["emulate", "--replay", "{tmp}/ok.fhrec", "--speed", "fast"], "speed must be a number > 0"),
+    (["emulate", "--replay", "{tmp}/ok.fhrec", "--codec", "bogus"], "unknown codec 'bogus'"),
+    (["emulate", "nucleo-imu", "--replay", "{tmp}/ok.fhrec"], "--replay plays a recording, not a board"),
+    (["emulate"], "give a BOARD, or --replay FILE"),
+    (["emulate", "fh1", "--speed", "2"], "--speed goes with --replay FILE"),
+    (["record", "{tmp}/no-such-tty", "-o", "{tmp}/nodir/x.fhrec"], "no such directory"),
+    (["record", "dev0", "-o", "{tmp}/nodir/x.fhrec"], "no such directory"),
+    (["record", "dev0", "-o", "{tmp}"], "is a directory"),  # the same in both modes
+    (["record", "{tmp}/no-such-tty", "-o", "{tmp}"], "is a directory"),
+    (["record", "dev0", "-o", "{tmp}/x", "--codec", "fh1"], "--codec is for a PORT"),
+    (["record", "/dev/ttyX", "-o", "{tmp}/x", "--board", "nope"], "unknown board 'nope'"),
+]
+
+
+@pytest.fixture(scope="module")
+def mistaken_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[list[tuple[Path, Future[CompletedProcess[str]]]]]:
+    """Every mistake's CLI, each in its own directory, all started at once: they are
+    independent, so the module waits for the slowest, not for their sum."""
+
+    def run(tmp: Path, args: list[str]) -> CompletedProcess[str]:
+        return cli(*(a.format(tmp=tmp) for a in args))
+
+    with ThreadPoolExecutor(len(MISTAKES)) as pool:
+        runs = []
+        for args, _ in MISTAKES:
+            tmp = tmp_path_factory.mktemp("mistake")
+            (tmp / "junk").write_bytes(b"hello\n")
+            (tmp / "ok.fhrec").write_bytes(encode_header(Header("x", None, None, "fh1")))
+            runs.append((tmp, pool.submit(run, tmp, args)))
+        yield runs
+
+
+@pytest.mark.parametrize(("args", "message"), MISTAKES)
+def test_mistakes_are_one_line_exit_2(
+    mistaken_runs: list[tuple[Path, Future[CompletedProcess[str]]]], args: list[str], message: str
+) -> None:
+    tmp_path, future = mistaken_runs[MISTAKES.index((args, message))]
+    done = future.result(timeout=60)
     assert done.returncode == 2, done
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message.format(tmp=tmp_path) in lines[0], done.stderr

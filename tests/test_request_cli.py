@@ -5,6 +5,7 @@ protocol's argument checks. The accounting law is checked by fh_runtime."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import tempfile
@@ -110,8 +111,9 @@ async def test_bad_arguments_exit_2_in_one_line(fh_board, fh_runtime, sock, tmp_
             (("send", "t", "--text", "two\nlines"), "send: a line must not contain"),
             (("send", "b", "--type", "256", "--hex", "00"), "is not a frame type from 0 to 255"),
         ]
-        for args, message in cases:
-            rc, out, err = await cli(*args, control=sock)
+        # independent mistakes, started together: the test waits for the slowest CLI, not the sum
+        results = await asyncio.gather(*(cli(*args, control=sock) for args, _ in cases))
+        for (args, message), (rc, out, err) in zip(cases, results):
             assert rc == 2, (args, err)
             assert message in one_line_error(err), (args, err)
             assert out == ""

@@ -84,7 +84,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         "run",
         "--emulate",
         "--duration",
-        "3",
+        "2",
         "--control",
         str(sockets / "a.sock"),
     )
@@ -129,7 +129,7 @@ def test_run_emulate_default_fleet(runs: Runs) -> None:
     for r in records:
         per_device[r["device"]] = per_device.get(r["device"], 0) + 1
     assert set(per_device) == {f"{name}-0" for name in DEFAULT_FLEET}
-    assert per_device["nucleo-imu-0"] > 1000  # 1 kHz for about 3 s
+    assert per_device["nucleo-imu-0"] > 1000  # 1 kHz for about 2 s
     # the summary table: every device, nothing lost, nothing rejected
     lines = out.splitlines()
     assert lines[0].startswith("uptime ") and "0 dropped" in lines[0]

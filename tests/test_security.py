@@ -27,11 +27,13 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import textwrap
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -372,7 +374,16 @@ def test_the_cli_refuses_such_configs_with_exit_2_and_imports_nothing(tmp_path: 
         }
         for name, text in cases.items():
             (tmp_path / name).write_text(text)
-            res = cli("run", "-c", name, "--duration", "0", "--control", os.path.join(sock, "c.sock"), cwd=tmp_path)
+
+        def refused(name: str) -> subprocess.CompletedProcess[str]:
+            return cli(
+                "run", "-c", name, "--duration", "0", "--control", os.path.join(sock, f"{name}.sock"), cwd=tmp_path
+            )
+
+        # independent runs, started together: the test waits for the slowest, not for the sum
+        with ThreadPoolExecutor(len(cases)) as pool:
+            results = dict(zip(cases, pool.map(refused, cases)))
+        for name, res in results.items():
             assert res.returncode == 2, (name, res.stderr)
             assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
             assert name in res.stderr

@@ -60,7 +60,9 @@ async def test_spool_outlives_memory_and_a_restart(fh_runtime, tmp_path):
     path = str(tmp_path / "s.db")
     down = Collect(down=True)
     port = FakePort()
-    async with fh_runtime(config(path, capacity=100), opener=FakeOpener({"fake://d": [port]}), sinks=[down]) as rt:
+    # commits every 10 ms (not 0.1 s): the test waits for each of its 20 writes to commit
+    cfg = config(path, capacity=100, spool_interval=0.01)
+    async with fh_runtime(cfg, opener=FakeOpener({"fake://d": [port]}), sinks=[down]) as rt:
         for start in range(0, 2000, 100):  # paced like a device: each read reaches the disk
             port.feed(packets(range(start, start + 100)))
             await rt.wait_counter("d", "spooled", start + 100)
@@ -84,7 +86,8 @@ async def test_full_spool_drops_oldest_and_counts(fh_runtime, tmp_path):
     port = FakePort()
     # each row costs 16 payload bytes + 64 overhead = 80: 8000 bytes hold 100 frames
     async with fh_runtime(
-        config(path, capacity=50, spool_max_bytes=8000),
+        # commits every 10 ms (not 0.1 s): the test waits for each of its 20 writes to commit
+        config(path, capacity=50, spool_max_bytes=8000, spool_interval=0.01),
         opener=FakeOpener({"fake://d": [port]}),
         sinks=[Collect(down=True)],
     ) as rt:

@@ -9,6 +9,9 @@ import json
 import signal
 import sqlite3
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from subprocess import CompletedProcess
 
 import pytest
 
@@ -81,20 +84,34 @@ async def test_a_busy_spooler_commits_once_per_interval(fh_runtime, tmp_path):
         assert 1.2 <= waited < 6, waited  # the next look is due 2 s after the last one began
 
 
-@pytest.mark.parametrize(
-    ("value", "fragment"),
-    [
-        ("0", "expected a finite number > 0, got 0"),
-        ("-1", "> 0"),
-        ("inf", "finite"),
-        ('"fast"', 'got "fast"'),
-        ("61", "at most 60 (seconds), got 61"),
-    ],
-)
-def test_spool_interval_config_errors(tmp_path, value, fragment):
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(f"[buffer]\nspool_interval = {value}\n")
-    result = cli("run", "-c", str(cfg), "--duration", "0", "--control", str(tmp_path / "s"))
+#: (a bad [buffer] spool_interval, what its error says)
+BAD_INTERVALS = [
+    ("0", "expected a finite number > 0, got 0"),
+    ("-1", "> 0"),
+    ("inf", "finite"),
+    ('"fast"', 'got "fast"'),
+    ("61", "at most 60 (seconds), got 61"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_interval_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[CompletedProcess[str]]]]:
+    """``run`` with each bad value, each in its own directory, all started at once:
+    they are independent, so the module waits for the slowest, not for their sum."""
+
+    def run(value: str) -> CompletedProcess[str]:
+        work = tmp_path_factory.mktemp("interval")
+        cfg = work / "c.toml"
+        cfg.write_text(f"[buffer]\nspool_interval = {value}\n")
+        return cli("run", "-c", str(cfg), "--duration", "0", "--control", str(work / "s"))
+
+    with ThreadPoolExecutor(len(BAD_INTERVALS)) as pool:
+        yield {value: pool.submit(run, value) for value, _ in BAD_INTERVALS}
+
+
+@pytest.mark.parametrize(("value", "fragment"), BAD_INTERVALS)
+def test_spool_interval_config_errors(bad_interval_runs, value, fragment):
+    result = bad_interval_runs[value].result(timeout=60)
     assert result.returncode == 2, result.stderr
     assert "buffer.spool_interval" in result.stderr and fragment in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

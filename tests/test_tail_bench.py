@@ -1,4 +1,4 @@
-"""tools/bench.py --tail in its tiny configuration: the tail scenario runs,
+"""tools/bench.py --tail in its tiniest configuration (--smoke): the tail scenario runs,
 its client streams every frame or counts it lost (a smoke test: no timing
 is asserted)."""
 
@@ -17,7 +17,7 @@ from tests.test_bench import run_all
 def test_bench_tail_quick(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = run_all(
-        [sys.executable, "tools/bench.py", "--quick", "--only", "tail", "--json", str(out), "--png", ""],
+        [sys.executable, "tools/bench.py", "--smoke", "--only", "tail", "--json", str(out), "--png", ""],
         timeout=100,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -161,11 +161,14 @@ async def test_write_to_a_dead_tty_is_portclosed_for_the_reader_too(fh_ports):
         await port.close()
 
 
-async def test_downlink_is_bounded(fh_ports):
+async def test_downlink_is_bounded(fh_ports, monkeypatch):
     """A device that does not take its input cannot make the host queue
     without bound: a write past the limit is refused whole (ENOBUFS)."""
+    from firmware_host.transport import tty
     from firmware_host.transport.limits import WRITE_LIMIT
 
+    # close() gives the queue nobody reads CLOSE_TIMEOUT (1 s) to drain: not what this tests
+    monkeypatch.setattr(tty, "CLOSE_TIMEOUT", 0.1)
     vp = fh_ports.new()
     port = await open_serial(vp.path, 9600)
     try:

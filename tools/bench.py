@@ -1,6 +1,6 @@
 """firmware-host benchmark: the runtime against a thread-per-port baseline, in one run.
 
-    python tools/bench.py [--quick] [--json FILE] [--png FILE] [--only a,b] [--loops asyncio,uvloop]
+    python tools/bench.py [--quick | --smoke] [--json FILE] [--png FILE] [--only a,b] [--loops asyncio,uvloop]
     firmware-host bench ...   (the same, from a source checkout)
 
 Every process that is measured runs on its own: a feeder process (tools/bench_feeder.py)
@@ -580,7 +580,7 @@ def scenario_paced(variants: list[str], p: dict[str, Any], log: Callable[[str], 
         "payload": 64,
         "variants": {},
         "capacity": p["paced_capacity"],
-        "flush_interval": 1.0,
+        "flush_interval": p["flush_interval"],
         "batch_size": 1000,
         "feeder_tick_s": 0.005,
     }
@@ -589,7 +589,7 @@ def scenario_paced(variants: list[str], p: dict[str, Any], log: Callable[[str], 
         with Rig("paced", p["paced_devices"], "paced", stamp=True) as rig:
             feeder = rig.feeder
             out["frames_per_s_offered"] = round(feeder.fps * p["paced_devices"])
-            cons = rig.start(variant, capacity=p["paced_capacity"])
+            cons = rig.start(variant, capacity=p["paced_capacity"], flush_interval=p["flush_interval"])
             flush_interval = getattr(cons, "flush_interval", None)
             tail = Tail(cons.sink)
             ready = cons.wait_ready()
@@ -677,7 +677,13 @@ def scenario_sinks3(variant: str, p: dict[str, Any], log: Callable[[str], None])
         extra = f'\n[[sinks]]\ntype = "sqlite"\npath = "{db}"\nmax_rows = 0\n\n[plugins.sqlite]\n\n[plugins.stdout]\n'
         feeder = rig.feeder
         cons = RuntimeProc(
-            rig.work, feeder.ports, variant, capacity=p["paced_capacity"], extra=extra, stdout=subprocess.PIPE
+            rig.work,
+            feeder.ports,
+            variant,
+            capacity=p["paced_capacity"],
+            flush_interval=p["flush_interval"],
+            extra=extra,
+            stdout=subprocess.PIPE,
         )
         rig.cons = cons
         cons.wait_ready()
@@ -746,7 +752,15 @@ def _paced_mqtt_run(variant: str, p: dict[str, Any], extra: str, consumer: Path 
     ``consumer`` (a jsonl file written by tools/mqtt_consume.py) reached."""
     with Rig("mqtt", p["paced_devices"], "paced") as rig:
         feeder = rig.feeder
-        cons = RuntimeProc(rig.work, feeder.ports, variant, capacity=p["paced_capacity"], batch_size=1000, extra=extra)
+        cons = RuntimeProc(
+            rig.work,
+            feeder.ports,
+            variant,
+            capacity=p["paced_capacity"],
+            flush_interval=p["flush_interval"],
+            batch_size=1000,
+            extra=extra,
+        )
         rig.cons = cons
         c0, c1, t0, t1, total = _paced_window(cons, feeder, p)
         deadline = time.monotonic() + 30
@@ -804,6 +818,7 @@ def _decode_run(variant: str, p: dict[str, Any], boards: Path, baud: int, decode
             # 921600 baud of 22-byte frames is 4,190 frames/s a device: room for a
             # second of all of them, so a lagging second shows as CPU, not drops
             capacity=max(p["paced_capacity"], 5000 * p["paced_devices"]),
+            flush_interval=p["flush_interval"],
             device_extra=f'board = "bench-env"\ndecode = {"true" if decode else "false"}\n',
             env={"FIRMWARE_HOST_BOARDS": str(boards)},
         )
@@ -986,7 +1001,9 @@ def _tail_run(variant: str, p: dict[str, Any], tail: bool) -> dict[str, Any]:
     """One paced run, with or without a tail client attached before the feed starts."""
     with Rig("tail", p["paced_devices"], "paced") as rig:
         feeder = rig.feeder
-        cons = RuntimeProc(rig.work, feeder.ports, variant, capacity=p["paced_capacity"])
+        cons = RuntimeProc(
+            rig.work, feeder.ports, variant, capacity=p["paced_capacity"], flush_interval=p["flush_interval"]
+        )
         rig.cons = cons
         cons.wait_ready()
         client = TailClient(cons.control) if tail else None
@@ -1520,6 +1537,8 @@ FULL = {
     "gpsd_repeats": 3,
     "gpsd_timeout_s": 120.0,
     "tail_pairs": 2,
+    # the paced runs' [buffer] flush_interval
+    "flush_interval": 1.0,
 }
 QUICK = {
     "warmup_s": 0.2,
@@ -1542,6 +1561,20 @@ QUICK = {
     "gpsd_repeats": 1,
     "gpsd_timeout_s": 30.0,
     "tail_pairs": 1,
+    "flush_interval": 1.0,
+}
+#: --smoke: --quick with the shortest windows and flush interval every scenario still
+#: runs end to end in (the test suite's smoke test: its figures mean nothing)
+SMOKE = {
+    **QUICK,
+    "warmup_s": 0.05,
+    "flood_s": 0.2,
+    "paced_s": 0.2,
+    "paced_baseline_s": 0.2,
+    "idle_s": 0.1,
+    "memory_frames": 2_000,
+    "mqtt_json_frames": 1_000,
+    "flush_interval": 0.1,
 }
 SCENARIOS = ("startup", "flood", "paced", "idle", "memory", "overload", "sinks3", "mqtt", "decode")
 #: run only when named in --only (or, for tail, with --tail): gpsd needs software the others do not,
@@ -1940,6 +1973,9 @@ def plot(r: dict[str, Any], path: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="firmware-host bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny configuration (a smoke test, seconds)")
+    ap.add_argument(
+        "--smoke", action="store_true", help="--quick, shorter still: every scenario runs, its figures mean nothing"
+    )
     ap.add_argument("--json", dest="json_path", metavar="FILE", help="write the results as JSON")
     ap.add_argument("--png", metavar="FILE", help="plot (needs matplotlib; default: next to --json)")
     ap.add_argument(
@@ -1963,8 +1999,9 @@ def main(argv: list[str] | None = None) -> int:
         "--mqtt-batch-size", type=int, help="the mqtt plugin's batch_size in the mqtt scenario (default: its own)"
     )
     args = ap.parse_args(argv)
+    args.quick = args.quick or args.smoke
 
-    p = dict(QUICK if args.quick else FULL)
+    p = dict(SMOKE if args.smoke else QUICK if args.quick else FULL)
     if args.overload_seconds:
         p["overload_s"] = args.overload_seconds
     if args.mqtt_batch_size:
