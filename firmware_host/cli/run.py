@@ -255,7 +255,8 @@ async def _run(opts: RunOptions, second: SecondSignal) -> tuple[int, dict[str, A
         summary = await _run_until_stopped(rt, opts.duration, second)
     finally:
         if fleet is not None:
-            await _until_exit(fleet.stop(), second)
+            # the runtime has stopped reading: a write parked on a full pty is not waited for
+            await _until_exit(fleet.stop(timeout=0.0), second)
         await _until_exit(plugins.aclose(), second)  # runs still going at shutdown end by the grace deadline
         if notifier is not None:
             await _until_exit(notifier.aclose(), second)

@@ -55,7 +55,7 @@ SETTLE_LIMIT = 5.0
 SETTLE_TEARDOWN = 2.0
 #: seconds the interpreter's own exit may take after ``leave`` (atexit hooks,
 #: the joins of threads the run left) when this process is the CLI's
-EXIT_LIMIT = 5.0
+EXIT_LIMIT = 3.0
 #: seconds a flush of stdout / stderr may take before ``os._exit`` (a pipe nobody reads)
 FLUSH_TIMEOUT = 0.1
 #: the margin kept for the lost line when the output is bounded by the limit

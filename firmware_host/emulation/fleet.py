@@ -222,9 +222,11 @@ class Fleet:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
 
-    async def stop(self) -> None:
-        """Stop sending, close the ports, remove the links (and the directory if ours)."""
-        await self.stop_sending()
+    async def stop(self, timeout: float = 2.0) -> None:
+        """Stop sending, close the ports, remove the links (and the directory if ours).
+        ``timeout``: how long a frame being written may take to finish (0 when
+        the host has stopped reading: a write parked on a full pty never would)."""
+        await self.stop_sending(timeout)
         for dev in self.devices:
             dev.port.close()
         if self._created_dir and self.directory:
