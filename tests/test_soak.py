@@ -1,4 +1,4 @@
-"""The bounded soak of tools/soak.py, shortened for CI (~12 s).
+"""The bounded soak of tools/soak.py, shortened for CI (~8 s).
 
 16 emulated devices (4 of each shipped board) with noise, corrupted frames,
 skipped seqs and unplug/replug; the jsonl sink down 1 s of every 3 s; a
@@ -37,7 +37,12 @@ def load_tool() -> ModuleType:
 
 def test_short_soak_is_exact_and_bounded(tmp_path: Path) -> None:
     tool = load_tool()
-    result = asyncio.run(tool.soak(duration=12.0, devices=16, seed=7, workdir=tmp_path))
+    # 8 s: four outages (2 s apart, 0.7 s each), two unplugs a device, 16 law samples
+    result = asyncio.run(
+        tool.soak(
+            duration=8.0, devices=16, seed=7, workdir=tmp_path, outage_every=2.0, outage_for=0.7, sample_every=0.5
+        )
+    )
     brief = {k: v for k, v in result.items() if k not in ("per_device", "rss_kb")}
     assert result["failures"] == [], json.dumps(brief, indent=1)
     assert result["ok"]

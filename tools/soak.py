@@ -14,7 +14,7 @@ host reads the rest, outages stop, and the runtime shuts down in order.
 Checks (each failure is one line in ``failures``; exit status 1 if any):
 
 * the accounting law ``frames == flushed + dropped + buffered`` per device at
-  every one-second sample and after shutdown, with ``buffered == lost == 0``;
+  every sample (each second; ``sample_every``) and after shutdown, with ``buffered == lost == 0``;
 * per device, the host's ``frames``/``rejected``/``gaps`` equal what the
   emulator says it put on the wire (``EmulatedDevice.expected()``), which is
   exact for noise, corrupt, skip, overrun and clean unplugs unless the
@@ -27,7 +27,7 @@ Checks (each failure is one line in ``failures``; exit status 1 if any):
   never "delivered twice";
 * the faults really happened: drops, sink failures, reconnects, corrupted,
   skipped and noise frames are all non-zero;
-* memory: VmRSS is sampled every second; after the warm-up (a quarter of the
+* memory: VmRSS is sampled at each of those samples; after the warm-up (a quarter of the
   run, at least 4 s and at most 20 s, so the buffer has filled in an outage
   and every device has connected) the largest sample must stay within 1.2 x
   the sample at the end of the warm-up.
@@ -156,6 +156,7 @@ async def soak(
     capacity: int | None = None,
     workdir: str | os.PathLike[str] | None = None,
     keep: bool = False,
+    sample_every: float = 1.0,
 ) -> dict[str, Any]:
     """Run the soak; returns the summary (``summary["failures"]`` empty when it passed)."""
     if duration <= 0 or devices <= 0:
@@ -197,7 +198,7 @@ async def soak(
                 status = await rt.status()
                 law_samples += 1
                 failures.extend(f"law at t={samples[-1][0]}s: {b}" for b in law_breaks(status))
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(sample_every)  # the sampling period, not a synchronisation
 
         sampler = asyncio.create_task(sample())
         try:
