@@ -243,14 +243,16 @@ async def test_second_signal_exit_is_bounded_whatever_is_left_behind(fh_ports, s
     assert (hung["name"], hung["lost"], live["lost"]) == ("hung", d["lost"], 0)
 
 
-async def test_one_signal_exit_is_bounded_whatever_a_sink_left_behind(fh_ports, short_tmp, tmp_path, hung_site):
+@pytest.mark.parametrize("then", [None, "SIGINT"], ids=["one-signal", "then-ctrl-c"])
+async def test_one_signal_exit_is_bounded_whatever_a_sink_left_behind(fh_ports, short_tmp, tmp_path, hung_site, then):
     """One SIGTERM: the drain gives the stuck sink up at the grace, and then the
     thread it left in a write (the default executor's, which the interpreter
     joins at exit, as it joins a sink's own threads) must not hold the exit for
     ever: the interpreter's exit gets EXIT_LIMIT (3 s), then the process ends
     with the run's status, naming the thread; the summary and the lost line
-    are out before. Nothing else ever waits that long (the second-signal test
-    covers a thread of the sink's own)."""
+    are out before. A Ctrl-C once the summary is out is a second signal: the
+    rest takes at most a second (it was a KeyboardInterrupt that unbounded
+    the exit again)."""
     grace = 1.0
     proc, _sock, summary, _status = await start_stuck(
         fh_ports, short_tmp, tmp_path, grace, hung="executor", site=hung_site
@@ -258,17 +260,47 @@ async def test_one_signal_exit_is_bounded_whatever_a_sink_left_behind(fh_ports, 
     try:
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
+        if then is not None:
+            async with asyncio.timeout(10):  # across processes no event says "written": look, bounded
+                while not summary.exists():
+                    await asyncio.sleep(0.02)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGINT)
         elapsed = await exit_time(proc, started, wait=20)
     finally:
         err = finish(proc)
-    print(f"exit {elapsed:.2f} s after SIGTERM (grace {grace} s)")
-    assert elapsed < grace + 3 + SLACK, err
+    print(f"exit {elapsed:.2f} s after the last signal (grace {grace} s, then {then})")
+    assert elapsed < (grace + 3 if then is None else 1) + SLACK, err
     assert proc.returncode == 1 and "Traceback" not in err, err
-    assert "the process did not exit within 3s of the run's end: exiting now (still running: " in err, err
+    if then is None:
+        assert "the process did not exit within 3s of the run's end: exiting now (still running: " in err, err
+    else:
+        assert "SIGINT again: exiting now" in err, err
     final = json.loads(summary.read_text())
     assert_accounting(final)
     d = final["devices"]["imu0"]
     assert d["lost"] > 0 and f"{d['lost']} frames lost" in err
+
+
+def test_the_watchdogs_are_the_clis_alone_and_come_after_the_summary():
+    """Only a process that ends with the run (the CLI) gets a watchdog, and
+    the run's end sets none before ``leave``: a slow --summary write was killed
+    by one. An in-process caller's watchdog is never started."""
+    from firmware_host.cli.secondsignal import SecondSignal
+
+    cli = SecondSignal(exiting=True)
+    cli.settle()
+    assert cli._watchdog is None and cli.left() is not None  # the teardown bounded, nothing else
+    cli.leave(0)
+    assert cli._watchdog is not None  # the interpreter's exit
+    cli.disarm()
+    assert cli._watchdog is None
+    caller = SecondSignal(exiting=False)
+    caller.arm()
+    assert caller._watchdog is None and caller.left() is not None
+    caller.leave(0)
+    caller.failing()
+    assert caller._watchdog is None
 
 
 async def test_second_signal_exit_is_bounded_even_when_the_loop_is_blocked(fh_ports, short_tmp, tmp_path, hung_site):

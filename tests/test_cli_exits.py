@@ -156,3 +156,32 @@ def test_a_number_that_is_not_finite_is_a_usage_error(args: tuple[str, ...]) -> 
     result = CliRunner().invoke(main, list(args))
     assert result.exit_code == 2, (result.output, result.exception)
     assert "is not a finite number" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("closed", [1, 0])
+def test_a_run_started_with_a_standard_descriptor_closed_runs_and_summarises(tmp_path: Path, closed: int) -> None:
+    """`firmware-host run ... >&-` (or `<&-`): the closed descriptor is /dev/null
+    for the run. It used to be the first file the run opened (uvloop then
+    aborted on it, exit 134), or sys.stdout was None (an AttributeError)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    summary = tmp_path / "summary.json"
+    args = ["run", "--emulate", "env-sensor:1", "--duration", "0.5", "--control", str(tmp_path / "c.sock")]
+    result = subprocess.run(
+        [sys.executable, "-m", "firmware_host", *args, "--summary", str(summary)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=30,
+        preexec_fn=lambda: os.close(closed),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "Assertion" not in result.stderr
+    assert json.loads(summary.read_text())["devices"]["env-sensor-0"]["frames"] > 0

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from firmware_host.cli.brokenpipe import reader_left, stdout_reader_gone
+from firmware_host.cli.stdfds import ensure_std_fds
 
 if TYPE_CHECKING:
     from firmware_host.config import Config
@@ -112,6 +113,7 @@ class OneLineErrors(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         """Every command runs here: a reader of stdout that left ends it
         quietly (brokenpipe.py), whichever command was printing."""
+        ensure_std_fds()  # before anything opens a file: see stdfds.py
         try:
             try:
                 return super().invoke(ctx)

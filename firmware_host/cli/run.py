@@ -78,14 +78,19 @@ def run_main(opts: RunOptions) -> int:
     A program calling this itself keeps its process and its threads."""
     log_config = configured_log(opts.config_path)
     level = choose_level(opts.log_level or log_config.level, opts.verbose, opts.quieter)
-    second = SecondSignal()
+    second = SecondSignal(exiting=opts.exit_bounded)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with run_logging(level, opts.log_format or log_config.format):
             code = _run_main(opts, second)
     except BaseException:
-        second.disarm()  # an error on its way out: the caller decides what comes next
+        second.failing()  # click's Abort, a bug: that exit is bounded too (the CLI's only)
         raise
-    second.leave(code, exiting=opts.exit_bounded)
+    finally:
+        if not opts.exit_bounded:  # a program that called this gets its handlers back
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+    second.leave(code)
     return code
 
 
@@ -319,6 +324,10 @@ async def _run_until_stopped(rt: Any, duration: float | None, second: SecondSign
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # from here on (teardown, summary, exit) a signal is a second one: the rest
+        # is bounded to a second, not a KeyboardInterrupt that would unbound it
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, second.late_signal)
 
 
 #: seconds the final status table may wait for a slow stdout reader

@@ -21,17 +21,21 @@ without a summary unless it was written by then). Before a second signal
 nothing changes: the teardown is ``asyncio.run``'s.
 
 When the process is the CLI's, the end of any run is bounded too, more
-widely (``settle``): the teardown by ``SETTLE_TEARDOWN``, and the
+widely: the teardown by ``SETTLE_TEARDOWN`` (``settle``), and the
 interpreter's own exit (its atexit hooks, its joins of the threads the run
-left) by a watchdog of ``EXIT_LIMIT`` seconds that exits with the run's
-status, naming what still ran. A program that calls ``run_main`` itself is
-never ended by it: its watchdog is stood down when the run returns.
+left) by a watchdog of ``EXIT_LIMIT`` seconds started by ``leave`` that exits
+with the run's status, naming what still ran. A SIGINT or SIGTERM once the
+run's own handlers are gone is a second signal (``late_signal``). A program
+that calls ``run_main`` itself is never ended by any of it: no watchdog is
+started for it, and threads that ran before the run are never waited for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -47,11 +51,10 @@ T = TypeVar("T")
 LIMIT = 1.0
 #: seconds from a second signal that the loop's teardown may wait for leftover
 #: tasks and that ``leave`` may wait for threads; the rest of ``LIMIT`` is for
-#: the summary and the exit
+#: the summary and the exit (also for a signal that comes once the run is over)
 TEARDOWN = 0.6
-#: once the run is over without a second signal (``settle``): the watchdog's
-#: limit and the loop's teardown, wider, since nothing asked for haste
-SETTLE_LIMIT = 5.0
+#: once the run is over without a second signal (``settle``): the loop's
+#: teardown, wider, since nothing asked for haste
 SETTLE_TEARDOWN = 2.0
 #: seconds the interpreter's own exit may take after ``leave`` (atexit hooks,
 #: the joins of threads the run left) when this process is the CLI's
@@ -65,100 +68,120 @@ EXIT_FAILURE = 1
 
 
 class SecondSignal:
-    """The deadline a second signal (or the run's end, ``settle``) sets, and
-    what enforces it."""
+    """The bounds a second signal (or the run's end, ``settle``) sets, and
+    what enforces them. ``exiting``: the process ends when the run returns
+    (the CLI); only then may a watchdog or ``leave`` end it with ``os._exit``."""
 
-    def __init__(self, limit: float = LIMIT, teardown: float = TEARDOWN) -> None:
-        self.limit = limit
-        self.teardown = teardown
-        #: monotonic time of the second signal or of ``settle`` (None: neither yet)
-        self.at: float | None = None
-        #: the exit status the watchdog uses: 1 until ``leave`` knows better
+    def __init__(self, exiting: bool = True) -> None:
+        self.exiting = exiting
+        #: monotonic deadline of the loop's teardown (None: unbounded, as asyncio.run)
+        self.teardown_by: float | None = None
+        #: monotonic time of the second signal (None: none came)
+        self.hurried_at: float | None = None
+        #: the exit status a watchdog uses: 1 until ``leave`` knows better
         self.code = EXIT_FAILURE
         #: tasks that outlived the teardown (held: their "destroyed but
         #: pending" at exit would be noise after the line ``leave`` writes)
         self.tasks_left: list[asyncio.Task[Any]] = []
         self._watchdog: threading.Timer | None = None
-        #: armed by ``settle`` (the run's end), not by a second signal
-        self.settled = False
         #: threads alive before the run: the program's own (``run`` called
         #: in-process), never waited for nor a reason to leave
         self._before = frozenset(threading.enumerate())
 
     @property
     def received(self) -> bool:
-        return self.at is not None
+        """The teardown is bounded (a second signal, or the run's end)."""
+        return self.teardown_by is not None
 
     def arm(self) -> None:
-        """The second signal: from now on, the exit is bounded (idempotent)."""
-        if self.at is not None:
+        """A second signal (or a signal once the run is over): from now on
+        the exit takes at most ``LIMIT`` seconds (idempotent)."""
+        if self.hurried_at is not None:
             return
-        self.at = time.monotonic()
-        since = "its end" if self.settled else "the second signal"
-        self._start_watchdog(self.limit, f"the run did not end within {self.limit:g}s of {since}")
+        now = self.hurried_at = time.monotonic()
+        self.teardown_by = min(self.teardown_by or math.inf, now + TEARDOWN)
+        self._start_watchdog(LIMIT, f"the run did not end within {LIMIT:g}s of the second signal")
 
     def settle(self) -> None:
         """The run is over (drained, its grace spent, or failed): the loop's
         teardown (tasks deaf to their cancel, the executor's threads) is
-        bounded as after a second signal, with ``SETTLE_LIMIT`` and
-        ``SETTLE_TEARDOWN``. Nothing changes if a second signal came first."""
-        if self.at is not None:
-            return
-        self.limit, self.teardown = SETTLE_LIMIT, SETTLE_TEARDOWN
-        self.settled = True
-        self.arm()
+        bounded by ``SETTLE_TEARDOWN``. The summary and the table are not:
+        the interpreter's exit is, from ``leave`` on."""
+        if self.teardown_by is None:
+            self.teardown_by = time.monotonic() + SETTLE_TEARDOWN
 
     def left(self) -> float | None:
         """Seconds the teardown may still wait; None (no limit) before a second signal."""
-        if self.at is None:
+        if self.teardown_by is None:
             return None
-        return max(0.0, self.at + self.teardown - time.monotonic())
+        return max(0.0, self.teardown_by - time.monotonic())
 
     def output_time(self, wanted: float) -> float:
         """How long the final table may take to print: ``wanted``, or after a
         second signal what is left of its limit, less a margin for the lost line."""
-        if self.at is None or self.settled:
+        if self.hurried_at is None:
             return wanted
-        return min(wanted, max(0.0, self.at + self.limit - time.monotonic() - OUTPUT_MARGIN))
+        return min(wanted, max(0.0, self.hurried_at + LIMIT - time.monotonic() - OUTPUT_MARGIN))
 
-    def leave(self, code: int, exiting: bool) -> None:
+    def leave(self, code: int) -> None:
         """The summary and the lost line are out. After a second signal, a
         thread the run started that would hold the exit ends the process now
-        (``os._exit(code)``) when ``exiting`` (the CLI); an in-process caller
-        keeps its process, only warned. Then the watchdog is stood down; when
-        ``exiting``, a last one bounds the interpreter's own exit (``EXIT_LIMIT``):
-        after ``settle`` that is where a stuck thread is given up."""
-        if self.at is None:
-            return
+        (``os._exit(code)``) when ``exiting``; an in-process caller keeps its
+        process, told what still runs. Then, when ``exiting``, a watchdog
+        bounds the interpreter's own exit (atexit hooks, joins of the threads
+        the run left): what is left of the second signal's second, else
+        ``EXIT_LIMIT`` (where a thread stuck after one signal is given up)."""
         self.code = code
-        if not self.settled:
+        self.disarm()
+        if self.hurried_at is not None:
             deadline = time.monotonic() + max(self.left() or 0.0, FLUSH_TIMEOUT)
             others = self._threads()
             for thread in others:  # (an idle executor worker ends at once: its executor was shut down)
                 thread.join(max(0.0, deadline - time.monotonic()))
             stuck = [f"thread {t.name}" for t in others if t.is_alive()]
             stuck += [f"task {_task_name(t)}" for t in self.tasks_left if not t.done()]
-            if stuck and exiting:
+            if stuck and self.exiting:
                 _say(f"firmware-host: exiting without waiting for {', '.join(sorted(stuck))}\n")
                 _flush_bounded()
                 os._exit(code)
             if stuck:
                 _say(f"firmware-host: the run returns with {', '.join(sorted(stuck))} still running\n")
-        self.disarm()
-        if exiting:
+            rest = max(FLUSH_TIMEOUT, self.hurried_at + LIMIT - time.monotonic())
+            self._start_watchdog(rest, f"the process did not exit within {LIMIT:g}s of the second signal")
+        else:
             self._start_watchdog(EXIT_LIMIT, f"the process did not exit within {EXIT_LIMIT:g}s of the run's end")
 
+    def failing(self) -> None:
+        """The run is leaving by an exception (click's Abort, a bug): its exit
+        is bounded like any (``EXIT_LIMIT``, status 1); never for an in-process caller."""
+        self.disarm()
+        if self.hurried_at is None:
+            self._start_watchdog(EXIT_LIMIT, f"the process did not exit within {EXIT_LIMIT:g}s of the run's end")
+        else:
+            self._start_watchdog(LIMIT, f"the process did not exit within {LIMIT:g}s of the second signal")
+
+    def late_signal(self, signum: int, _frame: object) -> None:
+        """A SIGINT or SIGTERM once the run's own handlers are gone (its drain
+        over; the teardown, the summary or the exit under way): a second
+        signal, which bounds what is left to one second."""
+        if self.hurried_at is None:
+            _say(f"firmware-host: {signal.Signals(signum).name} again: exiting now\n")
+        self.arm()
+
     def disarm(self) -> None:
-        """The watchdog stood down: the run returned to its caller."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        """The watchdog stood down."""
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.cancel()
 
     def _threads(self) -> list[threading.Thread]:
         """The non-daemon threads the run started that are still alive."""
         return [t for t in threading.enumerate() if not t.daemon and t not in self._before and t.is_alive()]
 
     def _start_watchdog(self, limit: float, why: str) -> None:
+        self.disarm()
+        if not self.exiting:  # a program that called run_main owns its process
+            return
         # a thread, not a loop timer: the loop may be what does not finish
         watchdog = threading.Timer(limit, self._expire, args=(why,))
         watchdog.name = "exit-watchdog"
@@ -240,11 +263,21 @@ def _task_name(task: asyncio.Task[Any]) -> str:
 
 
 def _say(text: str) -> None:
-    """A line on stderr's descriptor: no lock of ``sys.stderr`` that a stuck thread may hold."""
-    try:
-        os.write(2, text.encode("utf-8", "replace"))
-    except OSError:
-        pass
+    """A line on stderr's descriptor: no lock of ``sys.stderr`` that a stuck
+    thread may hold, and from a daemon thread given up after FLUSH_TIMEOUT (a
+    full pipe nobody reads must not hold an exit that is due)."""
+    data = text.encode("utf-8", "replace")
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            os.write(2, data)
+        except OSError:
+            pass
+        done.set()
+
+    threading.Thread(target=write, name="exit-line", daemon=True).start()
+    done.wait(FLUSH_TIMEOUT)
 
 
 def _flush_bounded() -> None:
