@@ -181,7 +181,7 @@ def _plain_display(layout: FrameLayout) -> str | None:
 
 #: one generated loop per decoder: the frames' type tests, sizes and plain
 #: layouts' dict displays written in, so a frame costs no lookup and no call
-#: beyond its ``unpack`` (callgrind: 3,530 -> 2,750 instructions a frame for
+#: beyond its ``unpack`` (callgrind: 3,530 -> 2,830 instructions a frame for
 #: the env-sensor's three floats). Its source holds only ints and names
 #: written with ``repr``, never a frame's bytes.
 _LOOP = """
