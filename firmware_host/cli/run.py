@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -21,7 +20,7 @@ from typing import Any, TypeVar
 from firmware_host.cli.configcmd import socket_path_problem, summary_path_problem
 from firmware_host.cli.logs import choose_level, configured_log, run_logging
 from firmware_host.cli.sdnotify import SdNotifier
-from firmware_host.cli.secondsignal import SecondSignal, run_loop
+from firmware_host.cli.secondsignal import SecondSignal, run_loop, within
 from firmware_host.config._check import READABLE_URL_SCHEMES
 from firmware_host.config.schema import (
     Config,
@@ -346,7 +345,6 @@ def _print_bounded(text: str, timeout: float = PRINT_TIMEOUT) -> None:
         print(text, end="", flush=True)
         return
     data = text.encode(sys.stdout.encoding or "utf-8", "replace")
-    done = threading.Event()
 
     def write() -> None:
         try:
@@ -355,11 +353,8 @@ def _print_bounded(text: str, timeout: float = PRINT_TIMEOUT) -> None:
                 view = view[os.write(fd, view) :]
         except OSError:
             pass  # the reader left: nothing to tell it
-        finally:
-            done.set()
 
-    threading.Thread(target=write, name="status-table", daemon=True).start()
-    if not done.wait(timeout):
+    if not within(timeout, write, "status-table"):
         log.warning("stdout is not being read: the final status table was not printed")
 
 

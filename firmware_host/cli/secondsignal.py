@@ -43,7 +43,7 @@ import types
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["LIMIT", "TEARDOWN", "SecondSignal", "run_loop"]
+__all__ = ["LIMIT", "TEARDOWN", "SecondSignal", "run_loop", "within"]
 
 T = TypeVar("T")
 
@@ -146,19 +146,21 @@ class SecondSignal:
                 os._exit(code)
             if stuck:
                 _say(f"firmware-host: the run returns with {', '.join(sorted(stuck))} still running\n")
-            rest = max(FLUSH_TIMEOUT, self.hurried_at + LIMIT - time.monotonic())
-            self._start_watchdog(rest, f"the process did not exit within {LIMIT:g}s of the second signal")
-        else:
-            self._start_watchdog(EXIT_LIMIT, f"the process did not exit within {EXIT_LIMIT:g}s of the run's end")
+        self._bound_exit()
 
     def failing(self) -> None:
         """The run is leaving by an exception (click's Abort, a bug): its exit
-        is bounded like any (``EXIT_LIMIT``, status 1); never for an in-process caller."""
-        self.disarm()
+        is bounded like any (status 1); never for an in-process caller."""
+        self._bound_exit()
+
+    def _bound_exit(self) -> None:
+        """The watchdog of the interpreter's own exit: what is left of the
+        second signal's second, else ``EXIT_LIMIT``."""
         if self.hurried_at is None:
             self._start_watchdog(EXIT_LIMIT, f"the process did not exit within {EXIT_LIMIT:g}s of the run's end")
-        else:
-            self._start_watchdog(LIMIT, f"the process did not exit within {LIMIT:g}s of the second signal")
+            return
+        rest = max(FLUSH_TIMEOUT, self.hurried_at + LIMIT - time.monotonic())
+        self._start_watchdog(rest, f"the process did not exit within {LIMIT:g}s of the second signal")
 
     def late_signal(self, signum: int, _frame: object) -> None:
         """A SIGINT or SIGTERM once the run's own handlers are gone (its drain
@@ -262,27 +264,38 @@ def _task_name(task: asyncio.Task[Any]) -> str:
     return coro.__qualname__ if isinstance(coro, types.CoroutineType) else task.get_name()
 
 
-def _say(text: str) -> None:
-    """A line on stderr's descriptor: no lock of ``sys.stderr`` that a stuck
-    thread may hold, and from a daemon thread given up after FLUSH_TIMEOUT (a
-    full pipe nobody reads must not hold an exit that is due)."""
-    data = text.encode("utf-8", "replace")
+def within(timeout: float, work: Callable[[], None], name: str) -> bool:
+    """Run ``work`` in a daemon thread; True if it ended within ``timeout``,
+    else it is left running: a write blocked on a pipe nobody reads must not
+    hold an exit (and a daemon thread holds no lock the exit needs)."""
     done = threading.Event()
+
+    def run() -> None:
+        try:
+            work()
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return done.wait(timeout)
+
+
+def _say(text: str) -> None:
+    """A line on stderr's descriptor (no lock of ``sys.stderr`` that a stuck
+    thread may hold), given up after FLUSH_TIMEOUT."""
+    data = text.encode("utf-8", "replace")
 
     def write() -> None:
         try:
             os.write(2, data)
         except OSError:
             pass
-        done.set()
 
-    threading.Thread(target=write, name="exit-line", daemon=True).start()
-    done.wait(FLUSH_TIMEOUT)
+    within(FLUSH_TIMEOUT, write, "exit-line")
 
 
 def _flush_bounded() -> None:
-    """Flush stdout and stderr from a daemon thread, given up after FLUSH_TIMEOUT."""
-    done = threading.Event()
+    """Flush stdout and stderr, given up after FLUSH_TIMEOUT."""
 
     def flush() -> None:
         for stream in (sys.stderr, sys.stdout):
@@ -290,7 +303,5 @@ def _flush_bounded() -> None:
                 stream.flush()
             except (OSError, ValueError):
                 pass
-        done.set()
 
-    threading.Thread(target=flush, name="exit-flush", daemon=True).start()
-    done.wait(FLUSH_TIMEOUT)
+    within(FLUSH_TIMEOUT, flush, "exit-flush")
