@@ -90,29 +90,20 @@ def make_trigger(mode: str, interval: float, *, source: str = "<config>") -> Sca
     config error (one line)."""
     if mode == "scan":
         return IntervalTrigger(interval)
+
+    def without_udev(problem: str) -> ScanTrigger:
+        # auto falls back to the interval; udev asked for by name is the user's mistake
+        if mode == "auto":
+            return IntervalTrigger(interval)
+        raise ConfigError(f"[serial] hotplug{problem}", source=source, key="serial.hotplug") from None
+
     try:  # only now: pyudev is the optional extra [udev]
         import pyudev
     except ImportError as exc:
-        if mode == "auto":
-            return IntervalTrigger(interval)
-        raise ConfigError(
-            f"[serial] hotplug = \"udev\" needs pyudev ({exc}): pip install 'firmware-host[udev]'",
-            source=source,
-            key="serial.hotplug",
-        ) from None
+        return without_udev(f" = \"udev\" needs pyudev ({exc}): pip install 'firmware-host[udev]'")
     if not udev_running():
-        if mode == "auto":
-            return IntervalTrigger(interval)
-        raise ConfigError(
-            f'[serial] hotplug = "udev" needs udevd running (no {UDEV_CONTROL}); use "scan"',
-            source=source,
-            key="serial.hotplug",
-        )
+        return without_udev(f' = "udev" needs udevd running (no {UDEV_CONTROL}); use "scan"')
     try:
         return UdevTrigger(pyudev)
     except OSError as exc:  # no netlink socket for us (a sandbox)
-        if mode == "auto":
-            return IntervalTrigger(interval)
-        raise ConfigError(
-            f"[serial] hotplug: cannot listen to udev: {exc}", source=source, key="serial.hotplug"
-        ) from None
+        return without_udev(f": cannot listen to udev: {exc}")
