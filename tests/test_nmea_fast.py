@@ -9,9 +9,11 @@ values) and the same ``undecoded`` count as without it.
 
 from __future__ import annotations
 
+import os
 import random
+import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -21,7 +23,7 @@ from firmware_host import Frame
 from firmware_host.codecs.nmea import NmeaCodec, nmea_checksum
 from firmware_host.emulation.generators import GnssGenerator
 from firmware_host.values.nmea import NmeaDecoder, pynmeagps_parser
-from firmware_host.values.nmea_fast import FAST_TYPES, SPECS, TALKERS, NmeaFastPath
+from firmware_host.values.nmea_fast import FAST_TYPES, SPECS, TALKERS, NmeaFastPath, compiled_available
 
 pynmeagps = pytest.importorskip("pynmeagps")
 
@@ -42,10 +44,10 @@ def library_decoder() -> NmeaDecoder:
     return NmeaDecoder(parse, fast=False)
 
 
-def fast_decoder() -> NmeaDecoder:
+def fast_decoder(compiled: bool = True) -> NmeaDecoder:
     parse = pynmeagps_parser()
     assert parse is not None
-    return NmeaDecoder(parse)
+    return NmeaDecoder(parse, compiled=compiled)
 
 
 def exact(fields: dict[str, Any] | None) -> list[tuple[str, str, str]] | None:
@@ -63,17 +65,30 @@ def outcome(decoder: NmeaDecoder, text: str) -> tuple[list[tuple[str, str, str]]
     return exact(frame.fields), decoder.undecoded - before
 
 
-def assert_same(texts: list[str]) -> int:
-    """Each sentence decodes the same both ways; returns how many the fast path itself decoded."""
-    lib, fast, path = library_decoder(), fast_decoder(), NmeaFastPath()
-    taken = 0
+class Taken(NamedTuple):
+    python: int  # sentences the Python fast path decoded itself
+    compiled: int  # of those, the ones its C plain cases decoded (0 where not built)
+
+
+def assert_same(texts: list[str]) -> Taken:
+    """Each sentence decodes the same every way: the library alone, the decoder
+    with the fast path (its C plain cases first where built) and with the Python
+    fast path only; and the C answer, where it gives one, is the Python path's."""
+    lib, fast, python, path = library_decoder(), fast_decoder(), fast_decoder(compiled=False), NmeaFastPath()
+    taken = compiled = 0
     for text in texts:
-        assert outcome(fast, text) == outcome(lib, text), text
+        expected = outcome(lib, text)
+        assert outcome(fast, text) == expected, text
+        assert outcome(python, text) == expected, text
         mine = path.fields(text)
         if mine is not None:
             taken += 1
-            assert outcome(lib, text)[0] == exact(mine), text
-    return taken
+            assert expected[0] == exact(mine), text
+        plain = path.plain(text) if path.plain is not None else None
+        if plain is not None:
+            compiled += 1
+            assert exact(plain) == exact(mine), text
+    return Taken(taken, compiled)
 
 
 def common(text: str) -> bool:
@@ -123,7 +138,10 @@ def test_every_sentence_of_every_capture_decodes_as_pynmeagps_does(path):
     texts = capture(path)
     taken = assert_same(texts)
     # the fast path really decoded the captures' common sentences, not the library behind it
-    assert taken == sum(map(common, texts)), path.name
+    assert taken.python == sum(map(common, texts)), path.name
+    # and where C is built, it decoded every one of them (real receivers send only plain numbers)
+    if compiled_available():
+        assert taken.compiled == taken.python, path.name
 
 
 def test_the_captures_hold_all_seven_types():
@@ -134,7 +152,7 @@ def test_the_captures_hold_all_seven_types():
 def test_the_emulated_receiver_decodes_as_pynmeagps_does():
     gen = GnssGenerator(5.0, random.Random(7), 1_700_000_000.0)
     texts = [str(item) for k in range(300) for item in gen.tick(k)]
-    assert assert_same(texts) == len(texts)
+    assert assert_same(texts).python == len(texts)
 
 
 # -- edges ---------------------------------------------------------------------------------------
@@ -180,6 +198,7 @@ EDGES = [
     "GPGGA,092750.000,5321.6802,,00630.3372,,1,8,1.03,61.7,M,55.2,M,,",
     "GPGLL,5321.6802,X,00630.3372,Q,092750.000,A,A",
     "GPGLL,5321.6802,S",
+    "GPGLL,5321.6802,SS,00630.3372,W ,092750.000,A,A",
     "GPGLL,5321.6802",
     # zeros, negatives, odd positions
     "GPGGA,000000.00,0000.0000,S,00000.0000,W,0,0,0.0,0.0,M,0.0,M,0,0",
@@ -203,13 +222,13 @@ EDGES = [
         f"GPZDA,{t},18,03,2015,00,00"
         for t in ("235959", "235959.99", "000000.000", "120000.5", "120000.000001", "120000.1234567", "240000",
                   "236000", "235960", "235961", "92750", "92750.0", "0927", "09275a.00", "092750.", ".0",
-                  "092750,00", " 92750", "092750.00 ", "0x2750")
+                  "092750,00", " 92750", "092750.00 ", "0x2750", "09:750.00", "0927:0")
     ),
     # dates
     *(
         f"GNRMC,171926.00,A,4404.14063,N,12118.85478,E,0.117,,{d},,,A"
         for d in ("010100", "311299", "290200", "290201", "290296", "010168", "010169", "000000", "320115",
-                  "011315", "18315", "1803150", "1 0315", "0a0315", "310415", "")
+                  "011315", "18315", "1803150", "1 0315", "0a0315", "1:0315", "01:315", "0103:5", "310415", "")
     ),
 ]  # fmt: skip
 
@@ -228,7 +247,9 @@ def test_edge_sentences_decode_as_pynmeagps_does():
         "",
     ]
     taken = assert_same(texts)
-    assert taken > len(EDGES) // 2  # most of them are the fast path's own
+    assert taken.python > len(EDGES) // 2  # most of them are the fast path's own
+    if compiled_available():
+        assert taken.compiled > len(EDGES) // 3  # and many of those plain enough for C
 
 
 def test_the_fast_path_itself_takes_short_long_and_older_shapes():
@@ -276,3 +297,96 @@ def test_a_real_sentence_with_one_field_replaced_decodes_as_pynmeagps_does(data)
     cells[i] = data.draw(CELLS)
     cut = data.draw(st.integers(1, len(cells)))
     assert_same([sentence(",".join(cells[:cut]))])
+
+
+# -- the C plain cases (values/_nmea_c.c), where built ------------------------------------------------
+
+
+def c_module() -> Any:
+    """The C module; in CI (``CI`` set) it must have been built, elsewhere its tests skip and say why."""
+    if not compiled_available():
+        if os.environ.get("FIRMWARE_HOST_PURE", "0") not in ("", "0"):
+            pytest.skip("FIRMWARE_HOST_PURE is set: the compiled parts are turned off")
+        if os.environ.get("CI"):
+            pytest.fail("values/_nmea_c.c was not built at install: CI installs gcc and the Python headers")
+        pytest.skip("values/_nmea_c.c not built (no C compiler or Python headers at install): the Python path decodes")
+    from firmware_host.values import _nmea_c
+
+    return _nmea_c
+
+
+def test_the_decoder_takes_the_c_plain_cases_where_built(mocker):
+    """The decoder asks C first, and the Python fast path only where C gives None."""
+    c_module()
+    path = NmeaFastPath()
+    assert path.plain is not None
+    spy = mocker.spy(NmeaFastPath, "fields")
+    decoder = fast_decoder()  # after the spy: the decoder holds the bound method
+    texts = [t for t in capture(DATA / "gpsd" / "neo-m8n.log") if common(t)]
+    frames = [Frame("gps", 0, None, 0.0, None, t) for t in texts]
+    decoder.decode(frames)
+    assert all(f.fields is not None for f in frames)
+    assert spy.call_count == 0
+    odd = Frame("gps", 0, None, 0.0, None, sentence("GPGGA,092750.000,5321.6802,N,00630.3372,E,+1,8,1.03,61.7,M,,M,,"))
+    decoder.decode([odd])  # "+1" is not plain: C leaves it to the Python path
+    assert spy.call_count == 1
+    assert odd.fields is not None
+    assert odd.fields["quality"] == 1
+
+
+TIES = [k / 2**11 for k in range(1, 64, 2)] + [k / 2**20 for k in (1, 3, 1025)]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    x=st.one_of(
+        st.floats(min_value=0, max_value=1e6, allow_nan=False),
+        st.floats(min_value=0, max_value=1e-6),
+        st.sampled_from(TIES),
+        st.builds(lambda d, m: d + m / 60, st.integers(0, 180), st.decimals(0, 60, places=7).map(float)),
+    )
+)
+def test_c_rounding_is_round_to_10_places(x):
+    """C rounds a position's degrees itself (no dtoa): bit for bit round(x, 10),
+    exact ties to even included (1/2048 is one)."""
+    assert struct.pack("<d", c_module().round10(x)) == struct.pack("<d", round(x, 10))
+
+
+def test_c_rounding_takes_ties_to_even():
+    # the cases that would catch half-up: 1/2048 * 1e10 ends in exactly .5
+    assert [c_module().round10(x) for x in TIES] == [round(x, 10) for x in TIES]
+    assert round(1 / 2048, 10) == 0.0004882812  # even: ...812.5 -> 812
+
+
+NUMBERS = st.one_of(
+    st.from_regex(r"-?[0-9]{1,20}(\.[0-9]{0,24})?", fullmatch=True),
+    st.from_regex(r"[0-9]{4,5}\.[0-9]{1,12}", fullmatch=True),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(a=NUMBERS, b=NUMBERS, c=NUMBERS, hemisphere=st.sampled_from(["N", "S", "E", "W", ""]))
+def test_c_reads_plain_numbers_as_python_does(a, b, c, hemisphere):
+    """Digits C reads itself (Clinger's fast path) or hands to CPython's strtod
+    (past 15 digits): the same doubles and ints as float() and int()."""
+    c_module()
+    body = f"GPGGA,092750.000,{a},{hemisphere},{b},{hemisphere},{c},{c},{a},{b},M,{c},M,,"
+    text = sentence(body)
+    path = NmeaFastPath()
+    assert path.plain is not None
+    mine = path.plain(text)
+    assert exact(mine) == exact(path.fields(text)) or mine is None
+    if mine is not None:
+        assert exact(mine) == outcome(library_decoder(), text)[0]
+
+
+def test_c_refuses_what_is_not_a_table_of_specs():
+    Parser = c_module().Parser
+    with pytest.raises(TypeError):
+        Parser({"GPGGA": ("GP", "GGA")})
+    with pytest.raises(ValueError):  # a signed position needs its hemisphere field after it
+        Parser({"GPGGA": ("GP", "GGA", False, ((), (("lat", 4),)))})
+    with pytest.raises(TypeError):
+        Parser({"GPGGA": ("GP", "GGA", False, ((), (("lat", 0), ("NS", 0))))})  # 2 fields for 1 cell
+    with pytest.raises(TypeError):
+        NmeaFastPath().plain(b"$GPGGA*00")  # type: ignore[misc, arg-type]

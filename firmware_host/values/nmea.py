@@ -69,22 +69,30 @@ def pynmeagps_parser() -> Parse | None:
 class NmeaDecoder:
     """One device's NMEA decoder (a ``FieldDecoder``)."""
 
-    __slots__ = ("_fast", "_parse", "undecoded")
+    __slots__ = ("_fast", "_parse", "_plain", "undecoded")
 
-    def __init__(self, parse: Parse, fast: bool = True) -> None:
+    def __init__(self, parse: Parse, fast: bool = True, compiled: bool = True) -> None:
         self._parse = parse
+        path = NmeaFastPath(compiled) if fast else None
         #: the fast path for the common sentences (None: the library for all)
-        self._fast = NmeaFastPath().fields if fast else None
+        self._fast = path.fields if path is not None else None
+        #: its plain cases in C (None: not built, or not wanted)
+        self._plain = path.plain if path is not None else None
         #: sentences pynmeagps could not parse
         self.undecoded = 0
 
     def decode(self, frames: Sequence[Frame]) -> None:
-        parse, fast = self._parse, self._fast
+        parse, fast, plain = self._parse, self._fast, self._plain
         bad = 0
         for frame in frames:
             text = frame.text
             if text is None:
                 continue
+            if plain is not None:
+                fields = plain(text)
+                if fields is not None:
+                    frame.fields = fields
+                    continue
             if fast is not None:
                 fields = fast(text)
                 if fields is not None:

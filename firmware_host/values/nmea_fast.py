@@ -21,10 +21,31 @@ on its type being one of these seven.
 from __future__ import annotations
 
 import datetime
+import os
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-__all__ = ["FAST_TYPES", "SPECS", "TALKERS", "NmeaFastPath", "gsv_spec"]
+if TYPE_CHECKING:
+    from firmware_host.values import _nmea_c
+
+
+def _load_compiled() -> type[_nmea_c.Parser] | None:
+    """The plain cases in C (``_nmea_c.c``), built at install where a C compiler
+    and the Python headers are found (setup.py); without it the Python below
+    decodes the same sentences into the same fields. ``FIRMWARE_HOST_PURE=1``
+    turns it off, as it does the compiled COBS."""
+    if os.environ.get("FIRMWARE_HOST_PURE", "0") not in ("", "0"):
+        return None
+    try:
+        from firmware_host.values._nmea_c import Parser
+    except ImportError:
+        return None
+    return Parser
+
+
+_COMPILED = _load_compiled()
+
+__all__ = ["FAST_TYPES", "SPECS", "TALKERS", "NmeaFastPath", "compiled_available", "gsv_spec"]
 
 Fields = dict[str, Any]
 Spec = tuple[tuple[str, str], ...]
@@ -182,6 +203,42 @@ def _expression(spec: Spec, i: int) -> str:
     return f"{_FUNCTIONS[kind]}({cell})"
 
 
+#: what ``_nmea_c`` does with a field (its ``enum``): text, int, float, a position
+#: unsigned, signed by the next cell being "S" or "W", a time, a date
+_OP_TEXT, _OP_INT, _OP_FLOAT, _OP_DEG, _OP_DEG_S, _OP_DEG_W, _OP_TIME, _OP_DATE = range(8)
+
+
+def _op(spec: Spec, i: int) -> int:
+    """Field ``i``'s op for ``_nmea_c``: ``_expression``'s choice, as a number."""
+    name, kind = spec[i]
+    if kind in _TEXT_KINDS:
+        return _OP_TEXT
+    if kind == "IN":
+        return _OP_INT
+    if kind == "DE":
+        return _OP_FLOAT
+    if name in _HEMISPHERES and i + 1 < len(spec) and spec[i + 1][0] == _HEMISPHERES[name][0]:
+        return _OP_DEG_S if _HEMISPHERES[name][1] == "S" else _OP_DEG_W
+    return {"TM": _OP_TIME, "DT": _OP_DATE, "LA": _OP_DEG, "LN": _OP_DEG}[kind]
+
+
+def compiled_available() -> bool:
+    """Whether the C plain cases are in use: built at install, not turned off."""
+    return _COMPILED is not None
+
+
+def _compiled() -> Callable[[str], Fields | None] | None:
+    """The C parser's ``fields`` over the same specs, or None when it was not built."""
+    if _COMPILED is None:
+        return None
+    specs: dict[str, tuple[tuple[tuple[str, int], ...], ...]] = {}
+    for msg, most in _MAX_CELLS.items():
+        shapes = (gsv_spec(n) if msg == "GSV" else SPECS[msg][:n] for n in range(most + 1))
+        specs[msg] = tuple(tuple((name, _op(spec, i)) for i, (name, _) in enumerate(spec)) for spec in shapes)
+    heads = {talker + msg: (talker, msg, msg == "GSV", specs[msg]) for talker in TALKERS for msg in specs}
+    return _COMPILED(heads).fields
+
+
 def _compile(msg: str, spec: Spec) -> Build:
     """One function building ``spec``'s fields as a single dict display: no
     loop, no call per text or number field (measured against a loop over
@@ -199,9 +256,12 @@ class NmeaFastPath:
     first time a sentence of that shape comes (about 0.3 ms), so importing
     costs nothing and a device compiles only the few shapes it sends."""
 
-    __slots__ = ("_heads",)
+    __slots__ = ("_heads", "plain")
 
-    def __init__(self) -> None:
+    def __init__(self, compiled: bool = True) -> None:
+        #: the plain sentences in C (None: not built, or not wanted): its fields, or
+        #: None where ``fields`` below must decide
+        self.plain = _compiled() if compiled else None
         #: per type, its builders by payload length (None: not compiled yet)
         builders: dict[str, list[Build | None]] = {msg: [None] * (n + 1) for msg, n in _MAX_CELLS.items()}
         #: "GPGGA" -> ("GP", "GGA", GGA's builders): one lookup checks talker and type

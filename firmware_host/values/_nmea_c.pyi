@@ -1,0 +1,9 @@
+"""Types of the optional C module (``_nmea_c.c``); see values/nmea_fast.py."""
+
+from typing import Any
+
+class Parser:
+    def __init__(self, heads: dict[str, tuple[str, str, bool, tuple[tuple[tuple[str, int], ...], ...]]]) -> None: ...
+    def fields(self, text: str, /) -> dict[str, Any] | None: ...
+
+def round10(x: float, /) -> float: ...
