@@ -9,6 +9,7 @@ values) and the same ``undecoded`` count as without it.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import struct
@@ -22,8 +23,18 @@ from hypothesis import strategies as st
 from firmware_host import Frame
 from firmware_host.codecs.nmea import NmeaCodec, nmea_checksum
 from firmware_host.emulation.generators import GnssGenerator
-from firmware_host.values.nmea import NmeaDecoder, pynmeagps_parser
-from firmware_host.values.nmea_fast import FAST_TYPES, SPECS, TALKERS, NmeaFastPath, compiled_available
+from firmware_host.values.nmea import NmeaDecoder, library_tables, pynmeagps_parser
+from firmware_host.values.nmea_fast import (
+    FAST_TYPES,
+    MAX_REPEATS,
+    SHAPES,
+    SPECS,
+    TALKERS,
+    NmeaFastPath,
+    Shape,
+    compiled_available,
+    shape_of,
+)
 
 pynmeagps = pytest.importorskip("pynmeagps")
 
@@ -42,6 +53,15 @@ def library_decoder() -> NmeaDecoder:
     parse = pynmeagps_parser()
     assert parse is not None
     return NmeaDecoder(parse, fast=False)
+
+
+def fast_path(compiled: bool = True) -> NmeaFastPath:
+    """The fast path as the decoder builds it: the seven and the library's flat types."""
+    return NmeaFastPath(compiled, *library_tables())
+
+
+#: the fast path's types and talkers, from the installed library
+TYPES, ALL_TALKERS = fast_path().types, fast_path().talkers
 
 
 def fast_decoder(compiled: bool = True) -> NmeaDecoder:
@@ -65,6 +85,14 @@ def outcome(decoder: NmeaDecoder, text: str) -> tuple[list[tuple[str, str, str]]
     return exact(frame.fields), decoder.undecoded - before
 
 
+@functools.cache
+def decoders() -> tuple[NmeaDecoder, NmeaDecoder, NmeaDecoder, NmeaFastPath]:
+    """The library alone, the decoder, the decoder without C, and a fast path:
+    made once (2 ms each) and shared, as a device's are over its sentences;
+    ``outcome`` counts each sentence's undecoded by difference."""
+    return library_decoder(), fast_decoder(), fast_decoder(compiled=False), fast_path()
+
+
 class Taken(NamedTuple):
     python: int  # sentences the Python fast path decoded itself
     compiled: int  # of those, the ones its C plain cases decoded (0 where not built)
@@ -74,7 +102,7 @@ def assert_same(texts: list[str]) -> Taken:
     """Each sentence decodes the same every way: the library alone, the decoder
     with the fast path (its C plain cases first where built) and with the Python
     fast path only; and the C answer, where it gives one, is the Python path's."""
-    lib, fast, python, path = library_decoder(), fast_decoder(), fast_decoder(compiled=False), NmeaFastPath()
+    lib, fast, python, path = decoders()
     taken = compiled = 0
     for text in texts:
         expected = outcome(lib, text)
@@ -94,6 +122,18 @@ def assert_same(texts: list[str]) -> Taken:
 def common(text: str) -> bool:
     """A sentence of the seven types with a talker the fast path takes."""
     return text[:1] == "$" and text[3:6] in FAST_TYPES and text[1:3] in TALKERS and text[6:7] in (",", "*")
+
+
+def known(text: str) -> bool:
+    """A sentence of a type and talker the fast path takes (the seven's and the library's)."""
+    head = text[1:].split(",", 1)[0].split("*", 1)[0]
+    return text[:1] == "$" and head[:2] in ALL_TALKERS and head[2:] in TYPES
+
+
+@functools.cache
+def known_sentences() -> list[str]:
+    """Every sentence of the captures that the fast path takes (read once for the suite)."""
+    return [t for path in CAPTURES for t in capture(path) if known(t)]
 
 
 def capture(path: Path) -> list[str]:
@@ -121,6 +161,44 @@ def test_the_specs_are_the_installed_pynmeagps_payload_definitions():
     assert list(gsv) == ["numMsg", "msgNum", "numSV", "group_sv_grp", "signalID"]
     assert gsv["group_sv_grp"] == ("None", {"svid": "IN", "elv": "IN", "az": "IN", "cno": "IN"})
     assert {"GGA", "RMC", "GLL", "VTG", "GSA", "GSV", "ZDA"} == FAST_TYPES
+    # and the library's definitions read the generic way give the seven's shapes
+    for msg, shape in SHAPES.items():
+        assert shape_of(NMEA_PAYLOADS_GET[msg]) == shape, msg
+
+
+def test_shape_of_reads_flat_fixed_and_open_groups_and_refuses_the_rest():
+    flat = shape_of({"a": "IN", "b": "DE"})
+    assert flat == Shape((("a", "IN"), ("b", "DE")))
+    assert flat.spec(1) == (("a", "IN"),) and flat.most == 2
+    fixed = shape_of({"a": "IN", "sv_grp": (2, {"id": "IN"}), "z": "HX"})
+    assert fixed == Shape((("a", "IN"), ("id_01", "IN"), ("id_02", "IN"), ("z", "HX")))
+    open_ = shape_of({"n": "IN", "x_grp": ("None", {"k": "CH", "v": "DE"}), "end": "HX"})
+    assert open_ is not None and open_.most == 1 + 2 * MAX_REPEATS + 1
+    assert open_.spec(0) == ()
+    assert open_.spec(2) == (("n", "IN"), ("end", "HX"))  # no whole group: the next field is the tail's
+    assert open_.spec(4) == (("n", "IN"), ("k_01", "CH"), ("v_01", "DE"), ("end", "HX"))
+    assert open_.spec(6) == (("n", "IN"), ("k_01", "CH"), ("v_01", "DE"), ("k_02", "CH"), ("v_02", "DE"), ("end", "HX"))
+    assert shape_of({"n": "IN", "x_grp": ("n", {"k": "CH"})}) is None  # counted by a field
+    assert shape_of({"x_grp": ("None", {"k": "CH"}), "y_grp": ("None", {"k2": "CH"})}) is None
+    assert shape_of({"x_grp": ("None", {"k": ("None", {"j": "CH"})})}) is None  # nested
+    assert shape_of({"x": ("None", {"k": "CH"})}) is None  # a group pynmeagps would not take for one
+    assert shape_of({"x_grp": "CH"}) is None
+    assert shape_of({"a": "Y1"}) is None
+    assert shape_of({"x_grp": ("None", {})}) is None
+
+
+def test_lat_and_lon_are_read_here_only_as_positions():
+    """pynmeagps re-signs whatever is named lat or lon by the hemisphere fields
+    after it; here only positions are signed, so a type with a lat of another
+    kind stays the library's."""
+    from firmware_host.values.nmea_fast import readable
+
+    assert readable((("lat", "LA"), ("NS", "LAD"), ("lon", "LN"), ("EW", "LND")))
+    assert not readable((("lat", "DE"), ("NS", "LAD")))
+    assert not readable((("lon", "IN"),))
+    assert not readable((("msg", "ST"),))  # would clash with the "msg" key
+    assert not readable((("when", "DTL"),))  # a kind not read here
+    assert not readable((("a", "ST"), ("a", "ST")))
 
 
 def test_the_talkers_are_pynmeagps_talkers_and_none_reads_as_proprietary():
@@ -137,8 +215,8 @@ def test_the_talkers_are_pynmeagps_talkers_and_none_reads_as_proprietary():
 def test_every_sentence_of_every_capture_decodes_as_pynmeagps_does(path):
     texts = capture(path)
     taken = assert_same(texts)
-    # the fast path really decoded the captures' common sentences, not the library behind it
-    assert taken.python == sum(map(common, texts)), path.name
+    # the fast path really decoded the captures' sentences of its types, not the library behind it
+    assert taken.python == sum(map(known, texts)), path.name
     # and where C is built, it decoded every one of them (real receivers send only plain numbers)
     if compiled_available():
         assert taken.compiled == taken.python, path.name
@@ -193,6 +271,19 @@ EDGES = [
     "PGGGA,092750.000",
     "GPGGAX,092750.000",
     "GPGG,092750.000",
+    # the library's flat types: positions named otherwise stay unsigned, hemispheres alone stay text
+    "GPRMB,A,0.66,L,003,004,4917.24,S,12309.57,W,001.3,052.5,000.5,V",
+    "GPBEC,220516,5130.02,S,00046.34,W,213.8,T,218.0,M,0004.6,N,EGLM",
+    "GPDTM,W84,,0.0,S,0.0,W,0.0,W84",
+    "SDHDG,238.5,1.5,W,2.3,E",
+    "IIHDG,,,,,",
+    "GPTLL,01,4916.45,S,12311.12,W,TARGET,225444.00,T,",
+    "GPFMI,092750.000,-53.21,-6.30,61.7,0.1,0.2,0.3,0.4,8,1,2,0F",
+    "GPGNS,092750.00,5321.6802,S,00630.3372,W,AAN,08,1.03,61.7,55.2,,,S",
+    "GPGST,092750.00,1.0,2.0,3.0,4.0,5.0,6.0,7.0",
+    "GPTHS,123.4,A",
+    "WIMWV,214.8,R,0.1,K,A",
+    "GNTHS2,123.4,A,1.5",
     # hemispheres: lowercase, blank, nonsense, and a position without its hemisphere
     "GPGGA,092750.000,5321.6802,s,00630.3372,w,1,8,1.03,61.7,M,55.2,M,,",
     "GPGGA,092750.000,5321.6802,,00630.3372,,1,8,1.03,61.7,M,55.2,M,,",
@@ -280,7 +371,7 @@ CELLS = st.one_of(
 @settings(max_examples=600, deadline=None)  # 3000 cost the suite 20 s; the captures and edge cases carry the rest
 @given(
     talker=st.sampled_from(["GP", "GN", "GL", "GA", "BD", "GB", "XX"]),
-    msg=st.sampled_from(sorted(FAST_TYPES)),
+    msg=st.sampled_from(sorted(TYPES)),
     cells=st.lists(CELLS, max_size=24),
 )
 def test_fuzzed_sentences_decode_as_pynmeagps_does(talker, msg, cells):
@@ -290,8 +381,7 @@ def test_fuzzed_sentences_decode_as_pynmeagps_does(talker, msg, cells):
 @settings(max_examples=500, deadline=None)
 @given(data=st.data())
 def test_a_real_sentence_with_one_field_replaced_decodes_as_pynmeagps_does(data):
-    texts = [t for t in capture(DATA / "gpsd" / "neo-m8n.log") if common(t)]
-    text = data.draw(st.sampled_from(texts))
+    text = data.draw(st.sampled_from(known_sentences()))
     cells = text[1:-3].split(",")
     i = data.draw(st.integers(1, len(cells) - 1))
     cells[i] = data.draw(CELLS)
@@ -316,20 +406,24 @@ def c_module() -> Any:
 
 
 def test_the_decoder_takes_the_c_plain_cases_where_built(mocker):
-    """The decoder asks C first, and the Python fast path only where C gives None."""
+    """The decoder asks C first, and the Python fast path only where C gives None:
+    the first sentence of each head (which the Python path learns, and teaches C)."""
     c_module()
-    path = NmeaFastPath()
-    assert path.plain is not None
+    assert fast_path().plain is not None
     spy = mocker.spy(NmeaFastPath, "fields")
     decoder = fast_decoder()  # after the spy: the decoder holds the bound method
-    texts = [t for t in capture(DATA / "gpsd" / "neo-m8n.log") if common(t)]
+    texts = [t for path in CAPTURES for t in capture(path) if known(t)]
+    heads = {t[1:].split(",", 1)[0] for t in texts}
+    assert len(heads) > 20  # the instruments' captures add many types to the seven
     frames = [Frame("gps", 0, None, 0.0, None, t) for t in texts]
     decoder.decode(frames)
     assert all(f.fields is not None for f in frames)
-    assert spy.call_count == 0
+    assert spy.call_count == len(heads)
+    decoder.decode([Frame("gps", 0, None, 0.0, None, t) for t in texts])
+    assert spy.call_count == len(heads)
     odd = Frame("gps", 0, None, 0.0, None, sentence("GPGGA,092750.000,5321.6802,N,00630.3372,E,+1,8,1.03,61.7,M,,M,,"))
     decoder.decode([odd])  # "+1" is not plain: C leaves it to the Python path
-    assert spy.call_count == 1
+    assert spy.call_count == len(heads) + 1
     assert odd.fields is not None
     assert odd.fields["quality"] == 1
 
@@ -381,12 +475,23 @@ def test_c_reads_plain_numbers_as_python_does(a, b, c, hemisphere):
 
 
 def test_c_refuses_what_is_not_a_table_of_specs():
-    Parser = c_module().Parser
+    parser = c_module().Parser()
     with pytest.raises(TypeError):
-        Parser({"GPGGA": ("GP", "GGA")})
-    with pytest.raises(ValueError):  # a signed position needs its hemisphere field after it
-        Parser({"GPGGA": ("GP", "GGA", False, ((), (("lat", 4),)))})
+        parser.add("GPGGA", "GP", "GGA")  # type: ignore[call-arg]
     with pytest.raises(TypeError):
-        Parser({"GPGGA": ("GP", "GGA", False, ((), (("lat", 0), ("NS", 0))))})  # 2 fields for 1 cell
+        parser.add("GPGGA", "GP", "GGA", 0, ((),))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):  # a signed position needs a later field as its hemisphere
+        parser.add("GPGGA", "GP", "GGA", False, ((), (("lat", 4, -1),)))
+    with pytest.raises(ValueError):
+        parser.add("GPGGA", "GP", "GGA", False, ((), (), (("lat", 4, 0), ("NS", 0, -1))))
+    with pytest.raises(ValueError):  # an op that is not one
+        parser.add("GPGGA", "GP", "GGA", False, ((), (("lat", 8, -1),)))
+    with pytest.raises(TypeError):  # 2 fields for 1 cell
+        parser.add("GPGGA", "GP", "GGA", False, ((), (("lat", 0, -1), ("NS", 0, -1))))
     with pytest.raises(TypeError):
-        NmeaFastPath().plain(b"$GPGGA*00")  # type: ignore[misc, arg-type]
+        parser.fields(b"$GPGGA*00")  # type: ignore[arg-type]
+    assert parser.fields("$GPGGA,0100.00,S*00") is None  # not added: the Python path's
+    parser.add("GPGGA", "GP", "GGA", False, ((), (("lat", 3, -1),), (("lat", 4, 1), ("NS", 0, -1))))
+    assert parser.fields("$GPGGA,0100.00*00") == {"msg": "GGA", "talker": "GP", "lat": 1.0}
+    assert parser.fields("$GPGGA,0100.00,S*00") == {"msg": "GGA", "talker": "GP", "lat": -1.0, "NS": "S"}
+    assert parser.fields("$GPGGA,0100.00,S,extra*00") == {"msg": "GGA", "talker": "GP", "lat": -1.0, "NS": "S"}

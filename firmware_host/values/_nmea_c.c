@@ -1,16 +1,17 @@
 /* The NMEA fast path's plain cases in C (optional: values/nmea_fast.py is the reference).
  *
- * Parser(heads).fields(text) gives the dict that NmeaFastPath.fields gives, or None
- * wherever it is not sure: a number that is not plain digits, a time or date
- * that needs strptime, an odd shape. The caller then asks the Python fast
- * path, which decides exactly as it always did (and, for what it does not
- * decode, pynmeagps). So this holds no rule of its own beyond "plain": a
- * test holds its answers equal to the Python path's on every sentence of the
- * captures and on fuzzed ones.
+ * Parser().fields(text) gives the dict that NmeaFastPath.fields gives, or None
+ * wherever it is not sure: a head (talker and type) not added yet, a number
+ * that is not plain digits, a time or date that needs strptime, an odd shape.
+ * The caller then asks the Python fast path, which decides exactly as it
+ * always did (and, for what it does not decode, pynmeagps). So this holds no
+ * rule of its own beyond "plain": tests hold its answers equal to the Python
+ * path's on every sentence of the captures and on fuzzed ones.
  *
- * `heads` is built by nmea_fast.compiled_parser: "GPGGA" -> (talker, msg,
- * is_gsv, specs), specs[payload] a tuple of (key, op) for a sentence of
- * `payload` fields (the last entry serves longer ones, except for GSV).
+ * The Python path adds each head the first time it decodes one (nmea_fast.py,
+ * NmeaFastPath._learn): add("GPGGA", "GP", "GGA", False, specs), specs[n] the
+ * tuple of (key, op, hemisphere) of a sentence of n fields (the last entry
+ * serves longer ones, except for GSV).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -23,6 +24,8 @@ enum { OP_TEXT, OP_INT, OP_FLOAT, OP_DEG, OP_DEG_S, OP_DEG_W, OP_TIME, OP_DATE }
 
 /* more cells than this: the Python path (no receiver sends them) */
 #define MAX_CELLS 48
+/* the longest first field ("GPGGA", "GNGGAH") looked up */
+#define MAX_HEAD 10
 /* the longest number cell converted here (a longer one goes to the Python path) */
 #define MAX_NUMBER 32
 
@@ -69,8 +72,9 @@ static const double POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7, 
                                  1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
 /* Doubles here are IEEE binary64 with no wider intermediate (not x87), so one
- * division of two exact doubles is correctly rounded. Elsewhere every number
- * goes through CPython's own strtod and dtoa. */
+ * division of two exact doubles is correctly rounded, and each operation is
+ * rounded as Python rounds it. Elsewhere numbers go through CPython's own
+ * strtod and dtoa, and positions to the Python path. */
 #if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0 && DBL_MANT_DIG == 53
 #define EXACT_DIVISION 1
 #else
@@ -167,8 +171,11 @@ static int round10(double x, double *value) {
     return 1;
 }
 
-/* (d)ddmm.mmm: nmea_fast._degrees, for plain digits only */
+/* (d)ddmm.mmm: nmea_fast._degrees, for plain digits only. Without
+ * EXACT_DIVISION (x87: whole + minutes / 60 would be rounded once, in 80 bits,
+ * where Python rounds each step) every position goes to the Python path. */
 static int conv_degrees(const char *p, Py_ssize_t n, int negative, PyObject **out) {
+    if (!EXACT_DIVISION) return 0;
     const char *dot = memchr(p, '.', (size_t)n);
     Py_ssize_t dp = dot == NULL ? -1 : dot - p;
     if (dp < 4) {
@@ -238,7 +245,12 @@ static PyObject *Parser_fields(Parser *self, PyObject *text) {
         PyErr_SetString(PyExc_TypeError, "fields(text): text must be str");
         return NULL;
     }
-    if (!PyUnicode_IS_ASCII(text)) Py_RETURN_NONE;
+    if (self->heads == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Parser: cleared");
+        return NULL;
+    }
+    /* a str subclass may answer len() or find() its own way: the Python path reads it */
+    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text)) Py_RETURN_NONE;
     const char *s = (const char *)PyUnicode_DATA(text);
     Py_ssize_t len = PyUnicode_GET_LENGTH(text);
     Py_ssize_t star = len - 3;
@@ -258,18 +270,19 @@ static PyObject *Parser_fields(Parser *self, PyObject *text) {
             at = i + 1;
         }
     }
-    if (ends[0] - starts[0] != 5) Py_RETURN_NONE;
-    PyObject *head = ascii_text(s + 1, 5);
+    Py_ssize_t head_len = ends[0] - starts[0];
+    if (head_len < 3 || head_len > MAX_HEAD) Py_RETURN_NONE;
+    PyObject *head = ascii_text(s + 1, head_len);
     if (head == NULL) return NULL;
-    PyObject *known = PyDict_GetItemWithError(self->heads, head); /* borrowed */
+    PyObject *known = PyDict_GetItemWithError(self->heads, head); /* borrowed; add() checked its shape */
     Py_DECREF(head);
     if (known == NULL) {
         if (PyErr_Occurred()) return NULL;
-        Py_RETURN_NONE;
+        Py_RETURN_NONE; /* a head not learnt yet (the Python path learns it), or not decoded here */
     }
     PyObject *talker = PyTuple_GET_ITEM(known, 0);
     PyObject *msg = PyTuple_GET_ITEM(known, 1);
-    int gsv = PyObject_IsTrue(PyTuple_GET_ITEM(known, 2));
+    int gsv = PyTuple_GET_ITEM(known, 2) == Py_True;
     PyObject *specs = PyTuple_GET_ITEM(known, 3);
     Py_ssize_t payload = cells - 1;
     if (payload >= PyTuple_GET_SIZE(specs)) {
@@ -279,7 +292,11 @@ static PyObject *Parser_fields(Parser *self, PyObject *text) {
     PyObject *spec = PyTuple_GET_ITEM(specs, payload);
     Py_ssize_t fields = PyTuple_GET_SIZE(spec);
 
-    PyObject *out = _PyDict_NewPresized(fields + 2);
+#if PY_VERSION_HEX < 0x030E0000
+    PyObject *out = _PyDict_NewPresized(fields + 2); /* one allocation: CPython's own, not public API */
+#else
+    PyObject *out = PyDict_New();
+#endif
     if (out == NULL) return NULL;
     if (PyDict_SetItem(out, self->key_msg, msg) < 0 || PyDict_SetItem(out, self->key_talker, talker) < 0) goto error;
     for (Py_ssize_t i = 0; i < fields; i++) {
@@ -305,9 +322,10 @@ static PyObject *Parser_fields(Parser *self, PyObject *text) {
         case OP_DEG: r = conv_degrees(p, n, 0, &value); break;
         case OP_DEG_S:
         case OP_DEG_W: {
-            /* the hemisphere is the next cell: there is one, as the spec has its field */
-            const char *h = s + starts[i + 2];
-            Py_ssize_t hn = ends[i + 2] - starts[i + 2];
+            /* signed by a later field of the spec (its hemisphere): add() checked it is one */
+            Py_ssize_t j = PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 2)) + 1;
+            const char *h = s + starts[j];
+            Py_ssize_t hn = ends[j] - starts[j];
             int negative = hn == 1 && h[0] == (op == OP_DEG_S ? 'S' : 'W');
             r = conv_degrees(p, n, negative, &value);
             break;
@@ -333,46 +351,80 @@ error:
     return NULL;
 }
 
-static int Parser_init(Parser *self, PyObject *args, PyObject *kwargs) {
-    PyObject *heads;
-    if (!PyArg_ParseTuple(args, "O!", &PyDict_Type, &heads)) return -1;
-    /* checked once here, so the call can trust the shapes */
-    PyObject *k, *v;
-    Py_ssize_t pos = 0;
-    while (PyDict_Next(heads, &pos, &k, &v)) {
-        if (!PyUnicode_Check(k) || !PyTuple_Check(v) || PyTuple_GET_SIZE(v) != 4 ||
-            !PyUnicode_Check(PyTuple_GET_ITEM(v, 0)) || !PyUnicode_Check(PyTuple_GET_ITEM(v, 1)) ||
-            !PyTuple_Check(PyTuple_GET_ITEM(v, 3)) || PyTuple_GET_SIZE(PyTuple_GET_ITEM(v, 3)) < 1) {
-            PyErr_SetString(PyExc_TypeError, "heads: str -> (talker, msg, is_gsv, specs)");
+/* specs[n]: a tuple of at most n fields (key, op, hemisphere), hemisphere the
+ * index of a later field for OP_DEG_S and OP_DEG_W, else -1 */
+static int check_specs(PyObject *specs) {
+    if (!PyTuple_Check(specs) || PyTuple_GET_SIZE(specs) < 1 || PyTuple_GET_SIZE(specs) >= MAX_CELLS) {
+        PyErr_SetString(PyExc_TypeError, "specs: a tuple of 1 to 47 specs, one per payload length");
+        return -1;
+    }
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(specs); j++) {
+        PyObject *spec = PyTuple_GET_ITEM(specs, j);
+        if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) > j) {
+            PyErr_SetString(PyExc_TypeError, "specs[n]: a tuple of at most n fields");
             return -1;
         }
-        PyObject *specs = PyTuple_GET_ITEM(v, 3);
-        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(specs); j++) {
-            PyObject *spec = PyTuple_GET_ITEM(specs, j);
-            if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) > j || PyTuple_GET_SIZE(spec) + 1 >= MAX_CELLS) {
-                PyErr_SetString(PyExc_TypeError, "specs[n]: a tuple of at most n fields");
+        Py_ssize_t fields = PyTuple_GET_SIZE(spec);
+        for (Py_ssize_t f = 0; f < fields; f++) {
+            PyObject *item = PyTuple_GET_ITEM(spec, f);
+            if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3 || !PyUnicode_Check(PyTuple_GET_ITEM(item, 0)) ||
+                !PyLong_Check(PyTuple_GET_ITEM(item, 1)) || !PyLong_Check(PyTuple_GET_ITEM(item, 2))) {
+                PyErr_SetString(PyExc_TypeError, "a field: (key, op, hemisphere)");
                 return -1;
             }
-            for (Py_ssize_t f = 0; f < PyTuple_GET_SIZE(spec); f++) {
-                PyObject *item = PyTuple_GET_ITEM(spec, f);
-                if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 || !PyUnicode_Check(PyTuple_GET_ITEM(item, 0)) ||
-                    !PyLong_Check(PyTuple_GET_ITEM(item, 1))) {
-                    PyErr_SetString(PyExc_TypeError, "a field: (key, op)");
-                    return -1;
-                }
-                long op = PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
-                if (op < OP_TEXT || op > OP_DATE || ((op == OP_DEG_S || op == OP_DEG_W) && f + 1 >= PyTuple_GET_SIZE(spec))) {
-                    PyErr_SetString(PyExc_ValueError, "a field's op is unknown, or a signed position has no hemisphere");
-                    return -1;
-                }
+            long op = PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
+            Py_ssize_t hemisphere = PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 2));
+            if (PyErr_Occurred()) return -1;
+            int signed_op = op == OP_DEG_S || op == OP_DEG_W;
+            if (op < OP_TEXT || op > OP_DATE || (signed_op && (hemisphere <= f || hemisphere >= fields)) ||
+                (!signed_op && hemisphere != -1)) {
+                PyErr_SetString(PyExc_ValueError, "a field's op is unknown, or its hemisphere is not a later field");
+                return -1;
             }
         }
     }
-    Py_XSETREF(self->heads, Py_NewRef(heads));
-    if (self->key_msg == NULL) self->key_msg = PyUnicode_InternFromString("msg");
-    if (self->key_talker == NULL) self->key_talker = PyUnicode_InternFromString("talker");
-    if (self->key_msg == NULL || self->key_talker == NULL) return -1;
     return 0;
+}
+
+static PyObject *Parser_add(Parser *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "add(head, talker, msg, is_gsv, specs)");
+        return NULL;
+    }
+    PyObject *head = args[0], *talker = args[1], *msg = args[2], *gsv = args[3], *specs = args[4];
+    if (!PyUnicode_CheckExact(head) || !PyUnicode_Check(talker) || !PyUnicode_Check(msg) || !PyBool_Check(gsv)) {
+        PyErr_SetString(PyExc_TypeError, "add(head: str, talker: str, msg: str, is_gsv: bool, specs)");
+        return NULL;
+    }
+    if (check_specs(specs) < 0) return NULL;
+    if (self->heads == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Parser: cleared");
+        return NULL;
+    }
+    PyObject *entry = PyTuple_Pack(4, talker, msg, gsv, specs);
+    if (entry == NULL) return NULL;
+    int r = PyDict_SetItem(self->heads, head, entry);
+    Py_DECREF(entry);
+    if (r < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* everything is made here, so no call can meet a Parser without its dict */
+static PyObject *Parser_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    if (PyTuple_GET_SIZE(args) != 0 || (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "Parser() takes no arguments");
+        return NULL;
+    }
+    Parser *self = (Parser *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    self->heads = PyDict_New();
+    self->key_msg = PyUnicode_InternFromString("msg");
+    self->key_talker = PyUnicode_InternFromString("talker");
+    if (self->heads == NULL || self->key_msg == NULL || self->key_talker == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
 }
 
 static int Parser_traverse(Parser *self, visitproc visit, void *arg) {
@@ -396,6 +448,8 @@ static void Parser_dealloc(Parser *self) {
 static PyMethodDef Parser_methods[] = {
     {"fields", (PyCFunction)Parser_fields, METH_O,
      PyDoc_STR("fields(text): the fast path's fields of a plain sentence, or None (ask the Python path)")},
+    {"add", (PyCFunction)(void (*)(void))Parser_add, METH_FASTCALL,
+     PyDoc_STR("add(head, talker, msg, is_gsv, specs): decode sentences whose first field is head")},
     {NULL, NULL, 0, NULL},
 };
 
@@ -403,9 +457,8 @@ static PyTypeObject ParserType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "firmware_host.values._nmea_c.Parser",
     .tp_basicsize = sizeof(Parser),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = PyDoc_STR("Parser(heads): the NMEA fast path's plain cases"),
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Parser_init,
+    .tp_doc = PyDoc_STR("Parser(): the NMEA fast path's plain cases, for the heads add() gives it"),
+    .tp_new = Parser_new,
     .tp_methods = Parser_methods,
     .tp_traverse = (traverseproc)Parser_traverse,
     .tp_clear = (inquiry)Parser_clear,

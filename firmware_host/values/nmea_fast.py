@@ -1,28 +1,37 @@
-"""The common NMEA sentences (GGA, RMC, GLL, VTG, GSA, GSV, ZDA) into fields, fast.
+"""NMEA sentences into fields, fast: the same fields pynmeagps gives.
 
 pynmeagps builds an object per sentence (tens of µs each); this reads the
 same text into the same dict that ``message_fields`` makes of pynmeagps's
 object: the same keys in the same order, the same values of the same types.
 Each rule below copies what pynmeagps 1.1 does (``NMEAMessage.str2val``,
-``dmm2ddd``, ``time2utc``, ``date2utc``), and ``tests/test_nmea_fast.py``
-holds the two equal on every sentence of the captures in ``tests/data``.
+``dmm2ddd``, ``time2utc``, ``date2utc``, and its signing of ``lat`` and
+``lon`` by the hemisphere fields after them), and ``tests/test_nmea_fast.py``
+holds the two equal on every sentence of the captures in ``tests/data`` and
+on edge and fuzzed sentences of every type.
+
+What it reads: the seven common types (GGA, RMC, GLL, VTG, GSA, GSV, ZDA),
+whose payload definitions are written out below (a test holds them equal to
+the library's), and every other type whose definition pynmeagps gives flat
+(no repeated groups) in the kinds read here (``readable``): its owner passes
+those in from the installed library (``nmea.library_tables``).
 
 It only answers where it is sure: a sentence of another type or talker, an
 odd shape (a second ``*``, a non-ASCII character, a huge GSV) or a number
 that does not parse gives None, and the caller asks pynmeagps, which then
-decodes it or refuses it as it always did. So a malformed common sentence
-is counted ``undecoded`` exactly when pynmeagps would refuse it.
+decodes it or refuses it as it always did. So a malformed sentence is
+counted ``undecoded`` exactly when pynmeagps would refuse it.
 
 It is used only beside pynmeagps (the ``[gnss]`` extra): without the library
 no NMEA sentence is decoded, so whether a sentence gets fields never depends
-on its type being one of these seven.
+on its type being one read here.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
@@ -45,7 +54,20 @@ def _load_compiled() -> type[_nmea_c.Parser] | None:
 
 _COMPILED = _load_compiled()
 
-__all__ = ["FAST_TYPES", "SPECS", "TALKERS", "NmeaFastPath", "compiled_available", "gsv_spec"]
+__all__ = [
+    "FAST_TYPES",
+    "KINDS",
+    "MAX_REPEATS",
+    "SHAPES",
+    "SPECS",
+    "TALKERS",
+    "NmeaFastPath",
+    "Shape",
+    "compiled_available",
+    "gsv_spec",
+    "readable",
+    "shape_of",
+]
 
 Fields = dict[str, Any]
 Spec = tuple[tuple[str, str], ...]
@@ -137,10 +159,10 @@ def _date(cell: str) -> str | None:
     return _date_strptime(cell)
 
 
-#: pynmeagps 1.1's payload definitions (``NMEA_PAYLOADS_GET``) of the seven
-#: types; a test holds them equal to the installed library's. GSA's 12
-#: satellites and GSV's repeated groups are written out as pynmeagps names
-#: them (``svid_01``), GSV's per length (below).
+#: pynmeagps 1.1's payload definitions (``NMEA_PAYLOADS_GET``) of six of the
+#: seven types; a test holds them equal to the installed library's. GSA's 12
+#: satellites are written out as pynmeagps names them (``svid_01``); GSV's
+#: repeated groups are its ``Shape`` (below).
 SPECS: dict[str, tuple[tuple[str, str], ...]] = {
     "GGA": (
         ("time", "TM"), ("lat", "LA"), ("NS", "LAD"), ("lon", "LN"), ("EW", "LND"), ("quality", "IN"),
@@ -166,31 +188,122 @@ SPECS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "ZDA": (("time", "TM"), ("day", "IN"), ("month", "IN"), ("year", "IN"), ("ltzh", "ST"), ("ltzn", "ST")),
 }  # fmt: skip
-_GSV_HEAD: Spec = (("numMsg", "IN"), ("msgNum", "IN"), ("numSV", "IN"))
-_GSV_GROUP: Spec = (("svid", "IN"), ("elv", "IN"), ("az", "IN"), ("cno", "IN"))
-#: GSV's groups of four decoded here (receivers send at most four); more go to pynmeagps
-_GSV_MAX_GROUPS = 8
-#: the most fields a sentence of each type is cut into here (more are ignored, as in pynmeagps)
-_MAX_CELLS = {msg: len(spec) for msg, spec in SPECS.items()} | {"GSV": 3 + 4 * _GSV_MAX_GROUPS + 1}
-FAST_TYPES = frozenset(_MAX_CELLS)
+#: GSV's (and any open group's) repeats decoded here: receivers send at most four; more go to pynmeagps
+MAX_REPEATS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """A sentence type's fields by payload length, as pynmeagps reads them: the
+    ``head`` fields, then a ``group`` repeated as often as whole copies of it
+    follow (pynmeagps's ``"None"`` repeats, as in GSV), then the ``tail``; a
+    sentence cut short has the fields it holds. A flat type is its head alone,
+    and takes longer sentences too (the extra fields ignored, as pynmeagps
+    does); a type with a group leaves more than ``MAX_REPEATS`` to the library."""
+
+    head: Spec
+    group: Spec = ()
+    tail: Spec = ()
+
+    @property
+    def most(self) -> int:
+        """The most payload fields read here."""
+        return len(self.head) + len(self.group) * MAX_REPEATS + len(self.tail)
+
+    def spec(self, cells: int) -> Spec:
+        """The fields of a payload of ``cells`` fields (``cells <= most``)."""
+        if not self.group:
+            return self.head[:cells]
+        repeats = max(0, cells - len(self.head)) // len(self.group)  # pynmeagps's int(rest / len(group))
+        body = tuple((f"{name}_{i:02d}", kind) for i in range(1, repeats + 1) for name, kind in self.group)
+        return (self.head + body + self.tail)[:cells]
+
+
+_GSV = Shape(
+    (("numMsg", "IN"), ("msgNum", "IN"), ("numSV", "IN")),
+    (("svid", "IN"), ("elv", "IN"), ("az", "IN"), ("cno", "IN")),
+    (("signalID", "HX"),),
+)
+#: the seven types' shapes
+SHAPES: dict[str, Shape] = {msg: Shape(spec) for msg, spec in SPECS.items()} | {"GSV": _GSV}
+FAST_TYPES = frozenset(SHAPES)
 
 _TEXT_KINDS = frozenset({"CH", "ST", "HX", "LAD", "LND"})
+#: every kind read here: pynmeagps's ``str2val`` for each (its DTL, DM, QS, Y1, Z2 are not)
+KINDS = _TEXT_KINDS | {"IN", "DE", "TM", "DT", "LA", "LN"}
 _FUNCTIONS = {"TM": "_time", "DT": "_date", "LA": "_degrees", "LN": "_degrees"}
-_HEMISPHERES = {"lat": ("NS", "S"), "lon": ("EW", "W")}
+#: pynmeagps signs only the fields named lat and lon, by the hemisphere fields of these
+#: kinds that follow them ("S" and "W" negative)
+_HEMISPHERES = {"lat": ("LA", "LAD", "S"), "lon": ("LN", "LND", "W")}
+
+
+def readable(spec: Spec) -> bool:
+    """Whether sentences of ``spec`` (a flat pynmeagps payload definition, as
+    (name, kind) pairs) are read here as pynmeagps reads them: only the kinds
+    above, no name that ``message_fields`` would drop or clash with, and lat
+    and lon (the names pynmeagps signs) only as positions."""
+    names = [name for name, _ in spec]
+    kinds = dict(spec)
+    return (
+        all(kind in KINDS for _, kind in spec)
+        and len(set(names)) == len(names)
+        and not any(name[:1] == "_" or name in ("msg", "talker") for name in names)
+        and all(kinds.get(name, kind) == kind for name, (kind, _, _) in _HEMISPHERES.items())
+    )
 
 
 def gsv_spec(cells: int) -> Spec:
     """GSV's fields for a payload of ``cells`` fields, as pynmeagps reads it: as
     many whole groups of four as follow the three heads, then signalID from the
     next field if there is one, anything after that ignored."""
-    groups = max(0, cells - 3) // 4
-    body = tuple((f"{name}_{i:02d}", kind) for i in range(1, groups + 1) for name, kind in _GSV_GROUP)
-    return (_GSV_HEAD + body + (("signalID", "HX"),))[:cells]
+    return _GSV.spec(cells)
+
+
+def shape_of(definition: Mapping[str, object]) -> Shape | None:
+    """The shape of a pynmeagps payload definition (name -> kind, a group
+    ``"…_grp"`` -> (repeats, {name: kind})), or None where it is not read here:
+    a group counted by a field or nested, a second open group, a kind or name
+    ``readable`` refuses. A group of a fixed count is written out (GSA's 12
+    ``svid_01``…), an open one (``"None"``) becomes the shape's group."""
+    head: list[tuple[str, str]] = []
+    tail: list[tuple[str, str]] = []
+    group: Spec = ()
+    for name, kind in definition.items():
+        grouped = name[-4:] == "_grp"  # how pynmeagps tells a group
+        if isinstance(kind, str) and not grouped:
+            (tail if group else head).append((name, kind))
+            continue
+        if not grouped or not isinstance(kind, tuple) or len(kind) != 2 or not isinstance(kind[1], Mapping):
+            return None
+        repeats, fields = kind
+        members = tuple(fields.items())
+        if not members or not all(isinstance(k, str) and isinstance(v, str) for k, v in members):
+            return None
+        if repeats == "None" and not group:
+            group = members
+        elif type(repeats) is int and not group:
+            head += [(f"{n}_{i:02d}", k) for i in range(1, repeats + 1) for n, k in members]
+        else:
+            return None
+    shape = Shape(tuple(head), group, tuple(tail))
+    return shape if readable(shape.spec(shape.most)) else None
+
+
+def _hemisphere(spec: Spec, i: int) -> tuple[int, str] | None:
+    """The field that signs field ``i`` and the letter that makes it negative, or
+    None. pynmeagps re-signs ``lat`` at each hemisphere field read after it
+    (``lon`` likewise), so the last one in ``spec`` decides."""
+    name, kind = spec[i]
+    rule = _HEMISPHERES.get(name)
+    if rule is None or rule[0] != kind:
+        return None
+    last = max((j for j in range(i + 1, len(spec)) if spec[j][1] == rule[1]), default=None)
+    return None if last is None else (last, rule[2])
 
 
 def _expression(spec: Spec, i: int) -> str:
     """Python source of field ``i``'s value, read from ``c[i + 1]``."""
-    name, kind = spec[i]
+    kind = spec[i][1]
     cell = f"c[{i + 1}]"
     if kind in _TEXT_KINDS:
         return f"{cell} or None"
@@ -198,28 +311,32 @@ def _expression(spec: Spec, i: int) -> str:
         return f"int({cell}) if {cell} else None"
     if kind == "DE":
         return f"float({cell}) if {cell} else None"
-    if name in _HEMISPHERES and i + 1 < len(spec) and spec[i + 1][0] == _HEMISPHERES[name][0]:
-        return f"_signed({cell}, c[{i + 2}], {_HEMISPHERES[name][1]!r})"
+    signed = _hemisphere(spec, i)
+    if signed is not None:
+        return f"_signed({cell}, c[{signed[0] + 1}], {signed[1]!r})"
     return f"{_FUNCTIONS[kind]}({cell})"
 
 
 #: what ``_nmea_c`` does with a field (its ``enum``): text, int, float, a position
-#: unsigned, signed by the next cell being "S" or "W", a time, a date
+#: unsigned, signed by a later field being "S" or "W", a time, a date
 _OP_TEXT, _OP_INT, _OP_FLOAT, _OP_DEG, _OP_DEG_S, _OP_DEG_W, _OP_TIME, _OP_DATE = range(8)
+#: a spec for ``_nmea_c``: (key, op, the signing field or -1) per field
+CSpec = tuple[tuple[str, int, int], ...]
 
 
-def _op(spec: Spec, i: int) -> int:
-    """Field ``i``'s op for ``_nmea_c``: ``_expression``'s choice, as a number."""
+def _op(spec: Spec, i: int) -> tuple[str, int, int]:
+    """Field ``i`` for ``_nmea_c``: ``_expression``'s choice, as numbers."""
     name, kind = spec[i]
     if kind in _TEXT_KINDS:
-        return _OP_TEXT
+        return name, _OP_TEXT, -1
     if kind == "IN":
-        return _OP_INT
+        return name, _OP_INT, -1
     if kind == "DE":
-        return _OP_FLOAT
-    if name in _HEMISPHERES and i + 1 < len(spec) and spec[i + 1][0] == _HEMISPHERES[name][0]:
-        return _OP_DEG_S if _HEMISPHERES[name][1] == "S" else _OP_DEG_W
-    return {"TM": _OP_TIME, "DT": _OP_DATE, "LA": _OP_DEG, "LN": _OP_DEG}[kind]
+        return name, _OP_FLOAT, -1
+    signed = _hemisphere(spec, i)
+    if signed is not None:
+        return name, _OP_DEG_S if signed[1] == "S" else _OP_DEG_W, signed[0]
+    return name, {"TM": _OP_TIME, "DT": _OP_DATE, "LA": _OP_DEG, "LN": _OP_DEG}[kind], -1
 
 
 def compiled_available() -> bool:
@@ -227,23 +344,12 @@ def compiled_available() -> bool:
     return _COMPILED is not None
 
 
-def _compiled() -> Callable[[str], Fields | None] | None:
-    """The C parser's ``fields`` over the same specs, or None when it was not built."""
-    if _COMPILED is None:
-        return None
-    specs: dict[str, tuple[tuple[tuple[str, int], ...], ...]] = {}
-    for msg, most in _MAX_CELLS.items():
-        shapes = (gsv_spec(n) if msg == "GSV" else SPECS[msg][:n] for n in range(most + 1))
-        specs[msg] = tuple(tuple((name, _op(spec, i)) for i, (name, _) in enumerate(spec)) for spec in shapes)
-    heads = {talker + msg: (talker, msg, msg == "GSV", specs[msg]) for talker in TALKERS for msg in specs}
-    return _COMPILED(heads).fields
-
-
 def _compile(msg: str, spec: Spec) -> Build:
     """One function building ``spec``'s fields as a single dict display: no
     loop, no call per text or number field (measured against a loop over
-    converters: GGA 6.1 -> 4.3 µs, VTG 2.0 -> 1.4 µs). Its source is made only of ``SPECS``'s names (as
-    ``repr``) and this module's converters, never of a sentence's text."""
+    converters: GGA 6.1 -> 4.3 µs, VTG 2.0 -> 1.4 µs). Its source is made only
+    of the specs' names (as ``repr``) and this module's converters, never of a
+    sentence's text."""
     items = "".join(f"{name!r}: {_expression(spec, i)}, " for i, (name, _) in enumerate(spec))
     source = f"def build(talker, c):\n    return {{'msg': {msg!r}, 'talker': talker, {items}}}\n"
     scope: dict[str, Any] = {"_time": _time, "_date": _date, "_degrees": _degrees, "_signed": _signed}
@@ -252,20 +358,59 @@ def _compile(msg: str, spec: Spec) -> Build:
 
 
 class NmeaFastPath:
-    """One decoder's fast path. Each (type, field count) gets its builder the
-    first time a sentence of that shape comes (about 0.3 ms), so importing
-    costs nothing and a device compiles only the few shapes it sends."""
+    """One decoder's fast path: the seven types of ``SHAPES`` (with the talkers
+    of ``TALKERS``), and the more ``shapes`` and ``talkers`` its owner gives it
+    (``nmea.library_tables``: every type of pynmeagps's that ``shape_of`` reads,
+    every talker it knows). A head ("GPGGA") is learnt the first time it comes,
+    and each (type, field count) gets its builder then (about 0.3 ms): so
+    importing costs nothing, and a device holds only what it sends."""
 
-    __slots__ = ("_heads", "plain")
+    __slots__ = ("_builders", "_heads", "_parser", "_shapes", "_talkers", "plain")
 
-    def __init__(self, compiled: bool = True) -> None:
-        #: the plain sentences in C (None: not built, or not wanted): its fields, or
-        #: None where ``fields`` below must decide
-        self.plain = _compiled() if compiled else None
+    def __init__(
+        self, compiled: bool = True, shapes: Mapping[str, Shape] | None = None, talkers: Iterable[str] = ()
+    ) -> None:
+        #: per type its shape; the seven's own over a library's
+        self._shapes: dict[str, Shape] = {
+            msg: shape for msg, shape in (shapes or {}).items() if readable(shape.spec(shape.most))
+        }
+        self._shapes |= SHAPES
+        #: a "P…" head is proprietary to pynmeagps (talker "P"), never one of these
+        self._talkers = frozenset(t for t in (*TALKERS, *talkers) if len(t) == 2 and t[0] != "P")
         #: per type, its builders by payload length (None: not compiled yet)
-        builders: dict[str, list[Build | None]] = {msg: [None] * (n + 1) for msg, n in _MAX_CELLS.items()}
-        #: "GPGGA" -> ("GP", "GGA", GGA's builders): one lookup checks talker and type
-        self._heads = {talker + msg: (talker, msg, builders[msg]) for talker in TALKERS for msg in builders}
+        self._builders: dict[str, list[Build | None]] = {}
+        #: "GPGGA" -> ("GP", "GGA", GGA's builders, GGA's shape), for the heads seen so far
+        self._heads: dict[str, tuple[str, str, list[Build | None], Shape]] = {}
+        #: the plain sentences in C (None: not built, or not wanted); it learns each head with this
+        self._parser = _COMPILED() if compiled and _COMPILED is not None else None
+        #: its fields, or None where ``fields`` below must decide
+        self.plain: Callable[[str], Fields | None] | None = self._parser.fields if self._parser else None
+
+    @property
+    def types(self) -> frozenset[str]:
+        """The sentence types decoded here."""
+        return frozenset(self._shapes)
+
+    @property
+    def talkers(self) -> frozenset[str]:
+        """The talkers decoded here."""
+        return self._talkers
+
+    def _learn(self, head: str) -> tuple[str, str, list[Build | None], Shape] | None:
+        """``head``'s entry when its talker and type are decoded here (and C's with it)."""
+        talker, msg = head[:2], head[2:]
+        shape = self._shapes.get(msg)
+        if shape is None or talker not in self._talkers:
+            return None
+        builders = self._builders.get(msg)
+        if builders is None:
+            builders = self._builders[msg] = [None] * (shape.most + 1)
+        known = self._heads[head] = (talker, msg, builders, shape)
+        if self._parser is not None:
+            specs = (shape.spec(n) for n in range(shape.most + 1))
+            cspecs = tuple(tuple(_op(spec, i) for i in range(len(spec))) for spec in specs)
+            self._parser.add(head, talker, msg, bool(shape.group), cspecs)
+        return known
 
     def fields(self, text: str) -> Fields | None:
         """``text``'s fields as pynmeagps and ``message_fields`` give them, or
@@ -279,17 +424,18 @@ class NmeaFastPath:
         cells = text[1:star].split(",")
         known = self._heads.get(cells[0])
         if known is None:
-            return None
-        talker, msg, builders = known
+            known = self._learn(cells[0])
+            if known is None:
+                return None
+        talker, msg, builders, shape = known
         payload = len(cells) - 1
         if payload >= len(builders):
-            if msg == "GSV":
-                return None  # more satellites than built for: the library's
+            if shape.group:
+                return None  # more repeats than built for: the library's
             payload = len(builders) - 1  # extra fields: ignored, as pynmeagps does
         build = builders[payload]
         if build is None:
-            spec = gsv_spec(payload) if msg == "GSV" else SPECS[msg][:payload]
-            build = builders[payload] = _compile(msg, spec)
+            build = builders[payload] = _compile(msg, shape.spec(payload))
         try:
             return build(talker, cells)
         except ValueError:  # a number pynmeagps would refuse: let it
