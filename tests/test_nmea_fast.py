@@ -495,3 +495,26 @@ def test_c_refuses_what_is_not_a_table_of_specs():
     assert parser.fields("$GPGGA,0100.00*00") == {"msg": "GGA", "talker": "GP", "lat": 1.0}
     assert parser.fields("$GPGGA,0100.00,S*00") == {"msg": "GGA", "talker": "GP", "lat": -1.0, "NS": "S"}
     assert parser.fields("$GPGGA,0100.00,S,extra*00") == {"msg": "GGA", "talker": "GP", "lat": -1.0, "NS": "S"}
+
+
+def test_a_type_longer_than_c_takes_stays_with_the_python_path():
+    """C takes at most 46 payload fields; a (future) type that may have more is
+    decoded by the Python path, with or without C built."""
+    wide = Shape((), tuple((f"f{i}", "DE") for i in range(6)))  # 6 x MAX_REPEATS = 48 fields
+    text = sentence("GPXDR,1,2,3,4,5,6")
+    for compiled in (True, False):
+        path = NmeaFastPath(compiled, {"XDR": wide}, ["GP"])
+        assert path.fields(text) == {"msg": "XDR", "talker": "GP", **{f"f{i}_01": float(i + 1) for i in range(6)}}
+        if path.plain is not None:
+            assert path.plain(text) is None
+
+
+def test_every_talker_of_a_type_shares_its_specs():
+    """A head is learnt per talker, its tables per type: a device that sends
+    one type from many talkers holds one copy of them."""
+    path = fast_path()
+    for talker in ("GP", "GN", "GL", "GA"):
+        assert path.fields(sentence(f"{talker}GGA,092750.000,5321.6802,N,00630.3372,E,1,8,1.03,61.7,M,55.2,M,,"))
+    heads = path._heads  # the tables themselves: what the memory is
+    assert len({id(heads[t + "GGA"][2]) for t in ("GP", "GN", "GL", "GA")}) == 1
+    assert len(path._cspecs) == (1 if path.plain is not None else 0)

@@ -10,8 +10,9 @@
  *
  * The Python path adds each head the first time it decodes one (nmea_fast.py,
  * NmeaFastPath._learn): add("GPGGA", "GP", "GGA", False, specs), specs[n] the
- * tuple of (key, op, hemisphere) of a sentence of n fields (the last entry
- * serves longer ones, except for GSV).
+ * tuple of (key, op, hemisphere) of a sentence of n fields. The last entry
+ * serves longer ones, except for a type with an open group (GSV, XDR: the
+ * fourth argument True), whose longer sentences go to the Python path.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -19,7 +20,7 @@
 #include <math.h>
 #include <string.h>
 
-/* field ops, as nmea_fast.OPS numbers them */
+/* field ops, as nmea_fast's _OP_* number them */
 enum { OP_TEXT, OP_INT, OP_FLOAT, OP_DEG, OP_DEG_S, OP_DEG_W, OP_TIME, OP_DATE };
 
 /* more cells than this: the Python path (no receiver sends them) */
@@ -282,11 +283,11 @@ static PyObject *Parser_fields(Parser *self, PyObject *text) {
     }
     PyObject *talker = PyTuple_GET_ITEM(known, 0);
     PyObject *msg = PyTuple_GET_ITEM(known, 1);
-    int gsv = PyTuple_GET_ITEM(known, 2) == Py_True;
+    int open_group = PyTuple_GET_ITEM(known, 2) == Py_True;
     PyObject *specs = PyTuple_GET_ITEM(known, 3);
     Py_ssize_t payload = cells - 1;
     if (payload >= PyTuple_GET_SIZE(specs)) {
-        if (gsv) Py_RETURN_NONE;
+        if (open_group) Py_RETURN_NONE;
         payload = PyTuple_GET_SIZE(specs) - 1;
     }
     PyObject *spec = PyTuple_GET_ITEM(specs, payload);
@@ -388,12 +389,12 @@ static int check_specs(PyObject *specs) {
 
 static PyObject *Parser_add(Parser *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "add(head, talker, msg, is_gsv, specs)");
+        PyErr_SetString(PyExc_TypeError, "add(head, talker, msg, open_group, specs)");
         return NULL;
     }
-    PyObject *head = args[0], *talker = args[1], *msg = args[2], *gsv = args[3], *specs = args[4];
-    if (!PyUnicode_CheckExact(head) || !PyUnicode_Check(talker) || !PyUnicode_Check(msg) || !PyBool_Check(gsv)) {
-        PyErr_SetString(PyExc_TypeError, "add(head: str, talker: str, msg: str, is_gsv: bool, specs)");
+    PyObject *head = args[0], *talker = args[1], *msg = args[2], *open_group = args[3], *specs = args[4];
+    if (!PyUnicode_CheckExact(head) || !PyUnicode_Check(talker) || !PyUnicode_Check(msg) || !PyBool_Check(open_group)) {
+        PyErr_SetString(PyExc_TypeError, "add(head: str, talker: str, msg: str, open_group: bool, specs)");
         return NULL;
     }
     if (check_specs(specs) < 0) return NULL;
@@ -401,7 +402,7 @@ static PyObject *Parser_add(Parser *self, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_RuntimeError, "Parser: cleared");
         return NULL;
     }
-    PyObject *entry = PyTuple_Pack(4, talker, msg, gsv, specs);
+    PyObject *entry = PyTuple_Pack(4, talker, msg, open_group, specs);
     if (entry == NULL) return NULL;
     int r = PyDict_SetItem(self->heads, head, entry);
     Py_DECREF(entry);
@@ -449,7 +450,7 @@ static PyMethodDef Parser_methods[] = {
     {"fields", (PyCFunction)Parser_fields, METH_O,
      PyDoc_STR("fields(text): the fast path's fields of a plain sentence, or None (ask the Python path)")},
     {"add", (PyCFunction)(void (*)(void))Parser_add, METH_FASTCALL,
-     PyDoc_STR("add(head, talker, msg, is_gsv, specs): decode sentences whose first field is head")},
+     PyDoc_STR("add(head, talker, msg, open_group, specs): decode sentences whose first field is head")},
     {NULL, NULL, 0, NULL},
 };
 

@@ -7,10 +7,10 @@ made JSON-ready here: times and dates become ISO strings, an empty field
 becomes None. A sentence pynmeagps cannot parse (an unknown type, a malformed
 field it refuses) keeps its text, gets no fields and counts ``undecoded``.
 
-Every type pynmeagps defines flat (and the common GSA and GSV) takes a fast
-path (``values.nmea_fast``, its plain cases in C where built) that gives the
-same fields as pynmeagps without its per-sentence object; whatever it does
-not decode goes to pynmeagps.
+Every standard type pynmeagps defines flat, with fixed groups or one open
+group (GGA, GSV, HDG, XDR…) takes a fast path (``values.nmea_fast``, its
+plain cases in C where built) that gives the same fields as pynmeagps without
+its per-sentence object; whatever it does not decode goes to pynmeagps.
 """
 
 from __future__ import annotations
@@ -112,7 +112,9 @@ def pynmeagps_parser() -> Parse | None:
 
 
 class NmeaDecoder:
-    """One device's NMEA decoder (a ``FieldDecoder``)."""
+    """One device's NMEA decoder (a ``FieldDecoder``). ``parse`` is pynmeagps's
+    (``pynmeagps_parser``): the fast path and the refusal by head give what
+    that parser gives, and would not be right for another."""
 
     __slots__ = ("_fast", "_parse", "_plain", "_refused", "undecoded")
 

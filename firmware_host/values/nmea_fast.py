@@ -11,9 +11,10 @@ on edge and fuzzed sentences of every type.
 
 What it reads: the seven common types (GGA, RMC, GLL, VTG, GSA, GSV, ZDA),
 whose payload definitions are written out below (a test holds them equal to
-the library's), and every other type whose definition pynmeagps gives flat
-(no repeated groups) in the kinds read here (``readable``): its owner passes
-those in from the installed library (``nmea.library_tables``).
+the library's), and every other type whose definition pynmeagps gives flat,
+with groups of a fixed count, or with one open group (``shape_of``), in the
+kinds read here (``readable``): its owner passes those in from the installed
+library (``nmea.library_tables``).
 
 It only answers where it is sure: a sentence of another type or talker, an
 odd shape (a second ``*``, a non-ASCII character, a huge GSV) or a number
@@ -322,6 +323,9 @@ def _expression(spec: Spec, i: int) -> str:
 _OP_TEXT, _OP_INT, _OP_FLOAT, _OP_DEG, _OP_DEG_S, _OP_DEG_W, _OP_TIME, _OP_DATE = range(8)
 #: a spec for ``_nmea_c``: (key, op, the signing field or -1) per field
 CSpec = tuple[tuple[str, int, int], ...]
+#: the most payload fields ``_nmea_c`` takes (its MAX_CELLS, 48 with the head, less one):
+#: a type that may have more stays with the Python path
+_C_MOST = 46
 
 
 def _op(spec: Spec, i: int) -> tuple[str, int, int]:
@@ -365,7 +369,7 @@ class NmeaFastPath:
     and each (type, field count) gets its builder then (about 0.3 ms): so
     importing costs nothing, and a device holds only what it sends."""
 
-    __slots__ = ("_builders", "_heads", "_parser", "_shapes", "_talkers", "plain")
+    __slots__ = ("_builders", "_cspecs", "_heads", "_parser", "_shapes", "_talkers", "plain")
 
     def __init__(
         self, compiled: bool = True, shapes: Mapping[str, Shape] | None = None, talkers: Iterable[str] = ()
@@ -379,6 +383,8 @@ class NmeaFastPath:
         self._talkers = frozenset(t for t in (*TALKERS, *talkers) if len(t) == 2 and t[0] != "P")
         #: per type, its builders by payload length (None: not compiled yet)
         self._builders: dict[str, list[Build | None]] = {}
+        #: per type, its specs for C (one per type: every talker's head shares them)
+        self._cspecs: dict[str, tuple[CSpec, ...]] = {}
         #: "GPGGA" -> ("GP", "GGA", GGA's builders, GGA's shape), for the heads seen so far
         self._heads: dict[str, tuple[str, str, list[Build | None], Shape]] = {}
         #: the plain sentences in C (None: not built, or not wanted); it learns each head with this
@@ -406,9 +412,11 @@ class NmeaFastPath:
         if builders is None:
             builders = self._builders[msg] = [None] * (shape.most + 1)
         known = self._heads[head] = (talker, msg, builders, shape)
-        if self._parser is not None:
-            specs = (shape.spec(n) for n in range(shape.most + 1))
-            cspecs = tuple(tuple(_op(spec, i) for i in range(len(spec))) for spec in specs)
+        if self._parser is not None and shape.most <= _C_MOST:
+            cspecs = self._cspecs.get(msg)
+            if cspecs is None:
+                specs = (shape.spec(n) for n in range(shape.most + 1))
+                cspecs = self._cspecs[msg] = tuple(tuple(_op(spec, i) for i in range(len(spec))) for spec in specs)
             self._parser.add(head, talker, msg, bool(shape.group), cspecs)
         return known
 
