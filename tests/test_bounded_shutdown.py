@@ -340,3 +340,32 @@ def test_a_jsonl_path_that_is_not_a_file_is_refused_at_start(tmp_path, short_tmp
     )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "not a regular file" in result.stderr, result.stderr
+
+
+def test_a_task_given_up_at_the_runs_end_is_named(capfd):
+    """After one signal (or none) the loop's teardown gives a task deaf to its
+    cancel SETTLE_TEARDOWN, then leaves it: the run's end says which (it was
+    dropped without a word)."""
+    from firmware_host.cli.secondsignal import SecondSignal, run_loop
+
+    async def deaf_forever() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass
+
+    async def main() -> None:
+        asyncio.get_running_loop().create_task(deaf_forever(), name="deaf")
+        await asyncio.sleep(0)
+
+    second = SecondSignal(exiting=False)
+    second.teardown_by = time.monotonic() + 0.1  # settle() keeps a bound already set: 0.1 s, not 2
+    run_loop(main(), asyncio.new_event_loop, second, settle=True)
+    assert [t.get_name() for t in second.tasks_left] == ["deaf"]
+    second.leave(0)
+    err = capfd.readouterr().err
+    assert "the run's end gave up waiting for task " in err and "deaf_forever" in err, err
+    for task in second.tasks_left:  # its loop is closed: dropped with the test, quietly
+        task.get_coro().close()
+        task._log_destroy_pending = False  # type: ignore[attr-defined]

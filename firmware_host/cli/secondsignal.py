@@ -146,6 +146,15 @@ class SecondSignal:
                 os._exit(code)
             if stuck:
                 _say(f"firmware-host: the run returns with {', '.join(sorted(stuck))} still running\n")
+        else:
+            # one signal or none: the teardown gave these up after SETTLE_TEARDOWN; say so, as a
+            # task that failed is never silently gone
+            left = sorted(f"task {_task_name(t)}" for t in self.tasks_left if not t.done())
+            if left:
+                _say(
+                    f"firmware-host: the run's end gave up waiting for {', '.join(left)}"
+                    f" (still running after its cancel and {SETTLE_TEARDOWN:g}s)\n"
+                )
         self._bound_exit()
 
     def failing(self) -> None:
