@@ -327,7 +327,7 @@ ERROR_CASES = {
     "unknown board": (
         '[[devices]]\nname = "a"\nport = "/dev/x"\nboard = "nucleo"\n',
         "devices[0].board",
-        "unknown board 'nucleo' (known: csv-uart, env-sensor, gnss-nmea, gnss-ubx, nucleo-imu)",
+        "unknown board 'nucleo' (known: csv-uart, env-sensor, gnss-nmea, gnss-ubx, nucleo-imu; or a path to a .toml)",
     ),
     "unknown codec": (
         '[[devices]]\nname = "a"\nport = "/dev/x"\ncodec = "fh2"\n',

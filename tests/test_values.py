@@ -635,3 +635,42 @@ async def test_a_board_of_your_own_on_the_boards_path_decodes_in_the_test_kit(
     assert [r.get("fields") for r in records(out)] == [
         {"t": 1.5, "counts": [-2, 3], "raw": 20.5, "ok": True, "tag": "ab", "id": "0102"}
     ]
+
+
+async def test_a_board_file_given_by_path_decodes_in_the_test_kit(fh_board, fh_runtime, tmp_path):
+    """fh_board("path/to/board.toml"): its [[devices]] entry names the file,
+    which `board` takes as well as a name, so the runtime decodes with the
+    file's schema (it carried bytes only)."""
+    path = tmp_path / "my-probe.toml"
+    path.write_text(MY_BOARD)
+    board = fh_board(str(path))
+    entry = board.config("p")
+    assert entry["board"] == str(path)
+    out = tmp_path / "out.jsonl"
+    cfg = {"buffer": {"flush_interval": 0.02}, "devices": [entry], "sinks": [{"type": "jsonl", "path": str(out)}]}
+    async with fh_runtime(cfg) as rt:
+        await rt.wait_state("p", "connected")
+        await board.send_frames(1, payload=struct.pack(">fhhI?6s2s", 1.5, -2, 3, 41, True, b"ab", b"\x01\x02"))
+        await rt.wait_until(lambda s: s["devices"]["p"]["flushed"] == 1, 10)
+    assert [r.get("fields") for r in records(out)] == [
+        {"t": 1.5, "counts": [-2, 3], "raw": 20.5, "ok": True, "tag": "ab", "id": "0102"}
+    ]
+
+
+def test_a_board_file_in_the_config_is_read_and_its_faults_are_one_line(tmp_path, monkeypatch):
+    """`board = "x.toml"` in a config: the file's board (relative to the working
+    directory); a missing or broken file is one config error naming the key."""
+    from firmware_host.config.schema import config_from_dict
+    from firmware_host.errors import ConfigError
+
+    (tmp_path / "my-probe.toml").write_text(MY_BOARD)
+    monkeypatch.chdir(tmp_path)
+    cfg = config_from_dict({"devices": [{"name": "p", "port": "/dev/null", "board": "my-probe.toml"}]})
+    (device,) = cfg.devices
+    assert device.board == "my-probe.toml" and device.schema is not None and device.codec == "fh1"
+    for text, expected in (("gone.toml", "No such file|not found|no such"), ("bad.toml", "bad.toml")):
+        if text == "bad.toml":
+            (tmp_path / "bad.toml").write_text('name = "bad"\ncodec = 7\n')
+        with pytest.raises(ConfigError, match=expected) as caught:
+            config_from_dict({"devices": [{"name": "p", "port": "/dev/null", "board": text}]})
+        assert "devices[0].board" in str(caught.value) and "\n" not in str(caught.value)

@@ -32,8 +32,8 @@ from firmware_host.config._check import (
     port_url_problem,
     read_toml,
 )
-from firmware_host.config.boards import Board, load_boards
-from firmware_host.errors import ConfigError
+from firmware_host.config.boards import Board, load_board_file, load_boards
+from firmware_host.errors import BoardError, ConfigError
 from firmware_host.values.layout import PayloadSchema
 
 T = TypeVar("T")
@@ -717,11 +717,17 @@ def _parse_device(
     board: Board | None = None
     board_name: str | None = None
     if "board" in table:
-        board_name = check.string(table["board"], f"{where}.board", "a board name")
+        board_name = check.string(table["board"], f"{where}.board", "a board name or a board file (.toml)")
         board = boards.get(board_name)
+        if board is None and board_name.endswith(".toml"):
+            # a board file of its own, not in a boards directory (relative to the working directory)
+            try:
+                board = load_board_file(board_name)
+            except BoardError as e:
+                check.fail(f"{where}.board", str(e))
         if board is None:
             known = ", ".join(sorted(boards)) or "none"
-            check.fail(f"{where}.board", f"unknown board {board_name!r} (known: {known})")
+            check.fail(f"{where}.board", f"unknown board {board_name!r} (known: {known}; or a path to a .toml)")
 
     # The device's own settings beat the board's.
     if "codec" in table:

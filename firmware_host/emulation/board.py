@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -81,10 +82,13 @@ def device_config(name: str, path: str, spec: BoardSpec, **overrides: Any) -> di
         **spec.codec_options,
     }
     board = spec.board
-    # a board the runtime's config knows by name brings its payload schema along;
-    # one loaded from elsewhere (a .toml path) cannot be named there
-    if board is not None and board.schema is not None and load_boards().get(board.name) == board:
-        entry["board"] = board.name
+    # the board brings its payload schema along: by name where the runtime's config
+    # knows it so, else by its file (a .toml path, which ``board`` also takes)
+    if board is not None and board.schema is not None:
+        if load_boards().get(board.name) == board:
+            entry["board"] = board.name
+        elif board.source.endswith(".toml") and os.path.isfile(board.source):
+            entry["board"] = os.path.abspath(board.source)
     entry.update(overrides)
     return entry
 
