@@ -74,7 +74,9 @@ CLI_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), 
 CLI_ENV.pop("FIRMWARE_HOST_CONTROL", None)
 
 
-async def cli_async(*args: str, timeout: float = 40.0) -> tuple[int, str, str]:
+async def cli_async(
+    *args: str, timeout: float = 40.0, cwd: str | os.PathLike[str] | None = None
+) -> tuple[int, str, str]:
     """``python -m firmware_host ARGS`` from async code: (exit status, stdout, stderr)."""
     import asyncio
 
@@ -84,6 +86,7 @@ async def cli_async(*args: str, timeout: float = 40.0) -> tuple[int, str, str]:
         "firmware_host",
         *args,
         env=CLI_ENV,
+        cwd=cwd,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

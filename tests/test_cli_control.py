@@ -46,9 +46,9 @@ class Result:
         return json.loads(self.out)
 
 
-async def cli(*args: str, control: str | None = None) -> Result:
+async def cli(*args: str, control: str | None = None, cwd: Path | None = None) -> Result:
     extra = ["--control", control] if control else []
-    return Result(*await cli_async(*args, *extra, timeout=30))
+    return Result(*await cli_async(*args, *extra, timeout=30, cwd=cwd))
 
 
 @pytest.fixture
@@ -339,6 +339,17 @@ def test_cli_errors_against_a_running_runtime(workdir: Path) -> None:
                 assert res.rc == 2 and "Traceback" not in res.err, res
                 lines = res.err.strip().splitlines()  # one clear line, like every other error
                 assert len(lines) == 1 and lines[0].startswith("firmware-host: "), res.err
+            # a board file named relative to the caller's directory, not the runtime's
+            text = (
+                (Path(__file__).resolve().parents[1] / "boards" / "env-sensor.toml")
+                .read_text()
+                .replace('name = "env-sensor"', 'name = "mine"')
+            )
+            (workdir / "mine.toml").write_text(text)
+            added = await cli("devices", "add", "d2", "/dev/null", "--board", "mine.toml", control=sock, cwd=workdir)
+            assert added.rc == 0 and "added d2" in added.out, added
+            gone = await cli("devices", "add", "d3", "/dev/null", "--board", "gone.toml", control=sock, cwd=workdir)
+            assert gone.rc == 2 and str(workdir / "gone.toml") in one_line_error(gone), gone
             assert (await cli("stop", control=sock)).rc == 0
             assert await run.wait() == 0, run.stderr()
 

@@ -637,13 +637,15 @@ async def test_a_board_of_your_own_on_the_boards_path_decodes_in_the_test_kit(
     ]
 
 
-async def test_a_board_file_given_by_path_decodes_in_the_test_kit(fh_board, fh_runtime, tmp_path):
+async def test_a_board_file_given_by_path_decodes_in_the_test_kit(fh_board, fh_runtime, tmp_path, monkeypatch):
     """fh_board("path/to/board.toml"): its [[devices]] entry names the file,
     which `board` takes as well as a name, so the runtime decodes with the
     file's schema (it carried bytes only)."""
     path = tmp_path / "my-probe.toml"
     path.write_text(MY_BOARD)
-    board = fh_board(str(path))
+    monkeypatch.chdir(tmp_path)
+    board = fh_board("my-probe.toml")  # relative, and the test moves on: its config still names the file
+    monkeypatch.chdir("/")
     entry = board.config("p")
     assert entry["board"] == str(path)
     out = tmp_path / "out.jsonl"
@@ -658,16 +660,25 @@ async def test_a_board_file_given_by_path_decodes_in_the_test_kit(fh_board, fh_r
 
 
 def test_a_board_file_in_the_config_is_read_and_its_faults_are_one_line(tmp_path, monkeypatch):
-    """`board = "x.toml"` in a config: the file's board (relative to the working
-    directory); a missing or broken file is one config error naming the key."""
-    from firmware_host.config.schema import config_from_dict
+    """`board = "x.toml"` in a config: the file's board (relative to the config
+    file's folder, or to the working directory for a config from no file); a
+    missing or broken file is one config error naming the key."""
+    from firmware_host.config.schema import config_from_dict, load_config
     from firmware_host.errors import ConfigError
 
     (tmp_path / "my-probe.toml").write_text(MY_BOARD)
     monkeypatch.chdir(tmp_path)
     cfg = config_from_dict({"devices": [{"name": "p", "port": "/dev/null", "board": "my-probe.toml"}]})
     (device,) = cfg.devices
-    assert device.board == "my-probe.toml" and device.schema is not None and device.codec == "fh1"
+    assert device.board == str(tmp_path / "my-probe.toml") and device.schema is not None and device.codec == "fh1"
+    # in a config file, a relative path is the file's neighbour, wherever the run starts
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "mine.toml").write_text(MY_BOARD)
+    conf = tmp_path / "conf" / "fh.toml"
+    conf.write_text('[[devices]]\nname = "p"\nport = "/dev/null"\nboard = "mine.toml"\n')
+    monkeypatch.chdir("/")
+    (device,) = load_config(conf).devices
+    assert device.board == str(tmp_path / "conf" / "mine.toml") and device.schema is not None
     for text, expected in (("gone.toml", "No such file|not found|no such"), ("bad.toml", "bad.toml")):
         if text == "bad.toml":
             (tmp_path / "bad.toml").write_text('name = "bad"\ncodec = 7\n')

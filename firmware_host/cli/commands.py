@@ -546,7 +546,7 @@ def devices(ctx: click.Context, as_json: bool) -> None:
 @click.argument("name")
 @click.argument("port")
 @click.option("--codec", help="Codec (fh1, nmea, lines, or a plugin's).")
-@click.option("--board", help="Board definition supplying codec and baudrate.")
+@click.option("--board", help="Board supplying codec, baudrate and schema: a name, or a board file (.toml).")
 @click.option("--baudrate", type=click.IntRange(min=1))
 @click.option(
     "--decode/--no-decode",
@@ -567,6 +567,8 @@ def devices_add(
 ) -> None:
     """Start reading a new device on a running runtime."""
     request: dict[str, Any] = {"cmd": "devices.add", "name": name, "port": port}
+    if board is not None and board.endswith(".toml"):  # a board file: the runtime's directory is not ours
+        board = os.path.abspath(os.path.expanduser(board))
     for key, value in (("codec", codec), ("board", board), ("baudrate", baudrate), ("decode", decode)):
         if value is not None:
             request[key] = value

@@ -149,7 +149,7 @@ class SecondSignal:
         else:
             # one signal or none: the teardown gave these up after SETTLE_TEARDOWN; say so, as a
             # task that failed is never silently gone
-            left = sorted(f"task {_task_name(t)}" for t in self.tasks_left if not t.done())
+            left = sorted({f"task {_task_name(t)}" for t in self.tasks_left if not t.done()})
             if left:
                 _say(
                     f"firmware-host: the run's end gave up waiting for {', '.join(left)}"
@@ -269,8 +269,12 @@ async def _bounded(aw: Coroutine[Any, Any, None], timeout: float | None) -> asyn
 
 
 def _task_name(task: asyncio.Task[Any]) -> str:
+    """The name its creator gave it, else its coroutine's (asyncio's own "Task-N" says nothing)."""
+    name = task.get_name()
     coro = task.get_coro()
-    return coro.__qualname__ if isinstance(coro, types.CoroutineType) else task.get_name()
+    if name.startswith("Task-") and isinstance(coro, types.CoroutineType):
+        return coro.__qualname__
+    return name
 
 
 def within(timeout: float, work: Callable[[], None], name: str) -> bool:

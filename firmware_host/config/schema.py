@@ -678,6 +678,16 @@ def _parse_template_name(check: Checker, value: object, key: str) -> str:
     return value
 
 
+def _beside(source: str, path: str) -> str:
+    """``path`` (``~`` expanded) absolute: a relative one taken from the folder of
+    the config file ``source``, or from the working directory when the config
+    came from no file (a test's dict, a control request)."""
+    path = os.path.expanduser(path)
+    if not os.path.isabs(path) and os.path.isfile(source):
+        path = os.path.join(os.path.dirname(os.path.abspath(source)), path)
+    return os.path.abspath(path)
+
+
 def _parse_device(
     check: Checker,
     value: object,
@@ -720,7 +730,9 @@ def _parse_device(
         board_name = check.string(table["board"], f"{where}.board", "a board name or a board file (.toml)")
         board = boards.get(board_name)
         if board is None and board_name.endswith(".toml"):
-            # a board file of its own, not in a boards directory (relative to the working directory)
+            # a board file of its own, not in a boards directory: a relative path is the
+            # config file's neighbour (under systemd the working directory is "/")
+            board_name = _beside(check.source, board_name)
             try:
                 board = load_board_file(board_name)
             except BoardError as e:

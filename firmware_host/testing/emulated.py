@@ -51,7 +51,7 @@ def resolve_board(
     if name in registry and (boards is None or name not in boards):
         return BoardSpec(codec=name, codec_options=codec_options)
     if name.endswith(".toml") and os.path.isfile(name):
-        board: Board | None = load_board_file(name)
+        board: Board | None = load_board_file(os.path.abspath(name))  # its config names it after a chdir too
     else:
         known = load_boards() if boards is None else boards
         board = known.get(name)
