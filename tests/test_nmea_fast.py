@@ -431,7 +431,7 @@ def test_the_decoder_takes_the_c_plain_cases_where_built(mocker):
 TIES = [k / 2**11 for k in range(1, 64, 2)] + [k / 2**20 for k in (1, 3, 1025)]
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=800, deadline=None)  # 4.6 million cases ran in review; here the suite's share
 @given(
     x=st.one_of(
         st.floats(min_value=0, max_value=1e6, allow_nan=False),
@@ -458,7 +458,7 @@ NUMBERS = st.one_of(
 )
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(a=NUMBERS, b=NUMBERS, c=NUMBERS, hemisphere=st.sampled_from(["N", "S", "E", "W", ""]))
 def test_c_reads_plain_numbers_as_python_does(a, b, c, hemisphere):
     """Digits C reads itself (Clinger's fast path) or hands to CPython's strtod
