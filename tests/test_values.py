@@ -612,6 +612,18 @@ async def test_devices_add_may_turn_decoding_off_for_a_device_at_run_time(fh_boa
     assert fields == {"on": {"temperature": 1.5, "humidity": 2.5, "pressure": 3.5}, "off": None}
 
 
+async def decodes_my_probe(board, entry, fh_runtime, out) -> None:
+    """A my-probe frame through a runtime with ``entry``: its fields in the jsonl."""
+    cfg = {"buffer": {"flush_interval": 0.02}, "devices": [entry], "sinks": [{"type": "jsonl", "path": str(out)}]}
+    async with fh_runtime(cfg) as rt:
+        await rt.wait_state("p", "connected")
+        await board.send_frames(1, payload=struct.pack(">fhhI?6s2s", 1.5, -2, 3, 41, True, b"ab", b"\x01\x02"))
+        await rt.wait_until(lambda s: s["devices"]["p"]["flushed"] == 1, 10)
+    assert [r.get("fields") for r in records(out)] == [
+        {"t": 1.5, "counts": [-2, 3], "raw": 20.5, "ok": True, "tag": "ab", "id": "0102"}
+    ]
+
+
 async def test_a_board_of_your_own_on_the_boards_path_decodes_in_the_test_kit(
     fh_board, fh_runtime, tmp_path, monkeypatch
 ):
@@ -622,19 +634,7 @@ async def test_a_board_of_your_own_on_the_boards_path_decodes_in_the_test_kit(
     (boards / "my-probe.toml").write_text(MY_BOARD)
     monkeypatch.setenv("FIRMWARE_HOST_BOARDS", str(boards))
     board = fh_board("my-probe")
-    out = tmp_path / "out.jsonl"
-    cfg = {
-        "buffer": {"flush_interval": 0.02},
-        "devices": [board.config("p")],
-        "sinks": [{"type": "jsonl", "path": str(out)}],
-    }
-    async with fh_runtime(cfg) as rt:
-        await rt.wait_state("p", "connected")
-        await board.send_frames(1, payload=struct.pack(">fhhI?6s2s", 1.5, -2, 3, 41, True, b"ab", b"\x01\x02"))
-        await rt.wait_until(lambda s: s["devices"]["p"]["flushed"] == 1, 10)
-    assert [r.get("fields") for r in records(out)] == [
-        {"t": 1.5, "counts": [-2, 3], "raw": 20.5, "ok": True, "tag": "ab", "id": "0102"}
-    ]
+    await decodes_my_probe(board, board.config("p"), fh_runtime, tmp_path / "out.jsonl")
 
 
 async def test_a_board_file_given_by_path_decodes_in_the_test_kit(fh_board, fh_runtime, tmp_path, monkeypatch):
@@ -648,15 +648,7 @@ async def test_a_board_file_given_by_path_decodes_in_the_test_kit(fh_board, fh_r
     monkeypatch.chdir("/")
     entry = board.config("p")
     assert entry["board"] == str(path)
-    out = tmp_path / "out.jsonl"
-    cfg = {"buffer": {"flush_interval": 0.02}, "devices": [entry], "sinks": [{"type": "jsonl", "path": str(out)}]}
-    async with fh_runtime(cfg) as rt:
-        await rt.wait_state("p", "connected")
-        await board.send_frames(1, payload=struct.pack(">fhhI?6s2s", 1.5, -2, 3, 41, True, b"ab", b"\x01\x02"))
-        await rt.wait_until(lambda s: s["devices"]["p"]["flushed"] == 1, 10)
-    assert [r.get("fields") for r in records(out)] == [
-        {"t": 1.5, "counts": [-2, 3], "raw": 20.5, "ok": True, "tag": "ab", "id": "0102"}
-    ]
+    await decodes_my_probe(board, entry, fh_runtime, tmp_path / "out.jsonl")
 
 
 def test_a_board_file_in_the_config_is_read_and_its_faults_are_one_line(tmp_path, monkeypatch):
