@@ -456,6 +456,17 @@ def test_a_board_without_binary_layouts_is_one_line_and_exit_2(args: list[str], 
     assert result.stderr.startswith(words) and result.stderr.count("\n") == 1, result.stderr
 
 
+def test_a_board_file_given_by_path_gets_the_header_its_name_gets(tmp_path: Path) -> None:
+    """`boards header x.toml`: a board of your own by its file, without --boards-dir."""
+    shipped = Path(__file__).resolve().parents[1] / "boards" / "env-sensor.toml"
+    (tmp_path / "mine.toml").write_text(shipped.read_text().replace('name = "env-sensor"', 'name = "mine"'))
+    by_path = cli("boards", "header", str(tmp_path / "mine.toml"))
+    by_name = cli("boards", "--boards-dir", str(tmp_path), "header", "mine")
+    assert by_path.returncode == 0 and by_path.stdout == by_name.stdout and "struct" in by_path.stdout
+    gone = cli("boards", "header", str(tmp_path / "gone.toml"))
+    assert gone.returncode == 2 and "gone.toml" in gone.stderr and gone.stderr.count("\n") == 1, gone.stderr
+
+
 def test_a_name_clash_is_one_line_and_exit_2(tmp_path: Path) -> None:
     (tmp_path / "clash.toml").write_text(
         'name = "clash"\nbaudrate = 9600\ncodec = "fh1"\n[emulator]\nrate = 1.0\npayload = "random"\n[schema]\n'

@@ -103,6 +103,25 @@ async def test_record_a_port_standalone_then_replay_it_through_a_runtime(fh_boar
     assert got == want
 
 
+async def test_record_a_port_with_a_board_file(fh_board, tmp_path: Path):
+    """`record PORT --board x.toml`: a board of your own by its file; the recording names the file."""
+    shipped = Path(__file__).resolve().parents[1] / "boards" / "env-sensor.toml"
+    mine = tmp_path / "mine.toml"
+    mine.write_text(shipped.read_text().replace('name = "env-sensor"', 'name = "mine"'))
+    board = fh_board("fh1")
+    out = tmp_path / "b.fhrec"
+    proc = await spawn("record", board.path, "-o", str(out), "--board", str(mine))
+    assert "recording" in await line_of(proc.stderr)
+    written = await board.send_frames(3)
+    assert await board.drain(10)
+    proc.send_signal(signal.SIGINT)
+    code, err = await finish(proc)
+    assert code == 0, err
+    rec = parse_recording(out.read_bytes())
+    assert (rec.header.board, rec.header.codec) == (str(mine), "fh1")
+    assert b"".join(d for _, d in rec.chunks) == written
+
+
 async def test_record_a_device_through_the_control_socket_and_replay_it_with_faults_as_printed(
     fh_board, fh_runtime, short_tmp: Path, tmp_path: Path
 ):
@@ -187,6 +206,7 @@ MISTAKES: list[tuple[list[str], str]] = [
     (["record", "{tmp}/no-such-tty", "-o", "{tmp}"], "is a directory"),
     (["record", "dev0", "-o", "{tmp}/x", "--codec", "fh1"], "--codec is for a PORT"),
     (["record", "/dev/ttyX", "-o", "{tmp}/x", "--board", "nope"], "unknown board 'nope'"),
+    (["record", "/dev/ttyX", "-o", "{tmp}/x", "--board", "{tmp}/gone.toml"], "gone.toml"),
 ]
 
 

@@ -632,15 +632,15 @@ def boards(ctx: click.Context, boards_dirs: Sequence[str], as_json: bool) -> Non
 def boards_header(group_dirs: tuple[str, ...], board: str, boards_dirs: Sequence[str]) -> None:
     """A C header from BOARD's payload schema: per frame type, a packed struct
     and an encode function on tools/c/fh1_encoder.h."""
-    from firmware_host.config.boards import load_boards
+    from firmware_host.config.boards import find_board, load_boards
     from firmware_host.config.schema import ConfigError
     from firmware_host.values.cheader import c_header
 
     try:
         known = load_boards([*group_dirs, *boards_dirs])
-        found = known.get(board)
+        found = find_board(board, known)
         if found is None:
-            fail(f"unknown board {board!r} (boards: {', '.join(sorted(known))})", EXIT_USAGE)
+            fail(f"unknown board {board!r} (boards: {', '.join(sorted(known))}; or a board file .toml)", EXIT_USAGE)
         schema = found.schema
         if schema is None or not schema.frames:
             what = "its schema is csv (text lines)" if schema is not None else "it has no [schema]"
@@ -924,7 +924,9 @@ def replay_command(
 )
 @click.option("--baudrate", type=click.IntRange(50, 4_000_000), help="PORT only: the line speed (default: 115200).")
 @click.option("--codec", metavar="NAME", help="PORT only: the device's codec, written in the header for replays.")
-@click.option("--board", metavar="NAME", help="PORT only: the device's board (codec, options, baudrate).")
+@click.option(
+    "--board", metavar="NAME", help="PORT only: the device's board (codec, options, baudrate): a name or a .toml file."
+)
 @control_option
 @config_option
 def record(
@@ -951,16 +953,21 @@ def record(
         sys.exit(record_device_main(path, target, output, duration, buffer))
     source = PortSource(url=target, baudrate=baudrate or 115200, codec=codec)
     if board is not None:
-        from firmware_host.config.boards import load_boards
+        from firmware_host.config.boards import find_board, load_boards
         from firmware_host.errors import ConfigError
 
         try:
             known = load_boards()
+            spec = find_board(board, known)
         except ConfigError as exc:
             fail(str(exc), EXIT_USAGE)
-        spec = known.get(board)
         if spec is None:
-            fail(f"record: unknown board {board!r} (known: {', '.join(sorted(known)) or 'none'})", EXIT_USAGE)
+            fail(
+                f"record: unknown board {board!r} (known: {', '.join(sorted(known)) or 'none'}; or a board file .toml)",
+                EXIT_USAGE,
+            )
+        if board.endswith(".toml"):
+            board = spec.source  # the recording names the file wherever it is replayed from
         if codec is not None and codec != spec.codec:
             fail(f"record: board {board!r} speaks {spec.codec}, not {codec}", EXIT_USAGE)
         source = PortSource(

@@ -241,6 +241,16 @@ def load_board_file(path: str | os.PathLike[str]) -> Board:
     return board_from_dict(data, source=source)
 
 
+def find_board(name: str, known: Mapping[str, Board]) -> Board | None:
+    """``name`` among ``known``; else, when it ends in ``.toml``, the board file
+    at that path (``~`` expanded, relative to the working directory); None when
+    neither. Raises :class:`BoardError` for a file that is no valid board."""
+    board = known.get(name)
+    if board is None and name.endswith(".toml"):
+        board = load_board_file(os.path.abspath(os.path.expanduser(name)))
+    return board
+
+
 def load_boards(extra_dirs: Iterable[str | os.PathLike[str]] = ()) -> dict[str, Board]:
     """All known boards by name: shipped, then $FIRMWARE_HOST_BOARDS, then ``extra_dirs``.
 
