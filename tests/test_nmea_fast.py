@@ -518,3 +518,28 @@ def test_every_talker_of_a_type_shares_its_specs():
     heads = path._heads  # the tables themselves: what the memory is
     assert len({id(heads[t + "GGA"][2]) for t in ("GP", "GN", "GL", "GA")}) == 1
     assert len(path._cspecs) == (1 if path.plain is not None else 0)
+
+
+def test_a_runtime_without_the_c_part_says_so_once(monkeypatch, caplog):
+    """NMEA decoding without the C part built is logged once per runtime (its
+    ``reported`` set), naming what to install; not when it is there, nor when
+    FIRMWARE_HOST_PURE turned it off on purpose."""
+    import logging
+
+    from firmware_host.values import decoder
+
+    caplog.set_level(logging.INFO, logger="firmware_host.values")
+    monkeypatch.setattr(decoder, "compiled_available", lambda: False)
+    monkeypatch.delenv("FIRMWARE_HOST_PURE", raising=False)
+    reported: set[str] = set()
+    assert decoder.decoder_for("nmea", None, reported=reported) is not None
+    assert decoder.decoder_for("ubx", None, reported=reported) is not None
+    said = [r.getMessage() for r in caplog.records if "decoded in Python" in r.getMessage()]
+    assert len(said) == 1 and "python3-dev" in said[0]
+    caplog.clear()
+    monkeypatch.setenv("FIRMWARE_HOST_PURE", "1")
+    assert decoder.decoder_for("nmea", None, reported=set()) is not None
+    monkeypatch.delenv("FIRMWARE_HOST_PURE")
+    monkeypatch.setattr(decoder, "compiled_available", lambda: True)
+    assert decoder.decoder_for("nmea", None, reported=set()) is not None
+    assert not [r for r in caplog.records if "decoded in Python" in r.getMessage()]

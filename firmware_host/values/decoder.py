@@ -12,6 +12,7 @@ that does not parse, keeps its bytes or text, gets no fields and counts as
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from firmware_host.values.layout import (
     PayloadSchema,
 )
 from firmware_host.values.nmea import NmeaDecoder, pynmeagps_parser
+from firmware_host.values.nmea_fast import compiled_available
 from firmware_host.values.ubx import UbxDecoder, ubx_decoder
 
 log = logging.getLogger("firmware_host.values")
@@ -284,6 +286,22 @@ class PayloadDecoder:
             self.undecoded += bad
 
 
+def _first(reported: set[str] | None, what: str) -> bool:
+    """Whether ``what`` is said now: always without a ``reported`` set, else
+    the first time (its owner, the runtime, keeps the set)."""
+    if reported is None:
+        return True
+    if what in reported:
+        return False
+    reported.add(what)
+    return True
+
+
+def _pure() -> bool:
+    """``FIRMWARE_HOST_PURE`` set: the compiled parts were turned off on purpose."""
+    return os.environ.get("FIRMWARE_HOST_PURE", "0") not in ("", "0")
+
+
 #: the extra each codec's value decoder needs (``pip install 'firmware-host[gnss]'``)
 CODEC_EXTRAS: dict[str, str] = {"nmea": "gnss", "ubx": "gnss"}
 
@@ -313,9 +331,13 @@ def decoder_for(
         decoder = NmeaDecoder(parse) if parse is not None else None
     else:
         decoder = ubx_decoder()
-    if decoder is None and (reported is None or codec not in reported):
-        if reported is not None:
-            reported.add(codec)
+    if decoder is not None and not compiled_available() and not _pure() and _first(reported, "nmea-c"):
+        # an operator who wonders why a Pi spends more on NMEA than expected learns why, once
+        log.info(
+            "NMEA values are decoded in Python: the C part was not built at install "
+            "(install a C compiler and the Python headers, e.g. apt-get install gcc python3-dev, then reinstall)"
+        )
+    if decoder is None and _first(reported, codec):
         log.warning(
             "%s frames flow as bytes and text only: their values are not decoded without the [%s] extra "
             "(pip install 'firmware-host[%s]')",
