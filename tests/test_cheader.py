@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import textwrap
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -460,10 +461,14 @@ def test_a_board_file_given_by_path_gets_the_header_its_name_gets(tmp_path: Path
     """`boards header x.toml`: a board of your own by its file, without --boards-dir."""
     shipped = Path(__file__).resolve().parents[1] / "boards" / "env-sensor.toml"
     (tmp_path / "mine.toml").write_text(shipped.read_text().replace('name = "env-sensor"', 'name = "mine"'))
-    by_path = cli("boards", "header", str(tmp_path / "mine.toml"))
-    by_name = cli("boards", "--boards-dir", str(tmp_path), "header", "mine")
+    with ThreadPoolExecutor(3) as pool:  # three independent CLI runs, at once
+        runs = [
+            pool.submit(cli, "boards", "header", str(tmp_path / "mine.toml")),
+            pool.submit(cli, "boards", "--boards-dir", str(tmp_path), "header", "mine"),
+            pool.submit(cli, "boards", "header", str(tmp_path / "gone.toml")),
+        ]
+    by_path, by_name, gone = (run.result() for run in runs)
     assert by_path.returncode == 0 and by_path.stdout == by_name.stdout and "struct" in by_path.stdout
-    gone = cli("boards", "header", str(tmp_path / "gone.toml"))
     assert gone.returncode == 2 and "gone.toml" in gone.stderr and gone.stderr.count("\n") == 1, gone.stderr
 
 

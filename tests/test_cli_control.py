@@ -346,9 +346,11 @@ def test_cli_errors_against_a_running_runtime(workdir: Path) -> None:
                 .replace('name = "env-sensor"', 'name = "mine"')
             )
             (workdir / "mine.toml").write_text(text)
-            added = await cli("devices", "add", "d2", "/dev/null", "--board", "mine.toml", control=sock, cwd=workdir)
+            added, gone = await asyncio.gather(
+                cli("devices", "add", "d2", "/dev/null", "--board", "mine.toml", control=sock, cwd=workdir),
+                cli("devices", "add", "d3", "/dev/null", "--board", "gone.toml", control=sock, cwd=workdir),
+            )
             assert added.rc == 0 and "added d2" in added.out, added
-            gone = await cli("devices", "add", "d3", "/dev/null", "--board", "gone.toml", control=sock, cwd=workdir)
             assert gone.rc == 2 and str(workdir / "gone.toml") in one_line_error(gone), gone
             assert (await cli("stop", control=sock)).rc == 0
             assert await run.wait() == 0, run.stderr()
