@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from firmware_host import Frame
 from firmware_host.codecs.nmea import NmeaCodec, nmea_checksum
+from firmware_host.compiled import turned_off
 from firmware_host.emulation.generators import GnssGenerator
 from firmware_host.values.nmea import NmeaDecoder, library_tables, pynmeagps_parser
 from firmware_host.values.nmea_fast import (
@@ -395,7 +396,7 @@ def test_a_real_sentence_with_one_field_replaced_decodes_as_pynmeagps_does(data)
 def c_module() -> Any:
     """The C module; in CI (``CI`` set) it must have been built, elsewhere its tests skip and say why."""
     if not compiled_available():
-        if os.environ.get("FIRMWARE_HOST_PURE", "0") not in ("", "0"):
+        if turned_off():
             pytest.skip("FIRMWARE_HOST_PURE is set: the compiled parts are turned off")
         if os.environ.get("CI"):
             pytest.fail("values/_nmea_c.c was not built at install: CI installs gcc and the Python headers")

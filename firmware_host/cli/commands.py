@@ -568,7 +568,9 @@ def devices_add(
     """Start reading a new device on a running runtime."""
     request: dict[str, Any] = {"cmd": "devices.add", "name": name, "port": port}
     if board is not None and board.endswith(".toml"):  # a board file: the runtime's directory is not ours
-        board = os.path.abspath(os.path.expanduser(board))
+        from firmware_host.config.boards import board_file_path
+
+        board = board_file_path(board)
     for key, value in (("codec", codec), ("board", board), ("baudrate", baudrate), ("decode", decode)):
         if value is not None:
             request[key] = value

@@ -139,7 +139,7 @@ class SecondSignal:
             for thread in others:  # (an idle executor worker ends at once: its executor was shut down)
                 thread.join(max(0.0, deadline - time.monotonic()))
             stuck = [f"thread {t.name}" for t in others if t.is_alive()]
-            stuck += [f"task {_task_name(t)}" for t in self.tasks_left if not t.done()]
+            stuck += self._tasks_still_left()
             if stuck and self.exiting:
                 _say(f"firmware-host: exiting without waiting for {', '.join(sorted(stuck))}\n")
                 _flush_bounded()
@@ -149,13 +149,17 @@ class SecondSignal:
         else:
             # one signal or none: the teardown gave these up after SETTLE_TEARDOWN; say so, as a
             # task that failed is never silently gone
-            left = sorted({f"task {_task_name(t)}" for t in self.tasks_left if not t.done()})
+            left = sorted(self._tasks_still_left())
             if left:
                 _say(
                     f"firmware-host: the run's end gave up waiting for {', '.join(left)}"
                     f" (still running after its cancel and {SETTLE_TEARDOWN:g}s)\n"
                 )
         self._bound_exit()
+
+    def _tasks_still_left(self) -> list[str]:
+        """The tasks the teardown gave up that still run, each named once."""
+        return list(dict.fromkeys(f"task {_task_name(t)}" for t in self.tasks_left if not t.done()))
 
     def failing(self) -> None:
         """The run is leaving by an exception (click's Abort, a bug): its exit

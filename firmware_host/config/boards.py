@@ -241,13 +241,22 @@ def load_board_file(path: str | os.PathLike[str]) -> Board:
     return board_from_dict(data, source=source)
 
 
-def find_board(name: str, known: Mapping[str, Board]) -> Board | None:
+def board_file_path(path: str, relative_to: str | None = None) -> str:
+    """A board file's ``path`` made absolute, ``~`` expanded: a relative one
+    from ``relative_to`` (a folder), else from the working directory."""
+    path = os.path.expanduser(path)
+    if relative_to is not None:
+        path = os.path.join(relative_to, path)  # an absolute path stays itself
+    return os.path.abspath(path)
+
+
+def find_board(name: str, known: Mapping[str, Board], relative_to: str | None = None) -> Board | None:
     """``name`` among ``known``; else, when it ends in ``.toml``, the board file
-    at that path (``~`` expanded, relative to the working directory); None when
-    neither. Raises :class:`BoardError` for a file that is no valid board."""
+    at that path (``board_file_path``), whose ``source`` is then absolute; None
+    when neither. Raises :class:`BoardError` for a file that is no valid board."""
     board = known.get(name)
     if board is None and name.endswith(".toml"):
-        board = load_board_file(os.path.abspath(os.path.expanduser(name)))
+        board = load_board_file(board_file_path(name, relative_to))
     return board
 
 

@@ -32,7 +32,7 @@ from firmware_host.config._check import (
     port_url_problem,
     read_toml,
 )
-from firmware_host.config.boards import Board, load_board_file, load_boards
+from firmware_host.config.boards import Board, find_board, load_boards
 from firmware_host.errors import BoardError, ConfigError
 from firmware_host.values.layout import PayloadSchema
 
@@ -678,16 +678,6 @@ def _parse_template_name(check: Checker, value: object, key: str) -> str:
     return value
 
 
-def _beside(source: str, path: str) -> str:
-    """``path`` (``~`` expanded) absolute: a relative one taken from the folder of
-    the config file ``source``, or from the working directory when the config
-    came from no file (a test's dict, a control request)."""
-    path = os.path.expanduser(path)
-    if not os.path.isabs(path) and os.path.isfile(source):
-        path = os.path.join(os.path.dirname(os.path.abspath(source)), path)
-    return os.path.abspath(path)
-
-
 def _parse_device(
     check: Checker,
     value: object,
@@ -728,15 +718,16 @@ def _parse_device(
     board_name: str | None = None
     if "board" in table:
         board_name = check.string(table["board"], f"{where}.board", "a board name or a board file (.toml)")
-        board = boards.get(board_name)
-        if board is None and board_name.endswith(".toml"):
-            # a board file of its own, not in a boards directory: a relative path is the
-            # config file's neighbour (under systemd the working directory is "/")
-            board_name = _beside(check.source, board_name)
-            try:
-                board = load_board_file(board_name)
-            except BoardError as e:
-                check.fail(f"{where}.board", str(e))
+        # or a board file of its own: a relative path is the config file's neighbour (under
+        # systemd the working directory is "/"); a config from no file (a test's dict, a
+        # control request) takes it from the working directory
+        folder = os.path.dirname(os.path.abspath(check.source)) if os.path.isfile(check.source) else None
+        try:
+            board = find_board(board_name, boards, relative_to=folder)
+        except BoardError as e:
+            check.fail(f"{where}.board", str(e))
+        if board is not None and board_name not in boards:
+            board_name = board.source  # the file, absolute
         if board is None:
             known = ", ".join(sorted(boards)) or "none"
             check.fail(f"{where}.board", f"unknown board {board_name!r} (known: {known}; or a path to a .toml)")

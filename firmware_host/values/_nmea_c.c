@@ -495,7 +495,9 @@ PyMODINIT_FUNC PyInit__nmea_c(void) {
     if (PyType_Ready(&ParserType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    if (PyModule_AddObjectRef(m, "Parser", (PyObject *)&ParserType) < 0) {
+    /* the most payload fields add() takes a spec for (the head is a cell too) */
+    if (PyModule_AddObjectRef(m, "Parser", (PyObject *)&ParserType) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_PAYLOAD", MAX_CELLS - 2) < 0) {
         Py_DECREF(m);
         return NULL;
     }

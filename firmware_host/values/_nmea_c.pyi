@@ -2,6 +2,8 @@
 
 from typing import Any
 
+MAX_PAYLOAD: int
+
 class Parser:
     def __init__(self) -> None: ...
     def add(

@@ -12,11 +12,11 @@ that does not parse, keeps its bytes or text, gets no fields and counts as
 from __future__ import annotations
 
 import logging
-import os
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from firmware_host.compiled import turned_off
 from firmware_host.frames import Frame
 from firmware_host.values.layout import (
     BYTE_ORDERS,
@@ -297,11 +297,6 @@ def _first(reported: set[str] | None, what: str) -> bool:
     return True
 
 
-def _pure() -> bool:
-    """``FIRMWARE_HOST_PURE`` set: the compiled parts were turned off on purpose."""
-    return os.environ.get("FIRMWARE_HOST_PURE", "0") not in ("", "0")
-
-
 #: the extra each codec's value decoder needs (``pip install 'firmware-host[gnss]'``)
 CODEC_EXTRAS: dict[str, str] = {"nmea": "gnss", "ubx": "gnss"}
 
@@ -331,7 +326,7 @@ def decoder_for(
         decoder = NmeaDecoder(parse) if parse is not None else None
     else:
         decoder = ubx_decoder()
-    if decoder is not None and not compiled_available() and not _pure() and _first(reported, "nmea-c"):
+    if decoder is not None and not compiled_available() and not turned_off() and _first(reported, "nmea-c"):
         # an operator who wonders why a Pi spends more on NMEA than expected learns why, once
         log.info(
             "NMEA values are decoded in Python: the C part was not built at install "

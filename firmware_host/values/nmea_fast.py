@@ -30,27 +30,28 @@ on its type being one read here.
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
+
+from firmware_host.compiled import turned_off
 
 if TYPE_CHECKING:
     from firmware_host.values import _nmea_c
 
 
-def _load_compiled() -> type[_nmea_c.Parser] | None:
-    """The plain cases in C (``_nmea_c.c``), built at install where a C compiler
-    and the Python headers are found (setup.py); without it the Python below
-    decodes the same sentences into the same fields. ``FIRMWARE_HOST_PURE=1``
-    turns it off, as it does the compiled COBS."""
-    if os.environ.get("FIRMWARE_HOST_PURE", "0") not in ("", "0"):
+def _load_compiled() -> tuple[type[_nmea_c.Parser], int] | None:
+    """The plain cases in C (``_nmea_c.c``) and the most payload fields they
+    take, built at install where a C compiler and the Python headers are found
+    (setup.py); without it the Python below decodes the same sentences into the
+    same fields. ``FIRMWARE_HOST_PURE=1`` turns it off, as it does the compiled COBS."""
+    if turned_off():
         return None
     try:
-        from firmware_host.values._nmea_c import Parser
+        from firmware_host.values._nmea_c import MAX_PAYLOAD, Parser
     except ImportError:
         return None
-    return Parser
+    return Parser, MAX_PAYLOAD
 
 
 _COMPILED = _load_compiled()
@@ -65,7 +66,6 @@ __all__ = [
     "NmeaFastPath",
     "Shape",
     "compiled_available",
-    "gsv_spec",
     "readable",
     "shape_of",
 ]
@@ -253,13 +253,6 @@ def readable(spec: Spec) -> bool:
     )
 
 
-def gsv_spec(cells: int) -> Spec:
-    """GSV's fields for a payload of ``cells`` fields, as pynmeagps reads it: as
-    many whole groups of four as follow the three heads, then signalID from the
-    next field if there is one, anything after that ignored."""
-    return _GSV.spec(cells)
-
-
 def shape_of(definition: Mapping[str, object]) -> Shape | None:
     """The shape of a pynmeagps payload definition (name -> kind, a group
     ``"…_grp"`` -> (repeats, {name: kind})), or None where it is not read here:
@@ -323,9 +316,6 @@ def _expression(spec: Spec, i: int) -> str:
 _OP_TEXT, _OP_INT, _OP_FLOAT, _OP_DEG, _OP_DEG_S, _OP_DEG_W, _OP_TIME, _OP_DATE = range(8)
 #: a spec for ``_nmea_c``: (key, op, the signing field or -1) per field
 CSpec = tuple[tuple[str, int, int], ...]
-#: the most payload fields ``_nmea_c`` takes (its MAX_CELLS, 48 with the head, less one):
-#: a type that may have more stays with the Python path
-_C_MOST = 46
 
 
 def _op(spec: Spec, i: int) -> tuple[str, int, int]:
@@ -369,7 +359,7 @@ class NmeaFastPath:
     and each (type, field count) gets its builder then (about 0.3 ms): so
     importing costs nothing, and a device holds only what it sends."""
 
-    __slots__ = ("_builders", "_cspecs", "_heads", "_parser", "_shapes", "_talkers", "plain")
+    __slots__ = ("_builders", "_c_most", "_cspecs", "_heads", "_parser", "_shapes", "_talkers", "plain")
 
     def __init__(
         self, compiled: bool = True, shapes: Mapping[str, Shape] | None = None, talkers: Iterable[str] = ()
@@ -388,7 +378,9 @@ class NmeaFastPath:
         #: "GPGGA" -> ("GP", "GGA", GGA's builders, GGA's shape), for the heads seen so far
         self._heads: dict[str, tuple[str, str, list[Build | None], Shape]] = {}
         #: the plain sentences in C (None: not built, or not wanted); it learns each head with this
-        self._parser = _COMPILED() if compiled and _COMPILED is not None else None
+        self._parser = _COMPILED[0]() if compiled and _COMPILED is not None else None
+        #: the most payload fields C takes: a type that may have more stays with the Python path
+        self._c_most = _COMPILED[1] if _COMPILED is not None else 0
         #: its fields, or None where ``fields`` below must decide
         self.plain: Callable[[str], Fields | None] | None = self._parser.fields if self._parser else None
 
@@ -412,7 +404,7 @@ class NmeaFastPath:
         if builders is None:
             builders = self._builders[msg] = [None] * (shape.most + 1)
         known = self._heads[head] = (talker, msg, builders, shape)
-        if self._parser is not None and shape.most <= _C_MOST:
+        if self._parser is not None and shape.most <= self._c_most:
             cspecs = self._cspecs.get(msg)
             if cspecs is None:
                 specs = (shape.spec(n) for n in range(shape.most + 1))
