@@ -3,7 +3,9 @@
 corncobs (COBS for the fh1 codec) and the NMEA fast path's C part each have a
 pure-Python twin that gives the same results. ``FIRMWARE_HOST_PURE`` set to
 anything but ``0`` keeps them off (the benchmark's ``-pure`` runs, a suspected
-bug in compiled code); read when each is imported.
+bug in compiled code); read when each is imported. ``codecs/cobs.py`` reads it
+itself, the same way: codecs import nothing beyond frames and errors
+(tests/test_check.py).
 """
 
 from __future__ import annotations

@@ -8,9 +8,8 @@ copy), so the cost in Python is per zero in the packet, never per byte.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-
-from firmware_host.compiled import turned_off
 
 __all__ = [
     "CobsDecodeError",
@@ -39,7 +38,7 @@ class CobsDecodeError(ValueError):
 #: that). ``FIRMWARE_HOST_PURE=1`` (any value but ``0``) turns it off.
 compiled_decode: Callable[[bytes], bytes] | None = None
 CompiledDecodeError: type[Exception] = CobsDecodeError
-if not turned_off():
+if os.environ.get("FIRMWARE_HOST_PURE", "0") in ("", "0"):
     try:
         from corncobs import DecodeError as CompiledDecodeError  # type: ignore[no-redef]
         from corncobs import decode as compiled_decode  # type: ignore[no-redef]
