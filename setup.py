@@ -1,8 +1,10 @@
-"""The one compiled part: the NMEA fast path's plain cases (firmware_host/values/_nmea_c.c).
+"""The compiled parts, both optional: the NMEA fast path's plain cases
+(firmware_host/values/_nmea_c.c) and decoded fields written as JSON
+(firmware_host/values/_json_c.c, with Ryu vendored under values/ryu/).
 
-Optional: where no C compiler or Python headers are found, the build says so and
-installs without it, and values/nmea_fast.py decodes the same sentences in Python
-(the same fields; a test holds the two equal). Everything else is in setup.cfg.
+Where no C compiler or Python headers are found, the build says so and installs
+without them, and the Python beside each gives the same results (tests hold
+them equal), slower. Everything else is in setup.cfg.
 """
 
 from setuptools import Extension, setup
@@ -13,6 +15,23 @@ setup(
             "firmware_host.values._nmea_c",
             ["firmware_host/values/_nmea_c.c"],
             optional=True,
-        )
+        ),
+        Extension(
+            "firmware_host.values._json_c",
+            ["firmware_host/values/_json_c.c"],
+            include_dirs=["firmware_host/values"],
+            depends=[
+                f"firmware_host/values/ryu/{name}"
+                for name in (
+                    "common.h",
+                    "d2s.c",
+                    "d2s_full_table.h",
+                    "d2s_intrinsics.h",
+                    "digit_table.h",
+                    "ryu.h",
+                )
+            ],
+            optional=True,
+        ),
     ]
 )
