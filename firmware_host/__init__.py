@@ -36,6 +36,7 @@ if _typing.TYPE_CHECKING:
     from firmware_host.errors import RequestTimeout as RequestTimeout
     from firmware_host.errors import RequestUnsupported as RequestUnsupported
     from firmware_host.frames import Frame as Frame
+    from firmware_host.frames import Values as Values
     from firmware_host.gctune import tune_gc as tune_gc
     from firmware_host.plugins import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
     from firmware_host.plugins import FrameProcessor as FrameProcessor

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 
-# slots: a busy gateway holds 100k of these; a dict per frame would double RSS.
-@dataclass(slots=True, eq=False)
+class Values(Protocol):
+    """How a frame's payload reads as named values: what a device's decoder
+    (``firmware_host.values``) gives the frames whose layout it knows."""
+
+    def fields(self, payload: bytes) -> dict[str, Any] | None:
+        """The payload's fields; None when it is not of this layout's size."""
+        ...
+
+    def json(self, payload: bytes) -> bytes | None:
+        """``fields(payload)`` as JSON text, written without the dict where it
+        can be (a compiled layout); None as ``fields``."""
+        ...
+
+
 class Frame:
     """One decoded frame from one device.
 
@@ -16,15 +27,54 @@ class Frame:
     ``ts`` is the host's receive time (seconds since the epoch). ``fields``
     holds the payload's named values where the device's board has a schema
     for it (``firmware_host.values``), else None.
+
+    A binary layout's values are read when first asked for: its decoder sets
+    ``values``, and ``fields`` is made from it and the payload on the first
+    read (and kept). A sink that writes JSON asks ``values.json`` instead, and
+    no dict is made at all: at 921600 baud the dict and its writing were most
+    of what decoding cost. Setting ``fields`` replaces the values (and drops
+    ``values``), so a processor's own fields are what every sink sees.
     """
 
-    device: str
-    seq: int
-    type: int | None
-    ts: float
-    payload: bytes | None = None
-    text: str | None = None
-    fields: dict[str, Any] | None = None
+    # slots: a busy gateway holds 100k of these; a dict per frame would double RSS.
+    __slots__ = ("_fields", "device", "payload", "seq", "text", "ts", "type", "values")
+
+    def __init__(
+        self,
+        device: str,
+        seq: int,
+        type: int | None,
+        ts: float,
+        payload: bytes | None = None,
+        text: str | None = None,
+        fields: dict[str, Any] | None = None,
+        values: Values | None = None,
+    ) -> None:
+        self.device = device
+        self.seq = seq
+        self.type = type
+        self.ts = ts
+        self.payload = payload
+        self.text = text
+        # the fields once made (or given); codecs and sinks on the per-frame
+        # path read and set this slot directly, not through the property
+        self._fields = fields
+        #: where ``fields`` comes from while it has not been read (None: nowhere)
+        self.values = values
+
+    @property
+    def fields(self) -> dict[str, Any] | None:
+        fields = self._fields
+        if fields is None:
+            values = self.values
+            if values is not None and self.payload is not None:
+                fields = self._fields = values.fields(self.payload)
+        return fields
+
+    @fields.setter
+    def fields(self, fields: dict[str, Any] | None) -> None:
+        self._fields = fields
+        self.values = None
 
     @property
     def size(self) -> int:
@@ -32,3 +82,9 @@ class Frame:
         if self.payload is not None:
             return len(self.payload)
         return len(self.text) if self.text is not None else 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Frame(device={self.device!r}, seq={self.seq!r}, type={self.type!r}, ts={self.ts!r}, "
+            f"payload={self.payload!r}, text={self.text!r}, fields={self.fields!r})"
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import struct
 from pathlib import Path
@@ -460,18 +461,25 @@ json_values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.text(max_size=12), json_values, max_size=6))
 def test_the_fields_encoder_writes_what_json_dumps_writes(fields):
-    """Both writers of firmware_host.values.encode against the library call
+    """The writers of firmware_host.values.encode against the library call
     they replace, on any JSON tree: unicode, escapes, nesting, big ints, and
     NaN or infinity written as null. The standard one writes json.dumps's very
-    text; orjson's (the [fast] extra) the same values, compact."""
+    text; the C part (built in CI) its compact text, byte for byte; orjson's
+    (the [fast] extra) the same values, compact."""
     from firmware_host.values.encode import FieldsEncoder, _finite
 
     expected = json.dumps(_finite(fields), ensure_ascii=False, allow_nan=False)
-    standard = FieldsEncoder(fast=False)
-    assert not standard.uses_orjson
+    standard = FieldsEncoder(fast=False, compiled=False)
+    assert not standard.uses_orjson and not standard.uses_compiled
     assert standard.text(fields) == expected
     assert standard.json(fields) == expected.encode("utf-8")
-    fast = FieldsEncoder()
+    compiled = FieldsEncoder()
+    if compiled.uses_compiled:
+        compact = json.dumps(_finite(fields), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        assert compiled.text(fields) == compact
+    else:
+        assert not os.environ.get("CI"), "the C fields writer was not built (a C compiler and python3-dev)"
+    fast = FieldsEncoder(compiled=False)
     assert fast.uses_orjson  # orjson is a test dependency: this path is always tested
     assert fast.text(fields) == fast.json(fields).decode("utf-8")
     written = json.loads(fast.json(fields))
@@ -514,7 +522,8 @@ def test_the_fields_encoder_without_the_c_accelerator(monkeypatch):
     monkeypatch.setitem(sys.modules, "_json", None)  # import _json now raises ImportError
     pure = encode._make_encoder()
     fields = {"t": 21.5, "name": "é\n", "v": [1, True, None]}
-    assert pure(fields) == json.dumps(fields, ensure_ascii=False) == encode.FieldsEncoder(fast=False).text(fields)
+    standard = encode.FieldsEncoder(fast=False, compiled=False)
+    assert pure(fields) == json.dumps(fields, ensure_ascii=False) == standard.text(fields)
     with pytest.raises(ValueError):
         pure({"t": math.nan})  # refused like the C one, so fields_text writes null
 
@@ -533,6 +542,14 @@ _FIELD = st.builds(
     st.sampled_from(["u8", "i16", "f32", "u32"]),
     st.none() | st.just(0.5),
 )
+
+
+class _SubFrame(Frame):
+    """A plugin's own frame class: has a __dict__ beside Frame's slots."""
+
+
+def _args(f: Frame) -> tuple[Any, ...]:
+    return (f.device, f.seq, f.type, f.ts, f.payload, f.text)
 
 
 @settings(max_examples=150, deadline=None)
@@ -557,18 +574,25 @@ def test_the_generated_decode_loop_decodes_as_the_looked_up_one(layouts, sent, w
         ),
         csv=CSV.csv if with_csv else None,
     )
-    binary = {layout.type: values_decoder._Binary(layout) for layout in schema.frames}
+    binary = {layout.type: values_decoder.LayoutValues(layout) for layout in schema.frames}
     csv = values_decoder._Csv(schema.csv) if schema.csv is not None else None
     loops = {
-        "generated": values_decoder._generated(binary, {layout.type: layout for layout in schema.frames}, csv),
+        "generated": values_decoder._generated(binary, csv),
         "looked up": values_decoder._looked_up(binary, csv),
     }
+    marked = values_decoder._marked(binary)  # in C, for a schema without csv (None: not built)
+    if marked is not None and csv is None:
+        loops["marked"] = marked
     results = {}
     for name, loop in loops.items():
         frames = [frame(payload, type=t) for t, payload in sent] + [text("1,2,1,3.5"), text("bad")]
+        if name == "marked":  # a frame of another class takes the generic attribute path
+            frames[len(frames) // 2 :] = [_SubFrame(*_args(f)) for f in frames[len(frames) // 2 :]]
         bad = loop(frames)
         results[name] = ([f.fields for f in frames], bad)
     assert results["generated"] == results["looked up"]
+    if "marked" in results:
+        assert results["marked"] == results["generated"]
     fields, bad = results["generated"]
     expected_bad = sum(1 for t, payload in sent if t in binary and len(payload) != binary[t].size)
     assert bad == expected_bad + (1 if with_csv else 0)

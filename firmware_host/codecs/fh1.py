@@ -260,7 +260,8 @@ class Fh1Codec(DelimitedCodec):
                 frame.ts = ts
                 frame.payload = payload
                 frame.text = None
-                frame.fields = None
+                frame._fields = None  # the slot: the property's setter costs a call a frame
+                frame.values = None
                 append(frame)
         finally:
             self._last_seq = None if expect is None else expect - 1

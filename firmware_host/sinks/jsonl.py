@@ -121,20 +121,31 @@ def encode_records(frames: Sequence[Frame]) -> bytes:
             line = _PAYLOAD_RUN % (name.replace(b"%", b"%%"), ftype, ts_bytes) if ftype.__class__ is int else None
             with_fields = None
         payload = f.payload
-        fields = f.fields
+        # the slot, not the property: a frame's fields not read yet are written
+        # from its values (``Frame.values.json``) without making the dict
+        fields = f._fields
+        values = f.values
         if payload is None:
             # what json.dumps(text, ensure_ascii=False) returns, without building an encoder per call
             text = encode_basestring(f.text if f.text is not None else "").encode("utf-8")
             record = _TEXT_LINE % (name, f.seq, ts_bytes, text)
         elif line is not None:
-            if fields is None:  # the common case: straight out
-                append(line % (f.seq, b64(payload, newline=False)))
-                continue
+            if fields is None:
+                if values is None:  # the common case: straight out
+                    append(line % (f.seq, b64(payload, newline=False)))
+                    continue
+                written = values.json(payload)
+                if written is None:  # a payload no longer of its layout's size: bytes only
+                    append(line % (f.seq, b64(payload, newline=False)))
+                    continue
+            else:
+                written = fields_json(fields)
             if with_fields is None:
                 with_fields = _FIELDS_RUN % (name.replace(b"%", b"%%"), ftype, ts_bytes)
-            append(with_fields % (f.seq, b64(payload, newline=False), fields_json(fields)))
+            append(with_fields % (f.seq, b64(payload, newline=False), written))
             continue
         else:  # not an fh1-style int type (a plugin codec's None, str, bool...): as JSON
+            fields = f.fields
             record = (
                 f'{{"device": {name.decode()}, "seq": {f.seq}, "type": {_json_type(ftype)}, '
                 f'"ts": {ts:.6f}, "payload": "{b64(payload, newline=False).decode("ascii")}"}}\n'.encode()

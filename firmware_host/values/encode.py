@@ -11,6 +11,14 @@ library is made once here with ``json.dumps``'s settings and called directly:
 the text ``json.dumps`` writes, about 3x faster than calling it. Either way a
 float that is not finite (a sensor's NaN) is written as ``null``: JSON has no
 NaN. Tests hold both against ``json.dumps``.
+
+Where the C part was built at install (``_json_c.c``, beside the NMEA one), it
+writes them first: ``json.dumps``'s text, compact, floats spelled as Python's
+repr spells them (from Ryu's shortest digits), with no Python frame and no
+keyword parsing per call; what it does not know exactly (a subclass, a key
+that is not a string, an int past 64 bits) it hands whole to the writer
+above. The same C part writes a binary layout's payload as this same text
+without making the dict (``compiled_layout``): what ``Frame.values.json`` runs.
 """
 
 from __future__ import annotations
@@ -18,8 +26,13 @@ from __future__ import annotations
 import json
 import json.encoder
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from firmware_host.compiled import turned_off
+
+if TYPE_CHECKING:
+    from firmware_host.values import _json_c
 
 #: (separators, ensure_ascii=False, allow_nan=False): the text json.dumps would give
 _KEY_SEPARATOR = ": "
@@ -82,19 +95,52 @@ def _orjson_json(standard: Callable[[dict[str, Any]], bytes]) -> Callable[[dict[
     return fields_json
 
 
+def _load_compiled() -> (
+    tuple[type[_json_c.Writer], type[_json_c.Layout], Callable[[Sequence[Any], dict[int, tuple[int, Any]]], int]] | None
+):
+    """The C part (``_json_c.c``), built at install where a C compiler and the
+    Python headers are found (setup.py); None without it, or when
+    ``FIRMWARE_HOST_PURE`` turns the compiled parts off."""
+    if turned_off():
+        return None
+    try:
+        from firmware_host.values._json_c import Layout, Writer, mark
+    except ImportError:
+        return None
+    return Writer, Layout, mark
+
+
+_COMPILED = _load_compiled()
+#: the decode loop of a schema of binary layouts in C (``_json_c.mark``), or None
+compiled_mark: Callable[[Sequence[Any], dict[int, tuple[int, Any]]], int] | None = (
+    None if _COMPILED is None else _COMPILED[2]
+)
+
+
+def compiled_available() -> bool:
+    """Whether the C fields writer is in use: built at install, not turned off."""
+    return _COMPILED is not None
+
+
 class FieldsEncoder:
-    """The fields' JSON writer, made once: orjson's when it is installed (and
-    ``fast``), else the standard library's C encoder. ``json`` is a plain
-    function attribute, not a method, so a sink can hold it and call it."""
+    """The fields' JSON writer, made once: the C part's when it was built (and
+    ``compiled``), handing what it does not know to orjson's when that is
+    installed (and ``fast``), else to the standard library's C encoder.
+    ``json`` is a plain function attribute, not a method, so a sink can hold
+    it and call it."""
 
-    __slots__ = ("json", "uses_orjson")
+    __slots__ = ("json", "uses_compiled", "uses_orjson")
 
-    def __init__(self, fast: bool = True) -> None:
+    def __init__(self, fast: bool = True, compiled: bool = True) -> None:
         standard = _standard_json(_make_encoder())
         orjson_json = _orjson_json(standard) if fast else None
         self.uses_orjson = orjson_json is not None
+        python = standard if orjson_json is None else orjson_json
+        self.uses_compiled = compiled and _COMPILED is not None
         #: the fields as UTF-8 JSON; a float that is not finite is ``null``
-        self.json: Callable[[dict[str, Any]], bytes] = standard if orjson_json is None else orjson_json
+        self.json: Callable[[dict[str, Any]], bytes] = (
+            _COMPILED[0](python) if compiled and _COMPILED is not None else python
+        )
 
     def text(self, fields: dict[str, Any]) -> str:
         """``json`` as text."""
@@ -114,11 +160,31 @@ def fields_text(fields: dict[str, Any]) -> str:
     return _ENCODER.text(fields)
 
 
+#: a field as the C part's ``Layout`` takes it: its key as JSON with the colon
+#: (b'"t":'), type, count, whether an array, bytes an element, scale, offset
+CompiledField = tuple[bytes, str, int, bool, int, "float | None", "float | None"]
+
+
+def compiled_layout(big: bool, fields: list[CompiledField]) -> Callable[[bytes], bytes | None] | None:
+    """The C part's writer of one binary layout's payloads (``Layout.json``):
+    the text ``fields_json`` writes of the dict the decoder would make. None
+    where the C part is not built or does not write this layout (a ``str``
+    field, an int ``scale`` with an int ``offset``...): the caller then writes
+    the dict."""
+    if _COMPILED is None:
+        return None
+    try:
+        writer: Callable[[bytes], bytes | None] = _COMPILED[1](big, fields).json
+    except (ValueError, OverflowError):
+        return None
+    return writer
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):  # json writes a tuple as an array too
         return [_finite(v) for v in value]
     return value
