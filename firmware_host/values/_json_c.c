@@ -7,9 +7,11 @@
  * str, a lone surrogate, nesting past MAX_DEPTH) it hands to fallback, the
  * Python writer, whole.
  *
- * Layout(big, fields).json(payload) writes the same text straight from a
- * payload's bytes, without a dict or a float object: what Writer would write of
- * the dict decoder.py builds from it (a test holds the two equal).
+ * Layout(big, fields, build).json(payload) writes the same text straight from
+ * a payload's bytes, without a dict or a float object: what Writer would write
+ * of the dict decoder.py builds from it (a test holds the two equal). The
+ * Layout is what a decoded frame's Frame.values is: .fields(payload) calls
+ * build, the Python that makes the dict.
  *
  * Floats are written as Python's repr writes them (the shortest text that reads
  * back to the same double, 1e-05 and 1e+16 beyond the fixed range), from the
@@ -30,6 +32,9 @@
 #define MAX_DEPTH 32
 /* "-1.7976931348623157e+308" is 24 */
 #define FLOAT_MAX 25
+/* what write_double may write past its text's end (a fixed-size copy is one
+ * move, a copy of n bytes a call): every buffer it writes into has this room */
+#define FLOAT_ROOM 64
 
 /* ---------------------------------------------------------------- floats */
 
@@ -70,8 +75,8 @@ static inline void write_digits(char *out, uint64_t m, int n) {
     }
 }
 
-/* x as repr(x) writes it into out (at least FLOAT_MAX bytes); 0 when x is not
- * finite (the caller writes null). */
+/* x as repr(x) writes it into out (FLOAT_ROOM bytes, of which it may scribble
+ * on those past the text); 0 when x is not finite (the caller writes null). */
 static Py_ssize_t write_double(char *out, double x) {
     uint64_t bits;
     memcpy(&bits, &x, sizeof bits);
@@ -97,7 +102,7 @@ static Py_ssize_t write_double(char *out, double x) {
     } else {
         v = d2d(mantissa, exponent);
     }
-    char digits[20];
+    char digits[40]; /* 17 at most, the rest read by the fixed-size copies */
     const int n = (int)decimalLength17(v.mantissa);
     write_digits(digits, v.mantissa, n);
     /* the value is 0.d1d2...dn * 10**decpt; repr's rule (float_repr_style
@@ -134,12 +139,11 @@ static Py_ssize_t write_double(char *out, double x) {
         p += decpt - n;
         memcpy(p, ".0", 2);
         p += 2;
-    } else {
-        memcpy(p, digits, (size_t)decpt);
-        p += decpt;
-        *p++ = '.';
-        memcpy(p, digits + decpt, (size_t)(n - decpt));
-        p += n - decpt;
+    } else { /* the common case, 22.91079330444336: fixed-size copies, then the dot */
+        memcpy(p, digits, 16);
+        memcpy(p + decpt + 1, digits + decpt, 17);
+        p[decpt] = '.';
+        p += n + 1;
     }
     return p - out;
 }
@@ -167,7 +171,7 @@ static PyObject *float_repr(PyObject *module, PyObject *arg) {
     (void)module;
     const double x = PyFloat_AsDouble(arg);
     if (x == -1.0 && PyErr_Occurred()) return NULL;
-    char buf[FLOAT_MAX];
+    char buf[FLOAT_ROOM];
     const Py_ssize_t n = write_double(buf, x);
     if (n == 0) Py_RETURN_NONE;
     return PyUnicode_FromStringAndSize(buf, n);
@@ -279,7 +283,7 @@ static int put_str(Buf *b, PyObject *s) {
 static int put_value(Buf *b, PyObject *v, int depth) {
     PyTypeObject *t = Py_TYPE(v);
     if (t == &PyFloat_Type) {
-        if (buf_room(b, FLOAT_MAX) < 0) return -1;
+        if (buf_room(b, FLOAT_ROOM) < 0) return -1;
         Py_ssize_t n = write_double(b->p + b->n, PyFloat_AS_DOUBLE(v));
         if (n == 0) {
             memcpy(b->p + b->n, "null", 4);
@@ -433,6 +437,9 @@ enum {
     CONV_INT,   /* float(raw * iscale) + offset: an int scale, multiplied exactly first */
 };
 
+/* keys this long or shorter are copied as this many bytes (FLOAT_ROOM covers it) */
+#define KEY_COPY 32
+
 typedef struct {
     char *key; /* '"name":' (or ',"name":' after the first), as given */
     Py_ssize_t key_len;
@@ -447,6 +454,7 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
+    PyObject *build; /* payload -> the fields dict, or None */
     int big;
     int nfields;
     Field *fields;
@@ -558,13 +566,19 @@ static PyObject *layout_json(Layout *self, PyObject *payload) {
     if (PyBytes_GET_SIZE(payload) != self->size) Py_RETURN_NONE; /* not this layout's: no fields */
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(payload);
     char stack[2048];
-    char *out = self->max_out <= (Py_ssize_t)sizeof stack ? stack : PyMem_Malloc((size_t)self->max_out);
+    /* FLOAT_ROOM past the longest text: write_double's and the keys' copies */
+    const Py_ssize_t room = self->max_out + FLOAT_ROOM;
+    char *out = room <= (Py_ssize_t)sizeof stack ? stack : PyMem_Malloc((size_t)room);
     if (out == NULL) return PyErr_NoMemory();
     char *q = out;
     *q++ = '{';
     for (int i = 0; i < self->nfields; i++) {
         const Field *f = &self->fields[i];
-        memcpy(q, f->key, (size_t)f->key_len);
+        if (f->key_len <= KEY_COPY) {
+            memcpy(q, f->key, KEY_COPY); /* one move; the key is stored padded to KEY_COPY */
+        } else {
+            memcpy(q, f->key, (size_t)f->key_len);
+        }
         q += f->key_len;
         if (f->is_array) *q++ = '[';
         for (int j = 0; j < f->count; j++) {
@@ -616,7 +630,7 @@ static PyObject *unsupported(const char *what) {
     return NULL;
 }
 
-/* Layout(big, fields): fields a sequence of (key, kind, count, is_array, size,
+/* Layout(big, fields, build): fields a sequence of (key, kind, count, is_array, size,
  * scale, offset), key the JSON of the field's name and a colon (b'"t":'). A
  * field it does not write (str; an int scale with an int offset, whose result
  * is an int; an int scale on 64-bit integers) is a ValueError: the caller then
@@ -624,8 +638,13 @@ static PyObject *unsupported(const char *what) {
 static PyObject *layout_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     int big;
     PyObject *specs;
-    static char *kwlist[] = {"big", "fields", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "pO:Layout", kwlist, &big, &specs)) return NULL;
+    PyObject *build;
+    static char *kwlist[] = {"big", "fields", "build", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "pOO:Layout", kwlist, &big, &specs, &build)) return NULL;
+    if (!PyCallable_Check(build)) {
+        PyErr_SetString(PyExc_TypeError, "build must be callable");
+        return NULL;
+    }
     PyObject *seq = PySequence_Fast(specs, "fields must be a sequence");
     if (seq == NULL) return NULL;
     const Py_ssize_t nfields = PySequence_Fast_GET_SIZE(seq);
@@ -639,6 +658,7 @@ static PyObject *layout_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
         return NULL;
     }
     self->big = big;
+    self->build = Py_NewRef(build);
     self->fields = PyMem_Calloc((size_t)nfields, sizeof(Field));
     if (self->fields == NULL) {
         Py_DECREF(seq);
@@ -677,7 +697,7 @@ static PyObject *layout_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
         f->size = size;
         /* a comma before every key but the first: written once here */
         f->key_len = key_len + (i > 0);
-        f->key = PyMem_Malloc((size_t)f->key_len);
+        f->key = PyMem_Calloc((size_t)(f->key_len < KEY_COPY ? KEY_COPY : f->key_len), 1);
         if (f->key == NULL) {
             PyErr_NoMemory();
             goto fail;
@@ -728,9 +748,29 @@ fail:
     return NULL;
 }
 
+static int layout_traverse(Layout *self, visitproc visit, void *arg) {
+    Py_VISIT(self->build);
+    return 0;
+}
+
+static int layout_clear(Layout *self) {
+    Py_CLEAR(self->build);
+    return 0;
+}
+
 static void layout_dealloc(Layout *self) {
+    PyObject_GC_UnTrack(self);
+    layout_clear(self);
     layout_free_fields(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *layout_fields(Layout *self, PyObject *payload) {
+    if (self->build == NULL) {
+        PyErr_SetString(PyExc_ValueError, "a cleared Layout");
+        return NULL;
+    }
+    return PyObject_CallOneArg(self->build, payload);
 }
 
 static PyObject *layout_get_size(Layout *self, void *closure) {
@@ -739,6 +779,8 @@ static PyObject *layout_get_size(Layout *self, void *closure) {
 }
 
 static PyMethodDef layout_methods[] = {
+    {"fields", (PyCFunction)layout_fields, METH_O,
+     "fields(payload) -> dict | None: the payload's fields (build's dict); None for another size"},
     {"json", (PyCFunction)layout_json, METH_O,
      "json(payload) -> bytes | None: the fields of a payload of this layout as compact JSON; None for another size"},
     {NULL, NULL, 0, NULL},
@@ -752,8 +794,10 @@ static PyGetSetDef layout_getset[] = {
 static PyTypeObject LayoutType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "firmware_host.values._json_c.Layout",
     .tp_basicsize = sizeof(Layout),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Layout(big, fields): a binary layout whose payloads it writes as JSON",
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Layout(big, fields, build): a binary layout's Frame.values, writing its payloads as JSON",
+    .tp_traverse = (traverseproc)layout_traverse,
+    .tp_clear = (inquiry)layout_clear,
     .tp_new = layout_new,
     .tp_dealloc = (destructor)layout_dealloc,
     .tp_methods = layout_methods,

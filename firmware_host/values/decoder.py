@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from firmware_host.compiled import turned_off
-from firmware_host.frames import Frame
+from firmware_host.frames import Frame, Values
 from firmware_host.values.encode import CompiledField, compiled_layout, compiled_mark, fields_json
 from firmware_host.values.layout import (
     BYTE_ORDERS,
@@ -119,18 +119,19 @@ def _compiled_fields(layout: FrameLayout) -> list[CompiledField] | None:
 
 
 class LayoutValues:
-    """One binary layout's ``Values`` (what its frames' ``Frame.values`` is):
-    a payload's fields as the dict, made when first read, and as JSON text,
-    written by the C part straight from the payload where it is built and
-    takes the layout (``compiled_layout``), else from the dict. Both are None
-    for a payload of another size (a processor's changed bytes)."""
+    """One binary layout's ``Values``: a payload's fields as the dict, made
+    when first read, and as JSON text, from the dict. Both are None for a
+    payload of another size (a processor's changed bytes). ``for_frames`` is
+    what the decoder gives its frames (``Frame.values``): the C part's
+    ``Layout``, which writes the JSON straight from the payload, where it is
+    built and takes the layout (``compiled_layout``), else this."""
 
-    __slots__ = ("fields", "json", "size", "writes_from_payload")
+    __slots__ = ("fields", "for_frames", "json", "size", "writes_from_payload")
 
     def __init__(self, layout: FrameLayout) -> None:
-        compiled = struct.Struct(struct_format(layout))
-        unpack = compiled.unpack
-        size = self.size = compiled.size
+        packed = struct.Struct(struct_format(layout))
+        unpack = packed.unpack
+        size = self.size = packed.size
         build = _builder(layout)
 
         def fields(payload: bytes) -> Fields | None:
@@ -141,13 +142,16 @@ class LayoutValues:
             return None if made is None else fields_json(made)
 
         specs = _compiled_fields(layout)
-        from_payload = None if specs is None else compiled_layout(layout.byte_order == "big", specs)
+        in_c = None if specs is None else compiled_layout(layout.byte_order == "big", specs, fields)
         #: the payload's fields as a dict (``Frame.fields``)
         self.fields: Callable[[bytes], Fields | None] = fields
         #: the payload's fields as ``fields_json`` writes them
-        self.json: Callable[[bytes], bytes | None] = from_dict if from_payload is None else from_payload
+        self.json: Callable[[bytes], bytes | None] = from_dict if in_c is None else in_c.json
         #: whether ``json`` runs in C without the dict
-        self.writes_from_payload = from_payload is not None
+        self.writes_from_payload = in_c is not None
+        #: what the decoder gives its frames: one object whose methods a sink calls
+        #: directly (a C method call is cheaper than a call through a slot)
+        self.for_frames: Values = self if in_c is None else in_c
 
 
 def _csv_value(spec: FieldSpec) -> Callable[[str], Any]:
@@ -241,7 +245,7 @@ _CSV_PART = """            text = frame.text
                     bad += 1"""
 _TYPE_PART = """        {keyword} t == {type}:
             if len(payload) == {size}:
-                frame.values = values_{n}
+                frame.values = for_frames_{n}
             else:
                 bad += 1"""
 
@@ -250,7 +254,7 @@ def _generated(binary: dict[int, LayoutValues], csv: _Csv | None) -> DecodeLoop:
     scope: dict[str, Any] = {"__builtins__": {"len": len, "ValueError": ValueError, "OverflowError": OverflowError}}
     parts = []
     for n, (frame_type, values) in enumerate(binary.items()):
-        scope[f"values_{n}"] = values
+        scope[f"for_frames_{n}"] = values.for_frames
         keyword = "if" if n == 0 else "elif"
         parts.append(_TYPE_PART.format(keyword=keyword, type=int(frame_type), size=int(values.size), n=n))
     if csv is not None:
@@ -277,7 +281,7 @@ def _looked_up(binary: dict[int, LayoutValues], csv: _Csv | None) -> DecodeLoop:
                 if len(payload) != values.size:
                     bad += 1
                     continue
-                frame.values = values
+                frame.values = values.for_frames
             elif csv is not None and frame.text is not None:
                 try:
                     frame.fields = csv.fields(frame.text)
@@ -295,7 +299,7 @@ def _marked(binary: dict[int, LayoutValues]) -> DecodeLoop | None:
     if compiled_mark is None:
         return None
     mark = compiled_mark
-    table = {frame_type: (values.size, values) for frame_type, values in binary.items()}
+    table = {frame_type: (values.size, values.for_frames) for frame_type, values in binary.items()}
 
     def decode(frames: Sequence[Frame]) -> int:
         return mark(frames, table)

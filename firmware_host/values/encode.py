@@ -18,7 +18,8 @@ repr spells them (from Ryu's shortest digits), with no Python frame and no
 keyword parsing per call; what it does not know exactly (a subclass, a key
 that is not a string, an int past 64 bits) it hands whole to the writer
 above. The same C part writes a binary layout's payload as this same text
-without making the dict (``compiled_layout``): what ``Frame.values.json`` runs.
+without making the dict (``compiled_layout``): what a decoded frame's
+``Frame.values`` is.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from firmware_host.compiled import turned_off
+from firmware_host.frames import Values
 
 if TYPE_CHECKING:
     from firmware_host.values import _json_c
@@ -165,19 +167,21 @@ def fields_text(fields: dict[str, Any]) -> str:
 CompiledField = tuple[bytes, str, int, bool, int, "float | None", "float | None"]
 
 
-def compiled_layout(big: bool, fields: list[CompiledField]) -> Callable[[bytes], bytes | None] | None:
-    """The C part's writer of one binary layout's payloads (``Layout.json``):
-    the text ``fields_json`` writes of the dict the decoder would make. None
-    where the C part is not built or does not write this layout (a ``str``
-    field, an int ``scale`` with an int ``offset``...): the caller then writes
-    the dict."""
+def compiled_layout(
+    big: bool, fields: list[CompiledField], build: Callable[[bytes], dict[str, Any] | None]
+) -> Values | None:
+    """The C part's ``Values`` of one binary layout: ``json`` writes a payload
+    as the text ``fields_json`` writes of the dict ``build`` makes of it, and
+    ``fields`` calls ``build``. None where the C part is not built or does not
+    write this layout (a ``str`` field, an int ``scale`` with an int
+    ``offset``...): the caller then writes the dict."""
     if _COMPILED is None:
         return None
     try:
-        writer: Callable[[bytes], bytes | None] = _COMPILED[1](big, fields).json
+        values: Values = _COMPILED[1](big, fields, build)
     except (ValueError, OverflowError):
         return None
-    return writer
+    return values
 
 
 def _finite(value: Any) -> Any:
