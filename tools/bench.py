@@ -846,10 +846,24 @@ def _decode_run(variant: str, p: dict[str, Any], boards: Path, baud: int, decode
     }
 
 
+def _decode_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A side's runs as one: the median CPU, the frames summed, fields in every sink."""
+    return {
+        "cpu_pct": statistics.median(r["cpu_pct"] for r in runs),
+        "cpu_pct_runs": [r["cpu_pct"] for r in runs],
+        **{key: sum(r[key] for r in runs) for key in ("sent", "in_sink", "dropped", "undecoded")},
+        "fields_in_sink": all(r["fields_in_sink"] for r in runs),
+        "exit": [r["exit"] for r in runs],
+    }
+
+
 def scenario_decode(variant: str, p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     """Schema decoding's CPU: 48 env-sensor-like devices (three f32 per frame) at the
-    board's rate (10 frames/s) and at 921600 baud, each run with ``decode`` on and
-    off; the CPU decoding adds, in percent of the run without."""
+    board's rate (10 frames/s) and at 921600 baud, with ``decode`` on and off; the
+    CPU decoding adds, in percent of the run without. ``decode_rounds`` pairs of
+    runs in the order on, off, off, on, ...: this machine's speed drifts by more
+    than the difference (one pair read +12% to +28% within ten minutes), and the
+    alternating order puts each side in the same windows; medians are compared."""
     boards = scratch("decode-boards")
     (boards / "bench-env.toml").write_text(BENCH_ENV_BOARD)
     out: dict[str, Any] = {"devices": p["paced_devices"], "payload": 12, "rates": {}}
@@ -857,12 +871,16 @@ def scenario_decode(variant: str, p: dict[str, Any], log: Callable[[str], None])
         rates = {"board_rate": 10 * _ENV_FRAME_LEN * 10, "line_rate": BAUD}
         for label in p["decode_rates"]:
             baud = rates[label]
-            on = _decode_run(variant, p, boards, baud, True)
-            off = _decode_run(variant, p, boards, baud, False)
+            sides: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+            for i in range(p["decode_rounds"]):
+                for decode in (True, False) if i % 2 == 0 else (False, True):
+                    sides[decode].append(_decode_run(variant, p, boards, baud, decode))
+            on, off = _decode_rounds(sides[True]), _decode_rounds(sides[False])
             added = round(100 * (on["cpu_pct"] - off["cpu_pct"]) / off["cpu_pct"], 1) if off["cpu_pct"] else None
             out["rates"][label] = {"baud": baud, "decode": on, "no_decode": off, "cpu_added_pct": added}
             log(
-                f"  decode {label}: cpu {on['cpu_pct']}% decoding vs {off['cpu_pct']}% not (+{added}%), "
+                f"  decode {label}: cpu {on['cpu_pct']}% decoding vs {off['cpu_pct']}% not (+{added}%; "
+                f"runs {on['cpu_pct_runs']} vs {off['cpu_pct_runs']}), "
                 f"sent {on['sent']}/{off['sent']}, in sink {on['in_sink']}/{off['in_sink']}, "
                 f"undecoded {on['undecoded']}, fields {on['fields_in_sink']}"
             )
@@ -1533,6 +1551,7 @@ FULL = {
     # jsonl-batch). [buffer] batch_size stays the paced runs' 1000 for the jsonl sink
     "mqtt_batch_size": 0,
     "decode_rates": ("board_rate", "line_rate"),
+    "decode_rounds": 3,
     "gpsd_sentences": 400_000,
     "gpsd_repeats": 3,
     "gpsd_timeout_s": 120.0,
@@ -1557,6 +1576,7 @@ QUICK = {
     "mqtt_json_frames": 2_000,
     "mqtt_batch_size": 0,
     "decode_rates": ("line_rate",),
+    "decode_rounds": 1,
     "gpsd_sentences": 4_000,
     "gpsd_repeats": 1,
     "gpsd_timeout_s": 30.0,

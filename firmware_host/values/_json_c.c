@@ -852,9 +852,21 @@ static inline PyObject *get(PyObject *frame, const Slots *s, Py_ssize_t offset, 
     return PyObject_GetAttr(frame, name);
 }
 
+/* the last type looked up and its entry: a read's frames are mostly of one type */
+typedef struct {
+    PyObject *type;  /* a strong reference, or NULL */
+    PyObject *entry; /* a strong reference to its (size, values), or NULL: not described */
+    Py_ssize_t size;
+} Last;
+
+static void last_clear(Last *last) {
+    Py_CLEAR(last->type);
+    Py_CLEAR(last->entry);
+}
+
 /* one frame: 0 given its values or left alone, 1 of a described type and
  * another size, -1 an error set */
-static int mark_one(PyObject *frame, PyObject *layouts, const Slots *slots) {
+static int mark_one(PyObject *frame, PyObject *layouts, const Slots *slots, Last *last) {
     PyObject *payload = get(frame, slots, slots->payload, str_payload);
     if (payload == NULL) return -1;
     if (payload == Py_None) {
@@ -866,17 +878,40 @@ static int mark_one(PyObject *frame, PyObject *layouts, const Slots *slots) {
         Py_DECREF(payload);
         return -1;
     }
-    PyObject *entry = Py_XNewRef(PyDict_GetItemWithError(layouts, type));
+    /* the same object as the last frame's type (ints below 256 are shared): its entry again */
+    if (type != last->type) {
+        last_clear(last);
+        PyObject *entry = Py_XNewRef(PyDict_GetItemWithError(layouts, type));
+        if (entry == NULL && PyErr_Occurred()) {
+            Py_DECREF(type);
+            Py_DECREF(payload);
+            return -1;
+        }
+        if (entry != NULL) {
+            if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) {
+                PyErr_SetString(PyExc_TypeError, "layouts maps a type to (size, values)");
+                last->size = -1;
+            } else {
+                last->size = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 0));
+            }
+            if (last->size < 0) {
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "a negative size");
+                Py_DECREF(entry);
+                Py_DECREF(type);
+                Py_DECREF(payload);
+                return -1;
+            }
+        }
+        last->type = Py_NewRef(type);
+        last->entry = entry;
+    }
     Py_DECREF(type);
+    /* held for the frame: its getattr may be Python code that changes the dict */
+    PyObject *entry = Py_XNewRef(last->entry);
     int r = 0;
-    if (entry == NULL) {
-        r = PyErr_Occurred() ? -1 : 0; /* a type the schema does not describe: bytes only, not a fault */
-    } else if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) {
-        PyErr_SetString(PyExc_TypeError, "layouts maps a type to (size, values)");
-        r = -1;
-    } else {
-        const Py_ssize_t size = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 0));
-        const Py_ssize_t length = size == -1 && PyErr_Occurred() ? -1 : PyObject_Length(payload);
+    if (entry != NULL) {
+        const Py_ssize_t size = last->size;
+        const Py_ssize_t length = PyBytes_CheckExact(payload) ? PyBytes_GET_SIZE(payload) : PyObject_Length(payload);
         PyObject *values = PyTuple_GET_ITEM(entry, 1);
         if (length < 0) {
             r = -1;
@@ -911,12 +946,13 @@ static PyObject *mark(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Slots slots = {NULL, 0, 0, 0};
     if (PySequence_Fast_GET_SIZE(seq) > 0) slots_of(Py_TYPE(PySequence_Fast_GET_ITEM(seq, 0)), &slots);
     int failed = 0;
+    Last last = {NULL, NULL, 0};
     /* the size read each time, and each frame and entry held: a frame of a
      * class of its own may run Python code in its getattr, which may change
      * the list or the dict */
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
         PyObject *frame = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
-        const int r = mark_one(frame, layouts, &slots);
+        const int r = mark_one(frame, layouts, &slots, &last);
         Py_DECREF(frame);
         if (r < 0) {
             failed = 1;
@@ -924,6 +960,7 @@ static PyObject *mark(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         bad += r;
     }
+    last_clear(&last);
     Py_XDECREF(slots.type);
     Py_DECREF(seq);
     return failed ? NULL : PyLong_FromLong(bad);
