@@ -18,6 +18,12 @@ class Values(Protocol):
         can be (a compiled layout); None as ``fields``."""
         ...
 
+    def json_into(self, record: bytes, payload: bytes) -> bytes:
+        """``record`` (one JSON object and a newline, as the jsonl sink writes
+        it) with ``"fields": json(payload)`` added as its last member;
+        ``record`` itself where ``json`` gives None."""
+        ...
+
 
 class Frame:
     """One decoded frame from one device.

@@ -197,6 +197,17 @@ def test_a_layout_writes_the_json_of_the_dict_it_makes(layout: FrameLayout, data
     assert fields is not None
     assert values.json(payload) == fields_json(fields) == compact(fields)
     assert values.fields(payload + b"x") is None and values.json(payload + b"x") is None
+    # what frames get (the C Layout where it took the layout) says the same
+    frames_get = values.for_frames
+    assert frames_get.json(payload) == values.json(payload) and frames_get.fields(payload) == fields
+    record = b'{"device": "d", "seq": 1}\n'
+    with_fields = b'{"device": "d", "seq": 1, "fields": ' + compact(fields) + b"}\n"
+    assert values.json_into(record, payload) == frames_get.json_into(record, payload) == with_fields
+    assert json.loads(with_fields)["fields"] == json.loads(compact(fields))
+    assert frames_get.json_into(record, payload[:-1]) == record  # another size: the record as it was
+    for values_ in (values, frames_get):
+        with pytest.raises(ValueError):
+            values_.json_into(b'{"seq": 1}', payload)  # not a record and its newline
     plain = all(spec.type != "str" for spec in layout.fields) and not any(
         isinstance(spec.scale, int) and isinstance(spec.offset, int) for spec in layout.fields
     )

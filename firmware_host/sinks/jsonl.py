@@ -133,16 +133,12 @@ def encode_records(frames: Sequence[Frame]) -> bytes:
             if fields is None:
                 if values is None:  # the common case: straight out
                     append(line % (f.seq, b64(payload, newline=False)))
-                    continue
-                written = values.json(payload)
-                if written is None:  # a payload no longer of its layout's size: bytes only
-                    append(line % (f.seq, b64(payload, newline=False)))
-                    continue
-            else:
-                written = fields_json(fields)
+                else:  # the same line, its fields added from the payload in one step
+                    append(values.json_into(line % (f.seq, b64(payload, newline=False)), payload))
+                continue
             if with_fields is None:
                 with_fields = _FIELDS_RUN % (name.replace(b"%", b"%%"), ftype, ts_bytes)
-            append(with_fields % (f.seq, b64(payload, newline=False), written))
+            append(with_fields % (f.seq, b64(payload, newline=False), fields_json(fields)))
             continue
         else:  # not an fh1-style int type (a plugin codec's None, str, bool...): as JSON
             fields = f.fields

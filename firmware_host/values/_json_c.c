@@ -558,18 +558,9 @@ static Py_ssize_t max_element(const Field *f) {
     return FLOAT_MAX; /* an integer is at most 20 characters, true 4, false 5 */
 }
 
-static PyObject *layout_json(Layout *self, PyObject *payload) {
-    if (!PyBytes_Check(payload)) {
-        PyErr_SetString(PyExc_TypeError, "payload must be bytes");
-        return NULL;
-    }
-    if (PyBytes_GET_SIZE(payload) != self->size) Py_RETURN_NONE; /* not this layout's: no fields */
-    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(payload);
-    char stack[2048];
-    /* FLOAT_ROOM past the longest text: write_double's and the keys' copies */
-    const Py_ssize_t room = self->max_out + FLOAT_ROOM;
-    char *out = room <= (Py_ssize_t)sizeof stack ? stack : PyMem_Malloc((size_t)room);
-    if (out == NULL) return PyErr_NoMemory();
+/* the JSON of the payload at p (self->size bytes) into out (room_of(self)
+ * bytes); its length */
+static Py_ssize_t layout_write(const Layout *self, const unsigned char *p, char *out) {
     char *q = out;
     *q++ = '{';
     for (int i = 0; i < self->nfields; i++) {
@@ -589,7 +580,82 @@ static PyObject *layout_json(Layout *self, PyObject *payload) {
         if (f->is_array) *q++ = ']';
     }
     *q++ = '}';
-    PyObject *res = PyBytes_FromStringAndSize(out, q - out);
+    return q - out;
+}
+
+/* FLOAT_ROOM past the longest text: write_double's and the keys' copies */
+static Py_ssize_t room_of(const Layout *self) { return self->max_out + FLOAT_ROOM; }
+
+/* the payload's bytes when it is bytes of this layout's size; NULL with
+ * *other set when it is of another size, NULL with an error when not bytes */
+static const unsigned char *payload_of(const Layout *self, PyObject *payload, int *other) {
+    *other = 0;
+    if (!PyBytes_Check(payload)) {
+        PyErr_SetString(PyExc_TypeError, "payload must be bytes");
+        return NULL;
+    }
+    if (PyBytes_GET_SIZE(payload) != self->size) {
+        *other = 1;
+        return NULL;
+    }
+    return (const unsigned char *)PyBytes_AS_STRING(payload);
+}
+
+static PyObject *layout_json(Layout *self, PyObject *payload) {
+    int other;
+    const unsigned char *p = payload_of(self, payload, &other);
+    if (p == NULL) {
+        if (other) Py_RETURN_NONE; /* not this layout's: no fields */
+        return NULL;
+    }
+    char stack[2048];
+    const Py_ssize_t room = room_of(self);
+    char *out = room <= (Py_ssize_t)sizeof stack ? stack : PyMem_Malloc((size_t)room);
+    if (out == NULL) return PyErr_NoMemory();
+    PyObject *res = PyBytes_FromStringAndSize(out, layout_write(self, p, out));
+    if (out != stack) PyMem_Free(out);
+    return res;
+}
+
+static const char MEMBER[] = ", \"fields\": ";
+
+/* json_into(record, payload): record, one JSON object and a newline, with
+ * "fields" added as its last member, in one allocation (the jsonl sink's
+ * line, without a second formatting of it); record itself for a payload of
+ * another size */
+static PyObject *layout_json_into(Layout *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "json_into(record: bytes, payload: bytes)");
+        return NULL;
+    }
+    PyObject *record = args[0];
+    const Py_ssize_t n = PyBytes_GET_SIZE(record);
+    const char *r = PyBytes_AS_STRING(record);
+    if (n < 3 || r[n - 2] != '}' || r[n - 1] != '\n') {
+        PyErr_SetString(PyExc_ValueError, "the record must end with '}' and a newline");
+        return NULL;
+    }
+    int other;
+    const unsigned char *p = payload_of(self, args[1], &other);
+    if (p == NULL) return other ? Py_NewRef(record) : NULL;
+    char stack[2048];
+    const Py_ssize_t room = room_of(self);
+    char *out = room <= (Py_ssize_t)sizeof stack ? stack : PyMem_Malloc((size_t)room);
+    if (out == NULL) return PyErr_NoMemory();
+    const Py_ssize_t len = layout_write(self, p, out);
+    const Py_ssize_t member = (Py_ssize_t)sizeof MEMBER - 1;
+    PyObject *res = PyBytes_FromStringAndSize(NULL, n - 2 + member + len + 2);
+    if (res != NULL) {
+        char *w = PyBytes_AS_STRING(res);
+        memcpy(w, r, (size_t)(n - 2));
+        w += n - 2;
+        memcpy(w, MEMBER, (size_t)member);
+        w += member;
+        memcpy(w, out, (size_t)len);
+        w += len;
+        w[0] = '}';
+        w[1] = '\n';
+    }
     if (out != stack) PyMem_Free(out);
     return res;
 }
@@ -779,6 +845,8 @@ static PyObject *layout_get_size(Layout *self, void *closure) {
 }
 
 static PyMethodDef layout_methods[] = {
+    {"json_into", (PyCFunction)(void (*)(void))layout_json_into, METH_FASTCALL,
+     "json_into(record, payload) -> bytes: record (a JSON object and a newline) with the fields added last"},
     {"fields", (PyCFunction)layout_fields, METH_O,
      "fields(payload) -> dict | None: the payload's fields (build's dict); None for another size"},
     {"json", (PyCFunction)layout_json, METH_O,

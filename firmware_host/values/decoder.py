@@ -126,7 +126,7 @@ class LayoutValues:
     ``Layout``, which writes the JSON straight from the payload, where it is
     built and takes the layout (``compiled_layout``), else this."""
 
-    __slots__ = ("fields", "for_frames", "json", "size", "writes_from_payload")
+    __slots__ = ("fields", "for_frames", "json", "json_into", "size", "writes_from_payload")
 
     def __init__(self, layout: FrameLayout) -> None:
         packed = struct.Struct(struct_format(layout))
@@ -147,11 +147,25 @@ class LayoutValues:
         self.fields: Callable[[bytes], Fields | None] = fields
         #: the payload's fields as ``fields_json`` writes them
         self.json: Callable[[bytes], bytes | None] = from_dict if in_c is None else in_c.json
+        #: a jsonl record with the payload's fields added as its last member
+        self.json_into: Callable[[bytes, bytes], bytes] = _adding(self.json) if in_c is None else in_c.json_into
         #: whether ``json`` runs in C without the dict
         self.writes_from_payload = in_c is not None
         #: what the decoder gives its frames: one object whose methods a sink calls
         #: directly (a C method call is cheaper than a call through a slot)
         self.for_frames: Values = self if in_c is None else in_c
+
+
+def _adding(json: Callable[[bytes], bytes | None]) -> Callable[[bytes, bytes], bytes]:
+    """``Values.json_into`` from ``json``: as the C part's ``Layout.json_into``."""
+
+    def json_into(record: bytes, payload: bytes) -> bytes:
+        if not record.endswith(b"}\n") or len(record) < 3:
+            raise ValueError("the record must end with '}' and a newline")
+        written = json(payload)
+        return record if written is None else record[:-2] + b', "fields": ' + written + b"}\n"
+
+    return json_into
 
 
 def _csv_value(spec: FieldSpec) -> Callable[[str], Any]:
