@@ -862,7 +862,7 @@ def scenario_decode(variant: str, p: dict[str, Any], log: Callable[[str], None])
     board's rate (10 frames/s) and at 921600 baud, with ``decode`` on and off; the
     CPU decoding adds, in percent of the run without. ``decode_rounds`` pairs of
     runs in the order on, off, off, on, ...: this machine's speed drifts by more
-    than the difference (one pair read +12% to +28% within ten minutes; single
+    than the difference (one pair read +13% to +28% within ten minutes; single
     runs of one build 31% to 48% of a core), so each pair is compared within its
     own window and the judged figure is the median of the pairs' differences
     (``cpu_added_pct``); the medians of each side's runs are reported beside it
@@ -2050,9 +2050,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.decode_rounds:
         p["decode_rounds"] = args.decode_rounds
     if args.decode_rates:
-        p["decode_rates"] = tuple(args.decode_rates.split(","))
-        if not set(p["decode_rates"]) <= {"board_rate", "line_rate"}:
+        rates = tuple(args.decode_rates.split(","))
+        if not set(rates) <= {"board_rate", "line_rate"}:
             ap.error("--decode-rates: board_rate, line_rate or both")
+        p["decode_rates"] = rates
     info = machine()
     if args.loops:
         loops = [x for x in args.loops.split(",") if x]
