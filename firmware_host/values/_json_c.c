@@ -197,8 +197,14 @@ static void buf_free(Buf *b) {
 }
 
 /* room for `more` bytes after n; -1 with MemoryError set */
-static int buf_room(Buf *b, Py_ssize_t more) {
+static int buf_grow(Buf *b, Py_ssize_t more);
+
+static inline int buf_room(Buf *b, Py_ssize_t more) {
     if (b->n + more <= b->cap) return 0;
+    return buf_grow(b, more);
+}
+
+static int buf_grow(Buf *b, Py_ssize_t more) {
     Py_ssize_t cap = b->cap;
     while (cap < b->n + more) {
         if (cap > PY_SSIZE_T_MAX / 2) {
@@ -219,7 +225,7 @@ static int buf_room(Buf *b, Py_ssize_t more) {
     return 0;
 }
 
-static int buf_put(Buf *b, const char *s, Py_ssize_t n) {
+static inline int buf_put(Buf *b, const char *s, Py_ssize_t n) {
     if (buf_room(b, n) < 0) return -1;
     memcpy(b->p + b->n, s, (size_t)n);
     b->n += n;
@@ -230,9 +236,33 @@ static int buf_put(Buf *b, const char *s, Py_ssize_t n) {
 
 static const char HEX[] = "0123456789abcdef";
 
+/* the bytes json escapes: the C0 controls, '"' and '\\' */
+static const unsigned char ESCAPE[256] = {
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
+};
+
 /* UTF-8 text s as a JSON string, escaped as json's encode_basestring does
  * (ensure_ascii=False): '"', '\\' and the C0 controls; everything else as is */
 static int put_escaped(Buf *b, const char *s, Py_ssize_t n) {
+    /* most text needs no escape: one scan, one copy (short text byte by byte) */
+    const unsigned char *u = (const unsigned char *)s;
+    Py_ssize_t plain = 0;
+    while (plain < n && !ESCAPE[u[plain]]) plain++;
+    if (plain == n) {
+        if (buf_room(b, n + 2) < 0) return -1;
+        char *p = b->p + b->n;
+        *p++ = '"';
+        if (n <= 16) {
+            for (Py_ssize_t i = 0; i < n; i++) p[i] = s[i];
+        } else {
+            memcpy(p, s, (size_t)n);
+        }
+        p[n] = '"';
+        b->n += n + 2;
+        return 0;
+    }
     if (buf_room(b, n * 6 + 2) < 0) return -1;
     char *p = b->p + b->n;
     *p++ = '"';
@@ -270,6 +300,8 @@ static int put_escaped(Buf *b, const char *s, Py_ssize_t n) {
 static int put_value(Buf *b, PyObject *v, int depth);
 
 static int put_str(Buf *b, PyObject *s) {
+    if (PyUnicode_IS_ASCII(s)) /* its characters are its UTF-8 */
+        return put_escaped(b, (const char *)PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s)) < 0 ? -1 : 1;
     Py_ssize_t n;
     const char *u = PyUnicode_AsUTF8AndSize(s, &n);
     if (u == NULL) { /* a lone surrogate: not UTF-8, the fallback decides */
