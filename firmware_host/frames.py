@@ -39,7 +39,9 @@ class Frame:
     read (and kept). A sink that writes JSON asks ``values.json`` instead, and
     no dict is made at all: at 921600 baud the dict and its writing were most
     of what decoding cost. Setting ``fields`` replaces the values (and drops
-    ``values``), so a processor's own fields are what every sink sees.
+    ``values``), so a processor's own fields are what every sink sees. The
+    fields are those of the payload at their first read: a processor that
+    replaces ``payload`` sets ``fields`` too (or None) if they may have been read.
     """
 
     # slots: a busy gateway holds 100k of these; a dict per frame would double RSS.
@@ -88,6 +90,15 @@ class Frame:
         if self.payload is not None:
             return len(self.payload)
         return len(self.text) if self.text is not None else 0
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        # pickle and copy: the fields themselves (made now if they were not),
+        # not the layout that would make them (compiled, and not picklable)
+        return (self.device, self.seq, self.type, self.ts, self.payload, self.text, self.fields)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.device, self.seq, self.type, self.ts, self.payload, self.text, self._fields = state
+        self.values = None
 
     def __repr__(self) -> str:
         return (

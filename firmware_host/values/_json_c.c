@@ -353,11 +353,13 @@ static int put_value(Buf *b, PyObject *v, int depth) {
     if (t == &PyList_Type || t == &PyTuple_Type) {
         PyObject *seq = v;
         if (buf_put(b, "[", 1) < 0) return -1;
-        const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-        for (Py_ssize_t i = 0; i < n; i++) {
+        /* the size read each time and the item held: int.__repr__ of a huge int
+         * runs Python code on 3.12+ (_pylong), so a GC finalizer may change the list */
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
             if (i && buf_put(b, ",", 1) < 0) return -1;
-            /* a list is only read here: no Python code runs while it is walked */
-            const int r = put_value(b, PySequence_Fast_GET_ITEM(seq, i), depth + 1);
+            PyObject *item = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
+            const int r = put_value(b, item, depth + 1);
+            Py_DECREF(item);
             if (r <= 0) return r;
         }
         return buf_put(b, "]", 1) < 0 ? -1 : 1;
@@ -374,7 +376,9 @@ static int put_value(Buf *b, PyObject *v, int depth) {
             int r = put_str(b, key);
             if (r <= 0) return r;
             if (buf_put(b, ":", 1) < 0) return -1;
+            Py_INCREF(value);
             r = put_value(b, value, depth + 1);
+            Py_DECREF(value);
             if (r <= 0) return r;
         }
         return buf_put(b, "}", 1) < 0 ? -1 : 1;
@@ -569,7 +573,8 @@ static Py_ssize_t write_element(const Field *f, const unsigned char *p, int big,
     const int is_float = f->kind == K_F32 || f->kind == K_F64;
     if (f->conv == CONV_NONE && !is_float) return is_signed ? write_i64(out, ix) : write_u64(out, ux);
     if (f->conv == CONV_FLOAT) {
-        /* two roundings, as Python's raw * scale + offset: fp-contract is off (setup.py) */
+        /* two roundings, as Python's raw * scale + offset: the volatile store keeps a
+         * compiler that contracts (gcc's default on arm64) from fusing them */
         volatile double product = x * f->scale;
         x = product + f->offset;
     } else if (f->conv == CONV_INT) {
@@ -618,24 +623,33 @@ static Py_ssize_t layout_write(const Layout *self, const unsigned char *p, char 
 /* FLOAT_ROOM past the longest text: write_double's and the keys' copies */
 static Py_ssize_t room_of(const Layout *self) { return self->max_out + FLOAT_ROOM; }
 
-/* the payload's bytes when it is bytes of this layout's size; NULL with
- * *other set when it is of another size, NULL with an error when not bytes */
-static const unsigned char *payload_of(const Layout *self, PyObject *payload, int *other) {
+/* the payload's bytes when it is of this layout's size; NULL with *other set
+ * when it is of another size, NULL with an error when it has no bytes. The
+ * caller releases view (which does nothing for exact bytes: obj is NULL) */
+static const unsigned char *payload_of(const Layout *self, PyObject *payload, Py_buffer *view, int *other) {
     *other = 0;
-    if (!PyBytes_Check(payload)) {
-        PyErr_SetString(PyExc_TypeError, "payload must be bytes");
-        return NULL;
+    if (PyBytes_CheckExact(payload)) { /* the codecs' payloads: no buffer to take */
+        view->obj = NULL;
+        if (PyBytes_GET_SIZE(payload) != self->size) {
+            *other = 1;
+            return NULL;
+        }
+        return (const unsigned char *)PyBytes_AS_STRING(payload);
     }
-    if (PyBytes_GET_SIZE(payload) != self->size) {
+    /* a plugin's bytearray or memoryview: read as struct.unpack reads it */
+    if (PyObject_GetBuffer(payload, view, PyBUF_SIMPLE) < 0) return NULL;
+    if (view->len != self->size) {
+        PyBuffer_Release(view);
         *other = 1;
         return NULL;
     }
-    return (const unsigned char *)PyBytes_AS_STRING(payload);
+    return (const unsigned char *)view->buf;
 }
 
 static PyObject *layout_json(Layout *self, PyObject *payload) {
     int other;
-    const unsigned char *p = payload_of(self, payload, &other);
+    Py_buffer view;
+    const unsigned char *p = payload_of(self, payload, &view, &other);
     if (p == NULL) {
         if (other) Py_RETURN_NONE; /* not this layout's: no fields */
         return NULL;
@@ -643,8 +657,12 @@ static PyObject *layout_json(Layout *self, PyObject *payload) {
     char stack[2048];
     const Py_ssize_t room = room_of(self);
     char *out = room <= (Py_ssize_t)sizeof stack ? stack : PyMem_Malloc((size_t)room);
-    if (out == NULL) return PyErr_NoMemory();
+    if (out == NULL) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
     PyObject *res = PyBytes_FromStringAndSize(out, layout_write(self, p, out));
+    PyBuffer_Release(&view);
     if (out != stack) PyMem_Free(out);
     return res;
 }
@@ -668,20 +686,27 @@ static PyObject *layout_json_into(Layout *self, PyObject *const *args, Py_ssize_
         return NULL;
     }
     int other;
-    const unsigned char *p = payload_of(self, args[1], &other);
+    Py_buffer view;
+    const unsigned char *p = payload_of(self, args[1], &view, &other);
     if (p == NULL) return other ? Py_NewRef(record) : NULL;
     char stack[2048];
     const Py_ssize_t room = room_of(self);
     char *out = room <= (Py_ssize_t)sizeof stack ? stack : PyMem_Malloc((size_t)room);
-    if (out == NULL) return PyErr_NoMemory();
+    if (out == NULL) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
     const Py_ssize_t len = layout_write(self, p, out);
-    const Py_ssize_t member = (Py_ssize_t)sizeof MEMBER - 1;
+    PyBuffer_Release(&view);
+    /* "{}\n": the fields are its only member, no comma before them */
+    const int first = r[n - 3] == '{';
+    const Py_ssize_t member = (Py_ssize_t)sizeof MEMBER - 1 - 2 * first;
     PyObject *res = PyBytes_FromStringAndSize(NULL, n - 2 + member + len + 2);
     if (res != NULL) {
         char *w = PyBytes_AS_STRING(res);
         memcpy(w, r, (size_t)(n - 2));
         w += n - 2;
-        memcpy(w, MEMBER, (size_t)member);
+        memcpy(w, MEMBER + 2 * first, (size_t)member);
         w += member;
         memcpy(w, out, (size_t)len);
         w += len;
@@ -719,7 +744,8 @@ static int read_number(PyObject *v, int *given, int *is_int, double *d, int64_t 
         *i = overflow ? INT64_MAX : (int64_t)x;
         return 0;
     }
-    PyErr_SetString(PyExc_TypeError, "scale and offset must be None, an int or a float");
+    /* a bool, a float or int subclass (numpy.float64): Python's arithmetic, in Python */
+    PyErr_SetString(PyExc_ValueError, "not written here: a scale or offset that is not an int or a float");
     return -1;
 }
 
@@ -830,8 +856,11 @@ static PyObject *layout_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
                 f->iscale = scale_i;
             }
         }
-        if (self->size > PY_SSIZE_T_MAX / 2 - size * count) {
-            unsupported("a layout that large");
+        /* each term bounded before it is added (a wrapped max_out would overrun the
+         * output buffer on a 32-bit build): a layout past 256 MiB stays in Python */
+        const Py_ssize_t limit = (Py_ssize_t)1 << 28;
+        if (self->size > limit || size > limit / count || max_out > limit || f->key_len > limit) {
+            unsupported("a layout of more than 256 MiB");
             goto fail;
         }
         self->size += size * count;
@@ -906,7 +935,7 @@ static PyTypeObject LayoutType = {
 
 /* ---------------------------------------------------------------- the decode loop */
 
-static PyObject *str_payload, *str_type, *str_values;
+static PyObject *str_payload, *str_type, *str_values, *str_fields;
 
 /* Where a class keeps the three attributes the loop reads and sets, when they
  * are plain object slots (``__slots__``, as Frame's): read there directly, as
@@ -915,7 +944,7 @@ static PyObject *str_payload, *str_type, *str_values;
  * or a slot not set, takes the generic way. */
 typedef struct {
     PyTypeObject *type; /* a strong reference for the loop's length */
-    Py_ssize_t payload, ftype, values;
+    Py_ssize_t payload, ftype, values, fields;
 } Slots;
 
 static Py_ssize_t slot_offset(PyTypeObject *type, PyObject *name, int writable) {
@@ -925,7 +954,9 @@ static Py_ssize_t slot_offset(PyTypeObject *type, PyObject *name, int writable) 
         return -1;
     }
     Py_ssize_t offset = -1;
-    if (Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+    /* a member of this class or a base: a descriptor copied from another class
+     * (class C: payload = Frame.payload) would read C's objects at Frame's offsets */
+    if (Py_IS_TYPE(d, &PyMemberDescr_Type) && PyType_IsSubtype(type, PyDescr_TYPE(d))) {
         PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
         if (m->type == T_OBJECT_EX && !(writable && (m->flags & READONLY))) offset = m->offset;
     }
@@ -938,7 +969,9 @@ static void slots_of(PyTypeObject *type, Slots *s) {
     s->payload = slot_offset(type, str_payload, 0);
     s->ftype = slot_offset(type, str_type, 0);
     s->values = slot_offset(type, str_values, 1);
-    if (s->payload >= 0 && s->ftype >= 0 && s->values >= 0) s->type = (PyTypeObject *)Py_NewRef(type);
+    s->fields = slot_offset(type, str_fields, 1);
+    if (s->payload >= 0 && s->ftype >= 0 && s->values >= 0 && s->fields >= 0)
+        s->type = (PyTypeObject *)Py_NewRef(type);
 }
 
 #define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
@@ -964,6 +997,17 @@ static void last_clear(Last *last) {
     Py_CLEAR(last->entry);
 }
 
+/* the length of a payload's bytes (its buffer's, as struct.unpack and
+ * Layout.json read it); -1 with an error set when it has none */
+static Py_ssize_t buffer_length(PyObject *payload) {
+    if (PyBytes_CheckExact(payload)) return PyBytes_GET_SIZE(payload);
+    Py_buffer view;
+    if (PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0) return -1;
+    const Py_ssize_t length = view.len;
+    PyBuffer_Release(&view);
+    return length;
+}
+
 /* one frame: 0 given its values or left alone, 1 of a described type and
  * another size, -1 an error set */
 static int mark_one(PyObject *frame, PyObject *layouts, const Slots *slots, Last *last) {
@@ -983,9 +1027,12 @@ static int mark_one(PyObject *frame, PyObject *layouts, const Slots *slots, Last
         last_clear(last);
         PyObject *entry = Py_XNewRef(PyDict_GetItemWithError(layouts, type));
         if (entry == NULL && PyErr_Occurred()) {
-            Py_DECREF(type);
-            Py_DECREF(payload);
-            return -1;
+            if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
+                Py_DECREF(type);
+                Py_DECREF(payload);
+                return -1;
+            }
+            PyErr_Clear(); /* an unhashable type: no layout describes it, as the Python loop finds */
         }
         if (entry != NULL) {
             if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) {
@@ -1011,15 +1058,18 @@ static int mark_one(PyObject *frame, PyObject *layouts, const Slots *slots, Last
     int r = 0;
     if (entry != NULL) {
         const Py_ssize_t size = last->size;
-        const Py_ssize_t length = PyBytes_CheckExact(payload) ? PyBytes_GET_SIZE(payload) : PyObject_Length(payload);
+        const Py_ssize_t length = buffer_length(payload);
         PyObject *values = PyTuple_GET_ITEM(entry, 1);
         if (length < 0) {
             r = -1;
         } else if (length != size) {
             r = 1;
         } else if (Py_TYPE(frame) == slots->type) {
+            /* the fields come from the layout now, as Python's frame.fields = ... did */
             Py_XSETREF(SLOT(frame, slots->values), Py_NewRef(values));
-        } else if (PyObject_SetAttr(frame, str_values, values) < 0) {
+            Py_XSETREF(SLOT(frame, slots->fields), Py_NewRef(Py_None));
+        } else if (PyObject_SetAttr(frame, str_values, values) < 0 ||
+                   PyObject_SetAttr(frame, str_fields, Py_None) < 0) {
             r = -1;
         }
     }
@@ -1043,7 +1093,7 @@ static PyObject *mark(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (seq == NULL) return NULL;
     PyObject *layouts = args[1];
     long bad = 0;
-    Slots slots = {NULL, 0, 0, 0};
+    Slots slots = {NULL, 0, 0, 0, 0};
     if (PySequence_Fast_GET_SIZE(seq) > 0) slots_of(Py_TYPE(PySequence_Fast_GET_ITEM(seq, 0)), &slots);
     int failed = 0;
     Last last = {NULL, NULL, 0};
@@ -1090,7 +1140,9 @@ PyMODINIT_FUNC PyInit__json_c(void) {
         str_payload = PyUnicode_InternFromString("payload");
         str_type = PyUnicode_InternFromString("type");
         str_values = PyUnicode_InternFromString("values");
-        if (str_payload == NULL || str_type == NULL || str_values == NULL) return NULL;
+        /* the slot under Frame.fields (the property): set as the fh1 codec sets it */
+        str_fields = PyUnicode_InternFromString("_fields");
+        if (str_payload == NULL || str_type == NULL || str_values == NULL || str_fields == NULL) return NULL;
     }
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

@@ -163,7 +163,10 @@ def _adding(json: Callable[[bytes], bytes | None]) -> Callable[[bytes, bytes], b
         if not record.endswith(b"}\n") or len(record) < 3:
             raise ValueError("the record must end with '}' and a newline")
         written = json(payload)
-        return record if written is None else record[:-2] + b', "fields": ' + written + b"}\n"
+        if written is None:
+            return record
+        member = b'"fields": ' if record[-3:-2] == b"{" else b', "fields": '  # "{}": its only member
+        return record[:-2] + member + written + b"}\n"
 
     return json_into
 
@@ -260,6 +263,7 @@ _CSV_PART = """            text = frame.text
 _TYPE_PART = """        {keyword} t == {type}:
             if len(payload) == {size}:
                 frame.values = for_frames_{n}
+                frame._fields = None
             else:
                 bad += 1"""
 
@@ -296,6 +300,7 @@ def _looked_up(binary: dict[int, LayoutValues], csv: _Csv | None) -> DecodeLoop:
                     bad += 1
                     continue
                 frame.values = values.for_frames
+                frame._fields = None  # the fields come from the layout now
             elif csv is not None and frame.text is not None:
                 try:
                     frame.fields = csv.fields(frame.text)
