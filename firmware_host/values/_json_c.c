@@ -646,6 +646,11 @@ static const unsigned char *payload_of(const Layout *self, PyObject *payload, Py
     return (const unsigned char *)view->buf;
 }
 
+/* a view payload_of took (none for exact bytes) */
+static inline void release(Py_buffer *view) {
+    if (view->obj != NULL) PyBuffer_Release(view);
+}
+
 static PyObject *layout_json(Layout *self, PyObject *payload) {
     int other;
     Py_buffer view;
@@ -658,11 +663,11 @@ static PyObject *layout_json(Layout *self, PyObject *payload) {
     const Py_ssize_t room = room_of(self);
     char *out = room <= (Py_ssize_t)sizeof stack ? stack : PyMem_Malloc((size_t)room);
     if (out == NULL) {
-        PyBuffer_Release(&view);
+        release(&view);
         return PyErr_NoMemory();
     }
     PyObject *res = PyBytes_FromStringAndSize(out, layout_write(self, p, out));
-    PyBuffer_Release(&view);
+    release(&view);
     if (out != stack) PyMem_Free(out);
     return res;
 }
@@ -693,11 +698,11 @@ static PyObject *layout_json_into(Layout *self, PyObject *const *args, Py_ssize_
     const Py_ssize_t room = room_of(self);
     char *out = room <= (Py_ssize_t)sizeof stack ? stack : PyMem_Malloc((size_t)room);
     if (out == NULL) {
-        PyBuffer_Release(&view);
+        release(&view);
         return PyErr_NoMemory();
     }
     const Py_ssize_t len = layout_write(self, p, out);
-    PyBuffer_Release(&view);
+    release(&view);
     /* "{}\n": the fields are its only member, no comma before them */
     const int first = r[n - 3] == '{';
     const Py_ssize_t member = (Py_ssize_t)sizeof MEMBER - 1 - 2 * first;
