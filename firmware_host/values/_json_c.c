@@ -148,6 +148,14 @@ static Py_ssize_t write_double(char *out, double x) {
     return p - out;
 }
 
+/* x as JSON: repr's text, or null where x is not finite (JSON has no NaN) */
+static Py_ssize_t write_number(char *out, double x) {
+    const Py_ssize_t n = write_double(out, x);
+    if (n != 0) return n;
+    memcpy(out, "null", 4);
+    return 4;
+}
+
 /* decimal text of an integer into out (at least 21 bytes) */
 static Py_ssize_t write_u64(char *out, uint64_t v) {
     char tmp[20];
@@ -316,12 +324,7 @@ static int put_value(Buf *b, PyObject *v, int depth) {
     PyTypeObject *t = Py_TYPE(v);
     if (t == &PyFloat_Type) {
         if (buf_room(b, FLOAT_ROOM) < 0) return -1;
-        Py_ssize_t n = write_double(b->p + b->n, PyFloat_AS_DOUBLE(v));
-        if (n == 0) {
-            memcpy(b->p + b->n, "null", 4);
-            n = 4;
-        }
-        b->n += n;
+        b->n += write_number(b->p + b->n, PyFloat_AS_DOUBLE(v));
         return 1;
     }
     if (t == &PyLong_Type) {
@@ -582,12 +585,7 @@ static Py_ssize_t write_element(const Field *f, const unsigned char *p, int big,
         const int64_t exact = is_signed ? ix * f->iscale : (int64_t)ux * f->iscale;
         x = (double)exact + f->offset;
     }
-    Py_ssize_t n = write_double(out, x);
-    if (n == 0) {
-        memcpy(out, "null", 4);
-        n = 4;
-    }
-    return n;
+    return write_number(out, x);
 }
 
 static Py_ssize_t max_element(const Field *f) {
@@ -651,23 +649,38 @@ static inline void release(Py_buffer *view) {
     if (view->obj != NULL) PyBuffer_Release(view);
 }
 
-static PyObject *layout_json(Layout *self, PyObject *payload) {
+/* the size of the stack buffer the text is written into when it fits */
+#define STACK_TEXT 2048
+
+/* the payload's JSON into *out: stack (STACK_TEXT bytes), or the heap where
+ * the layout's text may be longer (the caller frees *out when it is not
+ * stack). Its length; 0 for a payload of another size; -1 with an error set */
+static Py_ssize_t layout_text(const Layout *self, PyObject *payload, char *stack, char **out) {
     int other;
     Py_buffer view;
     const unsigned char *p = payload_of(self, payload, &view, &other);
-    if (p == NULL) {
-        if (other) Py_RETURN_NONE; /* not this layout's: no fields */
+    if (p == NULL) return other ? 0 : -1;
+    const Py_ssize_t room = room_of(self);
+    *out = room <= STACK_TEXT ? stack : PyMem_Malloc((size_t)room);
+    Py_ssize_t len = -1;
+    if (*out == NULL) {
+        PyErr_NoMemory();
+    } else {
+        len = layout_write(self, p, *out);
+    }
+    release(&view);
+    return len;
+}
+
+static PyObject *layout_json(Layout *self, PyObject *payload) {
+    char stack[STACK_TEXT];
+    char *out = NULL;
+    const Py_ssize_t len = layout_text(self, payload, stack, &out);
+    if (len <= 0) {
+        if (len == 0) Py_RETURN_NONE; /* not this layout's: no fields */
         return NULL;
     }
-    char stack[2048];
-    const Py_ssize_t room = room_of(self);
-    char *out = room <= (Py_ssize_t)sizeof stack ? stack : PyMem_Malloc((size_t)room);
-    if (out == NULL) {
-        release(&view);
-        return PyErr_NoMemory();
-    }
-    PyObject *res = PyBytes_FromStringAndSize(out, layout_write(self, p, out));
-    release(&view);
+    PyObject *res = PyBytes_FromStringAndSize(out, len);
     if (out != stack) PyMem_Free(out);
     return res;
 }
@@ -690,19 +703,10 @@ static PyObject *layout_json_into(Layout *self, PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_ValueError, "the record must end with '}' and a newline");
         return NULL;
     }
-    int other;
-    Py_buffer view;
-    const unsigned char *p = payload_of(self, args[1], &view, &other);
-    if (p == NULL) return other ? Py_NewRef(record) : NULL;
-    char stack[2048];
-    const Py_ssize_t room = room_of(self);
-    char *out = room <= (Py_ssize_t)sizeof stack ? stack : PyMem_Malloc((size_t)room);
-    if (out == NULL) {
-        release(&view);
-        return PyErr_NoMemory();
-    }
-    const Py_ssize_t len = layout_write(self, p, out);
-    release(&view);
+    char stack[STACK_TEXT];
+    char *out = NULL;
+    const Py_ssize_t len = layout_text(self, args[1], stack, &out);
+    if (len <= 0) return len == 0 ? Py_NewRef(record) : NULL;
     /* "{}\n": the fields are its only member, no comma before them */
     const int first = r[n - 3] == '{';
     const Py_ssize_t member = (Py_ssize_t)sizeof MEMBER - 1 - 2 * first;

@@ -126,7 +126,7 @@ class LayoutValues:
     ``Layout``, which writes the JSON straight from the payload, where it is
     built and takes the layout (``compiled_layout``), else this."""
 
-    __slots__ = ("fields", "for_frames", "json", "json_into", "size", "writes_from_payload")
+    __slots__ = ("fields", "for_frames", "json", "json_into", "size")
 
     def __init__(self, layout: FrameLayout) -> None:
         packed = struct.Struct(struct_format(layout))
@@ -149,11 +149,14 @@ class LayoutValues:
         self.json: Callable[[bytes], bytes | None] = from_dict if in_c is None else in_c.json
         #: a jsonl record with the payload's fields added as its last member
         self.json_into: Callable[[bytes, bytes], bytes] = _adding(self.json) if in_c is None else in_c.json_into
-        #: whether ``json`` runs in C without the dict
-        self.writes_from_payload = in_c is not None
         #: what the decoder gives its frames: one object whose methods a sink calls
         #: directly (a C method call is cheaper than a call through a slot)
         self.for_frames: Values = self if in_c is None else in_c
+
+    @property
+    def writes_from_payload(self) -> bool:
+        """Whether the JSON is written in C without the dict."""
+        return self.for_frames is not self
 
 
 def _adding(json: Callable[[bytes], bytes | None]) -> Callable[[bytes, bytes], bytes]:
