@@ -1,6 +1,7 @@
 """The compiled parts, both optional: the NMEA fast path's plain cases
 (firmware_host/values/_nmea_c.c) and decoded fields written as JSON
-(firmware_host/values/_json_c.c, with Ryu vendored under values/ryu/).
+(firmware_host/values/_json_c.c, with yyjson's Schubfach vendored under
+values/schubfach/).
 
 Where no C compiler or Python headers are found, the build says so and installs
 without them, and the Python beside each gives the same results (tests hold
@@ -20,17 +21,7 @@ setup(
             "firmware_host.values._json_c",
             ["firmware_host/values/_json_c.c"],
             include_dirs=["firmware_host/values"],
-            depends=[
-                f"firmware_host/values/ryu/{name}"
-                for name in (
-                    "common.h",
-                    "d2s.c",
-                    "d2s_full_table.h",
-                    "d2s_intrinsics.h",
-                    "digit_table.h",
-                    "ryu.h",
-                )
-            ],
+            depends=["firmware_host/values/schubfach/schubfach.h"],
             optional=True,
         ),
     ]

@@ -2,7 +2,7 @@
 binary layout's values read when first asked for (``Frame.values``).
 
 The C part is held to the Python it stands in for: its floats to ``repr``
-(Ryu's shortest digits against David Gay's), its dicts to ``json.dumps``
+(Schubfach's shortest digits against David Gay's), its dicts to ``json.dumps``
 (compact) byte for byte, and a layout's payload written without the dict to
 the dict the decoder makes of the same payload, written. In CI (``CI`` set)
 these fail rather than skip when it was not built.
@@ -52,7 +52,7 @@ def compact(fields: Any) -> bytes:
 def _edges() -> list[float]:
     out = [0.0, 1.0, 0.1, 0.3, 1e-5, 1e-4, 1e15, 1e16, 1e17, 1e21, 1e22, 1e23, 5e-324, 2.2250738585072014e-308]
     out += [1.7976931348623157e308, 9007199254740993.0, 123456.789, 22.91079330444336, 2.0**53, 2.0**63]
-    for e in range(-1074, 1024, 7):  # powers of two and their neighbours: the bounds Ryu must accept or not
+    for e in range(-1074, 1024, 7):  # powers of two and their neighbours: where the spacing of doubles changes
         x = 2.0**e
         out += [x, math.nextafter(x, 0.0), math.nextafter(x, math.inf)]
     for k in range(-325, 309, 3):  # powers of ten, where repr switches between fixed and exponent
@@ -60,7 +60,19 @@ def _edges() -> list[float]:
             x = float(f"{m}e{k}")
             if math.isfinite(x):
                 out.append(x)
+    # integers below 2**53 take their own path; scaled readings have short digits
+    out += [float(i) for i in (2, 10, 100, 120, 9999, 10**15, 2**52 + 1, 2**53 - 1)]
+    out += [i / 100 for i in range(-3000, 3000, 7)] + [i * 0.1 for i in range(-300, 300)]
     return [y for x in out for y in (x, -x)]
+
+
+@needs_c
+def test_subnormal_floats_are_written_as_repr_writes_them():
+    """Subnormals give the shortest digits any length (a normal double's are 16 or 17 before trimming)."""
+    rng = random.Random(21)
+    subnormals = [struct.unpack("<d", rng.getrandbits(52).to_bytes(8, "little"))[0] for _ in range(20_000)]
+    subnormals += [struct.unpack("<d", k.to_bytes(8, "little"))[0] for k in range(1, 2000)]
+    assert [x for x in subnormals if x and _json_c.float_repr(x) != repr(x)] == []
 
 
 @needs_c

@@ -14,7 +14,7 @@ NaN. Tests hold both against ``json.dumps``.
 
 Where the C part was built at install (``_json_c.c``, beside the NMEA one), it
 writes them first: ``json.dumps``'s text, compact, floats spelled as Python's
-repr spells them (from Ryu's shortest digits), with no Python frame and no
+repr spells them (from Schubfach's shortest digits), with no Python frame and no
 keyword parsing per call; what it does not know exactly (a subclass, a key
 that is not a string, a lone surrogate) it hands whole to the writer above.
 The same C part writes a binary layout's payload as this same text without
