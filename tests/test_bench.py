@@ -74,11 +74,31 @@ def test_bench_quick_writes_json(tmp_path):
     mqtt = sc["mqtt"]
     assert mqtt["every_frame_acked_and_consumed"] and mqtt["with_mqtt"]["sent"] == mqtt["at_consumer"] > 0
     assert {"cpu_pct", "cpu_pct_jsonl_only", "json_mode_frames_per_s_acked"} <= set(mqtt)
+    assert sc["decode"]["method"] == "side_by_side"  # the two runtimes at once
     for run in sc["decode"]["rates"].values():  # --quick: at 921600 baud only
         assert run["decode"]["fields_in_sink"] and not run["no_decode"]["fields_in_sink"]
         assert run["decode"]["undecoded"] == 0 and run["decode"]["in_sink"] == run["decode"]["sent"] > 0
+        assert run["no_decode"]["in_sink"] == run["no_decode"]["sent"] > 0
     assert result["targets"] and all({"target", "goal", "value", "met"} <= set(t) for t in result["targets"])
     assert "scenario" in proc.stdout  # the table
+
+
+def test_bench_decode_pairs_method(tmp_path):
+    """--decode-method pairs: decoding and not one after the other, each run's frames all in its sink."""
+    out = tmp_path / "bench.json"
+    proc = run_all(
+        [sys.executable, str(REPO / "tools" / "bench.py"), "--smoke", "--only", "decode", "--no-baseline"]
+        + ["--decode-method", "pairs", "--decode-rounds", "2", "--json", str(out)],
+        timeout=50,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    decode = json.loads(out.read_text())["scenarios"]["decode"]
+    assert decode["method"] == "pairs"
+    (run,) = decode["rates"].values()
+    assert len(run["decode"]["cpu_pct_runs"]) == len(run["no_decode"]["cpu_pct_runs"]) == 2
+    assert run["decode"]["fields_in_sink"] and not run["no_decode"]["fields_in_sink"]
+    for side in (run["decode"], run["no_decode"]):
+        assert side["in_sink"] == side["sent"] > 0 and side["dropped"] == 0
 
 
 def test_bench_ab_alternates_builds(tmp_path):

@@ -807,43 +807,91 @@ fields = [{name = "temperature", type = "f32"}, {name = "humidity", type = "f32"
 _ENV_FRAME_LEN = 22
 
 
-def _decode_run(variant: str, p: dict[str, Any], boards: Path, baud: int, decode: bool) -> dict[str, Any]:
-    """One paced run of env-sensor-like frames, decoding on or off."""
-    with Rig("decode", p["paced_devices"], "paced", payload=12, baud=baud) as rig:
-        feeder = rig.feeder
-        cons = RuntimeProc(
-            rig.work,
-            feeder.ports,
-            variant,
-            # 921600 baud of 22-byte frames is 4,190 frames/s a device: room for a
-            # second of all of them, so a lagging second shows as CPU, not drops
-            capacity=max(p["paced_capacity"], 5000 * p["paced_devices"]),
-            flush_interval=p["flush_interval"],
-            device_extra=f'board = "bench-env"\ndecode = {"true" if decode else "false"}\n',
-            env={"FIRMWARE_HOST_BOARDS": str(boards)},
-        )
-        rig.cons = cons
-        c0, c1, t0, t1, total = _paced_window(cons, feeder, p)
-        deadline = time.monotonic() + 30
+def _decode_runtime(
+    work: Path, ports: list[str], variant: str, p: dict[str, Any], boards: Path, decode: bool
+) -> RuntimeProc:
+    """A runtime reading ``ports`` as bench-env devices, decoding on or off."""
+    return RuntimeProc(
+        work,
+        ports,
+        variant,
+        # 921600 baud of 22-byte frames is 4,190 frames/s a device: room for a
+        # second of all of them, so a lagging second shows as CPU, not drops
+        capacity=max(p["paced_capacity"], 5000 * len(ports)),
+        flush_interval=p["flush_interval"],
+        device_extra=f'board = "bench-env"\ndecode = {"true" if decode else "false"}\n',
+        env={"FIRMWARE_HOST_BOARDS": str(boards)},
+    )
+
+
+def _decode_finish(cons: RuntimeProc, total: int, cpu: float, seconds: float) -> dict[str, Any]:
+    """Once ``cons`` has flushed the ``total`` frames it was sent (or a deadline
+    passed): stop it, and its run's figures (``cpu`` seconds over ``seconds``)."""
+    deadline = time.monotonic() + 30
+    counters = cons.counters()
+    while counters["flushed"] < total and time.monotonic() < deadline:
+        time.sleep(0.05)
         counters = cons.counters()
-        while counters["flushed"] < total and time.monotonic() < deadline:
-            time.sleep(0.05)
-            counters = cons.counters()
-        undecoded = sum(d.get("undecoded", 0) for d in cons.status()["devices"].values())
-        final = cons.stop()
-        with open(cons.sink, "rb") as f:
-            first = f.readline()
-        lines = count_lines(cons.sink)
+    undecoded = sum(d.get("undecoded", 0) for d in cons.status()["devices"].values())
+    final = cons.stop()
+    with open(cons.sink, "rb") as f:
+        first = f.readline()
     return {
-        "seconds": round(t1 - t0, 2),
-        "cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 1),
+        "seconds": round(seconds, 2),
+        "cpu_pct": round(100 * cpu / seconds, 1),
         "sent": total,
-        "in_sink": lines,
+        "in_sink": count_lines(cons.sink),
         "dropped": counters["dropped"],
         "undecoded": undecoded,
         "fields_in_sink": b'"fields": {"temperature"' in first,
         "exit": final["exit"],
     }
+
+
+def _decode_run(variant: str, p: dict[str, Any], boards: Path, baud: int, decode: bool) -> dict[str, Any]:
+    """One paced run of env-sensor-like frames, decoding on or off (the pairs method)."""
+    with Rig("decode", p["paced_devices"], "paced", payload=12, baud=baud) as rig:
+        cons = rig.cons = _decode_runtime(rig.work, rig.feeder.ports, variant, p, boards, decode)
+        c0, c1, t0, t1, total = _paced_window(cons, rig.feeder, p)
+        return _decode_finish(cons, total, c1 - c0, t1 - t0)
+
+
+def _decode_side_by_side(
+    variant: str, p: dict[str, Any], boards: Path, baud: int, decode_first: bool
+) -> dict[bool, dict[str, Any]]:
+    """One window of two runtimes at once, each reading its own ``paced_devices``
+    ptys of one feeder, one decoding and one not: both see the same moments of the
+    machine, so its drift cancels out of their difference. ``decode_first``: the
+    decoding one reads the feeder's first half (alternated by the caller)."""
+    n = p["paced_devices"]
+    order = (True, False) if decode_first else (False, True)
+    with Rig("decode", 2 * n, "paced", payload=12, baud=baud) as rig:
+        feeder = rig.feeder
+        procs: dict[bool, RuntimeProc] = {}
+        try:
+            for half, decode in enumerate(order):
+                work = rig.work / ("on" if decode else "off")
+                work.mkdir()
+                procs[decode] = _decode_runtime(
+                    work, feeder.ports[half * n : (half + 1) * n], variant, p, boards, decode
+                )
+            for cons in procs.values():
+                cons.wait_ready()
+            feeder.send("go")
+            time.sleep(p["warmup_s"])
+            c0, t0 = {d: c.cpu() for d, c in procs.items()}, time.monotonic()
+            time.sleep(p["paced_s"])
+            c1, t1 = {d: c.cpu() for d, c in procs.items()}, time.monotonic()
+            sent = feeder.stop()["sent"]
+            time.sleep(p["flush_interval"] + 0.1)
+            return {
+                d: _decode_finish(procs[d], sum(sent[half * n : (half + 1) * n]), c1[d] - c0[d], t1 - t0)
+                for half, d in enumerate(order)
+            }
+        finally:
+            for cons in procs.values():
+                if cons.proc.poll() is None:
+                    cons.proc.kill()
 
 
 def _decode_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -857,27 +905,41 @@ def _decode_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _signed_pct(x: float | None) -> str:
+    """+12.4% or -3.0%; n/a where there was no CPU to compare against."""
+    return "n/a" if x is None else f"{x:+}%"
+
+
 def scenario_decode(variant: str, p: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     """Schema decoding's CPU: 48 env-sensor-like devices (three f32 per frame) at the
     board's rate (10 frames/s) and at 921600 baud, with ``decode`` on and off; the
-    CPU decoding adds, in percent of the run without. ``decode_rounds`` pairs of
-    runs in the order on, off, off, on, ...: this machine's speed drifts by more
-    than the difference (one pair read +13% to +28% within ten minutes; single
-    runs of one build 31% to 48% of a core), so each pair is compared within its
-    own window and the judged figure is the median of the pairs' differences
-    (``cpu_added_pct``); the medians of each side's runs are reported beside it
-    (``cpu_added_medians_pct``)."""
+    CPU decoding adds, in percent of the run without. This machine's speed drifts
+    by more than the difference (single runs of one build read 31% to 48% of a
+    core), so by default (``decode_method`` "side_by_side") each of
+    ``decode_rounds`` rounds runs both at once: two runtimes, each on its own 48
+    ptys of one feeder, one decoding and one not, in the same window (the halves
+    swapped each round). The "pairs" method runs them one after the other in the
+    order on, off, off, on, ...: each pair within its own window, the drift
+    between them left in (session 13: pairs from 0% to +51% for one build, side
+    by side +9% to +17%). The judged figure is the median of the rounds'
+    differences (``cpu_added_pct``); the medians of each side's runs are reported
+    beside it (``cpu_added_medians_pct``)."""
     boards = scratch("decode-boards")
     (boards / "bench-env.toml").write_text(BENCH_ENV_BOARD)
-    out: dict[str, Any] = {"devices": p["paced_devices"], "payload": 12, "rates": {}}
+    out: dict[str, Any] = {"devices": p["paced_devices"], "payload": 12, "method": p["decode_method"], "rates": {}}
     try:
         rates = {"board_rate": 10 * _ENV_FRAME_LEN * 10, "line_rate": BAUD}
         for label in p["decode_rates"]:
             baud = rates[label]
             sides: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
             for i in range(p["decode_rounds"]):
-                for decode in (True, False) if i % 2 == 0 else (False, True):
-                    sides[decode].append(_decode_run(variant, p, boards, baud, decode))
+                if p["decode_method"] == "side_by_side":
+                    both = _decode_side_by_side(variant, p, boards, baud, decode_first=i % 2 == 0)
+                    for decode in (True, False):
+                        sides[decode].append(both[decode])
+                else:
+                    for decode in (True, False) if i % 2 == 0 else (False, True):
+                        sides[decode].append(_decode_run(variant, p, boards, baud, decode))
             on, off = _decode_rounds(sides[True]), _decode_rounds(sides[False])
             pairs = [
                 100 * (a["cpu_pct"] - b["cpu_pct"]) / b["cpu_pct"]
@@ -895,8 +957,9 @@ def scenario_decode(variant: str, p: dict[str, Any], log: Callable[[str], None])
                 "cpu_added_medians_pct": by_medians,
             }
             log(
-                f"  decode {label}: +{added}% (median of the pairs {[round(x, 1) for x in pairs]}); "
-                f"medians {on['cpu_pct']}% decoding vs {off['cpu_pct']}% not (+{by_medians}%; "
+                f"  decode {label}, {p['decode_method']}: {_signed_pct(added)} "
+                f"(median of the rounds {[round(x, 1) for x in pairs]}); "
+                f"medians {on['cpu_pct']}% decoding vs {off['cpu_pct']}% not ({_signed_pct(by_medians)}; "
                 f"runs {on['cpu_pct_runs']} vs {off['cpu_pct_runs']}), "
                 f"sent {on['sent']}/{off['sent']}, in sink {on['in_sink']}/{off['in_sink']}, "
                 f"undecoded {on['undecoded']}, fields {on['fields_in_sink']}"
@@ -1569,6 +1632,7 @@ FULL = {
     "mqtt_batch_size": 0,
     "decode_rates": ("board_rate", "line_rate"),
     "decode_rounds": 3,
+    "decode_method": "side_by_side",
     "gpsd_sentences": 400_000,
     "gpsd_repeats": 3,
     "gpsd_timeout_s": 120.0,
@@ -1594,6 +1658,7 @@ QUICK = {
     "mqtt_batch_size": 0,
     "decode_rates": ("line_rate",),
     "decode_rounds": 1,
+    "decode_method": "side_by_side",
     "gpsd_sentences": 4_000,
     "gpsd_repeats": 1,
     "gpsd_timeout_s": 30.0,
@@ -1906,7 +1971,7 @@ def table(r: dict[str, Any]) -> str:
                     "CPU % decoding / not",
                     f"{v['decode']['cpu_pct']} / {v['no_decode']['cpu_pct']}",
                     "-",
-                    f"+{v['cpu_added_pct']}%",
+                    _signed_pct(v["cpu_added_pct"]),
                 )
             )
     if "gpsd" in sc:
@@ -2035,7 +2100,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--mqtt-batch-size", type=int, help="the mqtt plugin's batch_size in the mqtt scenario (default: its own)"
     )
-    ap.add_argument("--decode-rounds", type=int, help="pairs of decode runs per rate (default 3; --quick 1)")
+    ap.add_argument("--decode-rounds", type=int, help="rounds of decode runs per rate (default 3; --quick 1)")
+    ap.add_argument(
+        "--decode-method",
+        choices=("side_by_side", "pairs"),
+        help="decoding and not at once, in two runtimes (default), or one after the other",
+    )
     ap.add_argument(
         "--decode-rates", metavar="A,B", help="the decode scenario's rates: board_rate, line_rate (default both)"
     )
@@ -2049,6 +2119,8 @@ def main(argv: list[str] | None = None) -> int:
         p["mqtt_batch_size"] = args.mqtt_batch_size
     if args.decode_rounds:
         p["decode_rounds"] = args.decode_rounds
+    if args.decode_method:
+        p["decode_method"] = args.decode_method
     if args.decode_rates:
         rates = tuple(args.decode_rates.split(","))
         if not set(rates) <= {"board_rate", "line_rate"}:
