@@ -87,8 +87,12 @@ def test_bench_decode_pairs_method(tmp_path):
     """--decode-method pairs: decoding and not one after the other, each run's frames all in its sink."""
     out = tmp_path / "bench.json"
     proc = run_all(
-        [sys.executable, str(REPO / "tools" / "bench.py"), "--smoke", "--only", "decode", "--no-baseline"]
-        + ["--decode-method", "pairs", "--decode-rounds", "2", "--json", str(out)],
+        [
+            sys.executable,
+            str(REPO / "tools" / "bench.py"),
+            *("--smoke", "--only", "decode", "--no-baseline"),
+            *("--decode-method", "pairs", "--decode-rounds", "2", "--json", str(out)),
+        ],
         timeout=50,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
