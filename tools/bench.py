@@ -227,6 +227,12 @@ class Consumer:
     def cpu(self) -> float:
         return proc_cpu(self.proc.pid)
 
+    def kill(self) -> None:
+        """SIGKILL if it still runs, and reap it (a failed scenario's cleanup)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
     def mem(self) -> dict[str, float]:
         return proc_mem(self.proc.pid)
 
@@ -346,6 +352,10 @@ class RuntimeProc(Consumer):
 
     def delivered(self) -> int:
         return self.counters()["flushed"]
+
+    def kill(self) -> None:
+        super().kill()
+        self.stderr.close()
 
     def stop(self, timeout: float = 60.0) -> dict[str, Any]:
         """SIGTERM (the orderly drain); returns exit code, total CPU, wall time to exit, summary."""
@@ -520,8 +530,8 @@ class Rig:
 
     def __exit__(self, *exc: object) -> None:
         self.feeder.close()
-        if self.cons is not None and self.cons.proc.poll() is None:
-            self.cons.proc.kill()
+        if self.cons is not None:
+            self.cons.kill()
         shutil.rmtree(self.work, ignore_errors=True)
 
 
@@ -890,8 +900,7 @@ def _decode_side_by_side(
             }
         finally:
             for cons in procs.values():
-                if cons.proc.poll() is None:
-                    cons.proc.kill()
+                cons.kill()
 
 
 def _decode_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -920,8 +929,8 @@ def scenario_decode(variant: str, p: dict[str, Any], log: Callable[[str], None])
     ptys of one feeder, one decoding and one not, in the same window (the halves
     swapped each round). The "pairs" method runs them one after the other in the
     order on, off, off, on, ...: each pair within its own window, the drift
-    between them left in (session 13: pairs from 0% to +51% for one build, side
-    by side +9% to +17%). The judged figure is the median of the rounds'
+    between them left in (session 13, one build: pairs from 0% to +51%, side by
+    side rounds from +9.5% to +12.8%). The judged figure is the median of the rounds'
     differences (``cpu_added_pct``); the medians of each side's runs are reported
     beside it (``cpu_added_medians_pct``)."""
     boards = scratch("decode-boards")
@@ -953,7 +962,7 @@ def scenario_decode(variant: str, p: dict[str, Any], log: Callable[[str], None])
                 "decode": on,
                 "no_decode": off,
                 "cpu_added_pct": added,
-                "cpu_added_pairs_pct": [round(x, 1) for x in pairs],
+                "cpu_added_rounds_pct": [round(x, 1) for x in pairs],
                 "cpu_added_medians_pct": by_medians,
             }
             log(

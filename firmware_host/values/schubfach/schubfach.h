@@ -1,7 +1,30 @@
 /* Schubfach shortest decimal of a double, and its table of powers of ten: taken
  * unchanged from yyjson (src/yyjson.c, f64_bin_to_dec and what it calls), with
- * only the definitions it needs in front. MIT licence: LICENSE-MIT beside this
- * file; README.md names the commit. */
+ * only the definitions it needs in front. README.md beside this file names the
+ * commit; LICENSE-MIT is yyjson's licence, which follows:
+ *
+ * MIT License
+ *
+ * Copyright (c) 2020 YaoYuan <ibireme@gmail.com>
+ *
+ * Permission is hereby granted, free of charge, to any person obtaining a copy
+ * of this software and associated documentation files (the "Software"), to deal
+ * in the Software without restriction, including without limitation the rights
+ * to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+ * copies of the Software, and to permit persons to whom the Software is
+ * furnished to do so, subject to the following conditions:
+ *
+ * The above copyright notice and this permission notice shall be included in all
+ * copies or substantial portions of the Software.
+ *
+ * THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+ * IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+ * FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+ * AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+ * LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+ * OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+ * SOFTWARE.
+ */
 #ifndef FIRMWARE_HOST_SCHUBFACH_H
 #define FIRMWARE_HOST_SCHUBFACH_H
 
