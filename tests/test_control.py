@@ -24,6 +24,7 @@ from firmware_host.control.client import request, request_sync
 from firmware_host.control.server import ControlServer, Stream
 from firmware_host.errors import ControlError, NoRuntime
 from firmware_host.runtime import RuntimeFailure
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -256,6 +257,36 @@ def test_devices_add_validates_like_the_config_loader(sockdir: str, args: dict[s
             assert err.value.exit_code == 2
             assert str(err.value).startswith(expected), str(err.value)
             assert "d9" not in rt.devices
+
+    asyncio.run(main())
+
+
+def test_devices_add_reads_a_board_file_off_the_loop(
+    sockdir: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A board given as a file's path is read in a worker thread, not on the
+    event loop (a slow disk or network mount would stall every reader)."""
+    import threading
+
+    from firmware_host.config import boards as boards_module
+
+    readers: list[int] = []
+    load = boards_module.load_board_file
+
+    def recording_load(path: str) -> Any:
+        readers.append(threading.get_ident())
+        return load(path)
+
+    monkeypatch.setattr(boards_module, "load_board_file", recording_load)
+    board = tmp_path / "mine.toml"
+    board.write_text((REPO / "boards" / "env-sensor.toml").read_text().replace('name = "env-sensor"', 'name = "mine"'))
+
+    async def main() -> None:
+        async with running(sockdir) as (rt, _, path):
+            rt.opener = FakeOpener({"fake://d7": [FakePort()]})
+            got = await request(path, {"cmd": "devices.add", "name": "d7", "port": "fake://d7", "board": str(board)})
+            assert got["device"]["board"] == str(board)
+            assert readers and threading.get_ident() not in readers
 
     asyncio.run(main())
 

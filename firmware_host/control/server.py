@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import json
 import logging
 import math
@@ -551,11 +552,17 @@ class ControlServer:
             if key in req:
                 raw[key] = req[key]  # the config loader checks it like in a file
         boards = await self._boards() if "board" in raw else {}
+        check = functools.partial(
+            config_from_dict,
+            {"devices": [raw]},
+            source="devices add",
+            known_codecs=frozenset(self.runtime.codecs),
+            boards=boards,
+        )
         try:
-            # the config loader's validation and messages, exactly as in a file
-            cfg = config_from_dict(
-                {"devices": [raw]}, source="devices add", known_codecs=self.runtime.codecs.keys(), boards=boards
-            )
+            # the config loader's validation and messages, exactly as in a file; a
+            # board given as a file's path is read there: off the loop
+            cfg = await asyncio.to_thread(check) if "board" in raw else check()
         except ConfigError as exc:
             key = (exc.key or "").removeprefix("devices[0]").lstrip(".")
             raise RequestError(f"devices add: {key + ': ' if key else ''}{exc.message}") from None
