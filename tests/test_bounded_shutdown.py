@@ -371,3 +371,53 @@ def test_a_task_given_up_at_the_runs_end_is_named(capfd):
     for task in second.tasks_left:  # its loop is closed: dropped with the test, quietly
         task.get_coro().close()
         task._log_destroy_pending = False  # type: ignore[attr-defined]
+
+
+def test_an_in_process_run_gives_up_a_deaf_task(capfd, monkeypatch):
+    """``run_main`` called inside another program (no ``settle``: its threads
+    are its own) still gives a task deaf to its cancel only SETTLE_TEARDOWN:
+    it used to wait for it for ever, so the call never returned."""
+    from firmware_host.cli import secondsignal
+
+    monkeypatch.setattr(secondsignal, "SETTLE_TEARDOWN", 0.2)
+
+    async def deaf_forever() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass
+
+    async def main() -> None:
+        asyncio.get_running_loop().create_task(deaf_forever(), name="deaf")
+        await asyncio.sleep(0)
+
+    second = secondsignal.SecondSignal(exiting=False)
+    started = time.monotonic()
+    secondsignal.run_loop(main(), asyncio.new_event_loop, second, settle=False)
+    assert time.monotonic() - started < 5
+    assert [t.get_name() for t in second.tasks_left] == ["deaf"]
+    second.leave(0)
+    assert second._watchdog is None  # the caller's process: no watchdog, no exit
+    err = capfd.readouterr().err
+    assert "the run's end gave up waiting for task deaf (still running after its cancel and 0.2s)" in err, err
+    for task in second.tasks_left:  # its loop is closed: dropped with the test, quietly
+        task.get_coro().close()
+        task._log_destroy_pending = False  # type: ignore[attr-defined]
+
+
+def test_a_late_signal_to_an_in_process_run_does_not_say_exiting(capfd):
+    """The CLI's process exits after a late signal; a program that called
+    ``run_main`` keeps its process, so it is told only the run's end is hurried."""
+    import signal
+
+    from firmware_host.cli.secondsignal import SecondSignal
+
+    caller = SecondSignal(exiting=False)
+    caller.late_signal(signal.SIGINT, None)
+    cli_run = SecondSignal(exiting=True)
+    cli_run.late_signal(signal.SIGTERM, None)
+    cli_run.disarm()
+    err = capfd.readouterr().err
+    assert "SIGINT again: ending the run now" in err and "SIGINT again: exiting now" not in err, err
+    assert "SIGTERM again: exiting now" in err, err

@@ -74,7 +74,9 @@ def run_main(opts: RunOptions) -> int:
     a thread the run left that would hold the exit ends the process with
     ``os._exit`` and this status: after a second signal at once, after any
     other end within ``secondsignal.EXIT_LIMIT`` (firmware_host.cli.secondsignal).
-    A program calling this itself keeps its process and its threads."""
+    A program calling this itself keeps its process and its threads; a task
+    of the run deaf to its cancel is given up (and named) after
+    ``secondsignal.SETTLE_TEARDOWN`` seconds for it too, so this returns."""
     log_config = configured_log(opts.config_path)
     level = choose_level(opts.log_level or log_config.level, opts.verbose, opts.quieter)
     second = SecondSignal(exiting=opts.exit_bounded)

@@ -116,6 +116,14 @@ class SecondSignal:
             return None
         return max(0.0, self.teardown_by - time.monotonic())
 
+    def task_wait(self) -> float:
+        """Seconds the teardown may wait for the run's leftover tasks: what is
+        ``left``, else ``SETTLE_TEARDOWN``. Bounded for an in-process caller
+        too: a task deaf to its cancel must not keep ``run_main`` from returning
+        (that caller's threads, though, are its own: the executor is joined)."""
+        left = self.left()
+        return SETTLE_TEARDOWN if left is None else left
+
     def output_time(self, wanted: float) -> float:
         """How long the final table may take to print: ``wanted``, or after a
         second signal what is left of its limit, less a margin for the lost line."""
@@ -180,7 +188,9 @@ class SecondSignal:
         over; the teardown, the summary or the exit under way): a second
         signal, which bounds what is left to one second."""
         if self.hurried_at is None:
-            _say(f"firmware-host: {signal.Signals(signum).name} again: exiting now\n")
+            # an in-process caller's process stays: only the run's end is hurried
+            now = "exiting now" if self.exiting else "ending the run now"
+            _say(f"firmware-host: {signal.Signals(signum).name} again: {now}\n")
         self.arm()
 
     def disarm(self) -> None:
@@ -237,14 +247,14 @@ def run_loop(
 
 def _teardown(loop: asyncio.AbstractEventLoop, second: SecondSignal) -> None:
     """What ``asyncio.run`` does at the end (cancel what is left, close the
-    async generators, join the default executor), each wait bounded by
-    ``second.left()`` once a second signal has come; the executor's threads
-    are then not joined at all."""
+    async generators, join the default executor), the waits for tasks and
+    generators bounded by ``second.task_wait()``; once the teardown is bounded
+    (a second signal, or ``settle``) the executor's threads are not joined at all."""
     tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
     for task in tasks:
         task.cancel()
     if tasks:
-        loop.run_until_complete(asyncio.wait(tasks, timeout=second.left()))
+        loop.run_until_complete(asyncio.wait(tasks, timeout=second.task_wait()))
     for task in tasks:
         if task.done() and not task.cancelled() and task.exception() is not None:
             loop.call_exception_handler(
@@ -255,14 +265,14 @@ def _teardown(loop: asyncio.AbstractEventLoop, second: SecondSignal) -> None:
                 }
             )
     second.tasks_left = [t for t in tasks if not t.done()]
-    closing = loop.run_until_complete(_bounded(loop.shutdown_asyncgens(), second.left()))
+    closing = loop.run_until_complete(_bounded(loop.shutdown_asyncgens(), second.task_wait()))
     if closing is not None:
         second.tasks_left.append(closing)
     if not second.received:
         loop.run_until_complete(loop.shutdown_default_executor())
 
 
-async def _bounded(aw: Coroutine[Any, Any, None], timeout: float | None) -> asyncio.Task[None] | None:
+async def _bounded(aw: Coroutine[Any, Any, None], timeout: float) -> asyncio.Task[None] | None:
     """Await ``aw`` for at most ``timeout`` seconds; the task, if left behind."""
     task = asyncio.ensure_future(aw)
     await asyncio.wait((task,), timeout=timeout)
