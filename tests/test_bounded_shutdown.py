@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,7 @@ HUNG_PLUGIN = """
 import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator
 
 from firmware_host import Sink
 
@@ -374,12 +376,14 @@ def test_a_task_given_up_at_the_runs_end_is_named(capfd):
 
 
 def test_an_in_process_run_gives_up_a_deaf_task(capfd, monkeypatch):
-    """``run_main`` called inside another program (no ``settle``: its threads
-    are its own) still gives a task deaf to its cancel only SETTLE_TEARDOWN:
-    it used to wait for it for ever, so the call never returned."""
+    """``run_main`` called inside another program (no ``settle``: it owns its
+    process) still gives what ignores its cancel SETTLE_TEARDOWN in all, from
+    the teardown's start: it used to wait for a deaf task for ever, so the
+    call never returned. A deaf task and a deaf async generator share the
+    one bound (each with its own would take twice as long)."""
     from firmware_host.cli import secondsignal
 
-    monkeypatch.setattr(secondsignal, "SETTLE_TEARDOWN", 0.2)
+    monkeypatch.setattr(secondsignal, "SETTLE_TEARDOWN", 1.0)
 
     async def deaf_forever() -> None:
         while True:
@@ -388,22 +392,57 @@ def test_an_in_process_run_gives_up_a_deaf_task(capfd, monkeypatch):
             except asyncio.CancelledError:
                 pass
 
+    async def deaf_generator() -> AsyncIterator[int]:
+        try:
+            yield 1
+        finally:
+            await deaf_forever()
+
     async def main() -> None:
         asyncio.get_running_loop().create_task(deaf_forever(), name="deaf")
-        await asyncio.sleep(0)
+        agen = deaf_generator()
+        await agen.__anext__()  # left suspended: the teardown's shutdown_asyncgens closes it
+        main.agen = agen  # type: ignore[attr-defined]  # held past the run, as a leak would
 
     second = secondsignal.SecondSignal(exiting=False)
     started = time.monotonic()
     secondsignal.run_loop(main(), asyncio.new_event_loop, second, settle=False)
-    assert time.monotonic() - started < 5
-    assert [t.get_name() for t in second.tasks_left] == ["deaf"]
+    assert time.monotonic() - started < 1.9  # one bound of 1 s, not one for each wait
+    assert len(second.tasks_left) == 2 and "deaf" in [t.get_name() for t in second.tasks_left]
     second.leave(0)
     assert second._watchdog is None  # the caller's process: no watchdog, no exit
     err = capfd.readouterr().err
-    assert "the run's end gave up waiting for task deaf (still running after its cancel and 0.2s)" in err, err
+    assert "the run's end gave up waiting for task BaseEventLoop.shutdown_asyncgens, task deaf " in err, err
+    assert "(still running after 1s)" in err, err
     for task in second.tasks_left:  # its loop is closed: dropped with the test, quietly
         task.get_coro().close()
         task._log_destroy_pending = False  # type: ignore[attr-defined]
+
+
+def test_an_in_process_run_returns_with_a_thread_stuck_in_the_executor(capfd, monkeypatch):
+    """A thread of the run's default executor that never returns (a sink's
+    write stuck on a dead mount) no longer holds an in-process ``run_main``:
+    the executor is not joined without a bound, and ``leave`` names it."""
+    import threading
+
+    from firmware_host.cli import secondsignal
+
+    monkeypatch.setattr(secondsignal, "SETTLE_TEARDOWN", 0.3)
+    release = threading.Event()
+
+    async def main() -> None:
+        asyncio.get_running_loop().run_in_executor(None, release.wait)  # never awaited: stuck
+
+    second = secondsignal.SecondSignal(exiting=False)
+    started = time.monotonic()
+    try:
+        secondsignal.run_loop(main(), asyncio.new_event_loop, second, settle=False)
+        second.leave(0)
+        assert time.monotonic() - started < 5
+        err = capfd.readouterr().err
+        assert "the run's end gave up waiting for thread asyncio_0 (still running after 0.3s)" in err, err
+    finally:
+        release.set()
 
 
 def test_a_late_signal_to_an_in_process_run_does_not_say_exiting(capfd):

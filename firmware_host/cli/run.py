@@ -309,7 +309,9 @@ async def _run_until_stopped(rt: Any, duration: float | None, second: SecondSign
 
     def on_signal(signame: str) -> None:
         if rt.stopped.is_set():
-            log.warning("%s again: exiting now, without waiting for the drain", signame)
+            # a program's own run_main keeps its process: only the run ends at once
+            now = "exiting now" if second.exiting else "ending the run now"
+            log.warning("%s again: %s, without waiting for the drain", signame, now)
             second.arm()  # before anything that could fail to return
             rt.abort()
         else:

@@ -18,11 +18,14 @@ are out, a thread the run started that is still alive ends the process with
 ``os._exit`` instead of a join (``leave``); and a watchdog thread ends it
 ``LIMIT`` seconds after the signal whatever it is doing (the last resort:
 without a summary unless it was written by then). Before a second signal
-nothing changes: the teardown is ``asyncio.run``'s.
+the teardown is ``asyncio.run``'s, its waits (leftover tasks, async
+generators, the executor's threads) bounded together by ``SETTLE_TEARDOWN``
+seconds from its start, for a program that calls ``run_main`` too: what is
+still running then is left, and named on stderr by ``leave``.
 
 When the process is the CLI's, the end of any run is bounded too, more
-widely: the teardown by ``SETTLE_TEARDOWN`` (``settle``), and the
-interpreter's own exit (its atexit hooks, its joins of the threads the run
+widely: the teardown by ``SETTLE_TEARDOWN`` (``settle``) without joining the
+executor's threads, and the interpreter's own exit (its atexit hooks, its joins of the threads the run
 left) by a watchdog of ``EXIT_LIMIT`` seconds started by ``leave`` that exits
 with the run's status, naming what still ran. A SIGINT or SIGTERM once the
 run's own handlers are gone is a second signal (``late_signal``). A program
@@ -74,8 +77,11 @@ class SecondSignal:
 
     def __init__(self, exiting: bool = True) -> None:
         self.exiting = exiting
-        #: monotonic deadline of the loop's teardown (None: unbounded, as asyncio.run)
+        #: monotonic deadline of the loop's teardown set by a second signal or
+        #: ``settle`` (None: neither came; the teardown's own bound still holds)
         self.teardown_by: float | None = None
+        #: the teardown's own bound, SETTLE_TEARDOWN from its start (``begin_teardown``)
+        self._teardown_own_by: float | None = None
         #: monotonic time of the second signal (None: none came)
         self.hurried_at: float | None = None
         #: the exit status a watchdog uses: 1 until ``leave`` knows better
@@ -116,13 +122,22 @@ class SecondSignal:
             return None
         return max(0.0, self.teardown_by - time.monotonic())
 
+    def begin_teardown(self) -> None:
+        """The loop's teardown starts: its waits together get at most
+        ``SETTLE_TEARDOWN`` seconds from now, whatever else bounds them."""
+        if self._teardown_own_by is None:
+            self._teardown_own_by = time.monotonic() + SETTLE_TEARDOWN
+
     def task_wait(self) -> float:
-        """Seconds the teardown may wait for the run's leftover tasks: what is
-        ``left``, else ``SETTLE_TEARDOWN``. Bounded for an in-process caller
-        too: a task deaf to its cancel must not keep ``run_main`` from returning
-        (that caller's threads, though, are its own: the executor is joined)."""
-        left = self.left()
-        return SETTLE_TEARDOWN if left is None else left
+        """Seconds the teardown may still wait for the run's leftover tasks,
+        generators and executor threads: to the earlier of its own bound
+        (``begin_teardown``) and ``teardown_by``. Bounded for a program that
+        calls ``run_main`` too: a task deaf to its cancel or a thread stuck in
+        a write must not keep the call from returning."""
+        bounds = [by for by in (self.teardown_by, self._teardown_own_by) if by is not None]
+        if not bounds:
+            return SETTLE_TEARDOWN
+        return max(0.0, min(bounds) - time.monotonic())
 
     def output_time(self, wanted: float) -> float:
         """How long the final table may take to print: ``wanted``, or after a
@@ -158,10 +173,19 @@ class SecondSignal:
             # one signal or none: the teardown gave these up after SETTLE_TEARDOWN; say so, as a
             # task that failed is never silently gone
             left = sorted(self._tasks_still_left())
+            if not self.exiting:
+                # a program's own run_main: the threads the run started (the default executor's)
+                # get what is left of the teardown's bound, at least a moment for an idle worker
+                # to end; the CLI's exit watchdog names its own
+                threads = self._threads()
+                deadline = time.monotonic() + max(self.task_wait(), FLUSH_TIMEOUT)
+                for thread in threads:
+                    thread.join(max(0.0, deadline - time.monotonic()))
+                left += sorted(f"thread {t.name}" for t in threads if t.is_alive())
             if left:
                 _say(
                     f"firmware-host: the run's end gave up waiting for {', '.join(left)}"
-                    f" (still running after its cancel and {SETTLE_TEARDOWN:g}s)\n"
+                    f" (still running after {SETTLE_TEARDOWN:g}s)\n"
                 )
         self._bound_exit()
 
@@ -247,9 +271,10 @@ def run_loop(
 
 def _teardown(loop: asyncio.AbstractEventLoop, second: SecondSignal) -> None:
     """What ``asyncio.run`` does at the end (cancel what is left, close the
-    async generators, join the default executor), the waits for tasks and
-    generators bounded by ``second.task_wait()``; once the teardown is bounded
-    (a second signal, or ``settle``) the executor's threads are not joined at all."""
+    async generators), the waits bounded by ``second.task_wait()``. The
+    default executor's threads are not joined here (``leave`` waits for an
+    in-process run's within the bound; the CLI's exit has its watchdog)."""
+    second.begin_teardown()
     tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
     for task in tasks:
         task.cancel()
@@ -268,8 +293,9 @@ def _teardown(loop: asyncio.AbstractEventLoop, second: SecondSignal) -> None:
     closing = loop.run_until_complete(_bounded(loop.shutdown_asyncgens(), second.task_wait()))
     if closing is not None:
         second.tasks_left.append(closing)
-    if not second.received:
-        loop.run_until_complete(loop.shutdown_default_executor())
+    # the default executor is not joined here (loop.close shuts it down without waiting): a
+    # join cannot be bounded once begun (Python 3.11's shutdown_default_executor joins again,
+    # without a timeout, when cancelled). ``leave`` waits for its threads, within the bound
 
 
 async def _bounded(aw: Coroutine[Any, Any, None], timeout: float) -> asyncio.Task[None] | None:
