@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -344,18 +345,28 @@ def test_a_jsonl_path_that_is_not_a_file_is_refused_at_start(tmp_path, short_tmp
     assert result.stderr.count("\n") == 1 and "not a regular file" in result.stderr, result.stderr
 
 
+async def deaf_forever() -> None:
+    """A task body that swallows every cancel."""
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+
+
+def drop_quietly(tasks: list[asyncio.Task[Any]]) -> None:
+    """Tasks a test's run gave up, on a closed loop: dropped with the test
+    without asyncio's "destroyed but it is pending" at collection."""
+    for task in tasks:
+        task.get_coro().close()
+        task._log_destroy_pending = False  # type: ignore[attr-defined]
+
+
 def test_a_task_given_up_at_the_runs_end_is_named(capfd):
     """After one signal (or none) the loop's teardown gives a task deaf to its
     cancel SETTLE_TEARDOWN, then leaves it: the run's end says which (it was
     dropped without a word)."""
     from firmware_host.cli.secondsignal import SecondSignal, run_loop
-
-    async def deaf_forever() -> None:
-        while True:
-            try:
-                await asyncio.sleep(3600)
-            except asyncio.CancelledError:
-                pass
 
     async def main() -> None:
         asyncio.get_running_loop().create_task(deaf_forever(), name="deaf")
@@ -370,9 +381,7 @@ def test_a_task_given_up_at_the_runs_end_is_named(capfd):
     err = capfd.readouterr().err
     assert err.count("the run's end gave up waiting for ") == 1, err
     assert "task deaf, task " in err and "deaf_forever" in err, err  # its given name, else its coroutine's
-    for task in second.tasks_left:  # its loop is closed: dropped with the test, quietly
-        task.get_coro().close()
-        task._log_destroy_pending = False  # type: ignore[attr-defined]
+    drop_quietly(second.tasks_left)
 
 
 def test_an_in_process_run_gives_up_a_deaf_task(capfd, monkeypatch):
@@ -384,13 +393,6 @@ def test_an_in_process_run_gives_up_a_deaf_task(capfd, monkeypatch):
     from firmware_host.cli import secondsignal
 
     monkeypatch.setattr(secondsignal, "SETTLE_TEARDOWN", 1.0)
-
-    async def deaf_forever() -> None:
-        while True:
-            try:
-                await asyncio.sleep(3600)
-            except asyncio.CancelledError:
-                pass
 
     async def deaf_generator() -> AsyncIterator[int]:
         try:
@@ -414,9 +416,7 @@ def test_an_in_process_run_gives_up_a_deaf_task(capfd, monkeypatch):
     err = capfd.readouterr().err
     assert "the run's end gave up waiting for task BaseEventLoop.shutdown_asyncgens, task deaf " in err, err
     assert "(still running after 1s)" in err, err
-    for task in second.tasks_left:  # its loop is closed: dropped with the test, quietly
-        task.get_coro().close()
-        task._log_destroy_pending = False  # type: ignore[attr-defined]
+    drop_quietly(second.tasks_left)
 
 
 def test_an_in_process_run_returns_with_a_thread_stuck_in_the_executor(capfd, monkeypatch):
