@@ -9,9 +9,22 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+async def reap(task: asyncio.Future[Any]) -> None:
+    """Await ``task`` once it has been cancelled: its own CancelledError is the
+    expected end and is swallowed, but a cancel of the caller while it waits
+    is passed on. Swallowing that one too kept a cancelled drain delivering
+    (with its retries) until the grace ran out, past a second signal."""
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
 
 
 class CancellationToken:
@@ -82,10 +95,7 @@ class CancellationToken:
         if work.done():
             return work.result()
         work.cancel()
-        try:
-            await work
-        except asyncio.CancelledError:
-            pass
+        await reap(work)
         return None
 
     def drop_guard(self) -> DropGuard:

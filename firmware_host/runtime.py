@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from firmware_host._sync import Changes
 from firmware_host.aggregator import Aggregator, BufferSnapshot, DeviceAccount, LaneAccount, oldest_age
-from firmware_host.cancel import CancellationToken
+from firmware_host.cancel import CancellationToken, reap
 from firmware_host.codecs import BUILTIN_CODECS, CodecFactory, make_codec
 from firmware_host.codecs.fh1 import TYPE_COMMAND
 from firmware_host.config import Config, ConfigError, DeviceConfig
@@ -595,9 +595,7 @@ class Runtime:
         if not task.done():
             task.cancel()  # gives up the write: those frames stay buffered
         try:
-            await task
-        except asyncio.CancelledError:
-            pass
+            await reap(task)  # its cancel swallowed; a cancel of this wait (a second signal) passed on
         except Exception:  # never expected (faults are retried inside); still drain
             log.exception("%s task failed", task.get_name())
 

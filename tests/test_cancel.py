@@ -100,3 +100,68 @@ async def test_outside_cancel_of_a_waiter_does_not_accumulate():
         with pytest.raises(asyncio.CancelledError):
             await waiter
     assert token._waiters == []
+
+
+async def _slow_to_cancel(release: asyncio.Event) -> None:
+    """A task that, once cancelled, still takes until ``release`` to end (a
+    write finishing, a lane's last step)."""
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        await release.wait()
+        raise
+
+
+async def test_reap_swallows_the_tasks_own_cancel():
+    from firmware_host.cancel import reap
+
+    task = asyncio.ensure_future(asyncio.sleep(3600))
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.wait_for(reap(task), 1)  # no CancelledError: the one it was asked for
+    assert task.cancelled()
+
+
+async def test_reap_passes_on_a_cancel_of_its_caller():
+    """The drain's bug: a wait for a cancelled task swallowed the cancel of
+    the waiter itself, which then went on delivering (and retrying) until the
+    grace ran out, past a second signal."""
+    from firmware_host.cancel import reap
+
+    release = asyncio.Event()
+    inner = asyncio.ensure_future(_slow_to_cancel(release))
+    went_on = asyncio.Event()
+
+    async def waiter() -> None:
+        inner.cancel()
+        await reap(inner)
+        went_on.set()  # reached only if the cancel below was swallowed
+
+    outer = asyncio.ensure_future(waiter())
+    await asyncio.sleep(0.01)  # outer is in reap, inner still ending
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(outer, 1)
+    assert outer.cancelled() and not went_on.is_set()
+    release.set()
+    await asyncio.wait_for(asyncio.gather(inner, return_exceptions=True), 1)
+
+
+async def test_run_until_cancelled_passes_on_a_cancel_of_its_caller():
+    release = asyncio.Event()
+    token = CancellationToken()
+    returned: list[object] = []
+
+    async def caller() -> None:
+        returned.append(await token.run_until_cancelled(_slow_to_cancel(release)))
+
+    outer = asyncio.ensure_future(caller())
+    await asyncio.sleep(0.01)
+    token.cancel()  # run_until_cancelled cancels the work and waits for it to end
+    await asyncio.sleep(0.01)
+    outer.cancel()  # ...and is itself cancelled meanwhile
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(outer, 1)
+    assert returned == []  # it did not return None as if only the work was cancelled
+    release.set()
+    await asyncio.sleep(0.01)  # the work ends its cancel now
