@@ -19,11 +19,14 @@ async def reap(task: asyncio.Future[Any]) -> None:
     expected end and is swallowed, but a cancel of the caller while it waits
     is passed on. Swallowing that one too kept a cancelled drain delivering
     (with its retries) until the grace ran out, past a second signal."""
+    current = asyncio.current_task()
+    # counted from here, as asyncio.timeout does: a cancel its caller swallowed
+    # before (never uncancelled) must not read as one made during this wait
+    before = current.cancelling() if current is not None else 0
     try:
         await task
     except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
+        if current is not None and current.cancelling() > before:
             raise
 
 

@@ -165,3 +165,26 @@ async def test_run_until_cancelled_passes_on_a_cancel_of_its_caller():
     assert returned == []  # it did not return None as if only the work was cancelled
     release.set()
     await asyncio.sleep(0.01)  # the work ends its cancel now
+
+
+async def test_reap_is_not_fooled_by_a_cancel_its_caller_swallowed_before():
+    """A caller that once caught its own cancel and went on (never calling
+    uncancel) still counts as cancelling; only a cancel during this wait is
+    passed on, as asyncio.timeout counts them."""
+    from firmware_host.cancel import reap
+
+    async def caller() -> str:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass  # swallowed: its cancelling() stays 1
+        task = asyncio.ensure_future(asyncio.sleep(3600))
+        await asyncio.sleep(0)
+        task.cancel()
+        await reap(task)
+        return "went on"
+
+    outer = asyncio.ensure_future(caller())
+    await asyncio.sleep(0)
+    outer.cancel()
+    assert await asyncio.wait_for(outer, 1) == "went on"

@@ -24,8 +24,8 @@ seconds from its start, for a program that calls ``run_main`` too: what is
 still running then is left, and named on stderr by ``leave``.
 
 When the process is the CLI's, the end of any run is bounded too, more
-widely: the teardown by ``SETTLE_TEARDOWN`` (``settle``) without joining the
-executor's threads, and the interpreter's own exit (its atexit hooks, its joins of the threads the run
+widely: the teardown by ``SETTLE_TEARDOWN`` (``settle``), and the
+interpreter's own exit (its atexit hooks, its joins of the threads the run
 left) by a watchdog of ``EXIT_LIMIT`` seconds started by ``leave`` that exits
 with the run's status, naming what still ran. A SIGINT or SIGTERM once the
 run's own handlers are gone is a second signal (``late_signal``). A program
