@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import PurePath
 
 from firmware_host.errors import BoardError
-from firmware_host.values.layout import FieldSpec, FrameLayout
+from firmware_host.values.layout import SCALAR_CODES, FieldSpec, FrameLayout
 
 #: field type → its C type in the struct (bool: one byte; str/bytes: char/uint8_t arrays)
 C_TYPES: dict[str, str] = {
@@ -46,7 +46,6 @@ _WRITERS: dict[str, tuple[str, str]] = {
     "f32": ("fh1_write_f32", ""),
     "f64": ("fh1_write_f64", ""),
 }
-_SIZES = {"u8": 1, "i8": 1, "bool": 1, "u16": 2, "i16": 2, "u32": 4, "i32": 4, "f32": 4, "u64": 8, "i64": 8, "f64": 8}
 _ORDER_SUFFIX = {"little": "le", "big": "be"}
 
 # Keywords of C (C89 to C23) and C++ (the header is extern "C" for C++ too).
@@ -177,7 +176,7 @@ def _layout(base: str, layout: FrameLayout, where: str, macros: frozenset[str], 
         "{",
         "    fh1_encoder_t e;",
     ]
-    if any(spec.is_array and spec.type in _SIZES for spec in layout.fields):
+    if any(spec.is_array and spec.type in SCALAR_CODES for spec in layout.fields):
         lines.append("    size_t i;")
     lines.append(f"    fh1_begin(&e, out, cap, (uint8_t){macro}_TYPE, seq);")
     suffix = _ORDER_SUFFIX[layout.byte_order]
@@ -188,7 +187,7 @@ def _layout(base: str, layout: FrameLayout, where: str, macros: frozenset[str], 
 
 
 def _field_size(spec: FieldSpec) -> int:
-    return spec.count * (spec.size if spec.type in ("str", "bytes") else _SIZES[spec.type])
+    return spec.count * spec.element_size
 
 
 def _declaration(member: str, spec: FieldSpec) -> str:

@@ -29,7 +29,6 @@ from firmware_host.values.layout import (
     FLOAT_TYPES,
     INTEGER_TYPES,
     SCALAR_CODES,
-    SIZED_TYPES,
     CsvLayout,
     FieldSpec,
     FrameLayout,
@@ -106,15 +105,13 @@ def _builder(layout: FrameLayout) -> Builder:
 def _compiled_fields(layout: FrameLayout) -> list[CompiledField] | None:
     """``layout`` as the C part's ``Layout`` takes it; None for a name JSON
     cannot write as UTF-8 (a lone surrogate: then ``fields_json`` decides)."""
-    order = BYTE_ORDERS[layout.byte_order]
     out: list[CompiledField] = []
     for spec in layout.fields:
         try:
             key = json.dumps(spec.name, ensure_ascii=False).encode("utf-8") + b":"
         except UnicodeEncodeError:
             return None
-        size = spec.size if spec.type in SIZED_TYPES else struct.calcsize(order + SCALAR_CODES[spec.type])
-        out.append((key, spec.type, spec.count, spec.is_array, size, spec.scale, spec.offset))
+        out.append((key, spec.type, spec.count, spec.is_array, spec.element_size, spec.scale, spec.offset))
     return out
 
 

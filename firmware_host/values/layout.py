@@ -8,6 +8,7 @@ in one byte order; a text device's lines are delimiter-separated fields
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,11 @@ class FieldSpec:
     @property
     def is_array(self) -> bool:
         return self.count != 1
+
+    @property
+    def element_size(self) -> int:
+        """Bytes of one element: ``size`` for bytes and str, else the scalar's (packed)."""
+        return self.size if self.type in SIZED_TYPES else struct.calcsize("<" + SCALAR_CODES[self.type])
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "type": self.type}
