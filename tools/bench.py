@@ -59,7 +59,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -740,20 +740,29 @@ def scenario_sinks3(variant: str, p: dict[str, Any], log: Callable[[str], None])
     return res
 
 
-def _paced_window(cons: RuntimeProc, feeder: Feeder, p: dict[str, Any]) -> tuple[float, float, float, float, int]:
-    """Start the paced feed, measure the runtime's CPU over ``paced_s`` after the
-    warm-up, stop the feed and flush: (cpu at start, at end, time at start, at end,
-    frames sent)."""
-    cons.wait_ready()
+def _measured_window(
+    consumers: Sequence[RuntimeProc], feeder: Feeder, p: dict[str, Any]
+) -> tuple[list[float], list[float], float, float, list[int]]:
+    """Start the paced feed once every consumer is ready, sample each one's CPU
+    over ``paced_s`` after the warm-up, stop the feed: (CPU at start, at end,
+    time at start, at end, frames sent per port)."""
+    for cons in consumers:
+        cons.wait_ready()
     feeder.send("go")
     time.sleep(p["warmup_s"])
-    c0, t0 = cons.cpu(), time.monotonic()
+    c0, t0 = [cons.cpu() for cons in consumers], time.monotonic()
     time.sleep(p["paced_s"])
-    c1, t1 = cons.cpu(), time.monotonic()
-    total = sum(feeder.stop()["sent"])
+    c1, t1 = [cons.cpu() for cons in consumers], time.monotonic()
+    return c0, c1, t0, t1, feeder.stop()["sent"]
+
+
+def _paced_window(cons: RuntimeProc, feeder: Feeder, p: dict[str, Any]) -> tuple[float, float, float, float, int]:
+    """The measured window of one runtime, then a flush: (cpu at start, at end,
+    time at start, at end, frames sent)."""
+    (c0,), (c1,), t0, t1, sent = _measured_window([cons], feeder, p)
     time.sleep(cons.flush_interval + 0.1)
     cons.flush()
-    return c0, c1, t0, t1, total
+    return c0, c1, t0, t1, sum(sent)
 
 
 def _paced_mqtt_run(variant: str, p: dict[str, Any], extra: str, consumer: Path | None) -> dict[str, Any]:
@@ -885,17 +894,10 @@ def _decode_side_by_side(
                 procs[decode] = _decode_runtime(
                     work, feeder.ports[half * n : (half + 1) * n], variant, p, boards, decode
                 )
-            for cons in procs.values():
-                cons.wait_ready()
-            feeder.send("go")
-            time.sleep(p["warmup_s"])
-            c0, t0 = {d: c.cpu() for d, c in procs.items()}, time.monotonic()
-            time.sleep(p["paced_s"])
-            c1, t1 = {d: c.cpu() for d, c in procs.items()}, time.monotonic()
-            sent = feeder.stop()["sent"]
+            c0, c1, t0, t1, sent = _measured_window([procs[d] for d in order], feeder, p)
             time.sleep(p["flush_interval"] + 0.1)
             return {
-                d: _decode_finish(procs[d], sum(sent[half * n : (half + 1) * n]), c1[d] - c0[d], t1 - t0)
+                d: _decode_finish(procs[d], sum(sent[half * n : (half + 1) * n]), c1[half] - c0[half], t1 - t0)
                 for half, d in enumerate(order)
             }
         finally:
